@@ -1,0 +1,10 @@
+"""RobustDistiller: noise-robust knowledge distillation of self-supervised speech models.
+
+The package holds everything the recipes share: the student and teacher models (:mod:`.student`,
+:mod:`.teacher`), the enhancement head (:mod:`.enhancement`), the losses (:mod:`.losses`), the
+per-utterance corruption pipeline (:mod:`.corruption`), audio loading (:mod:`.audio`), data
+preparation (:mod:`.prepare`), the data pipeline and Brain subclass (:mod:`.dataio`, :mod:`.brain`),
+and the mini-corpus generator used by the demo and the tests (:mod:`.mini_corpus`).
+"""
+
+__version__ = "0.1.0"
