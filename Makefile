@@ -1,0 +1,29 @@
+# Two targets, each doing all set-up on a fresh machine:
+#   make test   virtual environment + dependencies + the test suite
+#   make demo   virtual environment + dependencies + mini corpus + distillation demo (~10 min on 2 cores)
+PYTHON ?= python3
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+DEMO_OUTPUT ?= demo_output
+
+.PHONY: test demo venv benchmark clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install --quiet --upgrade pip
+	$(VENV_PYTHON) -m pip install --quiet -r requirements.txt
+	touch $@
+
+test: venv
+	HF_HUB_OFFLINE=1 $(VENV_PYTHON) -m pytest -q tests --doctest-modules robustdistiller
+
+demo: venv
+	HF_HUB_OFFLINE=1 $(VENV_PYTHON) -m robustdistiller.demo --output $(DEMO_OUTPUT)
+
+benchmark: venv
+	HF_HUB_OFFLINE=1 $(VENV_PYTHON) benchmarks/benchmark_step.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUTPUT)

@@ -1,0 +1,103 @@
+"""Held-out distillation loss of a student under named corruption conditions.
+
+This answers the paper's central question in one number per condition: how well does the student,
+hearing corrupted speech, still predict the teacher's representation of the clean speech? The recipe
+(``train.py``) calls it at the end of training with the YAML's ``test_conditions``; the demo calls
+it for the RobustDistiller and the DistilHuBERT students side by side.
+"""
+
+import logging
+
+import speechbrain as sb
+import torch
+from tqdm import tqdm
+
+from robustdistiller.dataio import make_distillation_dataset
+from robustdistiller.losses import distillation_loss
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def evaluate_conditions(
+    student,
+    teacher,
+    csv_file,
+    corruptor,
+    conditions,
+    batch_size=8,
+    max_crop_samples=None,
+    sample_rate=16000,
+    cosine_weight=1.0,
+    device="cpu",
+    num_workers=0,
+):
+    """Mean distillation loss of ``student`` on ``csv_file`` for each named condition.
+
+    Arguments
+    ---------
+    student : robustdistiller.student.DistillerStudent
+        Student to evaluate (switched to eval mode here).
+    teacher : robustdistiller.teacher.FrozenTeacher
+        Teacher producing the clean targets.
+    csv_file : str
+        Held-out utterance list.
+    corruptor : robustdistiller.corruption.Corruptor
+        Corruptor whose adders implement the conditions.
+    conditions : dict
+        ``name -> {"condition": str, "snr": float (optional)}``, e.g.
+        ``{"clean": {"condition": "clean"}, "snr5": {"condition": "noise", "snr": 5}}``.
+    batch_size : int
+        Utterances per batch.
+    max_crop_samples : int, optional
+        Crop (from the start) long utterances to this many samples.
+    sample_rate : int
+        Sampling rate.
+    cosine_weight : float
+        Weight of the log-sigmoid cosine term, as in training.
+    device : str
+        Device to run on.
+    num_workers : int
+        DataLoader workers.
+
+    Returns
+    -------
+    dict
+        ``name -> {"distillation_loss", "l1", "cosine_similarity"}`` (utterance-weighted means).
+    """
+    was_training = student.training
+    student.eval()
+    teacher.to(device)
+    results = {}
+    for name, spec in conditions.items():
+        dataset = make_distillation_dataset(
+            csv_file,
+            corruptor,
+            sample_rate=sample_rate,
+            max_crop_samples=max_crop_samples,
+            random_crop=False,
+            condition=spec["condition"],
+            snr=spec.get("snr"),
+            key_prefix=f"test/{name}/",
+        )
+        loader = sb.dataio.dataloader.make_dataloader(dataset, batch_size=batch_size, num_workers=num_workers)
+        totals = {"distillation_loss": 0.0, "l1": 0.0, "cosine_similarity": 0.0}
+        num_utterances = 0
+        for batch in tqdm(loader, desc=f"test {name}", leave=False):
+            batch = batch.to(device)
+            clean_wavs, wav_lens = batch.clean_sig
+            noisy_wavs, _ = batch.noisy_sig
+            targets = teacher(clean_wavs, wav_lens)
+            predictions = student(noisy_wavs, wav_lens)
+            losses = distillation_loss(
+                predictions.predictions.float(), targets.layers, predictions.frame_mask, cosine_weight
+            )
+            count = len(batch.id)
+            totals["distillation_loss"] += float(losses["loss"]) * count
+            totals["l1"] += float(losses["l1"].mean()) * count
+            totals["cosine_similarity"] += float(losses["cosine_similarity"].mean()) * count
+            num_utterances += count
+        results[name] = {key: value / max(num_utterances, 1) for key, value in totals.items()}
+        logger.info("test condition %s: %s", name, results[name])
+    student.train(was_training)
+    return results

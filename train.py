@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Recipe: noise-robust distillation of a self-supervised speech model (RobustDistiller).
+
+The frozen teacher (WavLM Base+ by default) hears clean LibriSpeech crops; the DistilHuBERT-style
+student hears a corrupted copy (noise, reverberation, both, or clean, per utterance) and predicts
+the teacher's layers 4/8/12, while an enhancement head on the student recovers the clean spectrum.
+``hparams/distilhubert.yaml`` runs the same code as plain DistilHuBERT (no corruption, no
+enhancement head, HuBERT Base teacher).
+
+To run::
+
+    python train.py hparams/distill.yaml --data_folder=/data/LibriSpeech \
+        --musan_folder=/data/musan --rir_folder=/data/RIRS_NOISES
+
+    # several GPUs
+    torchrun --nproc_per_node=4 train.py hparams/distill.yaml ...
+
+At the end of training the best student (lowest validation loss) is evaluated on the validation set
+under each of the YAML's ``test_conditions`` and the results are written to
+``<output_folder>/robustness.json``.
+"""
+
+import json
+import logging
+import os
+import sys
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import run_on_main
+
+from robustdistiller.brain import DistillationBrain
+from robustdistiller.dataio import make_batch_sampler, make_distillation_dataset
+from robustdistiller.evaluation import evaluate_conditions
+from robustdistiller.prepare import prepare_librispeech, prepare_noise, prepare_rirs
+
+logger = logging.getLogger(__name__)
+
+
+def dataio_prepare(hparams):
+    """Builds the training and validation datasets and the dynamic batch sampler.
+
+    Training crops are random (at most ``max_crop_samples``) and corrupted by ``train_corruptor``;
+    validation crops start at 0 and are corrupted by ``valid_corruptor`` with the same
+    distribution but fixed draws, so validation losses are comparable across epochs.
+    """
+    train_data = make_distillation_dataset(
+        hparams["train_csv"],
+        hparams["train_corruptor"],
+        sample_rate=hparams["sample_rate"],
+        max_crop_samples=hparams["max_crop_samples"],
+        random_crop=True,
+    )
+    valid_data = make_distillation_dataset(
+        hparams["valid_csv"],
+        hparams["valid_corruptor"],
+        sample_rate=hparams["sample_rate"],
+        max_crop_samples=hparams["max_crop_samples"],
+        random_crop=False,
+        key_prefix="valid/",
+    )
+    train_sampler = make_batch_sampler(
+        train_data,
+        max_batch_seconds=hparams["max_batch_seconds"],
+        max_batch_utterances=hparams["max_batch_utterances"],
+        num_buckets=hparams["num_buckets"],
+        max_crop_samples=hparams["max_crop_samples"],
+        sample_rate=hparams["sample_rate"],
+        seed=hparams["seed"],
+    )
+    return train_data, valid_data, train_sampler
+
+
+def prepare_data(hparams):
+    """Writes the utterance, noise and RIR lists (skipped when already prepared)."""
+    run_on_main(
+        prepare_librispeech,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["save_folder"],
+            "train_splits": hparams["train_splits"],
+            "valid_splits": hparams["valid_splits"],
+            "min_samples": hparams["min_samples"],
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    if hparams.get("noise_csv"):
+        run_on_main(
+            prepare_noise,
+            kwargs={
+                "save_folder": hparams["save_folder"],
+                "musan_folder": hparams["musan_folder"],
+                "musan_subsets": hparams["musan_subsets"],
+                "urbansound_folder": hparams["urbansound_folder"],
+                "extra_folders": hparams["extra_noise_folders"],
+                "csv_name": os.path.basename(hparams["noise_csv"]),
+                "skip_prep": hparams["skip_prep"],
+            },
+        )
+    if hparams.get("rir_csv"):
+        run_on_main(
+            prepare_rirs,
+            kwargs={
+                "save_folder": hparams["save_folder"],
+                "rir_folder": hparams["rir_folder"],
+                "rir_format": hparams["rir_format"],
+                "rirs_noises_subsets": hparams["rirs_noises_subsets"],
+                "csv_name": os.path.basename(hparams["rir_csv"]),
+                "skip_prep": hparams["skip_prep"],
+            },
+        )
+
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
+
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    prepare_data(hparams)
+    train_data, valid_data, train_sampler = dataio_prepare(hparams)
+
+    # Copy the teacher's CNN, projection, positional convolution and first layers into the student;
+    # a resumed run overwrites them from its checkpoint right after.
+    hparams["student"].init_from_teacher(hparams["teacher"].model)
+
+    brain = DistillationBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        brain.hparams.epoch_counter,
+        train_data,
+        valid_data,
+        train_loader_kwargs={"batch_sampler": train_sampler, "num_workers": hparams["num_workers"]},
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+
+    if sb.utils.distributed.if_main_process() and hparams["test_conditions"]:
+        brain.checkpointer.recover_if_possible(min_key="valid_loss")
+        # Unwrap DDP: only the main process evaluates, so no collective call may happen.
+        student = getattr(brain.modules.student, "module", brain.modules.student)
+        results = evaluate_conditions(
+            student,
+            hparams["teacher"],
+            hparams["valid_csv"],
+            hparams["test_corruptor"],
+            hparams["test_conditions"],
+            batch_size=hparams["valid_dataloader_opts"]["batch_size"],
+            max_crop_samples=hparams["max_crop_samples"],
+            sample_rate=hparams["sample_rate"],
+            cosine_weight=hparams["cosine_weight"],
+            device=brain.device,
+        )
+        results_file = os.path.join(hparams["output_folder"], "robustness.json")
+        with open(results_file, "w", encoding="utf-8") as fout:
+            json.dump(results, fout, indent=2)
+        logger.info("Held-out distillation loss per condition written to %s", results_file)
