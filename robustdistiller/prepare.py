@@ -1,0 +1,694 @@
+"""Data preparation: CSV manifests for LibriSpeech, noise collections and room impulse responses.
+
+Each function reads a corpus in its real on-disk layout (REFERENCE.md section 6), writes CSV files
+into ``save_folder`` and returns their paths. They never modify, split or delete anything under the
+user's data folders (unlike SpeechBrain's ``write_csv(..., max_length=...)`` and
+``prepare_dataset_from_URL``). A JSON marker next to the CSVs records the options; a second call
+with the same options does nothing, a call with other options prepares again. The functions are
+plain, so a recipe wraps them in ``speechbrain.utils.distributed.run_on_main``.
+
+- :func:`prepare_librispeech`: ``ID,duration,wav,spk_id,wrd`` for the training and validation subsets.
+- :func:`prepare_noise`: MUSAN, UrbanSound8K and any folders of audio into SpeechBrain's noise CSV
+  format ``ID,duration,wav,wav_format,wav_opts`` (for ``AddNoise``).
+- :func:`prepare_rirs`: RIRS_NOISES (OpenSLR 28), DNS-Challenge impulse responses or any folder of
+  RIRs into the same format (for ``AddReverb``).
+
+Durations come from the file headers (fast). Unreadable files are skipped with a warning naming
+each. Multichannel and non-16-kHz noise and RIR files are kept (the consumer converts them at load
+time with :func:`robustdistiller.audio.load_audio`) and listed in the log.
+"""
+
+import collections
+import csv
+import json
+import logging
+import os
+import re
+
+from robustdistiller.audio import AudioLoadError, audio_info
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+LIBRISPEECH_LAYOUT = "LibriSpeech/<subset>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac"
+LIBRISPEECH_HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
+NOISE_HEADER = ["ID", "duration", "wav", "wav_format", "wav_opts"]
+URBANSOUND_CLASSES = (
+    "air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
+    "engine_idling", "gun_shot", "jackhammer", "siren", "street_music",
+)
+URBANSOUND_NAME = re.compile(r"^\d+-(\d)-\d+-\d+$")
+RIRS_NOISES_SUBSETS = ("real", "simulated")
+RIR_FORMATS = ("rirs_noises", "dns", "folder")
+EXPECTED_SAMPLE_RATE = 16000
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers: markers, CSV writing, file discovery, IDs
+# ---------------------------------------------------------------------------------------------
+
+
+def _marker_path(save_folder, name):
+    return os.path.join(save_folder, f"{name}.prepare.json")
+
+
+def is_prepared(save_folder, name, options, output_paths):
+    """Tells whether a preparation ran already with these options and its outputs still exist.
+
+    Arguments
+    ---------
+    save_folder : str
+        Folder holding the CSVs and the marker ``<name>.prepare.json``.
+    name : str
+        Name of the preparation (one marker per name).
+    options : dict
+        JSON-serialisable options; any difference means "not prepared".
+    output_paths : list of str
+        Files the preparation writes; all must exist.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> is_prepared(folder, "demo", {"a": 1}, [])
+    False
+    >>> _write_marker(folder, "demo", {"a": 1})
+    >>> is_prepared(folder, "demo", {"a": 1}, []), is_prepared(folder, "demo", {"a": 2}, [])
+    (True, False)
+    """
+    try:
+        with open(_marker_path(save_folder, name), encoding="utf-8") as marker_file:
+            recorded = json.load(marker_file)
+    except (OSError, ValueError):
+        return False
+    same_options = recorded.get("options") == json.loads(json.dumps(options))
+    return same_options and all(os.path.isfile(path) for path in output_paths)
+
+
+def _write_marker(save_folder, name, options):
+    path = _marker_path(save_folder, name)
+    with open(path + ".tmp", "w", encoding="utf-8") as marker_file:
+        json.dump({"options": options}, marker_file, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def _remove_marker(save_folder, name):
+    if os.path.exists(_marker_path(save_folder, name)):
+        os.remove(_marker_path(save_folder, name))
+
+
+def write_csv(path, header, rows):
+    """Writes a CSV atomically (temporary file, then rename): never a half-written manifest.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.csv")
+    >>> write_csv(path, ["ID", "wrd"], [["a", "HELLO, WORLD"]])
+    >>> open(path).read().splitlines()
+    ['ID,wrd', 'a,"HELLO, WORLD"']
+    """
+    temporary_path = path + ".tmp"
+    with open(temporary_path, "w", newline="", encoding="utf-8") as csv_file:
+        writer = csv.writer(csv_file, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(temporary_path, path)
+
+
+def find_files(folder):
+    """Lists the files under ``folder`` recursively, sorted, split into audio and other files.
+
+    Hidden files and folders (``.DS_Store``, ``._*`` macOS junk) count as "other" files.
+
+    Returns
+    -------
+    tuple of (list of str, list of str)
+        Audio files (by extension: wav, flac, ogg) and all other files, as absolute paths.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> for name in ("a.wav", "LICENSE", "b.FLAC"):
+    ...     _ = open(os.path.join(folder, name), "w").close()
+    >>> audio, other = find_files(folder)
+    >>> [os.path.basename(path) for path in audio], [os.path.basename(path) for path in other]
+    (['a.wav', 'b.FLAC'], ['LICENSE'])
+    """
+    audio_files, other_files = [], []
+    for directory, subdirectories, file_names in os.walk(os.path.abspath(folder)):
+        subdirectories.sort()
+        for file_name in sorted(file_names):
+            path = os.path.join(directory, file_name)
+            is_audio = file_name.lower().endswith(AUDIO_EXTENSIONS)
+            if is_audio and not file_name.startswith("."):
+                audio_files.append(path)
+            else:
+                other_files.append(path)
+    return audio_files, other_files
+
+
+def make_id(relative_path, prefix=""):
+    """Builds a safe CSV ID from a relative path: no separators, no dots, no spaces.
+
+    SpeechBrain IDs break on file names with several dots; here the extension is dropped and every
+    separator, dot or space becomes ``_``.
+
+    Example
+    -------
+    >>> make_id("noise/free-sound/a.b.c.wav", prefix="musan")
+    'musan_noise_free-sound_a_b_c'
+    """
+    stem = os.path.splitext(relative_path)[0]
+    safe = re.sub(r"[\\/.\s,]+", "_", stem).strip("_")
+    return f"{prefix}_{safe}" if prefix else safe
+
+
+def _deduplicate_ids(rows):
+    """Makes the first column unique by appending ``_2``, ``_3``... to repeated IDs."""
+    used_ids = set()
+    for row in rows:
+        candidate, repeat = row[0], 1
+        while candidate in used_ids:
+            repeat += 1
+            candidate = f"{row[0]}_{repeat}"
+        used_ids.add(candidate)
+        row[0] = candidate
+    return rows
+
+
+def _require_folder(folder, description, expected):
+    """Raises a clear error if ``folder`` is missing, not a folder, or empty."""
+    if folder is None or not os.path.exists(folder):
+        raise FileNotFoundError(f"{description} '{folder}' does not exist; expected {expected}.")
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"{description} '{folder}' is not a folder; expected {expected}.")
+    if not os.listdir(folder):
+        raise ValueError(f"{description} '{folder}' is empty; expected {expected}.")
+
+
+def _read_header(path):
+    """Returns ``(frames, rate, channels)``, or ``None`` with a warning naming an unreadable file."""
+    try:
+        frames, rate, channels = audio_info(path)
+    except AudioLoadError as error:
+        logger.warning("Skipping unreadable audio file %s (%s)", path, error)
+        return None
+    if frames <= 0:
+        logger.warning("Skipping empty audio file %s (0 samples)", path)
+        return None
+    return frames, rate, channels
+
+
+def _audio_rows(entries, source_description):
+    """Reads headers of ``(ID, path)`` entries into noise/RIR CSV rows; logs unusual files.
+
+    Returns the rows (``ID,duration,wav,wav_format,wav_opts``) and the number of skipped files.
+    """
+    rows, skipped, unusual = [], 0, []
+    for entry_id, path in entries:
+        header = _read_header(path)
+        if header is None:
+            skipped += 1
+            continue
+        frames, rate, channels = header
+        if channels != 1 or rate != EXPECTED_SAMPLE_RATE:
+            unusual.append(f"{path} ({channels} ch, {rate} Hz)")
+        audio_format = os.path.splitext(path)[1].lstrip(".").lower()
+        rows.append([entry_id, frames / rate, path, audio_format, ""])
+    if unusual:
+        logger.info(
+            "%s: %d file(s) are multichannel or not %d Hz; they are converted when loaded: %s",
+            source_description, len(unusual), EXPECTED_SAMPLE_RATE, "; ".join(unusual),
+        )
+    return rows, skipped
+
+
+def _warn_non_audio(paths, folder):
+    for path in paths:
+        logger.warning("Skipping non-audio file %s (under %s)", path, folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# LibriSpeech
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_transcripts(chapter_folder):
+    """Reads every ``*.trans.txt`` of a chapter folder into ``{utterance id: words}``."""
+    transcripts = {}
+    for file_name in sorted(os.listdir(chapter_folder)):
+        if not file_name.endswith(".trans.txt"):
+            continue
+        with open(os.path.join(chapter_folder, file_name), encoding="utf-8") as transcript_file:
+            for line in transcript_file:
+                fields = line.strip().split(maxsplit=1)
+                if fields:
+                    transcripts[fields[0]] = fields[1] if len(fields) > 1 else ""
+    return transcripts
+
+
+def _librispeech_split_rows(data_folder, split, min_samples):
+    """Returns the CSV rows of one LibriSpeech subset and logs what was found and skipped."""
+    split_folder = os.path.join(data_folder, split)
+    if not os.path.isdir(split_folder):
+        hint = ""
+        nested = os.path.join(data_folder, "LibriSpeech", split)
+        if os.path.isdir(nested):
+            hint = f" (found '{nested}': pass '{os.path.join(data_folder, 'LibriSpeech')}')"
+        raise FileNotFoundError(
+            f"LibriSpeech subset folder '{split_folder}' does not exist{hint}; expected "
+            f"{LIBRISPEECH_LAYOUT}."
+        )
+    rows, speakers = [], set()
+    counts = {"unreadable": 0, "too_short": 0, "no_transcript": 0}
+    flac_found = 0
+    for speaker in sorted(os.listdir(split_folder)):
+        speaker_folder = os.path.join(split_folder, speaker)
+        if not os.path.isdir(speaker_folder):
+            continue
+        for chapter in sorted(os.listdir(speaker_folder)):
+            chapter_folder = os.path.join(speaker_folder, chapter)
+            if not os.path.isdir(chapter_folder):
+                continue
+            transcripts = _read_transcripts(chapter_folder)
+            for file_name in sorted(os.listdir(chapter_folder)):
+                if not file_name.endswith(".flac"):
+                    continue
+                flac_found += 1
+                utterance_id = file_name[: -len(".flac")]
+                path = os.path.abspath(os.path.join(chapter_folder, file_name))
+                if utterance_id not in transcripts:
+                    logger.warning("Skipping %s: no line for it in the chapter's trans.txt", path)
+                    counts["no_transcript"] += 1
+                    continue
+                header = _read_header(path)
+                if header is None:
+                    counts["unreadable"] += 1
+                    continue
+                frames, rate, _ = header
+                if frames < min_samples:
+                    counts["too_short"] += 1
+                    continue
+                rows.append([utterance_id, frames / rate, path, speaker, transcripts[utterance_id]])
+                speakers.add(speaker)
+    if flac_found == 0:
+        raise ValueError(f"No .flac file found under '{split_folder}'; expected {LIBRISPEECH_LAYOUT}.")
+    hours = sum(row[1] for row in rows) / 3600
+    logger.info(
+        "LibriSpeech %s: %d utterances from %d speakers (%.2f h); skipped %d unreadable, "
+        "%d shorter than %d samples, %d without transcript.",
+        split, len(rows), len(speakers), hours, counts["unreadable"], counts["too_short"],
+        min_samples, counts["no_transcript"],
+    )
+    return rows
+
+
+def prepare_librispeech(
+    data_folder, save_folder, train_splits, valid_splits, min_samples=400, skip_prep=False
+):
+    """Writes ``train.csv`` and ``valid.csv`` (``ID,duration,wav,spk_id,wrd``) for LibriSpeech.
+
+    Arguments
+    ---------
+    data_folder : str
+        The ``LibriSpeech`` folder holding the subsets (``train-clean-100/``, ``dev-clean/``...).
+    save_folder : str
+        Where the CSVs and the marker ``librispeech.prepare.json`` are written.
+    train_splits, valid_splits : list of str
+        Subsets for training and validation (``valid_splits`` may be empty: no ``valid.csv``).
+    min_samples : int
+        Utterances with fewer samples are left out (400: the CNN feature extractor's receptive
+        field); their number is logged.
+    skip_prep : bool
+        If True, do nothing and return the paths.
+
+    Returns
+    -------
+    dict
+        ``{"train": path, "valid": path or None}``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``data_folder`` or a subset folder is missing.
+    ValueError
+        If ``data_folder`` or a subset holds no ``.flac``, a subset is both in training and
+        validation, or no utterance is usable.
+    """
+    train_splits, valid_splits = list(train_splits), list(valid_splits or [])
+    csv_paths = {
+        "train": os.path.join(save_folder, "train.csv"),
+        "valid": os.path.join(save_folder, "valid.csv") if valid_splits else None,
+    }
+    if skip_prep:
+        return csv_paths
+    if not train_splits:
+        raise ValueError("prepare_librispeech needs at least one training subset.")
+    overlap = sorted(set(train_splits) & set(valid_splits))
+    if overlap:
+        raise ValueError(f"Subsets {overlap} are both in train_splits and valid_splits.")
+    data_folder = os.path.abspath(data_folder)
+    options = {"data_folder": data_folder, "train_splits": train_splits,
+               "valid_splits": valid_splits, "min_samples": int(min_samples)}
+    outputs = [path for path in csv_paths.values() if path]
+    if is_prepared(save_folder, "librispeech", options, outputs):
+        logger.info("LibriSpeech already prepared in %s with the same options: skipping.", save_folder)
+        return csv_paths
+    _require_folder(data_folder, "LibriSpeech folder", LIBRISPEECH_LAYOUT)
+    os.makedirs(save_folder, exist_ok=True)
+    _remove_marker(save_folder, "librispeech")
+    seen_ids = set()
+    for key, splits in (("train", train_splits), ("valid", valid_splits)):
+        if not splits:
+            continue
+        rows = [row for split in splits for row in _librispeech_split_rows(data_folder, split, min_samples)]
+        if not rows:
+            raise ValueError(f"No usable utterance in LibriSpeech subsets {splits} under '{data_folder}'.")
+        id_counts = collections.Counter(row[0] for row in rows)
+        repeated = {utterance_id for utterance_id, count in id_counts.items() if count > 1}
+        duplicates = sorted(repeated | (set(id_counts) & seen_ids))
+        if duplicates:
+            raise ValueError(f"Utterance IDs appear twice in {splits}: {duplicates[:10]}")
+        seen_ids.update(id_counts)
+        write_csv(csv_paths[key], LIBRISPEECH_HEADER, rows)
+        logger.info("Wrote %s (%d utterances).", csv_paths[key], len(rows))
+    _write_marker(save_folder, "librispeech", options)
+    return csv_paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise collections
+# ---------------------------------------------------------------------------------------------
+
+
+def _musan_entries(musan_folder, subsets):
+    entries = []
+    _require_folder(musan_folder, "MUSAN folder", "musan/{noise,music,speech}/<source>/*.wav")
+    for subset in subsets:
+        subset_folder = os.path.join(musan_folder, subset)
+        _require_folder(subset_folder, "MUSAN subset folder", f"musan/{subset}/<source>/*.wav")
+        audio_files, other_files = find_files(subset_folder)
+        _warn_non_audio(other_files, subset_folder)
+        entries += [(make_id(os.path.relpath(path, musan_folder), "musan"), path) for path in audio_files]
+    return entries
+
+
+def _urbansound_entries(urbansound_folder, exclude):
+    unknown = sorted(set(exclude) - set(URBANSOUND_CLASSES))
+    if unknown:
+        raise ValueError(f"Unknown UrbanSound8K classes {unknown}; known: {list(URBANSOUND_CLASSES)}")
+    layout = "UrbanSound8K/audio/fold*/<fsID>-<classID>-<occurrence>-<slice>.wav"
+    _require_folder(urbansound_folder, "UrbanSound8K folder", layout)
+    audio_root = os.path.join(urbansound_folder, "audio")
+    if not os.path.isdir(audio_root):
+        audio_root = urbansound_folder  # the "audio" folder itself was given
+    folds = sorted(name for name in os.listdir(audio_root) if name.startswith("fold"))
+    if not folds:
+        raise FileNotFoundError(f"No fold* folder in '{audio_root}'; expected {layout}.")
+    entries, excluded = [], 0
+    for fold in folds:
+        audio_files, other_files = find_files(os.path.join(audio_root, fold))
+        _warn_non_audio(other_files, os.path.join(audio_root, fold))
+        for path in audio_files:
+            match = URBANSOUND_NAME.match(os.path.splitext(os.path.basename(path))[0])
+            if match is None:
+                logger.warning("Skipping %s: not named <fsID>-<classID>-<occurrence>-<slice>", path)
+                continue
+            if URBANSOUND_CLASSES[int(match.group(1))] in exclude:
+                excluded += 1
+                continue
+            entries.append((make_id(os.path.relpath(path, audio_root), "urbansound"), path))
+    logger.info("UrbanSound8K: %d clips kept, %d excluded (classes %s).", len(entries), excluded,
+                list(exclude))
+    return entries
+
+
+def _folder_entries(folder, prefix):
+    _require_folder(folder, "Audio folder", "a folder of .wav/.flac/.ogg files")
+    audio_files, other_files = find_files(folder)
+    _warn_non_audio(other_files, folder)
+    return [(make_id(os.path.relpath(path, folder), prefix), path) for path in audio_files]
+
+
+def prepare_noise(
+    save_folder,
+    musan_folder=None,
+    musan_subsets=("noise",),
+    urbansound_folder=None,
+    urbansound_exclude=("children_playing", "street_music"),
+    extra_folders=(),
+    csv_name="noise.csv",
+    skip_prep=False,
+):
+    """Writes a SpeechBrain noise CSV (``ID,duration,wav,wav_format,wav_opts``) from noise corpora.
+
+    Arguments
+    ---------
+    save_folder : str
+        Where the CSV and its marker ``<csv stem>.prepare.json`` are written.
+    musan_folder : str, optional
+        The ``musan`` folder; its ``musan_subsets`` are read recursively (``ANNOTATIONS``,
+        ``LICENSE`` and other non-audio files are skipped with a warning).
+    musan_subsets : sequence of str
+        Among ``"noise"``, ``"music"``, ``"speech"``.
+    urbansound_folder : str, optional
+        The ``UrbanSound8K`` folder (``audio/fold*/<fsID>-<classID>-<occurrence>-<slice>.wav``).
+    urbansound_exclude : sequence of str
+        UrbanSound8K classes left out (by default the ones holding speech-like sounds or music).
+    extra_folders : sequence of str
+        Any other folders of audio files, read recursively.
+    csv_name : str
+        File name of the CSV.
+    skip_prep : bool
+        If True, do nothing and return the path.
+
+    Returns
+    -------
+    str
+        Path of the CSV.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A folder is missing or empty, no source is given, or no usable audio file is found.
+    """
+    csv_path = os.path.join(save_folder, csv_name)
+    if skip_prep:
+        return csv_path
+    musan_subsets, urbansound_exclude = list(musan_subsets), list(urbansound_exclude)
+    extra_folders = [os.path.abspath(folder) for folder in extra_folders]
+    if musan_folder is None and urbansound_folder is None and not extra_folders:
+        raise ValueError("prepare_noise needs musan_folder, urbansound_folder or extra_folders.")
+    options = {
+        "musan_folder": musan_folder and os.path.abspath(musan_folder),
+        "musan_subsets": musan_subsets,
+        "urbansound_folder": urbansound_folder and os.path.abspath(urbansound_folder),
+        "urbansound_exclude": urbansound_exclude,
+        "extra_folders": extra_folders,
+    }
+    marker_name = os.path.splitext(csv_name)[0]
+    if is_prepared(save_folder, marker_name, options, [csv_path]):
+        logger.info("Noise CSV %s already prepared with the same options: skipping.", csv_path)
+        return csv_path
+    entries = []
+    if musan_folder is not None:
+        entries += _musan_entries(options["musan_folder"], musan_subsets)
+    if urbansound_folder is not None:
+        entries += _urbansound_entries(options["urbansound_folder"], urbansound_exclude)
+    for index, folder in enumerate(extra_folders):
+        entries += _folder_entries(folder, f"extra{index}")
+    sources = [folder for folder in (options["musan_folder"], options["urbansound_folder"]) if folder]
+    rows, skipped = _audio_rows(entries, "Noise")
+    if not rows:
+        raise ValueError(f"No usable noise audio file found under {sources + extra_folders}.")
+    _write_noise_style_csv(save_folder, csv_path, marker_name, options, rows)
+    logger.info("Wrote %s: %d noise files (%.1f min), %d unreadable skipped, from %s.", csv_path,
+                len(rows), sum(row[1] for row in rows) / 60, skipped, sources + extra_folders)
+    return csv_path
+
+
+def _write_noise_style_csv(save_folder, csv_path, marker_name, options, rows):
+    os.makedirs(save_folder, exist_ok=True)
+    _remove_marker(save_folder, marker_name)
+    write_csv(csv_path, NOISE_HEADER, _deduplicate_ids(rows))
+    _write_marker(save_folder, marker_name, options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Room impulse responses
+# ---------------------------------------------------------------------------------------------
+
+
+def read_kaldi_list(list_path, rir_folder):
+    """Reads a RIRS_NOISES ``rir_list`` or ``noise_list`` into ``[(id, absolute path)]``.
+
+    Lines look like ``--rir-id <id> --room-id <room> RIRS_NOISES/<...>/<file>.wav``; the path is
+    relative to the folder holding ``RIRS_NOISES``, and is resolved against ``rir_folder`` (the
+    ``RIRS_NOISES`` folder itself, whatever its name).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "rir_list")
+    >>> _ = open(path, "w").write("--rir-id r1 --room-id a RIRS_NOISES/sim/r1.wav\\n")
+    >>> [(entry_id, os.path.relpath(entry_path, folder)) for entry_id, entry_path in
+    ...  read_kaldi_list(path, folder)]
+    [('r1', 'sim/r1.wav')]
+    """
+    entries = []
+    with open(list_path, encoding="utf-8") as list_file:
+        for line_number, line in enumerate(list_file, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            relative_path = fields[-1]
+            entry_id = None
+            for flag in ("--rir-id", "--noise-id"):
+                if flag in fields[:-1]:
+                    entry_id = fields[fields.index(flag) + 1]
+            if entry_id is None or not relative_path.lower().endswith(AUDIO_EXTENSIONS):
+                logger.warning("Skipping malformed line %d of %s: %r", line_number, list_path,
+                               line.strip())
+                continue
+            parts = relative_path.replace("\\", "/").split("/")
+            entries.append((entry_id, os.path.join(rir_folder, *parts[1:])))
+    return entries
+
+
+def _noise_list_paths(folder):
+    """Paths listed in every ``noise_list`` under ``folder``: never to be taken as RIRs.
+
+    A ``noise_list`` sits one level below ``RIRS_NOISES`` (``pointsource_noises/``,
+    ``real_rirs_isotropic_noises/``), so its paths resolve against the list's parent folder.
+    """
+    listed = set()
+    for directory, _, file_names in os.walk(folder):
+        if "noise_list" in file_names:
+            list_path = os.path.join(directory, "noise_list")
+            for _, path in read_kaldi_list(list_path, os.path.dirname(directory)):
+                listed.add(os.path.normpath(path))
+    return listed
+
+
+def _rirs_noises_entries(rir_folder, subsets):
+    layout = "RIRS_NOISES/{real_rirs_isotropic_noises,simulated_rirs/<size>}/rir_list"
+    _require_folder(rir_folder, "RIRS_NOISES folder", layout)
+    unknown = sorted(set(subsets) - set(RIRS_NOISES_SUBSETS))
+    if unknown or not subsets:
+        raise ValueError(f"rirs_noises_subsets must be among {RIRS_NOISES_SUBSETS}, got {list(subsets)}")
+    list_paths = []
+    if "real" in subsets:
+        list_paths.append(os.path.join(rir_folder, "real_rirs_isotropic_noises", "rir_list"))
+    if "simulated" in subsets:
+        simulated = os.path.join(rir_folder, "simulated_rirs")
+        _require_folder(simulated, "Simulated RIR folder", "RIRS_NOISES/simulated_rirs/<size>/rir_list")
+        list_paths += [
+            os.path.join(simulated, size, "rir_list")
+            for size in sorted(os.listdir(simulated))
+            if os.path.isdir(os.path.join(simulated, size))
+        ]
+    noise_paths = _noise_list_paths(rir_folder)
+    entries = []
+    for list_path in list_paths:
+        if not os.path.isfile(list_path):
+            raise FileNotFoundError(f"RIR list '{list_path}' does not exist; expected {layout}.")
+        for rir_id, path in read_kaldi_list(list_path, rir_folder):
+            if os.path.normpath(path) in noise_paths:
+                logger.warning("Skipping %s: listed in %s but also a noise", path, list_path)
+            elif not os.path.isfile(path):
+                logger.warning("Skipping %s: listed in %s but missing", path, list_path)
+            else:
+                entries.append((make_id(rir_id), path))
+    logger.info("RIRS_NOISES %s: %d RIRs listed in %d rir_list file(s).", list(subsets), len(entries),
+                len(list_paths))
+    return entries
+
+
+def _rir_folder_entries(rir_folder, description):
+    _require_folder(rir_folder, description, "a folder of RIR .wav/.flac files")
+    audio_files, other_files = find_files(rir_folder)
+    noise_paths = _noise_list_paths(rir_folder)
+    kept = []
+    for path in audio_files:
+        relative = os.path.relpath(path, rir_folder)
+        if os.path.normpath(path) in noise_paths or "pointsource_noises" in relative.split(os.sep):
+            continue
+        kept.append((make_id(relative), path))
+    if len(kept) < len(audio_files):
+        logger.info("%s: left out %d noise file(s) (listed in a noise_list or under "
+                    "pointsource_noises).", rir_folder, len(audio_files) - len(kept))
+    ignored = [path for path in other_files if os.path.basename(path) not in ("rir_list", "noise_list")]
+    _warn_non_audio(ignored, rir_folder)
+    return kept
+
+
+def prepare_rirs(
+    save_folder,
+    rir_folder,
+    rir_format="rirs_noises",
+    rirs_noises_subsets=("real",),
+    csv_name="rirs.csv",
+    skip_prep=False,
+):
+    """Writes a SpeechBrain RIR CSV (``ID,duration,wav,wav_format,wav_opts``) for ``AddReverb``.
+
+    Arguments
+    ---------
+    save_folder : str
+        Where the CSV and its marker ``<csv stem>.prepare.json`` are written.
+    rir_folder : str
+        ``"rirs_noises"``: the ``RIRS_NOISES`` folder (OpenSLR 28). ``"dns"``: the DNS-Challenge
+        ``impulse_responses`` folder. ``"folder"``: any folder of RIR files.
+    rir_format : str
+        One of ``"rirs_noises"``, ``"dns"``, ``"folder"``.
+    rirs_noises_subsets : sequence of str
+        For ``"rirs_noises"``: ``"real"`` (``real_rirs_isotropic_noises/rir_list``) and/or
+        ``"simulated"`` (``simulated_rirs/*/rir_list``). Only the ``rir_list`` entries are taken:
+        the isotropic and point-source noises of the same folders never are.
+    csv_name : str
+        File name of the CSV.
+    skip_prep : bool
+        If True, do nothing and return the path.
+
+    Returns
+    -------
+    str
+        Path of the CSV.
+
+    Notes
+    -----
+    In the ``"dns"`` and ``"folder"`` formats every audio file found recursively is taken, except
+    files listed in a ``noise_list`` and files under a ``pointsource_noises`` folder.
+    Multichannel and non-16-kHz RIRs are kept and listed in the log; the consumer converts them.
+    """
+    csv_path = os.path.join(save_folder, csv_name)
+    if skip_prep:
+        return csv_path
+    if rir_format not in RIR_FORMATS:
+        raise ValueError(f"rir_format must be one of {RIR_FORMATS}, got '{rir_format}'.")
+    rir_folder = os.path.abspath(rir_folder)
+    options = {"rir_folder": rir_folder, "rir_format": rir_format,
+               "rirs_noises_subsets": sorted(rirs_noises_subsets) if rir_format == "rirs_noises" else []}
+    marker_name = os.path.splitext(csv_name)[0]
+    if is_prepared(save_folder, marker_name, options, [csv_path]):
+        logger.info("RIR CSV %s already prepared with the same options: skipping.", csv_path)
+        return csv_path
+    if rir_format == "rirs_noises":
+        entries = _rirs_noises_entries(rir_folder, list(rirs_noises_subsets))
+    else:
+        description = "DNS impulse_responses folder" if rir_format == "dns" else "RIR folder"
+        entries = _rir_folder_entries(rir_folder, description)
+    rows, skipped = _audio_rows(entries, "RIRs")
+    if not rows:
+        raise ValueError(f"No usable RIR file found under '{rir_folder}' (format '{rir_format}').")
+    _write_noise_style_csv(save_folder, csv_path, marker_name, options, rows)
+    logger.info("Wrote %s: %d RIRs, %d unreadable skipped, from %s.", csv_path, len(rows), skipped,
+                rir_folder)
+    return csv_path
