@@ -98,6 +98,12 @@ class DistillationBrain(sb.Brain):
     ``train_corruptor``, ``train_logger``, ``log_interval``.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # SpeechBrain 1.1.2 leaves ``--optimizer_step_limit`` given on the command line a string.
+        if self.optimizer_step_limit is not None:
+            self.optimizer_step_limit = int(self.optimizer_step_limit)
+
     def on_fit_start(self):
         """Moves the teacher to the device (it is not a module of the Brain) and keeps it in eval."""
         super().on_fit_start()
@@ -237,18 +243,21 @@ class DistillationBrain(sb.Brain):
         self.last_stage_summary = summary
 
     def optimizers_step(self):
-        """One optimizer step with gradient clipping over *all* parameters.
+        """One optimizer step with gradient clipping over *all* parameters; never a non-finite step.
 
         SpeechBrain 1.1.2 clips each optimizer's first parameter group only (here: the decayed
         weights, leaving biases unclipped); the paper clips the global norm of every parameter.
+        SpeechBrain also steps after a non-finite loss in fp32/bf16 (it only counts it), which would
+        write NaN into the weights and then into the checkpoints: such a step is skipped here.
         """
         self.scaler.unscale_(self.optimizer)
         trainable = [parameter for parameter in self.modules.parameters() if parameter.requires_grad]
         self.gradient_norm = float(torch.nn.utils.clip_grad_norm_(trainable, self.max_grad_norm))
-        if not self.scaler.is_enabled() and self.skip_nonfinite_grads:
-            self.check_gradients()
+        if not self.scaler.is_enabled() and not math.isfinite(self.gradient_norm):
+            logger.warning("Non-finite gradient norm at step %d: the step is skipped.", self.optimizer_step + 1)
+            self.optimizer.zero_grad(set_to_none=True)
+            return
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_step += 1
-

@@ -140,7 +140,7 @@ def main(argv=None):
             "seed": args.seed,
             "data_folder": corpus["librispeech"],
             "teacher_source": teacher_folder,
-            "optimizer_step_limit": args.steps,
+            "number_of_steps": args.steps,
         }
     )
     runs = {

@@ -1,0 +1,581 @@
+"""The DistilHuBERT student: a 2-layer HuBERT-style backbone plus prediction heads.
+
+The student is the model RobustDistiller trains (REFERENCE.md section 1). Its backbone is a plain
+:class:`transformers.HubertModel` (so a trained backbone is saved and loaded as a standard Hugging Face
+model) configured as DistilHuBERT:
+
+* CNN feature extractor (7 conv layers, 512 channels, 320x down-sampling, GroupNorm after the first
+  conv only, no conv bias); the gradient flowing into it is multiplied by ``feature_grad_mult`` (0.1);
+* projection Linear(512 -> 768) with **no** LayerNorm before it;
+* convolutional positional embedding, post-LN encoder with 2 transformer layers (768 dim, 12 heads,
+  FFN 3072);
+* "expand-last" prediction heads mapping the last hidden state to K teacher layers (default 4, 8, 12).
+
+The backbone alone has 23,491,200 parameters with the default configuration; the heads add 3,543,552
+for K = 3 (27,034,752 in total).
+
+Padding. :class:`DistillerStudent` zeroes padded samples and passes an attention mask to the encoder,
+so padded frames never enter attention and the positional convolution sees zeros beyond the valid
+frames, exactly as for an unpadded utterance. The only remaining dependency on padding is the
+GroupNorm after the first conv layer, which normalises each channel over the *whole* (padded) time
+axis, so zero padding shifts the channel mean and shrinks the variance. Measured on this machine with
+random weights and speech-like signals (2 s batch holding 2 s / 1 s / 0.5 s items; relative L2 error of
+the valid frames against the unpadded utterance):
+
+==========================  ==========  ==========  ===========
+model                       2 s (none)  1 s item    0.5 s item
+==========================  ==========  ==========  ===========
+student CNN output          <1e-6       0.67-0.75   1.8-1.9
+student last hidden state   <1e-6       0.22-0.23   0.39-0.41
+teacher layers 4 / 12       <1e-6       0.21-0.25   0.39-0.53
+==========================  ==========  ==========  ===========
+
+(student: tiny 64-dim and default 768-dim configs; teachers: WavLM, HuBERT and wav2vec 2.0, tiny, and
+WavLM at Base size.)
+
+So the effect is large, not a rounding issue (trained weights will differ in size, but not in kind).
+What holds exactly (<1e-6): the unpadded item of a batch; a CNN with per-frame LayerNorm
+(``feat_extract_norm="layer"``); and any model run inside :func:`per_utterance_cnn_norm`
+(``per_utterance_norm=True`` of :class:`DistillerStudent` and
+:class:`~robustdistiller.teacher.FrozenTeacher`), which computes that GroupNorm over each item's valid
+samples only. The default (False) keeps the plain Hugging Face computation.
+"""
+
+import contextlib
+import logging
+import math
+import re
+from typing import NamedTuple, Tuple
+
+import torch
+import torch.nn as nn
+from transformers import HubertConfig, HubertModel
+from transformers.masking_utils import create_bidirectional_mask
+
+from robustdistiller.losses import lengths_to_mask
+
+logger = logging.getLogger(__name__)
+
+# Architecture fields copied from a teacher configuration (WavLM / HuBERT / wav2vec 2.0 share them).
+_TEACHER_FIELDS = (
+    "conv_dim",
+    "conv_kernel",
+    "conv_stride",
+    "feat_extract_activation",
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "num_conv_pos_embeddings",
+    "num_conv_pos_embedding_groups",
+    "layer_norm_eps",
+    "initializer_range",
+)
+
+
+def num_parameters(module, trainable_only=False):
+    """Counts the parameters of a module.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+    trainable_only : bool
+        Count only parameters with ``requires_grad=True``.
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> num_parameters(torch.nn.Linear(4, 2))
+    10
+    """
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def build_student_config(teacher_config=None, num_layers=2, **overrides):
+    """Builds the DistilHuBERT backbone configuration, optionally derived from a teacher's.
+
+    The CNN (channels, kernels, strides), the model width, heads, FFN size, positional-conv size and
+    LayerNorm epsilon are copied from ``teacher_config``; everything that makes the model DistilHuBERT is
+    fixed: ``num_hidden_layers=num_layers``, no LayerNorm before the projection, no conv bias, GroupNorm
+    after the first conv only, post-LN encoder, no masking, no layerdrop, dropout 0.1 in the encoder
+    (hidden, attention, activation). The projection output has no dropout (``feat_proj_dropout=0``),
+    as in s3prl's DistilHuBERT.
+
+    Arguments
+    ---------
+    teacher_config : transformers.PretrainedConfig, optional
+        A ``WavLMConfig``, ``HubertConfig`` or ``Wav2Vec2Config``. ``None`` uses HuBERT Base values.
+    num_layers : int
+        Number of transformer layers of the student (2 for DistilHuBERT).
+    **overrides
+        Any ``HubertConfig`` field, applied last.
+
+    Returns
+    -------
+    transformers.HubertConfig
+
+    Example
+    -------
+    >>> config = build_student_config()
+    >>> config.num_hidden_layers, config.hidden_size, config.feat_proj_layer_norm
+    (2, 768, False)
+    >>> num_parameters(HubertModel(config))
+    23491200
+    """
+    values = {}
+    if teacher_config is not None:
+        for field in _TEACHER_FIELDS:
+            if hasattr(teacher_config, field):
+                value = getattr(teacher_config, field)
+                values[field] = list(value) if isinstance(value, (list, tuple)) else value
+    values.update(
+        num_hidden_layers=num_layers,
+        feat_proj_layer_norm=False,
+        conv_bias=False,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+        mask_time_prob=0.0,
+        mask_feature_prob=0.0,
+        layerdrop=0.0,
+        hidden_dropout=0.1,
+        attention_dropout=0.1,
+        activation_dropout=0.1,
+        feat_proj_dropout=0.0,
+        final_dropout=0.1,
+    )
+    values.update(overrides)
+    if "conv_dim" in values:
+        values["num_feat_extract_layers"] = len(values["conv_dim"])
+    return HubertConfig(**values)
+
+
+class StudentOutput(NamedTuple):
+    """What :meth:`DistillerStudent.forward` returns.
+
+    Attributes
+    ----------
+    cnn_features : torch.Tensor
+        ``[B, F, C]`` CNN output, time-major, after the gradient multiplier (values unchanged).
+    hidden_states : tuple of torch.Tensor
+        ``N + 1`` tensors ``[B, F, D]``; index 0 is the encoder input (after positional conv, LayerNorm
+        and dropout), index i the output of transformer layer i.
+    predictions : torch.Tensor
+        ``[B, K, F, D]`` predicted teacher layers.
+    frame_mask : torch.Tensor
+        ``[B, F]`` bool, True on valid (non-padded) frames.
+    """
+
+    cnn_features: torch.Tensor
+    hidden_states: Tuple[torch.Tensor, ...]
+    predictions: torch.Tensor
+    frame_mask: torch.Tensor
+
+
+class _GradMultiply(torch.autograd.Function):
+    """Identity in the forward pass, multiplies the gradient by ``scale`` in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, tensor, scale):
+        ctx.scale = scale
+        return tensor.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output * ctx.scale, None
+
+
+def grad_multiply(tensor, scale):
+    """Returns ``tensor`` unchanged; the gradient flowing back through it is multiplied by ``scale``.
+
+    Arguments
+    ---------
+    tensor : torch.Tensor
+    scale : float
+
+    Returns
+    -------
+    torch.Tensor
+        Same values (a copy) as ``tensor``.
+
+    Example
+    -------
+    >>> x = torch.ones(3, requires_grad=True)
+    >>> grad_multiply(x, 0.1).sum().backward()
+    >>> x.grad
+    tensor([0.1000, 0.1000, 0.1000])
+    """
+    if scale == 1.0:
+        return tensor
+    return _GradMultiply.apply(tensor, scale)
+
+
+def absolute_lengths(wav_lens, num_samples):
+    """Converts SpeechBrain relative lengths to sample counts.
+
+    Arguments
+    ---------
+    wav_lens : torch.Tensor or None
+        ``[B]`` relative lengths in (0, 1]; None means every item is full length.
+    num_samples : int
+        Padded length ``T`` of the batch.
+
+    Returns
+    -------
+    torch.Tensor or None
+        ``[B]`` long, in ``[1, T]`` (None when ``wav_lens`` is None).
+
+    Example
+    -------
+    >>> absolute_lengths(torch.tensor([1.0, 0.5]), 16000)
+    tensor([16000,  8000])
+    """
+    if wav_lens is None:
+        return None
+    lengths = torch.round(wav_lens.float() * num_samples).long()
+    return lengths.clamp(min=1, max=num_samples)
+
+
+def _masked_group_norm(norm, inputs, lengths):
+    """GroupNorm whose statistics use only the first ``lengths[b]`` time steps of each item."""
+    batch_size, channels, num_steps = inputs.shape
+    groups = norm.num_groups
+    mask = lengths_to_mask(lengths.to(inputs.device), num_steps)[:, None, None, :].to(inputs.dtype)
+    grouped = inputs.reshape(batch_size, groups, channels // groups, num_steps)
+    count = mask.sum(dim=-1, keepdim=True).clamp(min=1) * (channels // groups)
+    mean = (grouped * mask).sum(dim=(2, 3), keepdim=True) / count
+    variance = (((grouped - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
+    normalised = ((grouped - mean) / torch.sqrt(variance + norm.eps)).reshape(inputs.shape)
+    if norm.affine:
+        normalised = normalised * norm.weight[None, :, None] + norm.bias[None, :, None]
+    return normalised
+
+
+@contextlib.contextmanager
+def per_utterance_cnn_norm(feature_extractor, sample_lengths):
+    """Makes the GroupNorm of the first CNN layer ignore padded time steps, for the duration of a block.
+
+    Hugging Face WavLM/HuBERT/wav2vec 2.0 Base and the DistilHuBERT student normalise every channel of
+    the first conv layer over the whole padded time axis, so the features of a short utterance depend
+    on how much padding its batch has (see the module docstring for the size of the effect). Inside
+    this context the statistics are computed over each item's valid steps only, which makes the valid
+    frames of a padded batch equal (to float precision) to those of the unpadded utterance. Without
+    padding the result is unchanged. Implemented as a forward hook, so it works on any HF model.
+
+    Arguments
+    ---------
+    feature_extractor : torch.nn.Module
+        The model's ``feature_extractor`` (``conv_layers[0]`` has ``conv`` and ``layer_norm``).
+    sample_lengths : torch.Tensor or None
+        ``[B]`` valid samples per item; None leaves the model untouched.
+
+    Example
+    -------
+    >>> model = HubertModel(build_student_config(hidden_size=32, num_attention_heads=2,
+    ...     intermediate_size=64, conv_dim=[32] * 7, num_conv_pos_embedding_groups=4)).eval()
+    >>> wavs = torch.randn(2, 8000)
+    >>> wavs[1, 4000:] = 0
+    >>> with per_utterance_cnn_norm(model.feature_extractor, torch.tensor([8000, 4000])):
+    ...     padded = model.feature_extractor(wavs)
+    >>> single = model.feature_extractor(wavs[1:, :4000])
+    >>> torch.allclose(padded[1:, :, : single.shape[-1]], single, atol=1e-5)
+    True
+    """
+    first_layer = feature_extractor.conv_layers[0]
+    norm = getattr(first_layer, "layer_norm", None)
+    if sample_lengths is None or not isinstance(norm, nn.GroupNorm):
+        yield
+        return
+    conv = first_layer.conv
+    step_lengths = torch.div(
+        sample_lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor"
+    ) + 1
+
+    def hook(module, args, output):
+        return _masked_group_norm(module, args[0], step_lengths.clamp(min=1))
+
+    handle = norm.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class PredictionHeads(nn.Module):
+    """DistilHuBERT "expand-last" prediction heads: one hidden sequence -> K teacher layers.
+
+    ``Linear(D -> T*K)``, GELU, then K separate ``Linear(T -> T)`` held as one weight ``[K, T, T]``
+    (applied as ``x @ weight[k]``, s3prl's ``SplitLinear`` layout) and one bias ``[K, T]``.
+
+    Arguments
+    ---------
+    hidden_size : int
+        Student width ``D``.
+    num_targets : int
+        Number of predicted teacher layers ``K``.
+    target_size : int, optional
+        Teacher width ``T`` (defaults to ``hidden_size``).
+
+    Example
+    -------
+    >>> heads = PredictionHeads(hidden_size=8, num_targets=3)
+    >>> heads(torch.randn(2, 5, 8)).shape
+    torch.Size([2, 3, 5, 8])
+    >>> num_parameters(PredictionHeads(768, 3))
+    3543552
+    """
+
+    def __init__(self, hidden_size, num_targets=3, target_size=None):
+        super().__init__()
+        target_size = hidden_size if target_size is None else target_size
+        self.num_targets = num_targets
+        self.target_size = target_size
+        self.expand = nn.Linear(hidden_size, target_size * num_targets)
+        self.activation = nn.GELU()
+        self.split_weight = nn.Parameter(torch.empty(num_targets, target_size, target_size))
+        self.split_bias = nn.Parameter(torch.empty(num_targets, target_size))
+        bound = 1.0 / math.sqrt(target_size)
+        nn.init.uniform_(self.split_weight, -bound, bound)
+        nn.init.uniform_(self.split_bias, -bound, bound)
+
+    def forward(self, hidden):
+        """Predicts the target layers.
+
+        Arguments
+        ---------
+        hidden : torch.Tensor
+            ``[B, F, D]`` last hidden state of the student.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, K, F, T]``.
+        """
+        batch_size, num_frames, _ = hidden.shape
+        expanded = self.activation(self.expand(hidden))
+        expanded = expanded.view(batch_size, num_frames, self.num_targets, self.target_size)
+        predictions = torch.einsum("bfki,kio->bkfo", expanded, self.split_weight)
+        return predictions + self.split_bias[None, :, None, :]
+
+
+def _canonical_name(name):
+    """Maps both weight-norm namings (``weight_g``/``weight_v`` and ``parametrizations``) to one."""
+    name = name.replace("parametrizations.weight.original0", "weight_g")
+    return name.replace("parametrizations.weight.original1", "weight_v")
+
+
+class DistillerStudent(nn.Module):
+    """DistilHuBERT student: HuBERT-style backbone + prediction heads, with a CNN gradient multiplier.
+
+    Arguments
+    ---------
+    config : transformers.HubertConfig
+        Backbone configuration, usually from :func:`build_student_config`.
+    target_layers : sequence of int
+        Teacher layers the heads predict (their number ``K`` is what matters here).
+    feature_grad_mult : float
+        Multiplier of the gradient flowing into the CNN (0.1); forward values are unchanged.
+    target_size : int, optional
+        Width of the predicted teacher layers (defaults to ``config.hidden_size``).
+    per_utterance_norm : bool
+        Compute the first CNN layer's GroupNorm over each item's valid samples only
+        (:func:`per_utterance_cnn_norm`), making outputs independent of batch padding. False (default)
+        keeps the exact Hugging Face ``HubertModel`` computation.
+
+    Example
+    -------
+    >>> config = build_student_config(hidden_size=32, num_attention_heads=2, intermediate_size=64,
+    ...                               conv_dim=[32] * 7, num_conv_pos_embeddings=16,
+    ...                               num_conv_pos_embedding_groups=4)
+    >>> student = DistillerStudent(config).eval()
+    >>> out = student(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+    >>> out.cnn_features.shape, len(out.hidden_states), out.predictions.shape
+    (torch.Size([2, 49, 32]), 3, torch.Size([2, 3, 49, 32]))
+    >>> out.frame_mask.sum(dim=1)
+    tensor([49, 24])
+    """
+
+    def __init__(
+        self, config, target_layers=(4, 8, 12), feature_grad_mult=0.1, target_size=None, per_utterance_norm=False
+    ):
+        super().__init__()
+        self.per_utterance_norm = bool(per_utterance_norm)
+        self.config = config
+        self.target_layers = tuple(int(layer) for layer in target_layers)
+        self.feature_grad_mult = float(feature_grad_mult)
+        self.backbone = HubertModel(config)
+        self.prediction_heads = PredictionHeads(
+            config.hidden_size, num_targets=len(self.target_layers), target_size=target_size
+        )
+
+    def num_frames(self, num_samples):
+        """Frame count of the CNN for ``num_samples`` input samples (int or long tensor)."""
+        return self.backbone._get_feat_extract_output_lengths(num_samples)
+
+    def forward(self, wavs, wav_lens=None):
+        """Runs the student on a (padded) batch of waveforms.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[B, T]`` float waveforms at 16 kHz (padded samples are zeroed here).
+        wav_lens : torch.Tensor, optional
+            ``[B]`` relative lengths in (0, 1]; None means all items are full length.
+
+        Returns
+        -------
+        StudentOutput
+        """
+        features, frame_mask = self.extract_cnn_features(wavs, wav_lens)
+        hidden_states = self.encode(features, frame_mask)
+        predictions = self.prediction_heads(hidden_states[-1])
+        return StudentOutput(features, hidden_states, predictions, frame_mask)
+
+    def extract_cnn_features(self, wavs, wav_lens=None):
+        """CNN features ``[B, F, C]`` (after the gradient multiplier) and the frame mask ``[B, F]``."""
+        num_samples = wavs.shape[-1]
+        sample_lengths = absolute_lengths(wav_lens, num_samples)
+        if sample_lengths is not None:
+            sample_mask = lengths_to_mask(sample_lengths.to(wavs.device), num_samples)
+            wavs = wavs * sample_mask.to(wavs.dtype)
+        norm_lengths = sample_lengths if self.per_utterance_norm else None
+        with per_utterance_cnn_norm(self.backbone.feature_extractor, norm_lengths):
+            # the conv layers of HubertFeatureEncoder.forward, without its in-place requires_grad trick
+            # (which fails when the input waveform itself requires a gradient)
+            features = wavs[:, None]
+            for conv_layer in self.backbone.feature_extractor.conv_layers:
+                features = conv_layer(features)
+            features = features.transpose(1, 2)
+        features = grad_multiply(features, self.feature_grad_mult)
+        num_frames = features.shape[1]
+        if sample_lengths is None:
+            frame_mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        else:
+            frame_lengths = self.num_frames(sample_lengths).to(features.device)
+            frame_mask = lengths_to_mask(frame_lengths.clamp(min=0), num_frames)
+        return features, frame_mask
+
+    def encode(self, features, frame_mask):
+        """Projection + transformer encoder on CNN features, keeping every hidden state.
+
+        Mirrors ``HubertEncoder.forward`` (post-LN) but returns all hidden states.
+
+        Arguments
+        ---------
+        features : torch.Tensor
+            ``[B, F, C]`` CNN features.
+        frame_mask : torch.Tensor
+            ``[B, F]`` bool valid-frame mask.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``N + 1`` tensors ``[B, F, D]``.
+        """
+        backbone = self.backbone
+        hidden = backbone.feature_projection(features)
+        hidden = hidden.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
+        encoder = backbone.encoder
+        attention_mask = None
+        if not bool(frame_mask.all()):
+            attention_mask = create_bidirectional_mask(
+                config=backbone.config, inputs_embeds=hidden, attention_mask=frame_mask
+            )
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        hidden = encoder.dropout(encoder.layer_norm(hidden))
+        hidden_states = [hidden]
+        for layer in encoder.layers:
+            if self.training and backbone.config.layerdrop > 0.0:
+                if torch.rand([]) < backbone.config.layerdrop:
+                    hidden_states.append(hidden)
+                    continue
+            hidden = layer(hidden, attention_mask=attention_mask)
+            if isinstance(hidden, tuple):
+                hidden = hidden[0]
+            hidden_states.append(hidden)
+        return tuple(hidden_states)
+
+    @torch.no_grad()
+    def init_from_teacher(self, teacher_model):
+        """Copies CNN, projection, positional conv, encoder LayerNorm and the first N layers.
+
+        Student parameters are mapped to the teacher's by name (both follow the Hugging Face
+        WavLM/HuBERT/wav2vec 2.0 layout; the two weight-norm namings of the positional conv,
+        ``weight_g/weight_v`` and ``parametrizations.weight.original0/1``, are treated as one).
+        Teacher parameters with no student counterpart are dropped: the LayerNorm before the projection,
+        WavLM's relative position bias and gates (``rel_attn_embed``, ``gru_rel_pos_*``), the mask
+        embedding and layers N+1.. . The prediction heads are left as they are.
+
+        Arguments
+        ---------
+        teacher_model : transformers.PreTrainedModel or FrozenTeacher
+            A WavLM / HuBERT / wav2vec 2.0 model (a task model such as ``HubertForCTC`` or a
+            :class:`~robustdistiller.teacher.FrozenTeacher` is unwrapped to its base model).
+
+        Returns
+        -------
+        dict
+            ``{"copied": [student parameter names], "dropped": [teacher parameter names]}``.
+
+        Raises
+        ------
+        ValueError
+            If a student parameter has no teacher counterpart or the shapes differ (the message names
+            the parameter and both shapes).
+        """
+        teacher = getattr(teacher_model, "model", teacher_model)
+        teacher = getattr(teacher, "base_model", teacher)
+        teacher_params = {_canonical_name(n): p for n, p in teacher.named_parameters()}
+        teacher_config = getattr(teacher, "config", None)
+        if teacher_config is not None:
+            teacher_norm = getattr(teacher_config, "feat_extract_norm", "group")
+            if teacher_norm != self.config.feat_extract_norm:
+                logger.warning(
+                    "Teacher CNN uses feat_extract_norm=%r, the student %r: norm weights copied anyway",
+                    teacher_norm,
+                    self.config.feat_extract_norm,
+                )
+            if getattr(teacher_config, "do_stable_layer_norm", False):
+                logger.warning("Teacher is pre-LN (do_stable_layer_norm); the student is post-LN")
+        copied = []
+        used = set()
+        for name, param in self.backbone.named_parameters():
+            key = _canonical_name(name)
+            if key not in teacher_params:
+                raise ValueError(
+                    f"Cannot initialise student parameter '{name}' from the teacher: the teacher "
+                    f"({type(teacher).__name__}) has no parameter '{key}'"
+                )
+            source = teacher_params[key]
+            if source.shape != param.shape:
+                raise ValueError(
+                    f"Shape mismatch for student parameter '{name}': student {tuple(param.shape)}, "
+                    f"teacher {tuple(source.shape)}; build the student with "
+                    f"build_student_config(teacher.config)"
+                )
+            param.copy_(source.detach().to(param.dtype))
+            copied.append(name)
+            used.add(key)
+        dropped = [name for name in teacher_params if name not in used]
+        layer_pattern = re.compile(r"^encoder\.layers\.(\d+)\.")
+        num_layers = len(self.backbone.encoder.layers)
+        later_layers = sorted(
+            {int(m.group(1)) for m in map(layer_pattern.match, dropped) if m and int(m.group(1)) >= num_layers}
+        )
+        others = [
+            name
+            for name in dropped
+            if not (layer_pattern.match(name) and int(layer_pattern.match(name).group(1)) >= num_layers)
+        ]
+        logger.info(
+            "Initialised %d student tensors from %s; dropped %d teacher tensors: transformer layers %s "
+            "(0-based) and %s",
+            len(copied),
+            type(teacher).__name__,
+            len(dropped),
+            later_layers,
+            others,
+        )
+        return {"copied": copied, "dropped": dropped}

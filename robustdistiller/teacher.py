@@ -1,0 +1,348 @@
+"""The frozen teacher: a self-supervised speech model whose hidden layers the student predicts.
+
+:func:`load_ssl_model` loads a WavLM / HuBERT / wav2vec 2.0 model from a local folder (``config.json``,
+weights and ``preprocessor_config.json``) or a Hugging Face hub id, with an error that names the source
+when neither works. :class:`FrozenTeacher` wraps it so that it stays frozen, in eval mode (no dropout, no
+layerdrop, even when a parent module or ``Brain.fit`` calls ``.train()``) and in fp32 under mixed
+precision, and returns the target layers (REFERENCE.md sections 1 and 7).
+
+No pretrained weights can be downloaded here: :func:`save_random_teacher` writes a model with *random*
+weights in the same on-disk format, which the demo and the tests use in place of WavLM Base+.
+"""
+
+import logging
+import os
+import re
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+from transformers import (
+    AutoModel,
+    HubertConfig,
+    HubertModel,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+    WavLMConfig,
+    WavLMModel,
+)
+
+from robustdistiller.losses import lengths_to_mask
+from robustdistiller.student import absolute_lengths, per_utterance_cnn_norm
+
+logger = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+_MODEL_TYPES = {
+    "wavlm": (WavLMConfig, WavLMModel),
+    "hubert": (HubertConfig, HubertModel),
+    "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
+}
+
+# Small but complete: 12 layers so that targets 4/8/12 exist, the real CNN kernels/strides.
+_TINY_CONFIG = dict(
+    hidden_size=64,
+    num_attention_heads=4,
+    intermediate_size=128,
+    num_hidden_layers=12,
+    conv_dim=[64] * 7,
+    conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+    conv_stride=[5, 2, 2, 2, 2, 2, 2],
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=16,
+)
+
+
+class TeacherSourceError(ValueError):
+    """A teacher source is neither a loadable local folder nor a reachable hub id."""
+
+
+class TeacherOutput(NamedTuple):
+    """What :meth:`FrozenTeacher.forward` returns.
+
+    Attributes
+    ----------
+    layers : torch.Tensor
+        ``[B, K, F, D]`` fp32 hidden layers ``target_layers`` (layer k = output of transformer layer k).
+    frame_mask : torch.Tensor
+        ``[B, F]`` bool, True on valid frames.
+    """
+
+    layers: torch.Tensor
+    frame_mask: torch.Tensor
+
+
+def _offline():
+    """Whether hub access is disabled, read from the environment at call time."""
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+def _looks_like_path(source):
+    """True for strings that are meant as file-system paths rather than hub ids."""
+    return (
+        os.path.isabs(source)
+        or source.startswith((".", "~"))
+        or (os.sep != "/" and os.sep in source)
+        or not _HUB_ID.match(source)
+    )
+
+
+def load_ssl_model(source, cache_dir=None):
+    """Loads a WavLM / HuBERT / wav2vec 2.0 model with ``transformers.AutoModel``.
+
+    Arguments
+    ---------
+    source : str or os.PathLike
+        A local folder with ``config.json`` and weights, or a hub id (``microsoft/wavlm-base-plus``).
+        A hub id is first looked up in the local cache only, then on the network (skipped when
+        ``HF_HUB_OFFLINE=1``).
+    cache_dir : str, optional
+        Hugging Face cache folder.
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+
+    Raises
+    ------
+    TeacherSourceError
+        If ``source`` looks like a path but is not a folder, if the folder cannot be loaded, or if a hub
+        id is neither cached nor reachable. The message names ``source``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = save_random_teacher(tempfile.mkdtemp(), model_type="hubert")
+    >>> type(load_ssl_model(folder)).__name__
+    'HubertModel'
+    """
+    source = os.fspath(source)
+    expanded = os.path.expanduser(source)
+    if os.path.isdir(expanded):
+        try:
+            return AutoModel.from_pretrained(expanded, cache_dir=cache_dir)
+        except (OSError, ValueError, KeyError) as error:
+            raise TeacherSourceError(
+                f"Cannot load an SSL model from the local folder '{source}': {error}"
+            ) from error
+    if _looks_like_path(source):
+        raise TeacherSourceError(
+            f"Teacher source '{source}' is not a folder (no such directory) and not a hub id"
+        )
+    try:
+        return AutoModel.from_pretrained(source, cache_dir=cache_dir, local_files_only=True)
+    except (OSError, ValueError) as local_error:
+        if _offline():
+            raise TeacherSourceError(
+                f"Teacher source '{source}' is neither a local folder nor a cached hub model, and the hub "
+                f"is not reachable (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set): download it elsewhere "
+                f"and pass its folder. ({local_error})"
+            ) from local_error
+    try:
+        return AutoModel.from_pretrained(source, cache_dir=cache_dir)
+    except Exception as error:  # network errors come in many types (OSError, HTTPError, ...)
+        raise TeacherSourceError(
+            f"Teacher source '{source}' is neither a local folder nor reachable on the Hugging Face hub "
+            f"(no network, or unknown id; set HF_HUB_OFFLINE=1 to skip the network attempt): {error}"
+        ) from error
+
+
+def random_teacher_config(model_type="wavlm", tiny=True, **config_overrides):
+    """The configuration :func:`save_random_teacher` uses.
+
+    Arguments
+    ---------
+    model_type : str
+        ``"wavlm"``, ``"hubert"`` or ``"wav2vec2"``.
+    tiny : bool
+        True: 12 layers of width 64 (see :func:`save_random_teacher`); False: the Base architecture.
+    **config_overrides
+        Any config field.
+
+    Returns
+    -------
+    transformers.PretrainedConfig
+
+    Example
+    -------
+    >>> config = random_teacher_config("hubert")
+    >>> config.num_hidden_layers, config.hidden_size, list(config.conv_stride)
+    (12, 64, [5, 2, 2, 2, 2, 2, 2])
+    """
+    if model_type not in _MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {sorted(_MODEL_TYPES)}, got {model_type!r}")
+    values = dict(_TINY_CONFIG) if tiny else {}
+    values.update(config_overrides)
+    return _MODEL_TYPES[model_type][0](**values)
+
+
+def save_random_teacher(folder, model_type="wavlm", tiny=True, seed=0, **config_overrides):
+    """Writes an SSL model with **random weights** (no pretrained knowledge) in Hugging Face format.
+
+    This stands in for WavLM Base+ / HuBERT Base / wav2vec 2.0 Base where pretrained weights cannot be
+    downloaded (demo, tests). The folder holds ``config.json``, the weights and a
+    ``preprocessor_config.json`` (``Wav2Vec2FeatureExtractor``, 16 kHz, ``do_normalize=False``,
+    ``return_attention_mask=True``), so :func:`load_ssl_model` and SpeechBrain's HF wrappers load it.
+
+    Arguments
+    ---------
+    folder : str or os.PathLike
+        Output folder (created).
+    model_type : str
+        ``"wavlm"``, ``"hubert"`` or ``"wav2vec2"``.
+    tiny : bool
+        True: 12 layers of width 64 (4 heads, FFN 128, 64-channel CNN with the real kernels/strides,
+        positional conv 16 / 16 groups), about 0.5M parameters. False: the real Base architecture
+        (for WavLM the Base+ shape: 94,381,936 parameters in ``WavLMModel``; the "94.70M" usually
+        quoted also counts the pre-training projection and label embeddings).
+    seed : int
+        Seed of the random weights (the global RNG state is restored afterwards).
+    **config_overrides
+        Any config field.
+
+    Returns
+    -------
+    str
+        ``folder``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = save_random_teacher(tempfile.mkdtemp(), model_type="wavlm")
+    >>> sorted(name for name in os.listdir(folder) if name.endswith(".json"))
+    ['config.json', 'preprocessor_config.json']
+    """
+    config = random_teacher_config(model_type, tiny=tiny, **config_overrides)
+    model_class = _MODEL_TYPES[model_type][1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=False,
+        return_attention_mask=True,
+    ).save_pretrained(folder)
+    with open(os.path.join(folder, "RANDOM_WEIGHTS.txt"), "w") as note:
+        note.write(
+            f"Random weights (seed {seed}), {model_type}, written by robustdistiller.teacher."
+            "save_random_teacher for demos and tests. Not a pretrained model.\n"
+        )
+    logger.info("Saved a %s teacher with RANDOM weights to %s", model_type, folder)
+    return folder
+
+
+class FrozenTeacher(nn.Module):
+    """Frozen, always-eval, fp32 SSL teacher that returns its target hidden layers.
+
+    Arguments
+    ---------
+    source : str or transformers.PreTrainedModel
+        Local folder or hub id (see :func:`load_ssl_model`), or an already-built model.
+    target_layers : sequence of int
+        Hidden layers to return; layer k is the output of transformer layer k (1..N), 0 the
+        encoder input.
+    cache_dir : str, optional
+        Hugging Face cache folder.
+    per_utterance_norm : bool
+        Compute the first CNN layer's GroupNorm over each item's valid samples only
+        (:func:`robustdistiller.student.per_utterance_cnn_norm`), so targets do not depend on how much
+        padding a batch has (with random Base-size weights, padding a 0.5 s item to 2 s changes its
+        hidden layers by ~40 % relative otherwise). False (default) is the plain HF computation.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> teacher = FrozenTeacher(save_random_teacher(tempfile.mkdtemp()))
+    >>> out = teacher(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+    >>> out.layers.shape, out.frame_mask.sum(dim=1)
+    (torch.Size([2, 3, 49, 64]), tensor([49, 24]))
+    >>> _ = nn.ModuleDict({"teacher": teacher}).train()
+    >>> teacher.training, teacher.model.training
+    (False, False)
+    """
+
+    def __init__(self, source, target_layers=(4, 8, 12), cache_dir=None, per_utterance_norm=False):
+        super().__init__()
+        self.per_utterance_norm = bool(per_utterance_norm)
+        if isinstance(source, nn.Module):
+            model = source
+        else:
+            model = load_ssl_model(source, cache_dir=cache_dir)
+        self.model = model.float()
+        self.config = model.config
+        num_layers = self.config.num_hidden_layers
+        target_layers = tuple(int(layer) for layer in target_layers)
+        if not target_layers:
+            raise ValueError("FrozenTeacher needs at least one target layer")
+        invalid = [layer for layer in target_layers if not 0 <= layer <= num_layers]
+        if invalid:
+            raise ValueError(
+                f"Invalid teacher target layers {invalid}: the teacher ({type(model).__name__}) has "
+                f"{num_layers} transformer layers, so layers must be in 0..{num_layers} "
+                f"(0 = encoder input, k = output of layer k)"
+            )
+        self.target_layers = target_layers
+        self.model.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode=True):
+        """Keeps the teacher in eval mode whatever ``mode`` is (dropout and layerdrop stay off)."""
+        return super().train(False)
+
+    def num_frames(self, num_samples):
+        """Frame count of the teacher's CNN for ``num_samples`` samples (int or long tensor)."""
+        return self.model._get_feat_extract_output_lengths(num_samples)
+
+    def forward(self, wavs, wav_lens=None):
+        """Computes the target layers of a (padded) batch, without gradient and in fp32.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[B, T]`` clean waveforms at 16 kHz (padded samples are zeroed here).
+        wav_lens : torch.Tensor, optional
+            ``[B]`` relative lengths in (0, 1]; None means all items are full length.
+
+        Returns
+        -------
+        TeacherOutput
+        """
+        if self.model.training:  # someone bypassed self.train
+            self.model.eval()
+        num_samples = wavs.shape[-1]
+        with torch.no_grad(), torch.autocast(device_type=wavs.device.type, enabled=False):
+            wavs = wavs.float()
+            sample_lengths = absolute_lengths(wav_lens, num_samples)
+            attention_mask = None
+            if sample_lengths is not None:
+                sample_mask = lengths_to_mask(sample_lengths.to(wavs.device), num_samples)
+                wavs = wavs * sample_mask.float()
+                attention_mask = sample_mask.long()
+            norm_lengths = sample_lengths if self.per_utterance_norm else None
+            with per_utterance_cnn_norm(self.model.feature_extractor, norm_lengths), warnings.catch_warnings():
+                # HF WavLM mixes a bool padding mask with its float position bias (harmless deprecation)
+                warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
+                output = self.model(wavs, attention_mask=attention_mask, output_hidden_states=True)
+            hidden_states = output.hidden_states
+            if len(hidden_states) != self.config.num_hidden_layers + 1:
+                raise RuntimeError(
+                    f"Teacher returned {len(hidden_states)} hidden states, expected "
+                    f"{self.config.num_hidden_layers + 1} (is layerdrop active?)"
+                )
+            layers = torch.stack([hidden_states[k] for k in self.target_layers], dim=1).float()
+            num_frames = layers.shape[2]
+            if sample_lengths is None:
+                frame_mask = torch.ones(layers.shape[0], num_frames, dtype=torch.bool, device=layers.device)
+            else:
+                frame_lengths = self.num_frames(sample_lengths).to(layers.device)
+                frame_mask = lengths_to_mask(frame_lengths.clamp(min=0), num_frames)
+        return TeacherOutput(layers, frame_mask)

@@ -1,0 +1,74 @@
+"""Shared fixtures: a small generated corpus in the real layouts and a tiny random-weight teacher.
+
+Nothing here reaches the network: the teacher is built from a config and saved locally, the audio is
+synthesised.
+"""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def mini_corpus(tmp_path_factory):
+    """Paths (``librispeech``, ``musan``, ``rirs``) of a small generated corpus."""
+    from robustdistiller.mini_corpus import generate_mini_corpus
+
+    return generate_mini_corpus(
+        str(tmp_path_factory.mktemp("corpus")),
+        seed=0,
+        train_speakers=3,
+        valid_speakers=2,
+        utterances_per_speaker=4,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_folder(tmp_path_factory):
+    """Local folder of a tiny 12-layer WavLM with random weights."""
+    from robustdistiller.teacher import save_random_teacher
+
+    return save_random_teacher(str(tmp_path_factory.mktemp("teacher")), model_type="wavlm", tiny=True, seed=0)
+
+
+def tiny_overrides(mini_corpus, teacher_folder, output_folder, **extra):
+    """Overrides that shrink the real recipe to the mini corpus and the tiny teacher."""
+    overrides = {
+        "data_folder": mini_corpus["librispeech"],
+        "musan_folder": mini_corpus["musan"],
+        "rir_folder": mini_corpus["rirs"],
+        "rirs_noises_subsets": ["simulated", "real"],
+        "train_splits": ["train-clean-100"],
+        "valid_splits": ["dev-clean"],
+        "teacher_source": teacher_folder,
+        "output_folder": output_folder,
+        "enhancement_input_size": 64,
+        "max_crop_samples": 16000,
+        "max_batch_seconds": 4,
+        "max_batch_utterances": 4,
+        "num_buckets": 2,
+        "num_workers": 0,
+        "log_interval": 1,
+        "valid_dataloader_opts": {"batch_size": 4, "num_workers": 0},
+    }
+    overrides.update(extra)
+    return overrides
+
+
+def as_command_line(overrides):
+    """``--key=value`` arguments (values as JSON, which YAML reads)."""
+    return [f"--{key}={json.dumps(value)}" for key, value in overrides.items()]
+
+
+def load_train_module():
+    """Imports the recipe's ``train.py`` as a module (for ``dataio_prepare`` and ``prepare_data``)."""
+    spec = importlib.util.spec_from_file_location("recipe_train", os.path.join(REPOSITORY_ROOT, "train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
