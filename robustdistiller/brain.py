@@ -20,7 +20,7 @@ import math
 import speechbrain as sb
 import torch
 
-from robustdistiller.enhancement import num_stft_frames, stft_magnitude
+from robustdistiller.enhancement import stft_magnitude
 from robustdistiller.losses import distillation_loss, enhancement_loss, lengths_to_mask
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,10 @@ class DistillationBrain(sb.Brain):
                 features = student_output.cnn_features
             else:
                 features = student_output.hidden_states[-1]
-            enhancement_output = self.modules.enhancement_head(features, noisy_wavs)
+            # Packed sequences: padding never reaches valid frames through the backward LSTM.
+            enhancement_output = self.modules.enhancement_head(
+                features, noisy_wavs, wav_lens, feature_mask=student_output.frame_mask
+            )
         return teacher_output, student_output, enhancement_output
 
     @property
@@ -160,8 +163,9 @@ class DistillationBrain(sb.Brain):
         if enhancement_output is not None:
             reference_wavs, wav_lens = batch.reference_sig
             clean_magnitude = stft_magnitude(reference_wavs.float())
-            num_samples = torch.round(wav_lens * reference_wavs.shape[1]).long()
-            stft_mask = lengths_to_mask(num_stft_frames(num_samples), clean_magnitude.shape[1])
+            head = getattr(self.modules.enhancement_head, "module", self.modules.enhancement_head)  # DDP
+            valid_frames = head.valid_frames(reference_wavs, wav_lens, feature_mask=student_output.frame_mask)
+            stft_mask = lengths_to_mask(valid_frames, enhancement_output.enhanced_magnitude.shape[1])
             enhancement = enhancement_loss(
                 enhancement_output.enhanced_magnitude.float(), clean_magnitude, stft_mask
             )
