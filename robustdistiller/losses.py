@@ -13,35 +13,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from robustdistiller.interface import lengths_to_mask  # noqa: F401  (re-exported)
+
 logger = logging.getLogger(__name__)
-
-
-def lengths_to_mask(lengths, max_length=None):
-    """Boolean mask of valid positions from integer lengths.
-
-    Arguments
-    ---------
-    lengths : torch.Tensor
-        ``[B]`` integer lengths.
-    max_length : int, optional
-        ``L``; defaults to ``lengths.max()``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[B, L]`` bool, True where ``position < length``.
-
-    Example
-    -------
-    >>> lengths_to_mask(torch.tensor([3, 1]), 4)
-    tensor([[ True,  True,  True, False],
-            [ True, False, False, False]])
-    """
-    lengths = torch.as_tensor(lengths)
-    if max_length is None:
-        max_length = int(lengths.max()) if lengths.numel() else 0
-    positions = torch.arange(int(max_length), device=lengths.device)
-    return positions.unsqueeze(0) < lengths.unsqueeze(1)
 
 
 def align_frames(*tensors, dim=1):

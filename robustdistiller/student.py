@@ -41,7 +41,6 @@ What holds exactly (<1e-6): the unpadded item of a batch; a CNN with per-frame L
 samples only. The default (False) keeps the plain Hugging Face computation.
 """
 
-import contextlib
 import logging
 import math
 import re
@@ -52,7 +51,11 @@ import torch.nn as nn
 from transformers import HubertConfig, HubertModel
 from transformers.masking_utils import create_bidirectional_mask
 
-from robustdistiller.losses import lengths_to_mask
+from robustdistiller.interface import (  # noqa: F401  (re-exported: part of this module's API)
+    absolute_lengths,
+    lengths_to_mask,
+    per_utterance_cnn_norm,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -212,101 +215,10 @@ def grad_multiply(tensor, scale):
     return _GradMultiply.apply(tensor, scale)
 
 
-def absolute_lengths(wav_lens, num_samples):
-    """Converts SpeechBrain relative lengths to sample counts.
-
-    Arguments
-    ---------
-    wav_lens : torch.Tensor or None
-        ``[B]`` relative lengths in (0, 1]; None means every item is full length.
-    num_samples : int
-        Padded length ``T`` of the batch.
-
-    Returns
-    -------
-    torch.Tensor or None
-        ``[B]`` long, in ``[1, T]`` (None when ``wav_lens`` is None).
-
-    Example
-    -------
-    >>> absolute_lengths(torch.tensor([1.0, 0.5]), 16000)
-    tensor([16000,  8000])
-    """
-    if wav_lens is None:
-        return None
-    lengths = torch.round(wav_lens.float() * num_samples).long()
-    return lengths.clamp(min=1, max=num_samples)
-
-
-def _masked_group_norm(norm, inputs, lengths):
-    """GroupNorm whose statistics use only the first ``lengths[b]`` time steps of each item."""
-    batch_size, channels, num_steps = inputs.shape
-    groups = norm.num_groups
-    mask = lengths_to_mask(lengths.to(inputs.device), num_steps)[:, None, None, :].to(inputs.dtype)
-    grouped = inputs.reshape(batch_size, groups, channels // groups, num_steps)
-    count = mask.sum(dim=-1, keepdim=True).clamp(min=1) * (channels // groups)
-    mean = (grouped * mask).sum(dim=(2, 3), keepdim=True) / count
-    variance = (((grouped - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
-    normalised = ((grouped - mean) / torch.sqrt(variance + norm.eps)).reshape(inputs.shape)
-    if norm.affine:
-        normalised = normalised * norm.weight[None, :, None] + norm.bias[None, :, None]
-    return normalised
-
-
-@contextlib.contextmanager
-def per_utterance_cnn_norm(feature_extractor, sample_lengths):
-    """Makes the GroupNorm of the first CNN layer ignore padded time steps, for the duration of a block.
-
-    Hugging Face WavLM/HuBERT/wav2vec 2.0 Base and the DistilHuBERT student normalise every channel of
-    the first conv layer over the whole padded time axis, so the features of a short utterance depend
-    on how much padding its batch has (see the module docstring for the size of the effect). Inside
-    this context the statistics are computed over each item's valid steps only, which makes the valid
-    frames of a padded batch equal (to float precision) to those of the unpadded utterance. Without
-    padding the result is unchanged. Implemented as a forward hook, so it works on any HF model.
-
-    Arguments
-    ---------
-    feature_extractor : torch.nn.Module
-        The model's ``feature_extractor`` (``conv_layers[0]`` has ``conv`` and ``layer_norm``).
-    sample_lengths : torch.Tensor or None
-        ``[B]`` valid samples per item; None leaves the model untouched.
-
-    Example
-    -------
-    >>> model = HubertModel(build_student_config(hidden_size=32, num_attention_heads=2,
-    ...     intermediate_size=64, conv_dim=[32] * 7, num_conv_pos_embedding_groups=4)).eval()
-    >>> wavs = torch.randn(2, 8000)
-    >>> wavs[1, 4000:] = 0
-    >>> with per_utterance_cnn_norm(model.feature_extractor, torch.tensor([8000, 4000])):
-    ...     padded = model.feature_extractor(wavs)
-    >>> single = model.feature_extractor(wavs[1:, :4000])
-    >>> torch.allclose(padded[1:, :, : single.shape[-1]], single, atol=1e-5)
-    True
-    """
-    first_layer = feature_extractor.conv_layers[0]
-    norm = getattr(first_layer, "layer_norm", None)
-    if sample_lengths is None or not isinstance(norm, nn.GroupNorm):
-        yield
-        return
-    conv = first_layer.conv
-    step_lengths = torch.div(
-        sample_lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor"
-    ) + 1
-
-    def hook(module, args, output):
-        return _masked_group_norm(module, args[0], step_lengths.clamp(min=1))
-
-    handle = norm.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 class PredictionHeads(nn.Module):
     """DistilHuBERT "expand-last" prediction heads: one hidden sequence -> K teacher layers.
 
-    ``Linear(D -> T*K)``, GELU, then K separate ``Linear(T -> T)`` held as one weight ``[K, T, T]``
+    ``Linear(D -> I*K)``, GELU, then K separate ``Linear(I -> T)`` held as one weight ``[K, I, T]``
     (applied as ``x @ weight[k]``, s3prl's ``SplitLinear`` layout) and one bias ``[K, T]``.
 
     Arguments
@@ -317,6 +229,9 @@ class PredictionHeads(nn.Module):
         Number of predicted teacher layers ``K``.
     target_size : int, optional
         Teacher width ``T`` (defaults to ``hidden_size``).
+    inner_size : int, optional
+        Width ``I`` of each chunk between the two layers (defaults to ``target_size``; s3prl's
+        ``out_layer_inter_dim``).
 
     Example
     -------
@@ -327,16 +242,18 @@ class PredictionHeads(nn.Module):
     3543552
     """
 
-    def __init__(self, hidden_size, num_targets=3, target_size=None):
+    def __init__(self, hidden_size, num_targets=3, target_size=None, inner_size=None):
         super().__init__()
-        target_size = hidden_size if target_size is None else target_size
+        target_size = hidden_size if target_size is None else int(target_size)
+        inner_size = target_size if inner_size is None else int(inner_size)
         self.num_targets = num_targets
         self.target_size = target_size
-        self.expand = nn.Linear(hidden_size, target_size * num_targets)
+        self.inner_size = inner_size
+        self.expand = nn.Linear(hidden_size, inner_size * num_targets)
         self.activation = nn.GELU()
-        self.split_weight = nn.Parameter(torch.empty(num_targets, target_size, target_size))
+        self.split_weight = nn.Parameter(torch.empty(num_targets, inner_size, target_size))
         self.split_bias = nn.Parameter(torch.empty(num_targets, target_size))
-        bound = 1.0 / math.sqrt(target_size)
+        bound = 1.0 / math.sqrt(inner_size)
         nn.init.uniform_(self.split_weight, -bound, bound)
         nn.init.uniform_(self.split_bias, -bound, bound)
 
@@ -355,9 +272,37 @@ class PredictionHeads(nn.Module):
         """
         batch_size, num_frames, _ = hidden.shape
         expanded = self.activation(self.expand(hidden))
-        expanded = expanded.view(batch_size, num_frames, self.num_targets, self.target_size)
+        expanded = expanded.view(batch_size, num_frames, self.num_targets, self.inner_size)
         predictions = torch.einsum("bfki,kio->bkfo", expanded, self.split_weight)
         return predictions + self.split_bias[None, :, None, :]
+
+
+_STATE_FORMAT_VERSION = 1
+
+# Config fields that define the computation (a checkpoint must agree on all of them).
+_ARCHITECTURE_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "conv_dim",
+    "conv_kernel",
+    "conv_stride",
+    "conv_bias",
+    "feat_extract_norm",
+    "feat_extract_activation",
+    "feat_proj_layer_norm",
+    "do_stable_layer_norm",
+    "num_conv_pos_embeddings",
+    "num_conv_pos_embedding_groups",
+    "layer_norm_eps",
+)
+
+
+def _plain(value):
+    """Tuples as lists, so saved (list) and live (tuple) configuration values compare equal."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _canonical_name(name):
@@ -383,6 +328,12 @@ class DistillerStudent(nn.Module):
         Compute the first CNN layer's GroupNorm over each item's valid samples only
         (:func:`per_utterance_cnn_norm`), making outputs independent of batch padding. False (default)
         keeps the exact Hugging Face ``HubertModel`` computation.
+    head_inner_size : int, optional
+        Chunk width of the prediction heads (:class:`PredictionHeads` ``inner_size``).
+
+    The state dict carries the architecture (``_extra_state``: backbone config, target layers, head
+    sizes), so a checkpoint alone rebuilds the model (:meth:`from_state_dict`), and loading a checkpoint
+    of another architecture fails with the differing fields named.
 
     Example
     -------
@@ -398,7 +349,13 @@ class DistillerStudent(nn.Module):
     """
 
     def __init__(
-        self, config, target_layers=(4, 8, 12), feature_grad_mult=0.1, target_size=None, per_utterance_norm=False
+        self,
+        config,
+        target_layers=(4, 8, 12),
+        feature_grad_mult=0.1,
+        target_size=None,
+        per_utterance_norm=False,
+        head_inner_size=None,
     ):
         super().__init__()
         self.per_utterance_norm = bool(per_utterance_norm)
@@ -407,8 +364,98 @@ class DistillerStudent(nn.Module):
         self.feature_grad_mult = float(feature_grad_mult)
         self.backbone = HubertModel(config)
         self.prediction_heads = PredictionHeads(
-            config.hidden_size, num_targets=len(self.target_layers), target_size=target_size
+            config.hidden_size,
+            num_targets=len(self.target_layers),
+            target_size=target_size,
+            inner_size=head_inner_size,
         )
+
+    def get_extra_state(self):
+        """The architecture, saved in the state dict under ``_extra_state`` (plain types only)."""
+        return {
+            "format_version": _STATE_FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "target_layers": list(self.target_layers),
+            "feature_grad_mult": self.feature_grad_mult,
+            "target_size": self.prediction_heads.target_size,
+            "head_inner_size": self.prediction_heads.inner_size,
+            "per_utterance_norm": self.per_utterance_norm,
+        }
+
+    def set_extra_state(self, state):
+        """Checks that a loaded checkpoint has this module's architecture (raises ValueError if not)."""
+        if not isinstance(state, dict) or "config" not in state:
+            raise ValueError(f"Unrecognised DistillerStudent extra state: {type(state).__name__}")
+        current = self.get_extra_state()
+        differences = [
+            f"{field}: checkpoint {state['config'].get(field)!r}, model {current['config'].get(field)!r}"
+            for field in _ARCHITECTURE_FIELDS
+            if _plain(state["config"].get(field)) != _plain(current["config"].get(field))
+        ]
+        for field in ("target_layers", "target_size", "head_inner_size"):
+            if field in state and _plain(state[field]) != _plain(current[field]):
+                differences.append(f"{field}: checkpoint {state[field]!r}, model {current[field]!r}")
+        if differences:
+            raise ValueError(
+                "The checkpoint holds a student of another architecture: " + "; ".join(differences)
+            )
+        if bool(state.get("per_utterance_norm", self.per_utterance_norm)) != self.per_utterance_norm:
+            logger.warning(
+                "The checkpoint was trained with per_utterance_norm=%s; this model uses %s",
+                state.get("per_utterance_norm"),
+                self.per_utterance_norm,
+            )
+
+    @classmethod
+    def from_state_dict(cls, state_dict, per_utterance_norm=None):
+        """Rebuilds a student from its state dict alone (``student.ckpt`` of a checkpoint).
+
+        Arguments
+        ---------
+        state_dict : dict
+            ``DistillerStudent.state_dict()``, including ``_extra_state``.
+        per_utterance_norm : bool, optional
+            Overrides the saved setting.
+
+        Returns
+        -------
+        DistillerStudent
+            In eval mode.
+
+        Raises
+        ------
+        ValueError
+            If the state dict has no architecture (``_extra_state``) or does not match it.
+
+        Example
+        -------
+        >>> config = build_student_config(hidden_size=32, num_attention_heads=2, intermediate_size=64,
+        ...     conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+        >>> student = DistillerStudent(config, target_layers=(2, 4))
+        >>> copy = DistillerStudent.from_state_dict(student.state_dict())
+        >>> copy.target_layers, torch.equal(copy.prediction_heads.split_weight,
+        ...                                 student.prediction_heads.split_weight)
+        ((2, 4), True)
+        """
+        state = state_dict.get("_extra_state")
+        if not isinstance(state, dict) or "config" not in state:
+            raise ValueError(
+                "This state dict does not describe its architecture (no '_extra_state' entry with a "
+                "'config'): it was not saved from a robustdistiller DistillerStudent"
+            )
+        config = HubertConfig.from_dict(dict(state["config"]))
+        if per_utterance_norm is None:
+            per_utterance_norm = state.get("per_utterance_norm", False)
+        student = cls(
+            config,
+            target_layers=state["target_layers"],
+            feature_grad_mult=state.get("feature_grad_mult", 0.1),
+            target_size=state.get("target_size"),
+            per_utterance_norm=per_utterance_norm,
+            head_inner_size=state.get("head_inner_size"),
+        )
+        student.load_state_dict(state_dict)
+        return student.eval()
 
     def num_frames(self, num_samples):
         """Frame count of the CNN for ``num_samples`` input samples (int or long tensor)."""

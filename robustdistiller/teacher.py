@@ -12,8 +12,6 @@ weights in the same on-disk format, which the demo and the tests use in place of
 
 import logging
 import os
-import re
-import warnings
 from typing import NamedTuple
 
 import torch
@@ -29,12 +27,9 @@ from transformers import (
     WavLMModel,
 )
 
-from robustdistiller.losses import lengths_to_mask
-from robustdistiller.student import absolute_lengths, per_utterance_cnn_norm
+from robustdistiller.interface import ModelSourceError, hub_offline, looks_like_path, ssl_hidden_states
 
 logger = logging.getLogger(__name__)
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 _MODEL_TYPES = {
     "wavlm": (WavLMConfig, WavLMModel),
@@ -56,7 +51,7 @@ _TINY_CONFIG = dict(
 )
 
 
-class TeacherSourceError(ValueError):
+class TeacherSourceError(ModelSourceError):
     """A teacher source is neither a loadable local folder nor a reachable hub id."""
 
 
@@ -73,22 +68,6 @@ class TeacherOutput(NamedTuple):
 
     layers: torch.Tensor
     frame_mask: torch.Tensor
-
-
-def _offline():
-    """Whether hub access is disabled, read from the environment at call time."""
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
-
-
-def _looks_like_path(source):
-    """True for strings that are meant as file-system paths rather than hub ids."""
-    return (
-        os.path.isabs(source)
-        or source.startswith((".", "~"))
-        or (os.sep != "/" and os.sep in source)
-        or not _HUB_ID.match(source)
-    )
 
 
 def load_ssl_model(source, cache_dir=None):
@@ -129,14 +108,14 @@ def load_ssl_model(source, cache_dir=None):
             raise TeacherSourceError(
                 f"Cannot load an SSL model from the local folder '{source}': {error}"
             ) from error
-    if _looks_like_path(source):
+    if looks_like_path(source):
         raise TeacherSourceError(
             f"Teacher source '{source}' is not a folder (no such directory) and not a hub id"
         )
     try:
         return AutoModel.from_pretrained(source, cache_dir=cache_dir, local_files_only=True)
     except (OSError, ValueError) as local_error:
-        if _offline():
+        if hub_offline():
             raise TeacherSourceError(
                 f"Teacher source '{source}' is neither a local folder nor a cached hub model, and the hub "
                 f"is not reachable (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set): download it elsewhere "
@@ -318,31 +297,14 @@ class FrozenTeacher(nn.Module):
         """
         if self.model.training:  # someone bypassed self.train
             self.model.eval()
-        num_samples = wavs.shape[-1]
         with torch.no_grad(), torch.autocast(device_type=wavs.device.type, enabled=False):
-            wavs = wavs.float()
-            sample_lengths = absolute_lengths(wav_lens, num_samples)
-            attention_mask = None
-            if sample_lengths is not None:
-                sample_mask = lengths_to_mask(sample_lengths.to(wavs.device), num_samples)
-                wavs = wavs * sample_mask.float()
-                attention_mask = sample_mask.long()
-            norm_lengths = sample_lengths if self.per_utterance_norm else None
-            with per_utterance_cnn_norm(self.model.feature_extractor, norm_lengths), warnings.catch_warnings():
-                # HF WavLM mixes a bool padding mask with its float position bias (harmless deprecation)
-                warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
-                output = self.model(wavs, attention_mask=attention_mask, output_hidden_states=True)
-            hidden_states = output.hidden_states
+            hidden_states, frame_mask = ssl_hidden_states(
+                self.model, wavs.float(), wav_lens, per_utterance_norm=self.per_utterance_norm
+            )
             if len(hidden_states) != self.config.num_hidden_layers + 1:
                 raise RuntimeError(
                     f"Teacher returned {len(hidden_states)} hidden states, expected "
                     f"{self.config.num_hidden_layers + 1} (is layerdrop active?)"
                 )
             layers = torch.stack([hidden_states[k] for k in self.target_layers], dim=1).float()
-            num_frames = layers.shape[2]
-            if sample_lengths is None:
-                frame_mask = torch.ones(layers.shape[0], num_frames, dtype=torch.bool, device=layers.device)
-            else:
-                frame_lengths = self.num_frames(sample_lengths).to(layers.device)
-                frame_mask = lengths_to_mask(frame_lengths.clamp(min=0), num_frames)
         return TeacherOutput(layers, frame_mask)

@@ -1,0 +1,410 @@
+"""Using a distilled student for inference: the SpeechBrain pretrained interface and its helpers.
+
+This module is **standalone**: it imports only torch, torchaudio, transformers and SpeechBrain, never
+the rest of :mod:`robustdistiller`, because :mod:`robustdistiller.export` copies it verbatim into every
+exported model folder as ``custom_interface.py``. A user without this package then loads the folder
+with ``speechbrain.inference.interfaces.foreign_class``; with the package installed,
+:class:`EncoderInterface` ``.from_hparams`` loads the same folder. The training code imports the shared
+pieces from here (one implementation of the padding rules for training and inference):
+
+* :func:`lengths_to_mask`, :func:`absolute_lengths`: SpeechBrain relative lengths to masks;
+* :func:`per_utterance_cnn_norm`: the first CNN layer's GroupNorm over each item's valid samples;
+* :func:`ssl_hidden_states`: every hidden state of a Hugging Face WavLM / HuBERT / wav2vec 2.0 model
+  for a padded batch, with the frame mask;
+* :func:`predict_teacher_layers`: the student's prediction heads in the exported layout
+  (``Linear`` + grouped ``Conv1d``, which only needs standard modules in ``hyperparams.yaml``);
+* :class:`EncoderInterface`: ``encode_batch`` / ``encode_file`` (resampling, stereo down-mix).
+"""
+
+import contextlib
+import logging
+import os
+import re
+import warnings
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchaudio
+from speechbrain.inference.interfaces import Pretrained
+from transformers import HubertConfig, HubertModel
+
+logger = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+class ModelSourceError(ValueError):
+    """A model source is neither a loadable local folder nor a reachable Hugging Face hub id."""
+
+
+def hub_offline():
+    """Whether Hugging Face hub access is disabled (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+def looks_like_path(source):
+    """True for strings meant as file-system paths rather than hub ids (``owner/name``).
+
+    Example
+    -------
+    >>> looks_like_path("microsoft/wavlm-base-plus"), looks_like_path("./exported"), looks_like_path("/a/b")
+    (False, True, True)
+    """
+    source = os.fspath(source)
+    return (
+        os.path.isabs(source)
+        or source.startswith((".", "~"))
+        or (os.sep != "/" and os.sep in source)
+        or not _HUB_ID.match(source)
+    )
+
+
+def lengths_to_mask(lengths, max_length=None):
+    """Boolean mask of valid positions from integer lengths.
+
+    Arguments
+    ---------
+    lengths : torch.Tensor
+        ``[B]`` integer lengths.
+    max_length : int, optional
+        ``L``; defaults to ``lengths.max()``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, L]`` bool, True where ``position < length``.
+
+    Example
+    -------
+    >>> lengths_to_mask(torch.tensor([3, 1]), 4)
+    tensor([[ True,  True,  True, False],
+            [ True, False, False, False]])
+    """
+    lengths = torch.as_tensor(lengths)
+    if max_length is None:
+        max_length = int(lengths.max()) if lengths.numel() else 0
+    positions = torch.arange(int(max_length), device=lengths.device)
+    return positions.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def absolute_lengths(wav_lens, num_samples):
+    """Converts SpeechBrain relative lengths to sample counts.
+
+    Arguments
+    ---------
+    wav_lens : torch.Tensor or None
+        ``[B]`` relative lengths in (0, 1]; None means every item is full length.
+    num_samples : int
+        Padded length ``T`` of the batch.
+
+    Returns
+    -------
+    torch.Tensor or None
+        ``[B]`` long, in ``[1, T]`` (None when ``wav_lens`` is None).
+
+    Example
+    -------
+    >>> absolute_lengths(torch.tensor([1.0, 0.5]), 16000)
+    tensor([16000,  8000])
+    """
+    if wav_lens is None:
+        return None
+    lengths = torch.round(wav_lens.float() * num_samples).long()
+    return lengths.clamp(min=1, max=num_samples)
+
+
+def _masked_group_norm(norm, inputs, lengths):
+    """GroupNorm whose statistics use only the first ``lengths[b]`` time steps of each item."""
+    batch_size, channels, num_steps = inputs.shape
+    groups = norm.num_groups
+    mask = lengths_to_mask(lengths.to(inputs.device), num_steps)[:, None, None, :].to(inputs.dtype)
+    grouped = inputs.reshape(batch_size, groups, channels // groups, num_steps)
+    count = mask.sum(dim=-1, keepdim=True).clamp(min=1) * (channels // groups)
+    mean = (grouped * mask).sum(dim=(2, 3), keepdim=True) / count
+    variance = (((grouped - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
+    normalised = ((grouped - mean) / torch.sqrt(variance + norm.eps)).reshape(inputs.shape)
+    if norm.affine:
+        normalised = normalised * norm.weight[None, :, None] + norm.bias[None, :, None]
+    return normalised
+
+
+@contextlib.contextmanager
+def per_utterance_cnn_norm(feature_extractor, sample_lengths):
+    """Makes the GroupNorm of the first CNN layer ignore padded time steps, for the duration of a block.
+
+    Hugging Face WavLM/HuBERT/wav2vec 2.0 Base and the DistilHuBERT student normalise every channel of
+    the first conv layer over the whole padded time axis, so the features of a short utterance depend
+    on how much padding its batch has (see the module docstring for the size of the effect). Inside
+    this context the statistics are computed over each item's valid steps only, which makes the valid
+    frames of a padded batch equal (to float precision) to those of the unpadded utterance. Without
+    padding the result is unchanged. Implemented as a forward hook, so it works on any HF model.
+
+    Arguments
+    ---------
+    feature_extractor : torch.nn.Module
+        The model's ``feature_extractor`` (``conv_layers[0]`` has ``conv`` and ``layer_norm``).
+    sample_lengths : torch.Tensor or None
+        ``[B]`` valid samples per item; None leaves the model untouched.
+
+    Example
+    -------
+    >>> model = HubertModel(HubertConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1,
+    ...     intermediate_size=64, conv_dim=[32] * 7, conv_bias=False, feat_extract_norm="group",
+    ...     num_conv_pos_embedding_groups=4)).eval()
+    >>> wavs = torch.randn(2, 8000)
+    >>> wavs[1, 4000:] = 0
+    >>> with per_utterance_cnn_norm(model.feature_extractor, torch.tensor([8000, 4000])):
+    ...     padded = model.feature_extractor(wavs)
+    >>> single = model.feature_extractor(wavs[1:, :4000])
+    >>> torch.allclose(padded[1:, :, : single.shape[-1]], single, atol=1e-5)
+    True
+    """
+    first_layer = feature_extractor.conv_layers[0]
+    norm = getattr(first_layer, "layer_norm", None)
+    if sample_lengths is None or not isinstance(norm, nn.GroupNorm):
+        yield
+        return
+    conv = first_layer.conv
+    step_lengths = torch.div(
+        sample_lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor"
+    ) + 1
+
+    def hook(module, args, output):
+        return _masked_group_norm(module, args[0], step_lengths.clamp(min=1))
+
+    handle = norm.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def ssl_hidden_states(model, wavs, wav_lens=None, per_utterance_norm=False):
+    """Every hidden state of a Hugging Face WavLM / HuBERT / wav2vec 2.0 model for a padded batch.
+
+    Padded samples are zeroed and an attention mask is passed, so padded frames never enter attention.
+
+    Arguments
+    ---------
+    model : transformers.PreTrainedModel
+        A ``WavLMModel``, ``HubertModel`` or ``Wav2Vec2Model`` (or compatible).
+    wavs : torch.Tensor
+        ``[B, T]`` waveforms at the model's sample rate.
+    wav_lens : torch.Tensor, optional
+        ``[B]`` relative lengths in (0, 1] (SpeechBrain convention); None: all full length.
+    per_utterance_norm : bool
+        Normalise the first CNN layer over each item's valid samples (:func:`per_utterance_cnn_norm`),
+        so the features of an utterance do not depend on the padding of its batch.
+
+    Returns
+    -------
+    hidden_states : tuple of torch.Tensor
+        ``N + 1`` tensors ``[B, F, D]``: index 0 is the encoder input, index k the output of layer k.
+    frame_mask : torch.Tensor
+        ``[B, F]`` bool, True on valid frames.
+
+    Example
+    -------
+    >>> model = HubertModel(HubertConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
+    ...     intermediate_size=64, conv_dim=[32] * 7, num_conv_pos_embedding_groups=4)).eval()
+    >>> hidden_states, frame_mask = ssl_hidden_states(model, torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+    >>> len(hidden_states), hidden_states[-1].shape, frame_mask.sum(dim=1).tolist()
+    (3, torch.Size([2, 49, 32]), [49, 24])
+    """
+    num_samples = wavs.shape[-1]
+    sample_lengths = absolute_lengths(wav_lens, num_samples)
+    attention_mask = None
+    if sample_lengths is not None:
+        sample_mask = lengths_to_mask(sample_lengths.to(wavs.device), num_samples)
+        wavs = wavs * sample_mask.to(wavs.dtype)
+        attention_mask = sample_mask.long()
+    norm_lengths = sample_lengths if per_utterance_norm else None
+    with per_utterance_cnn_norm(model.feature_extractor, norm_lengths), warnings.catch_warnings():
+        # HF WavLM mixes a bool padding mask with its float position bias (harmless deprecation)
+        warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
+        output = model(wavs, attention_mask=attention_mask, output_hidden_states=True)
+    hidden_states = tuple(output.hidden_states)
+    num_frames = hidden_states[-1].shape[1]
+    if sample_lengths is None:
+        frame_mask = torch.ones(wavs.shape[0], num_frames, dtype=torch.bool, device=wavs.device)
+    else:
+        frame_lengths = model._get_feat_extract_output_lengths(sample_lengths).to(wavs.device)
+        frame_mask = lengths_to_mask(frame_lengths.clamp(min=0), num_frames)
+    return hidden_states, frame_mask
+
+
+def predict_teacher_layers(expand, split, hidden, num_targets):
+    """The student's "expand-last" prediction heads in the exported layout.
+
+    ``GELU(expand(hidden))`` is split into ``K`` chunks; chunk k goes through its own linear map, held
+    as one ``Conv1d(K * I, K * T, kernel_size=1, groups=K)`` (the same maps as the training layout,
+    a weight ``[K, I, T]``, with ``conv.weight[k * T + o, i, 0] = weight[k, i, o]``).
+
+    Arguments
+    ---------
+    expand : torch.nn.Linear
+        ``D -> K * I``.
+    split : torch.nn.Conv1d
+        ``K * I -> K * T``, kernel size 1, ``groups=K``.
+    hidden : torch.Tensor
+        ``[B, F, D]`` last hidden state.
+    num_targets : int
+        ``K``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, K, F, T]`` predicted teacher layers.
+
+    Example
+    -------
+    >>> expand, split = torch.nn.Linear(8, 12), torch.nn.Conv1d(12, 6, 1, groups=3)
+    >>> predict_teacher_layers(expand, split, torch.randn(2, 5, 8), num_targets=3).shape
+    torch.Size([2, 3, 5, 2])
+    """
+    expanded = F.gelu(expand(hidden))  # [B, F, K * I]
+    predictions = split(expanded.transpose(1, 2))  # [B, K * T, F]
+    batch_size, channels, num_frames = predictions.shape
+    predictions = predictions.view(batch_size, num_targets, channels // num_targets, num_frames)
+    return predictions.transpose(2, 3)
+
+
+class EncodedBatch(NamedTuple):
+    """What :meth:`EncoderInterface.encode_batch` returns.
+
+    Attributes
+    ----------
+    hidden_states : torch.Tensor
+        ``[B, N + 1, F, D]``: index 0 is the encoder input, index i the output of transformer layer i
+        (``hidden_states[:, -1]`` is the last layer).
+    predictions : torch.Tensor or None
+        ``[B, K, F, T]``: the prediction heads' estimates of the teacher layers ``target_layers``
+        (None for a folder exported without heads).
+    frame_mask : torch.Tensor
+        ``[B, F]`` bool, True on valid frames (values on padded frames are meaningless).
+    """
+
+    hidden_states: torch.Tensor
+    predictions: Optional[torch.Tensor]
+    frame_mask: torch.Tensor
+
+
+class EncoderInterface(Pretrained):
+    """SpeechBrain pretrained interface of a distilled student (an exported RobustDistiller folder).
+
+    The folder's ``hyperparams.yaml`` declares the backbone (``encoder``, a ``transformers.HubertModel``)
+    and, optionally, the prediction heads (``prediction_expand``, ``prediction_split``), plus
+    ``sample_rate``, ``per_utterance_norm`` and ``target_layers``.
+
+    Example (an exported folder; ``tests/test_export.py`` runs this on a trained tiny student)::
+
+        encoder = EncoderInterface.from_hparams(source="exported_student", savedir="pretrained_cache")
+        out = encoder.encode_file("utterance.flac")   # any sample rate, mono or stereo
+        out.hidden_states.shape                       # [1, N + 1, frames, 768]
+        out.predictions.shape                         # [1, 3, frames, 768]: teacher layers 4, 8, 12
+    """
+
+    MODULES_NEEDED = ["encoder"]
+    HPARAMS_NEEDED = ["sample_rate"]
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file="hyperparams.yaml", **kwargs):
+        """Loads an exported folder (or, on a connected machine, a hub id) like ``Pretrained``.
+
+        Raises
+        ------
+        ModelSourceError
+            ``source`` looks like a path but is not a folder; or it is a hub id while the hub is
+            unreachable (``HF_HUB_OFFLINE=1``: fails at once) or the id is unknown.
+        """
+        source_text = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+        if source_text is not None and not os.path.isdir(os.path.expanduser(source_text)):
+            if looks_like_path(source_text):
+                raise ModelSourceError(f"Model source '{source_text}' is not a folder (no such directory)")
+            if hub_offline():
+                raise ModelSourceError(
+                    f"Model source '{source_text}' is not a local folder and the Hugging Face hub is "
+                    f"disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE): download the model elsewhere and "
+                    f"pass its local folder as source"
+                )
+            try:
+                return super().from_hparams(source=source_text, hparams_file=hparams_file, **kwargs)
+            except Exception as error:  # network errors come in many types
+                raise ModelSourceError(
+                    f"Cannot fetch '{source_text}' from the Hugging Face hub ({type(error).__name__}: "
+                    f"{error}); check the id and the network, or pass a local folder as source"
+                ) from error
+        return super().from_hparams(source=source, hparams_file=hparams_file, **kwargs)
+
+    @property
+    def num_layers(self):
+        """Number of transformer layers ``N`` of the encoder."""
+        return self.mods.encoder.config.num_hidden_layers
+
+    def encode_batch(self, wavs, wav_lens=None, sample_rate=None):
+        """Encodes a (padded) batch of waveforms.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[T]``, ``[B, T]`` or ``[B, T, C]`` (C channels are averaged to mono).
+        wav_lens : torch.Tensor, optional
+            ``[B]`` relative lengths in (0, 1]; None: every item is full length.
+        sample_rate : int, optional
+            Sample rate of ``wavs``; resampled to the model's (16 kHz) when different.
+
+        Returns
+        -------
+        EncodedBatch
+        """
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        elif wavs.dim() == 3:
+            wavs = wavs.mean(dim=-1)
+        elif wavs.dim() != 2:
+            raise ValueError(f"wavs must be [T], [B, T] or [B, T, C]; got shape {tuple(wavs.shape)}")
+        wavs = wavs.to(self.device, torch.float32)
+        model_rate = int(self.hparams.sample_rate)
+        if sample_rate is not None and int(sample_rate) != model_rate:
+            wavs = torchaudio.functional.resample(wavs, int(sample_rate), model_rate)
+        if wav_lens is not None:
+            wav_lens = torch.as_tensor(wav_lens, dtype=torch.float32, device=self.device)
+        per_utterance_norm = bool(getattr(self.hparams, "per_utterance_norm", False))
+        with torch.no_grad():
+            hidden_states, frame_mask = ssl_hidden_states(
+                self.mods.encoder, wavs, wav_lens, per_utterance_norm=per_utterance_norm
+            )
+            predictions = None
+            if "prediction_expand" in self.mods and "prediction_split" in self.mods:
+                predictions = predict_teacher_layers(
+                    self.mods.prediction_expand,
+                    self.mods.prediction_split,
+                    hidden_states[-1],
+                    num_targets=len(self.hparams.target_layers),
+                )
+        return EncodedBatch(torch.stack(hidden_states, dim=1), predictions, frame_mask)
+
+    def encode_file(self, path, **kwargs):
+        """Encodes one audio file (any sample rate; multichannel audio is averaged to mono).
+
+        Arguments
+        ---------
+        path : str
+            Audio file (anything SpeechBrain's audio reader opens).
+        **kwargs
+            Passed to ``load_audio`` (``savedir``).
+
+        Returns
+        -------
+        EncodedBatch
+            A batch of one.
+        """
+        waveform = self.load_audio(path, **kwargs)
+        return self.encode_batch(waveform.unsqueeze(0))
+
+    def forward(self, wavs, wav_lens=None):
+        """Same as :meth:`encode_batch`."""
+        return self.encode_batch(wavs, wav_lens)
