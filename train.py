@@ -32,7 +32,9 @@ from speechbrain.utils.distributed import run_on_main
 from robustdistiller.brain import DistillationBrain
 from robustdistiller.dataio import make_batch_sampler, make_distillation_dataset
 from robustdistiller.evaluation import evaluate_conditions
+from robustdistiller.export import TRAINING_INFO_FILE
 from robustdistiller.prepare import prepare_librispeech, prepare_noise, prepare_rirs
+from robustdistiller.student import num_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,36 @@ def prepare_data(hparams):
         )
 
 
+def write_training_info(hparams, hparams_file):
+    """Records what the student is distilled from in ``<save_folder>/distillation_info.json``.
+
+    ``robustdistiller.export`` reads it to write the model card of an exported student.
+    """
+    teacher = hparams["teacher"]
+    probabilities = hparams["train_corruptor"].condition_probs
+    corrupted = any(probability > 0 for name, probability in probabilities.items() if name != "clean")
+    corruption = {"condition_probs": dict(probabilities)}
+    if corrupted:
+        corruption.update(snr_db=[hparams["snr_low"], hparams["snr_high"]], noise_list=hparams.get("noise_csv"))
+        corruption.update(rir_list=hparams.get("rir_csv"))
+    info = {
+        "recipe": "RobustDistiller" if corrupted or hparams["enhancement_weight"] > 0 else "DistilHuBERT",
+        "hparams_file": os.path.abspath(hparams_file),
+        "teacher_source": str(hparams["teacher_source"]),
+        "teacher_type": teacher.config.model_type,
+        "teacher_parameters": num_parameters(teacher.model),
+        "target_layers": list(hparams["target_layers"]),
+        "data_folder": str(hparams["data_folder"]),
+        "train_splits": list(hparams["train_splits"]),
+        "corruption": corruption,
+        "enhancement_weight": hparams["enhancement_weight"],
+        "number_of_steps": int(hparams["number_of_steps"]),
+        "seed": hparams["seed"],
+    }
+    with open(os.path.join(hparams["save_folder"], TRAINING_INFO_FILE), "w", encoding="utf-8") as fout:
+        json.dump(info, fout, indent=2)
+
+
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -124,6 +156,7 @@ if __name__ == "__main__":
         overrides=overrides,
     )
     prepare_data(hparams)
+    run_on_main(write_training_info, args=[hparams, hparams_file])
     train_data, valid_data, train_sampler = dataio_prepare(hparams)
 
     # Copy the teacher's CNN, projection, positional convolution and first layers into the student;

@@ -10,6 +10,10 @@
 4. Evaluates both students on the held-out speakers: distillation loss against the teacher's clean
    targets, with the student hearing clean speech, noise at 0/5/10/20 dB, or reverberation.
    Prints the table and writes ``robustness.png`` and ``robustness.json``.
+5. Exports the RobustDistiller student (SpeechBrain + transformers + s3prl formats) to
+   ``exported_robustdistiller/`` and reloads it in fresh offline processes four ways
+   (:func:`robustdistiller.export.verify_export`), printing how far each loader's features are from
+   the trained module's.
 
 Run: ``python -m robustdistiller.demo --output demo_output``.
 """
@@ -22,13 +26,12 @@ import subprocess
 import sys
 import time
 
-import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from robustdistiller.evaluation import evaluate_conditions
+from robustdistiller.export import export_student, format_verification, load_student, verify_export
 from robustdistiller.mini_corpus import generate_mini_corpus
-from robustdistiller.student import DistillerStudent, build_student_config
 from robustdistiller.teacher import FrozenTeacher, save_random_teacher
 
 logger = logging.getLogger(__name__)
@@ -70,15 +73,6 @@ def run_recipe(hparams_file, overrides, log_file):
     if completed.returncode != 0:
         raise RuntimeError(f"{hparams_file} failed (exit {completed.returncode}); see {log_file}")
     return time.time() - start
-
-
-def load_student(teacher, save_folder, target_layers):
-    """Rebuilds a student and loads its best checkpoint (lowest validation loss)."""
-    student = DistillerStudent(build_student_config(teacher.config), target_layers=target_layers)
-    checkpointer = sb.utils.checkpoints.Checkpointer(save_folder, recoverables={"student": student})
-    if checkpointer.recover_if_possible(min_key="valid_loss") is None:
-        raise RuntimeError(f"No checkpoint found in {save_folder}")
-    return student
 
 
 def format_table(results, conditions):
@@ -174,7 +168,7 @@ def main(argv=None):
     test_corruptor = robust_hparams["test_corruptor"]
     results = {}
     for name, (_, overrides) in runs.items():
-        student = load_student(teacher, os.path.join(overrides["output_folder"], "save"), teacher.target_layers)
+        student, _ = load_student(overrides["output_folder"])  # the lowest validation loss
         results[name] = evaluate_conditions(
             student,
             teacher,
@@ -197,6 +191,13 @@ def main(argv=None):
         fout.write(table + "\n")
     plot_results(results, conditions, os.path.join(output, "robustness.png"))
     print(f"\nWrote {output}/robustness.png, robustness.json and robustness.md")
+
+    # Use the distilled model anywhere: export it, reload it four ways in fresh offline processes.
+    exported = os.path.join(output, "exported_robustdistiller")
+    export_student(runs["RobustDistiller"][1]["output_folder"], exported, s3prl=True, overwrite=True)
+    student, _ = load_student(runs["RobustDistiller"][1]["output_folder"])
+    print(f"\nExported the RobustDistiller student to {exported}; features of each loader vs the trained module:")
+    print(format_verification(verify_export(exported, student)))
     return results
 
 

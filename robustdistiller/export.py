@@ -1,0 +1,803 @@
+"""Loading trained students from any of our formats, and exporting them for SpeechBrain and transformers.
+
+Run ``python -m robustdistiller.export <checkpoint> <output folder> [--s3prl] [--verify]``.
+``<checkpoint>`` is anything :func:`load_student` reads: a training output folder, its ``save`` folder
+(the checkpoint with the lowest validation loss is taken), one ``CKPT+...`` folder, a ``student.ckpt``
+file, an s3prl-format ``.ckpt`` (DistilHuBERT, the authors' ``rd_*.ckpt``) or an exported folder.
+
+The output is one self-contained folder:
+
+* ``hyperparams.yaml`` + ``encoder.ckpt``, ``prediction_expand.ckpt``, ``prediction_split.ckpt`` +
+  ``custom_interface.py`` (a verbatim copy of :mod:`robustdistiller.interface`): a SpeechBrain pretrained
+  model, loaded with ``EncoderInterface.from_hparams(source=folder)`` or, without this package,
+  ``foreign_class(source=folder, pymodule_file="custom_interface.py", classname="EncoderInterface")``;
+* ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``: the backbone as a
+  ``transformers.HubertModel`` folder (also what SpeechBrain's HF ``HuBERT`` wrapper loads);
+* ``README.md``: a model card (teacher, data, steps, parameters, the loading snippets);
+* with ``--s3prl``, ``s3prl_distiller.ckpt`` for s3prl's ``distiller_local`` upstream.
+
+The backbone weights are stored twice (``encoder.ckpt`` and ``model.safetensors``, 94 MB each at full
+size): SpeechBrain's ``Pretrainer`` reads ``torch.save`` files and a ``hyperparams.yaml`` cannot name
+the folder it is loaded from, so the two loaders cannot share one file.
+
+``--verify`` loads the folder in fresh processes (no network, and for ``foreign_class`` without this
+package on the path) four ways and compares their features with the student's (:func:`verify_export`).
+"""
+
+import argparse
+import copy
+import glob
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import torch
+import yaml
+from transformers import HubertModel, Wav2Vec2FeatureExtractor
+
+from robustdistiller.interface import hub_offline, looks_like_path
+from robustdistiller.student import DistillerStudent, num_parameters
+
+logger = logging.getLogger(__name__)
+
+TRAINING_INFO_FILE = "distillation_info.json"
+INTERFACE_FILE = "custom_interface.py"
+S3PRL_FILE = "s3prl_distiller.ckpt"
+HEAD_FILES = ("prediction_expand.ckpt", "prediction_split.ckpt")
+# Files an export writes; --overwrite replaces only these.
+EXPORT_FILES = (
+    "hyperparams.yaml",
+    "encoder.ckpt",
+    *HEAD_FILES,
+    INTERFACE_FILE,
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "README.md",
+    S3PRL_FILE,
+)
+PARITY_TOLERANCE = 1e-4
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ExportError(ValueError):
+    """A checkpoint or export folder cannot be read or written (the message names the path)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Finding and loading students
+# ------------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path):
+    with open(path, encoding="utf-8") as fin:
+        return yaml.safe_load(fin) or {}
+
+
+def _checkpoint_folders(save_folder):
+    """``(folder, meta)`` of SpeechBrain checkpoints that hold a student, oldest first."""
+    folders = sorted(glob.glob(os.path.join(save_folder, "CKPT+*")))
+    found = []
+    for folder in folders:
+        meta_file = os.path.join(folder, "CKPT.yaml")
+        if os.path.isfile(os.path.join(folder, "student.ckpt")) and os.path.isfile(meta_file):
+            found.append((folder, _read_yaml(meta_file)))
+    return found
+
+
+def best_checkpoint(save_folder):
+    """The checkpoint folder with the lowest ``valid_loss`` (else the newest) in a save folder.
+
+    Arguments
+    ---------
+    save_folder : str
+        A folder holding SpeechBrain ``CKPT+...`` folders.
+
+    Returns
+    -------
+    str or None
+    """
+    found = _checkpoint_folders(save_folder)
+    if not found:
+        return None
+    validated = [(meta["valid_loss"], folder) for folder, meta in found if "valid_loss" in meta]
+    if validated:
+        return min(validated)[1]
+    return max(found, key=lambda item: item[1].get("unixtime", 0))[0]
+
+
+def _is_exported_folder(folder):
+    return os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(
+        os.path.join(folder, "encoder.ckpt")
+    )
+
+
+def fetch_from_hub(repo_id, cache_dir=None):
+    """Downloads an exported model from the Hugging Face hub (a connected machine) to the local cache.
+
+    Arguments
+    ---------
+    repo_id : str
+        ``owner/name`` of a repository holding an exported folder.
+    cache_dir : str, optional
+        Hugging Face cache folder.
+
+    Returns
+    -------
+    str
+        The local snapshot folder.
+
+    Raises
+    ------
+    ExportError
+        The hub is disabled (``HF_HUB_OFFLINE``) and the model is not cached, or it is unreachable.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=hub_offline())
+    except Exception as error:  # offline, unknown id and network errors come in many types
+        advice = (
+            "the Hugging Face hub is disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE) and the model is not "
+            "cached"
+            if hub_offline()
+            else "the hub is unreachable or the id is unknown"
+        )
+        raise ExportError(
+            f"'{repo_id}' is not a local path and {advice}: download the model elsewhere and pass its "
+            f"local folder ({type(error).__name__})"
+        ) from error
+
+
+def locate_checkpoint(source):
+    """Resolves what :func:`load_student` was given to one file or folder and its kind.
+
+    Arguments
+    ---------
+    source : str
+        Training output folder, save folder, ``CKPT+...`` folder, ``student.ckpt``, s3prl ``.ckpt``
+        or exported folder.
+
+    Returns
+    -------
+    (str, str)
+        ``(path, kind)`` with kind ``"speechbrain"`` (a CKPT folder), ``"state_dict"`` (a
+        ``student.ckpt`` file), ``"s3prl"`` (a file) or ``"exported"`` (a folder).
+
+    Raises
+    ------
+    ExportError
+        Nothing usable at ``source``; the message says what was expected.
+    """
+    source = os.fspath(source)
+    if not os.path.exists(os.path.expanduser(source)) and not looks_like_path(source):
+        return fetch_from_hub(source), "exported"
+    source = os.path.abspath(os.path.expanduser(source))
+    if os.path.isfile(source):
+        if os.path.basename(source) == "student.ckpt":
+            return source, "state_dict"
+        return source, "s3prl"
+    if not os.path.isdir(source):
+        raise ExportError(f"Checkpoint source '{source}' does not exist")
+    if os.path.isfile(os.path.join(source, "student.ckpt")):
+        return source, "speechbrain"
+    if _is_exported_folder(source):
+        return source, "exported"
+    for save_folder in (source, os.path.join(source, "save")):
+        folder = best_checkpoint(save_folder)
+        if folder is not None:
+            return folder, "speechbrain"
+    raise ExportError(
+        f"No student found in '{source}': expected a training output folder (with save/CKPT+*/), a "
+        f"save folder (with CKPT+*/student.ckpt), a CKPT+* folder, a student.ckpt file, an s3prl "
+        f".ckpt file or an exported folder (config.json + encoder.ckpt)"
+    )
+
+
+def _load_state_dict(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ExportError(f"Cannot read the student state dict '{path}': {error}") from error
+
+
+def _training_info_near(folder):
+    """The recipe's ``distillation_info.json`` in ``folder`` or its parents (up to two levels)."""
+    for candidate in (folder, os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))):
+        path = os.path.join(candidate, TRAINING_INFO_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as fin:
+                return json.load(fin)
+    return {}
+
+
+def _student_from_exported_folder(folder, per_utterance_norm=None):
+    """Rebuilds the training-layout student from an exported folder."""
+    backbone = HubertModel.from_pretrained(folder)
+    metadata = dict(getattr(backbone.config, "robustdistiller", None) or {})
+    target_layers = metadata.get("target_layers", [])
+    has_heads = all(os.path.isfile(os.path.join(folder, name)) for name in HEAD_FILES)
+    expand = split = None
+    if has_heads:
+        expand = _load_state_dict(os.path.join(folder, HEAD_FILES[0]))
+        split = _load_state_dict(os.path.join(folder, HEAD_FILES[1]))
+    num_targets = len(target_layers) if target_layers else 1
+    target_size = split["weight"].shape[0] // num_targets if has_heads else None
+    inner_size = split["weight"].shape[1] if has_heads else None
+    if per_utterance_norm is None:
+        per_utterance_norm = metadata.get("per_utterance_norm", False)
+    student = DistillerStudent(
+        backbone.config,
+        target_layers=target_layers or (1,),
+        feature_grad_mult=metadata.get("feature_grad_mult", 0.1),
+        target_size=target_size,
+        per_utterance_norm=per_utterance_norm,
+        head_inner_size=inner_size,
+    )
+    student.backbone.load_state_dict(backbone.state_dict())
+    if has_heads:
+        student.prediction_heads.expand.load_state_dict(expand)
+        weight, bias = grouped_conv_to_split(split["weight"], split["bias"], num_targets)
+        with torch.no_grad():
+            student.prediction_heads.split_weight.copy_(weight)
+            student.prediction_heads.split_bias.copy_(bias)
+    else:
+        logger.warning("%s has no prediction heads: the student's heads are random", folder)
+    return student.eval(), metadata
+
+
+def load_student(source, per_utterance_norm=None):
+    """Loads a trained student from any of our formats (see :func:`locate_checkpoint`).
+
+    Arguments
+    ---------
+    source : str
+        Training output / save / ``CKPT+`` folder, ``student.ckpt``, s3prl ``.ckpt`` or exported folder.
+    per_utterance_norm : bool, optional
+        Overrides the saved per-utterance CNN normalisation setting.
+
+    Returns
+    -------
+    student : DistillerStudent
+        In eval mode, on the CPU.
+    info : dict
+        ``source``, ``format``, ``step`` (optimizer steps, None if unknown), ``valid_loss`` and
+        ``training`` (the recipe's ``distillation_info.json``, or what the format records).
+    """
+    path, kind = locate_checkpoint(source)
+    info = {"source": path, "format": kind, "step": None, "valid_loss": None, "training": {}}
+    if kind == "s3prl":
+        from robustdistiller.s3prl_format import student_from_s3prl
+
+        student, s3prl_info = student_from_s3prl(path, per_utterance_norm=bool(per_utterance_norm))
+        info["step"] = s3prl_info.get("step")
+        info["training"] = {"s3prl_config": s3prl_info.get("config", {})}
+        return student, info
+    if kind == "exported":
+        student, metadata = _student_from_exported_folder(path, per_utterance_norm)
+        info["step"] = metadata.get("step")
+        info["valid_loss"] = metadata.get("valid_loss")
+        info["training"] = metadata.get("training", {})
+        return student, info
+    state_file = path if kind == "state_dict" else os.path.join(path, "student.ckpt")
+    try:
+        student = DistillerStudent.from_state_dict(_load_state_dict(state_file), per_utterance_norm)
+    except ValueError as error:
+        raise ExportError(f"Cannot rebuild the student from '{state_file}': {error}") from error
+    checkpoint_folder = os.path.dirname(state_file)
+    meta_file = os.path.join(checkpoint_folder, "CKPT.yaml")
+    if os.path.isfile(meta_file):
+        meta = _read_yaml(meta_file)
+        info["step"] = meta.get("optimizer_step")
+        info["valid_loss"] = meta.get("valid_loss")
+    info["training"] = _training_info_near(checkpoint_folder)
+    return student, info
+
+
+# ------------------------------------------------------------------------------------------------
+# Exporting
+# ------------------------------------------------------------------------------------------------
+
+
+def split_to_grouped_conv(split_weight, split_bias):
+    """Training-layout split linear (``[K, I, T]``, ``[K, T]``) to a grouped ``Conv1d``'s parameters.
+
+    Example
+    -------
+    >>> weight, bias = split_to_grouped_conv(torch.randn(3, 4, 2), torch.randn(3, 2))
+    >>> weight.shape, bias.shape
+    (torch.Size([6, 4, 1]), torch.Size([6]))
+    >>> w, b = grouped_conv_to_split(weight, bias, num_targets=3)
+    >>> w.shape, b.shape
+    (torch.Size([3, 4, 2]), torch.Size([3, 2]))
+    """
+    num_targets, inner_size, target_size = split_weight.shape
+    weight = split_weight.permute(0, 2, 1).reshape(num_targets * target_size, inner_size, 1)
+    return weight.contiguous(), split_bias.reshape(-1).contiguous()
+
+
+def grouped_conv_to_split(weight, bias, num_targets):
+    """Inverse of :func:`split_to_grouped_conv`."""
+    channels, inner_size, _ = weight.shape
+    target_size = channels // num_targets
+    split_weight = weight[:, :, 0].reshape(num_targets, target_size, inner_size).permute(0, 2, 1)
+    return split_weight.contiguous(), bias.reshape(num_targets, target_size).contiguous()
+
+
+def _hyperparams_text(config_values, metadata, include_heads, heads):
+    """The exported ``hyperparams.yaml``."""
+    config_yaml = yaml.safe_dump(config_values, default_flow_style=None, sort_keys=True, width=100)
+    config_yaml = "".join(f"        {line}\n" for line in config_yaml.splitlines())
+    lines = [
+        "# ############################################################################",
+        "# Distilled speech encoder exported by robustdistiller.export (see README.md).",
+        "# Load: EncoderInterface.from_hparams(source=<this folder>) or",
+        '#       foreign_class(source=<this folder>, pymodule_file="custom_interface.py",',
+        '#                     classname="EncoderInterface")',
+        "# ############################################################################",
+        "",
+        "sample_rate: 16000",
+        "# First CNN layer's GroupNorm over each utterance's own samples (as in training)",
+        f"per_utterance_norm: {metadata['per_utterance_norm']}",
+        f"target_layers: {json.dumps(metadata['target_layers'])}",
+        "",
+        "audio_normalizer: !new:speechbrain.dataio.preprocess.AudioNormalizer",
+        "    sample_rate: !ref <sample_rate>",
+        "    mix: avg-to-mono",
+        "",
+        "encoder: !new:transformers.HubertModel",
+        "    config: !new:transformers.HubertConfig",
+        config_yaml.rstrip("\n"),
+    ]
+    modules = ["encoder"]
+    if include_heads:
+        lines += [
+            "",
+            "# Prediction heads (teacher layers target_layers): Linear, GELU, one Linear per layer",
+            "# held as a grouped 1x1 convolution",
+            "prediction_expand: !new:torch.nn.Linear",
+            f"    in_features: {heads.expand.in_features}",
+            f"    out_features: {heads.expand.out_features}",
+            "prediction_split: !new:torch.nn.Conv1d",
+            f"    in_channels: {heads.inner_size * heads.num_targets}",
+            f"    out_channels: {heads.target_size * heads.num_targets}",
+            "    kernel_size: 1",
+            f"    groups: {heads.num_targets}",
+        ]
+        modules += ["prediction_expand", "prediction_split"]
+    lines += ["", "modules:"] + [f"    {name}: !ref <{name}>" for name in modules]
+    lines += ["", "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer", "    loadables:"]
+    lines += [f"        {name}: !ref <{name}>" for name in modules]
+    return "\n".join(lines) + "\n"
+
+
+def _format_count(count):
+    return f"{count:,} ({count / 1e6:.2f}M)"
+
+
+def _model_card(student, info, metadata, include_heads, s3prl_written):
+    """The exported folder's ``README.md``."""
+    training = info.get("training") or {}
+    teacher = training.get("teacher_source", "unknown (not recorded with this checkpoint)")
+    teacher_details = ""
+    if training.get("teacher_type"):
+        teacher_details = f" ({training['teacher_type']}, {_format_count(training['teacher_parameters'])} parameters)"
+    layers = ", ".join(str(layer) for layer in student.target_layers)
+    data = ", ".join(training.get("train_splits", [])) or "unknown"
+    if training.get("data_folder"):
+        data += f" (from `{training['data_folder']}`)"
+    corruption = training.get("corruption")
+    if isinstance(corruption, dict):
+        probabilities = corruption.get("condition_probs", {})
+        parts = [", ".join(f"{name} {value:g}" for name, value in probabilities.items())]
+        if "snr_db" in corruption:
+            parts.append("SNR {}-{} dB".format(*corruption["snr_db"]))
+        corruption = "; ".join(part for part in parts if part)
+        if training.get("enhancement_weight"):
+            corruption += f"; enhancement head, weight {training['enhancement_weight']:g}"
+    corruption = corruption or "not recorded"
+    steps = info.get("step")
+    steps_text = "unknown" if steps is None else f"{steps:,}"
+    if training.get("number_of_steps"):
+        steps_text += f" of {training['number_of_steps']:,} scheduled"
+    valid_loss = info.get("valid_loss")
+    backbone_count = num_parameters(student.backbone)
+    heads_count = num_parameters(student.prediction_heads)
+    rows = [
+        ("Recipe", training.get("recipe", "RobustDistiller / DistilHuBERT student")),
+        ("Architecture", f"DistilHuBERT: CNN + {student.config.num_hidden_layers} transformer layers, "
+         f"{student.config.hidden_size} dims (`transformers.HubertModel`)"),
+        ("Teacher", f"`{teacher}`{teacher_details}; predicted layers {layers}"),
+        ("Distillation data", data),
+        ("Corruption (student input)", corruption),
+        ("Optimizer steps", steps_text),
+        ("Validation loss", "unknown" if valid_loss is None else f"{valid_loss:.4f}"),
+        ("Parameters", f"backbone {_format_count(backbone_count)}; prediction heads "
+         f"{_format_count(heads_count) if include_heads else 'not exported'}"),
+        ("Per-utterance CNN normalisation", "yes" if metadata["per_utterance_norm"] else "no"),
+        ("Exported from", f"`{info['source']}` ({info['format']})"),
+    ]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    s3prl_section = ""
+    if s3prl_written:
+        s3prl_section = f"""
+### s3prl
+
+`{S3PRL_FILE}` is in s3prl's distiller format (`Distiller` + `Config`):
+
+```bash
+python run_downstream.py -m train -u distiller_local -k /path/to/this/folder/{S3PRL_FILE} -d <task> ...
+```
+"""
+    padding_note = (
+        "The student was trained with the first CNN layer's GroupNorm computed over each utterance's "
+        "own samples. `EncoderInterface` does the same for padded batches. A plain `transformers` "
+        "model normalises over the padded length, so feed it one utterance at a time (or wrap the call "
+        "in `robustdistiller.interface.per_utterance_cnn_norm(model.feature_extractor, lengths)`): "
+        "then all loaders give the same features."
+        if metadata["per_utterance_norm"]
+        else "The CNN's first GroupNorm spans the padded length (plain Hugging Face behaviour), so padded "
+        "batches give slightly different features than single utterances with every loader."
+    )
+    return f"""# Distilled speech encoder (RobustDistiller)
+
+| | |
+|---|---|
+{table}
+
+The hidden states are `[encoder input, layer 1, ..., layer {student.config.num_hidden_layers}]` at 50 frames/s
+(16 kHz input). SUPERB-style downstream models use a learnable weighted sum of all of them.
+
+## Load it
+
+### SpeechBrain, with `robustdistiller` installed
+
+```python
+from robustdistiller.interface import EncoderInterface
+
+encoder = EncoderInterface.from_hparams(source="/path/to/this/folder", savedir="pretrained_cache")
+out = encoder.encode_file("utterance.wav")        # any sample rate; stereo is averaged
+out.hidden_states                                 # [1, {student.config.num_hidden_layers + 1}, frames, {student.config.hidden_size}]
+out.predictions                                   # [1, {len(student.target_layers)}, frames, dims]: teacher layers {layers}
+batch = encoder.encode_batch(wavs, wav_lens)      # padded batch, SpeechBrain relative lengths
+batch.frame_mask                                  # [B, frames], True on valid frames
+```
+
+### SpeechBrain, without `robustdistiller` (the interface module ships in this folder)
+
+```python
+from speechbrain.inference.interfaces import foreign_class
+
+encoder = foreign_class(source="/path/to/this/folder", pymodule_file="{INTERFACE_FILE}",
+                        classname="EncoderInterface", savedir="pretrained_cache")
+```
+
+### transformers (and SpeechBrain's Hugging Face wrapper)
+
+```python
+from transformers import HubertModel
+
+model = HubertModel.from_pretrained("/path/to/this/folder").eval()
+hidden_states = model(wav[None], output_hidden_states=True).hidden_states   # one utterance, 16 kHz
+
+from speechbrain.integrations.huggingface.hubert import HuBERT
+ssl = HuBERT(source="/path/to/this/folder", save_path="pretrained_cache", output_all_hiddens=True, freeze=True)
+```
+{s3prl_section}
+## Padding
+
+{padding_note}
+
+## Files
+
+`hyperparams.yaml`, `encoder.ckpt`{', `prediction_expand.ckpt`, `prediction_split.ckpt`' if include_heads else ''},
+`{INTERFACE_FILE}`: SpeechBrain. `config.json`, `model.safetensors`, `preprocessor_config.json`: transformers
+(the backbone weights are stored in both formats).{f' `{S3PRL_FILE}`: s3prl.' if s3prl_written else ''}
+"""
+
+
+def export_student(source, output_folder, include_heads=True, s3prl=False, overwrite=False):
+    """Writes a trained student as one folder loadable by SpeechBrain, transformers (and s3prl).
+
+    Arguments
+    ---------
+    source : str or DistillerStudent
+        Anything :func:`load_student` reads, or a student module.
+    output_folder : str
+        Created; must be empty or missing unless ``overwrite``.
+    include_heads : bool
+        Export the prediction heads (their outputs estimate the teacher's layers).
+    s3prl : bool
+        Also write ``s3prl_distiller.ckpt``.
+    overwrite : bool
+        Replace the files of an earlier export in ``output_folder`` (other files are left alone).
+
+    Returns
+    -------
+    dict
+        ``folder``, ``files`` (written), ``info`` (what :func:`load_student` reported).
+
+    Raises
+    ------
+    ExportError
+        Unusable source, or a non-empty output folder without ``overwrite``.
+    """
+    if isinstance(source, DistillerStudent):
+        student = source.eval()
+        info = {"source": "in-memory student", "format": "module", "step": None, "valid_loss": None, "training": {}}
+    else:
+        student, info = load_student(source)
+    output_folder = os.path.abspath(output_folder)
+    if isinstance(source, (str, os.PathLike)) and os.path.abspath(os.fspath(source)) == output_folder:
+        raise ExportError(f"The export folder '{output_folder}' is the checkpoint source itself")
+    if os.path.isdir(output_folder) and os.listdir(output_folder):
+        if not overwrite:
+            raise ExportError(
+                f"Export folder '{output_folder}' is not empty; choose another folder or pass --overwrite "
+                f"(which replaces only the files an export writes)"
+            )
+        for name in EXPORT_FILES:
+            if os.path.isfile(os.path.join(output_folder, name)):
+                os.remove(os.path.join(output_folder, name))
+    os.makedirs(output_folder, exist_ok=True)
+
+    metadata = {
+        "target_layers": list(student.target_layers),
+        "per_utterance_norm": bool(student.per_utterance_norm),
+        "feature_grad_mult": student.feature_grad_mult,
+        "step": info.get("step"),
+        "valid_loss": info.get("valid_loss"),
+        "training": info.get("training") or {},
+    }
+    backbone = copy.deepcopy(student.backbone).eval()
+    backbone.config.robustdistiller = metadata
+    backbone.save_pretrained(output_folder, safe_serialization=True)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=False,
+        return_attention_mask=True,
+    ).save_pretrained(output_folder)
+
+    torch.save(student.backbone.state_dict(), os.path.join(output_folder, "encoder.ckpt"))
+    heads = student.prediction_heads
+    if include_heads:
+        torch.save(heads.expand.state_dict(), os.path.join(output_folder, HEAD_FILES[0]))
+        weight, bias = split_to_grouped_conv(heads.split_weight.detach(), heads.split_bias.detach())
+        torch.save({"weight": weight, "bias": bias}, os.path.join(output_folder, HEAD_FILES[1]))
+
+    # Only the fields that differ from HubertConfig's defaults (what makes this model what it is).
+    excluded = {"transformers_version", "model_type", "architectures", "robustdistiller", "_name_or_path",
+                "dtype", "torch_dtype", "id2label", "label2id"}
+    config_values = {key: value for key, value in student.config.to_diff_dict().items() if key not in excluded}
+    with open(os.path.join(output_folder, "hyperparams.yaml"), "w", encoding="utf-8") as fout:
+        fout.write(_hyperparams_text(config_values, metadata, include_heads, heads))
+    shutil.copyfile(os.path.join(os.path.dirname(__file__), "interface.py"), os.path.join(output_folder, INTERFACE_FILE))
+
+    if s3prl:
+        from robustdistiller.s3prl_format import student_to_s3prl
+
+        student_to_s3prl(student, os.path.join(output_folder, S3PRL_FILE), step=info.get("step") or 0)
+    with open(os.path.join(output_folder, "README.md"), "w", encoding="utf-8") as fout:
+        fout.write(_model_card(student, info, metadata, include_heads, s3prl))
+    files = sorted(name for name in EXPORT_FILES if os.path.isfile(os.path.join(output_folder, name)))
+    logger.info("Exported the student to %s (%s)", output_folder, ", ".join(files))
+    return {"folder": output_folder, "files": files, "info": info}
+
+
+# ------------------------------------------------------------------------------------------------
+# Verification in fresh processes
+# ------------------------------------------------------------------------------------------------
+
+_PROBE_HEADER = """
+import sys, torch
+folder, batch_file, output_file, savedir = sys.argv[1:5]
+batch = torch.load(batch_file)
+wavs, wav_lens, lengths = batch["wavs"], batch["wav_lens"], batch["lengths"].tolist()
+"""
+
+_PROBE_INTERFACE_TAIL = """
+out = encoder.encode_batch(wavs, wav_lens)
+frames = out.frame_mask.sum(dim=1).tolist()
+hidden = [out.hidden_states[i, :, :n] for i, n in enumerate(frames)]
+predictions = None if out.predictions is None else [out.predictions[i, :, :n] for i, n in enumerate(frames)]
+torch.save({"hidden_states": hidden, "predictions": predictions, "modules": sorted(sys.modules)}, output_file)
+"""
+
+# Each probe runs in a fresh interpreter with the hub disabled.
+PROBES = {
+    "speechbrain_interface": _PROBE_HEADER
+    + """
+from robustdistiller.interface import EncoderInterface
+encoder = EncoderInterface.from_hparams(source=folder, savedir=savedir)
+"""
+    + _PROBE_INTERFACE_TAIL,
+    "foreign_class": _PROBE_HEADER
+    + """
+from speechbrain.inference.interfaces import foreign_class
+encoder = foreign_class(source=folder, pymodule_file="custom_interface.py", classname="EncoderInterface",
+                        savedir=savedir)
+"""
+    + _PROBE_INTERFACE_TAIL,
+    "transformers": _PROBE_HEADER
+    + """
+from transformers import HubertModel
+model = HubertModel.from_pretrained(folder).eval()
+hidden = []
+with torch.no_grad():
+    for i, n in enumerate(lengths):
+        hidden.append(torch.stack(model(wavs[i : i + 1, :n], output_hidden_states=True).hidden_states)[:, 0])
+torch.save({"hidden_states": hidden, "predictions": None, "modules": sorted(sys.modules)}, output_file)
+""",
+    "speechbrain_hubert": _PROBE_HEADER
+    + """
+from speechbrain.integrations.huggingface.hubert import HuBERT
+model = HuBERT(source=folder, save_path=savedir, output_all_hiddens=True, freeze=True).eval()
+hidden = [model(wavs[i : i + 1, :n])[:, 0] for i, n in enumerate(lengths)]
+torch.save({"hidden_states": hidden, "predictions": None, "modules": sorted(sys.modules)}, output_file)
+""",
+}
+
+
+def parity_batch(seconds=(1.0, 0.7, 0.45), sample_rate=16000, seed=0):
+    """A padded batch of speech-like test signals (harmonics with a moving pitch, plus noise).
+
+    Returns
+    -------
+    dict
+        ``wavs`` ``[B, T]``, ``wav_lens`` ``[B]`` (relative), ``lengths`` ``[B]`` (samples).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([int(round(duration * sample_rate)) for duration in seconds])
+    wavs = torch.zeros(len(seconds), int(lengths.max()))
+    for index, length in enumerate(lengths.tolist()):
+        time = torch.arange(length) / sample_rate
+        pitch = 110 + 40 * torch.rand(1, generator=generator) + 30 * torch.sin(2 * torch.pi * 3 * time)
+        phase = 2 * torch.pi * torch.cumsum(pitch, 0) / sample_rate
+        signal = sum(torch.sin(harmonic * phase) / harmonic for harmonic in range(1, 8))
+        signal = signal * (0.5 + 0.5 * torch.sin(2 * torch.pi * 4 * time).abs())
+        wavs[index, :length] = 0.1 * signal + 0.01 * torch.randn(length, generator=generator)
+    return {"wavs": wavs, "wav_lens": lengths.float() / lengths.max(), "lengths": lengths}
+
+
+def reference_features(student, batch):
+    """Per-item valid-frame hidden states ``[N + 1, F_i, D]`` and predictions of the training module."""
+    with torch.no_grad():
+        output = student.eval()(batch["wavs"], batch["wav_lens"])
+    frames = output.frame_mask.sum(dim=1).tolist()
+    hidden = torch.stack(output.hidden_states, dim=1)
+    return {
+        "hidden_states": [hidden[i, :, :n] for i, n in enumerate(frames)],
+        "predictions": [output.predictions[i, :, :n] for i, n in enumerate(frames)],
+    }
+
+
+def _max_difference(reference, candidate):
+    if candidate is None:
+        return None
+    differences = []
+    for expected, actual in zip(reference, candidate):
+        if expected.shape != actual.shape:
+            return float("inf")
+        differences.append((expected - actual).abs().max().item())
+    return max(differences)
+
+
+def run_probe(loader, folder, batch_file, work_folder):
+    """Runs one loader of :data:`PROBES` in a fresh, offline Python process; returns its output."""
+    output_file = os.path.join(work_folder, f"{loader}.pt")
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    python_path = [entry for entry in environment.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    python_path = [entry for entry in python_path if os.path.abspath(entry) != REPOSITORY_ROOT]
+    if loader == "speechbrain_interface":
+        python_path.insert(0, REPOSITORY_ROOT)  # this one needs the package (installed or not)
+    environment["PYTHONPATH"] = os.pathsep.join(python_path)
+    command = [sys.executable, "-c", PROBES[loader], folder, batch_file, output_file,
+               os.path.join(work_folder, f"{loader}_savedir")]
+    completed = subprocess.run(command, cwd=work_folder, env=environment, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise ExportError(f"Loading '{folder}' with {loader} failed:\n{completed.stderr[-4000:]}")
+    return torch.load(output_file)
+
+
+def verify_export(folder, student=None, batch=None, loaders=tuple(PROBES), tolerance=PARITY_TOLERANCE):
+    """Loads an exported folder in fresh processes and compares the features with the student's.
+
+    The SpeechBrain interfaces get the padded batch; ``transformers`` and SpeechBrain's HF wrapper get
+    one utterance at a time (see the padding note of the model card). The ``foreign_class`` process
+    runs without this package on its path.
+
+    Arguments
+    ---------
+    folder : str
+        An exported folder.
+    student : DistillerStudent, optional
+        Reference module (default: the student rebuilt from ``folder`` itself).
+    batch : dict, optional
+        :func:`parity_batch` output.
+    loaders : sequence of str
+        Keys of :data:`PROBES`.
+    tolerance : float
+        Largest accepted absolute difference.
+
+    Returns
+    -------
+    dict
+        ``{loader: {"hidden_states": max abs diff, "predictions": max abs diff or None,
+        "standalone": bool}}``.
+
+    Raises
+    ------
+    ExportError
+        A loader fails or differs by more than ``tolerance``.
+    """
+    if student is None:
+        student, _ = load_student(folder)
+    batch = parity_batch() if batch is None else batch
+    reference = reference_features(student, batch)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="export_check_") as work_folder:
+        batch_file = os.path.join(work_folder, "batch.pt")
+        torch.save(batch, batch_file)
+        for loader in loaders:
+            output = run_probe(loader, os.path.abspath(folder), batch_file, work_folder)
+            results[loader] = {
+                "hidden_states": _max_difference(reference["hidden_states"], output["hidden_states"]),
+                "predictions": _max_difference(reference["predictions"], output["predictions"]),
+                "standalone": not any(name.startswith("robustdistiller") for name in output["modules"]),
+            }
+    failed = {
+        loader: result
+        for loader, result in results.items()
+        if result["hidden_states"] > tolerance or (result["predictions"] or 0.0) > tolerance
+    }
+    if failed:
+        raise ExportError(f"Exported features differ from the student's by more than {tolerance}: {failed}")
+    return results
+
+
+def format_verification(results):
+    """Markdown table of :func:`verify_export` results."""
+    rows = ["| loader | max abs diff, hidden states | max abs diff, predictions | without robustdistiller |",
+            "|---|---|---|---|"]
+    for loader, result in results.items():
+        predictions = "-" if result["predictions"] is None else f"{result['predictions']:.2e}"
+        standalone = "yes" if result["standalone"] else "no"
+        rows.append(f"| {loader} | {result['hidden_states']:.2e} | {predictions} | {standalone} |")
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    """Command line: ``python -m robustdistiller.export <checkpoint> <output folder>``."""
+    parser = argparse.ArgumentParser(
+        description="Export a trained student for SpeechBrain, transformers and (optionally) s3prl."
+    )
+    parser.add_argument("checkpoint", help="training output/save/CKPT folder, student.ckpt, s3prl .ckpt")
+    parser.add_argument("output", help="export folder (created; must be empty unless --overwrite)")
+    parser.add_argument("--s3prl", action="store_true", help=f"also write {S3PRL_FILE}")
+    parser.add_argument("--no-heads", action="store_true", help="leave out the prediction heads")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export's files")
+    parser.add_argument("--verify", action="store_true", help="reload four ways in fresh processes and compare")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        result = export_student(
+            args.checkpoint, args.output, include_heads=not args.no_heads, s3prl=args.s3prl, overwrite=args.overwrite
+        )
+        print(f"Exported to {result['folder']}: {', '.join(result['files'])}")
+        if args.verify:
+            student, _ = load_student(args.checkpoint)
+            print(format_verification(verify_export(result["folder"], student)))
+    except (ExportError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
