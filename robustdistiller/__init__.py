@@ -4,7 +4,10 @@ The package holds everything the recipes share: the student and teacher models (
 :mod:`.teacher`), the enhancement head (:mod:`.enhancement`), the losses (:mod:`.losses`), the
 per-utterance corruption pipeline (:mod:`.corruption`), audio loading (:mod:`.audio`), data
 preparation (:mod:`.prepare`), the data pipeline and Brain subclass (:mod:`.dataio`, :mod:`.brain`),
-and the mini-corpus generator used by the demo and the tests (:mod:`.mini_corpus`).
+the mini-corpus generator used by the demo and the tests (:mod:`.mini_corpus`), and the ways out of
+training: the standalone SpeechBrain inference interface (:mod:`.interface`), checkpoint loading and
+export for SpeechBrain and transformers (:mod:`.export`) and the s3prl checkpoint format
+(:mod:`.s3prl_format`).
 """
 
 __version__ = "0.1.0"

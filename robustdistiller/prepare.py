@@ -89,6 +89,11 @@ def is_prepared(save_folder, name, options, output_paths):
     return same_options and all(os.path.isfile(path) for path in output_paths)
 
 
+def mark_prepared(save_folder, name, options):
+    """Records that preparation ``name`` ran with ``options`` (what :func:`is_prepared` checks)."""
+    _write_marker(save_folder, name, options)
+
+
 def _write_marker(save_folder, name, options):
     path = _marker_path(save_folder, name)
     with open(path + ".tmp", "w", encoding="utf-8") as marker_file:

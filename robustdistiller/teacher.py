@@ -43,7 +43,7 @@ _TINY_CONFIG = dict(
     num_attention_heads=4,
     intermediate_size=128,
     num_hidden_layers=12,
-    conv_dim=[64] * 7,
+    conv_dim=[32] * 7,  # narrower than the encoder, like 512 -> 768 (s3prl then has a projection)
     conv_kernel=[10, 3, 3, 3, 3, 2, 2],
     conv_stride=[5, 2, 2, 2, 2, 2, 2],
     num_conv_pos_embeddings=16,
@@ -174,7 +174,7 @@ def save_random_teacher(folder, model_type="wavlm", tiny=True, seed=0, **config_
     model_type : str
         ``"wavlm"``, ``"hubert"`` or ``"wav2vec2"``.
     tiny : bool
-        True: 12 layers of width 64 (4 heads, FFN 128, 64-channel CNN with the real kernels/strides,
+        True: 12 layers of width 64 (4 heads, FFN 128, 32-channel CNN with the real kernels/strides,
         positional conv 16 / 16 groups), about 0.5M parameters. False: the real Base architecture
         (for WavLM the Base+ shape: 94,381,936 parameters in ``WavLMModel``; the "94.70M" usually
         quoted also counts the pre-training projection and label embeddings).

@@ -48,7 +48,7 @@ def tiny_overrides(mini_corpus, teacher_folder, output_folder, **extra):
         "valid_splits": ["dev-clean"],
         "teacher_source": teacher_folder,
         "output_folder": output_folder,
-        "enhancement_input_size": 64,
+        "enhancement_input_size": 32,  # the tiny teacher's CNN width
         "max_crop_samples": 16000,
         "max_batch_seconds": 4,
         "max_batch_utterances": 4,
@@ -87,3 +87,24 @@ def trained_run(mini_corpus, tiny_teacher_folder, tmp_path_factory):
     completed = subprocess.run(command, cwd=REPOSITORY_ROOT, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return output
+
+
+def run_recipe_script(recipe_folder, hparams_file, overrides, timeout=600):
+    """Runs ``recipes/<recipe_folder>/train.py <hparams_file>`` with overrides in a subprocess.
+
+    The package is put on ``PYTHONPATH`` (as ``pip install -e .`` would) and the hub is disabled.
+    Returns ``(returncode, combined output)``.
+    """
+    import subprocess
+    import sys
+
+    folder = os.path.join(REPOSITORY_ROOT, "recipes", recipe_folder)
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=REPOSITORY_ROOT)
+    command = [sys.executable, "train.py", hparams_file] + as_command_line(overrides)
+    completed = subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, timeout=timeout)
+    return completed.returncode, completed.stdout[-6000:] + completed.stderr[-6000:]
+
+
+def corruption_overrides(mini_corpus):
+    """Test-only noise and RIRs of the downstream recipes, from the mini corpus."""
+    return {"test_musan_folder": mini_corpus["musan"], "test_rir_folder": mini_corpus["rirs"]}

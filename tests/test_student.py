@@ -84,7 +84,7 @@ def test_config_copies_teacher_architecture():
     teacher_config = random_teacher_config("wavlm", layer_norm_eps=1e-6)
     config = build_student_config(teacher_config, num_layers=3, hidden_dropout=0.2)
     assert config.hidden_size == 64 and config.num_attention_heads == 4
-    assert config.intermediate_size == 128 and list(config.conv_dim) == [64] * 7
+    assert config.intermediate_size == 128 and list(config.conv_dim) == [32] * 7
     assert list(config.conv_kernel) == [10, 3, 3, 3, 3, 2, 2]
     assert list(config.conv_stride) == [5, 2, 2, 2, 2, 2, 2]
     assert config.num_conv_pos_embeddings == 16 and config.num_conv_pos_embedding_groups == 16

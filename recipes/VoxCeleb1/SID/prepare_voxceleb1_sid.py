@@ -1,0 +1,96 @@
+"""Data preparation of SUPERB speaker identification (SID) on VoxCeleb1.
+
+Reads ``<data_folder>/iden_split.txt`` (``1`` train, ``2`` dev, ``3`` test; lines
+``1 id10001/1zcIwhmdeo4/00001.wav``) and the wav files under ``<data_folder>/wav/`` (REFERENCE.md
+section 6), and writes ``train.csv``, ``dev.csv`` and ``test.csv`` (``ID,duration,wav,start,stop,speaker``)
+to the save folder. Nothing is written under ``data_folder``.
+"""
+
+import logging
+import os
+
+from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
+
+logger = logging.getLogger(__name__)
+
+SPLITS = {"1": "train", "2": "dev", "3": "test"}
+HEADER = ["ID", "duration", "wav", "start", "stop", "speaker"]
+
+
+def read_iden_split(split_file):
+    """``{"train": [...], "dev": [...], "test": [...]}`` of relative wav paths from ``iden_split.txt``.
+
+    Raises
+    ------
+    ValueError
+        A malformed line (the file and line number are named).
+    """
+    splits = {name: [] for name in SPLITS.values()}
+    with open(split_file, encoding="utf-8") as fin:
+        for number, line in enumerate(fin, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or fields[0] not in SPLITS or fields[1].count("/") != 2:
+                raise ValueError(
+                    f"{split_file}:{number}: expected '<1|2|3> idNNNNN/<video>/NNNNN.wav', got {line.strip()!r}"
+                )
+            splits[SPLITS[fields[0]]].append(fields[1])
+    return splits
+
+
+def prepare_voxceleb1_sid(data_folder, save_folder, split_file=None, skip_prep=False):
+    """Writes the SID CSVs; returns ``{"train", "dev", "test"}`` paths.
+
+    Arguments
+    ---------
+    data_folder : str
+        VoxCeleb1 folder holding ``wav/`` (and ``iden_split.txt`` unless ``split_file`` is given).
+    save_folder : str
+        Output folder of the CSVs.
+    split_file : str, optional
+        ``iden_split.txt`` elsewhere.
+    skip_prep : bool
+        Only return the paths.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``wav/`` or the split file is missing, or a listed wav file is (all named).
+    """
+    paths = {split: os.path.join(save_folder, f"{split}.csv") for split in SPLITS.values()}
+    if skip_prep:
+        return paths
+    split_file = split_file or os.path.join(data_folder, "iden_split.txt")
+    wav_folder = os.path.join(data_folder, "wav")
+    options = {"data_folder": os.path.abspath(data_folder), "split_file": os.path.abspath(split_file)}
+    if is_prepared(save_folder, "voxceleb1_sid", options, list(paths.values())):
+        logger.info("VoxCeleb1 SID lists already prepared in %s", save_folder)
+        return paths
+    if not os.path.isdir(wav_folder):
+        raise FileNotFoundError(f"VoxCeleb1 folder '{data_folder}' has no wav/ folder (expected wav/idNNNNN/...)")
+    if not os.path.isfile(split_file):
+        raise FileNotFoundError(f"Identification split file '{split_file}' not found (iden_split.txt of VoxCeleb1)")
+    os.makedirs(save_folder, exist_ok=True)
+    splits = read_iden_split(split_file)
+    missing = []
+    for split, relative_paths in splits.items():
+        rows = []
+        for relative in relative_paths:
+            path = os.path.join(wav_folder, relative)
+            try:
+                frames, sample_rate, _ = audio_info(path)
+            except AudioLoadError:
+                missing.append(path)
+                continue
+            utterance_id = relative[: -len(".wav")].replace("/", "_")
+            rows.append([utterance_id, f"{frames / sample_rate:.3f}", path, 0, -1, relative.split("/")[0]])
+        write_csv(paths[split], HEADER, rows)
+        logger.info("Wrote %s: %d utterances", paths[split], len(rows))
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} files listed in {split_file} are missing or unreadable, e.g. {missing[:3]}"
+        )
+    mark_prepared(save_folder, "voxceleb1_sid", options)
+    return paths

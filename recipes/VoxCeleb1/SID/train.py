@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""SUPERB speaker identification (SID) on VoxCeleb1 with a frozen upstream, clean and corrupted tests.
+
+The upstream (an exported RobustDistiller student, a distillation checkpoint, an s3prl checkpoint or
+any Hugging Face WavLM / HuBERT / wav2vec 2.0) stays frozen; a learnable weighted sum of its layers
+feeds a projector, mean pooling and a linear classifier over the 1,251 speakers. The best dev
+checkpoint is tested on the iden_split test set under every test condition; the results go to
+``<output_folder>/results.{json,md}``.
+
+To run::
+
+    python train.py hparams/superb_sid.yaml --data_folder=/data/VoxCeleb1 \
+        --upstream_source=/models/exported_student \
+        --test_musan_folder=/data/musan --test_rir_folder=/data/RIRS_NOISES
+"""
+
+import sys
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from prepare_voxceleb1_sid import prepare_voxceleb1_sid
+from speechbrain.utils.distributed import run_on_main
+
+from robustdistiller.downstream import (
+    UtteranceClassificationBrain,
+    build_corruptors,
+    classification_datasets,
+    prepare_corruption_lists,
+    write_condition_results,
+)
+
+
+def dataio_prepare(hparams, test_corruptor, train_corruptor):
+    """Train / dev datasets, the test-set factory and the speaker encoder."""
+    csv_files = prepare_voxceleb1_sid(
+        hparams["data_folder"], hparams["save_folder"], split_file=hparams["split_file"], skip_prep=True
+    )
+    csv_files["valid"] = csv_files.pop("dev")
+    return classification_datasets(hparams, csv_files, test_corruptor, train_corruptor, label_column="speaker")
+
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
+    run_on_main(
+        prepare_voxceleb1_sid,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["save_folder"],
+            "split_file": hparams["split_file"],
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    run_on_main(prepare_corruption_lists, args=[hparams])
+    test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
+    data = dataio_prepare(hparams, test_corruptor, train_corruptor)
+    hparams["train_pipeline"] = data["train_pipeline"]
+
+    brain = UtteranceClassificationBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        hparams["epoch_counter"],
+        data["train"],
+        data["valid"],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+    results = brain.evaluate_conditions(
+        data["make_test_set"], conditions, hparams["test_dataloader_opts"], max_key="accuracy"
+    )
+    if sb.utils.distributed.if_main_process():
+        write_condition_results(
+            hparams["output_folder"],
+            "SID (VoxCeleb1)",
+            results,
+            ["accuracy", "loss"],
+            upstream=hparams["upstream"],
+            layer_weights=brain.layer_weights(),
+            extra={"num_classes": len(data["label_encoder"])},
+        )
