@@ -22,8 +22,8 @@ def sid_overrides(voxceleb1, upstream, output, mini_corpus, **extra):
         "upstream_source": upstream,
         "output_folder": output,
         "num_speakers": 12,
-        "lr": 0.02,
-        "number_of_epochs": 15,
+        "lr": 0.01,
+        "number_of_epochs": 30,
         "max_train_samples": 48000,
         "train_dataloader_opts": {"batch_size": 4, "shuffle": True, "num_workers": 0},
         "valid_dataloader_opts": {"batch_size": 4, "num_workers": 0},
@@ -46,9 +46,8 @@ def test_sid_learns_and_reports_every_condition(
     results = json.load(open(os.path.join(output, "results.json")))
     assert set(results["results"]) == {"clean", "snr5", "reverb"}
     assert results["upstream"]["kind"] == upstream_kind
-    # 12 speakers, 24 test utterances: chance is 1/12
-    print(upstream_kind, {name: stats["accuracy"] for name, stats in results["results"].items()})
-    assert results["results"]["clean"]["accuracy"] >= 0.25, results
+    # 12 speakers, one test utterance each: chance is 1/12
+    assert results["results"]["clean"]["accuracy"] >= 0.3, results
     weights = results["layer_weights"]
     assert len(weights) == (6 if upstream_kind == "student" else 13) and abs(sum(weights) - 1) < 1e-5
     table = open(os.path.join(output, "results.md")).read()
