@@ -99,7 +99,8 @@ def run_recipe_script(recipe_folder, hparams_file, overrides, timeout=600):
     import sys
 
     folder = os.path.join(REPOSITORY_ROOT, "recipes", recipe_folder)
-    environment = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=REPOSITORY_ROOT)
+    # one thread: tiny models gain nothing from more, and a busy machine loses a lot (oversubscription)
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=REPOSITORY_ROOT, OMP_NUM_THREADS="1")
     command = [sys.executable, "train.py", hparams_file] + as_command_line(overrides)
     completed = subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, timeout=timeout)
     return completed.returncode, completed.stdout[-6000:] + completed.stderr[-6000:]
