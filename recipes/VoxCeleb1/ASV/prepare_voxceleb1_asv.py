@@ -1,0 +1,318 @@
+"""Data preparation of SUPERB automatic speaker verification (ASV) on VoxCeleb1.
+
+Reads the real VoxCeleb1 layout (REFERENCE.md section 6) without touching it: every
+``<data_folder>/wav/idNNNNN/<video>/NNNNN.wav`` and the verification trial list
+``veri_test2.txt`` (lines ``<1|0> <enrol> <test>``, paths relative to ``wav/``). The speakers of the
+trial list are the *test* speakers (``id10270``-``id10309`` in the real corpus); every other speaker
+folder under ``wav/`` is a *dev* speaker. Writes to the save folder:
+
+* ``train.csv``: the utterances of the dev speakers the x-vector is trained on (utterances shorter
+  than ``min_train_duration`` are left out, as s3prl's ``min_sec``);
+* ``valid.csv`` and ``valid_trials.csv``: ``valid_speakers`` dev speakers drawn with ``split_seed``
+  are held out of training entirely; ``valid_utterances_per_speaker`` of their utterances and
+  balanced trials between them (every same-speaker pair as a target trial, each paired with a
+  non-target trial of the same enrolment utterance) select the checkpoint on an EER measured, like
+  the test, on speakers never seen in training;
+* ``test.csv`` and ``test_trials.csv``: every utterance of the trial list, and the trials.
+
+Utterance CSVs have the columns ``ID, duration, wav, start, stop, speaker``; trial CSVs
+``label, enrol, test`` (utterance IDs). An utterance ID is its path under ``wav/`` without ``.wav``,
+``/`` replaced by ``_`` (``id10270_5r0dWxy17C8_00001``). Nothing is written under ``data_folder``.
+"""
+
+import csv
+import logging
+import os
+import random
+
+from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
+
+logger = logging.getLogger(__name__)
+
+UTTERANCE_HEADER = ["ID", "duration", "wav", "start", "stop", "speaker"]
+TRIAL_HEADER = ["label", "enrol", "test"]
+DEFAULT_TRIAL_FILE = "veri_test2.txt"
+
+
+def utterance_id(relative_path):
+    """The utterance ID of a path relative to ``wav/``.
+
+    Example
+    -------
+    >>> utterance_id("id10270/5r0dWxy17C8/00001.wav")
+    'id10270_5r0dWxy17C8_00001'
+    """
+    return os.path.splitext(relative_path)[0].replace("/", "_")
+
+
+def read_trials(trial_file):
+    """The trials of a VoxCeleb verification list, as ``(label, enrol path, test path)``.
+
+    Arguments
+    ---------
+    trial_file : str
+        ``veri_test2.txt``-style list: ``<1|0> idNNNNN/<video>/NNNNN.wav idNNNNN/<video>/NNNNN.wav``.
+
+    Returns
+    -------
+    list of (int, str, str)
+
+    Raises
+    ------
+    ValueError
+        A malformed line (the file and line number are named) or an empty list.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "trials.txt")
+    >>> lines = ["1 id10270/a/00001.wav id10270/b/00002.wav", "0 id10270/a/00001.wav id10271/c/00001.wav"]
+    >>> _ = open(path, "w").write("\\n".join(lines))
+    >>> read_trials(path)[1]
+    (0, 'id10270/a/00001.wav', 'id10271/c/00001.wav')
+    """
+    trials = []
+    with open(trial_file, encoding="utf-8") as fin:
+        for number, line in enumerate(fin, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 3 or fields[0] not in ("0", "1") or any(path.count("/") != 2 for path in fields[1:]):
+                raise ValueError(
+                    f"{trial_file}:{number}: expected '<1|0> idNNNNN/<video>/NNNNN.wav idNNNNN/<video>/NNNNN.wav', "
+                    f"got {line.strip()!r}"
+                )
+            trials.append((int(fields[0]), fields[1], fields[2]))
+    if not trials:
+        raise ValueError(f"Trial file '{trial_file}' lists no trials")
+    return trials
+
+
+def read_trial_csv(path):
+    """``[(label, enrol ID, test ID), ...]`` from a ``valid_trials.csv`` / ``test_trials.csv``."""
+    with open(path, encoding="utf-8", newline="") as fin:
+        return [(int(row["label"]), row["enrol"], row["test"]) for row in csv.DictReader(fin)]
+
+
+def list_speaker_utterances(wav_folder):
+    """``{speaker: [path relative to wav/, ...]}`` of every ``idNNNNN/<video>/NNNNN.wav``, sorted.
+
+    Hidden files and folders (``._*`` macOS junk) are ignored.
+    """
+    utterances = {}
+    for speaker in sorted(os.listdir(wav_folder)):
+        speaker_folder = os.path.join(wav_folder, speaker)
+        if speaker.startswith(".") or not os.path.isdir(speaker_folder):
+            continue
+        for video in sorted(os.listdir(speaker_folder)):
+            video_folder = os.path.join(speaker_folder, video)
+            if video.startswith(".") or not os.path.isdir(video_folder):
+                continue
+            for name in sorted(os.listdir(video_folder)):
+                if name.endswith(".wav") and not name.startswith("."):
+                    utterances.setdefault(speaker, []).append(f"{speaker}/{video}/{name}")
+    return utterances
+
+
+def split_held_out_speakers(dev_speakers, valid_speakers, split_seed):
+    """Draws the held-out (validation) dev speakers; returns ``(train speakers, valid speakers)``, sorted.
+
+    Example
+    -------
+    >>> train, valid = split_held_out_speakers([f"id{10001 + index}" for index in range(6)], 2, 1986)
+    >>> len(train), len(valid), sorted(train + valid) == [f"id{10001 + index}" for index in range(6)]
+    (4, 2, True)
+    """
+    dev_speakers = sorted(dev_speakers)
+    held_out = set(random.Random(split_seed).sample(dev_speakers, valid_speakers))
+    return [spk for spk in dev_speakers if spk not in held_out], sorted(held_out)
+
+
+def build_valid_trials(utterances_by_speaker, seed):
+    """Balanced verification trials between held-out speakers.
+
+    Every pair of utterances of a speaker is a target trial; each is matched by a non-target trial
+    with the same enrolment utterance and a random utterance of another speaker.
+
+    Arguments
+    ---------
+    utterances_by_speaker : dict
+        ``speaker -> [utterance ID, ...]`` (at least two speakers).
+    seed : int
+        Seed of the non-target draws.
+
+    Returns
+    -------
+    list of (int, str, str)
+
+    Example
+    -------
+    >>> trials = build_valid_trials({"a": ["a1", "a2", "a3"], "b": ["b1", "b2"]}, seed=0)
+    >>> sum(label for label, _, _ in trials), len(trials)
+    (4, 8)
+    >>> all((enrol[0] == test[0]) == bool(label) for label, enrol, test in trials)
+    True
+    """
+    rng = random.Random(seed)
+    speakers = sorted(utterances_by_speaker)
+    trials = []
+    for speaker in speakers:
+        utterances = utterances_by_speaker[speaker]
+        others = [other for other in speakers if other != speaker]
+        for first in range(len(utterances)):
+            for second in range(first + 1, len(utterances)):
+                trials.append((1, utterances[first], utterances[second]))
+                other = others[rng.randrange(len(others))]
+                impostor = utterances_by_speaker[other][rng.randrange(len(utterances_by_speaker[other]))]
+                trials.append((0, utterances[first], impostor))
+    return trials
+
+
+def _utterance_rows(wav_folder, relative_paths, unreadable):
+    rows = []
+    for relative in relative_paths:
+        path = os.path.join(wav_folder, relative)
+        try:
+            frames, sample_rate, _ = audio_info(path)
+        except AudioLoadError:
+            unreadable.append(path)
+            continue
+        rows.append([utterance_id(relative), f"{frames / sample_rate:.3f}", path, 0, -1, relative.split("/")[0]])
+    return rows
+
+
+def prepare_voxceleb1_asv(
+    data_folder,
+    save_folder,
+    trial_file=None,
+    valid_speakers=40,
+    valid_utterances_per_speaker=20,
+    min_train_duration=2.0,
+    split_seed=1986,
+    skip_prep=False,
+):
+    """Writes the ASV CSVs; returns the paths ``{"train", "valid", "valid_trials", "test", "test_trials"}``.
+
+    Arguments
+    ---------
+    data_folder : str
+        VoxCeleb1 folder holding ``wav/`` (dev and test speakers; unzip both archives into it) and,
+        unless ``trial_file`` is given, ``veri_test2.txt``.
+    save_folder : str
+        Output folder of the CSVs.
+    trial_file : str, optional
+        Another trial list (e.g. ``veri_test.txt``); its speakers are the test speakers, all other
+        speakers under ``wav/`` are dev speakers.
+    valid_speakers : int
+        Dev speakers held out of training for checkpoint selection (at least 2).
+    valid_utterances_per_speaker : int
+        Utterances of each held-out speaker used in the validation trials (drawn with ``split_seed``;
+        all when a speaker has fewer).
+    min_train_duration : float
+        Shorter training utterances (seconds) are left out.
+    split_seed : int
+        Seed of the held-out speakers, their utterances and the non-target validation trials.
+    skip_prep : bool
+        Only return the paths.
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    FileNotFoundError
+        ``wav/`` or the trial file is missing, or an utterance of the trial list is (all named).
+    ValueError
+        A malformed trial file, unreadable audio, too few dev speakers for ``valid_speakers``.
+    """
+    names = ("train", "valid", "valid_trials", "test", "test_trials")
+    paths = {name: os.path.join(save_folder, f"{name}.csv") for name in names}
+    if skip_prep:
+        return paths
+    trial_file = trial_file or os.path.join(data_folder, DEFAULT_TRIAL_FILE)
+    wav_folder = os.path.join(data_folder, "wav")
+    options = {
+        "data_folder": os.path.abspath(data_folder),
+        "trial_file": os.path.abspath(trial_file),
+        "valid_speakers": int(valid_speakers),
+        "valid_utterances_per_speaker": int(valid_utterances_per_speaker),
+        "min_train_duration": float(min_train_duration),
+        "split_seed": int(split_seed),
+    }
+    if is_prepared(save_folder, "voxceleb1_asv", options, list(paths.values())):
+        logger.info("VoxCeleb1 ASV lists already prepared in %s", save_folder)
+        return paths
+    if not os.path.isdir(wav_folder):
+        raise FileNotFoundError(f"VoxCeleb1 folder '{data_folder}' has no wav/ folder (expected wav/idNNNNN/...)")
+    if not os.path.isfile(trial_file):
+        raise FileNotFoundError(
+            f"Verification trial file '{trial_file}' not found (veri_test2.txt of VoxCeleb1; set trial_file)"
+        )
+    if valid_speakers < 2:
+        raise ValueError(f"valid_speakers must be at least 2 (non-target validation trials), got {valid_speakers}")
+
+    trials = read_trials(trial_file)
+    test_paths = list(dict.fromkeys(path for _, enrol, test in trials for path in (enrol, test)))
+    test_speakers = {path.split("/")[0] for path in test_paths}
+    utterances = list_speaker_utterances(wav_folder)
+    dev_speakers = sorted(set(utterances) - test_speakers)
+    if len(dev_speakers) < valid_speakers + 1:
+        raise ValueError(
+            f"{wav_folder} holds {len(dev_speakers)} dev speakers (speaker folders not in {trial_file}); "
+            f"training needs more than valid_speakers={valid_speakers}"
+        )
+    train_speakers, held_out_speakers = split_held_out_speakers(dev_speakers, valid_speakers, split_seed)
+    logger.info(
+        "%d test speakers in %s; %d dev speakers: %d for training, %d held out for validation",
+        len(test_speakers), trial_file, len(dev_speakers), len(train_speakers), len(held_out_speakers),
+    )
+
+    os.makedirs(save_folder, exist_ok=True)
+    unreadable = []
+    train_rows = _utterance_rows(
+        wav_folder, [path for spk in train_speakers for path in utterances[spk]], unreadable
+    )
+    short = [row for row in train_rows if float(row[1]) < min_train_duration]
+    train_rows = [row for row in train_rows if float(row[1]) >= min_train_duration]
+    rng = random.Random(split_seed)
+    valid_paths = []
+    for speaker in held_out_speakers:
+        chosen = utterances[speaker]
+        if len(chosen) > valid_utterances_per_speaker:
+            chosen = sorted(rng.sample(chosen, valid_utterances_per_speaker))
+        valid_paths += chosen
+    valid_rows = _utterance_rows(wav_folder, valid_paths, unreadable)
+    if unreadable:
+        raise ValueError(f"{len(unreadable)} audio files under {wav_folder} are unreadable, e.g. {unreadable[:3]}")
+
+    missing = [os.path.join(wav_folder, path) for path in test_paths
+               if not os.path.isfile(os.path.join(wav_folder, path))]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} files listed in {trial_file} are missing under {wav_folder}, e.g. {missing[:3]}"
+        )
+    test_rows = _utterance_rows(wav_folder, test_paths, unreadable)
+    if unreadable:
+        raise ValueError(f"{len(unreadable)} files listed in {trial_file} are unreadable, e.g. {unreadable[:3]}")
+
+    valid_by_speaker = {}
+    for row in valid_rows:
+        valid_by_speaker.setdefault(row[5], []).append(row[0])
+    valid_trials = build_valid_trials(valid_by_speaker, split_seed)
+
+    write_csv(paths["train"], UTTERANCE_HEADER, train_rows)
+    write_csv(paths["valid"], UTTERANCE_HEADER, valid_rows)
+    write_csv(paths["valid_trials"], TRIAL_HEADER, valid_trials)
+    write_csv(paths["test"], UTTERANCE_HEADER, test_rows)
+    write_csv(paths["test_trials"], TRIAL_HEADER,
+              [(label, utterance_id(enrol), utterance_id(test)) for label, enrol, test in trials])
+    logger.info(
+        "Wrote %s (%d utterances, %d shorter than %.1f s left out), %s (%d utterances, %d trials), "
+        "%s (%d utterances, %d trials)",
+        paths["train"], len(train_rows), len(short), min_train_duration, paths["valid"], len(valid_rows),
+        len(valid_trials), paths["test"], len(test_rows), len(trials),
+    )
+    mark_prepared(save_folder, "voxceleb1_asv", options)
+    return paths
