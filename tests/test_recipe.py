@@ -203,7 +203,7 @@ def test_nan_loss_is_named_and_never_applied(mini_corpus, tiny_teacher_folder, t
         assert torch.equal(before[name], parameter), f"{name} changed after a NaN loss"
     brain.checkpointer.save_checkpoint()
     saved = torch.load(glob.glob(os.path.join(hparams["save_folder"], "CKPT+*", "student.ckpt"))[0])
-    assert all(torch.isfinite(value).all() for value in saved.values())
+    assert all(torch.isfinite(value).all() for name, value in saved.items() if name != "_extra_state")
     with pytest.raises(ValueError, match="Loss is not finite"):
         for _ in range(hparams["nonfinite_patience"] + 1):
             brain.fit_batch(batch)
