@@ -561,6 +561,41 @@ def audio_dataset(csv_file, pipeline, output_keys, replacements=None, extra_item
     return dataset
 
 
+def training_pipeline(hparams, corruptor=None):
+    """The training :class:`AudioPipeline` of a recipe: random crops, optional corruption, epoch seeds.
+
+    Reads ``sample_rate``, ``seed`` and ``max_train_samples`` (None keeps whole utterances).
+    """
+    return AudioPipeline(
+        hparams["sample_rate"],
+        corruptor=corruptor,
+        max_samples=hparams.get("max_train_samples"),
+        random_crop=True,
+        seed=hparams["seed"],
+        key_prefix="train/",
+    )
+
+
+def condition_test_set_factory(hparams, csv_file, corruptor, output_keys, extra_items=()):
+    """``(name, spec) -> dataset``: the test set under one condition, for ``evaluate_conditions``.
+
+    Every utterance is corrupted with the condition ``spec`` (``{"condition", "snr"}``), seeded by the
+    condition name and the utterance id, so every upstream gets the same audio.
+    """
+
+    def make_test_set(name, spec):
+        pipeline = AudioPipeline(
+            hparams["sample_rate"],
+            corruptor=corruptor,
+            condition=spec["condition"],
+            snr=spec.get("snr"),
+            key_prefix=f"{name}/",
+        )
+        return audio_dataset(csv_file, pipeline, output_keys, extra_items=extra_items)
+
+    return make_test_set
+
+
 class DownstreamBrain(sb.Brain):
     """Base Brain of the downstream recipes: a frozen upstream, a weighted layer sum and a head.
 
@@ -799,14 +834,7 @@ def classification_datasets(hparams, csv_files, test_corruptor, train_corruptor=
         return label_encoder.encode_label_torch(label)
 
     output_keys = ["id", "sig", "label_encoded"]
-    train_pipeline = AudioPipeline(
-        hparams["sample_rate"],
-        corruptor=train_corruptor,
-        max_samples=hparams.get("max_train_samples"),
-        random_crop=True,
-        seed=hparams["seed"],
-        key_prefix="train/",
-    )
+    train_pipeline = training_pipeline(hparams, train_corruptor)
     train = audio_dataset(csv_files["train"], train_pipeline, output_keys, extra_items=[encode_label])
     valid = audio_dataset(csv_files["valid"], AudioPipeline(hparams["sample_rate"]), output_keys,
                           extra_items=[encode_label])
@@ -816,16 +844,9 @@ def classification_datasets(hparams, csv_files, test_corruptor, train_corruptor=
         output_key=label_column,
     )
 
-    def make_test_set(name, spec):
-        pipeline = AudioPipeline(
-            hparams["sample_rate"],
-            corruptor=test_corruptor,
-            condition=spec["condition"],
-            snr=spec.get("snr"),
-            key_prefix=f"{name}/",
-        )
-        return audio_dataset(csv_files["test"], pipeline, output_keys, extra_items=[encode_label])
-
+    make_test_set = condition_test_set_factory(
+        hparams, csv_files["test"], test_corruptor, output_keys, [encode_label]
+    )
     return {
         "train": train,
         "valid": valid,

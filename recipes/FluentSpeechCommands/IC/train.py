@@ -33,8 +33,10 @@ from robustdistiller.downstream import (
     DownstreamBrain,
     audio_dataset,
     build_corruptors,
+    condition_test_set_factory,
     masked_mean,
     prepare_corruption_lists,
+    training_pipeline,
     write_condition_results,
 )
 
@@ -134,14 +136,7 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
         return torch.LongTensor([slot_encoders[slot].encode_label(value) for slot, value in zip(SLOTS, values)])
 
     output_keys = ["id", "sig", "intent_encoded"]
-    train_pipeline = AudioPipeline(
-        hparams["sample_rate"],
-        corruptor=train_corruptor,
-        max_samples=hparams["max_train_samples"],
-        random_crop=True,
-        seed=hparams["seed"],
-        key_prefix="train/",
-    )
+    train_pipeline = training_pipeline(hparams, train_corruptor)
     train = audio_dataset(csv_files["train"], train_pipeline, output_keys, extra_items=[encode_intent])
     valid = audio_dataset(csv_files["valid"], AudioPipeline(hparams["sample_rate"]), output_keys,
                           extra_items=[encode_intent])
@@ -159,16 +154,9 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
         encoder.expect_len(size)
     logger.info("Slot values: %s", "; ".join(f"{slot}: {len(encoder)}" for slot, encoder in slot_encoders.items()))
 
-    def make_test_set(name, spec):
-        pipeline = AudioPipeline(
-            hparams["sample_rate"],
-            corruptor=test_corruptor,
-            condition=spec["condition"],
-            snr=spec.get("snr"),
-            key_prefix=f"{name}/",
-        )
-        return audio_dataset(csv_files["test"], pipeline, output_keys, extra_items=[encode_intent])
-
+    make_test_set = condition_test_set_factory(
+        hparams, csv_files["test"], test_corruptor, output_keys, [encode_intent]
+    )
     return {
         "train": train,
         "valid": valid,

@@ -36,7 +36,9 @@ from robustdistiller.downstream import (
     DownstreamBrain,
     audio_dataset,
     build_corruptors,
+    condition_test_set_factory,
     prepare_corruption_lists,
+    training_pipeline,
     write_condition_results,
 )
 
@@ -207,14 +209,7 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
     def encode_speaker(speaker):
         return label_encoder.encode_label_torch(speaker)
 
-    train_pipeline = AudioPipeline(
-        hparams["sample_rate"],
-        corruptor=train_corruptor,
-        max_samples=hparams["max_train_samples"],
-        random_crop=True,
-        seed=hparams["seed"],
-        key_prefix="train/",
-    )
+    train_pipeline = training_pipeline(hparams, train_corruptor)
     train = audio_dataset(csv_files["train"], train_pipeline, ["id", "sig", "speaker_encoded"],
                           extra_items=[encode_speaker])
     label_encoder.load_or_create(
@@ -228,15 +223,7 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
         )
     valid = audio_dataset(csv_files["valid"], AudioPipeline(hparams["sample_rate"]), ["id", "sig"])
 
-    def make_test_set(name, spec):
-        pipeline = AudioPipeline(
-            hparams["sample_rate"],
-            corruptor=test_corruptor,
-            condition=spec["condition"],
-            snr=spec.get("snr"),
-            key_prefix=f"{name}/",
-        )
-        return audio_dataset(csv_files["test"], pipeline, ["id", "sig"])
+    make_test_set = condition_test_set_factory(hparams, csv_files["test"], test_corruptor, ["id", "sig"])
 
     return {
         "train": train,
