@@ -85,6 +85,18 @@ def _rms(waveform):
     return float(torch.sqrt(torch.mean(waveform.double() ** 2))) if waveform.numel() else 0.0
 
 
+def hash_seed(*parts):
+    """A stable 63-bit seed from any printable parts (not Python's salted ``hash``).
+
+    Example
+    -------
+    >>> hash_seed(1, 0, "utt") == hash_seed(1, 0, "utt") != hash_seed(1, 1, "utt")
+    True
+    """
+    text = "\x1f".join(str(part) for part in parts).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") & (2**63 - 1)
+
+
 class AudioFileList:
     """The rows of a SpeechBrain audio CSV (``ID,duration,wav,...``), with bad files excluded.
 
@@ -551,8 +563,7 @@ class Corruptor:
         >>> corruptor.item_seed("a") == corruptor.item_seed("a") != corruptor.item_seed("b")
         True
         """
-        text = f"{self.seed}\x1f{self.epoch}\x1f{key}".encode("utf-8")
-        return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") & (2**63 - 1)
+        return hash_seed(self.seed, self.epoch, key)
 
     def _draw_condition(self, uniform):
         cumulative = 0.0

@@ -30,7 +30,7 @@ from speechbrain.augment.time_domain import AddNoise
 from torch.nn.parallel import DistributedDataParallel
 
 from robustdistiller.audio import load_audio
-from robustdistiller.corruption import Corruptor, NoisePool, PooledAddReverb
+from robustdistiller.corruption import Corruptor, NoisePool, PooledAddReverb, hash_seed
 from robustdistiller.export import ExportError, load_student, locate_checkpoint
 from robustdistiller.interface import looks_like_path
 from robustdistiller.prepare import prepare_noise, prepare_rirs
@@ -511,20 +511,6 @@ class AudioPipeline:
             key = f"{self.key_prefix}{utterance_id}"
             waveform = self.corruptor(waveform, key=key, condition=self.condition, snr=self.snr).noisy
         return waveform
-
-
-def hash_seed(*parts):
-    """A stable 63-bit seed from any printable parts (not Python's salted ``hash``).
-
-    Example
-    -------
-    >>> hash_seed(1, 0, "utt") == hash_seed(1, 0, "utt") != hash_seed(1, 1, "utt")
-    True
-    """
-    import hashlib
-
-    text = "\x1f".join(str(part) for part in parts).encode("utf-8")
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") & (2**63 - 1)
 
 
 def audio_dataset(csv_file, pipeline, output_keys, replacements=None, extra_items=()):
