@@ -16,8 +16,8 @@ To run::
     torchrun --nproc_per_node=4 train.py hparams/distill.yaml ...
 
 At the end of training the best student (lowest validation loss) is evaluated on the validation set
-under each of the YAML's ``test_conditions`` and the results are written to
-``<output_folder>/robustness.json``.
+under each of the YAML's ``test_conditions`` (distillation loss and, with the enhancement head, PESQ /
+STOI / SI-SNR of the enhanced speech) and the results are written to ``<output_folder>/robustness.json``.
 """
 
 import json
@@ -30,7 +30,8 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from robustdistiller.brain import DistillationBrain
-from robustdistiller.dataio import make_batch_sampler, make_distillation_dataset
+from robustdistiller.batching import make_batch_sampler
+from robustdistiller.dataio import make_distillation_dataset
 from robustdistiller.evaluation import evaluate_conditions
 from robustdistiller.export import TRAINING_INFO_FILE
 from robustdistiller.prepare import prepare_librispeech, prepare_noise, prepare_rirs
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 def dataio_prepare(hparams):
-    """Builds the training and validation datasets and the dynamic batch sampler.
+    """Builds the training and validation datasets and the training batch sampler.
 
     Training crops are random (at most ``max_crop_samples``) and corrupted by ``train_corruptor``;
     validation crops start at 0 and are corrupted by ``valid_corruptor`` with the same
@@ -63,12 +64,15 @@ def dataio_prepare(hparams):
     )
     train_sampler = make_batch_sampler(
         train_data,
+        batching=hparams["batching"],
+        batch_size=hparams["batch_size"],
+        batches_per_bucket=hparams["batches_per_bucket"],
         max_batch_seconds=hparams["max_batch_seconds"],
-        max_batch_utterances=hparams["max_batch_utterances"],
-        num_buckets=hparams["num_buckets"],
+        bucket_boundaries=hparams["bucket_boundaries"],
         max_crop_samples=hparams["max_crop_samples"],
         sample_rate=hparams["sample_rate"],
         seed=hparams["seed"],
+        accumulation=hparams["grad_accumulation_factor"],
     )
     return train_data, valid_data, train_sampler
 
@@ -161,7 +165,9 @@ if __name__ == "__main__":
 
     # Copy the teacher's CNN, projection, positional convolution and first layers into the student;
     # a resumed run overwrites them from its checkpoint right after.
-    hparams["student"].init_from_teacher(hparams["teacher"].model)
+    hparams["student"].init_from_teacher(
+        hparams["teacher"].model, copy_encoder_layer_norm=hparams["copy_encoder_layer_norm"]
+    )
 
     brain = DistillationBrain(
         modules=hparams["modules"],
@@ -193,6 +199,9 @@ if __name__ == "__main__":
             sample_rate=hparams["sample_rate"],
             cosine_weight=hparams["cosine_weight"],
             device=brain.device,
+            enhancement_head=brain._head if brain.enhancement_enabled else None,
+            enhancement_input=hparams["enhancement_input"],
+            quality_utterances=hparams.get("quality_utterances", 0),
         )
         results_file = os.path.join(hparams["output_folder"], "robustness.json")
         with open(results_file, "w", encoding="utf-8") as fout:

@@ -55,19 +55,6 @@ def random_crop_bounds(num_samples, max_samples, generator=None):
     return start, start + max_samples
 
 
-def crop_duration(duration, max_samples, sample_rate):
-    """Duration in seconds of an utterance after cropping (used for duration-based batching).
-
-    Example
-    -------
-    >>> crop_duration(20.0, 250000, 16000)
-    15.625
-    """
-    if max_samples is None:
-        return duration
-    return min(duration, max_samples / sample_rate)
-
-
 def make_distillation_dataset(
     csv_file,
     corruptor,
@@ -125,49 +112,3 @@ def make_distillation_dataset(
     sb.dataio.dataset.set_output_keys([dataset], ["id", "clean_sig", "noisy_sig", "reference_sig"])
     return dataset
 
-
-def make_batch_sampler(
-    dataset,
-    max_batch_seconds,
-    num_buckets,
-    max_crop_samples,
-    sample_rate,
-    max_batch_utterances=None,
-    shuffle=True,
-    seed=42,
-):
-    """Duration-based dynamic batching over cropped durations (SpeechBrain ``DynamicBatchSampler``).
-
-    Arguments
-    ---------
-    dataset : DynamicItemDataset
-        Dataset with a ``duration`` field in seconds.
-    max_batch_seconds : float
-        Total audio per batch after cropping (24 utterances x 15.6 s = 375 s in the paper).
-    num_buckets : int
-        Number of length buckets.
-    max_crop_samples : int or None
-        Crop length, so durations are counted as the model will see them.
-    sample_rate : int
-        Sampling rate.
-    max_batch_utterances : int, optional
-        Most utterances per batch (24 in the paper).
-    shuffle : bool
-        Shuffle batches each epoch (the order depends on ``seed`` and the epoch).
-    seed : int
-        Seed of the shuffling.
-
-    Returns
-    -------
-    speechbrain.dataio.sampler.DynamicBatchSampler
-    """
-    return sb.dataio.sampler.DynamicBatchSampler(
-        dataset,
-        max_batch_length=max_batch_seconds,
-        num_buckets=num_buckets,
-        length_func=lambda item: crop_duration(float(item["duration"]), max_crop_samples, sample_rate),
-        shuffle=shuffle,
-        batch_ordering="random" if shuffle else "ascending",
-        max_batch_ex=max_batch_utterances,
-        seed=seed,
-    )

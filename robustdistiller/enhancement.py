@@ -20,7 +20,51 @@ import torch.nn as nn
 logger = logging.getLogger(__name__)
 
 
-def stft_magnitude(wavs, n_fft=512, win_length=400, hop_length=160):
+N_FFT = 512
+"""FFT size of the masked STFT (32 ms at 16 kHz)."""
+WIN_LENGTH = 400
+"""Hann window length (25 ms)."""
+HOP_LENGTH = 160
+"""Hop (10 ms)."""
+
+
+def stft_complex(wavs, n_fft=N_FFT, win_length=WIN_LENGTH, hop_length=HOP_LENGTH):
+    """Complex centered short-time Fourier transform (Hann window), computed in fp32, time-major.
+
+    Arguments
+    ---------
+    wavs : torch.Tensor
+        ``[B, T]`` waveforms.
+    n_fft, win_length, hop_length : int
+        STFT parameters (32 ms / 25 ms / 10 ms at 16 kHz).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, S, n_fft // 2 + 1]`` complex, ``S = T // hop_length + 1``; its ``abs()`` is
+        :func:`stft_magnitude` and its ``angle()`` the phase kept when the mask is applied.
+
+    Example
+    -------
+    >>> spectrum = stft_complex(torch.randn(2, 16000))
+    >>> spectrum.shape, spectrum.dtype
+    (torch.Size([2, 101, 257]), torch.complex64)
+    """
+    window = torch.hann_window(win_length, device=wavs.device, dtype=torch.float32)
+    with torch.autocast(device_type=wavs.device.type, enabled=False):
+        spectrum = torch.stft(
+            wavs.float(),
+            n_fft=n_fft,
+            hop_length=hop_length,
+            win_length=win_length,
+            window=window,
+            center=True,
+            return_complex=True,
+        )
+    return spectrum.transpose(1, 2)
+
+
+def stft_magnitude(wavs, n_fft=N_FFT, win_length=WIN_LENGTH, hop_length=HOP_LENGTH):
     """Magnitude of the centered short-time Fourier transform (Hann window), computed in fp32.
 
     Arguments
@@ -40,18 +84,7 @@ def stft_magnitude(wavs, n_fft=512, win_length=400, hop_length=160):
     >>> stft_magnitude(torch.randn(2, 16000)).shape
     torch.Size([2, 101, 257])
     """
-    window = torch.hann_window(win_length, device=wavs.device, dtype=torch.float32)
-    with torch.autocast(device_type=wavs.device.type, enabled=False):
-        spectrum = torch.stft(
-            wavs.float(),
-            n_fft=n_fft,
-            hop_length=hop_length,
-            win_length=win_length,
-            window=window,
-            center=True,
-            return_complex=True,
-        )
-    return spectrum.abs().transpose(1, 2)
+    return stft_complex(wavs, n_fft, win_length, hop_length).abs()
 
 
 def num_stft_frames(num_samples, hop_length=160):
@@ -137,7 +170,7 @@ class EnhancementHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output_layer = nn.Linear(2 * hidden_size, n_fft // 2 + 1)
 
-    def valid_frames(self, noisy_wavs, wav_lens=None, feature_mask=None, num_feature_frames=None):
+    def valid_frames(self, noisy_wavs, wav_lens=None, feature_mask=None, num_feature_frames=None, feature_lengths=None):
         """Valid output frames per item: ``min(upsample * valid feature frames, valid STFT frames)``.
 
         Use it to build the frame mask of :func:`robustdistiller.losses.enhancement_loss`.
@@ -153,11 +186,14 @@ class EnhancementHead(nn.Module):
             Without it the feature frames are estimated as ``round(wav_lens * F)``.
         num_feature_frames : int, optional
             ``F``, needed only when ``feature_mask`` is None.
+        feature_lengths : torch.Tensor, optional
+            ``[B]`` valid feature frames (the student's ``frame_lengths``); exact, and preferred over
+            ``feature_mask``: with it and ``wav_lens`` on the host, the result is computed there.
 
         Returns
         -------
         torch.Tensor
-            ``[B]`` long.
+            ``[B]`` long, on the device of ``feature_lengths`` if given, else of ``noisy_wavs``.
 
         Example
         -------
@@ -167,13 +203,15 @@ class EnhancementHead(nn.Module):
         tensor([98, 48])
         """
         batch_size, num_samples = noisy_wavs.shape
-        device = noisy_wavs.device
+        device = noisy_wavs.device if feature_lengths is None else feature_lengths.device
         if wav_lens is None:
             stft_frames = torch.full((batch_size,), num_stft_frames(num_samples, self.hop_length), device=device)
         else:
             sample_lengths = torch.round(wav_lens.float() * num_samples).long().to(device)
             stft_frames = num_stft_frames(sample_lengths, self.hop_length)
-        if feature_mask is not None:
+        if feature_lengths is not None:
+            feature_frames = feature_lengths.long()
+        elif feature_mask is not None:
             feature_frames = feature_mask.long().sum(dim=1).to(device)
         elif wav_lens is not None:
             feature_frames = torch.round(wav_lens.float() * num_feature_frames).long().to(device)
@@ -181,7 +219,7 @@ class EnhancementHead(nn.Module):
             feature_frames = torch.full((batch_size,), num_feature_frames, device=device)
         return torch.minimum(feature_frames * self.upsample, stft_frames)
 
-    def forward(self, features, noisy_wavs, wav_lens=None, feature_mask=None):
+    def forward(self, features, noisy_wavs, wav_lens=None, feature_mask=None, feature_lengths=None):
         """Predicts the mask and applies it to the noisy magnitude.
 
         Arguments
@@ -197,6 +235,9 @@ class EnhancementHead(nn.Module):
         feature_mask : torch.Tensor, optional
             ``[B, F]`` bool valid feature frames (the student's ``frame_mask``), exact where
             ``round(wav_lens * F)`` is only an estimate.
+        feature_lengths : torch.Tensor, optional
+            ``[B]`` valid feature frames on the host (the student's ``frame_lengths``): packing needs
+            host lengths, so this avoids a device-to-host copy per step.
 
         Returns
         -------
@@ -209,10 +250,10 @@ class EnhancementHead(nn.Module):
         num_frames = min(frames.shape[1], noisy_magnitude.shape[1])
         frames = frames[:, :num_frames]
         noisy_magnitude = noisy_magnitude[:, :num_frames]
-        if wav_lens is None and feature_mask is None:
+        if wav_lens is None and feature_mask is None and feature_lengths is None:
             hidden, _ = self.lstm(frames)
         else:
-            lengths = self.valid_frames(noisy_wavs, wav_lens, feature_mask, features.shape[1])
+            lengths = self.valid_frames(noisy_wavs, wav_lens, feature_mask, features.shape[1], feature_lengths)
             lengths = lengths.clamp(1, num_frames)
             packed = nn.utils.rnn.pack_padded_sequence(
                 frames, lengths.cpu(), batch_first=True, enforce_sorted=False

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from robustdistiller.dataio import make_distillation_dataset
+from robustdistiller.enhancement_quality import QualityMeans, enhance_batch, valid_waveforms
 from robustdistiller.losses import distillation_loss
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ def evaluate_conditions(
     cosine_weight=1.0,
     device="cpu",
     num_workers=0,
+    enhancement_head=None,
+    enhancement_input="cnn",
+    quality_utterances=0,
 ):
     """Mean distillation loss of ``student`` on ``csv_file`` for each named condition.
 
@@ -59,14 +63,29 @@ def evaluate_conditions(
         Device to run on.
     num_workers : int
         DataLoader workers.
+    enhancement_head : robustdistiller.enhancement.EnhancementHead, optional
+        The student's enhancement head; with ``quality_utterances > 0``, the enhanced waveforms of the
+        first ``quality_utterances`` utterances of each condition are scored too (same forward pass,
+        see :mod:`robustdistiller.enhancement_quality`).
+    enhancement_input : str
+        The head's input, ``"cnn"`` or ``"last_hidden"``, as in training.
+    quality_utterances : int
+        Utterances per condition scored for enhancement quality (0: none).
 
     Returns
     -------
     dict
-        ``name -> {"distillation_loss", "l1", "cosine_similarity"}`` (utterance-weighted means).
+        ``name -> {"distillation_loss", "l1", "cosine_similarity"}`` (utterance-weighted means); with
+        the head and ``quality_utterances > 0`` also ``"pesq"``, ``"stoi"``, ``"si_snr"``,
+        ``"si_snr_noisy"`` (means over scored utterances, NaN when none), ``"num_scored"`` and
+        ``"num_skipped"``.
     """
+    score_quality = enhancement_head is not None and quality_utterances > 0
     was_training = student.training
     student.eval()
+    if score_quality:
+        head_was_training = enhancement_head.training
+        enhancement_head.eval()
     teacher.to(device)
     results = {}
     for name, spec in conditions.items():
@@ -83,6 +102,7 @@ def evaluate_conditions(
         loader = sb.dataio.dataloader.make_dataloader(dataset, batch_size=batch_size, num_workers=num_workers)
         totals = {"distillation_loss": 0.0, "l1": 0.0, "cosine_similarity": 0.0}
         num_utterances = 0
+        quality = QualityMeans(quality_utterances, sample_rate) if score_quality else None
         for batch in tqdm(loader, desc=f"test {name}", leave=False):
             batch = batch.to(device)
             clean_wavs, wav_lens = batch.clean_sig
@@ -97,7 +117,20 @@ def evaluate_conditions(
             totals["l1"] += float(losses["l1"].mean()) * count
             totals["cosine_similarity"] += float(losses["cosine_similarity"].mean()) * count
             num_utterances += count
+            if quality is not None and quality.remaining > 0:
+                reference_wavs, _ = batch.reference_sig
+                enhanced = enhance_batch(enhancement_head, predictions, noisy_wavs, wav_lens, enhancement_input)
+                quality.update(
+                    list(batch.id),
+                    enhanced,
+                    valid_waveforms(reference_wavs, wav_lens),
+                    valid_waveforms(noisy_wavs, wav_lens),
+                )
         results[name] = {key: value / max(num_utterances, 1) for key, value in totals.items()}
+        if quality is not None:
+            results[name].update(quality.summary())
         logger.info("test condition %s: %s", name, results[name])
     student.train(was_training)
+    if score_quality:
+        enhancement_head.train(head_was_training)
     return results

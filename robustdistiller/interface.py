@@ -116,19 +116,188 @@ def absolute_lengths(wav_lens, num_samples):
     return lengths.clamp(min=1, max=num_samples)
 
 
+_NO_FORWARD_OVERRIDE = object()
+_NORM_TIME_CHUNKS = 8  # full-size temporaries of the masked GroupNorm are at most 1/8 of its input
+
+
+def _time_chunks(num_steps, num_chunks=_NORM_TIME_CHUNKS):
+    """``(start, stop)`` bounds splitting ``range(num_steps)`` into at most ``num_chunks`` pieces.
+
+    Example
+    -------
+    >>> _time_chunks(10, 4)
+    [(0, 3), (3, 6), (6, 9), (9, 10)]
+    """
+    size = max(1, -(-int(num_steps) // int(num_chunks)))
+    return [(start, min(start + size, num_steps)) for start in range(0, int(num_steps), size)]
+
+
+def _autocast_off(device):
+    """A context that disables autocast on ``device`` (a no-op when autocast is not active)."""
+    try:
+        enabled = torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4 has no per-device query
+        enabled = torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+    if enabled:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _per_channel(group_values, channels_per_group):
+    """``[B, G]`` per-group values -> ``[B, C, 1]`` (each repeated for the channels of its group)."""
+    return group_values.repeat_interleave(channels_per_group, dim=1).unsqueeze(-1)
+
+
+def _group_sum(channel_values, num_groups):
+    """``[B, C]`` per-channel values -> ``[B, G]`` sums over the channels of each group."""
+    return channel_values.reshape(channel_values.shape[0], num_groups, -1).sum(dim=-1)
+
+
+class _MaskedGroupNormFunction(torch.autograd.Function):
+    """GroupNorm ``[B, C, T]`` with statistics over the masked time steps, with an analytic backward.
+
+    ``forward(inputs, mask, num_groups, weight, bias, eps)``: ``mask`` is ``[B, T]`` float32 (1 on the
+    valid steps); every step, padded ones included, is normalised with its item's statistics. The
+    statistics (two passes: mean, then the mean squared deviation) and the arithmetic are float32
+    (float64 for a float64 input) whatever the input dtype; the output has the input's dtype. Full-size temporaries are one time
+    chunk (:data:`_NORM_TIME_CHUNKS`) at a time; the backward saves only the input and ``[B, G]``
+    statistics, like the native GroupNorm.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs, mask, num_groups, weight, bias, eps):
+        batch_size, channels, num_steps = inputs.shape
+        per_group = channels // num_groups
+        chunks = _time_chunks(num_steps)
+        compute_dtype = torch.promote_types(inputs.dtype, torch.float32)
+        with _autocast_off(inputs.device):
+            mask = mask.to(compute_dtype)
+            count = mask.sum(dim=1).clamp(min=1) * per_group  # [B]
+            total = torch.zeros(batch_size, channels, dtype=compute_dtype, device=inputs.device)
+            for start, stop in chunks:
+                total += (inputs[:, :, start:stop] * mask[:, None, start:stop]).sum(dim=-1)
+            mean = _group_sum(total, num_groups) / count[:, None]  # [B, G]
+            mean_c = _per_channel(mean, per_group)
+            total.zero_()
+            for start, stop in chunks:
+                centred = torch.sub(inputs[:, :, start:stop], mean_c)
+                total += centred.mul_(mask[:, None, start:stop]).square_().sum(dim=-1)
+                del centred  # one chunk-sized temporary alive at a time
+            rstd = torch.rsqrt(_group_sum(total, num_groups) / count[:, None] + eps)  # [B, G]
+            scale = _per_channel(rstd, per_group)
+            if weight is not None:
+                scale = scale * weight.to(compute_dtype)[None, :, None]
+            shift = None if bias is None else bias.to(compute_dtype)[None, :, None]
+            output = torch.empty_like(inputs, memory_format=torch.contiguous_format)
+            for start, stop in chunks:
+                centred = torch.sub(inputs[:, :, start:stop], mean_c)
+                if shift is None:
+                    torch.mul(centred, scale, out=output[:, :, start:stop])
+                else:
+                    torch.addcmul(shift, centred, scale, out=output[:, :, start:stop])
+                del centred
+        ctx.save_for_backward(inputs, mask, mean, rstd, weight)
+        ctx.num_groups = num_groups
+        ctx.has_bias = bias is not None
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        # y = w * (x - mu) * rstd + b on every step, mu and var over the valid set V (n elements):
+        # dx = rstd * w * dy - [t in V] * rstd * (A + xhat * Bv), with
+        # A = sum_all(w * dy) / n and Bv = sum_all(w * dy * xhat) / n (sums over every step and the
+        # channels of the group; padded steps reach the statistics only through A and Bv).
+        inputs, mask, mean, rstd, weight = ctx.saved_tensors
+        batch_size, channels, num_steps = inputs.shape
+        num_groups = ctx.num_groups
+        per_group = channels // num_groups
+        chunks = _time_chunks(num_steps)
+        need_input, _, _, need_weight, need_bias, _ = ctx.needs_input_grad
+        grad_input = grad_weight = grad_bias = None
+        compute_dtype = mean.dtype
+        with _autocast_off(inputs.device):
+            mean_c = _per_channel(mean, per_group)
+            rstd_c = _per_channel(rstd, per_group)
+            sum_dy = torch.zeros(batch_size, channels, dtype=compute_dtype, device=inputs.device)
+            sum_dy_centred = torch.zeros_like(sum_dy)
+            for start, stop in chunks:
+                grad_piece = grad_output[:, :, start:stop]
+                sum_dy += grad_piece.sum(dim=-1, dtype=compute_dtype)
+                centred = torch.sub(inputs[:, :, start:stop], mean_c)
+                sum_dy_centred += centred.mul_(grad_piece).sum(dim=-1)
+                del centred
+            if need_weight and weight is not None:
+                grad_weight = (sum_dy_centred * rstd_c[..., 0]).sum(dim=0).to(weight.dtype)
+            if need_bias and ctx.has_bias:
+                grad_bias = sum_dy.sum(dim=0).to(weight.dtype if weight is not None else inputs.dtype)
+            if need_input:
+                weight_f = None if weight is None else weight.to(compute_dtype)[None, :]
+                if weight_f is not None:
+                    sum_dy = sum_dy * weight_f
+                    sum_dy_centred = sum_dy_centred * weight_f
+                count = (mask.sum(dim=1).clamp(min=1) * per_group)[:, None]  # [B, 1]
+                mean_dy = _group_sum(sum_dy, num_groups) / count  # A
+                mean_dy_xhat = _group_sum(sum_dy_centred, num_groups) * rstd / count  # Bv
+                direct = rstd_c if weight_f is None else rstd_c * weight_f[..., None]
+                offset = _per_channel(rstd * mean_dy, per_group)
+                slope = _per_channel(rstd * rstd * mean_dy_xhat, per_group)
+                negative_mask = -mask[:, None, :]
+                grad_input = torch.empty_like(inputs, memory_format=torch.contiguous_format)
+                for start, stop in chunks:
+                    correction = torch.sub(inputs[:, :, start:stop], mean_c)
+                    correction.mul_(slope).add_(offset).mul_(negative_mask[:, :, start:stop])
+                    torch.addcmul(
+                        correction, grad_output[:, :, start:stop], direct, out=grad_input[:, :, start:stop]
+                    )
+                    del correction
+        return grad_input, None, None, grad_weight, grad_bias, None
+
+
 def _masked_group_norm(norm, inputs, lengths):
-    """GroupNorm whose statistics use only the first ``lengths[b]`` time steps of each item."""
-    batch_size, channels, num_steps = inputs.shape
-    groups = norm.num_groups
-    mask = lengths_to_mask(lengths.to(inputs.device), num_steps)[:, None, None, :].to(inputs.dtype)
-    grouped = inputs.reshape(batch_size, groups, channels // groups, num_steps)
-    count = mask.sum(dim=-1, keepdim=True).clamp(min=1) * (channels // groups)
-    mean = (grouped * mask).sum(dim=(2, 3), keepdim=True) / count
-    variance = (((grouped - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
-    normalised = ((grouped - mean) / torch.sqrt(variance + norm.eps)).reshape(inputs.shape)
-    if norm.affine:
-        normalised = normalised * norm.weight[None, :, None] + norm.bias[None, :, None]
-    return normalised
+    """GroupNorm whose statistics use only the first ``lengths[b]`` time steps of each item.
+
+    Every step (padded ones too) is normalised with its item's statistics, then scaled and shifted by
+    the norm's affine parameters. Costs about what the native GroupNorm costs: the statistics are
+    float32 reductions over one time chunk at a time, the output is written in one pass and the
+    backward (analytic) keeps only the input and per-group statistics. Under autocast or with a
+    half-precision input the arithmetic is float32 and the output has the input's dtype.
+
+    Arguments
+    ---------
+    norm : torch.nn.GroupNorm
+        Supplies ``num_groups``, ``eps`` and the (optional) affine ``weight`` / ``bias``.
+    inputs : torch.Tensor
+        ``[B, C, T]``.
+    lengths : torch.Tensor
+        ``[B]`` valid time steps per item (clamped to ``[1, T]``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, C, T]``, dtype of ``inputs``.
+
+    Example
+    -------
+    >>> norm = nn.GroupNorm(4, 4)
+    >>> inputs = torch.randn(2, 4, 6)
+    >>> out = _masked_group_norm(norm, inputs, torch.tensor([6, 3]))
+    >>> torch.allclose(out[1:, :, :3], norm(inputs[1:, :, :3]), atol=1e-5)
+    True
+    >>> torch.allclose(out[:1], norm(inputs[:1]), atol=1e-5)
+    True
+    """
+    if inputs.dim() != 3 or inputs.shape[0] != lengths.shape[0]:
+        raise ValueError(
+            f"per-utterance GroupNorm expects [B, C, T] inputs and [B] lengths, got "
+            f"{tuple(inputs.shape)} and {tuple(lengths.shape)}"
+        )
+    num_steps = inputs.shape[-1]
+    lengths = lengths.to(inputs.device).clamp(min=1, max=max(num_steps, 1))
+    mask = lengths_to_mask(lengths, num_steps).to(torch.float32)
+    weight = norm.weight if norm.affine else None
+    bias = norm.bias if norm.affine else None
+    return _MaskedGroupNormFunction.apply(inputs, mask, norm.num_groups, weight, bias, norm.eps)
 
 
 @contextlib.contextmanager
@@ -140,7 +309,10 @@ def per_utterance_cnn_norm(feature_extractor, sample_lengths):
     on how much padding its batch has (see the module docstring for the size of the effect). Inside
     this context the statistics are computed over each item's valid steps only, which makes the valid
     frames of a padded batch equal (to float precision) to those of the unpadded utterance. Without
-    padding the result is unchanged. Implemented as a forward hook, so it works on any HF model.
+    padding the result is unchanged. Padded steps are normalised with their item's statistics (not
+    zeroed). The norm module's ``forward`` is replaced for the duration of the block and restored on
+    exit (its parameters and hooks are untouched), so the native GroupNorm is not computed at all and
+    the masked one (:func:`_masked_group_norm`) costs about as much memory; this works on any HF model.
 
     Arguments
     ---------
@@ -171,15 +343,20 @@ def per_utterance_cnn_norm(feature_extractor, sample_lengths):
     step_lengths = torch.div(
         sample_lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor"
     ) + 1
+    step_lengths = step_lengths.clamp(min=1)
 
-    def hook(module, args, output):
-        return _masked_group_norm(module, args[0], step_lengths.clamp(min=1))
+    def masked_forward(inputs):
+        return _masked_group_norm(norm, inputs, step_lengths)
 
-    handle = norm.register_forward_hook(hook)
+    previous = norm.__dict__.get("forward", _NO_FORWARD_OVERRIDE)  # set by an enclosing block
+    norm.forward = masked_forward
     try:
         yield
     finally:
-        handle.remove()
+        if previous is _NO_FORWARD_OVERRIDE:
+            del norm.forward
+        else:
+            norm.forward = previous
 
 
 def ssl_hidden_states(model, wavs, wav_lens=None, per_utterance_norm=False):

@@ -1,4 +1,4 @@
-"""Deterministic generator of a small corpus laid out like LibriSpeech, MUSAN and RIRS_NOISES.
+"""Deterministic generator of a small corpus laid out like LibriSpeech, MUSAN, RIRS_NOISES, UrbanSound8K.
 
 The demo recipe and the tests cannot download the real corpora, so this module writes a miniature
 copy of each in its *real* on-disk layout (REFERENCE.md section 6); the real preparation functions of
@@ -15,6 +15,12 @@ copy of each in its *real* on-disk layout (REFERENCE.md section 6); the real pre
 - ``RIRS_NOISES/simulated_rirs/<size>room/RoomNNN/RoomNNN-NNNNN.wav`` with a ``rir_list`` per size
   (exponential-decay model), ``real_rirs_isotropic_noises/`` (multichannel RIRs *and* isotropic
   noises, with ``rir_list`` and ``noise_list``) and ``pointsource_noises/`` with its ``noise_list``.
+- ``UrbanSound8K/audio/fold1..fold10/<fsID>-<classID>-<occurrenceID>-<sliceID>.wav`` and
+  ``UrbanSound8K/metadata/UrbanSound8K.csv``: short synthetic clips (at most 1 s) of the ten classes
+  (air conditioner hum, car horn, chattering "children", barks, drill, engine, shots, jackhammer,
+  siren, street music), at varied sampling rates (8 to 96 kHz), channel counts and sample formats,
+  as in the real data; children_playing and street_music are among them (the noise pool leaves
+  them out).
 
 Everything derives from ``seed``: the same seed and options give byte-identical files. eSpeak NG keeps
 internal state from one synthesis to the next (its output depends on what it synthesised before in
@@ -43,8 +49,9 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 ESPEAK_SAMPLE_RATE = 22050
 MARKER_NAME = "mini_corpus.json"
-GENERATOR_VERSION = 1
-GENERATED_ROOTS = {"librispeech": "LibriSpeech", "musan": "musan", "rirs": "RIRS_NOISES"}
+GENERATOR_VERSION = 2
+GENERATED_ROOTS = {"librispeech": "LibriSpeech", "musan": "musan", "rirs": "RIRS_NOISES",
+                   "urbansound": "UrbanSound8K"}
 
 # Built-in vocabulary: common English words that eSpeak pronounces well.
 WORDS = """
@@ -81,6 +88,18 @@ EXCLUDED_VARIANTS = ("whisper", "whisperf", "demonic", "unirobot", "anikarobot",
 MUSIC_SOURCES = ("fma", "fma-western-art", "hd-classical", "jamendo", "rfm")
 NOISE_SOURCES = ("free-sound", "sound-bible")
 ROOM_SIZES = {"smallroom": (0.2, 0.45), "mediumroom": (0.4, 0.8), "largeroom": (0.7, 1.2)}
+URBANSOUND_CLASSES = (
+    "air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
+    "engine_idling", "gun_shot", "jackhammer", "siren", "street_music",
+)
+URBANSOUND_HEADER = "slice_file_name,fsID,start,end,salience,fold,classID,class"
+# (sampling rate, channels, libsndfile subtype) of successive clips: the real data mixes them.
+# No float WAV: libsndfile writes a time-stamped PEAK chunk into those (not byte-reproducible).
+URBANSOUND_FORMATS = (
+    (44100, 2, "PCM_16"), (48000, 2, "PCM_24"), (22050, 1, "PCM_16"), (16000, 1, "PCM_16"),
+    (44100, 1, "PCM_32"), (96000, 2, "PCM_24"), (11025, 1, "PCM_U8"), (8000, 1, "PCM_16"),
+    (44100, 2, "PCM_16"), (32000, 1, "PCM_16"),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,7 +450,7 @@ def _write_text(path, text):
 
 
 # ---------------------------------------------------------------------------------------------
-# The three corpora
+# The corpora
 # ---------------------------------------------------------------------------------------------
 
 
@@ -641,6 +660,121 @@ def generate_rirs_noises(root, rng, rooms_per_size, rirs_per_room, noise_duratio
                   "pointsource": pointsource}
 
 
+def _envelope(rng, num_samples, sample_rate, num_events, event_seconds, decay):
+    """Sum of ``num_events`` sharp-onset exponentially decaying envelopes at random times."""
+    envelope = np.zeros(num_samples)
+    time_axis = np.arange(num_samples) / sample_rate
+    for _ in range(num_events):
+        start = float(rng.uniform(0, max(time_axis[-1] - event_seconds, 1e-3)))
+        local = time_axis - start
+        envelope += np.where(local >= 0, np.exp(-np.maximum(local, 0) * decay), 0.0) * (
+            local < event_seconds
+        )
+    return envelope
+
+
+def urban_sound(rng, class_name, num_samples, sample_rate):
+    """A crude synthetic clip of an UrbanSound8K class (numpy only: fast).
+
+    Example
+    -------
+    >>> clip = urban_sound(np.random.default_rng(0), "siren", 8000, 16000)
+    >>> clip.shape, clip.dtype, float(np.abs(clip).max()) <= 0.8
+    ((8000,), dtype('float32'), True)
+    """
+    time_axis = np.arange(num_samples) / sample_rate
+    nyquist = sample_rate / 2
+
+    def tone(frequencies, harmonics=4):
+        phase = 2 * np.pi * np.cumsum(np.broadcast_to(frequencies, time_axis.shape)) / sample_rate
+        return sum(np.sin(h * phase) / h for h in range(1, harmonics + 1)
+                   if h * float(np.max(frequencies)) < nyquist)
+
+    if class_name == "air_conditioner":
+        signal = colored_noise(rng, num_samples, 2.0) + 0.5 * machine_hum(rng, num_samples, sample_rate)
+    elif class_name == "car_horn":
+        base = float(rng.uniform(380, 480))
+        signal = (tone(base, 6) + tone(base * 1.26, 6)) * (time_axis > 0.05)
+    elif class_name == "children_playing":  # several high voices with pitch glides and syllables
+        signal = sum(
+            tone(rng.uniform(250, 400) * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(1, 3) * time_axis)), 5)
+            * (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 6) * time_axis + rng.uniform(0, 6)))
+            for _ in range(3)
+        )
+    elif class_name == "dog_bark":
+        signal = (tone(float(rng.uniform(400, 700)), 6) + 0.5 * rng.standard_normal(num_samples)) * (
+            _envelope(rng, num_samples, sample_rate, 2, 0.15, 20.0)
+        )
+    elif class_name == "drilling":
+        signal = tone(float(rng.uniform(1200, 2500)), 3) * (
+            1 + 0.5 * np.sin(2 * np.pi * 30 * time_axis)
+        ) + 0.3 * colored_noise(rng, num_samples, 0.0)
+    elif class_name == "engine_idling":
+        firing = float(rng.uniform(20, 40))
+        pulses = np.maximum(np.sin(2 * np.pi * firing * time_axis), 0) ** 8
+        signal = pulses * colored_noise(rng, num_samples, 1.5) + 0.3 * tone(firing, 8)
+    elif class_name == "gun_shot":
+        signal = rng.standard_normal(num_samples) * _envelope(rng, num_samples, sample_rate, 2, 0.4, 15.0)
+    elif class_name == "jackhammer":
+        rate = float(rng.uniform(12, 25))
+        hits = (np.sin(2 * np.pi * rate * time_axis) > 0.7).astype(float)
+        signal = hits * rng.standard_normal(num_samples) + 0.2 * colored_noise(rng, num_samples, 1.0)
+    elif class_name == "siren":
+        low, high = float(rng.uniform(500, 700)), float(rng.uniform(1100, 1500))
+        sweep = (low + high) / 2 + (high - low) / 2 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * time_axis)
+        signal = tone(sweep, 3)
+    elif class_name == "street_music":
+        signal = chord_music(rng, num_samples, sample_rate)
+    else:
+        raise ValueError(f"Unknown UrbanSound8K class '{class_name}'")
+    signal = signal + 1e-3 * rng.standard_normal(num_samples)
+    return _normalize(signal, peak=float(rng.uniform(0.3, 0.8)))
+
+
+def generate_urbansound(root, rng, num_clips, progress):
+    """Writes ``UrbanSound8K/`` under ``root``; returns its path and the number of clips per class.
+
+    Clip ``i`` is in fold ``i % 10 + 1`` and of class ``(3 i + 2) % 10``: ten clips cover the ten
+    folds and the ten classes, the first being children_playing and the tenth street_music.
+    Successive clips cycle through :data:`URBANSOUND_FORMATS` (stereo 44.1 kHz first).
+    """
+    urbansound = os.path.join(root, "UrbanSound8K")
+    for fold in range(1, 11):
+        os.makedirs(os.path.join(urbansound, "audio", f"fold{fold}"), exist_ok=True)
+    used_ids, lines, counts = set(), [], {name: 0 for name in URBANSOUND_CLASSES}
+    for index in range(num_clips):
+        fold, class_id = index % 10 + 1, (3 * index + 2) % 10
+        class_name = URBANSOUND_CLASSES[class_id]
+        fs_id = int(rng.integers(1000, 200000))
+        while fs_id in used_ids:
+            fs_id = int(rng.integers(1000, 200000))
+        used_ids.add(fs_id)
+        occurrence, slice_id = int(rng.integers(0, 3)), int(rng.integers(0, 6))
+        sample_rate, channels, subtype = URBANSOUND_FORMATS[index % len(URBANSOUND_FORMATS)]
+        duration = float(rng.uniform(0.3, 1.0))
+        num_samples = int(duration * sample_rate)
+        clip = urban_sound(rng, class_name, num_samples, sample_rate)
+        if channels == 2:  # the second microphone: attenuated, delayed copy plus its own noise floor
+            delay = int(rng.integers(1, 40))
+            second = 0.8 * np.concatenate([np.zeros(delay), clip[:-delay]])
+            clip = np.stack([clip, second + 1e-3 * rng.standard_normal(num_samples)], axis=1)
+        name = f"{fs_id}-{class_id}-{occurrence}-{slice_id}.wav"
+        path = os.path.join(urbansound, "audio", f"fold{fold}", name)
+        soundfile.write(path, np.clip(clip, -1.0, 1.0), sample_rate, subtype=subtype)
+        start = slice_id * 4.0 + float(rng.uniform(0, 1))
+        salience = int(rng.integers(1, 3))
+        lines.append(f"{name},{fs_id},{start:.6f},{start + num_samples / sample_rate:.6f},"
+                     f"{salience},{fold},{class_id},{class_name}")
+        counts[class_name] += 1
+        progress.update(1)
+    _write_text(os.path.join(urbansound, "metadata", "UrbanSound8K.csv"),
+                "\n".join([URBANSOUND_HEADER] + sorted(lines)) + "\n")
+    _write_text(os.path.join(urbansound, "UrbanSound8K_README.txt"),
+                "Miniature UrbanSound8K-like corpus of synthetic clips, made by "
+                "robustdistiller.mini_corpus. Same layout as UrbanSound8K.\n")
+    return urbansound, counts
+
+
 # ---------------------------------------------------------------------------------------------
 # Public entry point
 # ---------------------------------------------------------------------------------------------
@@ -690,9 +824,10 @@ def generate_mini_corpus(
     rooms_per_size=2,
     rirs_per_room=2,
     noise_duration=4.0,
+    num_urbansound=10,
     show_progress=True,
 ):
-    """Generates the miniature LibriSpeech, MUSAN and RIRS_NOISES corpora under ``output_folder``.
+    """Generates the miniature LibriSpeech, MUSAN, RIRS_NOISES and UrbanSound8K corpora.
 
     Nothing is done when ``output_folder`` already holds a complete generation with the same
     options (recorded in ``output_folder/mini_corpus.json``); a generation with other options is
@@ -701,7 +836,7 @@ def generate_mini_corpus(
     Arguments
     ---------
     output_folder : str
-        Where ``LibriSpeech/``, ``musan/`` and ``RIRS_NOISES/`` are written.
+        Where ``LibriSpeech/``, ``musan/``, ``RIRS_NOISES/`` and ``UrbanSound8K/`` are written.
     seed : int
         Everything derives from it: the same seed and options give byte-identical files.
     train_speakers, valid_speakers : int
@@ -719,14 +854,17 @@ def generate_mini_corpus(
         Simulated rooms per room size (small, medium, large) and RIRs per room.
     noise_duration : float
         Duration in seconds of each MUSAN and RIRS_NOISES noise/music file.
+    num_urbansound : int
+        UrbanSound8K clips (0.3-1 s each, varied rates and channels); ten cover every class and
+        fold, children_playing and street_music included.
     show_progress : bool
         Show a tqdm progress bar.
 
     Returns
     -------
     dict
-        ``{"librispeech": path, "musan": path, "rirs": path}`` (the ``LibriSpeech``, ``musan`` and
-        ``RIRS_NOISES`` folders).
+        ``{"librispeech": path, "musan": path, "rirs": path, "urbansound": path}`` (the
+        ``LibriSpeech``, ``musan``, ``RIRS_NOISES`` and ``UrbanSound8K`` folders).
 
     Example
     -------
@@ -737,7 +875,7 @@ def generate_mini_corpus(
     ...     num_speech=0, rooms_per_size=1, rirs_per_room=1, noise_duration=1.0,
     ...     show_progress=False)
     >>> sorted(roots), os.path.basename(roots["rirs"])
-    (['librispeech', 'musan', 'rirs'], 'RIRS_NOISES')
+    (['librispeech', 'musan', 'rirs', 'urbansound'], 'RIRS_NOISES')
     """
     options = {
         "version": GENERATOR_VERSION,
@@ -754,11 +892,14 @@ def generate_mini_corpus(
         "rooms_per_size": int(rooms_per_size),
         "rirs_per_room": int(rirs_per_room),
         "noise_duration": float(noise_duration),
+        "num_urbansound": int(num_urbansound),
     }
     if train_subset == valid_subset:
         raise ValueError(f"train_subset and valid_subset must differ (both '{train_subset}').")
     if min(train_speakers, valid_speakers, utterances_per_speaker, valid_utterances_per_speaker) < 1:
         raise ValueError("Speaker and utterance counts must be at least 1.")
+    if num_urbansound < 0:
+        raise ValueError(f"num_urbansound must be at least 0, got {num_urbansound}.")
     output_folder = os.path.abspath(output_folder)
     roots = {name: os.path.join(output_folder, folder) for name, folder in GENERATED_ROOTS.items()}
     marker_path = os.path.join(output_folder, MARKER_NAME)
@@ -782,7 +923,7 @@ def generate_mini_corpus(
     }
     num_utterances = sum(speakers * utterances for speakers, utterances in subsets.values())
     total_files = (num_utterances + num_noises + 1 + num_music + num_speech
-                   + 3 * rooms_per_size * rirs_per_room + 3 + 2 + 2)
+                   + 3 * rooms_per_size * rirs_per_room + 3 + 2 + 2 + num_urbansound)
     with tqdm(total=total_files, desc="Mini corpus", disable=not show_progress) as progress:
         _, utterance_count = generate_librispeech(
             output_folder, np.random.default_rng([seed, 1]), subsets, progress
@@ -795,14 +936,18 @@ def generate_mini_corpus(
             output_folder, np.random.default_rng([seed, 3]), rooms_per_size, rirs_per_room,
             noise_duration, progress,
         )
-    summary = {"utterances": utterance_count, "musan_files": musan_count, **rir_counts}
+        _, urbansound_counts = generate_urbansound(
+            output_folder, np.random.default_rng([seed, 4]), num_urbansound, progress
+        )
+    summary = {"utterances": utterance_count, "musan_files": musan_count, **rir_counts,
+               "urbansound_clips": urbansound_counts}
     _write_marker(marker_path, {"status": "complete", "options": options, "summary": summary})
     logger.info(
         "Generated mini corpus in %s in %.1f s: %d utterances (%s), %d MUSAN files, "
-        "%d simulated + %d real RIRs, %d isotropic + %d point-source noises.",
+        "%d simulated + %d real RIRs, %d isotropic + %d point-source noises, %d UrbanSound8K clips.",
         output_folder, time.time() - start_time, utterance_count, ", ".join(subsets),
         musan_count, rir_counts["simulated"], rir_counts["real"], rir_counts["isotropic"],
-        rir_counts["pointsource"],
+        rir_counts["pointsource"], sum(urbansound_counts.values()),
     )
     return roots
 
@@ -810,7 +955,7 @@ def generate_mini_corpus(
 def main(argv=None):
     """Command line: ``python -m robustdistiller.mini_corpus OUTPUT_FOLDER [--seed N]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("output_folder", help="Folder receiving LibriSpeech/, musan/, RIRS_NOISES/")
+    parser.add_argument("output_folder", help="Folder receiving LibriSpeech/, musan/, RIRS_NOISES/, UrbanSound8K/")
     parser.add_argument("--seed", type=int, default=0, help="Random seed (default 0)")
     parser.add_argument("--train-speakers", type=int, default=8)
     parser.add_argument("--valid-speakers", type=int, default=3)

@@ -13,6 +13,12 @@ plain, so a recipe wraps them in ``speechbrain.utils.distributed.run_on_main``.
 - :func:`prepare_rirs`: RIRS_NOISES (OpenSLR 28), DNS-Challenge impulse responses or any folder of
   RIRs into the same format (for ``AddReverb``).
 
+Next to each noise and RIR CSV, ``<csv stem>_composition.json`` (:func:`composition_path`) records
+the pool's composition: files and hours per source (MUSAN subset, UrbanSound8K, each extra folder;
+RIR folder with its kind, real or simulated) and the share of the uniform file draws each source
+gets (its share of files: the pools draw a file uniformly). It is logged at every preparation, and
+recomputed from the CSV if missing. It goes to ``save_folder`` only, like every derived file.
+
 Durations come from the file headers (fast). Unreadable files are skipped with a warning naming
 each. Multichannel and non-16-kHz noise and RIR files are kept (the consumer converts them at load
 time with :func:`robustdistiller.audio.load_audio`) and listed in the log.
@@ -404,7 +410,11 @@ def _musan_entries(musan_folder, subsets):
     return entries
 
 
-def _urbansound_entries(urbansound_folder, exclude):
+def _scan_urbansound(urbansound_folder, exclude):
+    """Lists the UrbanSound8K clips not in ``exclude``; returns ``(entries, excluded count per class)``.
+
+    Only file names are read (``<fsID>-<classID>-<occurrence>-<slice>``), no audio header.
+    """
     unknown = sorted(set(exclude) - set(URBANSOUND_CLASSES))
     if unknown:
         raise ValueError(f"Unknown UrbanSound8K classes {unknown}; known: {list(URBANSOUND_CLASSES)}")
@@ -416,7 +426,7 @@ def _urbansound_entries(urbansound_folder, exclude):
     folds = sorted(name for name in os.listdir(audio_root) if name.startswith("fold"))
     if not folds:
         raise FileNotFoundError(f"No fold* folder in '{audio_root}'; expected {layout}.")
-    entries, excluded = [], 0
+    entries, excluded = [], {name: 0 for name in exclude}
     for fold in folds:
         audio_files, other_files = find_files(os.path.join(audio_root, fold))
         _warn_non_audio(other_files, os.path.join(audio_root, fold))
@@ -425,12 +435,28 @@ def _urbansound_entries(urbansound_folder, exclude):
             if match is None:
                 logger.warning("Skipping %s: not named <fsID>-<classID>-<occurrence>-<slice>", path)
                 continue
-            if URBANSOUND_CLASSES[int(match.group(1))] in exclude:
-                excluded += 1
+            class_name = URBANSOUND_CLASSES[int(match.group(1))]
+            if class_name in excluded:
+                excluded[class_name] += 1
                 continue
             entries.append((make_id(os.path.relpath(path, audio_root), "urbansound"), path))
-    logger.info("UrbanSound8K: %d clips kept, %d excluded (classes %s).", len(entries), excluded,
-                list(exclude))
+    return entries, excluded
+
+
+def _format_counts(counts):
+    return ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
+
+
+def _urbansound_entries(urbansound_folder, exclude, excluded_counts=None):
+    """``(ID, path)`` of the UrbanSound8K clips not in the ``exclude`` classes; logs the counts.
+
+    ``excluded_counts``, a dict, receives the number of clips left out per class.
+    """
+    entries, excluded = _scan_urbansound(urbansound_folder, exclude)
+    logger.info("UrbanSound8K: %d clips kept, %d excluded (%s).", len(entries), sum(excluded.values()),
+                _format_counts(excluded))
+    if excluded_counts is not None:
+        excluded_counts.update(excluded)
     return entries
 
 
@@ -476,12 +502,21 @@ def prepare_noise(
     Returns
     -------
     str
-        Path of the CSV.
+        Path of the CSV. Its composition (:func:`noise_composition`: files, hours and share of
+        uniform file draws per source ``musan/<subset>``, ``urbansound8k``, ``extra<i>``, and the
+        excluded UrbanSound8K clips per class) is logged and written to
+        ``<csv stem>_composition.json`` in ``save_folder`` (:func:`read_composition` reads it).
 
     Raises
     ------
     FileNotFoundError, ValueError
         A folder is missing or empty, no source is given, or no usable audio file is found.
+
+    Notes
+    -----
+    The authors' pool is MUSAN ``noise/`` plus UrbanSound8K without children_playing and
+    street_music (``urbansound_folder`` given), drawn uniformly over files: UrbanSound8K's 6,732
+    kept clips against MUSAN's 930 noise files make about 88 % of the file draws UrbanSound8K.
     """
     csv_path = os.path.join(save_folder, csv_name)
     if skip_prep:
@@ -500,29 +535,322 @@ def prepare_noise(
     marker_name = os.path.splitext(csv_name)[0]
     if is_prepared(save_folder, marker_name, options, [csv_path]):
         logger.info("Noise CSV %s already prepared with the same options: skipping.", csv_path)
+        _log_composition(_load_or_recompute_composition(csv_path, options, _recompute_noise_composition))
         return csv_path
-    entries = []
+    entries, excluded = [], None
     if musan_folder is not None:
         entries += _musan_entries(options["musan_folder"], musan_subsets)
     if urbansound_folder is not None:
-        entries += _urbansound_entries(options["urbansound_folder"], urbansound_exclude)
+        excluded = {}
+        entries += _urbansound_entries(options["urbansound_folder"], urbansound_exclude, excluded)
     for index, folder in enumerate(extra_folders):
         entries += _folder_entries(folder, f"extra{index}")
     sources = [folder for folder in (options["musan_folder"], options["urbansound_folder"]) if folder]
     rows, skipped = _audio_rows(entries, "Noise")
     if not rows:
         raise ValueError(f"No usable noise audio file found under {sources + extra_folders}.")
-    _write_noise_style_csv(save_folder, csv_path, marker_name, options, rows)
+    composition = _write_noise_style_csv(
+        save_folder, csv_path, marker_name, options, rows,
+        lambda rows: noise_composition(csv_path, options, rows, excluded=excluded, unreadable=skipped),
+    )
     logger.info("Wrote %s: %d noise files (%.1f min), %d unreadable skipped, from %s.", csv_path,
                 len(rows), sum(row[1] for row in rows) / 60, skipped, sources + extra_folders)
+    _log_composition(composition)
     return csv_path
 
 
-def _write_noise_style_csv(save_folder, csv_path, marker_name, options, rows):
+def _write_noise_style_csv(save_folder, csv_path, marker_name, options, rows, make_composition):
+    """Writes the CSV, then its composition JSON, then the marker; returns the composition."""
     os.makedirs(save_folder, exist_ok=True)
     _remove_marker(save_folder, marker_name)
-    write_csv(csv_path, NOISE_HEADER, _deduplicate_ids(rows))
+    rows = _deduplicate_ids(rows)
+    write_csv(csv_path, NOISE_HEADER, rows)
+    composition = make_composition(rows)
+    _write_json(composition_path(csv_path), composition)
     _write_marker(save_folder, marker_name, options)
+    return composition
+
+
+# ---------------------------------------------------------------------------------------------
+# Pool composition: files and hours per source, share of uniform file draws
+# ---------------------------------------------------------------------------------------------
+
+COMPOSITION_SUFFIX = "_composition.json"
+_EXTRA_ID = re.compile(r"^extra(\d+)_")
+_ROOM_FOLDER = re.compile(r"^room\d+$", re.IGNORECASE)
+_REAL_RIR_DATABASE = re.compile(r"^([A-Za-z0-9]+)_type\d")
+RIR_KINDS = ("real", "simulated", "unknown")
+
+
+def composition_path(csv_path):
+    """Path of the composition JSON of a noise/RIR CSV: ``<csv folder>/<csv stem>_composition.json``.
+
+    Example
+    -------
+    >>> composition_path("/save/noise.csv")
+    '/save/noise_composition.json'
+    """
+    return os.path.splitext(csv_path)[0] + COMPOSITION_SUFFIX
+
+
+def read_composition(csv_path):
+    """Reads the composition JSON written next to a noise/RIR CSV; None if missing or unreadable."""
+    try:
+        with open(composition_path(csv_path), encoding="utf-8") as json_file:
+            return json.load(json_file)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path, content):
+    with open(path + ".tmp", "w", encoding="utf-8") as json_file:
+        json.dump(content, json_file, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _relative_parts(path, folder):
+    return os.path.relpath(path, folder).split(os.sep)
+
+
+def _noise_source(entry_id, path, options):
+    """``(source, part)`` of a noise CSV row, from the ID prefix :func:`prepare_noise` gives it.
+
+    Sources: ``musan/<subset>`` (part: the MUSAN source folder, e.g. ``free-sound``),
+    ``urbansound8k`` (part: the class), ``extra<i>`` (part: first sub-folder), ``other``.
+    """
+    if entry_id.startswith("musan_") and options.get("musan_folder"):
+        parts = _relative_parts(path, options["musan_folder"])
+        return f"musan/{parts[0]}", parts[1] if len(parts) > 2 else ""
+    if entry_id.startswith("urbansound_"):
+        match = URBANSOUND_NAME.match(os.path.splitext(os.path.basename(path))[0])
+        return "urbansound8k", URBANSOUND_CLASSES[int(match.group(1))] if match else ""
+    match = _EXTRA_ID.match(entry_id)
+    if match and int(match.group(1)) < len(options.get("extra_folders", [])):
+        parts = _relative_parts(path, options["extra_folders"][int(match.group(1))])
+        return f"extra{match.group(1)}", parts[0] if len(parts) > 1 else ""
+    return "other", ""
+
+
+def _noise_source_folder(source, options):
+    if source.startswith("musan/"):
+        return os.path.join(options["musan_folder"], source.split("/", 1)[1])
+    if source == "urbansound8k":
+        return options["urbansound_folder"]
+    if source.startswith("extra"):
+        return options["extra_folders"][int(source[len("extra"):])]
+    return None
+
+
+def _rir_source(path, rir_folder):
+    """``(source, part)`` of a RIR: its folder relative to ``rir_folder`` without ``RoomNNN`` levels.
+
+    E.g. ``real_rirs_isotropic_noises``, ``simulated_rirs/smallroom`` (RIRS_NOISES),
+    ``SLR26/simulated_rirs_48k/smallroom`` or ``SLR28/RIRS_NOISES/real_rirs_isotropic_noises`` (DNS);
+    the part is the database of a real RIRS_NOISES file name (``RVB2014``, ``RWCP``, ``air``).
+    """
+    parts = _relative_parts(path, rir_folder)
+    folders = [part for part in parts[:-1] if not _ROOM_FOLDER.match(part)]
+    match = _REAL_RIR_DATABASE.match(parts[-1])
+    return "/".join(folders) or ".", match.group(1) if match else ""
+
+
+def _rir_kind(source):
+    """``"simulated"``, ``"real"`` or ``"unknown"``, from the folder names of a RIR source."""
+    lowered = source.lower()
+    if "simulated" in lowered or "simulation" in lowered:
+        return "simulated"
+    if "real" in lowered:
+        return "real"
+    return "unknown"
+
+
+def _shares(files, seconds, total_files, total_seconds):
+    return {
+        "files": files,
+        "hours": round(seconds / 3600, 6),
+        "seconds": round(seconds, 3),
+        "draw_share": round(files / total_files, 6) if total_files else 0.0,
+        "hours_share": round(seconds / total_seconds, 6) if total_seconds else 0.0,
+    }
+
+
+def _pool_composition(pool, csv_path, options, rows, classify):
+    """Groups ``ID,duration,wav,...`` rows by source and part; counts files, hours and shares."""
+    grouped = {}
+    for row in rows:
+        source, part = classify(str(row[0]), str(row[2]))
+        entry = grouped.setdefault(source, {"files": 0, "seconds": 0.0, "parts": {}})
+        entry["files"] += 1
+        entry["seconds"] += float(row[1])
+        if part:
+            part_entry = entry["parts"].setdefault(part, [0, 0.0])
+            part_entry[0] += 1
+            part_entry[1] += float(row[1])
+    total_files, total_seconds = len(rows), sum(float(row[1]) for row in rows)
+    sources = {}
+    for source in sorted(grouped):
+        entry = grouped[source]
+        sources[source] = _shares(entry["files"], entry["seconds"], total_files, total_seconds)
+        if entry["parts"]:
+            sources[source]["parts"] = {
+                part: {"files": count, "hours": round(seconds / 3600, 6)}
+                for part, (count, seconds) in sorted(entry["parts"].items())
+            }
+    return {
+        "pool": pool,
+        "csv": os.path.abspath(csv_path),
+        "draw": "uniform over files: a source's share of file draws is its share of files",
+        "options": json.loads(json.dumps(options)),
+        "files": total_files,
+        "hours": round(total_seconds / 3600, 6),
+        "sources": sources,
+    }
+
+
+def noise_composition(csv_path, options, rows, excluded=None, unreadable=None):
+    """Composition of a noise pool: files, hours and share of uniform file draws per source.
+
+    Arguments
+    ---------
+    csv_path : str
+        The noise CSV (recorded in the result).
+    options : dict
+        The options :func:`prepare_noise` records in its marker (source folders).
+    rows : list of sequence
+        CSV rows ``ID, duration, wav, ...`` (IDs as :func:`prepare_noise` builds them).
+    excluded : dict, optional
+        UrbanSound8K clips left out, per class.
+    unreadable : int, optional
+        Files skipped as unreadable (None: unknown).
+
+    Returns
+    -------
+    dict
+        ``{"pool": "noise", "csv", "draw", "options", "files", "hours", "sources": {source:
+        {"folder", "files", "hours", "seconds", "draw_share", "hours_share", "parts"?,
+        "excluded"?}}, "unreadable_skipped", "recomputed_from_csv"}``.
+
+    Example
+    -------
+    >>> rows = [["musan_noise_free-sound_a", 2.0, "/m/noise/free-sound/a.wav"],
+    ...         ["urbansound_fold1_1-3-0-0", 1.0, "/u/audio/fold1/1-3-0-0.wav"],
+    ...         ["urbansound_fold2_2-7-0-0", 1.0, "/u/audio/fold2/2-7-0-0.wav"]]
+    >>> options = {"musan_folder": "/m", "urbansound_folder": "/u", "extra_folders": []}
+    >>> sources = noise_composition("n.csv", options, rows)["sources"]
+    >>> {name: (s["files"], round(s["draw_share"], 3)) for name, s in sources.items()}
+    {'musan/noise': (1, 0.333), 'urbansound8k': (2, 0.667)}
+    >>> sources["urbansound8k"]["parts"]["dog_bark"]
+    {'files': 1, 'hours': 0.000278}
+    """
+    composition = _pool_composition(
+        "noise", csv_path, options, rows, lambda entry_id, path: _noise_source(entry_id, path, options)
+    )
+    for source, entry in composition["sources"].items():
+        entry["folder"] = _noise_source_folder(source, options)
+    if "urbansound8k" in composition["sources"] and excluded is not None:
+        composition["sources"]["urbansound8k"]["excluded"] = dict(excluded)
+    composition["unreadable_skipped"] = unreadable
+    composition["recomputed_from_csv"] = False
+    return composition
+
+
+def rir_composition(csv_path, options, rows, unreadable=None):
+    """Composition of a RIR pool: files, hours and share of uniform draws per folder and kind.
+
+    Sources are the RIR folders relative to ``options["rir_folder"]`` without the ``RoomNNN``
+    levels; each has a ``kind`` (``real``, ``simulated``, ``unknown``, from its folder names), and
+    ``by_kind`` sums them.
+
+    Example
+    -------
+    >>> rows = [["r", 0.5, "/R/real_rirs_isotropic_noises/RVB2014_type1_rir_x.wav"],
+    ...         ["s1", 0.25, "/R/simulated_rirs/smallroom/Room001/Room001-00001.wav"],
+    ...         ["s2", 0.25, "/R/simulated_rirs/smallroom/Room002/Room002-00001.wav"]]
+    >>> composition = rir_composition("r.csv", {"rir_folder": "/R"}, rows)
+    >>> {kind: entry["files"] for kind, entry in composition["by_kind"].items()}
+    {'real': 1, 'simulated': 2}
+    >>> sorted(composition["sources"]), composition["sources"]["real_rirs_isotropic_noises"]["parts"]
+    (['real_rirs_isotropic_noises', 'simulated_rirs/smallroom'], {'RVB2014': {'files': 1, 'hours': 0.000139}})
+    """
+    rir_folder = options["rir_folder"]
+    composition = _pool_composition(
+        "rirs", csv_path, options, rows, lambda entry_id, path: _rir_source(path, rir_folder)
+    )
+    kinds = {}
+    for source, entry in composition["sources"].items():
+        entry["kind"] = _rir_kind(source)
+        entry["folder"] = rir_folder if source == "." else os.path.join(rir_folder, *source.split("/"))
+        totals = kinds.setdefault(entry["kind"], [0, 0.0])
+        totals[0] += entry["files"]
+        totals[1] += entry["seconds"]
+    total_seconds = sum(float(row[1]) for row in rows)
+    composition["by_kind"] = {
+        kind: _shares(kinds[kind][0], kinds[kind][1], len(rows), total_seconds)
+        for kind in RIR_KINDS
+        if kind in kinds
+    }
+    composition["unreadable_skipped"] = unreadable
+    composition["recomputed_from_csv"] = False
+    return composition
+
+
+def _recompute_noise_composition(csv_path, options, rows):
+    """:func:`noise_composition` of a prepared CSV, recounting the excluded UrbanSound8K clips."""
+    excluded = None
+    if options.get("urbansound_folder"):
+        try:  # file names only: cheap
+            _, excluded = _scan_urbansound(options["urbansound_folder"], options["urbansound_exclude"])
+        except (OSError, ValueError) as error:
+            logger.warning("Cannot recount the excluded UrbanSound8K clips (%s)", error)
+    return noise_composition(csv_path, options, rows, excluded=excluded)
+
+
+def _read_pool_rows(csv_path):
+    with open(csv_path, newline="", encoding="utf-8") as csv_file:
+        return [[row["ID"], float(row["duration"]), row["wav"]] for row in csv.DictReader(csv_file)]
+
+
+def _load_or_recompute_composition(csv_path, options, builder):
+    """The composition JSON of an already prepared CSV; recomputed from the CSV if missing or stale."""
+    composition = read_composition(csv_path)
+    if composition is not None and composition.get("options") == json.loads(json.dumps(options)):
+        return composition
+    composition = builder(csv_path, options, _read_pool_rows(csv_path))
+    composition["recomputed_from_csv"] = True
+    _write_json(composition_path(csv_path), composition)
+    logger.info("Recomputed %s from %s (the CSV was already prepared).", composition_path(csv_path),
+                csv_path)
+    return composition
+
+
+def _percent(share):
+    return f"{100 * share:.1f} %"
+
+
+def _log_composition(composition):
+    """Logs a pool's composition: one line for the pool, one per source."""
+    name = os.path.basename(composition["csv"])
+    if composition["pool"] == "rirs":
+        kinds = "; ".join(
+            f"{kind} {entry['files']} files ({_percent(entry['draw_share'])} of draws, {entry['hours']:.2f} h)"
+            for kind, entry in composition["by_kind"].items()
+        )
+        logger.info("RIR pool %s: %d RIRs, %.2f h, drawn uniformly over files: %s.", name,
+                    composition["files"], composition["hours"], kinds)
+    else:
+        logger.info("Noise pool %s: %d files, %.2f h, drawn uniformly over files.", name,
+                    composition["files"], composition["hours"])
+    for source, entry in composition["sources"].items():
+        details = ""
+        if entry.get("kind"):
+            details += f" [{entry['kind']}]"
+        if entry.get("parts"):
+            details += " (" + ", ".join(f"{part} {value['files']}" for part, value in entry["parts"].items()) + ")"
+        if entry.get("excluded") is not None:
+            details += f"; excluded classes: {_format_counts(entry['excluded'])}"
+        logger.info("  %s: %d files = %s of file draws, %.2f h = %s of hours%s; %s", source,
+                    entry["files"], _percent(entry["draw_share"]), entry["hours"],
+                    _percent(entry["hours_share"]), details, entry.get("folder"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -665,11 +993,17 @@ def prepare_rirs(
     Returns
     -------
     str
-        Path of the CSV.
+        Path of the CSV. Its composition (:func:`rir_composition`: files, hours and share of
+        uniform draws per RIR folder, e.g. ``real_rirs_isotropic_noises``,
+        ``simulated_rirs/smallroom``, and per kind, real or simulated) is logged and written to
+        ``<csv stem>_composition.json`` in ``save_folder``.
 
     Notes
     -----
-    In the ``"dns"`` and ``"folder"`` formats every audio file found recursively is taken, except
+    The authors took every file under the DNS-Challenge ``impulse_responses/SLR28`` folder,
+    simulated *and* real RIRs (here ``rirs_noises_subsets=["simulated", "real"]``); uniform draws
+    over files then give almost only simulated RIRs (see the composition). Our default is the real
+    RIRs only. In the ``"dns"`` and ``"folder"`` formats every audio file found recursively is taken, except
     files listed in a ``noise_list`` and files under a ``pointsource_noises`` folder.
     Multichannel and non-16-kHz RIRs are kept and listed in the log; the consumer converts them.
     """
@@ -684,6 +1018,7 @@ def prepare_rirs(
     marker_name = os.path.splitext(csv_name)[0]
     if is_prepared(save_folder, marker_name, options, [csv_path]):
         logger.info("RIR CSV %s already prepared with the same options: skipping.", csv_path)
+        _log_composition(_load_or_recompute_composition(csv_path, options, rir_composition))
         return csv_path
     if rir_format == "rirs_noises":
         entries = _rirs_noises_entries(rir_folder, list(rirs_noises_subsets))
@@ -693,7 +1028,11 @@ def prepare_rirs(
     rows, skipped = _audio_rows(entries, "RIRs")
     if not rows:
         raise ValueError(f"No usable RIR file found under '{rir_folder}' (format '{rir_format}').")
-    _write_noise_style_csv(save_folder, csv_path, marker_name, options, rows)
+    composition = _write_noise_style_csv(
+        save_folder, csv_path, marker_name, options, rows,
+        lambda rows: rir_composition(csv_path, options, rows, unreadable=skipped),
+    )
     logger.info("Wrote %s: %d RIRs, %d unreadable skipped, from %s.", csv_path, len(rows), skipped,
                 rir_folder)
+    _log_composition(composition)
     return csv_path

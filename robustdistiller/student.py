@@ -44,7 +44,7 @@ samples only. The default (False) keeps the plain Hugging Face computation.
 import logging
 import math
 import re
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -169,12 +169,16 @@ class StudentOutput(NamedTuple):
         ``[B, K, F, D]`` predicted teacher layers.
     frame_mask : torch.Tensor
         ``[B, F]`` bool, True on valid (non-padded) frames.
+    frame_lengths : torch.Tensor or None
+        ``[B]`` long valid frames, on the device of ``wav_lens`` (the host in training, so that
+        packing the enhancement LSTM needs no device-to-host copy); None without ``wav_lens``.
     """
 
     cnn_features: torch.Tensor
     hidden_states: Tuple[torch.Tensor, ...]
     predictions: torch.Tensor
     frame_mask: torch.Tensor
+    frame_lengths: Optional[torch.Tensor] = None
 
 
 class _GradMultiply(torch.autograd.Function):
@@ -303,6 +307,10 @@ _ARCHITECTURE_FIELDS = (
 def _plain(value):
     """Tuples as lists, so saved (list) and live (tuple) configuration values compare equal."""
     return list(value) if isinstance(value, tuple) else value
+
+
+# The encoder's final LayerNorm (post-LN: after the positional convolution) and its default init.
+ENCODER_LAYER_NORM_DEFAULTS = {"encoder.layer_norm.weight": 1.0, "encoder.layer_norm.bias": 0.0}
 
 
 def _canonical_name(name):
@@ -469,19 +477,26 @@ class DistillerStudent(nn.Module):
         wavs : torch.Tensor
             ``[B, T]`` float waveforms at 16 kHz (padded samples are zeroed here).
         wav_lens : torch.Tensor, optional
-            ``[B]`` relative lengths in (0, 1]; None means all items are full length.
+            ``[B]`` relative lengths in (0, 1]; None means all items are full length. Keep them on
+            the host (as SpeechBrain's ``PaddedBatch`` makes them): every length computation then
+            stays there and the forward pass never waits for the device.
 
         Returns
         -------
         StudentOutput
         """
-        features, frame_mask = self.extract_cnn_features(wavs, wav_lens)
-        hidden_states = self.encode(features, frame_mask)
+        features, frame_mask, frame_lengths = self.extract_cnn_features(wavs, wav_lens, return_lengths=True)
+        padded = frame_lengths is not None and bool((frame_lengths < features.shape[1]).any())
+        hidden_states = self.encode(features, frame_mask, padded=padded)
         predictions = self.prediction_heads(hidden_states[-1])
-        return StudentOutput(features, hidden_states, predictions, frame_mask)
+        return StudentOutput(features, hidden_states, predictions, frame_mask, frame_lengths)
 
-    def extract_cnn_features(self, wavs, wav_lens=None):
-        """CNN features ``[B, F, C]`` (after the gradient multiplier) and the frame mask ``[B, F]``."""
+    def extract_cnn_features(self, wavs, wav_lens=None, return_lengths=False):
+        """CNN features ``[B, F, C]`` (after the gradient multiplier) and the frame mask ``[B, F]``.
+
+        With ``return_lengths``, also the valid frames ``[B]`` (long, on the device of ``wav_lens``;
+        None without ``wav_lens``).
+        """
         num_samples = wavs.shape[-1]
         sample_lengths = absolute_lengths(wav_lens, num_samples)
         if sample_lengths is not None:
@@ -497,14 +512,17 @@ class DistillerStudent(nn.Module):
             features = features.transpose(1, 2)
         features = grad_multiply(features, self.feature_grad_mult)
         num_frames = features.shape[1]
+        frame_lengths = None
         if sample_lengths is None:
             frame_mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         else:
-            frame_lengths = self.num_frames(sample_lengths).to(features.device)
-            frame_mask = lengths_to_mask(frame_lengths.clamp(min=0), num_frames)
+            frame_lengths = self.num_frames(sample_lengths).clamp(min=0, max=num_frames)
+            frame_mask = lengths_to_mask(frame_lengths.to(features.device), num_frames)
+        if return_lengths:
+            return features, frame_mask, frame_lengths
         return features, frame_mask
 
-    def encode(self, features, frame_mask):
+    def encode(self, features, frame_mask, padded=None):
         """Projection + transformer encoder on CNN features, keeping every hidden state.
 
         Mirrors ``HubertEncoder.forward`` (post-LN) but returns all hidden states.
@@ -515,6 +533,9 @@ class DistillerStudent(nn.Module):
             ``[B, F, C]`` CNN features.
         frame_mask : torch.Tensor
             ``[B, F]`` bool valid-frame mask.
+        padded : bool, optional
+            Whether any frame is padding (known on the host from the lengths); None reads it from
+            ``frame_mask`` (a device-to-host synchronisation on a GPU).
 
         Returns
         -------
@@ -526,9 +547,15 @@ class DistillerStudent(nn.Module):
         hidden = hidden.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
         encoder = backbone.encoder
         attention_mask = None
-        if not bool(frame_mask.all()):
+        if padded is None:
+            padded = not bool(frame_mask.all())
+        if padded:
+            # no skip check: HF's test for an all-valid mask would read the mask on the host
             attention_mask = create_bidirectional_mask(
-                config=backbone.config, inputs_embeds=hidden, attention_mask=frame_mask
+                config=backbone.config,
+                inputs_embeds=hidden,
+                attention_mask=frame_mask,
+                allow_is_bidirectional_skip=False,
             )
         hidden = hidden + encoder.pos_conv_embed(hidden)
         hidden = encoder.dropout(encoder.layer_norm(hidden))
@@ -545,26 +572,38 @@ class DistillerStudent(nn.Module):
         return tuple(hidden_states)
 
     @torch.no_grad()
-    def init_from_teacher(self, teacher_model):
-        """Copies CNN, projection, positional conv, encoder LayerNorm and the first N layers.
+    def init_from_teacher(self, teacher_model, copy_encoder_layer_norm=False):
+        """Copies CNN, projection, positional conv and the first N layers from the teacher.
+
+        As s3prl's DistilHuBERT and the RobustDistiller authors do, the encoder's final LayerNorm
+        (``encoder.layer_norm``, applied after the positional convolution in the post-LN encoder) is
+        *not* copied by default: it is set to its default initialisation (weight 1, bias 0),
+        explicitly, so a student that was already initialised or trained is reset too. With
+        ``copy_encoder_layer_norm=True`` it is copied from the teacher like everything else.
 
         Student parameters are mapped to the teacher's by name (both follow the Hugging Face
         WavLM/HuBERT/wav2vec 2.0 layout; the two weight-norm namings of the positional conv,
         ``weight_g/weight_v`` and ``parametrizations.weight.original0/1``, are treated as one).
         Teacher parameters with no student counterpart are dropped: the LayerNorm before the projection,
         WavLM's relative position bias and gates (``rel_attn_embed``, ``gru_rel_pos_*``), the mask
-        embedding and layers N+1.. . The prediction heads are left as they are.
+        embedding and layers N+1.. (and, by default, the encoder LayerNorm). The prediction heads are
+        left as they are.
 
         Arguments
         ---------
         teacher_model : transformers.PreTrainedModel or FrozenTeacher
             A WavLM / HuBERT / wav2vec 2.0 model (a task model such as ``HubertForCTC`` or a
             :class:`~robustdistiller.teacher.FrozenTeacher` is unwrapped to its base model).
+        copy_encoder_layer_norm : bool
+            False (default, the authors' and s3prl's choice): ``encoder.layer_norm`` is reset to
+            weight 1, bias 0. True: it is copied from the teacher.
 
         Returns
         -------
         dict
-            ``{"copied": [student parameter names], "dropped": [teacher parameter names]}``.
+            ``{"copied": [student parameter names], "dropped": [teacher parameter names],
+            "kept_default": [student parameter names set to their default init]}``
+            (``kept_default`` is empty when ``copy_encoder_layer_norm`` is True).
 
         Raises
         ------
@@ -586,10 +625,14 @@ class DistillerStudent(nn.Module):
                 )
             if getattr(teacher_config, "do_stable_layer_norm", False):
                 logger.warning("Teacher is pre-LN (do_stable_layer_norm); the student is post-LN")
-        copied = []
+        copied, kept_default = [], []
         used = set()
         for name, param in self.backbone.named_parameters():
             key = _canonical_name(name)
+            if not copy_encoder_layer_norm and key in ENCODER_LAYER_NORM_DEFAULTS:
+                param.fill_(ENCODER_LAYER_NORM_DEFAULTS[key])
+                kept_default.append(name)
+                continue
             if key not in teacher_params:
                 raise ValueError(
                     f"Cannot initialise student parameter '{name}' from the teacher: the teacher "
@@ -625,4 +668,10 @@ class DistillerStudent(nn.Module):
             later_layers,
             others,
         )
-        return {"copied": copied, "dropped": dropped}
+        if kept_default:
+            logger.info(
+                "Left %s at its default initialisation (weight 1, bias 0), as s3prl and the authors do "
+                "(copy_encoder_layer_norm=False)",
+                kept_default,
+            )
+        return {"copied": copied, "dropped": dropped, "kept_default": kept_default}

@@ -3,13 +3,17 @@
 :func:`load_ssl_model` loads a WavLM / HuBERT / wav2vec 2.0 model from a local folder (``config.json``,
 weights and ``preprocessor_config.json``) or a Hugging Face hub id, with an error that names the source
 when neither works. :class:`FrozenTeacher` wraps it so that it stays frozen, in eval mode (no dropout, no
-layerdrop, even when a parent module or ``Brain.fit`` calls ``.train()``) and in fp32 under mixed
-precision, and returns the target layers (REFERENCE.md sections 1 and 7).
+layerdrop, even when a parent module or ``Brain.fit`` calls ``.train()``), runs it at its own precision
+whatever the student's mixed precision is (``precision``: fp32 by default, as in the RobustDistiller
+paper; bf16, or fp16 on CUDA, under autocast as DPHuBERT does) and returns the target layers in fp32
+(REFERENCE.md sections 1 and 7). ``benchmarks/teacher_precision.py`` measures how far bf16 / fp16
+targets are from fp32 ones and what they save.
 
 No pretrained weights can be downloaded here: :func:`save_random_teacher` writes a model with *random*
 weights in the same on-disk format, which the demo and the tests use in place of WavLM Base+.
 """
 
+import contextlib
 import logging
 import os
 from typing import NamedTuple
@@ -49,6 +53,10 @@ _TINY_CONFIG = dict(
     num_conv_pos_embeddings=16,
     num_conv_pos_embedding_groups=16,
 )
+
+
+# Teacher precision -> autocast dtype (None: autocast disabled, plain fp32).
+TEACHER_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TeacherSourceError(ModelSourceError):
@@ -220,7 +228,23 @@ def save_random_teacher(folder, model_type="wavlm", tiny=True, seed=0, **config_
 
 
 class FrozenTeacher(nn.Module):
-    """Frozen, always-eval, fp32 SSL teacher that returns its target hidden layers.
+    """Frozen, always-eval SSL teacher that returns its target hidden layers in fp32.
+
+    The teacher runs at its own ``precision``, independently of the autocast context it is called in
+    (the student's ``--precision``): ``"fp32"`` (default; the RobustDistiller paper's fp32 teacher)
+    disables autocast; ``"bf16"`` and ``"fp16"`` run the forward under
+    ``torch.autocast(device_type, dtype)`` (DPHuBERT ran its teacher under fp16 autocast). Whatever
+    the precision, the returned layers are cast to fp32.
+
+    The weights always stay fp32 (autocast casts them per op, it does not convert the model): the
+    stored teacher loses no precision, ``precision`` can be changed without reloading, and the ops
+    that autocast keeps in fp32 get fp32 weights. On CUDA autocast runs GroupNorm / LayerNorm (and
+    softmax) in fp32; on CPU it feeds them bf16 activations, which the CPU kernels normalise with fp32
+    statistics but return in bf16. The first CNN layer's GroupNorm sees the raw waveform's dynamic
+    range and normalises over the whole utterance, so under bf16 / fp16 the output of that layer's
+    conv is cast back to fp32 before its normalisation, on every device and whichever way the norm is
+    implemented (the plain ``nn.GroupNorm``, the per-utterance version or a LayerNorm CNN); the convs,
+    linear layers and attention matmuls then run in the low precision.
 
     Arguments
     ---------
@@ -233,9 +257,17 @@ class FrozenTeacher(nn.Module):
         Hugging Face cache folder.
     per_utterance_norm : bool
         Compute the first CNN layer's GroupNorm over each item's valid samples only
-        (:func:`robustdistiller.student.per_utterance_cnn_norm`), so targets do not depend on how much
+        (:func:`robustdistiller.interface.per_utterance_cnn_norm`), so targets do not depend on how much
         padding a batch has (with random Base-size weights, padding a 0.5 s item to 2 s changes its
         hidden layers by ~40 % relative otherwise). False (default) is the plain HF computation.
+    precision : str
+        ``"fp32"`` (default), ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA only; a CPU forward raises
+        ``ValueError``). The recipes set it with ``teacher_precision``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``precision`` (the message names ``teacher_precision`` and the allowed values).
 
     Example
     -------
@@ -247,10 +279,17 @@ class FrozenTeacher(nn.Module):
     >>> _ = nn.ModuleDict({"teacher": teacher}).train()
     >>> teacher.training, teacher.model.training
     (False, False)
+    >>> teacher.precision = "bf16"
+    >>> bf16 = teacher(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+    >>> bf16.layers.dtype, next(teacher.parameters()).dtype
+    (torch.float32, torch.float32)
     """
 
-    def __init__(self, source, target_layers=(4, 8, 12), cache_dir=None, per_utterance_norm=False):
+    def __init__(
+        self, source, target_layers=(4, 8, 12), cache_dir=None, per_utterance_norm=False, precision="fp32"
+    ):
         super().__init__()
+        self.precision = precision  # validated by the property setter
         self.per_utterance_norm = bool(per_utterance_norm)
         if isinstance(source, nn.Module):
             model = source
@@ -273,6 +312,20 @@ class FrozenTeacher(nn.Module):
         self.model.requires_grad_(False)
         self.train(False)
 
+    @property
+    def precision(self):
+        """``"fp32"``, ``"bf16"`` or ``"fp16"``: the precision of the teacher forward."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value):
+        if value not in TEACHER_PRECISIONS:
+            raise ValueError(
+                f"Invalid teacher_precision {value!r}: must be one of {list(TEACHER_PRECISIONS)} "
+                f"('fp32' disables autocast; 'bf16'/'fp16' run the frozen teacher under autocast)"
+            )
+        self._precision = value
+
     def train(self, mode=True):
         """Keeps the teacher in eval mode whatever ``mode`` is (dropout and layerdrop stay off)."""
         return super().train(False)
@@ -281,8 +334,37 @@ class FrozenTeacher(nn.Module):
         """Frame count of the teacher's CNN for ``num_samples`` samples (int or long tensor)."""
         return self.model._get_feat_extract_output_lengths(num_samples)
 
+    def _autocast(self, device_type):
+        """The autocast context of the teacher forward on ``device_type``."""
+        dtype = TEACHER_PRECISIONS[self.precision]
+        if dtype is None:
+            return torch.autocast(device_type=device_type, enabled=False)
+        if dtype is torch.float16 and device_type != "cuda":
+            raise ValueError(
+                f"teacher_precision='fp16' needs CUDA: fp16 autocast of the teacher is only supported on "
+                f"CUDA devices, but the batch is on '{device_type}'. Use teacher_precision='bf16' or "
+                f"'fp32' there."
+            )
+        return torch.autocast(device_type=device_type, dtype=dtype)
+
+    @contextlib.contextmanager
+    def _first_norm_in_fp32(self):
+        """Under bf16 / fp16, casts the first CNN conv's output to fp32 (see the class docstring)."""
+        conv = None
+        if TEACHER_PRECISIONS[self.precision] is not None:
+            layers = getattr(getattr(self.model, "feature_extractor", None), "conv_layers", None)
+            conv = getattr(layers[0], "conv", None) if layers else None
+        if conv is None:
+            yield
+            return
+        handle = conv.register_forward_hook(lambda module, args, output: output.float())
+        try:
+            yield
+        finally:
+            handle.remove()
+
     def forward(self, wavs, wav_lens=None):
-        """Computes the target layers of a (padded) batch, without gradient and in fp32.
+        """Computes the target layers of a (padded) batch, without gradient, at ``self.precision``.
 
         Arguments
         ---------
@@ -294,10 +376,16 @@ class FrozenTeacher(nn.Module):
         Returns
         -------
         TeacherOutput
+            ``layers`` in fp32 whatever the precision.
+
+        Raises
+        ------
+        ValueError
+            If ``precision`` is ``"fp16"`` and ``wavs`` is not on a CUDA device.
         """
         if self.model.training:  # someone bypassed self.train
             self.model.eval()
-        with torch.no_grad(), torch.autocast(device_type=wavs.device.type, enabled=False):
+        with torch.no_grad(), self._autocast(wavs.device.type), self._first_norm_in_fp32():
             hidden_states, frame_mask = ssl_hidden_states(
                 self.model, wavs.float(), wav_lens, per_utterance_norm=self.per_utterance_norm
             )

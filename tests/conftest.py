@@ -50,9 +50,8 @@ def tiny_overrides(mini_corpus, teacher_folder, output_folder, **extra):
         "output_folder": output_folder,
         "enhancement_input_size": 32,  # the tiny teacher's CNN width
         "max_crop_samples": 16000,
-        "max_batch_seconds": 4,
-        "max_batch_utterances": 4,
-        "num_buckets": 2,
+        "batch_size": 4,
+        "batches_per_bucket": 2,
         "num_workers": 0,
         "log_interval": 1,
         "valid_dataloader_opts": {"batch_size": 4, "num_workers": 0},

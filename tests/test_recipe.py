@@ -123,7 +123,7 @@ def test_hyperparameters_follow_the_paper(mini_corpus, tiny_teacher_folder, tmp_
     assert raw["lr"] == 2e-4 and raw["weight_decay"] == 0.01 and raw["max_grad_norm"] == 15.0
     assert raw["number_of_steps"] == 200000
     yaml_text = open(DISTILL_YAML, encoding="utf-8").read()  # keys the tiny overrides shrink
-    for line in ("max_crop_samples: 250000", "max_batch_seconds: 375", "max_batch_utterances: 24"):
+    for line in ("max_crop_samples: 250000", "batching: fixed", "batch_size: 24", "grad_accumulation_factor: 1"):
         assert f"\n{line}" in yaml_text
     assert raw["target_layers"] == [4, 8, 12] and raw["enhancement_weight"] == 2.0
     assert raw["snr_low"] == 0 and raw["snr_high"] == 20 and raw["file_noise_prob"] == 0.7
@@ -131,13 +131,18 @@ def test_hyperparameters_follow_the_paper(mini_corpus, tiny_teacher_folder, tmp_
     optimizer_defaults = brain.optimizer.defaults
     assert optimizer_defaults["betas"] == (0.9, 0.98) and optimizer_defaults["eps"] == 1e-6
 
-    # Weight decay on everything but biases: LayerNorm weights decay, the split-linear bias does not.
+    # Weight decay on everything but biases: LayerNorm weights decay; the split-linear bias and all
+    # 12 LSTM biases of the enhancement head (bias_ih_l0, bias_hh_l2_reverse, ...) do not.
     decayed = {id(p) for p in brain.optimizer.param_groups[0]["params"]}
     named = dict(brain.modules.named_parameters())
     assert brain.optimizer.param_groups[0]["weight_decay"] == 0.01
     assert brain.optimizer.param_groups[1]["weight_decay"] == 0.0
-    for name, parameter in named.items():
-        assert (id(parameter) in decayed) == (not name.endswith("bias")), name
+    not_decayed = {name for name, parameter in named.items() if id(parameter) not in decayed}
+    lstm_biases = {name for name in named if re.fullmatch(r"enhancement_head\.lstm\.bias_(ih|hh)_l[0-2](_reverse)?", name)}
+    assert len(lstm_biases) == 12 and lstm_biases <= not_decayed
+    assert "student.prediction_heads.split_bias" in not_decayed
+    assert "student.backbone.encoder.layer_norm.weight" not in not_decayed
+    assert not_decayed == {name for name in named if name.rsplit(".", 1)[-1].startswith("bias") or name.endswith("split_bias")}
 
     # Linear warm-up from 0: the first step uses lr / warmup_steps.
     brain.fit_batch(first_batch(train_data))

@@ -13,6 +13,7 @@ from robustdistiller.student import (
     DistillerStudent,
     PredictionHeads,
     absolute_lengths,
+    _canonical_name,
     build_student_config,
     num_parameters,
     per_utterance_cnn_norm,
@@ -189,10 +190,12 @@ def test_init_from_wavlm_teacher_copies_and_drops(tiny_teacher_folder):
     report = student.init_from_teacher(teacher)
     teacher_params = dict(teacher.named_parameters())
     student_params = dict(student.backbone.named_parameters())
-    assert sorted(report["copied"]) == sorted(student_params)
-    for name in student_params:
+    assert sorted(report["copied"]) == sorted(set(student_params) - set(ENCODER_LAYER_NORM))
+    assert report["kept_default"] == list(ENCODER_LAYER_NORM)
+    for name in report["copied"]:
         assert torch.equal(student_params[name], teacher_params[name]), name
     dropped = set(report["dropped"])
+    assert set(ENCODER_LAYER_NORM) <= dropped  # the teacher's encoder LayerNorm is not used
     assert "encoder.layers.0.attention.rel_attn_embed.weight" in dropped
     for layer in (0, 1):
         for suffix in ("gru_rel_pos_const", "gru_rel_pos_linear.weight", "gru_rel_pos_linear.bias"):
@@ -205,6 +208,86 @@ def test_init_from_wavlm_teacher_copies_and_drops(tiny_teacher_folder):
     student_conv = student.backbone.encoder.pos_conv_embed.conv
     teacher_conv = teacher.encoder.pos_conv_embed.conv
     assert torch.equal(student_conv.weight, teacher_conv.weight)
+
+
+ENCODER_LAYER_NORM = ("encoder.layer_norm.weight", "encoder.layer_norm.bias")
+
+
+def _teacher_with_random_encoder_layer_norm(seed=7):
+    """A tiny WavLM whose encoder LayerNorm is random (not the default ones/zeros)."""
+    torch.manual_seed(seed)
+    teacher = WavLMModel(random_teacher_config("wavlm")).eval()
+    with torch.no_grad():
+        teacher.encoder.layer_norm.weight.uniform_(0.5, 1.5)
+        teacher.encoder.layer_norm.bias.normal_(0.0, 0.3)
+    assert not torch.equal(teacher.encoder.layer_norm.weight, torch.ones_like(teacher.encoder.layer_norm.weight))
+    return teacher
+
+
+def _perturbed_student(teacher):
+    """A student whose every parameter (encoder LayerNorm included) differs from any init."""
+    torch.manual_seed(11)
+    student = DistillerStudent(build_student_config(teacher.config))
+    with torch.no_grad():
+        for param in student.parameters():
+            param.add_(torch.randn_like(param) * 0.1 + 0.05)
+    return student
+
+
+@pytest.mark.parametrize("copy_encoder_layer_norm", [False, True])
+def test_init_encoder_layer_norm_default_or_copied(copy_encoder_layer_norm):
+    teacher = _teacher_with_random_encoder_layer_norm()
+    student = _perturbed_student(teacher)
+    heads_before = {name: p.clone() for name, p in student.prediction_heads.named_parameters()}
+    report = student.init_from_teacher(teacher, copy_encoder_layer_norm=copy_encoder_layer_norm)
+    teacher_params = {_canonical_name(n): p for n, p in teacher.named_parameters()}
+    student_params = dict(student.backbone.named_parameters())
+    weight, bias = (student_params[name] for name in ENCODER_LAYER_NORM)
+    if copy_encoder_layer_norm:
+        assert report["kept_default"] == []
+        assert set(ENCODER_LAYER_NORM) <= set(report["copied"])
+        assert not set(ENCODER_LAYER_NORM) & set(report["dropped"])
+        assert torch.equal(weight, teacher.encoder.layer_norm.weight)
+        assert torch.equal(bias, teacher.encoder.layer_norm.bias)
+    else:
+        # set explicitly: the perturbed student's values are gone
+        assert report["kept_default"] == list(ENCODER_LAYER_NORM)
+        assert not set(ENCODER_LAYER_NORM) & set(report["copied"])
+        assert set(ENCODER_LAYER_NORM) <= set(report["dropped"])
+        assert torch.equal(weight, torch.ones_like(weight)) and torch.equal(bias, torch.zeros_like(bias))
+    # everything else is copied bit-exactly, and every student tensor is accounted for once
+    assert sorted(report["copied"] + report["kept_default"]) == sorted(student_params)
+    assert len(report["copied"]) == len(student_params) - (0 if copy_encoder_layer_norm else 2)
+    for name in report["copied"]:
+        assert torch.equal(student_params[name], teacher_params[_canonical_name(name)]), name
+    assert len(report["copied"]) + len(report["dropped"]) == len(teacher_params)
+    assert {"encoder.layers.2.attention.q_proj.weight", "feature_projection.layer_norm.weight"} <= set(
+        report["dropped"]
+    )
+    for name, param in student.prediction_heads.named_parameters():
+        assert torch.equal(param, heads_before[name]), name  # heads untouched
+
+
+def test_init_default_encoder_layer_norm_is_a_plain_normalisation():
+    """Default init: hidden state 0 is a plain (unscaled, unshifted) LayerNorm of projection + pos conv."""
+    teacher = _teacher_with_random_encoder_layer_norm()
+    wavs = torch.randn(1, 8000)
+    outputs = {}
+    for copy in (False, True):
+        student = DistillerStudent(build_student_config(teacher.config)).eval()
+        student.init_from_teacher(teacher, copy_encoder_layer_norm=copy)
+        with torch.no_grad():
+            outputs[copy] = student(wavs).hidden_states
+    assert not torch.allclose(outputs[False][0], outputs[True][0])
+    with torch.no_grad():
+        encoder = teacher.encoder
+        student = DistillerStudent(build_student_config(teacher.config)).eval()
+        student.init_from_teacher(teacher)
+        features, mask = student.extract_cnn_features(wavs)
+        projected = student.backbone.feature_projection(features)
+        pre_norm = projected + encoder.pos_conv_embed(projected)
+        expected = torch.nn.functional.layer_norm(pre_norm, pre_norm.shape[-1:], eps=encoder.layer_norm.eps)
+    assert torch.allclose(outputs[False][0], expected, atol=1e-6)
 
 
 def test_init_from_hubert_teacher_reproduces_first_layers(tmp_path):

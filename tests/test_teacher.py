@@ -163,3 +163,94 @@ def test_padding_what_holds(tiny_teacher_folder, teacher):
                 assert error < 1e-4, (name, index, error)
             else:
                 assert error > 1e-3, "documented GroupNorm padding effect vanished?"
+
+
+def _frame_cosines(reference, candidate, layer_index):
+    mask = reference.frame_mask
+    return torch.nn.functional.cosine_similarity(
+        reference.layers[:, layer_index][mask].double(), candidate.layers[:, layer_index][mask].double(), dim=-1
+    )
+
+
+@pytest.mark.parametrize("per_utterance_norm", [False, True])
+def test_bf16_precision_is_close_to_fp32(tiny_teacher_folder, per_utterance_norm):
+    """bf16 targets: fp32 dtype, not bit-equal, close. Measured on this batch (tiny teacher, CPU): per
+    frame cosine min 0.9992 (plain norm) / 0.9997 (per-utterance), mean 0.9999, relative L1 0.013-0.015
+    per layer; the bounds (0.995, 0.999, 0.05) leave 3-10x margin on 1 - cosine and on L1."""
+    wavs, wav_lens = padded_batch([24000, 16000, 9000], seed=4)
+    fp32 = FrozenTeacher(tiny_teacher_folder, per_utterance_norm=per_utterance_norm)
+    bf16 = FrozenTeacher(tiny_teacher_folder, per_utterance_norm=per_utterance_norm, precision="bf16")
+    assert fp32.precision == "fp32" and bf16.precision == "bf16"
+    reference, output = fp32(wavs, wav_lens), bf16(wavs, wav_lens)
+    assert output.layers.dtype == torch.float32
+    assert output.layers.shape == reference.layers.shape
+    assert torch.equal(output.frame_mask, reference.frame_mask)
+    assert not torch.equal(output.layers, reference.layers)
+    for index in range(len(bf16.target_layers)):
+        cosines = _frame_cosines(reference, output, index)
+        assert float(cosines.min()) > 0.995 and float(cosines.mean()) > 0.999, (index, cosines.min())
+        valid = reference.frame_mask
+        difference = (output.layers[:, index][valid] - reference.layers[:, index][valid]).abs().mean()
+        assert float(difference / reference.layers[:, index][valid].abs().mean()) < 0.05
+    assert all(parameter.dtype == torch.float32 for parameter in bf16.parameters())
+    assert all(buffer.dtype == torch.float32 for buffer in bf16.buffers() if buffer.is_floating_point())
+
+
+def test_precision_overrides_outer_autocast(tiny_teacher_folder):
+    """The teacher's precision, not the caller's autocast, decides: fp32 stays exact, bf16 is bf16."""
+    wavs, wav_lens = padded_batch([16000, 8000], seed=5)
+    teacher = FrozenTeacher(tiny_teacher_folder, precision="bf16")
+    bf16 = teacher(wavs, wav_lens)
+    teacher.precision = "fp32"
+    fp32 = teacher(wavs, wav_lens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(teacher(wavs, wav_lens).layers, fp32.layers)
+        teacher.precision = "bf16"
+        assert torch.equal(teacher(wavs, wav_lens).layers, bf16.layers)
+    assert not torch.equal(bf16.layers, fp32.layers)
+    # the first CNN conv's fp32 hook is removed after the forward
+    assert not teacher.model.feature_extractor.conv_layers[0].conv._forward_hooks
+
+
+@pytest.mark.parametrize("precision", ["fp64", "bfloat16", "FP32", None])
+def test_invalid_precision_names_the_option(tiny_teacher_folder, precision):
+    with pytest.raises(ValueError, match="teacher_precision") as error:
+        FrozenTeacher(tiny_teacher_folder, precision=precision)
+    assert all(value in str(error.value) for value in ("fp32", "bf16", "fp16"))
+    teacher = FrozenTeacher(tiny_teacher_folder)
+    with pytest.raises(ValueError, match="teacher_precision"):
+        teacher.precision = precision
+    assert teacher.precision == "fp32"
+
+
+def test_fp16_needs_cuda(tiny_teacher_folder):
+    teacher = FrozenTeacher(tiny_teacher_folder, precision="fp16")  # the device is only known at forward
+    assert all(parameter.dtype == torch.float32 for parameter in teacher.parameters())
+    with pytest.raises(ValueError, match="teacher_precision='fp16' needs CUDA") as error:
+        teacher(torch.randn(1, 8000))
+    assert "cpu" in str(error.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_on_cuda(tiny_teacher_folder, precision):
+    wavs, wav_lens = padded_batch([16000, 9000], seed=6)
+    reference = FrozenTeacher(tiny_teacher_folder).cuda()(wavs.cuda(), wav_lens.cuda())
+    teacher = FrozenTeacher(tiny_teacher_folder, precision=precision).cuda()
+    output = teacher(wavs.cuda(), wav_lens.cuda())
+    assert output.layers.dtype == torch.float32
+    assert all(parameter.dtype == torch.float32 for parameter in teacher.parameters())
+    for index in range(len(teacher.target_layers)):
+        assert float(_frame_cosines(reference, output, index).min()) > 0.995
+
+
+def test_bf16_with_layer_norm_cnn():
+    """A LayerNorm CNN (every conv layer normalised, no GroupNorm) also runs under bf16."""
+    torch.manual_seed(0)
+    model = WavLMModel(random_teacher_config("wavlm", feat_extract_norm="layer", conv_bias=True))
+    wavs, wav_lens = padded_batch([16000, 9000], seed=7)
+    reference = FrozenTeacher(model, per_utterance_norm=True)(wavs, wav_lens)
+    output = FrozenTeacher(model, per_utterance_norm=True, precision="bf16")(wavs, wav_lens)
+    assert output.layers.dtype == torch.float32 and not torch.equal(output.layers, reference.layers)
+    for index in range(3):
+        assert float(_frame_cosines(reference, output, index).min()) > 0.995
