@@ -22,12 +22,14 @@ import argparse
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
 
 import torch
 from hyperpyyaml import load_hyperpyyaml
+from tqdm import tqdm
 
 from robustdistiller.evaluation import evaluate_conditions
 from robustdistiller.export import export_student, format_verification, load_student, verify_export
@@ -56,22 +58,52 @@ DEMO_OVERRIDES = {
     "batches_per_bucket": 4,
     "num_workers": 2,
     "lr": 0.001,
-    "log_interval": 50,
+    "log_interval": 10,
     "valid_dataloader_opts": {"batch_size": 8, "num_workers": 0},
 }
 
 
-def run_recipe(hparams_file, overrides, log_file):
-    """Runs ``train.py`` on ``hparams_file`` in a subprocess; raises if it fails."""
+def run_recipe(hparams_file, overrides, log_file, description, total_steps):
+    """Runs ``train.py`` on ``hparams_file`` in a subprocess, with a progress bar; raises if it fails.
+
+    The run's own output goes to ``log_file``; the console shows one bar per run, advanced from the
+    ``step N`` lines the recipe logs every ``log_interval`` optimizer steps.
+    """
     command = [sys.executable, os.path.join(REPOSITORY_ROOT, "train.py"), hparams_file]
     command += [f"--{key}={json.dumps(value)}" for key, value in overrides.items()]
     logger.info("Running %s (log: %s)", " ".join(command[1:3]), log_file)
     start = time.time()
-    with open(log_file, "w", encoding="utf-8") as log:
-        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY_ROOT)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{hparams_file} failed (exit {completed.returncode}); see {log_file}")
+    with open(log_file, "w", encoding="utf-8") as log, tqdm(total=total_steps, desc=description, unit="step") as bar:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY_ROOT)
+        while process.poll() is None:
+            time.sleep(1.0)
+            bar.update(max(0, last_logged_step(log_file) - bar.n))
+        bar.update(max(0, last_logged_step(log_file) - bar.n))
+    if process.returncode != 0:
+        raise RuntimeError(f"{hparams_file} failed (exit {process.returncode}); see {log_file}")
     return time.time() - start
+
+
+def last_logged_step(log_file):
+    """The last optimizer step a recipe log reports (``... step 120 lr ...``), 0 if none yet."""
+    with open(log_file, encoding="utf-8", errors="replace") as fin:
+        steps = re.findall(r"\bstep (\d+) lr ", fin.read())
+    return int(steps[-1]) if steps else 0
+
+
+def compare(robust, baseline):
+    """One plain sentence: which student has the lower held-out loss, and by how much.
+
+    Example
+    -------
+    >>> compare(0.9, 1.0)
+    'RobustDistiller 10.0 % lower loss than DistilHuBERT (0.900 vs 1.000)'
+    >>> compare(1.2, 1.0)
+    'DistilHuBERT 16.7 % lower loss than RobustDistiller (1.000 vs 1.200)'
+    """
+    if robust <= baseline:
+        return f"RobustDistiller {100 * (baseline - robust) / baseline:.1f} % lower loss than DistilHuBERT ({robust:.3f} vs {baseline:.3f})"
+    return f"DistilHuBERT {100 * (robust - baseline) / robust:.1f} % lower loss than RobustDistiller ({baseline:.3f} vs {robust:.3f})"
 
 
 def format_table(results, conditions):
@@ -141,6 +173,7 @@ def main(argv=None):
             "hparams/distill.yaml",
             {
                 "musan_folder": corpus["musan"],
+                "urbansound_folder": corpus.get("urbansound"),
                 "rir_folder": corpus["rirs"],
                 "rirs_noises_subsets": ["simulated", "real"],
                 "enhancement_input_size": None,  # filled below from the teacher's CNN width
@@ -158,6 +191,8 @@ def main(argv=None):
             os.path.join(REPOSITORY_ROOT, hparams_file),
             {**common, **overrides},
             os.path.join(output, f"{name}.log"),
+            description=f"training {name}",
+            total_steps=args.steps,
         )
         print(f"{name}: trained {args.steps} steps in {durations[name]:.0f} s")
 
@@ -181,9 +216,9 @@ def main(argv=None):
     table = format_table(results, conditions)
     print("\nHeld-out distillation loss (L1 + log-sigmoid cosine, mean of layers 4/8/12; lower is better)")
     print(table)
-    for name in conditions[1:]:
+    for name in conditions:
         robust, baseline = (results[student][name]["distillation_loss"] for student in runs)
-        print(f"  {name}: RobustDistiller {100 * (baseline - robust) / baseline:+.1f} % vs DistilHuBERT")
+        print(f"  {name}: {compare(robust, baseline)}")
     with open(os.path.join(output, "robustness.json"), "w", encoding="utf-8") as fout:
         json.dump({"results": results, "train_seconds": durations, "steps": args.steps}, fout, indent=2)
     with open(os.path.join(output, "robustness.md"), "w", encoding="utf-8") as fout:

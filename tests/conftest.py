@@ -42,6 +42,7 @@ def tiny_overrides(mini_corpus, teacher_folder, output_folder, **extra):
     overrides = {
         "data_folder": mini_corpus["librispeech"],
         "musan_folder": mini_corpus["musan"],
+        "urbansound_folder": mini_corpus.get("urbansound"),
         "rir_folder": mini_corpus["rirs"],
         "rirs_noises_subsets": ["simulated", "real"],
         "train_splits": ["train-clean-100"],

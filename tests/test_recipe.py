@@ -42,7 +42,7 @@ def build_brain(mini_corpus, teacher_folder, output_folder, hparams_file=DISTILL
     train_module = load_train_module()
     overrides = tiny_overrides(mini_corpus, teacher_folder, output_folder, **extra)
     if hparams_file == DISTILHUBERT_YAML:
-        for key in ("musan_folder", "rir_folder", "rirs_noises_subsets", "enhancement_input_size"):
+        for key in ("musan_folder", "urbansound_folder", "rir_folder", "rirs_noises_subsets", "enhancement_input_size"):
             overrides.pop(key)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
