@@ -776,13 +776,14 @@ def rir_composition(csv_path, options, rows, unreadable=None):
     composition = _pool_composition(
         "rirs", csv_path, options, rows, lambda entry_id, path: _rir_source(path, rir_folder)
     )
-    kinds = {}
     for source, entry in composition["sources"].items():
         entry["kind"] = _rir_kind(source)
         entry["folder"] = rir_folder if source == "." else os.path.join(rir_folder, *source.split("/"))
-        totals = kinds.setdefault(entry["kind"], [0, 0.0])
-        totals[0] += entry["files"]
-        totals[1] += entry["seconds"]
+    kinds = {}
+    for row in rows:
+        totals = kinds.setdefault(_rir_kind(_rir_source(str(row[2]), rir_folder)[0]), [0, 0.0])
+        totals[0] += 1
+        totals[1] += float(row[1])
     total_seconds = sum(float(row[1]) for row in rows)
     composition["by_kind"] = {
         kind: _shares(kinds[kind][0], kinds[kind][1], len(rows), total_seconds)
@@ -827,19 +828,23 @@ def _percent(share):
     return f"{100 * share:.1f} %"
 
 
+def _hours(hours):
+    return f"{hours:.3g} h"
+
+
 def _log_composition(composition):
     """Logs a pool's composition: one line for the pool, one per source."""
     name = os.path.basename(composition["csv"])
     if composition["pool"] == "rirs":
         kinds = "; ".join(
-            f"{kind} {entry['files']} files ({_percent(entry['draw_share'])} of draws, {entry['hours']:.2f} h)"
+            f"{kind} {entry['files']} files ({_percent(entry['draw_share'])} of draws, {_hours(entry['hours'])})"
             for kind, entry in composition["by_kind"].items()
         )
-        logger.info("RIR pool %s: %d RIRs, %.2f h, drawn uniformly over files: %s.", name,
-                    composition["files"], composition["hours"], kinds)
+        logger.info("RIR pool %s: %d RIRs, %s, drawn uniformly over files: %s.", name,
+                    composition["files"], _hours(composition["hours"]), kinds)
     else:
-        logger.info("Noise pool %s: %d files, %.2f h, drawn uniformly over files.", name,
-                    composition["files"], composition["hours"])
+        logger.info("Noise pool %s: %d files, %s, drawn uniformly over files.", name,
+                    composition["files"], _hours(composition["hours"]))
     for source, entry in composition["sources"].items():
         details = ""
         if entry.get("kind"):
@@ -848,8 +853,8 @@ def _log_composition(composition):
             details += " (" + ", ".join(f"{part} {value['files']}" for part, value in entry["parts"].items()) + ")"
         if entry.get("excluded") is not None:
             details += f"; excluded classes: {_format_counts(entry['excluded'])}"
-        logger.info("  %s: %d files = %s of file draws, %.2f h = %s of hours%s; %s", source,
-                    entry["files"], _percent(entry["draw_share"]), entry["hours"],
+        logger.info("  %s: %d files = %s of file draws, %s = %s of hours%s; %s", source,
+                    entry["files"], _percent(entry["draw_share"]), _hours(entry["hours"]),
                     _percent(entry["hours_share"]), details, entry.get("folder"))
 
 

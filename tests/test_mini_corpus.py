@@ -195,3 +195,46 @@ def test_command_line(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"librispeech: {tmp_path / 'LibriSpeech'}" in printed
     assert (tmp_path / "mini_corpus.json").is_file()
+
+
+URBANSOUND_CLASSES = ("air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
+                      "engine_idling", "gun_shot", "jackhammer", "siren", "street_music")
+
+
+def test_urbansound_layout_and_metadata(corpus):
+    import csv
+
+    from robustdistiller.audio import load_audio
+
+    _, roots = corpus
+    urbansound = roots["urbansound"]
+    assert os.path.basename(urbansound) == "UrbanSound8K"
+    assert sorted(os.listdir(os.path.join(urbansound, "audio"))) == sorted(f"fold{n}" for n in range(1, 11))
+    pattern = re.compile(r"^audio/fold(\d+)/(\d+)-(\d)-(\d+)-(\d+)\.wav$")
+    files = [path for path in _tree(urbansound) if path.endswith(".wav")]
+    assert len(files) == 10 and all(pattern.match(path) for path in files)
+    with open(os.path.join(urbansound, "metadata", "UrbanSound8K.csv"), newline="") as csv_file:
+        lines = csv_file.read().splitlines()
+    assert lines[0] == "slice_file_name,fsID,start,end,salience,fold,classID,class"
+    with open(os.path.join(urbansound, "metadata", "UrbanSound8K.csv"), newline="") as csv_file:
+        rows = list(csv.DictReader(csv_file))
+    by_name = {os.path.basename(path): pattern.match(path) for path in files}
+    assert sorted(row["slice_file_name"] for row in rows) == sorted(by_name)
+    formats = set()
+    for row in rows:
+        match = by_name[row["slice_file_name"]]
+        assert row["fold"] == match.group(1) and row["fsID"] == match.group(2)
+        assert row["classID"] == match.group(3)
+        assert row["class"] == URBANSOUND_CLASSES[int(row["classID"])]
+        assert row["salience"] in ("1", "2")
+        path = os.path.join(urbansound, "audio", f"fold{row['fold']}", row["slice_file_name"])
+        info = soundfile.info(path)
+        assert 0.2 < info.duration <= 1.0
+        assert float(row["end"]) - float(row["start"]) == pytest.approx(info.duration, abs=1e-5)
+        formats.add((info.samplerate, info.channels))
+        waveform = load_audio(path)  # what the noise pool does: mono, 16 kHz
+        assert waveform.dim() == 1 and abs(len(waveform) - 16000 * info.duration) <= 2
+        assert 0.1 < float(waveform.abs().max()) < 1.0
+    assert {row["class"] for row in rows} == set(URBANSOUND_CLASSES)  # children_playing, street_music too
+    assert (44100, 2) in formats and len({rate for rate, _ in formats}) >= 5
+    assert any(channels == 1 for _, channels in formats)

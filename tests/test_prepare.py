@@ -1,8 +1,10 @@
 """Tests of the data preparation functions on the mini corpus (real on-disk layouts)."""
 
 import csv
+import json
 import logging
 import os
+import re
 import shutil
 
 import numpy as np
@@ -12,10 +14,12 @@ from speechbrain.dataio.dataio import load_data_csv
 
 from robustdistiller.mini_corpus import generate_mini_corpus
 from robustdistiller.prepare import (
+    composition_path,
     make_id,
     prepare_librispeech,
     prepare_noise,
     prepare_rirs,
+    read_composition,
 )
 
 TRAIN, VALID = ["train-clean-100"], ["dev-clean"]
@@ -168,6 +172,11 @@ def test_user_folders_are_unchanged_by_preparation(corpus, tmp_path):
     before = _snapshot(root)
     prepare_librispeech(corpus["librispeech"], str(tmp_path), TRAIN, VALID)
     prepare_noise(str(tmp_path), musan_folder=corpus["musan"], musan_subsets=("noise", "music"))
+    prepare_noise(str(tmp_path), musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"],
+                  csv_name="authors.csv")
+    os.remove(tmp_path / "authors_composition.json")  # recomputed from the CSV, in the save folder
+    prepare_noise(str(tmp_path), musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"],
+                  csv_name="authors.csv")
     prepare_rirs(str(tmp_path), corpus["rirs"], rirs_noises_subsets=("real", "simulated"))
     prepare_rirs(str(tmp_path), corpus["rirs"], rir_format="folder", csv_name="folder.csv")
     assert _snapshot(root) == before
@@ -332,3 +341,200 @@ def test_rirs_skip_if_prepared_and_reprepare_on_change(corpus, tmp_path):
     assert os.stat(path).st_mtime == 1_000_000_000
     prepare_rirs(str(tmp_path), corpus["rirs"], rirs_noises_subsets=["real", "simulated"])
     assert os.stat(path).st_mtime != 1_000_000_000 and len(_read_rows(path)) == 9
+
+
+# --- Pool composition ----------------------------------------------------------------------------
+
+
+def _durations(paths):
+    return [soundfile.info(path).frames / soundfile.info(path).samplerate for path in paths]
+
+
+def _wavs(folder):
+    return sorted(
+        os.path.join(directory, name)
+        for directory, _, names in os.walk(folder)
+        for name in names
+        if name.endswith(".wav")
+    )
+
+
+def _urbansound_metadata(urbansound):
+    with open(os.path.join(urbansound, "metadata", "UrbanSound8K.csv"), newline="") as csv_file:
+        return list(csv.DictReader(csv_file))
+
+
+def test_mini_urbansound_excluded_classes_are_excluded_and_counted(corpus, tmp_path, caplog):
+    metadata = _urbansound_metadata(corpus["urbansound"])
+    excluded = {name: sum(row["class"] == name for row in metadata)
+                for name in ("children_playing", "street_music")}
+    assert all(count >= 1 for count in excluded.values())
+    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+        path = prepare_noise(str(tmp_path), urbansound_folder=corpus["urbansound"])
+    rows = _read_rows(path)
+    kept = sorted(row["slice_file_name"] for row in metadata if row["class"] not in excluded)
+    assert sorted(os.path.basename(row["wav"]) for row in rows) == kept
+    assert all(row["ID"].startswith("urbansound_fold") for row in rows)
+    composition = read_composition(path)
+    source = composition["sources"]["urbansound8k"]
+    assert source["excluded"] == excluded and source["files"] == len(kept) == composition["files"]
+    assert source["draw_share"] == 1.0
+    assert source["parts"] == {
+        row["class"]: {"files": 1, "hours": pytest.approx(
+            _durations([os.path.join(corpus["urbansound"], "audio", f"fold{row['fold']}",
+                                     row["slice_file_name"])])[0] / 3600, abs=1e-6)}
+        for row in metadata if row["class"] not in excluded
+    }
+    assert "2 excluded (children_playing 1, street_music 1)" in caplog.text
+    assert "excluded classes: children_playing 1, street_music 1" in caplog.text
+    assert "44100 Hz" in caplog.text and "2 ch" in caplog.text  # stereo 44.1 kHz clips are logged
+    assert len(load_data_csv(path)) == len(kept)
+
+
+def test_noise_composition_of_the_authors_pool(corpus, tmp_path, caplog):
+    extra = tmp_path / "extra_noises"
+    (extra / "sub").mkdir(parents=True)
+    soundfile.write(extra / "sub" / "e.wav", np.zeros(8000) + 0.1, 16000)
+    save = tmp_path / "save"
+    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+        path = prepare_noise(str(save), musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"],
+                             extra_folders=[str(extra)])
+    assert path == str(save / "noise.csv")
+    composition_file = save / "noise_composition.json"
+    assert composition_path(path) == str(composition_file) and composition_file.is_file()
+    with open(composition_file) as json_file:
+        composition = json.load(json_file)
+    musan_noise = _wavs(os.path.join(corpus["musan"], "noise"))
+    urbansound = [p for p in _wavs(corpus["urbansound"]) if not re.search(r"-(2|9)-\d+-\d+\.wav$", p)]
+    expected = {"musan/noise": musan_noise, "urbansound8k": urbansound, "extra0": [str(extra / "sub" / "e.wav")]}
+    total = sum(len(paths) for paths in expected.values())
+    assert (len(musan_noise), len(urbansound), total) == (4, 8, 13)
+    assert composition["files"] == total == len(_read_rows(path))
+    assert sorted(composition["sources"]) == sorted(expected)
+    total_seconds = sum(sum(_durations(paths)) for paths in expected.values())
+    assert composition["hours"] == pytest.approx(total_seconds / 3600, abs=1e-6)
+    for name, paths in expected.items():
+        source = composition["sources"][name]
+        assert source["files"] == len(paths)
+        assert source["draw_share"] == pytest.approx(len(paths) / total, abs=1e-6)
+        assert source["seconds"] == pytest.approx(sum(_durations(paths)), abs=1e-3)
+        assert source["hours"] == pytest.approx(sum(_durations(paths)) / 3600, abs=1e-6)
+        assert source["hours_share"] == pytest.approx(sum(_durations(paths)) / total_seconds, abs=1e-6)
+    assert sum(source["draw_share"] for source in composition["sources"].values()) == pytest.approx(1.0)
+    assert composition["sources"]["musan/noise"]["folder"] == os.path.join(corpus["musan"], "noise")
+    assert composition["sources"]["musan/noise"]["parts"] == {
+        leaf: {"files": len(_wavs(os.path.join(corpus["musan"], "noise", leaf))),
+               "hours": pytest.approx(sum(_durations(_wavs(os.path.join(corpus["musan"], "noise", leaf)))) / 3600,
+                                      abs=1e-6)}
+        for leaf in ("free-sound", "sound-bible")
+    }
+    assert composition["sources"]["extra0"]["folder"] == str(extra)
+    assert composition["sources"]["extra0"]["parts"] == {"sub": {"files": 1, "hours": pytest.approx(0.5 / 3600, abs=1e-6)}}
+    assert composition["sources"]["urbansound8k"]["excluded"] == {"children_playing": 1, "street_music": 1}
+    assert composition["unreadable_skipped"] == 0 and composition["recomputed_from_csv"] is False
+    assert composition["options"]["urbansound_exclude"] == ["children_playing", "street_music"]
+    assert "Noise pool noise.csv: 13 files" in caplog.text
+    assert "urbansound8k: 8 files = 61.5 % of file draws" in caplog.text
+    assert "musan/noise: 4 files = 30.8 % of file draws" in caplog.text
+
+
+def test_composition_is_recomputed_from_an_already_prepared_csv(corpus, tmp_path, caplog):
+    save = str(tmp_path)
+    path = prepare_noise(save, musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"])
+    first = read_composition(path)
+    os.remove(composition_path(path))
+    os.utime(path, (1_000_000_000, 1_000_000_000))
+    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+        assert prepare_noise(save, musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"]) == path
+    assert os.stat(path).st_mtime == 1_000_000_000  # the CSV was not prepared again
+    second = read_composition(path)
+    assert second["recomputed_from_csv"] is True and second["unreadable_skipped"] is None
+    assert second["sources"] == first["sources"]  # excluded clips recounted from the file names
+    assert "Recomputed" in caplog.text and "urbansound8k: 8 files" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):  # present: read, logged again
+        prepare_noise(save, musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"])
+    assert "Recomputed" not in caplog.text and "urbansound8k: 8 files" in caplog.text
+    # a stale composition (other options) is not trusted
+    prepare_noise(save, musan_folder=corpus["musan"], csv_name="musan_only.csv")
+    stale = read_composition(path)
+    stale["options"]["musan_subsets"] = ["music"]
+    with open(composition_path(path), "w") as json_file:
+        json.dump(stale, json_file)
+    prepare_noise(save, musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"])
+    assert read_composition(path)["sources"] == first["sources"]
+    assert sorted(read_composition(os.path.join(save, "musan_only.csv"))["sources"]) == ["musan/noise"]
+    # RIRs alike
+    rir_path = prepare_rirs(save, corpus["rirs"], rirs_noises_subsets=["simulated", "real"])
+    rir_first = read_composition(rir_path)
+    os.remove(composition_path(rir_path))
+    prepare_rirs(save, corpus["rirs"], rirs_noises_subsets=["simulated", "real"])
+    rir_second = read_composition(rir_path)
+    assert rir_second["recomputed_from_csv"] is True
+    assert rir_second["sources"] == rir_first["sources"] and rir_second["by_kind"] == rir_first["by_kind"]
+
+
+def test_rir_composition_of_the_authors_simulated_and_real_pool(corpus, tmp_path, caplog):
+    rirs = corpus["rirs"]
+    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+        path = prepare_rirs(str(tmp_path), rirs, rirs_noises_subsets=["simulated", "real"])
+    assert os.path.basename(composition_path(path)) == "rirs_composition.json"
+    composition = read_composition(path)
+    real_list = _list_entries(os.path.join(rirs, "real_rirs_isotropic_noises", "rir_list"))
+    expected = {"real_rirs_isotropic_noises": [os.path.join(os.path.dirname(rirs), p) for _, p in real_list]}
+    for size in ("smallroom", "mediumroom", "largeroom"):
+        entries = _list_entries(os.path.join(rirs, "simulated_rirs", size, "rir_list"))
+        expected[f"simulated_rirs/{size}"] = [os.path.join(os.path.dirname(rirs), p) for _, p in entries]
+    assert {name: len(paths) for name, paths in expected.items()} == {
+        "real_rirs_isotropic_noises": 3, "simulated_rirs/smallroom": 2, "simulated_rirs/mediumroom": 2,
+        "simulated_rirs/largeroom": 2}
+    assert composition["pool"] == "rirs" and composition["files"] == 9 == len(_read_rows(path))
+    assert sorted(composition["sources"]) == sorted(expected)
+    total_seconds = sum(sum(_durations(paths)) for paths in expected.values())
+    for name, paths in expected.items():
+        source = composition["sources"][name]
+        assert source["kind"] == ("real" if name.startswith("real") else "simulated")
+        assert source["files"] == len(paths) and source["draw_share"] == pytest.approx(len(paths) / 9, abs=1e-6)
+        assert source["hours"] == pytest.approx(sum(_durations(paths)) / 3600, abs=1e-6)
+        assert source["folder"] == os.path.join(rirs, *name.split("/"))
+    assert composition["sources"]["real_rirs_isotropic_noises"]["parts"] == {
+        "RVB2014": {"files": 2, "hours": pytest.approx(sum(_durations(expected["real_rirs_isotropic_noises"][:2])) / 3600, abs=1e-6)},
+        "air": {"files": 1, "hours": pytest.approx(_durations(expected["real_rirs_isotropic_noises"][2:])[0] / 3600, abs=1e-6)},
+    }
+    by_kind = composition["by_kind"]
+    assert sorted(by_kind) == ["real", "simulated"]
+    assert (by_kind["real"]["files"], by_kind["simulated"]["files"]) == (3, 6)
+    assert by_kind["real"]["draw_share"] == pytest.approx(1 / 3, abs=1e-6)
+    assert by_kind["simulated"]["draw_share"] == pytest.approx(2 / 3, abs=1e-6)
+    real_seconds = sum(_durations(expected["real_rirs_isotropic_noises"]))
+    assert by_kind["real"]["hours_share"] == pytest.approx(real_seconds / total_seconds, abs=1e-6)
+    assert composition["hours"] == pytest.approx(total_seconds / 3600, abs=1e-6)
+    assert "RIR pool rirs.csv: 9 RIRs" in caplog.text
+    assert "real 3 files (33.3 % of draws" in caplog.text and "simulated 6 files (66.7 % of draws" in caplog.text
+    # our default: real RIRs only
+    path = prepare_rirs(str(tmp_path / "default"), rirs)
+    composition = read_composition(path)
+    assert list(composition["sources"]) == ["real_rirs_isotropic_noises"]
+    assert list(composition["by_kind"]) == ["real"]
+    assert composition["by_kind"]["real"]["files"] == 3 and composition["by_kind"]["real"]["draw_share"] == 1.0
+
+
+def test_rir_composition_of_a_dns_folder(corpus, tmp_path):
+    dns = tmp_path / "impulse_responses"
+    shutil.copytree(corpus["rirs"], dns / "SLR28" / "RIRS_NOISES")
+    slr26 = dns / "SLR26" / "simulated_rirs_48k" / "smallroom" / "Room001"
+    slr26.mkdir(parents=True)
+    for index in (1, 2):
+        soundfile.write(slr26 / f"Room001-0000{index}.wav", np.r_[1.0, np.zeros(4799)], 48000)
+    path = prepare_rirs(str(tmp_path / "save"), str(dns), rir_format="dns")
+    composition = read_composition(path)
+    files = {name: source["files"] for name, source in composition["sources"].items()}
+    assert files == {
+        "SLR26/simulated_rirs_48k/smallroom": 2,
+        "SLR28/RIRS_NOISES/real_rirs_isotropic_noises": 3,  # its isotropic noises left out
+        "SLR28/RIRS_NOISES/simulated_rirs/largeroom": 2,
+        "SLR28/RIRS_NOISES/simulated_rirs/mediumroom": 2,
+        "SLR28/RIRS_NOISES/simulated_rirs/smallroom": 2,
+    }
+    assert {kind: entry["files"] for kind, entry in composition["by_kind"].items()} == {"real": 3, "simulated": 8}
+    assert composition["sources"]["SLR26/simulated_rirs_48k/smallroom"]["hours"] == pytest.approx(0.2 / 3600, abs=1e-6)

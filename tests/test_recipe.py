@@ -48,7 +48,7 @@ def build_brain(mini_corpus, teacher_folder, output_folder, hparams_file=DISTILL
         hparams = load_hyperpyyaml(fin, overrides)
     train_module.prepare_data(hparams)
     train_data, _, _ = train_module.dataio_prepare(hparams)
-    hparams["student"].init_from_teacher(hparams["teacher"].model)
+    hparams["student"].init_from_teacher(hparams["teacher"].model, copy_encoder_layer_norm=hparams["copy_encoder_layer_norm"])
     brain = DistillationBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],

@@ -155,3 +155,50 @@ def test_every_epoch_has_a_new_order_and_a_resume_continues_it(mini_corpus, tiny
     resumed, _ = batch_orders(mini_corpus, tiny_teacher_folder, output, epochs=3, **extra)
     checkpointed = steps_per_epoch + 2
     assert before_crash[:checkpointed] + resumed == uninterrupted
+
+
+def test_tensorboard_curves_and_enhancement_quality_after_validation(mini_corpus, tiny_teacher_folder, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output = str(tmp_path / "run")
+    hparams, brain, train_data = build_brain(
+        mini_corpus, tiny_teacher_folder, output, use_tensorboard=True, quality_utterances=3, max_crop_samples=32000
+    )
+    _, valid_data, _ = load_train_module().dataio_prepare(hparams)
+    batch = first_batch(train_data, size=2)
+    for _ in range(2):
+        brain.fit_batch(batch)
+    brain.on_stage_end(sb.Stage.TRAIN, 0.0, epoch=1)
+    brain.on_stage_start(sb.Stage.VALID, epoch=1)
+    for index in range(0, 4, 2):
+        brain.evaluate_batch(sb.dataio.batch.PaddedBatch([valid_data[index], valid_data[index + 1]]), sb.Stage.VALID)
+    brain.on_stage_end(sb.Stage.VALID, 0.0, epoch=1)
+
+    summary = brain.last_stage_summary
+    assert 1.0 <= summary["enhanced_pesq"] <= 4.65 and 0.0 <= summary["enhanced_stoi"] <= 1.0
+    assert "enhanced_si_snr" in summary and "noisy_si_snr" in summary
+    assert "enhanced_pesq" in open(hparams["train_log"]).read()
+
+    events = EventAccumulator(hparams["tensorboard_logger"].save_dir)
+    hparams["tensorboard_logger"].writer.flush()
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/l1_layer4", "train/cosine_layer12", "train/enhancement_loss", "train/lr",
+                "train/gradient_norm", "valid/loss", "valid/enhanced_pesq", "valid/enhanced_stoi"):
+        assert tag in tags, sorted(tags)
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2]
+    assert events.Scalars("train/gradient_norm")[-1].value > 0
+
+
+def test_the_recipe_reports_enhancement_quality_per_condition(trained_run):
+    import json
+    import os
+
+    robustness = json.load(open(os.path.join(trained_run, "robustness.json")))
+    for name, result in robustness.items():
+        assert result["num_scored"] + result["num_skipped"] > 0, name
+        assert 1.0 <= result["pesq"] <= 4.65 and 0.0 <= result["stoi"] <= 1.0, (name, result)
+    # the clean condition's input is the clean reference itself: the head can only lose SI-SNR there
+    assert robustness["clean"]["si_snr_noisy"] > robustness["snr0"]["si_snr_noisy"] + 10
+    log = open(os.path.join(trained_run, "train_log.txt")).read()
+    assert "enhanced_pesq" in log and "enhanced_stoi" in log
