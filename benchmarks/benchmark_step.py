@@ -41,7 +41,7 @@ sys.path.insert(0, REPOSITORY_ROOT)
 sys.path.insert(0, os.path.join(REPOSITORY_ROOT, "benchmarks"))
 
 from memory_probe import measure_peak_memory  # noqa: E402
-from teacher_precision import format_report, measure_teacher_precision  # noqa: E402
+from teacher_precision import format_report, harmonic_speech_like, measure_teacher_precision  # noqa: E402
 
 from robustdistiller.batching import (  # noqa: E402
     FixedBatchSampler,
@@ -84,13 +84,8 @@ def write_pool(folder, generator, num_noises=8, num_rirs=8):
 
 
 def speech_like(generator, num_samples):
-    """Harmonic, amplitude-modulated signal: a stand-in utterance (content does not change cost)."""
-    time_axis = numpy.arange(num_samples) / SAMPLE_RATE
-    pitch = 120 + 30 * numpy.sin(2 * numpy.pi * 0.5 * time_axis)
-    phase = 2 * numpy.pi * numpy.cumsum(pitch) / SAMPLE_RATE
-    signal = sum(numpy.sin(harmonic * phase) / harmonic for harmonic in range(1, 10))
-    envelope = 0.5 + 0.5 * numpy.sin(2 * numpy.pi * 3 * time_axis + generator.uniform(0, 6))
-    return torch.tensor(0.1 * signal * envelope, dtype=torch.float32)
+    """A stand-in utterance (content does not change cost), as a tensor."""
+    return torch.from_numpy(harmonic_speech_like(generator, num_samples))
 
 
 def build_brain(hparams_file, overrides, device):
