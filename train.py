@@ -200,7 +200,7 @@ if __name__ == "__main__":
             cosine_weight=hparams["cosine_weight"],
             device=brain.device,
             enhancement_head=brain._head if brain.enhancement_enabled else None,
-            enhancement_input=hparams["enhancement_input"],
+            enhancement_input=hparams.get("enhancement_input", "cnn"),  # the DistilHuBERT YAML has no head
             quality_utterances=hparams.get("quality_utterances", 0),
         )
         results_file = os.path.join(hparams["output_folder"], "robustness.json")

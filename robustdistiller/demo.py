@@ -54,7 +54,7 @@ DEMO_OVERRIDES = {
     "train_splits": ["train-clean-100"],
     "valid_splits": ["dev-clean"],
     "max_crop_samples": 32000,
-    "batch_size": 8,
+    "batch_size": 5,  # about what the earlier duration-based demo batches held (96 utterances, 2 s crops)
     "batches_per_bucket": 4,
     "num_workers": 2,
     "lr": 0.001,

@@ -4,6 +4,8 @@ This answers the paper's central question in one number per condition: how well 
 hearing corrupted speech, still predict the teacher's representation of the clean speech? The recipe
 (``train.py``) calls it at the end of training with the YAML's ``test_conditions``; the demo calls
 it for the RobustDistiller and the DistilHuBERT students side by side.
+With the enhancement head, each condition also gets PESQ / STOI / SI-SNR of the enhanced speech
+(:mod:`robustdistiller.enhancement_quality`).
 """
 
 import logging

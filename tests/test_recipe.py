@@ -117,6 +117,17 @@ def test_distilhubert_recipe_has_no_head_and_no_corruption(mini_corpus, tiny_tea
     assert "enhancement_loss" not in brain.batch_statistics
 
 
+def test_distilhubert_recipe_runs_end_to_end(mini_corpus, tiny_teacher_folder, tmp_path):
+    output = str(tmp_path / "baseline_run")
+    overrides = tiny_overrides(mini_corpus, tiny_teacher_folder, output, number_of_steps=2)
+    for key in ("musan_folder", "urbansound_folder", "rir_folder", "rirs_noises_subsets", "enhancement_input_size"):
+        overrides.pop(key)
+    code, log = run_train([DISTILHUBERT_YAML] + as_command_line(overrides))
+    assert code == 0, log[-4000:]
+    robustness = json.load(open(os.path.join(output, "robustness.json")))
+    assert "clean" in robustness and "pesq" not in robustness["clean"]  # no enhancement head, no quality
+
+
 def test_hyperparameters_follow_the_paper(mini_corpus, tiny_teacher_folder, tmp_path):
     hparams, brain, train_data = build_brain(mini_corpus, tiny_teacher_folder, str(tmp_path / "run"))
     raw = hparams  # the tiny overrides leave all of these at the YAML's values
