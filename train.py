@@ -10,7 +10,7 @@ enhancement head, HuBERT Base teacher).
 To run::
 
     python train.py hparams/distill.yaml --data_folder=/data/LibriSpeech \
-        --musan_folder=/data/musan --rir_folder=/data/RIRS_NOISES
+        --musan_folder=/data/musan --urbansound_folder=/data/UrbanSound8K --rir_folder=/data/RIRS_NOISES
 
     # several GPUs
     torchrun --nproc_per_node=4 train.py hparams/distill.yaml ...
