@@ -1,6 +1,6 @@
 # Two targets, each doing all set-up on a fresh machine:
 #   make test   virtual environment + dependencies + the test suite
-#   make demo   virtual environment + dependencies + mini corpus + distillation demo + export check (~5 min on 2 idle cores)
+#   make demo   virtual environment + dependencies + mini corpus + distillation demo + export check (~12 min on 2 cores)
 PYTHON ?= python3
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
