@@ -32,7 +32,7 @@ import torch
 
 from robustdistiller.batching import FixedBatchSampler
 from robustdistiller.enhancement import stft_magnitude
-from robustdistiller.enhancement_quality import QualityMeans, enhanced_waveforms, valid_waveforms
+from robustdistiller.enhancement_quality import QualityMeans, enhanced_waveforms
 from robustdistiller.losses import distillation_loss, enhancement_loss, lengths_to_mask
 
 logger = logging.getLogger(__name__)
@@ -285,8 +285,7 @@ class DistillationBrain(sb.Brain):
             head.win_length,
             head.hop_length,
         )
-        references = valid_waveforms(batch.reference_sig.data.cpu(), wav_lens.cpu())
-        self.quality.update(list(batch.id), enhanced, references, valid_waveforms(noisy_wavs.cpu(), wav_lens.cpu()))
+        self.quality.update_batch(batch.id, enhanced, batch.reference_sig.data.cpu(), noisy_wavs.cpu(), wav_lens.cpu())
 
     def _report_nonfinite(self, steps):
         """Names the non-finite loss components and the utterances of each given step."""

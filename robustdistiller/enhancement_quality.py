@@ -24,6 +24,7 @@ import torch
 
 from robustdistiller.corruption import SILENCE_RMS
 from robustdistiller.enhancement import HOP_LENGTH, N_FFT, WIN_LENGTH, EnhancementOutput, stft_complex
+from robustdistiller.interface import absolute_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def _unwrap(module):
 
 
 def sample_lengths(wav_lens, num_samples, batch_size=None):
-    """Valid samples per item, ``round(wav_lens * num_samples)`` as in the head and the student.
+    """Valid samples per item on the host, as the student counts them (:func:`absolute_lengths`).
 
     Arguments
     ---------
@@ -66,7 +67,7 @@ def sample_lengths(wav_lens, num_samples, batch_size=None):
     """
     if wav_lens is None:
         return torch.full((batch_size,), num_samples, dtype=torch.long)
-    return torch.round(wav_lens.detach().float().cpu() * num_samples).long().clamp(0, num_samples)
+    return absolute_lengths(wav_lens.detach().cpu(), num_samples)
 
 
 def enhanced_waveforms(
@@ -322,6 +323,11 @@ class QualityMeans:
                 self.totals[key] += scores[key]
             self.num_scored += 1
 
+    def update_batch(self, utterance_ids, enhanced, reference_wavs, noisy_wavs, wav_lens=None):
+        """:meth:`update` from padded ``[B, T]`` reference and noisy batches (split by ``wav_lens``)."""
+        references = valid_waveforms(reference_wavs, wav_lens)
+        self.update(list(utterance_ids), enhanced, references, valid_waveforms(noisy_wavs, wav_lens))
+
     def summary(self):
         """``{"pesq", "stoi", "si_snr", "si_snr_noisy"}`` means (NaN when none scored), ``num_scored``,
         ``num_skipped``."""
@@ -443,12 +449,7 @@ def evaluate_enhancement_quality(
             reference_wavs, _ = batch.reference_sig
             student_output = student(noisy_wavs, wav_lens)
             enhanced = enhance_batch(enhancement_head, student_output, noisy_wavs, wav_lens, enhancement_input)
-            means.update(
-                list(batch.id),
-                enhanced,
-                valid_waveforms(reference_wavs, wav_lens),
-                valid_waveforms(noisy_wavs, wav_lens),
-            )
+            means.update_batch(batch.id, enhanced, reference_wavs, noisy_wavs, wav_lens)
     finally:
         student.train(modes[0])
         enhancement_head.train(modes[1])

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from robustdistiller.dataio import make_distillation_dataset
-from robustdistiller.enhancement_quality import QualityMeans, enhance_batch, valid_waveforms
+from robustdistiller.enhancement_quality import QualityMeans, enhance_batch
 from robustdistiller.losses import distillation_loss
 
 logger = logging.getLogger(__name__)
@@ -122,12 +122,7 @@ def evaluate_conditions(
             if quality is not None and quality.remaining > 0:
                 reference_wavs, _ = batch.reference_sig
                 enhanced = enhance_batch(enhancement_head, predictions, noisy_wavs, wav_lens, enhancement_input)
-                quality.update(
-                    list(batch.id),
-                    enhanced,
-                    valid_waveforms(reference_wavs, wav_lens),
-                    valid_waveforms(noisy_wavs, wav_lens),
-                )
+                quality.update_batch(batch.id, enhanced, reference_wavs, noisy_wavs, wav_lens)
         results[name] = {key: value / max(num_utterances, 1) for key, value in totals.items()}
         if quality is not None:
             results[name].update(quality.summary())
