@@ -33,8 +33,10 @@ from robustdistiller.brain import DistillationBrain
 from robustdistiller.batching import make_batch_sampler
 from robustdistiller.dataio import make_distillation_dataset
 from robustdistiller.evaluation import evaluate_conditions
-from robustdistiller.export import TRAINING_INFO_FILE
+from robustdistiller.fingerprint import weights_fingerprint
+from robustdistiller.options import as_list, integer_at_least
 from robustdistiller.prepare import prepare_librispeech, prepare_noise, prepare_rirs
+from robustdistiller.run_folder import lock_output_folder, run_signature
 from robustdistiller.student import num_parameters
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ def dataio_prepare(hparams):
 
     Training crops are random (at most ``max_crop_samples``) and corrupted by ``train_corruptor``;
     validation crops start at 0 and are corrupted by ``valid_corruptor`` with the same
-    distribution but fixed draws, so validation losses are comparable across epochs.
+    distribution but fixed draws, so validation losses are comparable across epochs. Without
+    validation subsets (``valid_splits: []``) the validation set is None.
     """
     train_data = make_distillation_dataset(
         hparams["train_csv"],
@@ -54,14 +57,16 @@ def dataio_prepare(hparams):
         max_crop_samples=hparams["max_crop_samples"],
         random_crop=True,
     )
-    valid_data = make_distillation_dataset(
-        hparams["valid_csv"],
-        hparams["valid_corruptor"],
-        sample_rate=hparams["sample_rate"],
-        max_crop_samples=hparams["max_crop_samples"],
-        random_crop=False,
-        key_prefix="valid/",
-    )
+    valid_data = None
+    if hparams["valid_splits"]:
+        valid_data = make_distillation_dataset(
+            hparams["valid_csv"],
+            hparams["valid_corruptor"],
+            sample_rate=hparams["sample_rate"],
+            max_crop_samples=hparams["max_crop_samples"],
+            random_crop=False,
+            key_prefix="valid/",
+        )
     train_sampler = make_batch_sampler(
         train_data,
         batching=hparams["batching"],
@@ -117,10 +122,28 @@ def prepare_data(hparams):
         )
 
 
-def write_training_info(hparams, hparams_file):
-    """Records what the student is distilled from in ``<save_folder>/distillation_info.json``.
+def check_options(hparams):
+    """Refuses settings that cannot make a run, before anything is loaded or written.
 
-    ``robustdistiller.export`` reads it to write the model card of an exported student.
+    Single strings where lists are expected become one-item lists (``--train_splits=train-clean-100``).
+    """
+    for key in ("train_splits", "valid_splits", "musan_subsets", "rirs_noises_subsets", "extra_noise_folders",
+                "target_layers", "accept_changed_settings", "run_signature_keys"):
+        if key in hparams:
+            hparams[key] = as_list(hparams[key], key)
+    hparams["number_of_steps"] = integer_at_least(hparams["number_of_steps"], "number_of_steps", 1)
+    if not hparams["valid_splits"] and hparams["test_conditions"]:
+        logger.warning(
+            "valid_splits is empty: no validation (the latest checkpoint is kept and exported) and no "
+            "robustness evaluation under test_conditions."
+        )
+
+
+def training_info(hparams, hparams_file):
+    """What the student is distilled from, for ``<save_folder>/distillation_info.json``.
+
+    ``robustdistiller.export`` reads it to write the model card of an exported student; the Brain
+    writes it after a successful recovery.
     """
     teacher = hparams["teacher"]
     probabilities = hparams["train_corruptor"].condition_probs
@@ -129,12 +152,13 @@ def write_training_info(hparams, hparams_file):
     if corrupted:
         corruption.update(snr_db=[hparams["snr_low"], hparams["snr_high"]], noise_list=hparams.get("noise_csv"))
         corruption.update(rir_list=hparams.get("rir_csv"))
-    info = {
+    return {
         "recipe": "RobustDistiller" if corrupted or hparams["enhancement_weight"] > 0 else "DistilHuBERT",
         "hparams_file": os.path.abspath(hparams_file),
         "teacher_source": str(hparams["teacher_source"]),
         "teacher_type": teacher.config.model_type,
         "teacher_parameters": num_parameters(teacher.model),
+        "teacher_fingerprint": weights_fingerprint(teacher.model),
         "target_layers": list(hparams["target_layers"]),
         "data_folder": str(hparams["data_folder"]),
         "train_splits": list(hparams["train_splits"]),
@@ -143,8 +167,6 @@ def write_training_info(hparams, hparams_file):
         "number_of_steps": int(hparams["number_of_steps"]),
         "seed": hparams["seed"],
     }
-    with open(os.path.join(hparams["save_folder"], TRAINING_INFO_FILE), "w", encoding="utf-8") as fout:
-        json.dump(info, fout, indent=2)
 
 
 if __name__ == "__main__":
@@ -153,6 +175,9 @@ if __name__ == "__main__":
 
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    check_options(hparams)
+    if sb.utils.distributed.if_main_process():
+        lock_output_folder(hparams["output_folder"])  # one run per output folder
 
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
@@ -160,7 +185,6 @@ if __name__ == "__main__":
         overrides=overrides,
     )
     prepare_data(hparams)
-    run_on_main(write_training_info, args=[hparams, hparams_file])
     train_data, valid_data, train_sampler = dataio_prepare(hparams)
 
     # Copy the teacher's CNN, projection, positional convolution and first layers into the student;
@@ -169,12 +193,18 @@ if __name__ == "__main__":
         hparams["teacher"].model, copy_encoder_layer_norm=hparams["copy_encoder_layer_norm"]
     )
 
+    # A resume must continue the same run: the Brain compares this signature with the recorded one.
+    info = training_info(hparams, hparams_file)
     brain = DistillationBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
+        run_signature=run_signature(
+            hparams, hparams["run_signature_keys"], extra={"teacher_fingerprint": info["teacher_fingerprint"]}
+        ),
+        run_info=info,
     )
     brain.fit(
         brain.hparams.epoch_counter,
@@ -184,7 +214,7 @@ if __name__ == "__main__":
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
 
-    if sb.utils.distributed.if_main_process() and hparams["test_conditions"]:
+    if sb.utils.distributed.if_main_process() and hparams["test_conditions"] and valid_data is not None:
         brain.checkpointer.recover_if_possible(min_key="valid_loss")
         # Unwrap DDP: only the main process evaluates, so no collective call may happen.
         student = getattr(brain.modules.student, "module", brain.modules.student)

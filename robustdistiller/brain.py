@@ -21,19 +21,32 @@ clean reference magnitudes. Differences from plain ``sb.Brain``:
   itself), and the recipe's :class:`~robustdistiller.batching.FixedBatchSampler` shares every global
   batch between DDP processes itself instead of being wrapped;
 - after each validation, PESQ / STOI / SI-SNR of the enhanced waveform on ``quality_utterances``
-  validation utterances are logged (the authors' monitoring).
+  validation utterances are logged (the authors' monitoring);
+- resumes are honest (README, "Failure and resume"): before recovery the run's signature (the YAML's
+  ``run_signature_keys`` and the teacher's weights fingerprint) is compared with the recorded one;
+  after recovery the learning-rate schedule is the one the *current* YAML describes (a larger
+  ``number_of_steps`` extends a finished run), and only then are the run's records written;
+- without a validation set (``valid_splits: []``) a checkpoint is saved at the end of every epoch,
+  the latest ``checkpoints_to_keep`` kept;
+- ``--ckpt_interval_steps`` on the command line replaces the YAML's ``ckpt_interval_minutes`` (and
+  the other way round) instead of failing as mutually exclusive.
 """
 
+import json
 import logging
 import math
+import os
 
 import speechbrain as sb
 import torch
 
 from robustdistiller.batching import FixedBatchSampler
+from robustdistiller.checkpoints import RandomState
 from robustdistiller.enhancement import stft_magnitude
 from robustdistiller.enhancement_quality import QualityMeans, enhanced_waveforms
 from robustdistiller.losses import distillation_loss, enhancement_loss, lengths_to_mask
+from robustdistiller.options import OptionError
+from robustdistiller.run_folder import check_run_signature, write_run_signature
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +143,21 @@ class DeviceMeans:
         return dict(zip(self.totals, values))
 
 
+def _command_line_interval_wins(hparams, run_opts):
+    """Lets ``--ckpt_interval_steps`` (or ``--ckpt_interval_minutes``) on the command line replace the
+    YAML's other checkpoint interval, which SpeechBrain would reject as mutually exclusive."""
+    if hparams is None or run_opts is None:
+        return
+    given = getattr(run_opts, "overridden_args", None)
+    if given is None:
+        given = set(run_opts)
+    values = run_opts if isinstance(run_opts, dict) else run_opts.as_dict()
+    for chosen, other in (("ckpt_interval_steps", "ckpt_interval_minutes"), ("ckpt_interval_minutes", "ckpt_interval_steps")):
+        if chosen in given and other not in given and float(values[chosen] or 0) > 0 and float(hparams.get(other) or 0) > 0:
+            logger.info("%s=%s from the command line replaces the YAML's %s=%s.", chosen, values[chosen], other, hparams[other])
+            hparams[other] = 0
+
+
 class DistillationBrain(sb.Brain):
     """Brain for noise-robust layer-to-layer distillation.
 
@@ -140,10 +168,23 @@ class DistillationBrain(sb.Brain):
     ``enhancement_input`` (``"cnn"`` or ``"last_hidden"``), ``weight_decay``, ``lr_scheduler``,
     ``train_corruptor``, ``train_logger``, ``log_interval``; optional ``quality_utterances``
     (validation utterances scored with PESQ / STOI / SI-SNR, default 0) and ``tensorboard_logger``.
+
+    Extra arguments
+    ---------------
+    run_signature : dict, optional
+        The settings that define the run (:func:`~robustdistiller.run_folder.run_signature`); a
+        resume that changes one of them is refused unless its key is in the YAML's
+        ``accept_changed_settings``. Recorded in ``<save_folder>/run_signature.json``.
+    run_info : dict, optional
+        Written to ``<save_folder>/distillation_info.json`` (read by the export's model card),
+        like the signature only after a successful recovery.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, run_signature=None, run_info=None, **kwargs):
+        _command_line_interval_wins(kwargs.get("hparams"), kwargs.get("run_opts"))
         super().__init__(*args, **kwargs)
+        self.run_signature = run_signature
+        self.run_info = run_info
         # SpeechBrain 1.1.2 leaves ``--optimizer_step_limit`` given on the command line a string.
         if self.optimizer_step_limit is not None:
             self.optimizer_step_limit = int(self.optimizer_step_limit)
@@ -153,15 +194,97 @@ class DistillationBrain(sb.Brain):
             self.scaler = torch.GradScaler(self.device_type, init_scale=1.0, growth_interval=2**31 - 1)
             if self.checkpointer is not None:
                 self.checkpointer.add_recoverable("scaler", self.scaler, optional_load=True)
+        if self.checkpointer is not None:
+            # Dropout masks after a resume continue as in the uninterrupted run.
+            self.checkpointer.add_recoverable("random_state", RandomState(), optional_load=True)
         self.pending_steps = []  # (optimizer step, utterance ids, statistics on the device) until the next log
         self.stage_statistics = DeviceMeans()
         self.host_train_loss = 0.0
         self.quality = None
 
     def on_fit_start(self):
-        """Moves the teacher to the device (it is not a module of the Brain) and keeps it in eval."""
-        super().on_fit_start()
+        """Checks the resume signature, recovers, continues the schedule, writes the run's records.
+
+        The teacher moves to the device (it is not a module of the Brain) and stays in eval mode.
+        """
+        save_folder = str(self.checkpointer.checkpoints_dir) if self.checkpointer is not None else None
+        if self.run_signature is not None and save_folder is not None:
+            check_run_signature(
+                save_folder,
+                self.run_signature,
+                accept=getattr(self.hparams, "accept_changed_settings", ()),
+                resuming=bool(self.checkpointer.list_checkpoints()),
+            )
+        planned_schedule = self._schedule_settings()
+        super().on_fit_start()  # recovery
+        self._continue_schedule(planned_schedule)
         self.hparams.teacher.to(self.device).eval()
+        if save_folder is not None and sb.utils.distributed.if_main_process():
+            if self.run_signature is not None:
+                write_run_signature(save_folder, self.run_signature)
+            if self.run_info is not None:
+                from robustdistiller.export import TRAINING_INFO_FILE
+
+                with open(os.path.join(save_folder, TRAINING_INFO_FILE), "w", encoding="utf-8") as fout:
+                    json.dump(self.run_info, fout, indent=2)
+
+    def _schedule_settings(self):
+        """(peak lr, warm-up steps, total steps) of the YAML's scheduler, before recovery replaces them."""
+        scheduler = self.hparams.lr_scheduler
+        return scheduler.lr0, scheduler.num_warmup_steps, scheduler.num_training_steps
+
+    def _continue_schedule(self, planned):
+        """After recovery: the restored schedule takes the current YAML's length (and peak lr).
+
+        SpeechBrain restores the scheduler's whole state, so a resumed run with a larger
+        ``number_of_steps`` would run its extra steps at learning rate 0 (a finished run's schedule
+        has reached 0). The step count is kept; the peak learning rate, the warm-up and the total
+        length become the current YAML's: the remaining steps follow the schedule a run of the new
+        length would have had (the peak lr can only differ when ``lr`` is accepted as changed).
+        """
+        scheduler = self.hparams.lr_scheduler
+        restored = self._schedule_settings()
+        if restored == planned:
+            return
+        if self.optimizer_step > planned[2]:
+            raise OptionError(
+                f"This run has already made {self.optimizer_step} optimizer steps, more than "
+                f"number_of_steps={planned[2]}: give --number_of_steps >= {self.optimizer_step} to extend it, "
+                "or evaluate/export the finished run as it is."
+            )
+        scheduler.lr0, scheduler.num_warmup_steps, scheduler.num_training_steps = planned
+        logger.warning(
+            "Resumed at step %d with a new schedule: %d steps in all (was %d), %d warm-up steps (was %d), "
+            "peak lr %g (was %g); learning rate of the next step %.3g.",
+            self.optimizer_step, planned[2], restored[2], planned[1], restored[1], planned[0], restored[0],
+            scheduler.calculate_lr(scheduler.current_step + 1),
+        )
+
+    def _fit_train(self, train_set, epoch, enable):
+        """SpeechBrain's training epoch, skipped (with its validation) when the run is already finished.
+
+        Otherwise a resumed finished run would validate and save one more checkpoint per call.
+        """
+        self._finished_before_epoch = self._optimizer_step_limit_exceeded
+        if self._finished_before_epoch:
+            logger.info(
+                "The run is finished (%d optimizer steps); nothing to train. Give a larger "
+                "--number_of_steps to extend it.", self.optimizer_step,
+            )
+            return
+        super()._fit_train(train_set, epoch, enable)
+
+    def _fit_valid(self, valid_set, epoch, enable):
+        """Validation (see :meth:`_fit_train`); without a validation set, an end-of-epoch checkpoint."""
+        if getattr(self, "_finished_before_epoch", False):
+            return
+        if valid_set is None:
+            self.checkpointer.save_and_keep_only(
+                meta={"optimizer_step": self.optimizer_step},
+                num_to_keep=self.hparams.checkpoints_to_keep,
+            )
+            return
+        super()._fit_valid(valid_set, epoch, enable)
 
     def init_optimizers(self):
         """AdamW over two parameter groups: weight decay on all but biases."""
@@ -172,6 +295,17 @@ class DistillationBrain(sb.Brain):
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's loader, with a generator of its own.
+
+        A DataLoader draws its workers' base seed from the global generator each time it is
+        iterated; its own generator leaves the global one (dropout) to the model, so a resumed run
+        draws exactly what the uninterrupted run drew (the data pipeline is seeded per utterance).
+        """
+        if "generator" not in loader_kwargs:
+            loader_kwargs["generator"] = torch.Generator().manual_seed(int(getattr(self.hparams, "seed", 0)))
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
 
     def _train_loader_specifics(self, dataset, loader_kwargs):
         """Gives the training batch sampler its epoch, and leaves a DDP-aware one unwrapped.

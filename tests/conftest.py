@@ -109,3 +109,22 @@ def run_recipe_script(recipe_folder, hparams_file, overrides, timeout=600):
 def corruption_overrides(mini_corpus):
     """Test-only noise and RIRs of the downstream recipes, from the mini corpus."""
     return {"test_musan_folder": mini_corpus["musan"], "test_rir_folder": mini_corpus["rirs"]}
+
+
+def folder_snapshot(*folders):
+    """(relative path -> size, modification time, SHA-256) of every file under ``folders``.
+
+    Reliability tests compare snapshots taken before and after a run: no input file may change.
+    """
+    import hashlib
+
+    snapshot = {}
+    for folder in folders:
+        for root, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, "rb") as fin:
+                    digest = hashlib.sha256(fin.read()).hexdigest()
+                status = os.stat(path)
+                snapshot[path] = (status.st_size, status.st_mtime_ns, digest)
+    return snapshot
