@@ -14,7 +14,19 @@ The output is one self-contained folder:
 * ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``: the backbone as a
   ``transformers.HubertModel`` folder (also what SpeechBrain's HF ``HuBERT`` wrapper loads);
 * ``README.md``: a model card (teacher, data, steps, parameters, the loading snippets);
-* with ``--s3prl``, ``s3prl_distiller.ckpt`` for s3prl's ``distiller_local`` upstream.
+* with ``--s3prl``, ``s3prl_distiller.ckpt`` for s3prl's ``distiller_local`` upstream;
+* ``export_manifest.json``: what the export wrote (see below).
+
+Overwriting. An export writes into an empty or new folder. ``--overwrite`` lets it replace an
+*earlier export of ours* only: the folder's ``export_manifest.json`` (format name and version, source,
+time, and each file it wrote with its size and SHA-256) must be present and every file it lists
+unchanged. Then the listed files are replaced or removed and nothing else is touched. A file the new
+export would write that no valid manifest lists (a teacher's ``config.json``, a training run's
+``hyperparams.yaml``, a ``README.md``, an export made before manifests existed) is never overwritten: the
+export stops with :class:`ExportError` listing those files, before anything is written. Files that do
+not collide (a user's notes next to an export) are left alone. The files are first written to a
+staging folder inside the output folder and moved into place at the end, so a failed export leaves
+the folder as it was.
 
 The backbone weights are stored twice (``encoder.ckpt`` and ``model.safetensors``, 94 MB each at full
 size): SpeechBrain's ``Pretrainer`` reads ``torch.save`` files and a ``hyperparams.yaml`` cannot name
@@ -26,7 +38,9 @@ package on the path) four ways and compares their features with the student's (:
 
 import argparse
 import copy
+import datetime
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +55,7 @@ from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
 from robustdistiller.interface import hub_offline, looks_like_path
 from robustdistiller.student import DistillerStudent, num_parameters
+from robustdistiller.teacher import load_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +63,11 @@ TRAINING_INFO_FILE = "distillation_info.json"
 INTERFACE_FILE = "custom_interface.py"
 S3PRL_FILE = "s3prl_distiller.ckpt"
 HEAD_FILES = ("prediction_expand.ckpt", "prediction_split.ckpt")
-# Files an export writes; --overwrite replaces only these.
+MANIFEST_FILE = "export_manifest.json"
+MANIFEST_FORMAT = "robustdistiller-export"
+MANIFEST_VERSION = 1
+_STAGING_PREFIX = ".export-staging-"
+# Files an export writes (the heads and the s3prl file only when asked for), besides the manifest.
 EXPORT_FILES = (
     "hyperparams.yaml",
     "encoder.ckpt",
@@ -216,8 +235,11 @@ def _training_info_near(folder):
 
 
 def _student_from_exported_folder(folder, per_utterance_norm=None):
-    """Rebuilds the training-layout student from an exported folder."""
-    backbone = HubertModel.from_pretrained(folder)
+    """Rebuilds the training-layout student from an exported folder (errors name the damaged file)."""
+    backbone = load_model_folder(
+        folder, model_class=HubertModel, model_types=("hubert",),
+        expected="an exported student backbone", error_class=ExportError,
+    )
     metadata = dict(getattr(backbone.config, "robustdistiller", None) or {})
     target_layers = metadata.get("target_layers", [])
     has_heads = all(os.path.isfile(os.path.join(folder, name)) for name in HEAD_FILES)
@@ -267,6 +289,12 @@ def load_student(source, per_utterance_norm=None):
     info : dict
         ``source``, ``format``, ``step`` (optimizer steps, None if unknown), ``valid_loss`` and
         ``training`` (the recipe's ``distillation_info.json``, or what the format records).
+
+    Raises
+    ------
+    ExportError
+        Nothing usable at ``source``, or a damaged file (a truncated ``model.safetensors``, a backbone
+        that is not a HuBERT-layout student, an unreadable state dict): the message names the file.
     """
     path, kind = locate_checkpoint(source)
     info = {"source": path, "format": kind, "step": None, "valid_loss": None, "training": {}}
@@ -301,6 +329,197 @@ def load_student(source, per_utterance_norm=None):
 # ------------------------------------------------------------------------------------------------
 # Exporting
 # ------------------------------------------------------------------------------------------------
+
+
+def file_sha256(path, chunk_size=1 << 20):
+    """SHA-256 of a file (hex), read in chunks.
+
+    Example
+    -------
+    >>> path = os.path.join(tempfile.mkdtemp(), "abc.txt")
+    >>> with open(path, "w") as fout:
+    ...     _ = fout.write("abc")
+    >>> file_sha256(path)[:16]
+    'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fin:
+        for block in iter(lambda: fin.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder, names, source):
+    """Writes ``export_manifest.json``: format, version, source, time and each file's size and SHA-256.
+
+    Arguments
+    ---------
+    folder : str
+        The folder holding the files.
+    names : iterable of str
+        The files of ``folder`` the export wrote (plain names).
+    source : str
+        What was exported (for the record).
+
+    Returns
+    -------
+    dict
+        The manifest.
+
+    Example
+    -------
+    >>> folder = tempfile.mkdtemp()
+    >>> with open(os.path.join(folder, "config.json"), "w") as fout:
+    ...     _ = fout.write("{}")
+    >>> manifest = write_manifest(folder, ["config.json"], source="example")
+    >>> read_manifest(folder)["files"]["config.json"]["bytes"], modified_files(folder, manifest)
+    (2, [])
+    """
+    files = {}
+    for name in sorted(names):
+        path = os.path.join(folder, name)
+        files[name] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": str(source),
+        "files": files,
+    }
+    with open(os.path.join(folder, MANIFEST_FILE), "w", encoding="utf-8") as fout:
+        json.dump(manifest, fout, indent=2)
+        fout.write("\n")
+    return manifest
+
+
+def _is_plain_name(name):
+    """A file name without any directory part (what a manifest may list)."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", MANIFEST_FILE)
+        and "/" not in name
+        and "\\" not in name
+    )
+
+
+def read_manifest(folder):
+    """The manifest of an earlier export in ``folder``, or None if there is none we wrote.
+
+    None also for an unreadable file, another program's ``export_manifest.json``, a newer format
+    version, or a file list naming anything but plain file names (a manifest never points outside its
+    folder).
+    """
+    path = os.path.join(folder, MANIFEST_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fin:
+            manifest = json.load(fin)
+    except (OSError, ValueError) as error:
+        logger.warning("Cannot read %s (%s): not treated as an earlier export", path, error)
+        return None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    valid = (
+        isinstance(files, dict)
+        and manifest.get("format") == MANIFEST_FORMAT
+        and isinstance(manifest.get("format_version"), int)
+        and manifest["format_version"] <= MANIFEST_VERSION
+        and all(_is_plain_name(name) and isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                for name, entry in files.items())
+    )
+    if not valid:
+        logger.warning("%s is not a manifest of this version of robustdistiller.export", path)
+        return None
+    return manifest
+
+
+def modified_files(folder, manifest):
+    """Files a manifest lists that are present but no longer what the export wrote (size or SHA-256)."""
+    changed = []
+    for name, entry in sorted(manifest["files"].items()):
+        path = os.path.join(folder, name)
+        if not os.path.lexists(path):
+            continue  # removed since: nothing to lose
+        if (
+            not os.path.isfile(path)
+            or ("bytes" in entry and os.path.getsize(path) != entry["bytes"])
+            or file_sha256(path) != entry["sha256"]
+        ):
+            changed.append(name)
+    return changed
+
+
+def replaceable_files(output_folder, names, overwrite, ignore=()):
+    """The files of ``output_folder`` an export that writes ``names`` removes first; raises if unsafe.
+
+    Arguments
+    ---------
+    output_folder : str
+        The export folder (may not exist).
+    names : iterable of str
+        The files the export writes (the manifest is added).
+    overwrite : bool
+        ``--overwrite``.
+    ignore : sequence of str
+        Entries of ``output_folder`` not to count (the staging folder).
+
+    Returns
+    -------
+    list of str
+        The files of an earlier export (its manifest included) to remove; empty for a new or empty
+        folder, or a folder whose files do not collide with ``names`` (``overwrite`` given).
+
+    Raises
+    ------
+    ExportError
+        A non-empty folder without ``overwrite``; an earlier export whose files were changed; or a
+        file the export would write that no valid manifest lists. The message lists the files.
+    """
+    existing = sorted(set(os.listdir(output_folder)) - set(ignore)) if os.path.isdir(output_folder) else []
+    if not existing:
+        return []
+    if not overwrite:
+        raise ExportError(
+            f"Export folder '{output_folder}' is not empty; choose another (new or empty) folder, or pass "
+            f"--overwrite to replace an earlier export there (only the files its {MANIFEST_FILE} lists)"
+        )
+    manifest = read_manifest(output_folder)
+    owned = []
+    if manifest is not None:
+        changed = modified_files(output_folder, manifest)
+        if changed:
+            raise ExportError(
+                f"Export folder '{output_folder}' holds an earlier export whose files changed since it was "
+                f"written (size or SHA-256 differs from {MANIFEST_FILE}): {', '.join(changed)}. --overwrite "
+                f"replaces only an unmodified export: move those files away, or choose another folder"
+            )
+        owned = [name for name in manifest["files"] if os.path.lexists(os.path.join(output_folder, name))]
+        owned.append(MANIFEST_FILE)
+    collisions = sorted(
+        name for name in set(names) | {MANIFEST_FILE}
+        if name in existing and name not in owned
+    )
+    if collisions:
+        if manifest is not None:
+            reason = f"its {MANIFEST_FILE} does not list them"
+        elif MANIFEST_FILE in existing:
+            reason = f"its {MANIFEST_FILE} is not one an export of this version wrote"
+        else:
+            reason = f"it has no {MANIFEST_FILE}, so it is no export of ours"
+        raise ExportError(
+            f"Export folder '{output_folder}' holds files the export would overwrite but did not write "
+            f"({reason}): {', '.join(collisions)}. --overwrite replaces only an earlier export's own files; "
+            f"choose another (new or empty) export folder"
+        )
+    return owned
+
+
+def _export_file_names(include_heads, s3prl):
+    """The files an export with these options writes (the manifest aside)."""
+    return [
+        name for name in EXPORT_FILES
+        if (include_heads or name not in HEAD_FILES) and (s3prl or name != S3PRL_FILE)
+    ]
 
 
 def split_to_grouped_conv(split_weight, split_bias):
@@ -497,6 +716,8 @@ ssl = HuBERT(source="/path/to/this/folder", save_path="pretrained_cache", output
 `hyperparams.yaml`, `encoder.ckpt`{', `prediction_expand.ckpt`, `prediction_split.ckpt`' if include_heads else ''},
 `{INTERFACE_FILE}`: SpeechBrain. `config.json`, `model.safetensors`, `preprocessor_config.json`: transformers
 (the backbone weights are stored in both formats).{f' `{S3PRL_FILE}`: s3prl.' if s3prl_written else ''}
+`{MANIFEST_FILE}`: the files of this export with their SHA-256 (`python -m robustdistiller.export ... --overwrite`
+replaces this folder only while they are unchanged).
 """
 
 
@@ -514,17 +735,21 @@ def export_student(source, output_folder, include_heads=True, s3prl=False, overw
     s3prl : bool
         Also write ``s3prl_distiller.ckpt``.
     overwrite : bool
-        Replace the files of an earlier export in ``output_folder`` (other files are left alone).
+        Replace an earlier export in ``output_folder``: only the files its ``export_manifest.json``
+        lists, and only if they are unchanged (see the module docstring); other files are kept.
 
     Returns
     -------
     dict
-        ``folder``, ``files`` (written), ``info`` (what :func:`load_student` reported).
+        ``folder``, ``files`` (written, the manifest included), ``info`` (what :func:`load_student`
+        reported).
 
     Raises
     ------
     ExportError
-        Unusable source, or a non-empty output folder without ``overwrite``.
+        Unusable source; a non-empty output folder without ``overwrite``; with it, a folder that is
+        not an unmodified earlier export where the new files would go (the message lists the files).
+        Nothing in ``output_folder`` is changed then.
     """
     if isinstance(source, DistillerStudent):
         student = source.eval()
@@ -534,17 +759,33 @@ def export_student(source, output_folder, include_heads=True, s3prl=False, overw
     output_folder = os.path.abspath(output_folder)
     if isinstance(source, (str, os.PathLike)) and os.path.abspath(os.fspath(source)) == output_folder:
         raise ExportError(f"The export folder '{output_folder}' is the checkpoint source itself")
-    if os.path.isdir(output_folder) and os.listdir(output_folder):
-        if not overwrite:
-            raise ExportError(
-                f"Export folder '{output_folder}' is not empty; choose another folder or pass --overwrite "
-                f"(which replaces only the files an export writes)"
-            )
-        for name in EXPORT_FILES:
-            if os.path.isfile(os.path.join(output_folder, name)):
-                os.remove(os.path.join(output_folder, name))
+    replaceable_files(output_folder, _export_file_names(include_heads, s3prl), overwrite)  # fail before the work
+    created = not os.path.isdir(output_folder)
     os.makedirs(output_folder, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
+    try:
+        _write_export(student, info, staging, include_heads, s3prl)
+        names = sorted(os.listdir(staging))
+        # again with the files really written; the folder may also have changed meanwhile
+        stale = replaceable_files(output_folder, names, overwrite, ignore=(os.path.basename(staging),))
+        for name in sorted(stale, key=lambda name: name != MANIFEST_FILE):  # the old manifest first
+            os.remove(os.path.join(output_folder, name))
+        for name in names:
+            os.replace(os.path.join(staging, name), os.path.join(output_folder, name))
+        write_manifest(output_folder, names, info["source"])
+    except BaseException:
+        if created:
+            shutil.rmtree(output_folder, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files = sorted(names + [MANIFEST_FILE])
+    logger.info("Exported the student to %s (%s)", output_folder, ", ".join(files))
+    return {"folder": output_folder, "files": files, "info": info}
 
+
+def _write_export(student, info, folder, include_heads, s3prl):
+    """Writes every file of an export (the manifest aside) into ``folder``."""
     metadata = {
         "target_layers": list(student.target_layers),
         "per_utterance_norm": bool(student.per_utterance_norm),
@@ -555,39 +796,36 @@ def export_student(source, output_folder, include_heads=True, s3prl=False, overw
     }
     backbone = copy.deepcopy(student.backbone).eval()
     backbone.config.robustdistiller = metadata
-    backbone.save_pretrained(output_folder, safe_serialization=True)
+    backbone.save_pretrained(folder, safe_serialization=True)
     Wav2Vec2FeatureExtractor(
         feature_size=1,
         sampling_rate=16000,
         padding_value=0.0,
         do_normalize=False,
         return_attention_mask=True,
-    ).save_pretrained(output_folder)
+    ).save_pretrained(folder)
 
-    torch.save(student.backbone.state_dict(), os.path.join(output_folder, "encoder.ckpt"))
+    torch.save(student.backbone.state_dict(), os.path.join(folder, "encoder.ckpt"))
     heads = student.prediction_heads
     if include_heads:
-        torch.save(heads.expand.state_dict(), os.path.join(output_folder, HEAD_FILES[0]))
+        torch.save(heads.expand.state_dict(), os.path.join(folder, HEAD_FILES[0]))
         weight, bias = split_to_grouped_conv(heads.split_weight.detach(), heads.split_bias.detach())
-        torch.save({"weight": weight, "bias": bias}, os.path.join(output_folder, HEAD_FILES[1]))
+        torch.save({"weight": weight, "bias": bias}, os.path.join(folder, HEAD_FILES[1]))
 
     # Only the fields that differ from HubertConfig's defaults (what makes this model what it is).
     excluded = {"transformers_version", "model_type", "architectures", "robustdistiller", "_name_or_path",
                 "dtype", "torch_dtype", "id2label", "label2id"}
     config_values = {key: value for key, value in student.config.to_diff_dict().items() if key not in excluded}
-    with open(os.path.join(output_folder, "hyperparams.yaml"), "w", encoding="utf-8") as fout:
+    with open(os.path.join(folder, "hyperparams.yaml"), "w", encoding="utf-8") as fout:
         fout.write(_hyperparams_text(config_values, metadata, include_heads, heads))
-    shutil.copyfile(os.path.join(os.path.dirname(__file__), "interface.py"), os.path.join(output_folder, INTERFACE_FILE))
+    shutil.copyfile(os.path.join(os.path.dirname(__file__), "interface.py"), os.path.join(folder, INTERFACE_FILE))
 
     if s3prl:
         from robustdistiller.s3prl_format import student_to_s3prl
 
-        student_to_s3prl(student, os.path.join(output_folder, S3PRL_FILE), step=info.get("step") or 0)
-    with open(os.path.join(output_folder, "README.md"), "w", encoding="utf-8") as fout:
+        student_to_s3prl(student, os.path.join(folder, S3PRL_FILE), step=info.get("step") or 0)
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as fout:
         fout.write(_model_card(student, info, metadata, include_heads, s3prl))
-    files = sorted(name for name in EXPORT_FILES if os.path.isfile(os.path.join(output_folder, name)))
-    logger.info("Exported the student to %s (%s)", output_folder, ", ".join(files))
-    return {"folder": output_folder, "files": files, "info": info}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -781,7 +1019,11 @@ def main(argv=None):
     parser.add_argument("output", help="export folder (created; must be empty unless --overwrite)")
     parser.add_argument("--s3prl", action="store_true", help=f"also write {S3PRL_FILE}")
     parser.add_argument("--no-heads", action="store_true", help="leave out the prediction heads")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export's files")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace an earlier, unmodified export in the output folder (the files its {MANIFEST_FILE} lists)",
+    )
     parser.add_argument("--verify", action="store_true", help="reload four ways in fresh processes and compare")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

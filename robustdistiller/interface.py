@@ -14,6 +14,17 @@ pieces from here (one implementation of the padding rules for training and infer
 * :func:`predict_teacher_layers`: the student's prediction heads in the exported layout
   (``Linear`` + grouped ``Conv1d``, which only needs standard modules in ``hyperparams.yaml``);
 * :class:`EncoderInterface`: ``encode_batch`` / ``encode_file`` (resampling, stereo down-mix).
+
+Audio shorter than the CNN's receptive field (:data:`CNN_RECEPTIVE_FIELD`: 400 samples, 25 ms at
+16 kHz, for the wav2vec 2.0 / HuBERT / WavLM CNN) gives no feature frame. The rule, checked on the
+lengths before the CNN runs (:func:`check_input_lengths`), is the same for training and inference:
+
+* a single utterance that short, or a batch in which *every* item is that short: ``ValueError``
+  naming the length and the minimum;
+* a too-short item in a batch with at least one long enough item: that item gets **zero valid
+  frames** (its ``frame_mask`` row is all False, its frame length 0). Its features are finite but
+  meaningless (it still attends to its first frame, so no attention backend can turn a fully masked
+  row into NaN), and the other items' outputs are those of the batch without it.
 """
 
 import contextlib
@@ -114,6 +125,92 @@ def absolute_lengths(wav_lens, num_samples):
         return None
     lengths = torch.round(wav_lens.float() * num_samples).long()
     return lengths.clamp(min=1, max=num_samples)
+
+
+CNN_RECEPTIVE_FIELD = 400
+"""Samples the wav2vec 2.0 / HuBERT / WavLM / DistilHuBERT CNN needs for one frame (25 ms at 16 kHz)."""
+
+SAMPLE_RATE = 16000  # the models' sample rate, for the durations in messages
+
+
+def cnn_receptive_field(config):
+    """Fewest input samples for which a model's CNN gives one frame (its receptive field).
+
+    Arguments
+    ---------
+    config : transformers.PretrainedConfig
+        Any config with ``conv_kernel`` and ``conv_stride`` (WavLM, HuBERT, wav2vec 2.0, the student).
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> cnn_receptive_field(HubertConfig()) == CNN_RECEPTIVE_FIELD
+    True
+    """
+    field = 1
+    for kernel, stride in zip(reversed(list(config.conv_kernel)), reversed(list(config.conv_stride))):
+        field = (field - 1) * int(stride) + int(kernel)
+    return field
+
+
+def too_short_message(num_samples, minimum, what="The utterance"):
+    """The error text for audio shorter than the CNN's receptive field (names both lengths).
+
+    Example
+    -------
+    >>> too_short_message(160, 400)
+    'The utterance has 160 samples (10.0 ms at 16 kHz), fewer than the 400 samples (25.0 ms) the CNN needs for one feature frame: pass audio of at least 25.0 ms'
+    """
+    khz = SAMPLE_RATE // 1000
+    return (
+        f"{what} has {int(num_samples)} samples ({1000 * num_samples / SAMPLE_RATE:.1f} ms at {khz} kHz), "
+        f"fewer than the {minimum} samples ({1000 * minimum / SAMPLE_RATE:.1f} ms) the CNN needs for one "
+        f"feature frame: pass audio of at least {1000 * minimum / SAMPLE_RATE:.1f} ms"
+    )
+
+
+def check_input_lengths(sample_lengths, num_samples, minimum=CNN_RECEPTIVE_FIELD, batch_size=1):
+    """Checks, before the CNN runs, that a batch has an item with at least one feature frame.
+
+    Items shorter than ``minimum`` next to a long enough one are allowed: they get zero valid frames
+    (see the module docstring). Only the lengths are read (host tensors in training, so no device
+    synchronisation).
+
+    Arguments
+    ---------
+    sample_lengths : torch.Tensor or None
+        ``[B]`` valid samples per item (:func:`absolute_lengths`); None: every item has ``num_samples``.
+    num_samples : int
+        Padded length ``T`` of the batch.
+    minimum : int
+        The model's receptive field (:func:`cnn_receptive_field`).
+    batch_size : int
+        ``B``, for the message when ``sample_lengths`` is None.
+
+    Raises
+    ------
+    ValueError
+        If every item (a single utterance included) is shorter than ``minimum`` samples.
+
+    Example
+    -------
+    >>> check_input_lengths(torch.tensor([16000, 80]), 16000)  # the 80-sample item gets no frame
+    >>> check_input_lengths(None, 160)
+    Traceback (most recent call last):
+    ...
+    ValueError: The utterance has 160 samples (10.0 ms at 16 kHz), fewer than the 400 samples (25.0 ms) the CNN needs for one feature frame: pass audio of at least 25.0 ms
+    """
+    longest = int(num_samples)
+    if sample_lengths is not None and longest >= minimum:
+        longest = min(longest, int(sample_lengths.max()))
+    if longest >= minimum:
+        return
+    count = batch_size if sample_lengths is None else sample_lengths.numel()
+    what = "The utterance" if count <= 1 else f"Every item of the batch of {count} is too short: the longest"
+    raise ValueError(too_short_message(longest, minimum, what))
 
 
 _NO_FORWARD_OVERRIDE = object()
@@ -363,6 +460,8 @@ def ssl_hidden_states(model, wavs, wav_lens=None, per_utterance_norm=False):
     """Every hidden state of a Hugging Face WavLM / HuBERT / wav2vec 2.0 model for a padded batch.
 
     Padded samples are zeroed and an attention mask is passed, so padded frames never enter attention.
+    An item shorter than the CNN's receptive field gets zero valid frames (it attends to its first
+    frame only, so its features stay finite); if every item is that short, ``ValueError``.
 
     Arguments
     ---------
@@ -383,6 +482,11 @@ def ssl_hidden_states(model, wavs, wav_lens=None, per_utterance_norm=False):
     frame_mask : torch.Tensor
         ``[B, F]`` bool, True on valid frames.
 
+    Raises
+    ------
+    ValueError
+        If every item is shorter than the CNN's receptive field (checked before the model runs).
+
     Example
     -------
     >>> model = HubertModel(HubertConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
@@ -393,11 +497,15 @@ def ssl_hidden_states(model, wavs, wav_lens=None, per_utterance_norm=False):
     """
     num_samples = wavs.shape[-1]
     sample_lengths = absolute_lengths(wav_lens, num_samples)
+    minimum = cnn_receptive_field(model.config)
+    check_input_lengths(sample_lengths, num_samples, minimum, batch_size=wavs.shape[0])
     attention_mask = None
     if sample_lengths is not None:
         sample_mask = lengths_to_mask(sample_lengths.to(wavs.device), num_samples)
         wavs = wavs * sample_mask.to(wavs.dtype)
-        attention_mask = sample_mask.long()
+        # a too-short item attends to its (zero-padded) first frame: never a fully masked attention row
+        attention_lengths = sample_lengths.clamp(min=min(minimum, num_samples))
+        attention_mask = lengths_to_mask(attention_lengths.to(wavs.device), num_samples).long()
     norm_lengths = sample_lengths if per_utterance_norm else None
     with per_utterance_cnn_norm(model.feature_extractor, norm_lengths), warnings.catch_warnings():
         # HF WavLM mixes a bool padding mask with its float position bias (harmless deprecation)
@@ -461,7 +569,8 @@ class EncodedBatch(NamedTuple):
         ``[B, K, F, T]``: the prediction heads' estimates of the teacher layers ``target_layers``
         (None for a folder exported without heads).
     frame_mask : torch.Tensor
-        ``[B, F]`` bool, True on valid frames (values on padded frames are meaningless).
+        ``[B, F]`` bool, True on valid frames (values on padded frames are meaningless). The row of an
+        item shorter than the CNN's receptive field (400 samples) is all False.
     """
 
     hidden_states: torch.Tensor
@@ -536,6 +645,12 @@ class EncoderInterface(Pretrained):
         Returns
         -------
         EncodedBatch
+
+        Raises
+        ------
+        ValueError
+            If every item is shorter than the CNN's receptive field (400 samples, 25 ms at 16 kHz,
+            after resampling); a shorter item next to longer ones gets zero valid frames.
         """
         if wavs.dim() == 1:
             wavs = wavs.unsqueeze(0)
@@ -578,8 +693,17 @@ class EncoderInterface(Pretrained):
         -------
         EncodedBatch
             A batch of one.
+
+        Raises
+        ------
+        ValueError
+            If the file is shorter than the CNN's receptive field (400 samples, 25 ms at 16 kHz); the
+            message names the file.
         """
         waveform = self.load_audio(path, **kwargs)
+        minimum = cnn_receptive_field(self.mods.encoder.config)
+        if waveform.shape[0] < minimum:
+            raise ValueError(too_short_message(waveform.shape[0], minimum, what=f"Audio file '{path}'"))
         return self.encode_batch(waveform.unsqueeze(0))
 
     def forward(self, wavs, wav_lens=None):

@@ -39,6 +39,12 @@ What holds exactly (<1e-6): the unpadded item of a batch; a CNN with per-frame L
 (``per_utterance_norm=True`` of :class:`DistillerStudent` and
 :class:`~robustdistiller.teacher.FrozenTeacher`), which computes that GroupNorm over each item's valid
 samples only. The default (False) keeps the plain Hugging Face computation.
+
+Short audio. An item shorter than the CNN's receptive field (400 samples, 25 ms at 16 kHz) has no
+feature frame. :meth:`DistillerStudent.forward` checks the lengths before the CNN: if every item is that
+short it raises ``ValueError``; otherwise the short item gets zero valid frames (``frame_mask`` row all
+False, ``frame_lengths`` 0), finite features (it attends to its first frame only) and no influence on
+the other items or on the masked losses (:mod:`robustdistiller.interface` states the rule once).
 """
 
 import logging
@@ -53,6 +59,8 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from robustdistiller.interface import (  # noqa: F401  (re-exported: part of this module's API)
     absolute_lengths,
+    check_input_lengths,
+    cnn_receptive_field,
     lengths_to_mask,
     per_utterance_cnn_norm,
 )
@@ -168,10 +176,12 @@ class StudentOutput(NamedTuple):
     predictions : torch.Tensor
         ``[B, K, F, D]`` predicted teacher layers.
     frame_mask : torch.Tensor
-        ``[B, F]`` bool, True on valid (non-padded) frames.
+        ``[B, F]`` bool, True on valid (non-padded) frames; all False for an item shorter than the
+        CNN's receptive field (400 samples).
     frame_lengths : torch.Tensor or None
-        ``[B]`` long valid frames, on the device of ``wav_lens`` (the host in training, so that
-        packing the enhancement LSTM needs no device-to-host copy); None without ``wav_lens``.
+        ``[B]`` long valid frames (0 for such an item), on the device of ``wav_lens`` (the host in
+        training, so that packing the enhancement LSTM needs no device-to-host copy); None without
+        ``wav_lens``.
     """
 
     cnn_features: torch.Tensor
@@ -484,6 +494,12 @@ class DistillerStudent(nn.Module):
         Returns
         -------
         StudentOutput
+
+        Raises
+        ------
+        ValueError
+            If every item is shorter than the CNN's receptive field (checked before the CNN runs; a
+            short item next to longer ones gets zero valid frames, see the module docstring).
         """
         features, frame_mask, frame_lengths = self.extract_cnn_features(wavs, wav_lens, return_lengths=True)
         padded = frame_lengths is not None and bool((frame_lengths < features.shape[1]).any())
@@ -499,6 +515,7 @@ class DistillerStudent(nn.Module):
         """
         num_samples = wavs.shape[-1]
         sample_lengths = absolute_lengths(wav_lens, num_samples)
+        check_input_lengths(sample_lengths, num_samples, cnn_receptive_field(self.config), wavs.shape[0])
         if sample_lengths is not None:
             sample_mask = lengths_to_mask(sample_lengths.to(wavs.device), num_samples)
             wavs = wavs * sample_mask.to(wavs.dtype)
@@ -532,7 +549,8 @@ class DistillerStudent(nn.Module):
         features : torch.Tensor
             ``[B, F, C]`` CNN features.
         frame_mask : torch.Tensor
-            ``[B, F]`` bool valid-frame mask.
+            ``[B, F]`` bool valid-frame mask (an all-False row, an item without valid frames, attends
+            to its first frame so that its features stay finite).
         padded : bool, optional
             Whether any frame is padding (known on the host from the lengths); None reads it from
             ``frame_mask`` (a device-to-host synchronisation on a GPU).
@@ -550,11 +568,15 @@ class DistillerStudent(nn.Module):
         if padded is None:
             padded = not bool(frame_mask.all())
         if padded:
+            # an item without a valid frame attends to its first frame: no fully masked attention row
+            # (NaN with some attention backends); computed on the device, without a host read
+            attention_frames = frame_mask.clone()
+            attention_frames[:, 0] |= ~frame_mask.any(dim=1)
             # no skip check: HF's test for an all-valid mask would read the mask on the host
             attention_mask = create_bidirectional_mask(
                 config=backbone.config,
                 inputs_embeds=hidden,
-                attention_mask=frame_mask,
+                attention_mask=attention_frames,
                 allow_is_bidirectional_skip=False,
             )
         hidden = hidden + encoder.pos_conv_embed(hidden)

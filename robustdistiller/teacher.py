@@ -14,6 +14,7 @@ weights in the same on-disk format, which the demo and the tests use in place of
 """
 
 import contextlib
+import json
 import logging
 import os
 from typing import NamedTuple
@@ -41,6 +42,22 @@ _MODEL_TYPES = {
     "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
 }
 
+# Model types whose Hugging Face models ssl_hidden_states / FrozenTeacher run (same CNN + encoder API).
+SSL_MODEL_TYPES = (
+    "wavlm",
+    "hubert",
+    "wav2vec2",
+    "unispeech",
+    "unispeech-sat",
+    "data2vec-audio",
+    "wav2vec2-conformer",
+)
+# Parameters a checkpoint may lack without changing the features (used in pre-training only).
+_OPTIONAL_PARAMETERS = ("masked_spec_embed",)
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+TORCH_WEIGHTS_FILE = "pytorch_model.bin"
+
 # Small but complete: 12 layers so that targets 4/8/12 exist, the real CNN kernels/strides.
 _TINY_CONFIG = dict(
     hidden_size=64,
@@ -63,6 +80,187 @@ class TeacherSourceError(ModelSourceError):
     """A teacher source is neither a loadable local folder nor a reachable hub id."""
 
 
+def _damaged(path, error, error_class):
+    return error_class(
+        f"'{path}' cannot be read (truncated or damaged: {error}): copy, download or export it again"
+    )
+
+
+def check_weight_files(folder, error_class=TeacherSourceError):
+    """Checks that the weights ``from_pretrained`` will read in ``folder`` are complete files.
+
+    ``model.safetensors`` (or every shard of ``model.safetensors.index.json``) must have a valid
+    header covering the whole file, and a zip-format ``pytorch_model.bin`` a readable zip directory.
+    Only the file headers and directories are read, not the tensors. A missing weights file is left to
+    ``from_pretrained`` (its error names the files it looked for).
+
+    Arguments
+    ---------
+    folder : str
+        A Hugging Face model folder.
+    error_class : type
+        The exception raised (a ``ValueError`` subclass).
+
+    Raises
+    ------
+    error_class
+        Naming the damaged file.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = save_random_teacher(tempfile.mkdtemp(), model_type="hubert")
+    >>> check_weight_files(folder)
+    >>> with open(os.path.join(folder, SAFETENSORS_FILE), "r+b") as weights:
+    ...     _ = weights.truncate(1000)
+    >>> check_weight_files(folder)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    robustdistiller.teacher.TeacherSourceError: '.../model.safetensors' cannot be read (truncated or damaged: ...
+    """
+    from safetensors import safe_open
+
+    single = os.path.join(folder, SAFETENSORS_FILE)
+    index = os.path.join(folder, SAFETENSORS_INDEX_FILE)
+    torch_file = os.path.join(folder, TORCH_WEIGHTS_FILE)
+    if os.path.isfile(single):
+        shards = [single]
+    elif os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as fin:
+                names = sorted(set(json.load(fin)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise _damaged(index, error, error_class) from error
+        shards = [os.path.join(folder, name) for name in names]
+        missing = [path for path in shards if not os.path.isfile(path)]
+        if missing:
+            raise error_class(f"'{index}' lists weight shards that are missing: {missing}")
+    else:
+        if os.path.isfile(torch_file):
+            _check_zip_weights(torch_file, error_class)
+        return
+    for path in shards:
+        try:
+            with safe_open(path, framework="pt") as weights:
+                weights.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError (not an OSError)
+            raise _damaged(path, error, error_class) from error
+
+
+def _check_zip_weights(path, error_class):
+    """A ``torch.save`` zip archive must have its central directory (the legacy format is not checked)."""
+    import zipfile
+
+    with open(path, "rb") as fin:
+        is_zip = fin.read(4) == b"PK\x03\x04"
+    if not is_zip:
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except (OSError, zipfile.BadZipFile) as error:
+        raise _damaged(path, error, error_class) from error
+
+
+def check_model_type(model_type, source, model_types=SSL_MODEL_TYPES, expected="a speech SSL model",
+                     error_class=TeacherSourceError):
+    """Raises unless ``model_type`` (a config's) is one of ``model_types``.
+
+    Example
+    -------
+    >>> check_model_type("bert", "my_folder")
+    Traceback (most recent call last):
+    ...
+    robustdistiller.teacher.TeacherSourceError: 'my_folder' holds a bert model; expected a speech SSL model (wavlm, hubert, wav2vec2, unispeech, unispeech-sat, data2vec-audio, wav2vec2-conformer)
+    """
+    if model_type not in model_types:
+        raise error_class(f"'{source}' holds a {model_type} model; expected {expected} ({', '.join(model_types)})")
+
+
+def load_model_folder(folder, model_class=AutoModel, model_types=SSL_MODEL_TYPES, expected="a speech SSL model",
+                      error_class=TeacherSourceError, **kwargs):
+    """Loads a local Hugging Face model folder after checking what it holds, with errors naming it.
+
+    In order, before any weight is loaded: ``config.json`` exists and is readable, its ``model_type`` is
+    one of ``model_types``, the weights files are complete (:func:`check_weight_files`). After loading,
+    every parameter of the model must have come from the weights (``masked_spec_embed``, used in
+    pre-training only, may be missing), so a weights file of another model is not silently replaced
+    by random values.
+
+    Arguments
+    ---------
+    folder : str
+        The model folder.
+    model_class : type
+        ``AutoModel`` or a model class (``from_pretrained`` is called on it).
+    model_types : sequence of str
+        Accepted ``model_type`` values of ``config.json``.
+    expected : str
+        What the folder should hold, for the messages.
+    error_class : type
+        The exception raised (a ``ValueError`` subclass).
+    **kwargs
+        Passed to ``from_pretrained`` (``cache_dir``).
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+
+    Raises
+    ------
+    error_class
+        The message names the folder or file and what was expected.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from transformers import BertConfig, BertModel
+    >>> folder = tempfile.mkdtemp()
+    >>> BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+    ...                      intermediate_size=8)).save_pretrained(folder)
+    >>> load_model_folder(folder)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    robustdistiller.teacher.TeacherSourceError: '...' holds a bert model; expected a speech SSL model (wavlm, ...)
+    """
+    config_file = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_file):
+        raise error_class(
+            f"'{folder}' has no config.json: expected a Hugging Face model folder (config.json and "
+            f"{SAFETENSORS_FILE}) holding {expected} ({', '.join(model_types)})"
+        )
+    try:
+        with open(config_file, encoding="utf-8") as fin:
+            model_type = json.load(fin).get("model_type")
+    except (OSError, ValueError, AttributeError) as error:
+        raise _damaged(config_file, error, error_class) from error
+    check_model_type(model_type, folder, model_types, expected, error_class)
+    check_weight_files(folder, error_class)
+    try:
+        model, loading_info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+    except Exception as error:  # transformers and safetensors raise many types
+        raise error_class(
+            f"Cannot load {expected} from the local folder '{folder}': {type(error).__name__}: {error}"
+        ) from error
+    _check_all_weights_loaded(model, loading_info, folder, error_class)
+    return model
+
+
+def _check_all_weights_loaded(model, loading_info, source, error_class):
+    """Raises when parameters of ``model`` were initialised randomly (absent from the weights)."""
+    missing = sorted(
+        name for name in loading_info.get("missing_keys", ())
+        if name.rsplit(".", 1)[-1] not in _OPTIONAL_PARAMETERS
+    )
+    if missing:
+        total = len(model.state_dict())
+        raise error_class(
+            f"The weights in '{source}' do not fit its config.json ({model.config.model_type}): "
+            f"{len(missing)} of {total} parameters are missing (e.g. {', '.join(missing[:3])}), so they "
+            f"would be random. Use the config.json saved with these weights."
+        )
+
+
 class TeacherOutput(NamedTuple):
     """What :meth:`FrozenTeacher.forward` returns.
 
@@ -71,7 +269,8 @@ class TeacherOutput(NamedTuple):
     layers : torch.Tensor
         ``[B, K, F, D]`` fp32 hidden layers ``target_layers`` (layer k = output of transformer layer k).
     frame_mask : torch.Tensor
-        ``[B, F]`` bool, True on valid frames.
+        ``[B, F]`` bool, True on valid frames (all False for an item shorter than the CNN's receptive
+        field, 400 samples: see :mod:`robustdistiller.interface`).
     """
 
     layers: torch.Tensor
@@ -97,8 +296,11 @@ def load_ssl_model(source, cache_dir=None):
     Raises
     ------
     TeacherSourceError
-        If ``source`` looks like a path but is not a folder, if the folder cannot be loaded, or if a hub
-        id is neither cached nor reachable. The message names ``source``.
+        If ``source`` looks like a path but is not a folder; if the folder cannot be loaded: no or
+        unreadable ``config.json``, a model other than a speech SSL model (:data:`SSL_MODEL_TYPES`;
+        checked before the weights are read), truncated or damaged weights, weights that do not fit
+        the config (:func:`load_model_folder`); or if a hub id is neither cached nor reachable or holds
+        another kind of model. The message names ``source`` or the damaged file.
 
     Example
     -------
@@ -110,18 +312,15 @@ def load_ssl_model(source, cache_dir=None):
     source = os.fspath(source)
     expanded = os.path.expanduser(source)
     if os.path.isdir(expanded):
-        try:
-            return AutoModel.from_pretrained(expanded, cache_dir=cache_dir)
-        except (OSError, ValueError, KeyError) as error:
-            raise TeacherSourceError(
-                f"Cannot load an SSL model from the local folder '{source}': {error}"
-            ) from error
+        return load_model_folder(expanded, cache_dir=cache_dir)
     if looks_like_path(source):
         raise TeacherSourceError(
             f"Teacher source '{source}' is not a folder (no such directory) and not a hub id"
         )
     try:
-        return AutoModel.from_pretrained(source, cache_dir=cache_dir, local_files_only=True)
+        model, loading_info = AutoModel.from_pretrained(
+            source, cache_dir=cache_dir, local_files_only=True, output_loading_info=True
+        )
     except (OSError, ValueError) as local_error:
         if hub_offline():
             raise TeacherSourceError(
@@ -129,13 +328,17 @@ def load_ssl_model(source, cache_dir=None):
                 f"is not reachable (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set): download it elsewhere "
                 f"and pass its folder. ({local_error})"
             ) from local_error
-    try:
-        return AutoModel.from_pretrained(source, cache_dir=cache_dir)
-    except Exception as error:  # network errors come in many types (OSError, HTTPError, ...)
-        raise TeacherSourceError(
-            f"Teacher source '{source}' is neither a local folder nor reachable on the Hugging Face hub "
-            f"(no network, or unknown id; set HF_HUB_OFFLINE=1 to skip the network attempt): {error}"
-        ) from error
+        try:
+            model, loading_info = AutoModel.from_pretrained(source, cache_dir=cache_dir, output_loading_info=True)
+        except Exception as error:  # network errors come in many types (OSError, HTTPError, ...)
+            raise TeacherSourceError(
+                f"Teacher source '{source}' is neither a local folder nor reachable on the Hugging Face "
+                f"hub (no network, or unknown id; set HF_HUB_OFFLINE=1 to skip the network attempt): "
+                f"{error}"
+            ) from error
+    check_model_type(model.config.model_type, source)
+    _check_all_weights_loaded(model, loading_info, source, TeacherSourceError)
+    return model
 
 
 def random_teacher_config(model_type="wavlm", tiny=True, **config_overrides):
@@ -381,7 +584,9 @@ class FrozenTeacher(nn.Module):
         Raises
         ------
         ValueError
-            If ``precision`` is ``"fp16"`` and ``wavs`` is not on a CUDA device.
+            If ``precision`` is ``"fp16"`` and ``wavs`` is not on a CUDA device; if every item is
+            shorter than the CNN's receptive field (checked before the model runs; a short item next
+            to longer ones gets zero valid frames).
         """
         if self.model.training:  # someone bypassed self.train
             self.model.eval()
