@@ -83,7 +83,8 @@ def dataio_prepare(hparams):
 
 
 def prepare_data(hparams):
-    """Writes the utterance, noise and RIR lists (skipped when already prepared)."""
+    """Writes the utterance, noise and RIR lists (skipped when already prepared with the same options
+    and every listed file still exists; ``force_prep`` rebuilds them)."""
     run_on_main(
         prepare_librispeech,
         kwargs={
@@ -93,6 +94,7 @@ def prepare_data(hparams):
             "valid_splits": hparams["valid_splits"],
             "min_samples": hparams["min_samples"],
             "skip_prep": hparams["skip_prep"],
+            "force_prep": hparams["force_prep"],
         },
     )
     if hparams.get("noise_csv"):
@@ -106,6 +108,7 @@ def prepare_data(hparams):
                 "extra_folders": hparams["extra_noise_folders"],
                 "csv_name": os.path.basename(hparams["noise_csv"]),
                 "skip_prep": hparams["skip_prep"],
+            "force_prep": hparams["force_prep"],
             },
         )
     if hparams.get("rir_csv"):
@@ -118,6 +121,7 @@ def prepare_data(hparams):
                 "rirs_noises_subsets": hparams["rirs_noises_subsets"],
                 "csv_name": os.path.basename(hparams["rir_csv"]),
                 "skip_prep": hparams["skip_prep"],
+            "force_prep": hparams["force_prep"],
             },
         )
 

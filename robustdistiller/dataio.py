@@ -11,14 +11,21 @@ Cropping and corruption happen here, inside the DataLoader workers, not in the t
 authors' code corrupted on the main process, their main throughput bottleneck). Every random draw of
 an item is seeded from ``(seed, epoch, utterance id)`` by the :class:`~robustdistiller.corruption.Corruptor`,
 so a run is reproducible whatever the number of workers.
+
+A listed file that cannot be read (typically: deleted or moved after preparation, a stale list)
+fails with an :class:`~robustdistiller.audio.AudioLoadError` naming the file and the list, and
+saying how to prepare the lists again (:func:`load_listed_audio`).
 """
 
 import logging
+import os
 
 import speechbrain as sb
 import torch
 
-from robustdistiller.audio import load_audio
+from robustdistiller.audio import AudioLoadError, load_audio
+from robustdistiller.interface import CNN_RECEPTIVE_FIELD
+from robustdistiller.options import OptionError, integer_at_least
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +62,51 @@ def random_crop_bounds(num_samples, max_samples, generator=None):
     return start, start + max_samples
 
 
+def load_listed_audio(wav_path, csv_file, sample_rate=16000):
+    """:func:`~robustdistiller.audio.load_audio` of a file listed in a CSV; errors name the list.
+
+    Arguments
+    ---------
+    wav_path : str
+        The file, as listed.
+    csv_file : str
+        The list naming it (for the message).
+    sample_rate : int
+        Sampling rate of the returned waveform.
+
+    Returns
+    -------
+    torch.Tensor
+        Mono waveform ``[time]``.
+
+    Raises
+    ------
+    AudioLoadError
+        Naming the file and the list: a missing file means a stale list (audio moved or deleted
+        after preparation); the message says to prepare again with ``--force_prep=True``.
+
+    Example
+    -------
+    >>> load_listed_audio("/nowhere/a.flac", "/save/train.csv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    robustdistiller.audio.AudioLoadError: Audio file '/nowhere/a.flac' listed in '/save/train.csv' does not exist: ...
+    """
+    try:
+        return load_audio(wav_path, sample_rate=sample_rate)
+    except AudioLoadError as error:
+        if not os.path.exists(wav_path):
+            raise AudioLoadError(
+                f"Audio file '{wav_path}' listed in '{csv_file}' does not exist: the list is stale (its "
+                "audio was moved or deleted after preparation). Prepare the lists again: re-run with "
+                "--force_prep=True."
+            ) from error
+        raise AudioLoadError(
+            f"{error} (listed in '{csv_file}'; if the file changed after preparation, the list may be "
+            "stale: re-run with --force_prep=True to prepare the lists again)"
+        ) from error
+
+
 def make_distillation_dataset(
     csv_file,
     corruptor,
@@ -76,7 +128,9 @@ def make_distillation_dataset(
     sample_rate : int
         Sampling rate the models expect.
     max_crop_samples : int or None
-        Longest crop (250,000 samples = 15.6 s in the paper); ``None`` keeps whole utterances.
+        Longest crop (250,000 samples = 15.6 s in the paper); ``None`` keeps whole utterances. At
+        least :data:`~robustdistiller.interface.CNN_RECEPTIVE_FIELD` (400 samples), the CNN's
+        receptive field: a shorter crop gives no feature frame.
     random_crop : bool
         Random crop offset (training) or crop from the start (evaluation).
     condition : str, optional
@@ -90,14 +144,28 @@ def make_distillation_dataset(
     -------
     speechbrain.dataio.dataset.DynamicItemDataset
         Output keys ``id``, ``clean_sig``, ``noisy_sig``, ``reference_sig``.
+
+    Raises
+    ------
+    OptionError
+        If ``max_crop_samples`` is below the CNN's receptive field (checked before reading the CSV).
     """
+    if max_crop_samples is not None:
+        max_crop_samples = integer_at_least(max_crop_samples, "max_crop_samples", 0)
+        if max_crop_samples < CNN_RECEPTIVE_FIELD:
+            raise OptionError(
+                f"Option `max_crop_samples` = {max_crop_samples} is shorter than the CNN's receptive field: "
+                f"a crop needs at least {CNN_RECEPTIVE_FIELD} samples ({1000 * CNN_RECEPTIVE_FIELD / sample_rate:g} "
+                f"ms at {sample_rate} Hz) to give one feature frame; set max_crop_samples >= "
+                f"{CNN_RECEPTIVE_FIELD} (or null to keep whole utterances)."
+            )
     dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path=csv_file)
 
     @sb.utils.data_pipeline.takes("id", "wav")
     @sb.utils.data_pipeline.provides("clean_sig", "noisy_sig", "reference_sig")
     def audio_pipeline(utterance_id, wav_path):
         key = key_prefix + utterance_id
-        clean_wav = load_audio(wav_path, sample_rate=sample_rate)
+        clean_wav = load_listed_audio(wav_path, csv_file, sample_rate=sample_rate)
         generator = None
         if random_crop:
             generator = torch.Generator().manual_seed(corruptor.item_seed("crop/" + key))

@@ -4,8 +4,8 @@ Each function reads a corpus in its real on-disk layout (REFERENCE.md section 6)
 into ``save_folder`` and returns their paths. They never modify, split or delete anything under the
 user's data folders (unlike SpeechBrain's ``write_csv(..., max_length=...)`` and
 ``prepare_dataset_from_URL``). A JSON marker next to the CSVs records the options; a second call
-with the same options does nothing, a call with other options prepares again. The functions are
-plain, so a recipe wraps them in ``speechbrain.utils.distributed.run_on_main``.
+with the same options does nothing, a call with other options (or ``force_prep=True``) prepares
+again. The functions are plain, so a recipe wraps them in ``speechbrain.utils.distributed.run_on_main``.
 
 - :func:`prepare_librispeech`: ``ID,duration,wav,spk_id,wrd`` for the training and validation subsets.
 - :func:`prepare_noise`: MUSAN, UrbanSound8K and any folders of audio into SpeechBrain's noise CSV
@@ -19,9 +19,24 @@ RIR folder with its kind, real or simulated) and the share of the uniform file d
 gets (its share of files: the pools draw a file uniformly). It is logged at every preparation, and
 recomputed from the CSV if missing. It goes to ``save_folder`` only, like every derived file.
 
-Durations come from the file headers (fast). Unreadable files are skipped with a warning naming
-each. Multichannel and non-16-kHz noise and RIR files are kept (the consumer converts them at load
-time with :func:`robustdistiller.audio.load_audio`) and listed in the log.
+Files left out. Nothing is dropped silently: every file a preparation finds but does not list is
+counted per reason (:class:`LeftOutFiles`), each reason gives one warning line
+``N files left out of <list>: <reason> (e.g. <path>)``, and the counts with a few example paths
+per reason go to ``<csv stem>_skipped.json`` next to each CSV (:func:`skipped_path`). Left out:
+unreadable or empty audio, non-audio and hidden files, paths (or transcripts) containing ``$``
+(SpeechBrain's CSV loader would read it as a variable), LibriSpeech utterances without a
+transcript line, transcript lines whose ``.flac`` is missing (an interrupted extraction),
+LibriSpeech files outside a speaker folder and utterances shorter than ``min_samples``, noise
+files shorter than :data:`MIN_NOISE_SECONDS` (they would be tiled into a buzz), RIRs listed in a
+``rir_list`` but missing. Extensions match case-insensitively (``.FLAC``, ``.WAV`` are audio).
+
+Stale lists. When the lists already exist with the same options, every listed file must still
+exist (:func:`check_listed_files_exist`, one ``stat`` per file): otherwise a :class:`StaleListError`
+names the list, the count and an example, and says to re-run with ``--force_prep=True``.
+
+Durations come from the file headers (fast). Multichannel and non-16-kHz noise and RIR files are
+kept (the consumer converts them at load time with :func:`robustdistiller.audio.load_audio`) and
+listed in the log.
 """
 
 import collections
@@ -32,6 +47,7 @@ import os
 import re
 
 from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.options import OptionError, as_list, check_data_path, integer_at_least
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +63,184 @@ URBANSOUND_NAME = re.compile(r"^\d+-(\d)-\d+-\d+$")
 RIRS_NOISES_SUBSETS = ("real", "simulated")
 RIR_FORMATS = ("rirs_noises", "dns", "folder")
 EXPECTED_SAMPLE_RATE = 16000
+MIN_NOISE_SECONDS = 0.1
+"""Shortest noise file listed: a shorter one (or a one-sample file) would be tiled into a buzz."""
+
+# Reasons for leaving a file out of a list (one warning line and one entry of the skipped JSON each)
+NOT_AUDIO = "not an audio file (.wav/.flac/.ogg, any case) or a hidden file"
+UNREADABLE_AUDIO = "unreadable audio"
+EMPTY_AUDIO = "empty audio (0 samples)"
+DOLLAR_IN_PATH = "'$' in its path or transcript (SpeechBrain's CSV loader reads it as a variable; rename it)"
+NO_TRANSCRIPT = "no line for it in a trans.txt of its folder"
+MISSING_FLAC = "listed in a trans.txt but its .flac is missing, as after an interrupted extraction"
+NOT_IN_SPEAKER_FOLDER = "directly in the subset folder, not in a <spk>/ folder"
+TOO_SHORT_NOISE = f"shorter than {MIN_NOISE_SECONDS} s (it would be tiled into a buzz)"
+BAD_URBANSOUND_NAME = "not named <fsID>-<classID>-<occurrence>-<slice>"
+MISSING_RIR = "listed in a rir_list but missing"
+RIR_ALSO_NOISE = "listed in a rir_list but also in a noise_list"
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared helpers: markers, CSV writing, file discovery, IDs
+# Shared helpers: option checks, left-out files, stale lists, markers, CSV writing, file discovery
 # ---------------------------------------------------------------------------------------------
+
+SKIPPED_SUFFIX = "_skipped.json"
+MAX_RECORDED_EXAMPLES = 20
+
+
+class StaleListError(FileNotFoundError):
+    """A prepared list names files that no longer exist; the message says how to prepare again."""
+
+
+def skipped_path(csv_path):
+    """Path of the JSON counting the files left out of a CSV: ``<csv folder>/<csv stem>_skipped.json``.
+
+    Example
+    -------
+    >>> skipped_path("/save/train.csv")
+    '/save/train_skipped.json'
+    """
+    return os.path.splitext(csv_path)[0] + SKIPPED_SUFFIX
+
+
+class LeftOutFiles:
+    """Counts the files a preparation leaves out of one list, per reason, with example paths.
+
+    Every preparation records here what it finds but does not list; :meth:`warn` then logs one
+    warning line per reason and :meth:`write` saves the counts next to the CSV
+    (:func:`skipped_path`). Each file is also logged at DEBUG level.
+
+    Arguments
+    ---------
+    csv_path : str
+        The list the files are left out of (named in the warnings).
+
+    Example
+    -------
+    >>> left_out = LeftOutFiles("/save/noise.csv")
+    >>> left_out.add("unreadable audio", "/noise/a.wav")
+    >>> left_out.add("unreadable audio", "/noise/b.wav")
+    >>> left_out.count(), left_out.counts()
+    (2, {'unreadable audio': 2})
+    >>> left_out.messages()
+    ['2 files left out of /save/noise.csv: unreadable audio (e.g. /noise/a.wav)']
+    """
+
+    def __init__(self, csv_path):
+        self.csv_path = csv_path
+        self.by_reason = {}
+
+    def add(self, reason, path, detail=""):
+        """Records ``path`` as left out for ``reason`` (``detail``, e.g. the error, is logged only)."""
+        entry = self.by_reason.setdefault(reason, {"files": 0, "examples": []})
+        entry["files"] += 1
+        if len(entry["examples"]) < MAX_RECORDED_EXAMPLES:
+            entry["examples"].append(str(path))
+        logger.debug("Leaving %s out of %s: %s%s", path, self.csv_path, reason, f" ({detail})" if detail else "")
+
+    def count(self, reason=None):
+        """Files left out for ``reason`` (all reasons if None)."""
+        if reason is None:
+            return sum(entry["files"] for entry in self.by_reason.values())
+        return self.by_reason.get(reason, {"files": 0})["files"]
+
+    def counts(self):
+        """``{reason: files}``."""
+        return {reason: entry["files"] for reason, entry in self.by_reason.items()}
+
+    def messages(self):
+        """One line per reason: ``N files left out of <list>: <reason> (e.g. <path>)``."""
+        return [
+            f"{entry['files']} file{'s' if entry['files'] != 1 else ''} left out of {self.csv_path}: "
+            f"{reason} (e.g. {entry['examples'][0]})"
+            for reason, entry in self.by_reason.items()
+        ]
+
+    def warn(self):
+        """Logs :meth:`messages` as warnings."""
+        for message in self.messages():
+            logger.warning(message)
+
+    def write(self):
+        """Writes the counts and up to 20 example paths per reason to :func:`skipped_path`."""
+        _write_json(skipped_path(self.csv_path), {
+            "csv": os.path.abspath(self.csv_path),
+            "files_left_out": self.count(),
+            "by_reason": self.by_reason,
+        })
+
+
+def _split_counts(before, after):
+    """``"N reason, ..."`` of the counts added between two :meth:`LeftOutFiles.counts`."""
+    added = {reason: count - before.get(reason, 0) for reason, count in after.items()}
+    return ", ".join(f"{count} {reason}" for reason, count in added.items() if count) or "none"
+
+
+def check_listed_files_exist(csv_path, marker_path=None):
+    """Raises :class:`StaleListError` if a file listed in a prepared CSV no longer exists.
+
+    Only ``os.path.exists`` per row of the ``wav`` column (cheap), so a list whose audio was moved or
+    deleted after preparation fails now, not hours into an epoch.
+
+    Arguments
+    ---------
+    csv_path : str
+        A prepared CSV with a ``wav`` column.
+    marker_path : str, optional
+        The list's marker, named in the error as the other way to prepare again.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "noise.csv")
+    >>> write_csv(path, NOISE_HEADER, [["a", 1.0, "/nowhere/a.wav", "wav", ""]])
+    >>> check_listed_files_exist(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    robustdistiller.prepare.StaleListError: 1 of the 1 files listed in '...noise.csv' no longer exist ...
+    """
+    with open(csv_path, newline="", encoding="utf-8") as csv_file:
+        paths = [row["wav"] for row in csv.DictReader(csv_file) if row.get("wav")]
+    missing = [path for path in paths if not os.path.exists(path)]
+    if missing:
+        alternative = f" (or delete '{marker_path}')" if marker_path else ""
+        raise StaleListError(
+            f"{len(missing)} of the {len(paths)} files listed in '{csv_path}' no longer exist "
+            f"(e.g. '{missing[0]}'): the list is stale, its audio was moved or deleted after "
+            f"preparation. Re-run with --force_prep=True{alternative} to prepare the lists again."
+        )
+
+
+def _check_prep_flags(skip_prep, force_prep):
+    if skip_prep and force_prep:
+        raise OptionError(
+            "Options `skip_prep` and `force_prep` are both True: skip_prep uses the lists as they are, "
+            "force_prep prepares them again; set one of them to False."
+        )
+
+
+def _checked_folder(folder, option_name):
+    """The absolute path of a data folder option, refused if it contains ``$`` (None, "" unchanged)."""
+    if not folder:
+        return folder
+    return check_data_path(os.path.abspath(folder), option_name)
+
+
+def _use_prepared(save_folder, name, options, csv_paths, force_prep, description):
+    """True when the lists are already prepared with ``options`` (and not forced) and still valid.
+
+    Raises :class:`StaleListError` if a listed file has disappeared since.
+    """
+    if force_prep:
+        logger.info("%s: force_prep is True, preparing again in %s.", description, save_folder)
+        return False
+    if not is_prepared(save_folder, name, options, csv_paths):
+        return False
+    for csv_path in csv_paths:
+        check_listed_files_exist(csv_path, _marker_path(save_folder, name))
+    logger.info("%s already prepared in %s with the same options: skipping (force_prep=True "
+                "prepares again).", description, save_folder)
+    return True
 
 
 def _marker_path(save_folder, name):
@@ -203,31 +392,37 @@ def _require_folder(folder, description, expected):
         raise ValueError(f"{description} '{folder}' is empty; expected {expected}.")
 
 
-def _read_header(path):
-    """Returns ``(frames, rate, channels)``, or ``None`` with a warning naming an unreadable file."""
+def _read_header(path, left_out):
+    """Returns ``(frames, rate, channels)``, or ``None`` with the file counted in ``left_out``."""
     try:
         frames, rate, channels = audio_info(path)
     except AudioLoadError as error:
-        logger.warning("Skipping unreadable audio file %s (%s)", path, error)
+        left_out.add(UNREADABLE_AUDIO, path, detail=str(error))
         return None
     if frames <= 0:
-        logger.warning("Skipping empty audio file %s (0 samples)", path)
+        left_out.add(EMPTY_AUDIO, path)
         return None
     return frames, rate, channels
 
 
-def _audio_rows(entries, source_description):
+def _audio_rows(entries, source_description, left_out, min_seconds=0.0):
     """Reads headers of ``(ID, path)`` entries into noise/RIR CSV rows; logs unusual files.
 
-    Returns the rows (``ID,duration,wav,wav_format,wav_opts``) and the number of skipped files.
+    Files with ``$`` in their path, unreadable or empty files and files shorter than
+    ``min_seconds`` are counted in ``left_out``. Returns the rows (``ID,duration,wav,wav_format,wav_opts``).
     """
-    rows, skipped, unusual = [], 0, []
+    rows, unusual = [], []
     for entry_id, path in entries:
-        header = _read_header(path)
+        if "$" in path:
+            left_out.add(DOLLAR_IN_PATH, path)
+            continue
+        header = _read_header(path, left_out)
         if header is None:
-            skipped += 1
             continue
         frames, rate, channels = header
+        if frames < min_seconds * rate:
+            left_out.add(TOO_SHORT_NOISE, path, detail=f"{frames} samples at {rate} Hz")
+            continue
         if channels != 1 or rate != EXPECTED_SAMPLE_RATE:
             unusual.append(f"{path} ({channels} ch, {rate} Hz)")
         audio_format = os.path.splitext(path)[1].lstrip(".").lower()
@@ -237,12 +432,16 @@ def _audio_rows(entries, source_description):
             "%s: %d file(s) are multichannel or not %d Hz; they are converted when loaded: %s",
             source_description, len(unusual), EXPECTED_SAMPLE_RATE, "; ".join(unusual),
         )
-    return rows, skipped
+    return rows
 
 
-def _warn_non_audio(paths, folder):
+def _leave_out_non_audio(paths, left_out):
     for path in paths:
-        logger.warning("Skipping non-audio file %s (under %s)", path, folder)
+        left_out.add(NOT_AUDIO, path)
+
+
+def _unreadable_count(left_out):
+    return left_out.count(UNREADABLE_AUDIO) + left_out.count(EMPTY_AUDIO)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,13 +449,13 @@ def _warn_non_audio(paths, folder):
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_transcripts(chapter_folder):
-    """Reads every ``*.trans.txt`` of a chapter folder into ``{utterance id: words}``."""
+def _read_transcripts(folder, file_names):
+    """Reads every ``*.trans.txt`` among ``file_names`` of ``folder`` into ``{utterance id: words}``."""
     transcripts = {}
-    for file_name in sorted(os.listdir(chapter_folder)):
-        if not file_name.endswith(".trans.txt"):
+    for file_name in sorted(file_names):
+        if not file_name.lower().endswith(".trans.txt"):
             continue
-        with open(os.path.join(chapter_folder, file_name), encoding="utf-8") as transcript_file:
+        with open(os.path.join(folder, file_name), encoding="utf-8") as transcript_file:
             for line in transcript_file:
                 fields = line.strip().split(maxsplit=1)
                 if fields:
@@ -264,8 +463,14 @@ def _read_transcripts(chapter_folder):
     return transcripts
 
 
-def _librispeech_split_rows(data_folder, split, min_samples):
-    """Returns the CSV rows of one LibriSpeech subset and logs what was found and skipped."""
+def _librispeech_split_rows(data_folder, split, min_samples, left_out):
+    """Returns the CSV rows of one LibriSpeech subset; counts what it leaves out in ``left_out``.
+
+    Every folder under ``<subset>/<spk>/`` is read (the chapter folders, but also the speaker folder
+    itself when its files were extracted without the chapter level): its ``.flac`` files (any case)
+    with their lines of the folder's ``*.trans.txt``. The speaker is the ``<spk>`` folder, the ID
+    the file name without extension (``<spk>-<chapter>-<utt>``, which names the chapter anyway).
+    """
     split_folder = os.path.join(data_folder, split)
     if not os.path.isdir(split_folder):
         hint = ""
@@ -276,52 +481,62 @@ def _librispeech_split_rows(data_folder, split, min_samples):
             f"LibriSpeech subset folder '{split_folder}' does not exist{hint}; expected "
             f"{LIBRISPEECH_LAYOUT}."
         )
-    rows, speakers = [], set()
-    counts = {"unreadable": 0, "too_short": 0, "no_transcript": 0}
-    flac_found = 0
-    for speaker in sorted(os.listdir(split_folder)):
-        speaker_folder = os.path.join(split_folder, speaker)
-        if not os.path.isdir(speaker_folder):
-            continue
-        for chapter in sorted(os.listdir(speaker_folder)):
-            chapter_folder = os.path.join(speaker_folder, chapter)
-            if not os.path.isdir(chapter_folder):
-                continue
-            transcripts = _read_transcripts(chapter_folder)
-            for file_name in sorted(os.listdir(chapter_folder)):
-                if not file_name.endswith(".flac"):
-                    continue
+    rows, speakers, flac_found = [], set(), 0
+    counts_before = left_out.counts()
+    too_short = f"shorter than {min_samples} samples (min_samples)"
+    for directory, subdirectories, file_names in os.walk(split_folder):
+        subdirectories.sort()
+        relative = os.path.relpath(directory, split_folder)
+        speaker = None if relative == "." else relative.split(os.sep)[0]
+        flacs = {}
+        for file_name in sorted(file_names):
+            if file_name.lower().endswith(".flac"):
                 flac_found += 1
-                utterance_id = file_name[: -len(".flac")]
-                path = os.path.abspath(os.path.join(chapter_folder, file_name))
-                if utterance_id not in transcripts:
-                    logger.warning("Skipping %s: no line for it in the chapter's trans.txt", path)
-                    counts["no_transcript"] += 1
-                    continue
-                header = _read_header(path)
-                if header is None:
-                    counts["unreadable"] += 1
-                    continue
-                frames, rate, _ = header
-                if frames < min_samples:
-                    counts["too_short"] += 1
-                    continue
-                rows.append([utterance_id, frames / rate, path, speaker, transcripts[utterance_id]])
-                speakers.add(speaker)
+                if file_name.startswith("."):
+                    left_out.add(NOT_AUDIO, os.path.join(directory, file_name))
+                else:
+                    flacs[file_name[: -len(".flac")]] = os.path.join(directory, file_name)
+        if speaker is None:
+            for path in flacs.values():
+                left_out.add(NOT_IN_SPEAKER_FOLDER, path)
+            continue
+        transcripts = _read_transcripts(directory, file_names)
+        for utterance_id in sorted(set(transcripts) - set(flacs)):
+            left_out.add(MISSING_FLAC, os.path.join(directory, utterance_id + ".flac"))
+        for utterance_id, path in flacs.items():
+            if utterance_id not in transcripts:
+                left_out.add(NO_TRANSCRIPT, path)
+                continue
+            if "$" in path or "$" in transcripts[utterance_id]:
+                left_out.add(DOLLAR_IN_PATH, path)
+                continue
+            header = _read_header(path, left_out)
+            if header is None:
+                continue
+            frames, rate, _ = header
+            if frames < min_samples:
+                left_out.add(too_short, path, detail=f"{frames} samples")
+                continue
+            rows.append([utterance_id, frames / rate, path, speaker, transcripts[utterance_id]])
+            speakers.add(speaker)
     if flac_found == 0:
         raise ValueError(f"No .flac file found under '{split_folder}'; expected {LIBRISPEECH_LAYOUT}.")
     hours = sum(row[1] for row in rows) / 3600
     logger.info(
-        "LibriSpeech %s: %d utterances from %d speakers (%.2f h); skipped %d unreadable, "
-        "%d shorter than %d samples, %d without transcript.",
-        split, len(rows), len(speakers), hours, counts["unreadable"], counts["too_short"],
-        min_samples, counts["no_transcript"],
+        "LibriSpeech %s: %d utterances from %d speakers (%.2f h); left out: %s.",
+        split, len(rows), len(speakers), hours, _split_counts(counts_before, left_out.counts()),
     )
     return rows
 
 
 def prepare_librispeech(
-    data_folder, save_folder, train_splits, valid_splits, min_samples=400, skip_prep=False
+    data_folder,
+    save_folder,
+    train_splits,
+    valid_splits,
+    min_samples=400,
+    skip_prep=False,
+    force_prep=False,
 ):
     """Writes ``train.csv`` and ``valid.csv`` (``ID,duration,wav,spk_id,wrd``) for LibriSpeech.
 
@@ -330,14 +545,19 @@ def prepare_librispeech(
     data_folder : str
         The ``LibriSpeech`` folder holding the subsets (``train-clean-100/``, ``dev-clean/``...).
     save_folder : str
-        Where the CSVs and the marker ``librispeech.prepare.json`` are written.
-    train_splits, valid_splits : list of str
-        Subsets for training and validation (``valid_splits`` may be empty: no ``valid.csv``).
+        Where the CSVs, their ``<csv stem>_skipped.json`` and the marker ``librispeech.prepare.json``
+        are written.
+    train_splits, valid_splits : list of str, or str
+        Subsets for training and validation (``valid_splits`` may be empty: no ``valid.csv``). A
+        single string is a one-subset list.
     min_samples : int
         Utterances with fewer samples are left out (400: the CNN feature extractor's receptive
-        field); their number is logged.
+        field).
     skip_prep : bool
         If True, do nothing and return the paths.
+    force_prep : bool
+        If True, prepare again even if the lists exist with the same options (after audio files
+        were moved, deleted or added).
 
     Returns
     -------
@@ -348,11 +568,27 @@ def prepare_librispeech(
     ------
     FileNotFoundError
         If ``data_folder`` or a subset folder is missing.
+    StaleListError
+        If the lists are already prepared but name files that no longer exist.
+    OptionError
+        If a folder contains ``$`` or ``skip_prep`` and ``force_prep`` are both True.
     ValueError
         If ``data_folder`` or a subset holds no ``.flac``, a subset is both in training and
         validation, or no utterance is usable.
+
+    Notes
+    -----
+    Kept: ``.flac`` in any case (``.FLAC``), files directly in a speaker folder (extracted without
+    the chapter level: their transcript lines are read from a ``*.trans.txt`` of the same folder;
+    speaker and ID as usual). Left out, counted and warned about (see the module docstring): files
+    without a transcript line, transcript lines whose ``.flac`` is missing, files directly in the
+    subset folder (no speaker), unreadable or empty files, paths or transcripts with ``$``,
+    utterances shorter than ``min_samples``.
     """
-    train_splits, valid_splits = list(train_splits), list(valid_splits or [])
+    _check_prep_flags(skip_prep, force_prep)
+    train_splits = as_list(train_splits, "train_splits")
+    valid_splits = as_list(valid_splits, "valid_splits")
+    _checked_folder(save_folder, "save_folder")  # the lists keep the path as given
     csv_paths = {
         "train": os.path.join(save_folder, "train.csv"),
         "valid": os.path.join(save_folder, "valid.csv") if valid_splits else None,
@@ -364,12 +600,12 @@ def prepare_librispeech(
     overlap = sorted(set(train_splits) & set(valid_splits))
     if overlap:
         raise ValueError(f"Subsets {overlap} are both in train_splits and valid_splits.")
-    data_folder = os.path.abspath(data_folder)
+    data_folder = _checked_folder(data_folder, "data_folder")
+    min_samples = integer_at_least(min_samples, "min_samples", 0)
     options = {"data_folder": data_folder, "train_splits": train_splits,
-               "valid_splits": valid_splits, "min_samples": int(min_samples)}
+               "valid_splits": valid_splits, "min_samples": min_samples}
     outputs = [path for path in csv_paths.values() if path]
-    if is_prepared(save_folder, "librispeech", options, outputs):
-        logger.info("LibriSpeech already prepared in %s with the same options: skipping.", save_folder)
+    if _use_prepared(save_folder, "librispeech", options, outputs, force_prep, "LibriSpeech"):
         return csv_paths
     _require_folder(data_folder, "LibriSpeech folder", LIBRISPEECH_LAYOUT)
     os.makedirs(save_folder, exist_ok=True)
@@ -378,7 +614,11 @@ def prepare_librispeech(
     for key, splits in (("train", train_splits), ("valid", valid_splits)):
         if not splits:
             continue
-        rows = [row for split in splits for row in _librispeech_split_rows(data_folder, split, min_samples)]
+        left_out = LeftOutFiles(csv_paths[key])
+        rows = [
+            row for split in splits for row in _librispeech_split_rows(data_folder, split, min_samples, left_out)
+        ]
+        left_out.warn()
         if not rows:
             raise ValueError(f"No usable utterance in LibriSpeech subsets {splits} under '{data_folder}'.")
         id_counts = collections.Counter(row[0] for row in rows)
@@ -388,7 +628,9 @@ def prepare_librispeech(
             raise ValueError(f"Utterance IDs appear twice in {splits}: {duplicates[:10]}")
         seen_ids.update(id_counts)
         write_csv(csv_paths[key], LIBRISPEECH_HEADER, rows)
-        logger.info("Wrote %s (%d utterances).", csv_paths[key], len(rows))
+        left_out.write()
+        logger.info("Wrote %s (%d utterances, %d files left out: %s).", csv_paths[key], len(rows),
+                    left_out.count(), skipped_path(csv_paths[key]))
     _write_marker(save_folder, "librispeech", options)
     return csv_paths
 
@@ -398,23 +640,26 @@ def prepare_librispeech(
 # ---------------------------------------------------------------------------------------------
 
 
-def _musan_entries(musan_folder, subsets):
+def _musan_entries(musan_folder, subsets, left_out):
     entries = []
     _require_folder(musan_folder, "MUSAN folder", "musan/{noise,music,speech}/<source>/*.wav")
     for subset in subsets:
         subset_folder = os.path.join(musan_folder, subset)
         _require_folder(subset_folder, "MUSAN subset folder", f"musan/{subset}/<source>/*.wav")
         audio_files, other_files = find_files(subset_folder)
-        _warn_non_audio(other_files, subset_folder)
+        _leave_out_non_audio(other_files, left_out)
         entries += [(make_id(os.path.relpath(path, musan_folder), "musan"), path) for path in audio_files]
     return entries
 
 
-def _scan_urbansound(urbansound_folder, exclude):
+def _scan_urbansound(urbansound_folder, exclude, left_out=None):
     """Lists the UrbanSound8K clips not in ``exclude``; returns ``(entries, excluded count per class)``.
 
-    Only file names are read (``<fsID>-<classID>-<occurrence>-<slice>``), no audio header.
+    Only file names are read (``<fsID>-<classID>-<occurrence>-<slice>``), no audio header. Other
+    files are counted in ``left_out`` (a :class:`LeftOutFiles`; None: not counted).
     """
+    if left_out is None:
+        left_out = LeftOutFiles("(UrbanSound8K recount)")
     unknown = sorted(set(exclude) - set(URBANSOUND_CLASSES))
     if unknown:
         raise ValueError(f"Unknown UrbanSound8K classes {unknown}; known: {list(URBANSOUND_CLASSES)}")
@@ -429,11 +674,11 @@ def _scan_urbansound(urbansound_folder, exclude):
     entries, excluded = [], {name: 0 for name in exclude}
     for fold in folds:
         audio_files, other_files = find_files(os.path.join(audio_root, fold))
-        _warn_non_audio(other_files, os.path.join(audio_root, fold))
+        _leave_out_non_audio(other_files, left_out)
         for path in audio_files:
             match = URBANSOUND_NAME.match(os.path.splitext(os.path.basename(path))[0])
             if match is None:
-                logger.warning("Skipping %s: not named <fsID>-<classID>-<occurrence>-<slice>", path)
+                left_out.add(BAD_URBANSOUND_NAME, path)
                 continue
             class_name = URBANSOUND_CLASSES[int(match.group(1))]
             if class_name in excluded:
@@ -447,12 +692,13 @@ def _format_counts(counts):
     return ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
 
 
-def _urbansound_entries(urbansound_folder, exclude, excluded_counts=None):
+def _urbansound_entries(urbansound_folder, exclude, left_out, excluded_counts=None):
     """``(ID, path)`` of the UrbanSound8K clips not in the ``exclude`` classes; logs the counts.
 
-    ``excluded_counts``, a dict, receives the number of clips left out per class.
+    ``excluded_counts``, a dict, receives the number of clips left out per class (by choice, so
+    logged, not counted in ``left_out``).
     """
-    entries, excluded = _scan_urbansound(urbansound_folder, exclude)
+    entries, excluded = _scan_urbansound(urbansound_folder, exclude, left_out)
     logger.info("UrbanSound8K: %d clips kept, %d excluded (%s).", len(entries), sum(excluded.values()),
                 _format_counts(excluded))
     if excluded_counts is not None:
@@ -460,10 +706,10 @@ def _urbansound_entries(urbansound_folder, exclude, excluded_counts=None):
     return entries
 
 
-def _folder_entries(folder, prefix):
+def _folder_entries(folder, prefix, left_out):
     _require_folder(folder, "Audio folder", "a folder of .wav/.flac/.ogg files")
     audio_files, other_files = find_files(folder)
-    _warn_non_audio(other_files, folder)
+    _leave_out_non_audio(other_files, left_out)
     return [(make_id(os.path.relpath(path, folder), prefix), path) for path in audio_files]
 
 
@@ -476,6 +722,7 @@ def prepare_noise(
     extra_folders=(),
     csv_name="noise.csv",
     skip_prep=False,
+    force_prep=False,
 ):
     """Writes a SpeechBrain noise CSV (``ID,duration,wav,wav_format,wav_opts``) from noise corpora.
 
@@ -485,19 +732,21 @@ def prepare_noise(
         Where the CSV and its marker ``<csv stem>.prepare.json`` are written.
     musan_folder : str, optional
         The ``musan`` folder; its ``musan_subsets`` are read recursively (``ANNOTATIONS``,
-        ``LICENSE`` and other non-audio files are skipped with a warning).
-    musan_subsets : sequence of str
-        Among ``"noise"``, ``"music"``, ``"speech"``.
+        ``LICENSE`` and other non-audio files are left out and counted).
+    musan_subsets : sequence of str, or str
+        Among ``"noise"``, ``"music"``, ``"speech"`` (a single string is a one-item list).
     urbansound_folder : str, optional
         The ``UrbanSound8K`` folder (``audio/fold*/<fsID>-<classID>-<occurrence>-<slice>.wav``).
-    urbansound_exclude : sequence of str
+    urbansound_exclude : sequence of str, or str
         UrbanSound8K classes left out (by default the ones holding speech-like sounds or music).
-    extra_folders : sequence of str
+    extra_folders : sequence of str, or str
         Any other folders of audio files, read recursively.
     csv_name : str
         File name of the CSV.
     skip_prep : bool
         If True, do nothing and return the path.
+    force_prep : bool
+        If True, prepare again even if the CSV exists with the same options.
 
     Returns
     -------
@@ -511,60 +760,79 @@ def prepare_noise(
     ------
     FileNotFoundError, ValueError
         A folder is missing or empty, no source is given, or no usable audio file is found.
+    StaleListError
+        If the CSV is already prepared but names files that no longer exist.
+    OptionError
+        If a folder contains ``$`` or ``skip_prep`` and ``force_prep`` are both True.
 
     Notes
     -----
+    Left out, counted and warned about (see the module docstring): non-audio and hidden files,
+    unreadable or empty files, files shorter than :data:`MIN_NOISE_SECONDS` (0.1 s, one-sample
+    files included: the pool would tile them into a buzz), paths with ``$``, UrbanSound8K files not
+    named ``<fsID>-<classID>-<occurrence>-<slice>``. The excluded UrbanSound8K classes are left out
+    by choice: logged and recorded in the composition, not warned about.
+
     The authors' pool is MUSAN ``noise/`` plus UrbanSound8K without children_playing and
     street_music (``urbansound_folder`` given), drawn uniformly over files: UrbanSound8K's 6,732
     kept clips against MUSAN's 930 noise files make about 88 % of the file draws UrbanSound8K.
     """
+    _check_prep_flags(skip_prep, force_prep)
+    musan_subsets = as_list(musan_subsets, "musan_subsets")
+    urbansound_exclude = as_list(urbansound_exclude, "urbansound_exclude")
+    extra_folders = as_list(extra_folders, "extra_folders")
+    _checked_folder(save_folder, "save_folder")  # the lists keep the path as given
     csv_path = os.path.join(save_folder, csv_name)
     if skip_prep:
         return csv_path
-    musan_subsets, urbansound_exclude = list(musan_subsets), list(urbansound_exclude)
-    extra_folders = [os.path.abspath(folder) for folder in extra_folders]
+    extra_folders = [_checked_folder(folder, "extra_folders") for folder in extra_folders]
     if musan_folder is None and urbansound_folder is None and not extra_folders:
         raise ValueError("prepare_noise needs musan_folder, urbansound_folder or extra_folders.")
     options = {
-        "musan_folder": musan_folder and os.path.abspath(musan_folder),
+        "musan_folder": _checked_folder(musan_folder, "musan_folder"),
         "musan_subsets": musan_subsets,
-        "urbansound_folder": urbansound_folder and os.path.abspath(urbansound_folder),
+        "urbansound_folder": _checked_folder(urbansound_folder, "urbansound_folder"),
         "urbansound_exclude": urbansound_exclude,
         "extra_folders": extra_folders,
     }
     marker_name = os.path.splitext(csv_name)[0]
-    if is_prepared(save_folder, marker_name, options, [csv_path]):
-        logger.info("Noise CSV %s already prepared with the same options: skipping.", csv_path)
+    if _use_prepared(save_folder, marker_name, options, [csv_path], force_prep, f"Noise CSV {csv_path}"):
         _log_composition(_load_or_recompute_composition(csv_path, options, _recompute_noise_composition))
         return csv_path
+    left_out = LeftOutFiles(csv_path)
     entries, excluded = [], None
     if musan_folder is not None:
-        entries += _musan_entries(options["musan_folder"], musan_subsets)
+        entries += _musan_entries(options["musan_folder"], musan_subsets, left_out)
     if urbansound_folder is not None:
         excluded = {}
-        entries += _urbansound_entries(options["urbansound_folder"], urbansound_exclude, excluded)
+        entries += _urbansound_entries(options["urbansound_folder"], urbansound_exclude, left_out, excluded)
     for index, folder in enumerate(extra_folders):
-        entries += _folder_entries(folder, f"extra{index}")
+        entries += _folder_entries(folder, f"extra{index}", left_out)
     sources = [folder for folder in (options["musan_folder"], options["urbansound_folder"]) if folder]
-    rows, skipped = _audio_rows(entries, "Noise")
+    rows = _audio_rows(entries, "Noise", left_out, min_seconds=MIN_NOISE_SECONDS)
+    left_out.warn()
     if not rows:
         raise ValueError(f"No usable noise audio file found under {sources + extra_folders}.")
     composition = _write_noise_style_csv(
-        save_folder, csv_path, marker_name, options, rows,
-        lambda rows: noise_composition(csv_path, options, rows, excluded=excluded, unreadable=skipped),
+        save_folder, csv_path, marker_name, options, rows, left_out,
+        lambda rows: noise_composition(
+            csv_path, options, rows, excluded=excluded, unreadable=_unreadable_count(left_out)
+        ),
     )
-    logger.info("Wrote %s: %d noise files (%.1f min), %d unreadable skipped, from %s.", csv_path,
-                len(rows), sum(row[1] for row in rows) / 60, skipped, sources + extra_folders)
+    logger.info("Wrote %s: %d noise files (%.1f min), %d files left out (%s), from %s.", csv_path,
+                len(rows), sum(row[1] for row in rows) / 60, left_out.count(), skipped_path(csv_path),
+                sources + extra_folders)
     _log_composition(composition)
     return csv_path
 
 
-def _write_noise_style_csv(save_folder, csv_path, marker_name, options, rows, make_composition):
-    """Writes the CSV, then its composition JSON, then the marker; returns the composition."""
+def _write_noise_style_csv(save_folder, csv_path, marker_name, options, rows, left_out, make_composition):
+    """Writes the CSV, its skipped and composition JSONs, then the marker; returns the composition."""
     os.makedirs(save_folder, exist_ok=True)
     _remove_marker(save_folder, marker_name)
     rows = _deduplicate_ids(rows)
     write_csv(csv_path, NOISE_HEADER, rows)
+    left_out.write()
     composition = make_composition(rows)
     _write_json(composition_path(csv_path), composition)
     _write_marker(save_folder, marker_name, options)
@@ -915,7 +1183,7 @@ def _noise_list_paths(folder):
     return listed
 
 
-def _rirs_noises_entries(rir_folder, subsets):
+def _rirs_noises_entries(rir_folder, subsets, left_out):
     layout = "RIRS_NOISES/{real_rirs_isotropic_noises,simulated_rirs/<size>}/rir_list"
     _require_folder(rir_folder, "RIRS_NOISES folder", layout)
     unknown = sorted(set(subsets) - set(RIRS_NOISES_SUBSETS))
@@ -939,9 +1207,9 @@ def _rirs_noises_entries(rir_folder, subsets):
             raise FileNotFoundError(f"RIR list '{list_path}' does not exist; expected {layout}.")
         for rir_id, path in read_kaldi_list(list_path, rir_folder):
             if os.path.normpath(path) in noise_paths:
-                logger.warning("Skipping %s: listed in %s but also a noise", path, list_path)
+                left_out.add(RIR_ALSO_NOISE, path, detail=list_path)
             elif not os.path.isfile(path):
-                logger.warning("Skipping %s: listed in %s but missing", path, list_path)
+                left_out.add(MISSING_RIR, path, detail=list_path)
             else:
                 entries.append((make_id(rir_id), path))
     logger.info("RIRS_NOISES %s: %d RIRs listed in %d rir_list file(s).", list(subsets), len(entries),
@@ -949,7 +1217,7 @@ def _rirs_noises_entries(rir_folder, subsets):
     return entries
 
 
-def _rir_folder_entries(rir_folder, description):
+def _rir_folder_entries(rir_folder, description, left_out):
     _require_folder(rir_folder, description, "a folder of RIR .wav/.flac files")
     audio_files, other_files = find_files(rir_folder)
     noise_paths = _noise_list_paths(rir_folder)
@@ -963,7 +1231,7 @@ def _rir_folder_entries(rir_folder, description):
         logger.info("%s: left out %d noise file(s) (listed in a noise_list or under "
                     "pointsource_noises).", rir_folder, len(audio_files) - len(kept))
     ignored = [path for path in other_files if os.path.basename(path) not in ("rir_list", "noise_list")]
-    _warn_non_audio(ignored, rir_folder)
+    _leave_out_non_audio(ignored, left_out)
     return kept
 
 
@@ -974,6 +1242,7 @@ def prepare_rirs(
     rirs_noises_subsets=("real",),
     csv_name="rirs.csv",
     skip_prep=False,
+    force_prep=False,
 ):
     """Writes a SpeechBrain RIR CSV (``ID,duration,wav,wav_format,wav_opts``) for ``AddReverb``.
 
@@ -986,14 +1255,17 @@ def prepare_rirs(
         ``impulse_responses`` folder. ``"folder"``: any folder of RIR files.
     rir_format : str
         One of ``"rirs_noises"``, ``"dns"``, ``"folder"``.
-    rirs_noises_subsets : sequence of str
+    rirs_noises_subsets : sequence of str, or str
         For ``"rirs_noises"``: ``"real"`` (``real_rirs_isotropic_noises/rir_list``) and/or
-        ``"simulated"`` (``simulated_rirs/*/rir_list``). Only the ``rir_list`` entries are taken:
-        the isotropic and point-source noises of the same folders never are.
+        ``"simulated"`` (``simulated_rirs/*/rir_list``); a single string is a one-item list. Only the
+        ``rir_list`` entries are taken: the isotropic and point-source noises of the same folders
+        never are.
     csv_name : str
         File name of the CSV.
     skip_prep : bool
         If True, do nothing and return the path.
+    force_prep : bool
+        If True, prepare again even if the CSV exists with the same options.
 
     Returns
     -------
@@ -1011,33 +1283,40 @@ def prepare_rirs(
     RIRs only. In the ``"dns"`` and ``"folder"`` formats every audio file found recursively is taken, except
     files listed in a ``noise_list`` and files under a ``pointsource_noises`` folder.
     Multichannel and non-16-kHz RIRs are kept and listed in the log; the consumer converts them.
+    Left out, counted and warned about (see the module docstring): RIRs listed in a ``rir_list``
+    but missing or also listed in a ``noise_list``, non-audio files (``"dns"``, ``"folder"``),
+    unreadable or empty files, paths with ``$``.
     """
+    _check_prep_flags(skip_prep, force_prep)
+    rirs_noises_subsets = as_list(rirs_noises_subsets, "rirs_noises_subsets")
+    _checked_folder(save_folder, "save_folder")  # the lists keep the path as given
     csv_path = os.path.join(save_folder, csv_name)
     if skip_prep:
         return csv_path
     if rir_format not in RIR_FORMATS:
         raise ValueError(f"rir_format must be one of {RIR_FORMATS}, got '{rir_format}'.")
-    rir_folder = os.path.abspath(rir_folder)
+    rir_folder = _checked_folder(rir_folder, "rir_folder")
     options = {"rir_folder": rir_folder, "rir_format": rir_format,
                "rirs_noises_subsets": sorted(rirs_noises_subsets) if rir_format == "rirs_noises" else []}
     marker_name = os.path.splitext(csv_name)[0]
-    if is_prepared(save_folder, marker_name, options, [csv_path]):
-        logger.info("RIR CSV %s already prepared with the same options: skipping.", csv_path)
+    if _use_prepared(save_folder, marker_name, options, [csv_path], force_prep, f"RIR CSV {csv_path}"):
         _log_composition(_load_or_recompute_composition(csv_path, options, rir_composition))
         return csv_path
+    left_out = LeftOutFiles(csv_path)
     if rir_format == "rirs_noises":
-        entries = _rirs_noises_entries(rir_folder, list(rirs_noises_subsets))
+        entries = _rirs_noises_entries(rir_folder, rirs_noises_subsets, left_out)
     else:
         description = "DNS impulse_responses folder" if rir_format == "dns" else "RIR folder"
-        entries = _rir_folder_entries(rir_folder, description)
-    rows, skipped = _audio_rows(entries, "RIRs")
+        entries = _rir_folder_entries(rir_folder, description, left_out)
+    rows = _audio_rows(entries, "RIRs", left_out)
+    left_out.warn()
     if not rows:
         raise ValueError(f"No usable RIR file found under '{rir_folder}' (format '{rir_format}').")
     composition = _write_noise_style_csv(
-        save_folder, csv_path, marker_name, options, rows,
-        lambda rows: rir_composition(csv_path, options, rows, unreadable=skipped),
+        save_folder, csv_path, marker_name, options, rows, left_out,
+        lambda rows: rir_composition(csv_path, options, rows, unreadable=_unreadable_count(left_out)),
     )
-    logger.info("Wrote %s: %d RIRs, %d unreadable skipped, from %s.", csv_path, len(rows), skipped,
-                rir_folder)
+    logger.info("Wrote %s: %d RIRs, %d files left out (%s), from %s.", csv_path, len(rows),
+                left_out.count(), skipped_path(csv_path), rir_folder)
     _log_composition(composition)
     return csv_path

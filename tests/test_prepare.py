@@ -200,8 +200,12 @@ def test_musan_noise_skips_metadata_with_warning_and_keeps_stereo(corpus, tmp_pa
     assert names == on_disk and len(names) == 4  # 3 mono + the stereo 44.1 kHz file
     stereo = [row for row in rows if soundfile.info(row["wav"]).channels == 2]
     assert len(stereo) == 1 and float(stereo[0]["duration"]) == pytest.approx(1.0)
-    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert "ANNOTATIONS" in warnings and "LICENSE" in warnings
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "4 files left out of" in warnings[0] and "not an audio file" in warnings[0]
+    with open(os.path.join(tmp_path, "noise_skipped.json")) as json_file:  # one line, every name recorded
+        examples = json.load(json_file)["by_reason"]
+    names = {os.path.basename(p) for entry in examples.values() for p in entry["examples"]}
+    assert names == {"ANNOTATIONS", "LICENSE"}
     assert "44100 Hz" in caplog.text  # unusual files are logged
     assert all(row["wav_format"] == "wav" and row["wav_opts"] == "" for row in rows)
     assert len(load_data_csv(path)) == 4
@@ -230,7 +234,7 @@ def _make_urbansound(root):
     for fold, name in [("fold1", "100-2-0-0.wav"), ("fold1", "101-3-0-1.wav"),
                        ("fold2", "102-9-1-0.wav"), ("fold2", "103-8-0-0.wav")]:
         (root / "audio" / fold).mkdir(parents=True, exist_ok=True)
-        soundfile.write(root / "audio" / fold / name, np.zeros(800), 16000)
+        soundfile.write(root / "audio" / fold / name, np.zeros(1600), 16000)  # 0.1 s: the shortest noise kept
     (root / "audio" / "fold1" / ".DS_Store").write_bytes(b"\0")
 
 
