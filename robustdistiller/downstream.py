@@ -17,11 +17,21 @@ of the upstream's hidden layers (REFERENCE.md section 5), on clean and corrupted
 * :class:`DownstreamBrain`: ``encode`` (upstream + weighted sum), per-epoch corruption seeds, CPU-safe
   DDP (no SyncBatchNorm conversion on CPU), :meth:`~DownstreamBrain.evaluate_conditions`.
 * :func:`write_condition_results`: ``results.json`` and ``results.md`` in the output folder.
+
+A run knows its upstream: :func:`start_run` (the first thing every recipe does after loading its YAML)
+checks the options, takes the output folder's lock and records the upstream's identity
+(:meth:`FrozenUpstream.identity`: kind, source, weights fingerprint, layers, width, options) in
+``<save_folder>/upstream.json``; a rerun in that folder with another upstream is refused
+(:class:`UpstreamChangedError`) instead of resuming a head trained on the first one and crediting the
+second with its results. The default output folder, ``results/<task>/<upstream_name>/<seed>``, already
+differs per upstream (:func:`upstream_name`).
 """
 
+import hashlib
 import json
 import logging
 import os
+import re
 
 import speechbrain as sb
 import torch
@@ -32,8 +42,11 @@ from torch.nn.parallel import DistributedDataParallel
 from robustdistiller.audio import load_audio
 from robustdistiller.corruption import Corruptor, NoisePool, PooledAddReverb, hash_seed
 from robustdistiller.export import ExportError, load_student, locate_checkpoint
+from robustdistiller.fingerprint import weights_fingerprint
 from robustdistiller.interface import looks_like_path
+from robustdistiller.options import OptionError, as_list, integer_at_least
 from robustdistiller.prepare import prepare_noise, prepare_rirs
+from robustdistiller.run_folder import ChangedSettingsError, lock_output_folder
 from robustdistiller.student import num_parameters
 from robustdistiller.teacher import FrozenTeacher, load_ssl_model
 
@@ -52,6 +65,80 @@ DEFAULT_TEST_CONDITIONS = {
     "reverb": {"condition": "reverb"},
     "noise_reverb": {"condition": "noise_reverb", "snr": 10},
 }
+
+UPSTREAM_IDENTITY_FILE = "upstream.json"
+# Fields of FrozenUpstream.identity() that must match for a run to resume: what the features are made
+# of. The source (its spelling, or where a copy of the weights lives) is recorded but not compared.
+IDENTITY_FIELDS = ("kind", "fingerprint", "num_layers", "hidden_size", "include_predictions", "per_utterance_norm")
+
+# Downstream YAML options that are lists; a single string given for one is a one-item list.
+LIST_OPTIONS = tuple(
+    f"{prefix}_{name}"
+    for prefix in ("test", "train")
+    for name in ("musan_subsets", "noise_folders", "rirs_noises_subsets")
+) + ("test_condition_names",)
+
+# Path components that say nothing about which model a path holds (our own folder and file names).
+_GENERIC_PATH_PARTS = {"save", "student", "model", "checkpoint", "checkpoints", "export", "exported"}
+_WEIGHT_FILE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+
+
+def upstream_name(source, max_length=80):
+    """A short, filesystem-safe name of an upstream, for default output folders.
+
+    A hub id gives its model name (the part after the owner). A path (existing, or written as one)
+    gives its last component, without a weight-file extension, prefixed by its parents while they
+    are our generic names (``save``, ``CKPT+...``, ``student.ckpt``, ``exported``...), so that a
+    distillation checkpoint is named after its run; ``save`` itself is left out. A relative path
+    gives the same name as its absolute spelling. Characters other than letters, digits and
+    ``. _ + -`` become ``_``.
+
+    Arguments
+    ---------
+    source : str or os.PathLike
+        The ``upstream_source`` option.
+    max_length : int
+        Longer names are cut, keeping a hash of the full name at the end (they stay distinct).
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> upstream_name("microsoft/wavlm-base-plus")
+    'wavlm-base-plus'
+    >>> upstream_name("/runs/robust/save/CKPT+2024-05-01+12-00-00+00")
+    'robust-CKPT+2024-05-01+12-00-00+00'
+    >>> upstream_name("/runs/robust/save"), upstream_name("/models/exported_student/")
+    ('robust', 'exported_student')
+    >>> upstream_name("/models/distilhubert.ckpt"), upstream_name("/runs/robust/exported")
+    ('distilhubert', 'robust-exported')
+    >>> upstream_name("/models/my model (v2)")
+    'my_model_v2'
+    """
+    if source is None or not str(os.fspath(source)).strip():
+        raise OptionError("Option `upstream_source` is empty: give a hub id or the path of an upstream.")
+    source = str(os.fspath(source)).strip()
+    expanded = os.path.expanduser(source)
+    if os.path.exists(expanded) or looks_like_path(source):
+        picked = []
+        for part in reversed([part for part in os.path.abspath(expanded).split(os.sep) if part]):
+            stem, extension = os.path.splitext(part)
+            if extension.lower() not in _WEIGHT_FILE_EXTENSIONS:
+                stem = part
+            generic = stem.lower() in _GENERIC_PATH_PARTS or stem.startswith("CKPT+")
+            if stem.lower() != "save":
+                picked.append(stem)
+            if not generic:
+                break
+        name = "-".join(reversed(picked))
+    else:
+        name = source.rstrip("/").split("/")[-1]
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._-") or "upstream"
+    if len(name) > max_length:
+        name = f"{name[: max_length - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 class FrozenUpstream(nn.Module):
@@ -96,6 +183,8 @@ class FrozenUpstream(nn.Module):
             kind = self._detect_kind(source)
         self.kind = kind
         self.include_predictions = bool(include_predictions)
+        self.per_utterance_norm = bool(per_utterance_norm)
+        self._identity = None
         if kind == "student":
             student, info = load_student(source, per_utterance_norm=per_utterance_norm)
             self.model = student
@@ -126,6 +215,43 @@ class FrozenUpstream(nn.Module):
             self.hidden_size,
             f"{num_parameters(self.model):,}",
         )
+
+    def identity(self):
+        """What this upstream is, as recorded in ``upstream.json`` and ``results.json``.
+
+        Returns
+        -------
+        dict
+            ``kind`` (``student`` or ``hf``, never ``auto``), ``source`` (as given), ``source_path``
+            (absolute path of a local source, None for a hub id), ``fingerprint``
+            (:func:`~robustdistiller.fingerprint.weights_fingerprint` of the frozen weights, which
+            identifies the upstream whatever path it was loaded from), ``num_layers`` and
+            ``hidden_size`` (of the features the head sees), ``include_predictions`` (always False
+            for Hugging Face models, which have no prediction heads), ``per_utterance_norm`` and
+            ``description``. The weights are frozen, so this is computed once.
+
+        Example
+        -------
+        >>> import tempfile
+        >>> from robustdistiller.teacher import save_random_teacher
+        >>> identity = FrozenUpstream(save_random_teacher(tempfile.mkdtemp(), model_type="hubert")).identity()
+        >>> identity["kind"], identity["num_layers"], identity["hidden_size"], len(identity["fingerprint"])
+        ('hf', 13, 64, 16)
+        """
+        if self._identity is None:
+            expanded = os.path.expanduser(self.source)
+            self._identity = {
+                "kind": self.kind,
+                "source": self.source,
+                "source_path": os.path.abspath(expanded) if os.path.exists(expanded) else None,
+                "fingerprint": weights_fingerprint(self.model),
+                "num_layers": self.num_layers,
+                "hidden_size": self.hidden_size,
+                "include_predictions": self.kind == "student" and self.include_predictions,
+                "per_utterance_norm": self.per_utterance_norm,
+                "description": self.description,
+            }
+        return dict(self._identity)
 
     @staticmethod
     def _detect_kind(source):
@@ -330,8 +456,8 @@ def prepare_test_corruption(
         noise_csv = prepare_noise(
             save_folder,
             musan_folder=musan_folder,
-            musan_subsets=tuple(musan_subsets),
-            extra_folders=tuple(noise_folders),
+            musan_subsets=musan_subsets,  # prepare_noise reads a single string as a one-item list
+            extra_folders=noise_folders,
             csv_name=f"{prefix}_noise.csv",
             skip_prep=skip_prep,
         )
@@ -340,7 +466,7 @@ def prepare_test_corruption(
             save_folder,
             rir_folder,
             rir_format=rir_format,
-            rirs_noises_subsets=tuple(rirs_noises_subsets),
+            rirs_noises_subsets=rirs_noises_subsets,
             csv_name=f"{prefix}_rirs.csv",
             skip_prep=skip_prep,
         )
@@ -367,14 +493,17 @@ def prepare_corruption_lists(hparams):
 
 
 def _prepare_lists(hparams, prefix):
+    def listed(name):  # a single string is a one-item list
+        return as_list(hparams.get(f"{prefix}_{name}"), f"{prefix}_{name}")
+
     return prepare_test_corruption(
         hparams["save_folder"],
         musan_folder=hparams.get(f"{prefix}_musan_folder"),
-        musan_subsets=hparams.get(f"{prefix}_musan_subsets", ()),
-        noise_folders=hparams.get(f"{prefix}_noise_folders") or (),
+        musan_subsets=listed("musan_subsets"),
+        noise_folders=listed("noise_folders"),
         rir_folder=hparams.get(f"{prefix}_rir_folder"),
         rir_format=hparams.get(f"{prefix}_rir_format", "rirs_noises"),
-        rirs_noises_subsets=hparams.get(f"{prefix}_rirs_noises_subsets", ()),
+        rirs_noises_subsets=listed("rirs_noises_subsets"),
         skip_prep=hparams.get("skip_prep", False),
         prefix=prefix,
     )
@@ -383,7 +512,8 @@ def _prepare_lists(hparams, prefix):
 def build_corruptors(hparams):
     """The test corruptor, the training corruptor (or None) and the test conditions that can run.
 
-    ``test_condition_names`` (optional) restricts ``test_conditions`` to a subset, in that order.
+    ``test_condition_names`` (optional; a single name is a one-item list, null or ``[]`` keeps all)
+    restricts ``test_conditions`` to a subset, in that order.
     The test corruptor is seeded with ``test_corruption_seed`` (the same for every upstream); the
     training one (``train_corruption: True``) draws clean / noise / reverb / both per utterance with
     ``train_condition_probs`` and SNRs in ``[train_snr_low, train_snr_high]``.
@@ -396,11 +526,14 @@ def build_corruptors(hparams):
     test_noise, test_rirs = lists["test"]
     test_corruptor = build_corruptor(test_noise, test_rirs, seed=hparams.get("test_corruption_seed", 2024))
     conditions = dict(hparams["test_conditions"])
-    names = hparams.get("test_condition_names")
+    names = as_list(hparams.get("test_condition_names"), "test_condition_names")
     if names:
-        unknown = sorted(set(names) - set(conditions))
+        unknown = sorted(set(names) - set(conditions), key=str)
         if unknown:
-            raise ValueError(f"test_condition_names {unknown} are not in test_conditions {sorted(conditions)}")
+            raise OptionError(
+                f"Option `test_condition_names` names {unknown}, which are not in test_conditions "
+                f"{sorted(conditions)}; pick among those (null runs them all)."
+            )
         conditions = {name: conditions[name] for name in names}
     conditions = select_conditions(conditions, test_noise, test_rirs)
     train_corruptor = None
@@ -582,6 +715,181 @@ def condition_test_set_factory(hparams, csv_file, corruptor, output_keys, extra_
     return make_test_set
 
 
+# ------------------------------------------------------------------------------------------------
+# Start of a run: options, output folder lock, upstream identity
+# ------------------------------------------------------------------------------------------------
+
+
+class UpstreamChangedError(ChangedSettingsError):
+    """The output folder holds a run of another upstream; resuming it would mix the two."""
+
+
+def check_downstream_options(hparams):
+    """Checks and normalises the options every downstream recipe reads, naming the option at fault.
+
+    ``number_of_epochs`` must be an integer >= 1 (and ``number_of_updates``, where the recipe has it,
+    null or >= 1); the list options of :data:`LIST_OPTIONS` become lists (a single string is a
+    one-item list). ``hparams`` is updated in place.
+
+    Raises
+    ------
+    robustdistiller.options.OptionError
+
+    Example
+    -------
+    >>> options = {"number_of_epochs": 3, "test_condition_names": "clean", "test_musan_subsets": ["music"]}
+    >>> check_downstream_options(options)
+    >>> options["test_condition_names"], options["test_musan_subsets"]
+    (['clean'], ['music'])
+    >>> check_downstream_options({"number_of_epochs": 0})
+    Traceback (most recent call last):
+    ...
+    robustdistiller.options.OptionError: Option `number_of_epochs` must be an integer >= 1, got 0.
+    """
+    hparams["number_of_epochs"] = integer_at_least(hparams.get("number_of_epochs"), "number_of_epochs", 1)
+    if hparams.get("number_of_updates") is not None:
+        hparams["number_of_updates"] = integer_at_least(hparams["number_of_updates"], "number_of_updates", 1)
+    for name in LIST_OPTIONS:
+        if name in hparams and hparams[name] is not None:
+            hparams[name] = as_list(hparams[name], name)
+
+
+def read_upstream_identity(save_folder):
+    """The upstream identity recorded in ``<save_folder>/upstream.json``, or None when there is none."""
+    path = os.path.join(save_folder, UPSTREAM_IDENTITY_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fin:
+        return json.load(fin)
+
+
+def _describe_upstream(identity):
+    source = identity.get("source_path") or identity.get("source")
+    return f"'{source}' ({identity.get('kind')}, fingerprint {identity.get('fingerprint')})"
+
+
+def check_upstream_identity(save_folder, upstream, record=True):
+    """Refuses a run whose save folder was used with another upstream; records the upstream otherwise.
+
+    The fields of :data:`IDENTITY_FIELDS` are compared (the weights fingerprint above all); the
+    source is not: the same weights given by another spelling of their path, or a copy of them, are
+    the same upstream.
+
+    Arguments
+    ---------
+    save_folder : str
+        The run's save folder (checkpoints; ``upstream.json`` is written there).
+    upstream : FrozenUpstream
+        This run's upstream.
+    record : bool
+        Write ``upstream.json`` when the folder has none (the main process does; the others only check).
+
+    Returns
+    -------
+    dict or None
+        The identity recorded before this call (None on a first run, which records this upstream's).
+
+    Raises
+    ------
+    UpstreamChangedError
+        Naming both upstreams (source and fingerprint), the differing fields and the fix.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from robustdistiller.teacher import save_random_teacher
+    >>> save_folder = tempfile.mkdtemp()
+    >>> first = FrozenUpstream(save_random_teacher(tempfile.mkdtemp(), model_type="hubert", seed=1))
+    >>> check_upstream_identity(save_folder, first) is None  # first run: recorded
+    True
+    >>> check_upstream_identity(save_folder, first) == first.identity()
+    True
+    >>> other = FrozenUpstream(save_random_teacher(tempfile.mkdtemp(), model_type="hubert", seed=2))
+    >>> check_upstream_identity(save_folder, other)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    robustdistiller.downstream.UpstreamChangedError: The save folder ... was used with another upstream...
+    """
+    identity = upstream.identity()
+    recorded = read_upstream_identity(save_folder)
+    if recorded is None:
+        if record:
+            if os.path.isdir(save_folder) and any(name.startswith("CKPT+") for name in os.listdir(save_folder)):
+                logger.warning(
+                    "%s has checkpoints but no %s (a run of an older version): which upstream they were "
+                    "trained on cannot be checked; recording %s.",
+                    save_folder, UPSTREAM_IDENTITY_FILE, _describe_upstream(identity),
+                )
+            os.makedirs(save_folder, exist_ok=True)
+            path = os.path.join(save_folder, UPSTREAM_IDENTITY_FILE)
+            with open(path + ".tmp", "w", encoding="utf-8") as fout:
+                json.dump(identity, fout, indent=2)
+            os.replace(path + ".tmp", path)
+        return None
+    differing = {
+        field: (recorded.get(field, "<not recorded>"), identity[field])
+        for field in IDENTITY_FIELDS
+        if recorded.get(field, "<not recorded>") != identity[field]
+    }
+    if differing:
+        lines = "\n".join(f"  {field}: recorded {old!r}, now {new!r}" for field, (old, new) in differing.items())
+        raise UpstreamChangedError(
+            f"The save folder {save_folder} was used with another upstream: resuming would test this "
+            f"upstream with a head trained on that one, and credit it with the results.\n"
+            f"  recorded upstream: {_describe_upstream(recorded)}\n"
+            f"  this run's upstream: {_describe_upstream(identity)}\n"
+            f"Differing fields:\n{lines}\n"
+            f"Pick another --output_folder for this upstream (the default one, results/<task>/<upstream "
+            f"name>/<seed>, differs between upstreams of different names), or delete the old run's folder."
+        )
+    return recorded
+
+
+def start_run(hparams_file, hparams, overrides):
+    """The start of every downstream run, before anything is written to its output folder.
+
+    1. :func:`check_downstream_options`;
+    2. on the main process, the exclusive lock of the output folder
+       (:func:`~robustdistiller.run_folder.lock_output_folder`: a second run in the same folder stops
+       with :class:`~robustdistiller.run_folder.OutputFolderInUse`);
+    3. :func:`check_upstream_identity` of ``hparams["upstream"]`` (when it is a built
+       :class:`FrozenUpstream`) against ``<save_folder>/upstream.json``, which the main process
+       writes on a first run;
+    4. ``speechbrain.create_experiment_directory`` (the YAML, the overrides and the log).
+
+    Arguments
+    ---------
+    hparams_file : str
+        The recipe's YAML.
+    hparams : dict
+        The loaded options (updated in place by the option checks).
+    overrides : str or dict
+        The command-line overrides.
+    """
+    check_downstream_options(hparams)
+    main_process = sb.utils.distributed.if_main_process()
+    if main_process:
+        lock_output_folder(hparams["output_folder"])
+    upstream = hparams.get("upstream")
+    recorded = None
+    if isinstance(upstream, FrozenUpstream):
+        recorded = check_upstream_identity(hparams["save_folder"], upstream, record=main_process)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
+    if not isinstance(upstream, FrozenUpstream):
+        return
+    identity = upstream.identity()
+    if recorded is None:
+        logger.info("Upstream %s recorded in %s", _describe_upstream(identity),
+                    os.path.join(hparams["save_folder"], UPSTREAM_IDENTITY_FILE))
+    elif (recorded.get("source_path") or recorded.get("source")) != (identity["source_path"] or identity["source"]):
+        logger.info("Upstream %s has the weights recorded for this folder (given then as '%s'): resuming.",
+                    _describe_upstream(identity), recorded.get("source_path") or recorded.get("source"))
+    else:
+        logger.info("Upstream %s is the one recorded for this folder: resuming.", _describe_upstream(identity))
+
+
 class DownstreamBrain(sb.Brain):
     """Base Brain of the downstream recipes: a frozen upstream, a weighted layer sum and a head.
 
@@ -697,7 +1005,8 @@ def write_condition_results(output_folder, task, results, metric_names, upstream
     metric_names : list of str
         Metrics to put in the table (all are kept in the JSON).
     upstream : FrozenUpstream, optional
-        Recorded (kind, source, description).
+        Recorded as its :meth:`~FrozenUpstream.identity` (kind, source, weights fingerprint, layers,
+        width, options, description).
     layer_weights : list of float, optional
         The weighted sum's weights.
     extra : dict, optional
@@ -710,7 +1019,7 @@ def write_condition_results(output_folder, task, results, metric_names, upstream
     """
     content = {"task": task, "results": results}
     if upstream is not None:
-        content["upstream"] = {"source": upstream.source, "kind": upstream.kind, "description": upstream.description}
+        content["upstream"] = upstream.identity()
     if layer_weights is not None:
         content["layer_weights"] = layer_weights
     content.update(extra or {})

@@ -276,5 +276,5 @@ def test_prepare_errors_name_the_culprit(voxceleb1, tmp_path):
         prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "d"), trial_file=str(missing), valid_speakers=2)
     with pytest.raises(ValueError, match="valid_speakers=16"):
         prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "e"), valid_speakers=DEV_SPEAKERS)
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match=r"`valid_speakers` must be an integer >= 2"):
         prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "f"), valid_speakers=1)

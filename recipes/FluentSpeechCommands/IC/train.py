@@ -36,6 +36,7 @@ from robustdistiller.downstream import (
     condition_test_set_factory,
     masked_mean,
     prepare_corruption_lists,
+    start_run,
     training_pipeline,
     write_condition_results,
 )
@@ -171,9 +172,7 @@ if __name__ == "__main__":
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
-    )
+    start_run(hparams_file, hparams, overrides)  # option checks, output folder lock, upstream identity
     run_on_main(
         prepare_fluent_speech_commands,
         kwargs={

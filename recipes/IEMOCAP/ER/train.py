@@ -36,6 +36,7 @@ from robustdistiller.downstream import (
     build_corruptors,
     classification_datasets,
     prepare_corruption_lists,
+    start_run,
     write_condition_results,
 )
 
@@ -74,9 +75,7 @@ def run_fold(hparams_file, run_opts, overrides):
     """Prepares, trains and tests one fold; returns its results, layer weights and upstream."""
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
-    )
+    start_run(hparams_file, hparams, overrides)  # option checks, output folder lock, upstream identity
     run_on_main(prepare_iemocap, kwargs=prepare_kwargs(hparams))
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
@@ -152,7 +151,8 @@ def main(argv):
         run_fold(hparams_file, run_opts, overrides)
         return
     base_folder = options["output_folder"]
-    sb.create_experiment_directory(base_folder, hyperparams_to_save=hparams_file, overrides=overrides)
+    # options, then the lock of the folder of all folds (each fold checks its upstream in its own folder)
+    start_run(hparams_file, options, overrides)
     fold_results, fold_weights = {}, {}
     for session in SESSIONS:
         fold_folder = os.path.join(base_folder, f"fold{session}")

@@ -32,6 +32,7 @@ from robustdistiller.downstream import (
     build_corruptors,
     classification_datasets,
     prepare_corruption_lists,
+    start_run,
     write_condition_results,
 )
 
@@ -78,9 +79,7 @@ if __name__ == "__main__":
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
-    )
+    start_run(hparams_file, hparams, overrides)  # option checks, output folder lock, upstream identity
     run_on_main(
         prepare_speech_commands,
         kwargs={

@@ -26,6 +26,7 @@ import os
 import random
 
 from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.options import integer_at_least
 from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
@@ -233,6 +234,9 @@ def prepare_voxceleb1_asv(
         return paths
     trial_file = trial_file or os.path.join(data_folder, DEFAULT_TRIAL_FILE)
     wav_folder = os.path.join(data_folder, "wav")
+    # two held-out speakers for non-target trials, two utterances of each for target trials
+    valid_speakers = integer_at_least(valid_speakers, "valid_speakers", 2)
+    valid_utterances_per_speaker = integer_at_least(valid_utterances_per_speaker, "valid_utterances_per_speaker", 2)
     options = {
         "data_folder": os.path.abspath(data_folder),
         "trial_file": os.path.abspath(trial_file),
@@ -250,9 +254,6 @@ def prepare_voxceleb1_asv(
         raise FileNotFoundError(
             f"Verification trial file '{trial_file}' not found (veri_test2.txt of VoxCeleb1; set trial_file)"
         )
-    if valid_speakers < 2:
-        raise ValueError(f"valid_speakers must be at least 2 (non-target validation trials), got {valid_speakers}")
-
     trials = read_trials(trial_file)
     test_paths = list(dict.fromkeys(path for _, enrol, test in trials for path in (enrol, test)))
     test_speakers = {path.split("/")[0] for path in test_paths}
