@@ -1,0 +1,53 @@
+"""Shared framework of the SUPERB downstream recipes (``recipes/<Dataset>/<Task>/train.py``).
+
+Every recipe evaluates a *frozen* upstream with a small task head on a learnable softmax-weighted sum
+of the upstream's hidden layers (REFERENCE.md section 5), on clean and corrupted test sets. One module
+per idea:
+
+* :mod:`~robustdistiller.downstream.upstream`: :class:`FrozenUpstream` (any upstream kind, frozen), its
+  identity and :func:`upstream_name`;
+* :mod:`~robustdistiller.downstream.protocol`: test conditions, test-only corruption lists, corruptors;
+* :mod:`~robustdistiller.downstream.data`: audio pipelines (corruption seeded by the utterance id);
+* :mod:`~robustdistiller.downstream.heads`: :class:`WeightedLayerSum`, masked pooling;
+* :mod:`~robustdistiller.downstream.brain`: :class:`DownstreamBrain` and the condition loop;
+* :mod:`~robustdistiller.downstream.results`: ``results.json`` / ``results.md``;
+* :mod:`~robustdistiller.downstream.run`: :func:`start_run` (options, output-folder lock, upstream identity);
+* task families: :mod:`~robustdistiller.downstream.classification` (KS, IC, ER, SID).
+
+The names below are re-exported so that recipes and YAMLs can use ``robustdistiller.downstream.X``.
+"""
+
+from robustdistiller.downstream.brain import DownstreamBrain
+from robustdistiller.downstream.classification import UtteranceClassificationBrain, classification_datasets
+from robustdistiller.downstream.data import AudioPipeline, audio_dataset, condition_test_set_factory, training_pipeline
+from robustdistiller.downstream.heads import WeightedLayerSum, masked_mean
+from robustdistiller.downstream.protocol import (
+    DEFAULT_TEST_CONDITIONS,
+    build_corruptor,
+    build_corruptors,
+    prepare_corruption_lists,
+    prepare_test_corruption,
+    select_conditions,
+)
+from robustdistiller.downstream.results import format_results_table, write_condition_results
+from robustdistiller.downstream.run import LIST_OPTIONS, check_downstream_options, start_run
+from robustdistiller.downstream.upstream import (
+    IDENTITY_FIELDS,
+    UPSTREAM_IDENTITY_FILE,
+    UPSTREAM_KINDS,
+    FrozenUpstream,
+    UpstreamChangedError,
+    check_upstream_identity,
+    read_upstream_identity,
+    upstream_name,
+)
+
+__all__ = [
+    "AudioPipeline", "DEFAULT_TEST_CONDITIONS", "DownstreamBrain", "FrozenUpstream", "IDENTITY_FIELDS",
+    "LIST_OPTIONS", "UPSTREAM_IDENTITY_FILE", "UPSTREAM_KINDS", "UpstreamChangedError",
+    "UtteranceClassificationBrain", "WeightedLayerSum", "audio_dataset", "build_corruptor", "build_corruptors",
+    "check_downstream_options", "check_upstream_identity", "classification_datasets",
+    "condition_test_set_factory", "format_results_table", "masked_mean", "prepare_corruption_lists",
+    "prepare_test_corruption", "read_upstream_identity", "select_conditions", "start_run", "training_pipeline",
+    "upstream_name", "write_condition_results",
+]

@@ -1,0 +1,163 @@
+"""Audio pipelines of the downstream recipes.
+
+:class:`AudioPipeline` reads (and crops) an utterance and, for a test condition, corrupts it with a
+:class:`~robustdistiller.corruption.Corruptor` seeded by the utterance id -- every upstream hears
+exactly the same corrupted audio. :func:`audio_dataset` and :func:`condition_test_set_factory` build
+the datasets of training and of each test condition.
+"""
+
+import logging
+
+import speechbrain as sb
+import torch
+
+from robustdistiller.audio import load_audio
+from robustdistiller.corruption import hash_seed
+
+logger = logging.getLogger(__name__)
+
+
+class AudioPipeline:
+    """SpeechBrain dynamic item: ``(id, wav, start, stop)`` -> the (cropped, corrupted) waveform.
+
+    Arguments
+    ---------
+    sample_rate : int
+        Sample rate of the returned waveform (files are resampled and down-mixed).
+    corruptor : Corruptor, optional
+        Corrupts the audio (None: clean).
+    condition : str, optional
+        Forced condition (test sets); None draws one per utterance from the corruptor's
+        probabilities (training on corrupted data).
+    snr : float, optional
+        Forced SNR of a noise condition.
+    max_samples : int, optional
+        Longest waveform; longer ones are cropped, at a random offset seeded by ``(seed, epoch, id)``
+        when ``random_crop`` is True, else from the start.
+    random_crop : bool
+        See ``max_samples``.
+    seed : int
+        Base seed of random crops.
+    key_prefix : str
+        Mixed into the corruption seed (e.g. the condition name).
+
+    Example
+    -------
+    >>> import tempfile, os, soundfile, numpy
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> soundfile.write(path, numpy.zeros(16000), 16000)
+    >>> AudioPipeline(16000, max_samples=8000)("utt", path, 0, -1).shape
+    torch.Size([8000])
+    """
+
+    def __init__(
+        self,
+        sample_rate=16000,
+        corruptor=None,
+        condition=None,
+        snr=None,
+        max_samples=None,
+        random_crop=False,
+        seed=0,
+        key_prefix="",
+    ):
+        self.sample_rate = int(sample_rate)
+        self.corruptor = corruptor
+        self.condition = condition
+        self.snr = snr
+        self.max_samples = None if max_samples is None else int(max_samples)
+        self.random_crop = bool(random_crop)
+        self.seed = int(seed)
+        self.key_prefix = key_prefix
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        """New random crops and corruption draws for every epoch."""
+        self.epoch = int(epoch)
+        if self.corruptor is not None:
+            self.corruptor.set_epoch(epoch)
+
+    def __call__(self, utterance_id, wav, start=0, stop=-1):
+        start = int(start or 0)
+        stop = None if stop is None or int(stop) < 0 else int(stop)
+        waveform = load_audio(wav, sample_rate=self.sample_rate, start=start, stop=stop)
+        if self.max_samples is not None and waveform.shape[0] > self.max_samples:
+            offset = 0
+            if self.random_crop:
+                generator = torch.Generator().manual_seed(hash_seed(self.seed, self.epoch, utterance_id))
+                offset = int(torch.randint(waveform.shape[0] - self.max_samples + 1, (1,), generator=generator))
+            waveform = waveform[offset : offset + self.max_samples]
+        if self.corruptor is not None:
+            key = f"{self.key_prefix}{utterance_id}"
+            waveform = self.corruptor(waveform, key=key, condition=self.condition, snr=self.snr).noisy
+        return waveform
+
+
+def audio_dataset(csv_file, pipeline, output_keys, replacements=None, extra_items=()):
+    """A ``DynamicItemDataset`` over a recipe CSV with ``sig`` computed by ``pipeline``.
+
+    Arguments
+    ---------
+    csv_file : str
+        CSV with at least ``ID, wav, start, stop`` (``stop=-1``: to the end).
+    pipeline : AudioPipeline
+        Computes ``sig``.
+    output_keys : list of str
+        Keys of each batch (``id`` and ``sig`` are usual).
+    replacements : dict, optional
+        ``$placeholders`` of the CSV.
+    extra_items : sequence
+        More dynamic items (functions decorated with ``takes``/``provides``).
+
+    Returns
+    -------
+    speechbrain.dataio.dataset.DynamicItemDataset
+    """
+    dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_file, replacements=replacements or {})
+
+    @sb.utils.data_pipeline.takes("id", "wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("sig")
+    def read_signal(utterance_id, wav, start, stop):
+        return pipeline(utterance_id, wav, start, stop)
+
+    dataset.add_dynamic_item(read_signal)
+    for item in extra_items:
+        dataset.add_dynamic_item(item)
+    dataset.set_output_keys(list(output_keys))
+    return dataset
+
+
+def training_pipeline(hparams, corruptor=None):
+    """The training :class:`AudioPipeline` of a recipe: random crops, optional corruption, epoch seeds.
+
+    Reads ``sample_rate``, ``seed`` and ``max_train_samples`` (None keeps whole utterances).
+    """
+    return AudioPipeline(
+        hparams["sample_rate"],
+        corruptor=corruptor,
+        max_samples=hparams.get("max_train_samples"),
+        random_crop=True,
+        seed=hparams["seed"],
+        key_prefix="train/",
+    )
+
+
+def condition_test_set_factory(hparams, csv_file, corruptor, output_keys, extra_items=()):
+    """``(name, spec) -> dataset``: the test set under one condition, for ``evaluate_conditions``.
+
+    Every utterance is corrupted with the condition ``spec`` (``{"condition", "snr"}``), seeded by the
+    condition name and the utterance id, so every upstream gets the same audio.
+    """
+
+    def make_test_set(name, spec):
+        pipeline = AudioPipeline(
+            hparams["sample_rate"],
+            corruptor=corruptor,
+            condition=spec["condition"],
+            snr=spec.get("snr"),
+            key_prefix=f"{name}/",
+        )
+        return audio_dataset(csv_file, pipeline, output_keys, extra_items=extra_items)
+
+    return make_test_set
+

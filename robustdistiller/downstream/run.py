@@ -1,0 +1,99 @@
+"""The start of every downstream run: option checks, the output folder's lock, the upstream's identity.
+
+:func:`start_run` is the first thing every recipe does after loading its YAML.
+"""
+
+import logging
+import os
+
+import speechbrain as sb
+
+from robustdistiller.downstream.upstream import _describe_upstream, check_upstream_identity, FrozenUpstream, UPSTREAM_IDENTITY_FILE
+from robustdistiller.options import as_list, integer_at_least
+from robustdistiller.run_folder import lock_output_folder
+
+logger = logging.getLogger(__name__)
+
+
+# Downstream YAML options that are lists; a single string given for one is a one-item list.
+LIST_OPTIONS = tuple(
+    f"{prefix}_{name}"
+    for prefix in ("test", "train")
+    for name in ("musan_subsets", "noise_folders", "rirs_noises_subsets")
+) + ("test_condition_names",)
+
+
+def check_downstream_options(hparams):
+    """Checks and normalises the options every downstream recipe reads, naming the option at fault.
+
+    ``number_of_epochs`` must be an integer >= 1 (and ``number_of_updates``, where the recipe has it,
+    null or >= 1); the list options of :data:`LIST_OPTIONS` become lists (a single string is a
+    one-item list). ``hparams`` is updated in place.
+
+    Raises
+    ------
+    robustdistiller.options.OptionError
+
+    Example
+    -------
+    >>> options = {"number_of_epochs": 3, "test_condition_names": "clean", "test_musan_subsets": ["music"]}
+    >>> check_downstream_options(options)
+    >>> options["test_condition_names"], options["test_musan_subsets"]
+    (['clean'], ['music'])
+    >>> check_downstream_options({"number_of_epochs": 0})
+    Traceback (most recent call last):
+    ...
+    robustdistiller.options.OptionError: Option `number_of_epochs` must be an integer >= 1, got 0.
+    """
+    hparams["number_of_epochs"] = integer_at_least(hparams.get("number_of_epochs"), "number_of_epochs", 1)
+    if hparams.get("number_of_updates") is not None:
+        hparams["number_of_updates"] = integer_at_least(hparams["number_of_updates"], "number_of_updates", 1)
+    for name in LIST_OPTIONS:
+        if name in hparams and hparams[name] is not None:
+            hparams[name] = as_list(hparams[name], name)
+
+
+def start_run(hparams_file, hparams, overrides):
+    """The start of every downstream run, before anything is written to its output folder.
+
+    1. :func:`check_downstream_options`;
+    2. on the main process, the exclusive lock of the output folder
+       (:func:`~robustdistiller.run_folder.lock_output_folder`: a second run in the same folder stops
+       with :class:`~robustdistiller.run_folder.OutputFolderInUse`);
+    3. :func:`check_upstream_identity` of ``hparams["upstream"]`` (when it is a built
+       :class:`FrozenUpstream`) against ``<save_folder>/upstream.json``, which the main process
+       writes on a first run;
+    4. ``speechbrain.create_experiment_directory`` (the YAML, the overrides and the log).
+
+    Arguments
+    ---------
+    hparams_file : str
+        The recipe's YAML.
+    hparams : dict
+        The loaded options (updated in place by the option checks).
+    overrides : str or dict
+        The command-line overrides.
+    """
+    check_downstream_options(hparams)
+    main_process = sb.utils.distributed.if_main_process()
+    if main_process:
+        lock_output_folder(hparams["output_folder"])
+    upstream = hparams.get("upstream")
+    recorded = None
+    if isinstance(upstream, FrozenUpstream):
+        recorded = check_upstream_identity(hparams["save_folder"], upstream, record=main_process)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
+    if not isinstance(upstream, FrozenUpstream):
+        return
+    identity = upstream.identity()
+    if recorded is None:
+        logger.info("Upstream %s recorded in %s", _describe_upstream(identity),
+                    os.path.join(hparams["save_folder"], UPSTREAM_IDENTITY_FILE))
+    elif (recorded.get("source_path") or recorded.get("source")) != (identity["source_path"] or identity["source"]):
+        logger.info("Upstream %s has the weights recorded for this folder (given then as '%s'): resuming.",
+                    _describe_upstream(identity), recorded.get("source_path") or recorded.get("source"))
+    else:
+        logger.info("Upstream %s is the one recorded for this folder: resuming.", _describe_upstream(identity))
+
