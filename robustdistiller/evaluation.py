@@ -99,7 +99,7 @@ def evaluate_conditions(
             random_crop=False,
             condition=spec["condition"],
             snr=spec.get("snr"),
-            key_prefix=f"test/{name}/",
+            key_prefix=f"test/{spec['condition']}/",  # paired: snr0 ... snr20 share noise segments
         )
         loader = sb.dataio.dataloader.make_dataloader(dataset, batch_size=batch_size, num_workers=num_workers)
         totals = {"distillation_loss": 0.0, "l1": 0.0, "cosine_similarity": 0.0}

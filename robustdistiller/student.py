@@ -182,6 +182,10 @@ class StudentOutput(NamedTuple):
         ``[B]`` long valid frames (0 for such an item), on the device of ``wav_lens`` (the host in
         training, so that packing the enhancement LSTM needs no device-to-host copy); None without
         ``wav_lens``.
+    projection : torch.Tensor or None
+        ``[B, F, D]`` the feature projection's output, *before* the positional convolution and the
+        encoder LayerNorm, padded frames zeroed: s3prl's distiller upstream feeds it (``feat_final``)
+        to SUPERB's weighted sum as state 0.
     """
 
     cnn_features: torch.Tensor
@@ -189,6 +193,7 @@ class StudentOutput(NamedTuple):
     predictions: torch.Tensor
     frame_mask: torch.Tensor
     frame_lengths: Optional[torch.Tensor] = None
+    projection: Optional[torch.Tensor] = None
 
 
 class _GradMultiply(torch.autograd.Function):
@@ -503,9 +508,9 @@ class DistillerStudent(nn.Module):
         """
         features, frame_mask, frame_lengths = self.extract_cnn_features(wavs, wav_lens, return_lengths=True)
         padded = frame_lengths is not None and bool((frame_lengths < features.shape[1]).any())
-        hidden_states = self.encode(features, frame_mask, padded=padded)
+        projection, hidden_states = self.encode(features, frame_mask, padded=padded, return_projection=True)
         predictions = self.prediction_heads(hidden_states[-1])
-        return StudentOutput(features, hidden_states, predictions, frame_mask, frame_lengths)
+        return StudentOutput(features, hidden_states, predictions, frame_mask, frame_lengths, projection)
 
     def extract_cnn_features(self, wavs, wav_lens=None, return_lengths=False):
         """CNN features ``[B, F, C]`` (after the gradient multiplier) and the frame mask ``[B, F]``.
@@ -539,7 +544,7 @@ class DistillerStudent(nn.Module):
             return features, frame_mask, frame_lengths
         return features, frame_mask
 
-    def encode(self, features, frame_mask, padded=None):
+    def encode(self, features, frame_mask, padded=None, return_projection=False):
         """Projection + transformer encoder on CNN features, keeping every hidden state.
 
         Mirrors ``HubertEncoder.forward`` (post-LN) but returns all hidden states.
@@ -554,15 +559,18 @@ class DistillerStudent(nn.Module):
         padded : bool, optional
             Whether any frame is padding (known on the host from the lengths); None reads it from
             ``frame_mask`` (a device-to-host synchronisation on a GPU).
+        return_projection : bool
+            Also return the feature projection's output (before the positional convolution).
 
         Returns
         -------
         tuple of torch.Tensor
-            ``N + 1`` tensors ``[B, F, D]``.
+            ``N + 1`` tensors ``[B, F, D]`` (with ``return_projection``: ``(projection, that tuple)``).
         """
         backbone = self.backbone
         hidden = backbone.feature_projection(features)
         hidden = hidden.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
+        projection = hidden
         encoder = backbone.encoder
         attention_mask = None
         if padded is None:
@@ -591,6 +599,8 @@ class DistillerStudent(nn.Module):
             if isinstance(hidden, tuple):
                 hidden = hidden[0]
             hidden_states.append(hidden)
+        if return_projection:
+            return projection, tuple(hidden_states)
         return tuple(hidden_states)
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from robustdistiller.downstream.data import paired_condition_key
 from robustdistiller.downstream import (
     DEFAULT_TEST_CONDITIONS,
     AudioPipeline,
@@ -147,7 +148,9 @@ def test_corrupted_test_audio_is_identical_for_every_upstream_and_run(mini_corpu
         test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
         assert train_corruptor is None and list(conditions) == list(DEFAULT_TEST_CONDITIONS)
         for name, spec in conditions.items():
-            pipeline = AudioPipeline(16000, test_corruptor, spec["condition"], spec.get("snr"), key_prefix=f"{name}/")
+            pipeline = AudioPipeline(
+                16000, test_corruptor, spec["condition"], spec.get("snr"), key_prefix=paired_condition_key(spec)
+            )
             outputs.setdefault(name, []).append(pipeline("spk1_utt1", str(wav_file), 0, -1))
     clean = outputs["clean"][0]
     for name, (first, second) in outputs.items():
@@ -157,6 +160,41 @@ def test_corrupted_test_audio_is_identical_for_every_upstream_and_run(mini_corpu
     # the SNR is the one asked for: noise power relative to the (scaled) clean speech
     noise_20, noise_0 = outputs["snr20"][0] - clean * 0.9090909, outputs["snr0"][0] - clean * 0.5
     assert (noise_0.pow(2).mean() / noise_20.pow(2).mean()) > 10
+    # paired conditions: snr20 ... snr0 add the same noise segment, only scaled (an SNR curve differs by
+    # the SNR alone); the mixture scale of AddNoise is 1 / (1 + 10^(-SNR/20)) for speech and noise alike
+    for name in ("snr15", "snr10", "snr5", "snr0"):
+        snr = DEFAULT_TEST_CONDITIONS[name]["snr"]
+        noise = outputs[name][0] - clean / (1 + 10 ** (-snr / 20))
+        cosine = torch.nn.functional.cosine_similarity(noise, noise_20, dim=0)
+        assert cosine > 0.999, (name, float(cosine))
+
+
+def test_condition_test_sets_are_paired_by_kind_of_corruption():
+    keys = {name: paired_condition_key(spec) for name, spec in DEFAULT_TEST_CONDITIONS.items()}
+    assert len({keys[name] for name in ("snr20", "snr15", "snr10", "snr5", "snr0")}) == 1
+    assert len({keys["snr10"], keys["reverb"], keys["noise_reverb"], keys["clean"]}) == 4
+
+
+def test_student_states_follow_s3prl_layer0_convention(upstream_sources):
+    """State 0 of a student is the projection output before the positional conv and the encoder
+    LayerNorm (s3prl's distiller ``feat_final``), padded frames zeroed; the rest are unchanged."""
+    wavs = torch.stack([speech_like(1.0, 0), torch.cat([speech_like(0.6, 1), torch.zeros(6400)])])
+    wav_lens = torch.tensor([1.0, 0.6])
+    s3prl_states = FrozenUpstream(upstream_sources["exported"])
+    hf_states = FrozenUpstream(upstream_sources["exported"], student_layer0="encoder_input")
+    assert s3prl_states.student_layer0 == "projection" and s3prl_states.num_layers == hf_states.num_layers == 6
+    ours, frame_mask = s3prl_states(wavs, wav_lens)
+    theirs, _ = hf_states(wavs, wav_lens)
+    torch.testing.assert_close(ours[:, 1:], theirs[:, 1:])
+    student = s3prl_states.model
+    with torch.no_grad():
+        features, mask = student.extract_cnn_features(wavs, wav_lens)
+        projection = student.backbone.feature_projection(features).masked_fill(~mask.unsqueeze(-1), 0.0)
+    torch.testing.assert_close(ours[:, 0], projection)
+    assert not torch.allclose(ours[:, 0], theirs[:, 0])
+    assert torch.count_nonzero(ours[1, 0][~frame_mask[1]]) == 0
+    assert s3prl_states.identity()["student_layer0"] == "projection"
+    assert FrozenUpstream(upstream_sources["hf"]).student_layer0 == "encoder_input"  # teachers: HF's states
 
 
 def test_condition_subset_and_missing_lists(mini_corpus, tmp_path):

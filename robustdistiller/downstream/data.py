@@ -142,11 +142,24 @@ def training_pipeline(hparams, corruptor=None):
     )
 
 
+def paired_condition_key(spec):
+    """The corruption-seed prefix of a test condition: its kind of corruption, not its name or SNR.
+
+    Example
+    -------
+    >>> paired_condition_key({"condition": "noise", "snr": 0}) == paired_condition_key({"condition": "noise", "snr": 20})
+    True
+    """
+    return f"{spec['condition']}/"
+
+
 def condition_test_set_factory(hparams, csv_file, corruptor, output_keys, extra_items=()):
     """``(name, spec) -> dataset``: the test set under one condition, for ``evaluate_conditions``.
 
     Every utterance is corrupted with the condition ``spec`` (``{"condition", "snr"}``), seeded by the
-    condition name and the utterance id, so every upstream gets the same audio.
+    utterance id and the kind of corruption (``spec["condition"]``) only, so every upstream gets the same
+    audio and the conditions of one kind are *paired*: snr20 ... snr0 add the same noise segment to an
+    utterance, scaled to each SNR, and an SNR curve differs by the SNR alone.
     """
 
     def make_test_set(name, spec):
@@ -155,7 +168,7 @@ def condition_test_set_factory(hparams, csv_file, corruptor, output_keys, extra_
             corruptor=corruptor,
             condition=spec["condition"],
             snr=spec.get("snr"),
-            key_prefix=f"{name}/",
+            key_prefix=paired_condition_key(spec),
         )
         return audio_dataset(csv_file, pipeline, output_keys, extra_items=extra_items)
 

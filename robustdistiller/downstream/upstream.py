@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 UPSTREAM_KINDS = ("auto", "student", "hf")
+STUDENT_LAYER0_CHOICES = ("projection", "encoder_input")
 
 
 UPSTREAM_IDENTITY_FILE = "upstream.json"
@@ -41,7 +42,9 @@ UPSTREAM_IDENTITY_FILE = "upstream.json"
 
 # Fields of FrozenUpstream.identity() that must match for a run to resume: what the features are made
 # of. The source (its spelling, or where a copy of the weights lives) is recorded but not compared.
-IDENTITY_FIELDS = ("kind", "fingerprint", "num_layers", "hidden_size", "include_predictions", "per_utterance_norm")
+IDENTITY_FIELDS = (
+    "kind", "fingerprint", "num_layers", "hidden_size", "include_predictions", "per_utterance_norm", "student_layer0"
+)
 
 
 # Path components that say nothing about which model a path holds (our own folder and file names).
@@ -130,6 +133,13 @@ class FrozenUpstream(nn.Module):
         batch-composition dependence of plain Hugging Face).
     cache_dir : str, optional
         Hugging Face cache folder.
+    student_layer0 : str
+        State 0 of a student: ``"projection"`` (default, s3prl's distiller upstream and so SUPERB's
+        DistilHuBERT / RobustDistiller numbers: the feature projection's output *before* the
+        positional convolution and the encoder LayerNorm, padded frames zeroed) or
+        ``"encoder_input"`` (Hugging Face's ``hidden_states[0]``, after both). A student's states are
+        then layer 0, its transformer layers and (``include_predictions``) its prediction heads: six
+        for the 2-layer student. Teachers always give Hugging Face's 13 states, as s3prl.
 
     Example
     -------
@@ -141,7 +151,15 @@ class FrozenUpstream(nn.Module):
     ('hf', 13, torch.Size([2, 13, 49, 64]), [49, 24])
     """
 
-    def __init__(self, source, kind="auto", include_predictions=True, per_utterance_norm=True, cache_dir=None):
+    def __init__(
+        self,
+        source,
+        kind="auto",
+        include_predictions=True,
+        per_utterance_norm=True,
+        cache_dir=None,
+        student_layer0="projection",
+    ):
         super().__init__()
         if kind not in UPSTREAM_KINDS:
             raise ValueError(f"upstream kind must be one of {UPSTREAM_KINDS}, got {kind!r}")
@@ -150,6 +168,9 @@ class FrozenUpstream(nn.Module):
         if kind == "auto":
             kind = self._detect_kind(source)
         self.kind = kind
+        if student_layer0 not in STUDENT_LAYER0_CHOICES:
+            raise OptionError(f"upstream student_layer0 must be one of {STUDENT_LAYER0_CHOICES}, got {student_layer0!r}")
+        self.student_layer0 = student_layer0 if kind == "student" else "encoder_input"
         self.include_predictions = bool(include_predictions)
         self.per_utterance_norm = bool(per_utterance_norm)
         self._identity = None
@@ -217,6 +238,7 @@ class FrozenUpstream(nn.Module):
                 "hidden_size": self.hidden_size,
                 "include_predictions": self.kind == "student" and self.include_predictions,
                 "per_utterance_norm": self.per_utterance_norm,
+                "student_layer0": self.student_layer0,
                 "description": self.description,
             }
         return dict(self._identity)
@@ -263,6 +285,8 @@ class FrozenUpstream(nn.Module):
                 return output.layers, output.frame_mask
             output = self.model(wavs, wav_lens)
             layers = list(output.hidden_states)
+            if self.student_layer0 == "projection":
+                layers[0] = output.projection
             if self.include_predictions:
                 layers += list(output.predictions.unbind(dim=1))
             return torch.stack(layers, dim=1).float(), output.frame_mask
