@@ -17,8 +17,9 @@ class DownstreamBrain(sb.Brain):
     """Base Brain of the downstream recipes: a frozen upstream, a weighted layer sum and a head.
 
     Expected ``hparams``: ``upstream`` (:class:`FrozenUpstream`, *not* in ``modules``), and
-    ``modules`` holding ``weighted_sum`` (:class:`WeightedLayerSum`) plus the task's head. Optional:
-    ``train_pipeline`` (:class:`AudioPipeline`, re-seeded every epoch).
+    ``modules`` holding ``weighted_sum`` (:class:`WeightedLayerSum`) plus the task's head. The training
+    set's :class:`AudioPipeline` (``audio_pipeline`` of a dataset made by
+    :func:`~robustdistiller.downstream.data.audio_dataset`) is re-seeded every epoch.
     Subclasses implement ``compute_forward`` (using :meth:`encode`), ``compute_objectives`` and
     ``on_stage_end``, and put the stage's metrics in ``self.stage_stats``.
     """
@@ -33,9 +34,15 @@ class DownstreamBrain(sb.Brain):
         self.hparams.upstream.to(self.device).eval()
         super().on_evaluate_start(max_key=max_key, min_key=min_key)
 
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's loader; remembers the training set's audio pipeline (see :meth:`on_stage_start`)."""
+        if stage == sb.Stage.TRAIN:
+            self.train_pipeline = getattr(dataset, "audio_pipeline", None)
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+
     def on_stage_start(self, stage, epoch=None):
         """Re-seeds the training pipeline's crops/corruption with the epoch."""
-        pipeline = getattr(self.hparams, "train_pipeline", None)
+        pipeline = getattr(self, "train_pipeline", None)
         if stage == sb.Stage.TRAIN and pipeline is not None and epoch is not None:
             pipeline.set_epoch(epoch)
 

@@ -112,8 +112,11 @@ def audio_dataset(csv_file, pipeline, output_keys, replacements=None, extra_item
     Returns
     -------
     speechbrain.dataio.dataset.DynamicItemDataset
+        With the ``pipeline`` as its ``audio_pipeline`` attribute: the Brain that trains on it gives it
+        the epoch (:meth:`~robustdistiller.downstream.brain.DownstreamBrain.make_dataloader`).
     """
     dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_file, replacements=replacements or {})
+    dataset.audio_pipeline = pipeline
 
     @sb.utils.data_pipeline.takes("id", "wav", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")

@@ -40,12 +40,26 @@ logger = logging.getLogger(__name__)
 
 
 def dataio_prepare(hparams, test_corruptor, train_corruptor):
-    """Train / dev datasets, the test-set factory and the label encoder."""
-    csv_files = prepare_speech_commands(
-        hparams["data_folder"], hparams["test_folder"], hparams["save_folder"], skip_prep=True
-    )
-    csv_files["valid"] = csv_files.pop("dev")
-    return classification_datasets(hparams, csv_files, test_corruptor, train_corruptor, label_column="label")
+    """Train / dev datasets, the test-set factory, the label encoder and the loader options.
+
+    With ``class_balanced_sampling`` (s3prl), training draws every class equally often (a new draw
+    every epoch) and dev is one seeded class-balanced draw, the same at every epoch.
+    """
+    csv_files = {"train": hparams["train_csv"], "valid": hparams["dev_csv"], "test": hparams["test_csv"]}
+    data = classification_datasets(hparams, csv_files, test_corruptor, train_corruptor, label_column="label")
+    if len(data["label_encoder"]) != hparams["num_classes"]:
+        raise ValueError(
+            f"The training set has {len(data['label_encoder'])} classes {sorted(data['label_encoder'].lab2ind)}, "
+            f"but num_classes is {hparams['num_classes']}"
+        )
+    data["train_loader_kwargs"] = dict(hparams["train_dataloader_opts"])
+    data["valid_loader_kwargs"] = dict(hparams["valid_dataloader_opts"])
+    if hparams["class_balanced_sampling"]:
+        data["train_loader_kwargs"]["sampler"] = class_balanced_sampler(data["train"], seed=hparams["seed"])
+        data["valid_loader_kwargs"]["sampler"] = class_balanced_sampler(data["valid"], seed=hparams["seed"])
+    else:
+        data["train_loader_kwargs"]["shuffle"] = True
+    return data
 
 
 def class_balanced_sampler(dataset, seed, label_key="label"):
@@ -80,35 +94,10 @@ if __name__ == "__main__":
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     start_run(hparams_file, hparams, overrides)  # option checks, output folder lock, upstream identity
-    run_on_main(
-        prepare_speech_commands,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "test_folder": hparams["test_folder"],
-            "save_folder": hparams["save_folder"],
-            "skip_prep": hparams["skip_prep"],
-        },
-    )
+    run_on_main(prepare_speech_commands, kwargs=hparams["prepare_options"])
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
     data = dataio_prepare(hparams, test_corruptor, train_corruptor)
-    hparams["train_pipeline"] = data["train_pipeline"]
-    if len(data["label_encoder"]) != hparams["num_classes"]:
-        raise ValueError(
-            f"The training set has {len(data['label_encoder'])} classes {sorted(data['label_encoder'].lab2ind)}, "
-            f"but num_classes is {hparams['num_classes']}"
-        )
-
-    train_loader_kwargs = dict(hparams["train_dataloader_opts"])
-    valid_loader_kwargs = dict(hparams["valid_dataloader_opts"])
-    train_sampler = None
-    if hparams["class_balanced_sampling"]:
-        train_sampler = class_balanced_sampler(data["train"], seed=hparams["seed"])
-        train_loader_kwargs["sampler"] = train_sampler
-        # the same dev draw at every epoch (no set_epoch): comparable dev accuracies
-        valid_loader_kwargs["sampler"] = class_balanced_sampler(data["valid"], seed=hparams["seed"])
-    else:
-        train_loader_kwargs["shuffle"] = True
 
     brain = UtteranceClassificationBrain(
         modules=hparams["modules"],
@@ -118,14 +107,9 @@ if __name__ == "__main__":
         checkpointer=hparams["checkpointer"],
     )
     # Brain calls set_epoch on its train_sampler (a new draw every epoch); under DDP it wraps this one.
-    brain.train_sampler = train_sampler
-    brain.fit(
-        hparams["epoch_counter"],
-        data["train"],
-        data["valid"],
-        train_loader_kwargs=train_loader_kwargs,
-        valid_loader_kwargs=valid_loader_kwargs,
-    )
+    brain.train_sampler = data["train_loader_kwargs"].get("sampler")
+    brain.fit(hparams["epoch_counter"], data["train"], data["valid"],
+              train_loader_kwargs=data["train_loader_kwargs"], valid_loader_kwargs=data["valid_loader_kwargs"])
     results = brain.evaluate_conditions(
         data["make_test_set"], conditions, hparams["test_dataloader_opts"], max_key="accuracy"
     )
