@@ -89,7 +89,7 @@ def classification_datasets(hparams, csv_files, test_corruptor, train_corruptor=
     -------
     dict
         ``train``, ``valid`` (datasets), ``make_test_set`` (``(name, spec) -> dataset``),
-        ``label_encoder`` (``CategoricalEncoder`` fitted on train), ``train_pipeline``.
+        ``label_encoder`` (``CategoricalEncoder`` fitted on train).
     """
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
 
@@ -117,6 +117,5 @@ def classification_datasets(hparams, csv_files, test_corruptor, train_corruptor=
         "valid": valid,
         "make_test_set": make_test_set,
         "label_encoder": label_encoder,
-        "train_pipeline": train_pipeline,
     }
 

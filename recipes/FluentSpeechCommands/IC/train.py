@@ -128,7 +128,7 @@ class IntentClassificationBrain(DownstreamBrain):
 
 def dataio_prepare(hparams, test_corruptor, train_corruptor):
     """Train / dev datasets, the test-set factory and one label encoder per slot (fitted on train)."""
-    csv_files = prepare_fluent_speech_commands(hparams["data_folder"], hparams["save_folder"], skip_prep=True)
+    csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
     slot_encoders = {slot: sb.dataio.encoder.CategoricalEncoder() for slot in SLOTS}
 
     @sb.utils.data_pipeline.takes(*SLOTS)
@@ -163,7 +163,6 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
         "valid": valid,
         "make_test_set": make_test_set,
         "slot_encoders": slot_encoders,
-        "train_pipeline": train_pipeline,
     }
 
 
@@ -173,18 +172,10 @@ if __name__ == "__main__":
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     start_run(hparams_file, hparams, overrides)  # option checks, output folder lock, upstream identity
-    run_on_main(
-        prepare_fluent_speech_commands,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["save_folder"],
-            "skip_prep": hparams["skip_prep"],
-        },
-    )
+    run_on_main(prepare_fluent_speech_commands, kwargs=hparams["prepare_options"])
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
     data = dataio_prepare(hparams, test_corruptor, train_corruptor)
-    hparams["train_pipeline"] = data["train_pipeline"]
 
     if hparams["feature_normalization"]:
         hparams["modules"]["feature_normalizer"] = hparams["feature_normalizer"]

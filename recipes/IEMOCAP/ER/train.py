@@ -80,7 +80,6 @@ def run_fold(hparams_file, run_opts, overrides):
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
     data = dataio_prepare(hparams, test_corruptor, train_corruptor)
-    hparams["train_pipeline"] = data["train_pipeline"]
 
     brain = UtteranceClassificationBrain(
         modules=hparams["modules"],
