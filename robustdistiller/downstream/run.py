@@ -26,8 +26,8 @@ LIST_OPTIONS = tuple(
 def check_downstream_options(hparams):
     """Checks and normalises the options every downstream recipe reads, naming the option at fault.
 
-    ``number_of_epochs`` must be an integer >= 1 (and ``number_of_updates``, where the recipe has it,
-    null or >= 1); the list options of :data:`LIST_OPTIONS` become lists (a single string is a
+    ``number_of_epochs``, where the recipe trains, must be an integer >= 1 (and ``number_of_updates``,
+    where the recipe has it, null or >= 1); the list options of :data:`LIST_OPTIONS` become lists (a single string is a
     one-item list). ``hparams`` is updated in place.
 
     Raises
@@ -45,7 +45,8 @@ def check_downstream_options(hparams):
     ...
     robustdistiller.options.OptionError: Option `number_of_epochs` must be an integer >= 1, got 0.
     """
-    hparams["number_of_epochs"] = integer_at_least(hparams.get("number_of_epochs"), "number_of_epochs", 1)
+    if "number_of_epochs" in hparams:  # QbE has no training
+        hparams["number_of_epochs"] = integer_at_least(hparams["number_of_epochs"], "number_of_epochs", 1)
     if hparams.get("number_of_updates") is not None:
         hparams["number_of_updates"] = integer_at_least(hparams["number_of_updates"], "number_of_updates", 1)
     for name in LIST_OPTIONS:
