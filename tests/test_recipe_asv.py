@@ -1,6 +1,8 @@
 """ASV recipe (VoxCeleb1): prepare -> train -> verification trials on clean and corrupted audio, on the fixture.
 
-Also: the split rules and errors of ``prepare_voxceleb1_asv`` and a two-process CPU DDP (gloo) run.
+Also: the split rules, trial lists and errors of ``prepare_voxceleb1_asv``, s3prl's sox silence removal
+(``robustdistiller.downstream.silence``: hand-written cases, parity with a literal transcription of sox's
+``silence.c``, durations on the fixture) and a two-process CPU DDP (gloo) run.
 The upstream is the tiny random-weight WavLM teacher (``tiny_teacher_folder``).
 """
 
@@ -12,18 +14,30 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 import yaml
 
 from conftest import REPOSITORY_ROOT, as_command_line, corruption_overrides, run_recipe_script
 
-from robustdistiller.fixtures.voxceleb1 import generate_voxceleb1
+from robustdistiller.audio import load_audio
+from robustdistiller.downstream.silence import (
+    SilenceTrimmedPipeline,
+    silence_keep_mask,
+    trim_silence,
+    trim_silence_reference,
+)
+from robustdistiller.fixtures.voxceleb1 import CLEANED_DROP_EVERY, generate_voxceleb1
 
 RECIPE_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "VoxCeleb1", "ASV")
 DEV_SPEAKERS, TEST_SPEAKERS, VALID_SPEAKERS, UTTERANCES_PER_SPEAKER = 16, 6, 4, 6
-# Every same-speaker pair of the test speakers, each with one impostor trial (fixture veri_test2.txt).
+# Every same-speaker pair of the test speakers, each with one impostor trial (fixture veri_test.txt, the
+# "original" list); the "cleaned" veri_test2.txt leaves out every seventh.
 NUM_TEST_TRIALS = TEST_SPEAKERS * (UTTERANCES_PER_SPEAKER * (UTTERANCES_PER_SPEAKER - 1) // 2) * 2
+NUM_CLEANED_TRIALS = NUM_TEST_TRIALS - NUM_TEST_TRIALS // CLEANED_DROP_EVERY
+TRIM = {"duration": 0.1, "threshold": 0.1, "gain_db": -3.0, "precision": None}  # the YAML's defaults
 
 
 def load_prepare_module():
@@ -114,12 +128,14 @@ def test_asv_learns_and_reports_every_condition(voxceleb1, mini_corpus, tiny_tea
     assert list(results["results"]) == ["clean", "snr5", "reverb"]
     assert results["upstream"]["kind"] == "hf"
     assert results["num_train_speakers"] == DEV_SPEAKERS - VALID_SPEAKERS
+    assert results["trial_list"] == "original" and results["trim_silence"] is True
     print({name: round(stats["EER"], 2) for name, stats in results["results"].items()})
     for stats in results["results"].values():
         assert stats["trials"] == NUM_TEST_TRIALS
         assert 0.0 <= stats["EER"] <= 100.0 and 0.0 <= stats["minDCF"] <= 1.0
-    # Chance is 50 % EER. Measured (seed 1986, one thread): clean 21.1, snr5 30.0, reverb 38.9; two threads:
-    # clean 22.2; other split seeds 1-4: clean 16.7-26.7. The same head untrained: clean 36.1.
+    # Chance is 50 % EER. Measured (seed 1986, one thread, silence removal on, s3prl's EER): clean 21.1,
+    # snr5 31.1, reverb 35.6. Before silence removal: clean 21.1 (two threads 22.2; split seeds 1-4:
+    # 16.7-26.7); the same head untrained: clean 36.1.
     assert results["results"]["clean"]["EER"] < 33.0, results
     weights = results["layer_weights"]
     assert len(weights) == 13 and abs(sum(weights) - 1) < 1e-5
@@ -210,7 +226,7 @@ def test_prepare_splits_dev_speakers_from_the_trial_file(voxceleb1, tmp_path):
         assert float(row["duration"]) > 0.5 and (row["start"], row["stop"]) == ("0", "-1")
 
     # Test trials: the list's order and labels, utterance IDs that test.csv holds, each utterance once.
-    raw = [line.split() for line in open(os.path.join(voxceleb1, "veri_test2.txt")) if line.strip()]
+    raw = [line.split() for line in open(os.path.join(voxceleb1, "veri_test.txt")) if line.strip()]
     assert [[t["label"], t["enrol"], t["test"]] for t in test_trials] == [
         [label, prepare.utterance_id(enrol), prepare.utterance_id(other)] for label, enrol, other in raw
     ]
@@ -243,11 +259,12 @@ def test_prepare_min_duration_other_trial_file_and_skip(voxceleb1, tmp_path):
     prepare.prepare_voxceleb1_asv(voxceleb1, save, valid_speakers=2, min_train_duration=0.0)
     assert os.stat(train_csv).st_mtime_ns == mtime
 
-    threshold = durations[len(durations) // 2]
+    distinct = sorted(set(durations))
+    threshold = (distinct[len(distinct) // 2 - 1] + distinct[len(distinct) // 2]) / 2
     kept = read_csv(prepare.prepare_voxceleb1_asv(voxceleb1, save, valid_speakers=2,
                                                   min_train_duration=threshold)["train"])
-    assert len(kept) == sum(duration >= threshold for duration in durations) < len(durations)
-    assert all(float(row["duration"]) >= threshold for row in kept)
+    assert len(kept) == sum(duration > threshold for duration in durations) < len(durations)
+    assert all(float(row["duration"]) > threshold for row in kept)
 
     # A trial list with two test speakers: the other "test" speakers become dev speakers.
     trial_file = tmp_path / "two_speakers.txt"
@@ -278,3 +295,153 @@ def test_prepare_errors_name_the_culprit(voxceleb1, tmp_path):
         prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "e"), valid_speakers=DEV_SPEAKERS)
     with pytest.raises(ValueError, match=r"`valid_speakers` must be an integer >= 2"):
         prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "f"), valid_speakers=1)
+
+
+def test_prepare_trial_lists_and_trimmed_durations(voxceleb1, tmp_path):
+    """original (s3prl's veri_test.txt, the default) or cleaned (veri_test2.txt); trimmed durations, filter after."""
+    original = prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "original"), valid_speakers=2,
+                                             min_train_duration=0.0)
+    cleaned = prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "cleaned"), valid_speakers=2,
+                                            min_train_duration=0.0, trial_list="cleaned")
+    assert len(read_csv(original["test_trials"])) == NUM_TEST_TRIALS
+    assert len(read_csv(cleaned["test_trials"])) == NUM_CLEANED_TRIALS < NUM_TEST_TRIALS
+    with pytest.raises(ValueError, match="trial_list must be one of"):
+        prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "bad"), trial_list="veri_test3")
+
+    # Durations after silence removal: the fixture's 0.1-0.3 s of leading and trailing near-silence
+    # (noise floor 3e-4 < 0.141 % of full scale) go; the minimum-length rule sees the trimmed length.
+    trimmed = prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "trimmed"), valid_speakers=2,
+                                            min_train_duration=0.0, trim_options=TRIM)
+    file_rows = {row["ID"]: float(row["duration"]) for name in ("train", "test")
+                 for row in read_csv(original[name])}
+    trimmed_rows = {row["ID"]: float(row["duration"]) for name in ("train", "test")
+                    for row in read_csv(trimmed[name])}
+    assert trimmed_rows.keys() == file_rows.keys()
+    removed = [file_rows[key] - trimmed_rows[key] for key in file_rows]
+    print(f"fixture: {len(removed)} utterances, {sum(file_rows.values()):.1f} s -> {sum(trimmed_rows.values()):.1f} s; "
+          f"removed per utterance {min(removed):.3f}-{max(removed):.3f} s")
+    assert min(removed) >= 0.1 and max(removed) < 1.5
+    distinct = sorted(set(trimmed_rows.values()))  # a threshold between two durations: no rounding edge
+    threshold = (distinct[len(distinct) // 2 - 1] + distinct[len(distinct) // 2]) / 2
+    train = read_csv(trimmed["train"])
+    kept = read_csv(prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "filtered"), valid_speakers=2,
+                                                  min_train_duration=threshold, trim_options=TRIM)["train"])
+    assert {row["ID"] for row in kept} == {row["ID"] for row in train if float(row["duration"]) > threshold}
+    # ... and not on the file's: some left-out utterances are longer than the threshold untrimmed
+    assert sum(file_rows[row["ID"]] > threshold for row in train) > len(kept)
+
+
+# ------------------------------------------------------------------------------------------------
+# Silence removal (s3prl: sox "gain -3.0 silence 1 0.1 0.1% -1 0.1 0.1%")
+# ------------------------------------------------------------------------------------------------
+
+RATE = 16000
+
+
+def tone(seconds, amplitude=0.3):
+    """A tone whose 20 ms RMS is far above the threshold from its second sample."""
+    return amplitude * np.cos(np.arange(int(seconds * RATE)) / 3.0)
+
+
+def gap(seconds, level=0.0):
+    return level * np.ones(int(seconds * RATE))
+
+
+def test_silence_removal_hand_written_cases():
+    window = RATE // 50  # sox's 20 ms RMS window: the first 319 samples after speech still count as loud
+    # Leading silence goes; an inner 50 ms pause stays; a 300 ms pause goes except its RMS tail;
+    # a trailing 50 ms silence stays (sox flushes it at the end).
+    wav = np.concatenate([gap(0.5), tone(0.5), gap(0.05), tone(0.5), gap(0.3), tone(0.5), gap(0.05)])
+    keep = silence_keep_mask(wav, RATE)
+    assert keep[: int(0.5 * RATE)].sum() == 0
+    assert keep[int(0.5 * RATE): int(1.55 * RATE)].all()
+    pause = keep[int(1.55 * RATE): int(1.85 * RATE)]
+    assert pause[: window - 1].all() and not pause[window - 1:].any()
+    assert keep[int(1.85 * RATE):].all()
+    assert trim_silence(wav, RATE).shape[0] == int(1.05 * RATE) + window - 1 + int(0.55 * RATE)
+
+    # A loud burst shorter than 0.1 s after a removed silence (or at the start) is dropped with it.
+    wav = np.concatenate([tone(0.05), gap(0.3), tone(0.5), gap(0.3), tone(0.06), gap(0.3), tone(0.5)])
+    kept = trim_silence(wav, RATE)
+    assert kept.shape[0] == 2 * int(0.5 * RATE) + window - 1  # the last tone ends the file: no RMS tail
+
+    # The threshold: 0.1 % of full scale after sox's -3 dB gain = 0.1413 % on the file's scale.
+    limit = 0.001 * 10 ** (3 / 20)
+    square = np.sign(np.cos(np.arange(RATE) * np.pi / 2 + 0.1))  # |x| = 1: RMS = amplitude
+    # (above from the sample where the zero-started 20 ms window has filled enough)
+    assert RATE - window <= trim_silence(1.01 * limit * square, RATE).shape[0] < RATE
+    assert trim_silence(0.99 * limit * square, RATE).shape[0] == 0
+    assert RATE - window <= trim_silence(0.99 * limit * square, RATE, gain_db=0.0).shape[0] < RATE
+    # 16-bit masking (sox without the gain): RMS floored to whole 16-bit steps, 33 / 32768 the first above 0.1 %
+    assert trim_silence(33.5 / 32768 * square, RATE, gain_db=0.0, precision=16).shape[0] > 0
+    assert trim_silence(32.9 / 32768 * square, RATE, gain_db=0.0, precision=16).shape[0] == 0
+
+    # Torch in, torch out (dtype kept).
+    out = trim_silence(torch.from_numpy(np.concatenate([gap(0.2), tone(0.3)])).float(), RATE)
+    assert out.dtype == torch.float32 and out.shape[0] == int(0.3 * RATE)
+
+
+def test_silence_removal_matches_sox_transcription(voxceleb1):
+    """The vectorised trimmer equals a literal per-sample port of sox's silence.c, on noise-floor audio
+    with pauses of every length around 0.1 s and on fixture utterances."""
+    rng = np.random.default_rng(0)
+    parts = [gap(0.2, 0.0005)]
+    for _ in range(25):
+        parts.append(tone(rng.uniform(0.02, 0.3), rng.uniform(0.002, 0.5)))
+        parts.append(rng.uniform(0.0, 0.0012) * rng.standard_normal(int(rng.uniform(0.02, 0.25) * RATE)))
+    synthetic = np.concatenate(parts)
+    files = [os.path.join(root, name) for root, _, names in sorted(os.walk(os.path.join(voxceleb1, "wav")))
+             for name in sorted(names)][:3]
+    signals = [synthetic] + [load_audio(path).numpy() for path in files]
+    for options in ({}, {"gain_db": 0.0, "precision": 16}):
+        for signal in signals:
+            fast, reference = trim_silence(signal, RATE, **options), trim_silence_reference(signal, RATE, **options)
+            assert fast.shape == reference.shape and np.array_equal(fast, reference)
+    assert 0 < trim_silence(synthetic, RATE).shape[0] < synthetic.shape[0]
+
+
+def test_trimmed_pipeline_trims_before_the_crop(tmp_path):
+    path = str(tmp_path / "utt.wav")
+    wav = np.concatenate([gap(1.0), tone(0.5), gap(1.0), tone(0.5)]).astype(np.float32)
+    soundfile.write(path, wav, RATE, subtype="FLOAT")
+    trimmed = SilenceTrimmedPipeline(RATE, trim_options=TRIM)("utt", path, 0, -1)
+    assert torch.equal(trimmed, trim_silence(load_audio(path), RATE, **TRIM))
+    cropped = SilenceTrimmedPipeline(RATE, trim_options=TRIM, max_samples=RATE)("utt", path, 0, -1)
+    assert torch.equal(cropped, trimmed[:RATE])  # from the start of the speech, not of the file
+    assert SilenceTrimmedPipeline(RATE)("utt", path, 0, -1).shape[0] == wav.shape[0]  # trimming off
+
+
+def load_train_module():
+    """The recipe's train.py as a module (it imports prepare_voxceleb1_asv from its own folder)."""
+    sys.path.insert(0, RECIPE_FOLDER)
+    try:
+        spec = importlib.util.spec_from_file_location("asv_train", os.path.join(RECIPE_FOLDER, "train.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(RECIPE_FOLDER)
+    return module
+
+
+def test_eer_is_s3prls_interpolated_crossing_and_agrees_with_speechbrain():
+    """EER from one sort (s3prl's ROC-crossing definition) vs SpeechBrain's threshold loop; minDCF bounds."""
+    from speechbrain.utils.metric_stats import EER
+
+    train = load_train_module()
+    generator = torch.Generator().manual_seed(0)
+    for trials in (40, 400):
+        for _ in range(4):
+            labels = torch.arange(trials) < trials // 2
+            scores = torch.randn(trials, generator=generator) + labels.float()
+            ours, _ = train.equal_error_rate(scores, labels)
+            theirs, _ = EER(scores[labels], scores[~labels])
+            assert abs(ours - theirs) <= 2.0 / trials, (ours, theirs)  # one ROC step apart, at most
+    # Tied target / non-target scores: s3prl interpolates along the tie (0.25), SpeechBrain averages the
+    # rates at a threshold (0.25 here too); with many ties the two can differ by more than a step.
+    tie = torch.tensor([0.6, 0.5, 0.5, 0.1]), torch.tensor([True, True, False, False])
+    assert train.equal_error_rate(*tie)[0] == 0.25 == EER(tie[0][tie[1]], tie[0][~tie[1]])[0]
+    separated = torch.tensor([0.9, 0.8, 0.2, 0.1])
+    assert train.equal_error_rate(separated, torch.tensor([True, True, False, False]))[0] == 0.0
+    assert train.equal_error_rate(separated, torch.tensor([False, False, True, True]))[0] == 1.0
+    with pytest.raises(ValueError, match="target and non-target"):
+        train.equal_error_rate(separated, torch.ones(4, dtype=torch.bool))

@@ -24,6 +24,7 @@ def sid_overrides(voxceleb1, upstream, output, mini_corpus, **extra):
         "num_speakers": 12,
         "lr": 0.01,
         "number_of_epochs": 30,
+        "grad_accumulation_factor": 1,  # the full recipe: 8 x 4 (s3prl); tiny runs update every batch
         "max_train_samples": 48000,
         "train_dataloader_opts": {"batch_size": 4, "shuffle": True, "num_workers": 0},
         "valid_dataloader_opts": {"batch_size": 4, "num_workers": 0},

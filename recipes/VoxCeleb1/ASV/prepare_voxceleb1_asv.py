@@ -1,13 +1,16 @@
 """Data preparation of SUPERB automatic speaker verification (ASV) on VoxCeleb1.
 
 Reads the real VoxCeleb1 layout (REFERENCE.md section 6) without touching it: every
-``<data_folder>/wav/idNNNNN/<video>/NNNNN.wav`` and the verification trial list
-``veri_test2.txt`` (lines ``<1|0> <enrol> <test>``, paths relative to ``wav/``). The speakers of the
+``<data_folder>/wav/idNNNNN/<video>/NNNNN.wav`` and a verification trial list (lines
+``<1|0> <enrol> <test>``, paths relative to ``wav/``): ``trial_list="original"`` reads
+``veri_test.txt`` (Vox1-O, 37,720 trials: what s3prl, and so SUPERB, scores), ``"cleaned"``
+``veri_test2.txt`` (37,611 trials; ``trial_file`` names any other list). The speakers of the
 trial list are the *test* speakers (``id10270``-``id10309`` in the real corpus); every other speaker
 folder under ``wav/`` is a *dev* speaker. Writes to the save folder:
 
-* ``train.csv``: the utterances of the dev speakers the x-vector is trained on (utterances shorter
-  than ``min_train_duration`` are left out, as s3prl's ``min_sec``);
+* ``train.csv``: the utterances of the dev speakers the x-vector is trained on (utterances not
+  longer than ``min_train_duration`` are left out, as s3prl's ``min_sec``; with ``trim_options``
+  the rule applies to the length *after* silence removal, as in s3prl);
 * ``valid.csv`` and ``valid_trials.csv``: ``valid_speakers`` dev speakers drawn with ``split_seed``
   are held out of training entirely; ``valid_utterances_per_speaker`` of their utterances and
   balanced trials between them (every same-speaker pair as a target trial, each paired with a
@@ -15,7 +18,8 @@ folder under ``wav/`` is a *dev* speaker. Writes to the save folder:
   the test, on speakers never seen in training;
 * ``test.csv`` and ``test_trials.csv``: every utterance of the trial list, and the trials.
 
-Utterance CSVs have the columns ``ID, duration, wav, start, stop, speaker``; trial CSVs
+Utterance CSVs have the columns ``ID, duration, wav, start, stop, speaker`` (``duration``: seconds
+after silence removal when ``trim_options`` is given, else of the file); trial CSVs
 ``label, enrol, test`` (utterance IDs). An utterance ID is its path under ``wav/`` without ``.wav``,
 ``/`` replaced by ``_`` (``id10270_5r0dWxy17C8_00001``). Nothing is written under ``data_folder``.
 """
@@ -25,7 +29,8 @@ import logging
 import os
 import random
 
-from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.audio import AudioLoadError, audio_info, load_audio
+from robustdistiller.downstream.silence import trim_silence
 from robustdistiller.options import integer_at_least
 from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
 
@@ -33,7 +38,10 @@ logger = logging.getLogger(__name__)
 
 UTTERANCE_HEADER = ["ID", "duration", "wav", "start", "stop", "speaker"]
 TRIAL_HEADER = ["label", "enrol", "test"]
-DEFAULT_TRIAL_FILE = "veri_test2.txt"
+# trial_list -> file under data_folder. "original" is Vox1-O, which s3prl's voxceleb1_test_v2.txt
+# reproduces (37,720 trials, 18,860 target); "cleaned" is the list with the mislabelled trials removed.
+TRIAL_LISTS = {"original": "veri_test.txt", "cleaned": "veri_test2.txt"}
+DEFAULT_TRIAL_LIST = "original"
 
 
 def utterance_id(relative_path):
@@ -170,17 +178,43 @@ def build_valid_trials(utterances_by_speaker, seed):
     return trials
 
 
-def _utterance_rows(wav_folder, relative_paths, unreadable):
-    rows = []
+def _utterance_rows(wav_folder, relative_paths, unreadable, trim_options=None, sample_rate=16000):
+    """CSV rows and the length in samples of each (after silence removal with ``trim_options``)."""
+    rows, lengths = [], []
     for relative in relative_paths:
         path = os.path.join(wav_folder, relative)
         try:
-            frames, sample_rate, _ = audio_info(path)
+            if trim_options is None:
+                frames, file_rate, _ = audio_info(path)
+                seconds = frames / file_rate
+                length = int(round(seconds * sample_rate))
+            else:
+                length = int(trim_silence(load_audio(path, sample_rate=sample_rate), sample_rate,
+                                          **trim_options).shape[0])
+                seconds = length / sample_rate
         except AudioLoadError:
             unreadable.append(path)
             continue
-        rows.append([utterance_id(relative), f"{frames / sample_rate:.3f}", path, 0, -1, relative.split("/")[0]])
-    return rows
+        rows.append([utterance_id(relative), f"{seconds:.3f}", path, 0, -1, relative.split("/")[0]])
+        lengths.append(length)
+    return rows, lengths
+
+
+def trial_file_path(data_folder, trial_list=DEFAULT_TRIAL_LIST, trial_file=None):
+    """The trial list to score: ``trial_file`` if given, else ``<data_folder>/<TRIAL_LISTS[trial_list]>``.
+
+    Example
+    -------
+    >>> trial_file_path("/data/VoxCeleb1")
+    '/data/VoxCeleb1/veri_test.txt'
+    >>> trial_file_path("/data/VoxCeleb1", "cleaned")
+    '/data/VoxCeleb1/veri_test2.txt'
+    """
+    if trial_file:
+        return trial_file
+    if trial_list not in TRIAL_LISTS:
+        raise ValueError(f"trial_list must be one of {sorted(TRIAL_LISTS)} (or set trial_file), got {trial_list!r}")
+    return os.path.join(data_folder, TRIAL_LISTS[trial_list])
 
 
 def prepare_voxceleb1_asv(
@@ -192,6 +226,9 @@ def prepare_voxceleb1_asv(
     min_train_duration=2.0,
     split_seed=1986,
     skip_prep=False,
+    trial_list=DEFAULT_TRIAL_LIST,
+    trim_options=None,
+    sample_rate=16000,
 ):
     """Writes the ASV CSVs; returns the paths ``{"train", "valid", "valid_trials", "test", "test_trials"}``.
 
@@ -199,11 +236,11 @@ def prepare_voxceleb1_asv(
     ---------
     data_folder : str
         VoxCeleb1 folder holding ``wav/`` (dev and test speakers; unzip both archives into it) and,
-        unless ``trial_file`` is given, ``veri_test2.txt``.
+        unless ``trial_file`` is given, the trial list of ``trial_list``.
     save_folder : str
         Output folder of the CSVs.
     trial_file : str, optional
-        Another trial list (e.g. ``veri_test.txt``); its speakers are the test speakers, all other
+        Another trial list; overrides ``trial_list``. Its speakers are the test speakers, all other
         speakers under ``wav/`` are dev speakers.
     valid_speakers : int
         Dev speakers held out of training for checkpoint selection (at least 2).
@@ -216,6 +253,13 @@ def prepare_voxceleb1_asv(
         Seed of the held-out speakers, their utterances and the non-target validation trials.
     skip_prep : bool
         Only return the paths.
+    trial_list : str
+        ``"original"`` (``veri_test.txt``, s3prl's list) or ``"cleaned"`` (``veri_test2.txt``).
+    trim_options : dict, optional
+        Options of :func:`robustdistiller.downstream.silence.trim_silence`: durations (and the
+        ``min_train_duration`` rule) are measured after silence removal. None: file durations.
+    sample_rate : int
+        Sample rate the recipe reads the audio at (lengths are counted in it).
 
     Returns
     -------
@@ -232,7 +276,7 @@ def prepare_voxceleb1_asv(
     paths = {name: os.path.join(save_folder, f"{name}.csv") for name in names}
     if skip_prep:
         return paths
-    trial_file = trial_file or os.path.join(data_folder, DEFAULT_TRIAL_FILE)
+    trial_file = trial_file_path(data_folder, trial_list, trial_file)
     wav_folder = os.path.join(data_folder, "wav")
     # two held-out speakers for non-target trials, two utterances of each for target trials
     valid_speakers = integer_at_least(valid_speakers, "valid_speakers", 2)
@@ -244,6 +288,8 @@ def prepare_voxceleb1_asv(
         "valid_utterances_per_speaker": int(valid_utterances_per_speaker),
         "min_train_duration": float(min_train_duration),
         "split_seed": int(split_seed),
+        "trim_options": None if trim_options is None else dict(sorted(trim_options.items())),
+        "sample_rate": int(sample_rate),
     }
     if is_prepared(save_folder, "voxceleb1_asv", options, list(paths.values())):
         logger.info("VoxCeleb1 ASV lists already prepared in %s", save_folder)
@@ -252,7 +298,8 @@ def prepare_voxceleb1_asv(
         raise FileNotFoundError(f"VoxCeleb1 folder '{data_folder}' has no wav/ folder (expected wav/idNNNNN/...)")
     if not os.path.isfile(trial_file):
         raise FileNotFoundError(
-            f"Verification trial file '{trial_file}' not found (veri_test2.txt of VoxCeleb1; set trial_file)"
+            f"Verification trial file '{trial_file}' not found (expected VoxCeleb1's veri_test.txt for "
+            f"trial_list: original, veri_test2.txt for trial_list: cleaned, or set trial_file)"
         )
     trials = read_trials(trial_file)
     test_paths = list(dict.fromkeys(path for _, enrol, test in trials for path in (enrol, test)))
@@ -272,11 +319,14 @@ def prepare_voxceleb1_asv(
 
     os.makedirs(save_folder, exist_ok=True)
     unreadable = []
-    train_rows = _utterance_rows(
-        wav_folder, [path for spk in train_speakers for path in utterances[spk]], unreadable
+    measure = {"trim_options": trim_options, "sample_rate": sample_rate}
+    train_rows, train_lengths = _utterance_rows(
+        wav_folder, [path for spk in train_speakers for path in utterances[spk]], unreadable, **measure
     )
-    short = [row for row in train_rows if float(row[1]) < min_train_duration]
-    train_rows = [row for row in train_rows if float(row[1]) >= min_train_duration]
+    # s3prl keeps a training utterance if its (trimmed) length is > min_sec * 16000 samples.
+    min_samples = float(min_train_duration) * sample_rate
+    short = [row for row, length in zip(train_rows, train_lengths) if not length > min_samples]
+    train_rows = [row for row, length in zip(train_rows, train_lengths) if length > min_samples]
     rng = random.Random(split_seed)
     valid_paths = []
     for speaker in held_out_speakers:
@@ -284,7 +334,7 @@ def prepare_voxceleb1_asv(
         if len(chosen) > valid_utterances_per_speaker:
             chosen = sorted(rng.sample(chosen, valid_utterances_per_speaker))
         valid_paths += chosen
-    valid_rows = _utterance_rows(wav_folder, valid_paths, unreadable)
+    valid_rows, _ = _utterance_rows(wav_folder, valid_paths, unreadable, **measure)
     if unreadable:
         raise ValueError(f"{len(unreadable)} audio files under {wav_folder} are unreadable, e.g. {unreadable[:3]}")
 
@@ -294,7 +344,7 @@ def prepare_voxceleb1_asv(
         raise FileNotFoundError(
             f"{len(missing)} files listed in {trial_file} are missing under {wav_folder}, e.g. {missing[:3]}"
         )
-    test_rows = _utterance_rows(wav_folder, test_paths, unreadable)
+    test_rows, _ = _utterance_rows(wav_folder, test_paths, unreadable, **measure)
     if unreadable:
         raise ValueError(f"{len(unreadable)} files listed in {trial_file} are unreadable, e.g. {unreadable[:3]}")
 
@@ -310,9 +360,10 @@ def prepare_voxceleb1_asv(
     write_csv(paths["test_trials"], TRIAL_HEADER,
               [(label, utterance_id(enrol), utterance_id(test)) for label, enrol, test in trials])
     logger.info(
-        "Wrote %s (%d utterances, %d shorter than %.1f s left out), %s (%d utterances, %d trials), "
+        "Wrote %s (%d utterances, %d not longer than %.1f s%s left out), %s (%d utterances, %d trials), "
         "%s (%d utterances, %d trials)",
-        paths["train"], len(train_rows), len(short), min_train_duration, paths["valid"], len(valid_rows),
+        paths["train"], len(train_rows), len(short), min_train_duration,
+        "" if trim_options is None else " after silence removal", paths["valid"], len(valid_rows),
         len(valid_trials), paths["test"], len(test_rows), len(trials),
     )
     mark_prepared(save_folder, "voxceleb1_asv", options)

@@ -6,10 +6,14 @@ any Hugging Face WavLM / HuBERT / wav2vec 2.0) stays frozen; a learnable weighte
 feeds a linear projector (s3prl's connector) and SpeechBrain's x-vector (5 TDNN layers, statistics
 pooling, 512-dim embedding), trained with AM-softmax (cosine classifier, additive margin 0.4, scale
 30) to classify the VoxCeleb1 dev speakers. Trials are scored by the cosine similarity of the two
-utterances' embeddings; the metric is the EER (and the normalised minDCF).
+utterances' embeddings; the metric is the EER (s3prl's definition, see :func:`equal_error_rate`) and
+the normalised minDCF.
 
-The checkpoint with the lowest EER on validation trials between held-out dev speakers (never trained
-on) is tested on the trials of ``veri_test2.txt`` under every test condition: in a condition both the
+Silences are removed from every utterance first, as s3prl does (sox ``silence 1 0.1 0.1% -1 0.1
+0.1%``, re-implemented in :mod:`robustdistiller.downstream.silence`; ``trim_silence``), before cropping
+and corruption. The checkpoint with the lowest EER on validation trials between held-out dev speakers
+(never trained on) is tested on the trials of ``trial_list`` (``original``: ``veri_test.txt``, s3prl's;
+``cleaned``: ``veri_test2.txt``) under every test condition: in a condition both the
 enrolment and the test utterance are corrupted (each utterance once, seeded by its ID). Results go to
 ``<output_folder>/results.{json,md}``, trial scores to ``<output_folder>/scores/<condition>.txt``.
 
@@ -29,18 +33,19 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from prepare_voxceleb1_asv import prepare_voxceleb1_asv, read_trial_csv
 from speechbrain.utils.distributed import if_main_process, run_on_main
-from speechbrain.utils.metric_stats import EER
 
 from robustdistiller.downstream import (
-    AudioPipeline,
     DownstreamBrain,
     audio_dataset,
     build_corruptors,
-    condition_test_set_factory,
     prepare_corruption_lists,
     start_run,
-    training_pipeline,
     write_condition_results,
+)
+from robustdistiller.downstream.silence import (
+    SilenceTrimmedPipeline,
+    trim_options_from_hparams,
+    trimmed_condition_test_set_factory,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,6 +81,57 @@ def score_trials(embeddings, trials):
     test = torch.stack([embeddings[test] for _, _, test in trials])
     labels = torch.tensor([bool(label) for label, _, _ in trials])
     return (enrol * test).sum(dim=-1), labels
+
+
+def equal_error_rate(scores, labels):
+    """EER as s3prl computes it (``sklearn.metrics.roc_curve`` + ``brentq`` on the interpolated ROC), from one sort.
+
+    The ROC curve (false-positive rate, true-positive rate) over every distinct score threshold, linearly
+    interpolated; the EER is where it crosses ``FNR = FPR``. Not SpeechBrain's
+    ``speechbrain.utils.metric_stats.EER``: that one loops in Python over ~2 x trials thresholds (58 s for the
+    37,720 Vox1-O trials on this project's 2-core machine, per test condition) and returns
+    ``(FAR + FRR) / 2`` at the best discrete threshold instead of the interpolated crossing (without tied
+    scores the two agree to one ROC step; the test checks it).
+
+    Arguments
+    ---------
+    scores : torch.Tensor
+        ``[N]`` trial scores (higher: same speaker).
+    labels : torch.Tensor
+        ``[N]`` bool, True for target trials (both classes present).
+
+    Returns
+    -------
+    eer : float
+        In [0, 1].
+    threshold : float
+        The score threshold of the ROC point where the crossing ends.
+
+    Example
+    -------
+    >>> eer, threshold = equal_error_rate(torch.tensor([0.9, 0.8, 0.3, 0.5, 0.2, 0.1]),
+    ...                                   torch.tensor([1, 1, 1, 0, 0, 0]).bool())
+    >>> round(eer, 4), round(threshold, 4)
+    (0.3333, 0.3)
+    >>> equal_error_rate(torch.tensor([0.6, 0.5, 0.5, 0.1]), torch.tensor([1, 1, 0, 0]).bool())[0]  # a tie
+    0.25
+    """
+    scores, labels = scores.double(), labels.bool()
+    num_target, num_nontarget = int(labels.sum()), int((~labels).sum())
+    if not num_target or not num_nontarget:
+        raise ValueError(f"EER needs target and non-target trials, got {num_target} and {num_nontarget}")
+    order = torch.argsort(scores, descending=True, stable=True)
+    sorted_scores, sorted_labels = scores[order], labels[order].double()
+    last_of_group = torch.ones_like(sorted_scores, dtype=torch.bool)
+    last_of_group[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    zero = torch.zeros(1, dtype=torch.float64)
+    tpr = torch.cat([zero, torch.cumsum(sorted_labels, 0)[last_of_group] / num_target])
+    fpr = torch.cat([zero, torch.cumsum(1 - sorted_labels, 0)[last_of_group] / num_nontarget])
+    gap = 1 - fpr - tpr  # FNR - FPR: 1 at the origin, -1 at (1, 1)
+    end = int(torch.nonzero(gap <= 0)[0])
+    start = end - 1
+    eer = fpr[start] + (fpr[end] - fpr[start]) * gap[start] / (gap[start] - gap[end])
+    return float(eer), float(sorted_scores[last_of_group][end - 1])
 
 
 def normalized_min_dcf(scores, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):
@@ -163,7 +219,7 @@ class SpeakerVerificationBrain(DownstreamBrain):
             self.train_loss = stage_loss
             return
         scores, labels = score_trials(self.embeddings, self.trials[stage])
-        eer, threshold = EER(scores[labels], scores[~labels])
+        eer, threshold = equal_error_rate(scores, labels)
         stats = {
             "EER": 100.0 * eer,
             "minDCF": normalized_min_dcf(scores, labels, p_target=self.hparams.min_dcf_p_target),
@@ -200,9 +256,10 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
     -------
     dict
         ``train``, ``valid`` (datasets), ``make_test_set`` (``(name, spec) -> dataset``),
-        ``label_encoder``, ``train_pipeline``, ``valid_trials``, ``test_trials``.
+        ``label_encoder``, ``valid_trials``, ``test_trials``.
     """
-    csv_files = prepare_voxceleb1_asv(hparams["data_folder"], hparams["save_folder"], skip_prep=True)
+    csv_files = {name: hparams[f"{name}_csv"] for name in ("train", "valid", "valid_trials", "test", "test_trials")}
+    trim_options = trim_options_from_hparams(hparams)
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
 
     @sb.utils.data_pipeline.takes("speaker")
@@ -210,7 +267,16 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
     def encode_speaker(speaker):
         return label_encoder.encode_label_torch(speaker)
 
-    train_pipeline = training_pipeline(hparams, train_corruptor)
+    # As robustdistiller.downstream.training_pipeline, with silence removal before the crop.
+    train_pipeline = SilenceTrimmedPipeline(
+        hparams["sample_rate"],
+        corruptor=train_corruptor,
+        max_samples=hparams["max_train_samples"],
+        random_crop=True,
+        seed=hparams["seed"],
+        key_prefix="train/",
+        trim_options=trim_options,
+    )
     train = audio_dataset(csv_files["train"], train_pipeline, ["id", "sig", "speaker_encoded"],
                           extra_items=[encode_speaker])
     label_encoder.load_or_create(
@@ -222,16 +288,18 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
             f"{hparams['num_train_speakers']} (num_dev_speakers - valid_speakers): set num_dev_speakers to "
             f"{len(label_encoder) + hparams['valid_speakers']}"
         )
-    valid = audio_dataset(csv_files["valid"], AudioPipeline(hparams["sample_rate"]), ["id", "sig"])
+    valid_pipeline = SilenceTrimmedPipeline(hparams["sample_rate"], trim_options=trim_options)
+    valid = audio_dataset(csv_files["valid"], valid_pipeline, ["id", "sig"])
 
-    make_test_set = condition_test_set_factory(hparams, csv_files["test"], test_corruptor, ["id", "sig"])
+    make_test_set = trimmed_condition_test_set_factory(
+        hparams, csv_files["test"], test_corruptor, ["id", "sig"], trim_options
+    )
 
     return {
         "train": train,
         "valid": valid,
         "make_test_set": make_test_set,
         "label_encoder": label_encoder,
-        "train_pipeline": train_pipeline,
         "valid_trials": read_trial_csv(csv_files["valid_trials"]),
         "test_trials": read_trial_csv(csv_files["test_trials"]),
     }
@@ -245,21 +313,11 @@ if __name__ == "__main__":
     start_run(hparams_file, hparams, overrides)  # option checks, output folder lock, upstream identity
     run_on_main(
         prepare_voxceleb1_asv,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["save_folder"],
-            "trial_file": hparams["trial_file"],
-            "valid_speakers": hparams["valid_speakers"],
-            "valid_utterances_per_speaker": hparams["valid_utterances_per_speaker"],
-            "min_train_duration": hparams["min_train_duration"],
-            "split_seed": hparams["split_seed"],
-            "skip_prep": hparams["skip_prep"],
-        },
+        kwargs={**hparams["prepare_options"], "trim_options": trim_options_from_hparams(hparams)},
     )
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
     data = dataio_prepare(hparams, test_corruptor, train_corruptor)
-    hparams["train_pipeline"] = data["train_pipeline"]
 
     brain = SpeakerVerificationBrain(
         modules=hparams["modules"],
@@ -291,6 +349,8 @@ if __name__ == "__main__":
             extra={
                 "num_train_speakers": len(data["label_encoder"]),
                 "valid_trials": len(data["valid_trials"]),
+                "trial_list": hparams["trial_file"] or hparams["trial_list"],
+                "trim_silence": bool(hparams["trim_silence"]),
                 "metric_notes": "EER in percent; minDCF normalised, p_target = "
                 f"{hparams['min_dcf_p_target']}; cosine scoring",
             },

@@ -33,10 +33,7 @@ from robustdistiller.downstream import (
 
 def dataio_prepare(hparams, test_corruptor, train_corruptor):
     """Train / dev datasets, the test-set factory and the speaker encoder."""
-    csv_files = prepare_voxceleb1_sid(
-        hparams["data_folder"], hparams["save_folder"], split_file=hparams["split_file"], skip_prep=True
-    )
-    csv_files["valid"] = csv_files.pop("dev")
+    csv_files = {"train": hparams["train_csv"], "valid": hparams["dev_csv"], "test": hparams["test_csv"]}
     return classification_datasets(hparams, csv_files, test_corruptor, train_corruptor, label_column="speaker")
 
 
@@ -46,19 +43,10 @@ if __name__ == "__main__":
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     start_run(hparams_file, hparams, overrides)  # option checks, output folder lock, upstream identity
-    run_on_main(
-        prepare_voxceleb1_sid,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["save_folder"],
-            "split_file": hparams["split_file"],
-            "skip_prep": hparams["skip_prep"],
-        },
-    )
+    run_on_main(prepare_voxceleb1_sid, kwargs=hparams["prepare_options"])
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
     data = dataio_prepare(hparams, test_corruptor, train_corruptor)
-    hparams["train_pipeline"] = data["train_pipeline"]
 
     brain = UtteranceClassificationBrain(
         modules=hparams["modules"],
