@@ -12,7 +12,14 @@ per idea:
 * :mod:`~robustdistiller.downstream.brain`: :class:`DownstreamBrain` and the condition loop;
 * :mod:`~robustdistiller.downstream.results`: ``results.json`` / ``results.md``;
 * :mod:`~robustdistiller.downstream.run`: :func:`start_run` (options, output-folder lock, upstream identity);
-* task families: :mod:`~robustdistiller.downstream.classification` (KS, IC, ER, SID).
+* task families: :mod:`~robustdistiller.downstream.classification` (KS, IC, ER, SID),
+  :mod:`~robustdistiller.downstream.ctc` (PR, ASR, SF: vocabularies, greedy CTC decoding, the BiLSTM
+  CTC head, SpecAugment on features, the CTC Brain), :mod:`~robustdistiller.downstream.slot_filling`
+  (SF targets and s3prl's slot metrics), :mod:`~robustdistiller.downstream.qbe` (QbE: subsequence DTW,
+  MTWV, stdlist files);
+* task data: :mod:`~robustdistiller.downstream.librispeech` (PR / ASR lists and lexicons),
+  :mod:`~robustdistiller.downstream.silence` (sox-equivalent silence removal, ASV);
+* :mod:`~robustdistiller.downstream.lr_sweep`: the learning-rate search SUPERB needs per task and upstream.
 
 The names below are re-exported so that recipes and YAMLs can use ``robustdistiller.downstream.X``.
 """
