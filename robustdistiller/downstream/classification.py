@@ -13,11 +13,6 @@ from robustdistiller.downstream.heads import masked_mean
 logger = logging.getLogger(__name__)
 
 
-def _is_correct(logits, labels):
-    """Per-item 1.0 / 0.0 correctness (a MetricStats metric)."""
-    return (logits.argmax(dim=-1) == labels).float()
-
-
 class UtteranceClassificationBrain(DownstreamBrain):
     """SUPERB utterance-level classification: projector, mean pooling over valid frames, linear.
 
@@ -40,21 +35,23 @@ class UtteranceClassificationBrain(DownstreamBrain):
         labels = batch.label_encoded.data[:, 0].to(self.device)
         loss = nn.functional.cross_entropy(predictions, labels)
         if stage != sb.Stage.TRAIN:
-            self.accuracy_metric.append(batch.id, predictions.detach(), labels)
+            self.accuracy_metric.append(
+                batch.id, predictions.detach().argmax(dim=-1).tolist(), labels.tolist()
+            )
         return loss
 
     def on_stage_start(self, stage, epoch=None):
         """New accuracy accumulator for dev and test."""
         super().on_stage_start(stage, epoch)
         if stage != sb.Stage.TRAIN:
-            self.accuracy_metric = sb.utils.metric_stats.MetricStats(metric=_is_correct)
+            self.accuracy_metric = sb.utils.metric_stats.ClassificationStats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs, checkpoints on the best dev accuracy, records test statistics."""
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
             return
-        stats = {"loss": stage_loss, "accuracy": float(self.accuracy_metric.summarize("average"))}
+        stats = {"loss": stage_loss, "accuracy": float(self.accuracy_metric.summarize("accuracy"))}
         if stage == sb.Stage.VALID:
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},

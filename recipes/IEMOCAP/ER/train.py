@@ -45,23 +45,9 @@ logger = logging.getLogger(__name__)
 METRICS = ["accuracy", "loss"]
 
 
-def prepare_kwargs(hparams):
-    """Arguments of :func:`prepare_iemocap` from the YAML."""
-    return {
-        "data_folder": hparams["data_folder"],
-        "save_folder": hparams["save_folder"],
-        "test_session": hparams["test_session"],
-        "valid_ratio": hparams["valid_ratio"],
-        "split_seed": hparams["split_seed"],
-        "s3prl_meta_data_folder": hparams["s3prl_meta_data_folder"],
-        "skip_prep": hparams["skip_prep"],
-    }
-
-
 def dataio_prepare(hparams, test_corruptor, train_corruptor):
     """Train / dev datasets, the test-set factory and the emotion encoder of one fold."""
-    csv_files = prepare_iemocap(**{**prepare_kwargs(hparams), "skip_prep": True})
-    csv_files["valid"] = csv_files.pop("dev")
+    csv_files = {"train": hparams["train_csv"], "valid": hparams["dev_csv"], "test": hparams["test_csv"]}
     data = classification_datasets(hparams, csv_files, test_corruptor, train_corruptor, label_column="emotion")
     if len(data["label_encoder"]) != hparams["num_emotions"]:
         raise ValueError(
@@ -76,7 +62,7 @@ def run_fold(hparams_file, run_opts, overrides):
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     start_run(hparams_file, hparams, overrides)  # option checks, output folder lock, upstream identity
-    run_on_main(prepare_iemocap, kwargs=prepare_kwargs(hparams))
+    run_on_main(prepare_iemocap, kwargs=hparams["prepare_options"])
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
     data = dataio_prepare(hparams, test_corruptor, train_corruptor)
