@@ -26,7 +26,13 @@ The names below are re-exported so that recipes and YAMLs can use ``robustdistil
 
 from robustdistiller.downstream.brain import DownstreamBrain
 from robustdistiller.downstream.classification import UtteranceClassificationBrain, classification_datasets
-from robustdistiller.downstream.data import AudioPipeline, audio_dataset, condition_test_set_factory, training_pipeline
+from robustdistiller.downstream.data import (
+    AudioPipeline,
+    audio_dataset,
+    condition_test_set_factory,
+    recipe_datasets,
+    training_pipeline,
+)
 from robustdistiller.downstream.heads import WeightedLayerSum, masked_mean
 from robustdistiller.downstream.protocol import (
     DEFAULT_TEST_CONDITIONS,
@@ -55,6 +61,6 @@ __all__ = [
     "UtteranceClassificationBrain", "WeightedLayerSum", "audio_dataset", "build_corruptor", "build_corruptors",
     "check_downstream_options", "check_upstream_identity", "classification_datasets",
     "condition_test_set_factory", "format_results_table", "masked_mean", "prepare_corruption_lists",
-    "prepare_test_corruption", "read_upstream_identity", "select_conditions", "start_run", "training_pipeline",
+    "prepare_test_corruption", "read_upstream_identity", "recipe_datasets", "select_conditions", "start_run", "training_pipeline",
     "upstream_name", "write_condition_results",
 ]

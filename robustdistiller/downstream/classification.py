@@ -7,7 +7,7 @@ import speechbrain as sb
 import torch.nn as nn
 
 from robustdistiller.downstream.brain import DownstreamBrain
-from robustdistiller.downstream.data import audio_dataset, AudioPipeline, condition_test_set_factory, training_pipeline
+from robustdistiller.downstream.data import recipe_datasets
 from robustdistiller.downstream.heads import masked_mean
 
 logger = logging.getLogger(__name__)
@@ -95,19 +95,13 @@ def classification_datasets(hparams, csv_files, test_corruptor, train_corruptor=
     def encode_label(label):
         return label_encoder.encode_label_torch(label)
 
-    output_keys = ["id", "sig", "label_encoded"]
-    train_pipeline = training_pipeline(hparams, train_corruptor)
-    train = audio_dataset(csv_files["train"], train_pipeline, output_keys, extra_items=[encode_label])
-    valid = audio_dataset(csv_files["valid"], AudioPipeline(hparams["sample_rate"]), output_keys,
-                          extra_items=[encode_label])
+    train, valid, make_test_set = recipe_datasets(
+        hparams, csv_files, ["id", "sig", "label_encoded"], [encode_label], test_corruptor, train_corruptor
+    )
     label_encoder.load_or_create(
         path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
         from_didatasets=[train],
         output_key=label_column,
-    )
-
-    make_test_set = condition_test_set_factory(
-        hparams, csv_files["test"], test_corruptor, output_keys, [encode_label]
     )
     return {
         "train": train,

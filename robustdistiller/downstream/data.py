@@ -77,10 +77,14 @@ class AudioPipeline:
         if self.corruptor is not None:
             self.corruptor.set_epoch(epoch)
 
-    def __call__(self, utterance_id, wav, start=0, stop=-1):
+    def load(self, wav, start=0, stop=-1):
+        """The utterance's samples ``[start, stop)`` (``stop < 0``: to the end), resampled and down-mixed."""
         start = int(start or 0)
         stop = None if stop is None or int(stop) < 0 else int(stop)
-        waveform = load_audio(wav, sample_rate=self.sample_rate, start=start, stop=stop)
+        return load_audio(wav, sample_rate=self.sample_rate, start=start, stop=stop)
+
+    def __call__(self, utterance_id, wav, start=0, stop=-1):
+        waveform = self.load(wav, start, stop)
         if self.max_samples is not None and waveform.shape[0] > self.max_samples:
             offset = 0
             if self.random_crop:
@@ -143,6 +147,26 @@ def training_pipeline(hparams, corruptor=None):
         seed=hparams["seed"],
         key_prefix="train/",
     )
+
+
+def recipe_datasets(hparams, csv_files, output_keys, extra_items, test_corruptor, train_corruptor=None):
+    """The datasets every trained downstream recipe builds from its train / valid / test lists.
+
+    Training: random crops and optional corruption (:func:`training_pipeline`); validation: clean
+    whole utterances; test: ``(name, spec) -> dataset`` under each condition
+    (:func:`condition_test_set_factory`). ``extra_items`` (label / token encoders) go on all three.
+
+    Returns
+    -------
+    (train, valid, make_test_set)
+    """
+    train = audio_dataset(
+        csv_files["train"], training_pipeline(hparams, train_corruptor), output_keys, extra_items=extra_items
+    )
+    valid = audio_dataset(csv_files["valid"], AudioPipeline(hparams["sample_rate"]), output_keys,
+                          extra_items=extra_items)
+    make_test_set = condition_test_set_factory(hparams, csv_files["test"], test_corruptor, output_keys, extra_items)
+    return train, valid, make_test_set
 
 
 def paired_condition_key(spec):

@@ -33,8 +33,6 @@ import logging
 import numpy as np
 import torch
 
-from robustdistiller.audio import load_audio
-from robustdistiller.corruption import hash_seed
 from robustdistiller.downstream.data import AudioPipeline, audio_dataset, paired_condition_key
 
 logger = logging.getLogger(__name__)
@@ -239,23 +237,13 @@ class SilenceTrimmedPipeline(AudioPipeline):
         super().__init__(*args, **kwargs)
         self.trim_options = None if trim_options is None else dict(trim_options)
 
-    def __call__(self, utterance_id, wav, start=0, stop=-1):
-        start = int(start or 0)
-        stop = None if stop is None or int(stop) < 0 else int(stop)
-        waveform = load_audio(wav, sample_rate=self.sample_rate, start=start, stop=stop)
+    def load(self, wav, start=0, stop=-1):
+        """The utterance's samples with silences removed (before ``AudioPipeline``'s crop and corruption)."""
+        waveform = super().load(wav, start, stop)
         if self.trim_options is not None:
             trimmed = trim_silence(waveform, self.sample_rate, **self.trim_options)
             # An all-silent file would leave nothing for the upstream: keep it untrimmed.
             waveform = trimmed if trimmed.shape[0] >= self.sample_rate // 10 else waveform
-        if self.max_samples is not None and waveform.shape[0] > self.max_samples:
-            offset = 0
-            if self.random_crop:
-                generator = torch.Generator().manual_seed(hash_seed(self.seed, self.epoch, utterance_id))
-                offset = int(torch.randint(waveform.shape[0] - self.max_samples + 1, (1,), generator=generator))
-            waveform = waveform[offset : offset + self.max_samples]
-        if self.corruptor is not None:
-            key = f"{self.key_prefix}{utterance_id}"
-            waveform = self.corruptor(waveform, key=key, condition=self.condition, snr=self.snr).noisy
         return waveform
 
 

@@ -29,15 +29,12 @@ from prepare_fluent_speech_commands import SLOTS, prepare_fluent_speech_commands
 from speechbrain.utils.distributed import run_on_main
 
 from robustdistiller.downstream import (
-    AudioPipeline,
-    DownstreamBrain,
-    audio_dataset,
     build_corruptors,
-    condition_test_set_factory,
+    DownstreamBrain,
     masked_mean,
     prepare_corruption_lists,
+    recipe_datasets,
     start_run,
-    training_pipeline,
     write_condition_results,
 )
 
@@ -137,10 +134,9 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
         return torch.LongTensor([slot_encoders[slot].encode_label(value) for slot, value in zip(SLOTS, values)])
 
     output_keys = ["id", "sig", "intent_encoded"]
-    train_pipeline = training_pipeline(hparams, train_corruptor)
-    train = audio_dataset(csv_files["train"], train_pipeline, output_keys, extra_items=[encode_intent])
-    valid = audio_dataset(csv_files["valid"], AudioPipeline(hparams["sample_rate"]), output_keys,
-                          extra_items=[encode_intent])
+    train, valid, make_test_set = recipe_datasets(
+        hparams, csv_files, output_keys, [encode_intent], test_corruptor, train_corruptor
+    )
     for slot, encoder in slot_encoders.items():
         encoder.load_or_create(
             path=os.path.join(hparams["save_folder"], f"{slot}_encoder.txt"), from_didatasets=[train], output_key=slot
@@ -154,10 +150,6 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
     for encoder, size in zip(slot_encoders.values(), sizes):
         encoder.expect_len(size)
     logger.info("Slot values: %s", "; ".join(f"{slot}: {len(encoder)}" for slot, encoder in slot_encoders.items()))
-
-    make_test_set = condition_test_set_factory(
-        hparams, csv_files["test"], test_corruptor, output_keys, [encode_intent]
-    )
     return {
         "train": train,
         "valid": valid,

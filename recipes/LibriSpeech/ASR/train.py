@@ -32,10 +32,9 @@ from robustdistiller.downstream import (
     audio_dataset,
     AudioPipeline,
     build_corruptors,
-    condition_test_set_factory,
     prepare_corruption_lists,
+    recipe_datasets,
     start_run,
-    training_pipeline,
     write_condition_results,
 )
 from robustdistiller.downstream.ctc import CTCBrain, characters_to_words, words_to_characters
@@ -78,12 +77,10 @@ def dataio_prepare(hparams, vocabulary, test_corruptor, train_corruptor):
         return torch.LongTensor(vocabulary.encode(words_to_characters(words.upper())) + eos)
 
     output_keys = ["id", "sig", "tokens"]
-    train_pipeline = training_pipeline(hparams, train_corruptor)
-    train = audio_dataset(hparams["train_csv"], train_pipeline, output_keys, extra_items=[encode_characters])
-    valid = audio_dataset(hparams["valid_csv"], AudioPipeline(hparams["sample_rate"]), output_keys,
-                          extra_items=[encode_characters])
-    make_test_set = condition_test_set_factory(hparams, hparams["test_csv"], test_corruptor, output_keys,
-                                               [encode_characters])
+    csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
+    train, valid, make_test_set = recipe_datasets(
+        hparams, csv_files, output_keys, [encode_characters], test_corruptor, train_corruptor
+    )
     extra_test_sets = {
         split: audio_dataset(extra_csv(hparams, split), AudioPipeline(hparams["sample_rate"]), output_keys,
                              extra_items=[encode_characters])

@@ -28,13 +28,10 @@ from prepare_librispeech_pr import prepare_librispeech_pr
 from speechbrain.utils.distributed import run_on_main
 
 from robustdistiller.downstream import (
-    audio_dataset,
-    AudioPipeline,
     build_corruptors,
-    condition_test_set_factory,
     prepare_corruption_lists,
+    recipe_datasets,
     start_run,
-    training_pipeline,
     write_condition_results,
 )
 from robustdistiller.downstream.ctc import CTCBrain
@@ -67,14 +64,8 @@ def dataio_prepare(hparams, vocabulary, test_corruptor, train_corruptor):
     def encode_phones(phones):
         return torch.LongTensor(vocabulary.encode(phones.split()) + eos)
 
-    output_keys = ["id", "sig", "tokens"]
-    train_pipeline = training_pipeline(hparams, train_corruptor)
-    train = audio_dataset(hparams["train_csv"], train_pipeline, output_keys, extra_items=[encode_phones])
-    valid = audio_dataset(hparams["valid_csv"], AudioPipeline(hparams["sample_rate"]), output_keys,
-                          extra_items=[encode_phones])
-    make_test_set = condition_test_set_factory(hparams, hparams["test_csv"], test_corruptor, output_keys,
-                                               [encode_phones])
-    return train, valid, make_test_set
+    csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
+    return recipe_datasets(hparams, csv_files, ["id", "sig", "tokens"], [encode_phones], test_corruptor, train_corruptor)
 
 
 if __name__ == "__main__":

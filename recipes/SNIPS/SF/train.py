@@ -27,13 +27,10 @@ from prepare_snips import SPLITS, prepare_snips
 from speechbrain.utils.distributed import run_on_main
 
 from robustdistiller.downstream import (
-    AudioPipeline,
-    audio_dataset,
     build_corruptors,
-    condition_test_set_factory,
     prepare_corruption_lists,
+    recipe_datasets,
     start_run,
-    training_pipeline,
     write_condition_results,
 )
 from robustdistiller.downstream.ctc import CTCBrain
@@ -102,13 +99,10 @@ def dataio_prepare(hparams, encoder, test_corruptor, train_corruptor):
     def encode_tokens(words, tags):
         return torch.LongTensor(encoder.encode(words.split(" "), tags.split(" ")))
 
-    output_keys = ["id", "sig", "tokens"]
-    train_pipeline = training_pipeline(hparams, train_corruptor)
-    train = audio_dataset(hparams["train_csv"], train_pipeline, output_keys, extra_items=[encode_tokens])
-    valid = audio_dataset(hparams["valid_csv"], AudioPipeline(hparams["sample_rate"]), output_keys,
-                          extra_items=[encode_tokens])
-    make_test_set = condition_test_set_factory(hparams, hparams["test_csv"], test_corruptor, output_keys,
-                                               [encode_tokens])
+    csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
+    train, valid, make_test_set = recipe_datasets(
+        hparams, csv_files, ["id", "sig", "tokens"], [encode_tokens], test_corruptor, train_corruptor
+    )
     return {"train": train, "valid": valid, "make_test_set": make_test_set}
 
 
