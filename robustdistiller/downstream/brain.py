@@ -6,6 +6,7 @@ loop: the best checkpoint tested under every test condition).
 """
 
 import logging
+import os
 
 import speechbrain as sb
 from torch.nn.parallel import DistributedDataParallel
@@ -79,6 +80,23 @@ class DownstreamBrain(sb.Brain):
                     module, device_ids=None, find_unused_parameters=self.find_unused_parameters
                 )
 
+    def evaluate_untrained(self, dataset, loader_kwargs):
+        """Metrics of the untrained head on ``dataset`` (the baseline that learning must beat).
+
+        Call it before ``fit``; the test stage runs with ``self.condition = "untrained"`` (e.g. CTC
+        hypotheses go to ``hypotheses/untrained.txt``). Returns None (with a warning) when the output
+        folder already has a checkpoint: a resumed run is not untrained.
+        """
+        if self.checkpointer is not None and self.checkpointer.find_checkpoint() is not None:
+            logger.warning("evaluate_untrained: %s has a checkpoint already; no untrained baseline",
+                           self.checkpointer.checkpoints_dir)
+            return None
+        self.stage_stats, self.condition = {}, "untrained"
+        self.evaluate(dataset, test_loader_kwargs=dict(loader_kwargs))  # evaluate() adds ckpt_prefix to it
+        self.condition = ""
+        logger.info("Untrained head: %s", self.stage_stats)
+        return dict(self.stage_stats)
+
     def evaluate_conditions(self, make_test_set, conditions, loader_kwargs, max_key=None, min_key=None):
         """Evaluates the best checkpoint on the test set of every condition.
 
@@ -96,13 +114,18 @@ class DownstreamBrain(sb.Brain):
         Returns
         -------
         dict
-            ``name -> self.stage_stats`` of the test stage.
+            ``name -> self.stage_stats`` of the test stage, plus ``checkpoint``: the name of the
+            checkpoint tested (None without one).
         """
         results = {}
+        checkpoint = None
+        if self.checkpointer is not None:
+            found = self.checkpointer.find_checkpoint(max_key=max_key, min_key=min_key)
+            checkpoint = None if found is None else os.path.basename(str(found.path))
         for name, spec in conditions.items():
             self.stage_stats, self.condition = {}, name
             self.evaluate(make_test_set(name, spec), max_key=max_key, min_key=min_key, test_loader_kwargs=loader_kwargs)
-            results[name] = dict(self.stage_stats)
+            results[name] = {**self.stage_stats, "checkpoint": checkpoint}
             logger.info("Test condition %s: %s", name, results[name])
         return results
 

@@ -444,22 +444,6 @@ class CTCBrain(DownstreamBrain):
             path = os.path.join(self.hparams.output_folder, "hypotheses", f"{condition}.txt")
             write_hypotheses(path, self.hypotheses)
 
-    def evaluate_untrained(self, dataset, loader_kwargs):
-        """Metrics of the untrained head on ``dataset`` (the baseline that learning must beat).
-
-        Call it before ``fit``; the hypotheses go to ``hypotheses/untrained.txt``. Returns None (with a
-        warning) when the output folder already has a checkpoint: a resumed run is not untrained.
-        """
-        if self.checkpointer is not None and self.checkpointer.find_checkpoint() is not None:
-            logger.warning("evaluate_untrained: %s has a checkpoint already; no untrained baseline",
-                           self.checkpointer.checkpoints_dir)
-            return None
-        self.stage_stats, self.condition = {}, "untrained"
-        self.evaluate(dataset, test_loader_kwargs=dict(loader_kwargs))  # evaluate() adds ckpt_prefix to it
-        self.condition = ""
-        logger.info("Untrained head: %s", self.stage_stats)
-        return dict(self.stage_stats)
-
     def evaluate_best(self, make_test_set, conditions, loader_kwargs):
         """:meth:`evaluate_conditions` with this Brain's checkpoint selection."""
         key = {f"{self.selection_mode}_key": self.selection_key}

@@ -176,8 +176,10 @@ def _prepare_lists(hparams, prefix):
 def build_corruptors(hparams):
     """The test corruptor, the training corruptor (or None) and the test conditions that can run.
 
+    The conditions are the recipe's ``release_conditions`` (signal tasks: inputs as released, e.g. SE's
+    noisy test set; see :mod:`robustdistiller.downstream.signal`), if any, then ``test_conditions``.
     ``test_condition_names`` (optional; a single name is a one-item list, null or ``[]`` keeps all)
-    restricts ``test_conditions`` to a subset, in that order.
+    restricts them to a subset, in that order.
     The test corruptor is seeded with ``test_corruption_seed`` (the same for every upstream); the
     training one (``train_corruption: True``) draws clean / noise / reverb / both per utterance with
     ``train_condition_probs`` and SNRs in ``[train_snr_low, train_snr_high]``.
@@ -189,7 +191,7 @@ def build_corruptors(hparams):
     lists = prepare_corruption_lists({**hparams, "skip_prep": True})
     test_noise, test_rirs = lists["test"]
     test_corruptor = build_corruptor(test_noise, test_rirs, seed=hparams.get("test_corruption_seed", 2024))
-    conditions = dict(hparams["test_conditions"])
+    conditions = {**(hparams.get("release_conditions") or {}), **hparams["test_conditions"]}
     names = as_list(hparams.get("test_condition_names"), "test_condition_names")
     if names:
         unknown = sorted(set(names) - set(conditions), key=str)

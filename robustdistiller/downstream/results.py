@@ -1,5 +1,6 @@
 """Results of a downstream run: ``results.json`` and a Markdown table per condition."""
 
+import datetime
 import json
 import logging
 import os
@@ -42,12 +43,17 @@ def write_condition_results(output_folder, task, results, metric_names, upstream
     extra : dict, optional
         More fields for the JSON.
 
+    ``results.json`` also gets ``provenance``: the run's ``run_info.json`` (recipe, YAML, overrides,
+    learning rate, command, start; written by :func:`~robustdistiller.downstream.run.start_run`) and the
+    time the results were written. Each condition's entry records the ``checkpoint`` it was tested with
+    (:meth:`~robustdistiller.downstream.brain.DownstreamBrain.evaluate_conditions`).
+
     Returns
     -------
     dict
         What was written to ``results.json``.
     """
-    content = {"task": task, "results": results}
+    content = {"task": task, "results": results, "provenance": read_provenance(output_folder)}
     if upstream is not None:
         content["upstream"] = upstream.identity()
     if layer_weights is not None:
@@ -67,3 +73,14 @@ def write_condition_results(output_folder, task, results, metric_names, upstream
     logger.info("Results per condition written to %s/results.{json,md}", output_folder)
     return content
 
+
+
+def read_provenance(output_folder):
+    """``run_info.json`` of ``output_folder`` (empty when missing) plus ``finished``, the time of writing."""
+    info = {}
+    path = os.path.join(output_folder, "run_info.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fin:
+            info = json.load(fin)
+    info["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return info

@@ -3,10 +3,14 @@
 :func:`start_run` is the first thing every recipe does after loading its YAML.
 """
 
+import datetime
+import json
 import logging
 import os
+import sys
 
 import speechbrain as sb
+import yaml
 
 from robustdistiller.downstream.upstream import _describe_upstream, check_upstream_identity, FrozenUpstream, UPSTREAM_IDENTITY_FILE
 from robustdistiller.options import as_list, integer_at_least
@@ -64,7 +68,10 @@ def start_run(hparams_file, hparams, overrides):
     3. :func:`check_upstream_identity` of ``hparams["upstream"]`` (when it is a built
        :class:`FrozenUpstream`) against ``<save_folder>/upstream.json``, which the main process
        writes on a first run;
-    4. ``speechbrain.create_experiment_directory`` (the YAML, the overrides and the log).
+    4. ``speechbrain.create_experiment_directory`` (the YAML, the overrides and the log);
+    5. ``<output_folder>/run_info.json`` (:data:`RUN_INFO_FILE`): recipe, YAML, overrides, learning rate,
+       command and start time, the provenance :func:`~robustdistiller.downstream.results.write_condition_results`
+       copies into ``results.json``.
 
     Arguments
     ---------
@@ -86,6 +93,8 @@ def start_run(hparams_file, hparams, overrides):
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
+    if main_process:
+        write_run_info(hparams_file, hparams, overrides)
     if not isinstance(upstream, FrozenUpstream):
         return
     identity = upstream.identity()
@@ -98,3 +107,32 @@ def start_run(hparams_file, hparams, overrides):
     else:
         logger.info("Upstream %s is the one recorded for this folder: resuming.", _describe_upstream(identity))
 
+
+
+RUN_INFO_FILE = "run_info.json"
+"""Provenance of a downstream run, in its output folder (rewritten by every start, resumes included)."""
+
+
+def write_run_info(hparams_file, hparams, overrides):
+    """Writes :data:`RUN_INFO_FILE`: what produced the numbers of this output folder.
+
+    ``recipe`` is the recipe folder relative to ``recipes/`` (e.g. ``SpeechCommands/KS``) when the YAML
+    lies in one; ``lr`` is the YAML's ``lr`` (None when the recipe has none, e.g. QbE).
+    """
+    hparams_file = os.path.abspath(hparams_file)
+    recipe_folder = os.path.dirname(os.path.dirname(hparams_file))
+    parts = recipe_folder.split(os.sep)
+    recipe = "/".join(parts[parts.index("recipes") + 1:]) if "recipes" in parts else recipe_folder
+    if isinstance(overrides, str):
+        overrides = yaml.safe_load(overrides) if overrides.strip() else {}
+    info = {
+        "recipe": recipe,
+        "hparams_file": hparams_file,
+        "overrides": overrides or {},
+        "lr": hparams.get("lr"),
+        "seed": hparams.get("seed"),
+        "command": " ".join(sys.argv),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with open(os.path.join(hparams["output_folder"], RUN_INFO_FILE), "w", encoding="utf-8") as fout:
+        json.dump(info, fout, indent=2, default=str)
