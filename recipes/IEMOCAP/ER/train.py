@@ -100,10 +100,12 @@ def run_fold(hparams_file, run_opts, overrides):
 def average_over_folds(fold_results):
     """Mean of every metric over the folds, per condition, plus ``accuracy_std`` (population).
 
+    Non-numeric entries (each fold's tested ``checkpoint``) are not averaged.
+
     Example
     -------
-    >>> average = average_over_folds({1: {"clean": {"accuracy": 0.5, "loss": 1.0}},
-    ...                               2: {"clean": {"accuracy": 0.7, "loss": 2.0}}})
+    >>> average = average_over_folds({1: {"clean": {"accuracy": 0.5, "loss": 1.0, "checkpoint": "CKPT+1"}},
+    ...                               2: {"clean": {"accuracy": 0.7, "loss": 2.0, "checkpoint": "CKPT+2"}}})
     >>> {metric: round(value, 6) for metric, value in average["clean"].items()}
     {'accuracy': 0.6, 'loss': 1.5, 'accuracy_std': 0.1}
     """
@@ -112,7 +114,8 @@ def average_over_folds(fold_results):
     for condition, stats in conditions.items():
         average[condition] = {
             metric: statistics.fmean(fold_results[fold][condition][metric] for fold in fold_results)
-            for metric in stats
+            for metric, value in stats.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
         }
         average[condition]["accuracy_std"] = statistics.pstdev(
             fold_results[fold][condition]["accuracy"] for fold in fold_results
