@@ -1,0 +1,584 @@
+"""Speaker diarization (SUPERB SD): frame labels, PIT BCE, decoding to RTTM, DER, the decoding grid, Brain.
+
+s3prl's ``-d diarization`` (``superb_tasks.md`` section 6):
+
+* :func:`frame_labels`: ``[F, S]`` 0/1 labels of a recording from its speaker turns, at the upstream
+  rate (``frame_shift`` 320 samples); start / end frame = ``rint(sec * 16000 / 320)``, ``F =
+  int(num_samples / 320)``;
+* :func:`match_frames`: upstream features trimmed, or padded by repeating each utterance's last valid
+  frame, to the label length;
+* :class:`DiarizationHead`: ``LSTM(D -> 512, 1 layer, unidirectional) -> Linear(512 -> S)``;
+* :func:`pit_bce_loss`: BCE-with-logits, best of the speaker permutations per utterance (mean over
+  speakers, summed over valid frames, min over permutations, summed over the batch, divided by the
+  total number of valid frames);
+* :func:`median_filter`, :func:`decode_segments`: s3prl's ``make_rttm.py`` (threshold, then
+  ``scipy.signal.medfilt`` per speaker, a segment per 0 -> 1 -> 0 run);
+* :func:`read_rttm`, :func:`write_rttm`;
+* :func:`diarization_error`: DER with collar 0 and overlapped speech scored = (missed + false alarm +
+  speaker confusion) / total reference speaker time, optimal one-to-one speaker mapping (the
+  Hungarian assignment on the overlap times, as NIST ``md-eval`` and ``pyannote.metrics``), computed
+  exactly on a time grid (default 1 ms: exact for turns given in milliseconds, as the RTTMs are);
+* :data:`DEFAULT_THRESHOLDS` x :data:`DEFAULT_MEDIANS` and :func:`score_grid` / :func:`best_setting`:
+  s3prl reports the best of the 10 settings *on test* (an oracle); the recipe chooses it on clean dev
+  and freezes it for every test condition;
+* :class:`DiarizationBrain`: the Brain (selection by dev frame accuracy, as s3prl).
+"""
+
+import itertools
+import json
+import logging
+import os
+
+import numpy as np
+import speechbrain as sb
+import torch
+import torch.nn as nn
+
+from robustdistiller.downstream.brain import DownstreamBrain
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+"""s3prl's decoding thresholds on the sigmoid posteriors (``score.sh``)."""
+DEFAULT_MEDIANS = (1, 11)
+"""s3prl's median-filter widths in frames (1: no filter)."""
+
+
+# ------------------------------------------------------------------------------------ labels ---
+
+
+def frame_labels(turns, speakers, num_frames, frame_shift=320, sample_rate=16000):
+    """``[num_frames, len(speakers)]`` 0/1 labels of a recording (s3prl's ``_get_labeled_speech``).
+
+    Arguments
+    ---------
+    turns : dict
+        ``speaker -> [(start_s, end_s), ...]``.
+    speakers : sequence
+        Speakers in output order (s3prl: ``np.unique`` order, i.e. sorted).
+    num_frames : int
+        Label length (s3prl: ``int(duration * sample_rate / frame_shift)``).
+    frame_shift : int
+        Samples per label frame (the upstream rate, 320).
+    sample_rate : int
+        Sample rate of the turns' time base.
+
+    Example
+    -------
+    >>> frame_labels({"a": [(0.0, 0.06)], "b": [(0.04, 1.0)]}, ["a", "b"], 5).T
+    tensor([[1., 1., 1., 0., 0.],
+            [0., 0., 1., 1., 1.]])
+    """
+    labels = torch.zeros(int(num_frames), len(speakers))
+    for column, speaker in enumerate(speakers):
+        for start, end in turns.get(speaker, ()):
+            first = int(np.rint(start * sample_rate / frame_shift))
+            last = int(np.rint(end * sample_rate / frame_shift))
+            first, last = max(first, 0), min(last, int(num_frames))
+            if last > first:
+                labels[first:last, column] = 1.0
+    return labels
+
+
+def parse_turns(text):
+    """The ``segments`` CSV column (JSON ``{speaker: [[start, end], ...]}``) as a dict of tuples.
+
+    Example
+    -------
+    >>> parse_turns('{"19": [[0.1, 0.5]], "26": []}')
+    {'19': [(0.1, 0.5)], '26': []}
+    """
+    return {speaker: [(float(start), float(end)) for start, end in turns]
+            for speaker, turns in json.loads(text).items()}
+
+
+def match_frames(features, feature_lengths, num_frames):
+    """Features trimmed, or padded by repeating each utterance's last valid frame, to ``num_frames``.
+
+    Arguments
+    ---------
+    features : torch.Tensor
+        ``[B, F, D]``.
+    feature_lengths : torch.Tensor
+        ``[B]`` valid frames per utterance (at least 1).
+    num_frames : int
+        Output length.
+
+    Example
+    -------
+    >>> features = torch.tensor([[[1.0], [2.0], [3.0]], [[4.0], [5.0], [0.0]]])
+    >>> match_frames(features, torch.tensor([3, 2]), 4)[..., 0]
+    tensor([[1., 2., 3., 3.],
+            [4., 5., 5., 5.]])
+    """
+    positions = torch.arange(int(num_frames), device=features.device).unsqueeze(0)
+    last = (feature_lengths.to(features.device).long().clamp(min=1) - 1).unsqueeze(1)
+    index = torch.minimum(positions, last)  # [B, num_frames]
+    return torch.gather(features, 1, index.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+
+
+class DiarizationHead(nn.Module):
+    """s3prl's SD model: ``LSTM(D -> hidden, layers, unidirectional) -> Linear(hidden -> num_speakers)``.
+
+    Unidirectional, so the padded frames after an utterance never change its valid outputs.
+
+    Example
+    -------
+    >>> head = DiarizationHead(8, hidden_size=4, num_speakers=2)
+    >>> head(torch.randn(3, 7, 8)).shape
+    torch.Size([3, 7, 2])
+    """
+
+    def __init__(self, input_size, hidden_size=512, num_speakers=2, num_layers=1):
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True)
+        self.output = nn.Linear(hidden_size, num_speakers)
+
+    def forward(self, features):
+        """``[B, F, D]`` -> ``[B, F, S]`` logits."""
+        hidden, _ = self.lstm(features)
+        return self.output(hidden)
+
+
+# -------------------------------------------------------------------------------------- loss ---
+
+
+def pit_bce_loss(logits, labels, lengths):
+    """Permutation-invariant BCE-with-logits (s3prl's ``pit_loss``) and the best-permuted labels.
+
+    Per utterance: per-frame BCE averaged over speakers, summed over its valid frames, for every
+    permutation of the label columns; the smallest is kept. The loss is the sum over the batch divided
+    by the total number of valid frames.
+
+    Arguments
+    ---------
+    logits : torch.Tensor
+        ``[B, F, S]``.
+    labels : torch.Tensor
+        ``[B, F, S]`` 0/1.
+    lengths : torch.Tensor
+        ``[B]`` valid frames per utterance.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        The loss and the labels in each utterance's best permutation (``[B, F, S]``).
+
+    Example
+    -------
+    >>> labels = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    >>> loss, permuted = pit_bce_loss(20 * (labels.flip(-1) - 0.5), labels, torch.tensor([2]))
+    >>> round(float(loss), 4), permuted.tolist()
+    (0.0, [[[0.0, 1.0], [1.0, 0.0]]])
+    """
+    num_frames, num_speakers = labels.shape[1], labels.shape[2]
+    mask = (torch.arange(num_frames, device=logits.device).unsqueeze(0) < lengths.to(logits.device).unsqueeze(1))
+    mask = mask.to(logits.dtype)
+    permutations = list(itertools.permutations(range(num_speakers)))
+    losses = []
+    for permutation in permutations:
+        target = labels[..., list(permutation)].to(logits.dtype)
+        frame_loss = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=-1)
+        losses.append((frame_loss * mask).sum(dim=1))
+    losses = torch.stack(losses, dim=1)  # [B, P]
+    best_loss, best = losses.min(dim=1)
+    permuted = torch.stack([labels[index][..., list(permutations[int(choice)])] for index, choice in enumerate(best)])
+    return best_loss.sum() / mask.sum().clamp(min=1.0), permuted
+
+
+def frame_accuracy_counts(logits, permuted_labels, lengths):
+    """s3prl's frame accuracy: ``(correct speaker decisions / S, valid frames)`` at logit > 0.
+
+    Example
+    -------
+    >>> logits = torch.tensor([[[1.0, -1.0], [1.0, 1.0], [5.0, 5.0]]])
+    >>> frame_accuracy_counts(logits, torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]]), torch.tensor([2]))
+    (1.5, 2)
+    """
+    mask = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0) < lengths.to(logits.device).unsqueeze(1)
+    correct = ((logits > 0) == (permuted_labels.to(logits.device) > 0.5)) & mask.unsqueeze(-1)
+    return float(correct.sum()) / logits.shape[-1], int(mask.sum())
+
+
+# ---------------------------------------------------------------------------------- decoding ---
+
+
+def median_filter(activity, size):
+    """``scipy.signal.medfilt`` of each speaker's 0/1 activity (zero-padded edges), as s3prl.
+
+    Example
+    -------
+    >>> median_filter(np.array([[1, 0, 1, 1, 0, 0, 1, 0, 0]]).T, 3)[:, 0].tolist()
+    [0, 1, 1, 1, 0, 0, 0, 0, 0]
+    """
+    activity = np.asarray(activity)
+    if int(size) <= 1:
+        return activity.copy()
+    from scipy.signal import medfilt
+
+    return np.stack([medfilt(activity[:, column].astype(float), int(size)) for column in range(activity.shape[1])],
+                    axis=1).astype(activity.dtype)
+
+
+def decode_segments(posteriors, threshold=0.5, median=1, frame_seconds=0.02):
+    """Speaker turns of a recording: threshold, median filter, a turn per run of active frames.
+
+    Arguments
+    ---------
+    posteriors : numpy.ndarray
+        ``[F, S]`` sigmoid outputs.
+    threshold : float
+        Active where the posterior is above it.
+    median : int
+        Median filter width in frames (1: none).
+    frame_seconds : float
+        Frame duration (``frame_shift / sample_rate``).
+
+    Returns
+    -------
+    dict
+        ``speaker index -> [(start_s, end_s), ...]`` (every speaker present, possibly empty).
+
+    Example
+    -------
+    >>> decode_segments(np.array([[0.9, 0.1], [0.8, 0.9], [0.1, 0.9], [0.7, 0.2]]), 0.5, 1, 0.5)
+    {0: [(0.0, 1.0), (1.5, 2.0)], 1: [(0.5, 1.5)]}
+    """
+    active = median_filter((np.asarray(posteriors) > threshold).astype(int), median)
+    turns = {}
+    for column in range(active.shape[1]):
+        padded = np.concatenate([[0], active[:, column], [0]])
+        changes = np.flatnonzero(np.diff(padded))
+        turns[column] = [(round(float(start) * frame_seconds, 6), round(float(end) * frame_seconds, 6))
+                         for start, end in zip(changes[::2], changes[1::2])]
+    return turns
+
+
+# -------------------------------------------------------------------------------------- RTTM ---
+
+
+def write_rttm(path, recordings):
+    """Writes RTTM lines ``SPEAKER <file> 1 <start> <duration> <NA> <NA> <speaker> <NA> <NA>``.
+
+    Arguments
+    ---------
+    path : str
+        Output file (folders created).
+    recordings : dict
+        ``file id -> {speaker: [(start_s, end_s), ...]}``; files and turns are written sorted.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fout:
+        for file_id in sorted(recordings):
+            lines = [(start, end, str(speaker)) for speaker, turns in recordings[file_id].items()
+                     for start, end in turns if end > start]
+            for start, end, speaker in sorted(lines):
+                fout.write(f"SPEAKER {file_id} 1 {start:.3f} {end - start:.3f} <NA> <NA> {speaker} <NA> <NA>\n")
+
+
+def read_rttm(path):
+    """``file id -> {speaker: [(start_s, end_s), ...]}`` of an RTTM file (``SPEAKER`` lines; 9 or 10 fields).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.rttm")
+    >>> write_rttm(path, {"rec": {"7976": [(0.37, 8.71)], "19": [(1.0, 2.5), (0.0, 0.5)]}})
+    >>> open(path).readline().split()[:5], read_rttm(path)
+    (['SPEAKER', 'rec', '1', '0.000', '0.500'], {'rec': {'19': [(0.0, 0.5), (1.0, 2.5)], '7976': [(0.37, 8.71)]}})
+    """
+    recordings = {}
+    with open(path, encoding="utf-8") as fin:
+        for number, line in enumerate(fin, start=1):
+            fields = line.split()
+            if not fields or fields[0] != "SPEAKER":
+                continue
+            if len(fields) < 8:
+                raise ValueError(f"{path} line {number}: an RTTM SPEAKER line needs at least 8 fields "
+                                 f"(SPEAKER <file> <chnl> <start> <dur> <NA> <NA> <speaker> ...), got {line!r}")
+            start, duration = float(fields[3]), float(fields[4])
+            turns = recordings.setdefault(fields[1], {}).setdefault(fields[7], [])
+            turns.append((round(start, 6), round(start + duration, 6)))
+    for speakers in recordings.values():
+        for turns in speakers.values():
+            turns.sort()
+    return recordings
+
+
+# ----------------------------------------------------------------------------------- scoring ---
+
+
+def _activity(turns_by_speaker, num_steps, resolution):
+    speakers = sorted(turns_by_speaker, key=str)
+    activity = np.zeros((num_steps, len(speakers)), dtype=bool)
+    for column, speaker in enumerate(speakers):
+        for start, end in turns_by_speaker[speaker]:
+            activity[int(round(start / resolution)):int(round(end / resolution)), column] = True
+    return activity
+
+
+def score_recording(reference, hypothesis, resolution=0.001):
+    """Missed, false-alarm and confusion speaker time (s) and the reference speaker time of one file.
+
+    Collar 0, overlap scored; the speakers are mapped one-to-one to maximise the overlap time
+    (``scipy.optimize.linear_sum_assignment``), as NIST ``md-eval`` and ``pyannote.metrics`` do. Each
+    turn boundary is rounded to the grid (``resolution`` seconds), so the result is exact for turns on
+    that grid.
+
+    Arguments
+    ---------
+    reference, hypothesis : dict
+        ``speaker -> [(start_s, end_s), ...]`` (overlapping turns of one speaker count once).
+    resolution : float
+        Grid step in seconds.
+
+    Returns
+    -------
+    dict
+        ``missed``, ``false_alarm``, ``confusion``, ``total`` (seconds).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    ends = [end for turns in (*reference.values(), *hypothesis.values()) for _, end in turns]
+    num_steps = int(round(max(ends, default=0.0) / resolution)) + 1
+    ref = _activity(reference, num_steps, resolution)
+    hyp = _activity(hypothesis, num_steps, resolution)
+    n_ref, n_hyp = ref.sum(axis=1), hyp.sum(axis=1)
+    correct = 0
+    if ref.shape[1] and hyp.shape[1]:
+        overlap = ref.T.astype(np.int64) @ hyp.astype(np.int64)  # [R, H] steps both active
+        rows, columns = linear_sum_assignment(-overlap)
+        correct = int(overlap[rows, columns].sum())
+    steps = {
+        "missed": int(np.maximum(n_ref - n_hyp, 0).sum()),
+        "false_alarm": int(np.maximum(n_hyp - n_ref, 0).sum()),
+        "confusion": int(np.minimum(n_ref, n_hyp).sum()) - correct,
+        "total": int(n_ref.sum()),
+    }
+    return {name: value * resolution for name, value in steps.items()}
+
+
+def diarization_error(references, hypotheses, resolution=0.001):
+    """DER (percent) with its parts over a set of recordings: ``(missed + FA + confusion) / total``.
+
+    Arguments
+    ---------
+    references, hypotheses : dict
+        ``file id -> {speaker: [(start_s, end_s), ...]}``; a file without hypothesis has no sys turns.
+    resolution : float
+        Grid step in seconds (see :func:`score_recording`).
+
+    Returns
+    -------
+    dict
+        ``DER``, ``miss``, ``false_alarm``, ``confusion`` (percent of the reference speaker time) and
+        the times in seconds (``missed_s``, ``false_alarm_s``, ``confusion_s``, ``total_s``).
+
+    Example
+    -------
+    >>> reference = {"f": {"A": [(0.0, 2.0)], "B": [(1.0, 3.0)]}}
+    >>> hypothesis = {"f": {"x": [(0.0, 1.0)], "y": [(1.0, 3.0)], "z": [(3.0, 4.0)]}}
+    >>> scored = diarization_error(reference, hypothesis)
+    >>> {key: round(value, 2) for key, value in scored.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'DER': 50.0, 'miss': 25.0, 'false_alarm': 25.0, 'confusion': 0.0, 'missed_s': 1.0, 'false_alarm_s': 1.0,
+     'confusion_s': 0.0, 'total_s': 4.0}
+    """
+    sums = {"missed": 0.0, "false_alarm": 0.0, "confusion": 0.0, "total": 0.0}
+    for file_id in sorted(set(references) | set(hypotheses)):
+        scored = score_recording(references.get(file_id, {}), hypotheses.get(file_id, {}), resolution)
+        for key in sums:
+            sums[key] += scored[key]
+    total = sums["total"]
+
+    def percent(value):
+        return 100.0 * value / total if total > 0 else 0.0
+
+    return {
+        "DER": percent(sums["missed"] + sums["false_alarm"] + sums["confusion"]),
+        "miss": percent(sums["missed"]), "false_alarm": percent(sums["false_alarm"]),
+        "confusion": percent(sums["confusion"]),
+        "missed_s": sums["missed"], "false_alarm_s": sums["false_alarm"], "confusion_s": sums["confusion"],
+        "total_s": total,
+    }
+
+
+def setting_name(threshold, median):
+    """Key of a decoding setting, e.g. ``t0.5_m11``."""
+    return f"t{threshold:g}_m{int(median)}"
+
+
+def decode_all(posteriors, threshold, median, frame_seconds):
+    """``file id -> turns`` (speakers named ``<file>_<index>``, as s3prl) of every recording's posteriors."""
+    return {
+        file_id: {f"{file_id}_{index}": turns
+                  for index, turns in decode_segments(probs, threshold, median, frame_seconds).items()}
+        for file_id, probs in posteriors.items()
+    }
+
+
+def score_grid(posteriors, references, thresholds=DEFAULT_THRESHOLDS, medians=DEFAULT_MEDIANS,
+               frame_seconds=0.02, resolution=0.001):
+    """DER (and its parts) of every ``threshold x median`` setting.
+
+    Arguments
+    ---------
+    posteriors : dict
+        ``file id -> [F, S]`` sigmoid outputs.
+    references : dict
+        ``file id -> {speaker: [(start_s, end_s), ...]}``.
+
+    Returns
+    -------
+    dict
+        ``setting_name -> {"threshold", "median", **diarization_error(...)}``, in grid order.
+    """
+    grid = {}
+    for threshold in thresholds:
+        for median in medians:
+            hypotheses = decode_all(posteriors, threshold, median, frame_seconds)
+            grid[setting_name(threshold, median)] = {
+                "threshold": float(threshold), "median": int(median),
+                **diarization_error(references, hypotheses, resolution),
+            }
+    return grid
+
+
+def best_setting(grid):
+    """The setting of lowest DER (the first in grid order on ties).
+
+    Example
+    -------
+    >>> best_setting({"t0.3_m1": {"DER": 20.0}, "t0.4_m1": {"DER": 10.0}, "t0.5_m1": {"DER": 10.0}})
+    't0.4_m1'
+    """
+    return min(grid, key=lambda name: grid[name]["DER"])
+
+
+# ------------------------------------------------------------------------------------- Brain ---
+
+
+class DiarizationBrain(DownstreamBrain):
+    """Frame-level 2-speaker diarization over a frozen upstream (s3prl's ``-d diarization``).
+
+    ``modules``: ``weighted_sum`` and ``head`` (:class:`DiarizationHead`). Batches hold ``sig`` and
+    ``labels`` (``[B, F, S]`` from :func:`frame_labels`, padded) and, outside training, ``segments``
+    (the JSON reference turns). Dev: PIT BCE loss and ``frame_accuracy`` (the checkpoint selection, as
+    s3prl). Test: the posteriors of every recording are decoded under the whole ``thresholds x
+    medians`` grid; ``DER`` / ``miss`` / ``false_alarm`` / ``confusion`` are those of :attr:`decoding`
+    (the setting chosen on clean dev by :meth:`choose_decoding`), ``DER_best_on_test`` the lowest DER of
+    the grid (s3prl's oracle number). Hypothesis RTTMs at the chosen setting go to
+    ``<output_folder>/rttm/<condition>.rttm``.
+
+    Expected ``hparams``: ``frame_shift``, ``sample_rate``, ``decode_thresholds``, ``decode_medians``,
+    ``der_resolution``, ``output_folder``, ``train_logger``.
+    """
+
+    selection_key = "frame_accuracy"
+    decoding = None
+
+    def compute_forward(self, batch, stage):
+        """``(logits [B, F, S], label lengths [B])`` with features matched to the label length."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        labels, label_lens = batch.labels
+        num_frames = labels.shape[1]
+        lengths = torch.round(label_lens * num_frames).long()
+        features, frame_mask = self.encode(wavs, wav_lens)
+        features = match_frames(features, frame_mask.sum(dim=1), num_frames)
+        return self.modules.head(features), lengths
+
+    def compute_objectives(self, predictions, batch, stage):
+        """PIT BCE; outside training the frame accuracy and (test) the posteriors are accumulated."""
+        logits, lengths = predictions
+        labels = batch.labels[0].to(self.device)
+        loss, permuted = pit_bce_loss(logits.float(), labels, lengths)
+        if stage != sb.Stage.TRAIN:
+            correct, frames = frame_accuracy_counts(logits.detach(), permuted, lengths)
+            self.correct += correct
+            self.frames += frames
+            if stage == sb.Stage.TEST:
+                probabilities = torch.sigmoid(logits.detach().float()).cpu().numpy()
+                for index, utterance_id in enumerate(batch.id):
+                    self.posteriors[utterance_id] = probabilities[index, : int(lengths[index])]
+                    self.references[utterance_id] = parse_turns(batch.segments[index])
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        """New accumulators for dev and test."""
+        super().on_stage_start(stage, epoch)
+        self.correct, self.frames, self.posteriors, self.references = 0.0, 0, {}, {}
+
+    def score_posteriors(self):
+        """:func:`score_grid` of the stage's posteriors."""
+        return score_grid(
+            self.posteriors, self.references, self.hparams.decode_thresholds, self.hparams.decode_medians,
+            frame_seconds=self.hparams.frame_shift / self.hparams.sample_rate, resolution=self.hparams.der_resolution,
+        )
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs; keeps the best dev frame-accuracy checkpoint; test: DER at the chosen setting and the grid."""
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        stats = {"loss": stage_loss, "frame_accuracy": 100.0 * self.correct / max(self.frames, 1)}
+        if stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
+                train_stats={"loss": self.train_loss},
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(meta=stats, max_keys=[self.selection_key])
+            return
+        self.grid = self.score_posteriors()
+        condition = getattr(self, "condition", "") or "test"
+        if self.decoding is not None:
+            chosen = self.grid[self.decoding]
+            oracle = best_setting(self.grid)
+            stats.update({key: chosen[key] for key in ("DER", "miss", "false_alarm", "confusion")})
+            stats.update({"DER_best_on_test": self.grid[oracle]["DER"], "best_on_test_setting": oracle})
+            if sb.utils.distributed.if_main_process():
+                hypotheses = decode_all(self.posteriors, chosen["threshold"], chosen["median"],
+                                        self.hparams.frame_shift / self.hparams.sample_rate)
+                write_rttm(os.path.join(self.hparams.output_folder, "rttm", f"{condition}.rttm"), hypotheses)
+        self.stage_stats = stats
+        self.hparams.train_logger.log_stats(stats_meta={"test condition": condition}, test_stats=stats)
+
+    def choose_decoding(self, dev_set, loader_kwargs):
+        """Decodes (clean, released) dev with the best checkpoint and freezes the lowest-DER setting.
+
+        Returns
+        -------
+        (str, dict)
+            The chosen setting's name and the dev grid.
+        """
+        self.decoding, self.stage_stats, self.condition = None, {}, "dev"
+        self.evaluate(dev_set, max_key=self.selection_key, test_loader_kwargs=dict(loader_kwargs))
+        self.decoding = best_setting(self.grid)
+        self.condition = ""
+        logger.info("Decoding setting chosen on dev: %s (dev DER %.2f%%)", self.decoding,
+                    self.grid[self.decoding]["DER"])
+        return self.decoding, self.grid
+
+    def evaluate_best(self, make_test_set, conditions, loader_kwargs):
+        """:meth:`evaluate_conditions` with the best dev frame-accuracy checkpoint."""
+        return self.evaluate_conditions(make_test_set, conditions, loader_kwargs, max_key=self.selection_key)
+
+
+def constant_baseline(references, durations, resolution=0.001):
+    """DER of the "both speakers always active" system (every speaker on the whole recording).
+
+    Arguments
+    ---------
+    references : dict
+        ``file id -> {speaker: turns}``.
+    durations : dict
+        ``file id -> seconds``.
+
+    Example
+    -------
+    >>> round(constant_baseline({"f": {"A": [(0.0, 1.0)], "B": [(0.0, 2.0)]}}, {"f": 2.0})["DER"], 2)
+    33.33
+    """
+    hypotheses = {file_id: {speaker: [(0.0, durations[file_id])] for speaker in speakers}
+                  for file_id, speakers in references.items()}
+    return diarization_error(references, hypotheses, resolution)
