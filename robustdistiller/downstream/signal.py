@@ -214,7 +214,7 @@ def signal_dataset(csv_file, pipeline, output_keys, extra_items=()):
         input_wav, sources, gain = pipeline(utterance_id, dict(zip(columns, values)))
         yield input_wav
         yield sources
-        yield torch.tensor(gain)
+        yield float(gain)  # a float collates to a [B] tensor (PaddedBatch cannot pad 0-d tensors)
 
     dataset.add_dynamic_item(read_signals)
     for item in extra_items:
