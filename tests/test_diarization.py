@@ -8,20 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from robustdistiller.downstream.diarization import (
+from robustdistiller.downstream.der import (
     best_setting,
     constant_baseline,
     decode_segments,
     diarization_error,
-    frame_accuracy_counts,
-    frame_labels,
-    match_frames,
     median_filter,
-    pit_bce_loss,
     read_rttm,
     score_grid,
     write_rttm,
 )
+from robustdistiller.downstream.diarization import frame_accuracy_counts, frame_labels, match_frames, pit_bce_loss
 
 
 def der(reference, hypothesis):

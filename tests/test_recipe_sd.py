@@ -11,13 +11,8 @@ import pytest
 
 from conftest import REPOSITORY_ROOT, corruption_overrides, folder_snapshot, run_recipe_script
 
-from robustdistiller.downstream.diarization import (
-    DEFAULT_MEDIANS,
-    DEFAULT_THRESHOLDS,
-    constant_baseline,
-    parse_turns,
-    read_rttm,
-)
+from robustdistiller.downstream.der import DEFAULT_MEDIANS, DEFAULT_THRESHOLDS, constant_baseline, read_rttm
+from robustdistiller.downstream.diarization import parse_turns
 from robustdistiller.downstream.signal import drop_missing_inputs
 from robustdistiller.fixtures.librimix_sd import generate_librimix_sd
 

@@ -12,11 +12,15 @@ per idea:
 * :mod:`~robustdistiller.downstream.brain`: :class:`DownstreamBrain` and the condition loop;
 * :mod:`~robustdistiller.downstream.results`: ``results.json`` / ``results.md``;
 * :mod:`~robustdistiller.downstream.run`: :func:`start_run` (options, output-folder lock, upstream identity);
+* :mod:`~robustdistiller.downstream.signal`: data of the signal tasks (SD, SE, SS): inputs as
+  released or the sum of the sources, targets scaled by the corruption's gain, release conditions;
 * task families: :mod:`~robustdistiller.downstream.classification` (KS, IC, ER, SID),
   :mod:`~robustdistiller.downstream.ctc` (PR, ASR, SF: vocabularies, greedy CTC decoding, the BiLSTM
   CTC head, SpecAugment on features, the CTC Brain), :mod:`~robustdistiller.downstream.slot_filling`
   (SF targets and s3prl's slot metrics), :mod:`~robustdistiller.downstream.qbe` (QbE: subsequence DTW,
-  MTWV, stdlist files);
+  MTWV, stdlist files), :mod:`~robustdistiller.downstream.separation` (SE, SS: the SepRNN mask head,
+  NPSM, uPIT, s3prl's SI-SDR, the masking Brain), :mod:`~robustdistiller.downstream.diarization` (SD:
+  frame labels, PIT BCE, the Brain) with :mod:`~robustdistiller.downstream.der` (decoding, RTTM, DER);
 * task data: :mod:`~robustdistiller.downstream.librispeech` (PR / ASR lists and lexicons),
   :mod:`~robustdistiller.downstream.silence` (sox-equivalent silence removal, ASV);
 * :mod:`~robustdistiller.downstream.lr_sweep`: the learning-rate search SUPERB needs per task and upstream.

@@ -29,7 +29,7 @@ import os
 
 import soundfile
 
-from robustdistiller.downstream.diarization import read_rttm, write_rttm
+from robustdistiller.downstream.der import read_rttm, write_rttm
 from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from prepare_librimix_sd import prepare_librimix_sd
 from speechbrain.utils.distributed import run_on_main
 
 from robustdistiller.downstream import build_corruptors, prepare_corruption_lists, start_run, write_condition_results
-from robustdistiller.downstream.diarization import DiarizationBrain, constant_baseline, frame_labels, parse_turns
+from robustdistiller.downstream.der import constant_baseline
+from robustdistiller.downstream.diarization import DiarizationBrain, frame_labels, parse_turns
 from robustdistiller.downstream.signal import drop_missing_inputs, signal_datasets
 
 logger = logging.getLogger(__name__)
