@@ -13,7 +13,8 @@ SUPERB's speech enhancement and source separation heads (s3prl ``enhancement_stf
   frequency, divided by the utterance's frame count, minimised over the permutations of the sources
   per utterance (uPIT; trivial for one source), divided by ``sources x utterances``;
 * reconstruction (:func:`reconstruct`): the masks on the noisy *complex* STFT (noisy phase), inverse
-  STFT at the input's length;
+  STFT at the input's length, then s3prl's suppression of the end-of-signal impulse
+  (:func:`suppress_end_impulse`);
 * :func:`si_sdr`: s3prl's metric (pb_bss): scale-invariant SDR **without** mean removal (SpeechBrain's
   ``cal_si_snr`` removes the mean; values differ slightly); :func:`best_permutation`: the assignment of
   estimates to sources with the highest mean SI-SDR (asteroid/s3prl choose it by mir_eval's SIR, which
@@ -204,26 +205,67 @@ def reconstruct(masks, noisy_spectrum, num_samples, n_fft=N_FFT, win_length=WIN_
     return waveforms.reshape(batch, num_sources, num_samples).transpose(1, 2)
 
 
+SI_SDR_CAP = 100.0
+"""Largest SI-SDR reported (dB): an estimate equal to its reference (the input of a clean condition) would
+give infinity, which strict JSON cannot hold."""
+
+
 def si_sdr(estimate, reference):
     """Scale-invariant SDR in dB as s3prl reports it (pb_bss): the estimate projected on the reference, no mean removal.
 
-    ``10 log10(|a r|^2 / |e - a r|^2)`` with ``a = <e, r> / <r, r>``, in float64.
+    ``10 log10(|a r|^2 / |e - a r|^2)`` with ``a = <e, r> / <r, r>``, in float64, at most :data:`SI_SDR_CAP`.
 
     Example
     -------
     >>> reference = np.sin(np.arange(8000) * 0.05)
     >>> round(si_sdr(2.0 * reference + 0.1 * np.cos(np.arange(8000) * 0.3), reference), 2)
     26.02
+    >>> si_sdr(reference, reference)
+    100.0
     """
     estimate = np.asarray(estimate, dtype=np.float64).reshape(-1)
     reference = np.asarray(reference, dtype=np.float64).reshape(-1)
     if estimate.shape != reference.shape:
         raise ValueError(f"si_sdr needs equal lengths, got {estimate.size} and {reference.size}.")
-    scale = np.dot(estimate, reference) / max(np.dot(reference, reference), np.finfo(np.float64).tiny)
+    tiny = np.finfo(np.float64).tiny
+    scale = np.dot(estimate, reference) / max(np.dot(reference, reference), tiny)
     projection = scale * reference
     noise = estimate - projection
-    tiny = np.finfo(np.float64).tiny
-    return float(10 * np.log10(max(np.dot(projection, projection), tiny) / max(np.dot(noise, noise), tiny)))
+    signal_energy, noise_energy = np.dot(projection, projection), np.dot(noise, noise)
+    if noise_energy <= signal_energy * 10 ** (-SI_SDR_CAP / 10):
+        return SI_SDR_CAP
+    return float(10 * (np.log10(max(signal_energy, tiny)) - np.log10(noise_energy)))
+
+
+def suppress_end_impulse(waveform, window_size=WIN_LENGTH, min_tail=2048):
+    """s3prl's ``postprocess`` of a reconstructed waveform: zeroes the inverse STFT's end-of-signal impulse.
+
+    With a 512-sample window and hop 320, the last ``len % 320 - 256`` samples (when positive) lie in no
+    analysis window's centre region and the masked inverse STFT can blow up there. Among the last
+    ``window_size`` non-zero samples, everything from the first sample louder than the peak of all the
+    samples before them is zeroed (only when those samples end within ``min_tail`` of the end).
+
+    Example
+    -------
+    >>> waveform = np.concatenate([np.sin(np.arange(4000) * 0.1), [0.5, 30.0, -20.0]])
+    >>> processed = suppress_end_impulse(waveform)
+    >>> float(np.abs(processed[-2:]).max()), bool(np.array_equal(processed[:4001], waveform[:4001]))
+    (0.0, True)
+    """
+    waveform = np.asarray(waveform)
+    nonzero = np.nonzero(waveform)[0]
+    if nonzero.size == 0:
+        return waveform
+    end = int(nonzero.max()) + 1
+    start = end - window_size
+    if end < waveform.shape[0] - min_tail or start <= 0:
+        return waveform
+    louder = np.nonzero(np.abs(waveform[start:end]) > np.max(np.abs(waveform[:start])))[0]
+    if louder.size == 0:
+        return waveform
+    processed = waveform.copy()
+    processed[start + int(louder.min()):] = 0
+    return processed
 
 
 def best_permutation(estimates, references):
@@ -361,11 +403,12 @@ class MaskingBrain(DownstreamBrain):
         quality = self.hparams.valid_quality if stage == sb.Stage.VALID else self.hparams.test_quality
         for index, utterance_id in enumerate(batch.id):
             length = int(round(float(wav_lens[index]) * wavs.shape[1]))
-            self.scores.append(utterance_scores(estimates[index, :length], references[index, :length],
-                                                inputs[index, :length], quality, utterance_id,
-                                                self.hparams.sample_rate))
+            estimate = np.stack([suppress_end_impulse(estimates[index, :length, source])
+                                 for source in range(estimates.shape[2])], axis=1)
+            self.scores.append(utterance_scores(estimate, references[index, :length], inputs[index, :length],
+                                                quality, utterance_id, self.hparams.sample_rate))
             if stage == sb.Stage.TEST and self.saved_examples < self.hparams.num_saved_examples:
-                self.save_example(utterance_id, estimates[index, :length], inputs[index, :length])
+                self.save_example(utterance_id, estimate, inputs[index, :length])
 
     def save_example(self, utterance_id, estimates, input_wav):
         """Writes ``examples/<condition>/<id>_{input,source<k>}.wav`` (main process only)."""
