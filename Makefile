@@ -17,8 +17,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV_PYTHON) -m pip install --quiet --no-deps -e .
 	touch $@
 
+# Two pytest workers, one thread each (the machine has 2 cores); a test file stays on one worker, so its
+# module-scoped recipe run is shared by its assertions. The slowest tests are listed at the end.
 test: venv
-	HF_HUB_OFFLINE=1 $(VENV_PYTHON) -m pytest -q tests --doctest-modules robustdistiller
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(VENV_PYTHON) -m pytest -q -n 2 --dist loadfile --durations=15 \
+		tests --doctest-modules robustdistiller
 
 demo: venv
 	HF_HUB_OFFLINE=1 $(VENV_PYTHON) -m robustdistiller.demo --output $(DEMO_OUTPUT)
