@@ -1,12 +1,13 @@
 # Two targets, each doing all set-up on a fresh machine:
 #   make test   virtual environment + dependencies + the test suite
-#   make demo   virtual environment + dependencies + mini corpus + distillation demo + export check (~12 min on 2 cores)
+#   make demo   virtual environment + dependencies + mini corpus + distillation demo + export check
+#               + a small cross-task robustness report (~10 min on 2 cores)
 PYTHON ?= python3
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 DEMO_OUTPUT ?= demo_output
 
-.PHONY: test demo venv benchmark clean
+.PHONY: test demo report venv benchmark clean
 
 venv: $(VENV)/.installed
 
@@ -25,6 +26,11 @@ test: venv
 
 demo: venv
 	HF_HUB_OFFLINE=1 $(VENV_PYTHON) -m robustdistiller.demo --output $(DEMO_OUTPUT)
+
+# The cross-task robustness report of a spec (README: "Cross-task robustness report").
+REPORT_SPEC ?= recipes/report_example.yaml
+report: venv
+	HF_HUB_OFFLINE=1 $(VENV_PYTHON) -m robustdistiller.report $(REPORT_SPEC)
 
 benchmark: venv
 	HF_HUB_OFFLINE=1 $(VENV_PYTHON) benchmarks/benchmark_step.py
