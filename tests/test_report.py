@@ -291,3 +291,15 @@ def test_spec_errors_name_the_key(tmp_path):
     assert spec.pairs()[0].overrides == {"upstream_source": "/m/a", "upstream_kind": "student",
                                          "upstream_include_predictions": False,
                                          "output_folder": os.path.join(str(tmp_path), "KS", "a")}
+
+
+def test_each_task_gets_the_spec_conditions_its_recipe_defines(tmp_path):
+    """One condition list for KS and SE: SE's release condition `official` reaches SE only; a list that
+    names nothing of a task is refused, naming the task and what its recipe has."""
+    content = {"output_root": str(tmp_path), "upstreams": {"a": "/m/a"}, "tasks": ["KS", "SE"],
+               "conditions": ["official", "clean", "snr5"]}
+    spec = spec_from_dict(content, "s.yaml")
+    names = {pair.task.name: pair.overrides["test_condition_names"] for pair in spec.pairs()}
+    assert names == {"KS": ["clean", "snr5"], "SE": ["official", "clean", "snr5"]}
+    with pytest.raises(SpecError, match=r"names no condition of KS.*'clean', 'snr20'"):
+        spec_from_dict(dict(content, conditions=["official"]), "s.yaml")

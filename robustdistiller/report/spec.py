@@ -111,7 +111,7 @@ class ReportSpec:
         overrides.update(self.corruption)
         overrides.update(self.data.get(task.name, {}))
         if self.conditions is not None:
-            overrides["test_condition_names"] = list(self.conditions)
+            overrides["test_condition_names"] = task.spec_conditions(self.conditions)
         overrides.update(self.upstreams[upstream])
         overrides.update(self.overrides.get("all", {}))
         overrides.update(self.overrides.get(task.name, {}))
@@ -214,6 +214,10 @@ def spec_from_dict(content, path="<spec>", mode=None):
         conditions = [conditions]
     if conditions is not None and (not conditions or not all(isinstance(name, str) for name in conditions)):
         raise SpecError(f"{path}: `conditions` must be null (all) or a list of condition names, got {conditions!r}")
+    for task in tasks if conditions is not None else ():
+        if not task.spec_conditions(conditions):
+            raise SpecError(f"{path}: `conditions` {conditions} names no condition of {task.name}; its recipe "
+                            f"({task.hparams_file}) has {task.condition_names}")
 
     data = _mapping(content.get("data"), "data", path)
     overrides = _mapping(content.get("overrides"), "overrides", path)

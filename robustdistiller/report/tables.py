@@ -21,8 +21,6 @@ import logging
 import math
 import os
 
-import ruamel.yaml
-
 from robustdistiller.report.tasks import REPOSITORY_ROOT, primary_metric_of
 
 logger = logging.getLogger(__name__)
@@ -102,17 +100,6 @@ def normalised(value, low, high):
 
 
 # ------------------------------------------------------------------------------ collection ---
-def _recipe_conditions(task):
-    """Condition names a recipe runs by default (``release_conditions`` then ``test_conditions``)."""
-    try:
-        with open(task.hparams_file, encoding="utf-8") as fin:
-            content = ruamel.yaml.YAML().load(fin) or {}
-    except (OSError, ruamel.yaml.YAMLError):
-        return [CLEAN]
-    names = list(content.get("release_conditions") or {}) + list(content.get("test_conditions") or {})
-    return [str(name) for name in names] or [CLEAN]
-
-
 def collect(spec, status=None):
     """Reads every pair's ``results.json``: the report's data (what ``report.json`` holds).
 
@@ -146,12 +133,12 @@ def collect(spec, status=None):
                 cell["status"] = "missing"
             cells[name] = cell
         if spec.conditions is not None:
-            conditions = list(spec.conditions)
+            conditions = task.spec_conditions(spec.conditions)
         else:
             conditions = []
             for cell in cells.values():
                 conditions += [name for name in cell["values"] if name not in conditions]
-            conditions = conditions or _recipe_conditions(task)
+            conditions = conditions or task.condition_names
         entry = {"metric": metric, "higher_is_better": higher, "scale": scale, "conditions": conditions,
                  "note": task.note, "recipe": task.recipe, "cells": cells}
         _add_degradation(entry)

@@ -78,6 +78,32 @@ class TaskInfo:
         """Absolute path of the recipe's YAML."""
         return os.path.join(self.recipe_folder, self.hparams)
 
+    @property
+    def condition_names(self):
+        """The condition names the recipe's YAML defines: ``release_conditions`` (SD, SE, SS), then
+        ``test_conditions`` (``["clean"]`` when the YAML cannot be read).
+
+        Example
+        -------
+        >>> get_task("SE").condition_names[:3], get_task("KS").condition_names[:2]
+        (['official', 'clean', 'snr20'], ['clean', 'snr20'])
+        """
+        import ruamel.yaml
+
+        try:
+            with open(self.hparams_file, encoding="utf-8") as fin:
+                content = ruamel.yaml.YAML().load(fin) or {}
+        except (OSError, ruamel.yaml.YAMLError):
+            return ["clean"]
+        names = list(content.get("release_conditions") or {}) + list(content.get("test_conditions") or {})
+        return [str(name) for name in names] or ["clean"]
+
+    def spec_conditions(self, conditions):
+        """The names of ``conditions`` (a spec's list) that this recipe defines, in the spec's order
+        (a spec for several tasks names e.g. SE's ``official`` beside the shared conditions)."""
+        known = self.condition_names
+        return [name for name in conditions if name in known]
+
 
 TASKS = {
     task.name: task
