@@ -1,0 +1,50 @@
+"""DPWavLM: DPHuBERT's prunable WavLM (hard-concrete gates, expected parameter count, ``prune()``).
+
+* :mod:`~robustdistiller.dpwavlm.hard_concrete`: :class:`HardConcrete` gates;
+* :mod:`~robustdistiller.dpwavlm.components`: gated CNN, projection, pos-conv, WavLM attention, FFN;
+* :mod:`~robustdistiller.dpwavlm.model`: :class:`DPWavLM` (``extract_features``, ``expected_num_params``,
+  ``prune``) and DPHuBERT configs;
+* :mod:`~robustdistiller.dpwavlm.checkpoint`: DPHuBERT ``.pth`` files, HF WavLM import and padded export;
+* :mod:`~robustdistiller.dpwavlm.objective`: layer-to-layer distillation through identity-initialised
+  projections, the Lagrangian sparsity term and its target ramp;
+* :mod:`~robustdistiller.dpwavlm.schedule`: AdamW groups (model, gates, multipliers), the shared
+  warm-up / linear-decay factor, clipping over all groups.
+
+Not built yet: the stage driver (stage 1, materialisation, stage 2), its Brain and YAMLs.
+
+Facts: ``reference/dphubert.md``.
+"""
+
+from robustdistiller.dpwavlm.checkpoint import (
+    export_hf_wavlm_padded,
+    from_hf_wavlm,
+    load_dphubert_checkpoint,
+    save_dphubert_checkpoint,
+)
+from robustdistiller.dpwavlm.hard_concrete import HardConcrete
+from robustdistiller.dpwavlm.model import (
+    DPHUBERT_WAVLM_CONFIG_KEYS,
+    DPWavLM,
+    tiny_config,
+    wavlm_base_plus_config,
+)
+from robustdistiller.dpwavlm.objective import LayerProjections, SparsityLagrangian, layer_to_layer_loss
+from robustdistiller.dpwavlm.schedule import LinearDecaySchedule, build_optimizer, clip_grad_norm_all_groups
+
+__all__ = [
+    "DPHUBERT_WAVLM_CONFIG_KEYS",
+    "DPWavLM",
+    "HardConcrete",
+    "LayerProjections",
+    "LinearDecaySchedule",
+    "SparsityLagrangian",
+    "build_optimizer",
+    "clip_grad_norm_all_groups",
+    "layer_to_layer_loss",
+    "export_hf_wavlm_padded",
+    "from_hf_wavlm",
+    "load_dphubert_checkpoint",
+    "save_dphubert_checkpoint",
+    "tiny_config",
+    "wavlm_base_plus_config",
+]
