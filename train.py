@@ -173,12 +173,34 @@ def training_info(hparams, hparams_file):
     }
 
 
+def run_dpwavlm(hparams, hparams_file, overrides, run_opts):
+    """DPWavLM (``hparams/dpwavlm.yaml``, ``hparams/robust_dpwavlm.yaml``): both stages, see
+    :mod:`robustdistiller.dpwavlm.stages`; the same data preparation and pipeline as the distillation."""
+    from robustdistiller.dpwavlm.stages import run_stages, stages_done
+
+    for key in ("train_splits", "valid_splits", "musan_subsets", "rirs_noises_subsets", "extra_noise_folders"):
+        if key in hparams:
+            hparams[key] = as_list(hparams[key], key)
+    if sb.utils.distributed.if_main_process():
+        lock_output_folder(hparams["output_folder"])
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
+    if stages_done(hparams):
+        return
+    prepare_data(hparams)
+    run_stages(hparams, dataio_prepare(hparams), run_opts)
+
+
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
 
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    if hparams.get("recipe") == "dpwavlm":  # the two-stage DPWavLM recipe
+        run_dpwavlm(hparams, hparams_file, overrides, run_opts)
+        sys.exit(0)
     check_options(hparams)
     if sb.utils.distributed.if_main_process():
         lock_output_folder(hparams["output_folder"])  # one run per output folder

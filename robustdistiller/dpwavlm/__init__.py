@@ -9,8 +9,9 @@
   projections, the Lagrangian sparsity term and its target ramp;
 * :mod:`~robustdistiller.dpwavlm.schedule`: AdamW groups (model, gates, multipliers), the shared
   warm-up / linear-decay factor, clipping over all groups.
-
-Not built yet: the stage driver (stage 1, materialisation, stage 2), its Brain and YAMLs.
+* :mod:`~robustdistiller.dpwavlm.brain` / :mod:`~robustdistiller.dpwavlm.stages`: the Brain and the two-stage
+  driver (stage 1 distill + prune, materialisation, stage 2; ``hparams/dpwavlm.yaml``,
+  ``hparams/robust_dpwavlm.yaml``, run by ``train.py``).
 
 Facts: ``reference/dphubert.md``.
 """

@@ -1,0 +1,187 @@
+"""DPWavLM two-stage recipe: one tiny run of ``train.py hparams/robust_dpwavlm.yaml`` shared by the assertions.
+
+Stage 1 (distill + prune) -> ``pruned.pth`` -> stage 2 -> ``final.pth`` on the mini corpus with the tiny random
+WavLM teacher (the student is initialised from it), a few steps each; plus a unit test of the enhancement head's
+input narrowing at materialisation.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hyperpyyaml import load_hyperpyyaml
+
+from conftest import REPOSITORY_ROOT, as_command_line, load_train_module, tiny_overrides
+from robustdistiller.dpwavlm import stages
+from robustdistiller.dpwavlm import DPWavLM, tiny_config
+from robustdistiller.dpwavlm.checkpoint import load_dphubert_checkpoint
+from robustdistiller.dpwavlm.stages import narrow_head_input, num_parameters
+from robustdistiller.enhancement import EnhancementHead
+
+ROBUST_YAML = os.path.join(REPOSITORY_ROOT, "hparams", "robust_dpwavlm.yaml")
+TARGET_SPARSITY = 0.3
+STAGE1_STEPS = 12
+
+
+def run_train(arguments):
+    command = [sys.executable, os.path.join(REPOSITORY_ROOT, "train.py")] + arguments
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    completed = subprocess.run(
+        command, cwd=REPOSITORY_ROOT, env=environment, capture_output=True, text=True, timeout=600
+    )
+    return completed.returncode, completed.stdout + completed.stderr
+
+
+@pytest.fixture(scope="module")
+def dpwavlm_run(mini_corpus, tiny_teacher_folder, tmp_path_factory):
+    """Output folder, overrides and log of one tiny two-stage run."""
+    output = str(tmp_path_factory.mktemp("dpwavlm") / "run")
+    overrides = tiny_overrides(
+        mini_corpus,
+        tiny_teacher_folder,
+        output,
+        min_samples=400,
+        batching="fixed",
+        grad_accumulation_factor=1,
+        enhancement_hidden_size=16,
+        enhancement_layers=1,
+        stage1_steps=STAGE1_STEPS,
+        stage1_warmup_steps=1,
+        stage2_steps=2,
+        stage2_warmup_steps=1,
+        target_sparsity=TARGET_SPARSITY,
+        sparsity_warmup_steps=1,
+        log_alpha_lr=5.0,  # high gate and multiplier lrs: the tiny run moves the sparsity within 12 steps
+        lambda_lr=5.0,
+        stage1_lr=0.001,
+        stage2_lr=0.001,
+    )
+    arguments = [ROBUST_YAML, "--precision=fp32"] + as_command_line(overrides)
+    returncode, log = run_train(arguments)
+    assert returncode == 0, log[-6000:]
+    return output, log, overrides
+
+
+def test_both_stages_ran_and_checkpoints_load(dpwavlm_run, tiny_teacher_folder):
+    output, log, _ = dpwavlm_run
+    summary = json.load(open(os.path.join(output, "dpwavlm_summary.json")))
+    assert summary["stage1"]["steps"] == STAGE1_STEPS and summary["stage2"]["steps"] == 2
+    assert os.listdir(os.path.join(output, "save", "stage1")) and os.listdir(os.path.join(output, "save", "stage2"))
+    from robustdistiller.dpwavlm import from_hf_wavlm
+
+    teacher_params = num_parameters(from_hf_wavlm(tiny_teacher_folder))
+    assert summary["teacher_num_params"] == teacher_params
+    for name in ("pruned.pth", "final.pth"):
+        model, checkpoint = load_dphubert_checkpoint(os.path.join(output, name))  # strict, weights_only
+        assert num_parameters(model) < teacher_params
+        assert num_parameters(model) == summary["stage1"]["pruned_num_params"]
+        assert not any(model.config[flag] for flag in model.config if "_prune_" in flag)
+        assert set(checkpoint["distill_linear_projs"]) == {f"{i}.{p}" for i in range(4) for p in ("weight", "bias")}
+        with torch.no_grad():
+            hiddens, _ = model.eval().extract_features(torch.randn(1, 8000))
+        assert len(hiddens) == 13
+    # final distillation changed the compact weights
+    pruned = torch.load(os.path.join(output, "pruned.pth"), weights_only=True)["state_dict"]
+    final = torch.load(os.path.join(output, "final.pth"), weights_only=True)["state_dict"]
+    assert pruned.keys() == final.keys()
+    assert any(not torch.equal(pruned[key], final[key]) for key in pruned)
+    head = torch.load(os.path.join(output, "final_enhancement_head.pt"), weights_only=True)
+    assert head["lstm.weight_ih_l0"].shape[1] == model.config["extractor_conv_layer_config"][-1][0]
+
+
+def test_sparsity_recorded_against_target(dpwavlm_run):
+    output, log, _ = dpwavlm_run
+    stage1 = json.load(open(os.path.join(output, "dpwavlm_summary.json")))["stage1"]
+    assert stage1["target_sparsity"] == TARGET_SPARSITY
+    print("expected sparsity", stage1["expected_sparsity"], "pruned", stage1["pruned_sparsity"], stage1["kept"])
+    # 12 steps do not reach the target; the gates moved from their init towards it, and pruning removed units
+    assert stage1["initial_expected_sparsity"] < stage1["expected_sparsity"] < TARGET_SPARSITY + 0.05
+    assert stage1["pruned_sparsity"] > stage1["initial_expected_sparsity"]
+    assert stage1["pruned_num_params"] < stage1["gated_student_num_params"]
+    assert "expected sparsity" in log and "target" in log
+
+
+def test_lambdas_and_gates_in_stage1_checkpoint(dpwavlm_run):
+    output, _, _ = dpwavlm_run
+    stage1 = os.path.join(output, "save", "stage1")
+    folder = sorted(name for name in os.listdir(stage1) if name.startswith("CKPT"))[-1]
+    lagrangian = torch.load(os.path.join(stage1, folder, "lagrangian.ckpt"), weights_only=True)
+    assert float(lagrangian["lambda1"]) != 0.0 and float(lagrangian["lambda2"]) != 0.0
+    student = torch.load(os.path.join(stage1, folder, "student.ckpt"), weights_only=True)
+    assert any("log_alpha" in key for key in student)
+    saved = set(os.listdir(os.path.join(stage1, folder)))
+    assert {"projections.ckpt", "enhancement_head.ckpt", "optimizer.ckpt", "counter.ckpt"} <= saved
+
+
+def test_rerun_does_nothing(dpwavlm_run, monkeypatch):
+    """train.py's DPWavLM path on a finished output folder: no preparation, no stage, final.pth untouched.
+
+    In-process (train.py imported as a module) to save a second interpreter start.
+    """
+    output, _, overrides = dpwavlm_run
+    final = os.path.join(output, "final.pth")
+    before = os.stat(final).st_mtime_ns
+    train = load_train_module()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a rerun after both stages must do nothing")
+
+    monkeypatch.setattr(train, "prepare_data", must_not_run)
+    monkeypatch.setattr(stages, "run_stages", must_not_run)
+    with open(ROBUST_YAML, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    assert hparams["recipe"] == "dpwavlm"
+    train.run_dpwavlm(hparams, ROBUST_YAML, overrides, run_opts={})
+    assert os.stat(final).st_mtime_ns == before
+
+
+def test_enhancement_head_unchanged_by_pruning_its_input():
+    """Gated CNN features (eval) into the head == pruned CNN features into the narrowed head."""
+    torch.manual_seed(0)
+    model = DPWavLM(tiny_config(extractor_prune_conv_channels=True)).eval()
+    with torch.no_grad():
+        for block in model.feature_extractor.conv_layers:
+            block.hard_concrete.log_alpha.copy_(torch.randn_like(block.hard_concrete.log_alpha) * 3)
+    wavs = torch.randn(2, 4000)
+    lengths = torch.tensor([4000, 3000])
+    head = EnhancementHead(input_size=16, hidden_size=8, num_layers=2).eval()
+    with torch.no_grad():
+        _, frames, gated = model.extract_features(wavs, lengths, return_cnn_features=True)
+        before = head(gated, wavs, feature_lengths=frames).mask
+        kept = model.last_conv_kept_index()
+        assert 0 < len(kept) < 16
+        model.prune()
+        narrow_head_input(head, kept)
+        _, frames_after, pruned = model.extract_features(wavs, lengths, return_cnn_features=True)
+        after = head(pruned, wavs, feature_lengths=frames_after).mask
+    assert pruned.shape[-1] == len(kept)
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-5)
+
+
+def test_rerun_after_stage1_starts_stage2_from_pruned(dpwavlm_run, monkeypatch):
+    """With pruned.pth present and stage 2 undone, a rerun runs stage 2 only (from pruned.pth). Runs last."""
+    import shutil
+
+    output, _, overrides = dpwavlm_run
+    pruned = os.path.join(output, "pruned.pth")
+    before = os.stat(pruned).st_mtime_ns
+    os.remove(os.path.join(output, "final.pth"))
+    shutil.rmtree(os.path.join(output, "save", "stage2"))
+    train = load_train_module()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("stage 1 is done: no materialisation on a rerun")
+
+    monkeypatch.setattr(stages, "materialise", must_not_run)
+    with open(ROBUST_YAML, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    train.run_dpwavlm(hparams, ROBUST_YAML, overrides, run_opts={"precision": "fp32"})
+    assert os.stat(pruned).st_mtime_ns == before
+    summary = json.load(open(os.path.join(output, "dpwavlm_summary.json")))
+    assert summary["stage1"]["steps"] == STAGE1_STEPS and summary["stage2"]["steps"] == 2
+    model, _ = load_dphubert_checkpoint(os.path.join(output, "final.pth"))
+    assert num_parameters(model) == summary["stage1"]["pruned_num_params"]
