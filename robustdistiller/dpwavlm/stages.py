@@ -26,7 +26,6 @@ import json
 import logging
 import os
 
-import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 from speechbrain.utils.epoch_loop import EpochCounter
