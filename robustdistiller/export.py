@@ -1,6 +1,6 @@
 """Loading trained students from any of our formats, and exporting them for SpeechBrain and transformers.
 
-Run ``python -m robustdistiller.export <checkpoint> <output folder> [--s3prl] [--verify]``.
+Run ``python -m robustdistiller.export <checkpoint> <output folder> [--s3prl] [--onnx [--int8]] [--verify]``.
 ``<checkpoint>`` is anything :func:`load_student` reads: a training output folder, its ``save`` folder
 (the checkpoint with the lowest validation loss is taken), one ``CKPT+...`` folder, a ``student.ckpt``
 file, an s3prl-format ``.ckpt`` (DistilHuBERT, the authors' ``rd_*.ckpt``) or an exported folder.
@@ -15,6 +15,10 @@ The output is one self-contained folder:
   ``transformers.HubertModel`` folder (also what SpeechBrain's HF ``HuBERT`` wrapper loads);
 * ``README.md``: a model card (teacher, data, steps, parameters, the loading snippets);
 * with ``--s3prl``, ``s3prl_distiller.ckpt`` for s3prl's ``distiller_local`` upstream;
+* with ``--onnx``, ``onnx/encoder.onnx`` (and with ``--int8`` ``onnx/encoder_int8.onnx``, dynamically
+  quantised): the student for ONNX Runtime (:mod:`robustdistiller.onnx_export`, run without torch by
+  :mod:`robustdistiller.onnx_runtime`); their parity with the PyTorch student is measured at export (the
+  export fails if the fp32 file differs by more than 1e-4) and written into the model card;
 * ``export_manifest.json``: what the export wrote (see below).
 
 Overwriting. An export writes into an empty or new folder. ``--overwrite`` lets it replace an
@@ -78,7 +82,10 @@ EXPORT_FILES = (
     "preprocessor_config.json",
     "README.md",
     S3PRL_FILE,
+    "onnx/encoder.onnx",
+    "onnx/encoder_int8.onnx",
 )
+ONNX_FILES = ("onnx/encoder.onnx", "onnx/encoder_int8.onnx")
 PARITY_TOLERANCE = 1e-4
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -393,13 +400,24 @@ def write_manifest(folder, names, source):
 
 
 def _is_plain_name(name):
-    """A file name without any directory part (what a manifest may list)."""
+    """A file name without any directory part, or one in the ``onnx`` subfolder (what a manifest may list)."""
+    if isinstance(name, str) and name.startswith("onnx/"):
+        name = name[len("onnx/"):]
     return (
         isinstance(name, str)
         and name not in ("", ".", "..", MANIFEST_FILE)
         and "/" not in name
         and "\\" not in name
     )
+
+
+def _folder_entries(folder, ignore=()):
+    """Entries of ``folder`` (not in ``ignore``), with the files of its ``onnx`` subfolder as ``onnx/<name>``."""
+    entries = set(os.listdir(folder)) - set(ignore)
+    onnx_folder = os.path.join(folder, "onnx")
+    if "onnx" in entries and os.path.isdir(onnx_folder):
+        entries |= {f"onnx/{name}" for name in os.listdir(onnx_folder)}
+    return sorted(entries)
 
 
 def read_manifest(folder):
@@ -475,7 +493,7 @@ def replaceable_files(output_folder, names, overwrite, ignore=()):
         A non-empty folder without ``overwrite``; an earlier export whose files were changed; or a
         file the export would write that no valid manifest lists. The message lists the files.
     """
-    existing = sorted(set(os.listdir(output_folder)) - set(ignore)) if os.path.isdir(output_folder) else []
+    existing = _folder_entries(output_folder, ignore) if os.path.isdir(output_folder) else []
     if not existing:
         return []
     if not overwrite:
@@ -514,11 +532,12 @@ def replaceable_files(output_folder, names, overwrite, ignore=()):
     return owned
 
 
-def _export_file_names(include_heads, s3prl):
+def _export_file_names(include_heads, s3prl, onnx=False, int8=False):
     """The files an export with these options writes (the manifest aside)."""
     return [
         name for name in EXPORT_FILES
         if (include_heads or name not in HEAD_FILES) and (s3prl or name != S3PRL_FILE)
+        and (onnx or name != ONNX_FILES[0]) and (int8 or name != ONNX_FILES[1])
     ]
 
 
@@ -598,7 +617,7 @@ def _format_count(count):
     return f"{count:,} ({count / 1e6:.2f}M)"
 
 
-def _model_card(student, info, metadata, include_heads, s3prl_written):
+def _model_card(student, info, metadata, include_heads, s3prl_written, onnx_parity=None):
     """The exported folder's ``README.md``."""
     training = info.get("training") or {}
     teacher = training.get("teacher_source", "unknown (not recorded with this checkpoint)")
@@ -651,6 +670,30 @@ def _model_card(student, info, metadata, include_heads, s3prl_written):
 ```bash
 python run_downstream.py -m train -u distiller_local -k /path/to/this/folder/{S3PRL_FILE} -d <task> ...
 ```
+"""
+    onnx_section = ""
+    if onnx_parity is not None:
+        from robustdistiller.onnx_export import format_onnx_parity
+
+        int8_line = ("\n`onnx/encoder_int8.onnx`: the same graph with dynamically quantised int8 weights "
+                     "(MatMul/Gemm)." if "int8_cosine" in onnx_parity else "")
+        onnx_section = f"""
+### ONNX Runtime (no torch needed)
+
+`onnx/encoder.onnx`: inputs `waveform` [B, T] (16 kHz) and `lengths` [B] (valid samples); outputs
+`projection`, `hidden_states` [B, {student.config.num_hidden_layers + 1}, F, D], `predictions` and `frame_lengths`
+(dynamic batch and time axes; padding rules as `EncoderInterface`).{int8_line}
+
+```python
+from robustdistiller.onnx_runtime import OnnxEncoder   # numpy + onnxruntime + soundfile (+ scipy)
+
+encoder = OnnxEncoder("/path/to/this/folder/onnx/encoder.onnx")
+out = encoder.encode_file("utterance.wav")        # any sample rate; channels are averaged
+```
+
+Measured parity at export:
+
+{format_onnx_parity(onnx_parity)}
 """
     padding_note = (
         "The student was trained with the first CNN layer's GroupNorm computed over each utterance's "
@@ -706,7 +749,7 @@ hidden_states = model(wav[None], output_hidden_states=True).hidden_states   # on
 from speechbrain.integrations.huggingface.hubert import HuBERT
 ssl = HuBERT(source="/path/to/this/folder", save_path="pretrained_cache", output_all_hiddens=True, freeze=True)
 ```
-{s3prl_section}
+{s3prl_section}{onnx_section}
 ## Padding
 
 {padding_note}
@@ -715,13 +758,15 @@ ssl = HuBERT(source="/path/to/this/folder", save_path="pretrained_cache", output
 
 `hyperparams.yaml`, `encoder.ckpt`{', `prediction_expand.ckpt`, `prediction_split.ckpt`' if include_heads else ''},
 `{INTERFACE_FILE}`: SpeechBrain. `config.json`, `model.safetensors`, `preprocessor_config.json`: transformers
-(the backbone weights are stored in both formats).{f' `{S3PRL_FILE}`: s3prl.' if s3prl_written else ''}
+(the backbone weights are stored in both formats).{f' `{S3PRL_FILE}`: s3prl.' if s3prl_written else ''}{
+' `onnx/encoder.onnx`' + (', `onnx/encoder_int8.onnx`' if onnx_parity and 'int8_cosine' in onnx_parity else '')
++ ': ONNX Runtime.' if onnx_parity is not None else ''}
 `{MANIFEST_FILE}`: the files of this export with their SHA-256 (`python -m robustdistiller.export ... --overwrite`
 replaces this folder only while they are unchanged).
 """
 
 
-def export_student(source, output_folder, include_heads=True, s3prl=False, overwrite=False):
+def export_student(source, output_folder, include_heads=True, s3prl=False, overwrite=False, onnx=False, int8=False):
     """Writes a trained student as one folder loadable by SpeechBrain, transformers (and s3prl).
 
     Arguments
@@ -737,12 +782,16 @@ def export_student(source, output_folder, include_heads=True, s3prl=False, overw
     overwrite : bool
         Replace an earlier export in ``output_folder``: only the files its ``export_manifest.json``
         lists, and only if they are unchanged (see the module docstring); other files are kept.
+    onnx : bool
+        Also write ``onnx/encoder.onnx`` (:mod:`robustdistiller.onnx_export`), checked against the student.
+    int8 : bool
+        Also write ``onnx/encoder_int8.onnx`` (dynamic int8 quantisation; implies ``onnx``).
 
     Returns
     -------
     dict
         ``folder``, ``files`` (written, the manifest included), ``info`` (what :func:`load_student`
-        reported).
+        reported), ``onnx_parity`` (:func:`robustdistiller.onnx_export.verify_onnx`, None without ONNX).
 
     Raises
     ------
@@ -759,19 +808,25 @@ def export_student(source, output_folder, include_heads=True, s3prl=False, overw
     output_folder = os.path.abspath(output_folder)
     if isinstance(source, (str, os.PathLike)) and os.path.abspath(os.fspath(source)) == output_folder:
         raise ExportError(f"The export folder '{output_folder}' is the checkpoint source itself")
-    replaceable_files(output_folder, _export_file_names(include_heads, s3prl), overwrite)  # fail before the work
+    onnx = bool(onnx or int8)
+    replaceable_files(output_folder, _export_file_names(include_heads, s3prl, onnx, int8), overwrite)  # fail early
     created = not os.path.isdir(output_folder)
     os.makedirs(output_folder, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
     try:
-        _write_export(student, info, staging, include_heads, s3prl)
-        names = sorted(os.listdir(staging))
+        onnx_options = {"onnx": True, "int8": int8} if onnx else {}  # the plain call as before without ONNX
+        onnx_parity = _write_export(student, info, staging, include_heads, s3prl, **onnx_options)
+        names = [name for name in _folder_entries(staging) if os.path.isfile(os.path.join(staging, name))]
         # again with the files really written; the folder may also have changed meanwhile
         stale = replaceable_files(output_folder, names, overwrite, ignore=(os.path.basename(staging),))
         for name in sorted(stale, key=lambda name: name != MANIFEST_FILE):  # the old manifest first
             os.remove(os.path.join(output_folder, name))
         for name in names:
+            os.makedirs(os.path.dirname(os.path.join(output_folder, name)), exist_ok=True)
             os.replace(os.path.join(staging, name), os.path.join(output_folder, name))
+        onnx_folder = os.path.join(output_folder, "onnx")
+        if os.path.isdir(onnx_folder) and not os.listdir(onnx_folder):
+            os.rmdir(onnx_folder)  # an earlier export's ONNX files, replaced by an export without them
         write_manifest(output_folder, names, info["source"])
     except BaseException:
         if created:
@@ -781,11 +836,11 @@ def export_student(source, output_folder, include_heads=True, s3prl=False, overw
         shutil.rmtree(staging, ignore_errors=True)
     files = sorted(names + [MANIFEST_FILE])
     logger.info("Exported the student to %s (%s)", output_folder, ", ".join(files))
-    return {"folder": output_folder, "files": files, "info": info}
+    return {"folder": output_folder, "files": files, "info": info, "onnx_parity": onnx_parity}
 
 
-def _write_export(student, info, folder, include_heads, s3prl):
-    """Writes every file of an export (the manifest aside) into ``folder``."""
+def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=False):
+    """Writes every file of an export (the manifest aside) into ``folder``; returns the ONNX parity or None."""
     metadata = {
         "target_layers": list(student.target_layers),
         "per_utterance_norm": bool(student.per_utterance_norm),
@@ -824,8 +879,18 @@ def _write_export(student, info, folder, include_heads, s3prl):
         from robustdistiller.s3prl_format import student_to_s3prl
 
         student_to_s3prl(student, os.path.join(folder, S3PRL_FILE), step=info.get("step") or 0)
+    onnx_parity = None
+    if onnx:
+        from robustdistiller.onnx_export import UntraceableStudentError, export_onnx, verify_onnx
+
+        try:
+            paths = export_onnx(student, os.path.join(folder, "onnx"), int8=int8)
+            onnx_parity = verify_onnx(student, paths["fp32"], paths["int8"])
+        except (UntraceableStudentError, ValueError) as error:
+            raise ExportError(f"ONNX export of '{info['source']}' failed: {error}") from error
     with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as fout:
-        fout.write(_model_card(student, info, metadata, include_heads, s3prl))
+        fout.write(_model_card(student, info, metadata, include_heads, s3prl, onnx_parity))
+    return onnx_parity
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1019,6 +1084,8 @@ def main(argv=None):
     parser.add_argument("output", help="export folder (created; must be empty unless --overwrite)")
     parser.add_argument("--s3prl", action="store_true", help=f"also write {S3PRL_FILE}")
     parser.add_argument("--no-heads", action="store_true", help="leave out the prediction heads")
+    parser.add_argument("--onnx", action="store_true", help="also write onnx/encoder.onnx (ONNX Runtime)")
+    parser.add_argument("--int8", action="store_true", help="also write onnx/encoder_int8.onnx (implies --onnx)")
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -1029,9 +1096,14 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         result = export_student(
-            args.checkpoint, args.output, include_heads=not args.no_heads, s3prl=args.s3prl, overwrite=args.overwrite
+            args.checkpoint, args.output, include_heads=not args.no_heads, s3prl=args.s3prl, overwrite=args.overwrite,
+            onnx=args.onnx, int8=args.int8,
         )
         print(f"Exported to {result['folder']}: {', '.join(result['files'])}")
+        if result["onnx_parity"] is not None:
+            from robustdistiller.onnx_export import format_onnx_parity
+
+            print(format_onnx_parity(result["onnx_parity"]))
         if args.verify:
             student, _ = load_student(args.checkpoint)
             print(format_verification(verify_export(result["folder"], student)))

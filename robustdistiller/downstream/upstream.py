@@ -3,7 +3,8 @@
 * :class:`FrozenUpstream`: any upstream kind behind one interface -- our exported student folder, our
   distillation checkpoint, an s3prl-format checkpoint (all through
   :func:`robustdistiller.export.load_student`), or any Hugging Face WavLM / HuBERT / wav2vec 2.0 hub id
-  or folder (the WavLM Base+ teacher row). Frozen (no gradients, always eval, fp32) and kept out of the
+  or folder (the WavLM Base+ teacher row), or a student exported to ONNX (``onnx``: an ``encoder.onnx`` /
+  ``encoder_int8.onnx`` of :mod:`robustdistiller.onnx_export`, run by ONNX Runtime). Frozen (no gradients, always eval, fp32) and kept out of the
   Brain's modules, so no upstream weight ever enters a downstream checkpoint.
 * :meth:`FrozenUpstream.identity` and :func:`check_upstream_identity`: kind, source, weights
   fingerprint, layers, width and options, recorded in ``<save_folder>/upstream.json``; a rerun in that
@@ -22,7 +23,7 @@ import re
 import torch
 import torch.nn as nn
 
-from robustdistiller.export import ExportError, load_student, locate_checkpoint
+from robustdistiller.export import ExportError, file_sha256, load_student, locate_checkpoint
 from robustdistiller.fingerprint import weights_fingerprint
 from robustdistiller.interface import looks_like_path
 from robustdistiller.options import OptionError
@@ -33,7 +34,7 @@ from robustdistiller.teacher import FrozenTeacher, load_ssl_model
 logger = logging.getLogger(__name__)
 
 
-UPSTREAM_KINDS = ("auto", "student", "hf")
+UPSTREAM_KINDS = ("auto", "student", "hf", "onnx")
 STUDENT_LAYER0_CHOICES = ("projection", "encoder_input")
 
 
@@ -123,7 +124,10 @@ class FrozenUpstream(nn.Module):
     kind : str
         ``"auto"`` (a folder or file our :func:`~robustdistiller.export.locate_checkpoint` recognises
         is a student, anything else a Hugging Face model; hub ids are Hugging Face models),
-        ``"student"`` or ``"hf"``.
+        ``"student"``, ``"hf"`` or ``"onnx"`` (an ONNX file of :mod:`robustdistiller.onnx_export`, or an
+        exported folder with ``onnx/encoder.onnx``; ``auto`` picks it for a ``.onnx`` file). The ONNX
+        graph gives the student's layers (same ``student_layer0`` and ``include_predictions`` rules) and
+        has the student's per-utterance normalisation setting built in.
     include_predictions : bool
         For students, append the prediction heads' outputs (estimates of the teacher's layers) to the
         hidden states, as s3prl's distiller upstream does (DistilHuBERT's SUPERB numbers use them).
@@ -170,11 +174,13 @@ class FrozenUpstream(nn.Module):
         self.kind = kind
         if student_layer0 not in STUDENT_LAYER0_CHOICES:
             raise OptionError(f"upstream student_layer0 must be one of {STUDENT_LAYER0_CHOICES}, got {student_layer0!r}")
-        self.student_layer0 = student_layer0 if kind == "student" else "encoder_input"
+        self.student_layer0 = student_layer0 if kind in ("student", "onnx") else "encoder_input"
         self.include_predictions = bool(include_predictions)
         self.per_utterance_norm = bool(per_utterance_norm)
         self._identity = None
-        if kind == "student":
+        if kind == "onnx":
+            self._init_onnx(source)
+        elif kind == "student":
             student, info = load_student(source, per_utterance_norm=per_utterance_norm)
             self.model = student
             self.description = f"student from {info['source']} ({info['format']}, step {info['step']})"
@@ -195,15 +201,56 @@ class FrozenUpstream(nn.Module):
             self.description = f"{type(model).__name__} from {source}"
             self.hidden_size = model.config.hidden_size
             self.num_layers = len(layers)
-        self.model.requires_grad_(False)
+        if kind != "onnx":
+            self.model.requires_grad_(False)
         self.train(False)
         logger.info(
             "Upstream: %s, %d layers of %d dims, %s parameters (frozen)",
             self.description,
             self.num_layers,
             self.hidden_size,
-            f"{num_parameters(self.model):,}",
+            "ONNX" if kind == "onnx" else f"{num_parameters(self.model):,}",
         )
+
+    def _init_onnx(self, source):
+        """The ``onnx`` kind: an :class:`~robustdistiller.onnx_runtime.OnnxEncoder` session."""
+        from robustdistiller.onnx_export import FP32_FILE, ONNX_FOLDER
+        from robustdistiller.onnx_runtime import OnnxEncoder
+
+        path = os.path.expanduser(source)
+        if os.path.isdir(path):
+            candidates = [os.path.join(path, ONNX_FOLDER, FP32_FILE), os.path.join(path, FP32_FILE)]
+            found = [candidate for candidate in candidates if os.path.isfile(candidate)]
+            if not found:
+                raise ExportError(
+                    f"Upstream '{source}' (kind onnx) is a folder without {ONNX_FOLDER}/{FP32_FILE}: pass an "
+                    f".onnx file, or export one with `python -m robustdistiller.export CKPT OUT --onnx`"
+                )
+            path = found[0]
+        elif not os.path.isfile(path):
+            raise ExportError(f"Upstream source '{source}' (kind onnx) does not exist")
+        try:
+            encoder = OnnxEncoder(path, num_threads=torch.get_num_threads())
+        except Exception as error:
+            raise ExportError(f"Cannot load the ONNX upstream '{path}': {error}") from error
+        self.onnx_path = os.path.abspath(path)
+        self.model = encoder
+        if encoder.per_utterance_norm != self.per_utterance_norm:
+            logger.warning(
+                "%s was exported with per_utterance_norm=%s (built into the graph); the option %s is ignored",
+                path, encoder.per_utterance_norm, self.per_utterance_norm,
+            )
+            self.per_utterance_norm = encoder.per_utterance_norm
+        self.description = f"ONNX student {path} ({'int8' if encoder.quantized else 'fp32'})"
+        self.hidden_size = encoder.hidden_size
+        self.num_layers = encoder.num_layers + 1
+        if self.include_predictions:
+            if encoder.target_size != self.hidden_size:
+                raise ValueError(
+                    f"Upstream '{source}': prediction heads of width {encoder.target_size} cannot be summed "
+                    f"with hidden states of width {self.hidden_size}; set include_predictions to False"
+                )
+            self.num_layers += len(encoder.target_layers)
 
     def identity(self):
         """What this upstream is, as recorded in ``upstream.json`` and ``results.json``.
@@ -211,10 +258,11 @@ class FrozenUpstream(nn.Module):
         Returns
         -------
         dict
-            ``kind`` (``student`` or ``hf``, never ``auto``), ``source`` (as given), ``source_path``
+            ``kind`` (``student``, ``hf`` or ``onnx``, never ``auto``), ``source`` (as given), ``source_path``
             (absolute path of a local source, None for a hub id), ``fingerprint``
             (:func:`~robustdistiller.fingerprint.weights_fingerprint` of the frozen weights, which
-            identifies the upstream whatever path it was loaded from), ``num_layers`` and
+            identifies the upstream whatever path it was loaded from; for ``onnx`` the SHA-256 of the file),
+            ``num_layers`` and
             ``hidden_size`` (of the features the head sees), ``include_predictions`` (always False
             for Hugging Face models, which have no prediction heads), ``per_utterance_norm`` and
             ``description``. The weights are frozen, so this is computed once.
@@ -233,10 +281,12 @@ class FrozenUpstream(nn.Module):
                 "kind": self.kind,
                 "source": self.source,
                 "source_path": os.path.abspath(expanded) if os.path.exists(expanded) else None,
-                "fingerprint": weights_fingerprint(self.model),
+                "fingerprint": (
+                    file_sha256(self.onnx_path)[:16] if self.kind == "onnx" else weights_fingerprint(self.model)
+                ),
                 "num_layers": self.num_layers,
                 "hidden_size": self.hidden_size,
-                "include_predictions": self.kind == "student" and self.include_predictions,
+                "include_predictions": self.kind in ("student", "onnx") and self.include_predictions,
                 "per_utterance_norm": self.per_utterance_norm,
                 "student_layer0": self.student_layer0,
                 "description": self.description,
@@ -250,6 +300,8 @@ class FrozenUpstream(nn.Module):
             if looks_like_path(source):
                 raise ExportError(f"Upstream source '{source}' does not exist")
             return "hf"  # a hub id
+        if os.path.isfile(expanded) and expanded.endswith(".onnx"):
+            return "onnx"
         try:
             locate_checkpoint(expanded)
             return "student"
@@ -283,6 +335,8 @@ class FrozenUpstream(nn.Module):
             if self.kind == "hf":
                 output = self.model(wavs, wav_lens)
                 return output.layers, output.frame_mask
+            if self.kind == "onnx":
+                return self._forward_onnx(wavs, wav_lens)
             output = self.model(wavs, wav_lens)
             layers = list(output.hidden_states)
             if self.student_layer0 == "projection":
@@ -290,6 +344,20 @@ class FrozenUpstream(nn.Module):
             if self.include_predictions:
                 layers += list(output.predictions.unbind(dim=1))
             return torch.stack(layers, dim=1).float(), output.frame_mask
+
+
+    def _forward_onnx(self, wavs, wav_lens):
+        """The ONNX session's layers, in the student kind's order, as torch tensors on ``wavs``' device."""
+        lengths = None if wav_lens is None else wav_lens.detach().float().cpu().numpy()
+        output = self.model.encode_batch(wavs.detach().cpu().numpy(), lengths)
+        hidden = torch.from_numpy(output.hidden_states)  # [B, N + 1, F, D]
+        layers = list(hidden.unbind(dim=1))
+        if self.student_layer0 == "projection":
+            layers[0] = torch.from_numpy(output.projection)
+        if self.include_predictions:
+            layers += list(torch.from_numpy(output.predictions).unbind(dim=1))
+        frame_mask = torch.from_numpy(output.frame_mask)
+        return torch.stack(layers, dim=1).to(wavs.device), frame_mask.to(wavs.device)
 
 
 class UpstreamChangedError(ChangedSettingsError):
