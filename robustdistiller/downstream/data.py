@@ -83,14 +83,20 @@ class AudioPipeline:
         stop = None if stop is None or int(stop) < 0 else int(stop)
         return load_audio(wav, sample_rate=self.sample_rate, start=start, stop=stop)
 
+    def crop(self, utterance_id, num_samples):
+        """``(offset, length)`` of the kept part of a ``num_samples`` signal (see ``max_samples``)."""
+        if self.max_samples is None or num_samples <= self.max_samples:
+            return 0, num_samples
+        offset = 0
+        if self.random_crop:
+            generator = torch.Generator().manual_seed(hash_seed(self.seed, self.epoch, utterance_id))
+            offset = int(torch.randint(num_samples - self.max_samples + 1, (1,), generator=generator))
+        return offset, self.max_samples
+
     def __call__(self, utterance_id, wav, start=0, stop=-1):
         waveform = self.load(wav, start, stop)
-        if self.max_samples is not None and waveform.shape[0] > self.max_samples:
-            offset = 0
-            if self.random_crop:
-                generator = torch.Generator().manual_seed(hash_seed(self.seed, self.epoch, utterance_id))
-                offset = int(torch.randint(waveform.shape[0] - self.max_samples + 1, (1,), generator=generator))
-            waveform = waveform[offset : offset + self.max_samples]
+        offset, length = self.crop(utterance_id, waveform.shape[0])
+        waveform = waveform[offset : offset + length]
         if self.corruptor is not None:
             key = f"{self.key_prefix}{utterance_id}"
             waveform = self.corruptor(waveform, key=key, condition=self.condition, snr=self.snr).noisy

@@ -31,9 +31,7 @@ import logging
 import speechbrain as sb
 import torch
 
-from robustdistiller.audio import load_audio
-from robustdistiller.corruption import hash_seed
-from robustdistiller.downstream.data import paired_condition_key
+from robustdistiller.downstream.data import AudioPipeline, paired_condition_key
 from robustdistiller.options import OptionError
 
 logger = logging.getLogger(__name__)
@@ -42,8 +40,11 @@ SOURCES_INPUT = "sources"
 """``input`` value of a condition whose input is the sum of the sources (the clean mixture)."""
 
 
-class SignalPipeline:
+class SignalPipeline(AudioPipeline):
     """``(id, row) -> (input [T], sources [T, S] or None, gain)``: one utterance of a signal task.
+
+    An :class:`~robustdistiller.downstream.data.AudioPipeline` (loading, seeded crops, epochs) over several
+    files of one row: the input and the sources share one crop.
 
     Arguments
     ---------
@@ -99,24 +100,11 @@ class SignalPipeline:
         seed=0,
         key_prefix="",
     ):
-        self.sample_rate = int(sample_rate)
+        super().__init__(sample_rate, corruptor=corruptor, condition=condition, snr=snr, max_samples=max_samples,
+                         random_crop=random_crop, seed=seed, key_prefix=key_prefix)
         self.source_columns = tuple(source_columns)
         self.input_column = input_column
-        self.corruptor = corruptor
-        self.condition = condition
-        self.snr = snr
         self.load_sources = bool(load_sources)
-        self.max_samples = None if max_samples is None else int(max_samples)
-        self.random_crop = bool(random_crop)
-        self.seed = int(seed)
-        self.key_prefix = key_prefix
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        """New random crops and corruption draws for every epoch."""
-        self.epoch = int(epoch)
-        if self.corruptor is not None:
-            self.corruptor.set_epoch(epoch)
 
     def _read(self, utterance_id, row, column):
         path = row.get(column)
@@ -125,16 +113,10 @@ class SignalPipeline:
                 f"Utterance '{utterance_id}' has no file in column '{column}' of its list; the condition or "
                 f"recipe needs it (columns present: {sorted(key for key, value in row.items() if value)})."
             )
-        return load_audio(path, sample_rate=self.sample_rate)
+        return self.load(path)
 
     def _crop(self, utterance_id, signals):
-        length = min(signal.shape[0] for signal in signals)
-        offset = 0
-        if self.max_samples is not None and length > self.max_samples:
-            if self.random_crop:
-                generator = torch.Generator().manual_seed(hash_seed(self.seed, self.epoch, utterance_id))
-                offset = int(torch.randint(length - self.max_samples + 1, (1,), generator=generator))
-            length = self.max_samples
+        offset, length = self.crop(utterance_id, min(signal.shape[0] for signal in signals))
         return [signal[offset : offset + length] for signal in signals]
 
     def __call__(self, utterance_id, row):
