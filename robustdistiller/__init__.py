@@ -10,4 +10,24 @@ export for SpeechBrain and transformers (:mod:`.export`) and the s3prl checkpoin
 (:mod:`.s3prl_format`).
 """
 
+import os
+
 __version__ = "0.1.0"
+
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The folder that holds this package (the repository root of a checkout)."""
+
+
+def child_environment():
+    """``os.environ`` with :data:`PACKAGE_PARENT` first on ``PYTHONPATH``: child processes (recipes, the
+    eSpeak worker) import this package whether or not it is installed.
+
+    Example
+    -------
+    >>> child_environment()["PYTHONPATH"].split(os.pathsep)[0] == PACKAGE_PARENT
+    True
+    """
+    environment = dict(os.environ)
+    paths = [PACKAGE_PARENT] + [path for path in environment.get("PYTHONPATH", "").split(os.pathsep) if path]
+    environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return environment

@@ -44,6 +44,8 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
+from robustdistiller import child_environment
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -220,11 +222,7 @@ def synthesize_speech(requests):
     """
     if not requests:
         return []
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [package_parent] + ([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else [])
-    )
+    environment = child_environment()
     with tempfile.TemporaryDirectory(prefix="espeak_") as work_folder:
         requests_path = os.path.join(work_folder, "requests.json")
         output_path = os.path.join(work_folder, "speech.npz")

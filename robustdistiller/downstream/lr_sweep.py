@@ -48,7 +48,6 @@ Failures
 
 import argparse
 import datetime
-import hashlib
 import json
 import logging
 import math
@@ -58,6 +57,8 @@ import sys
 
 import yaml
 
+from robustdistiller import child_environment
+from robustdistiller.export import file_sha256
 from robustdistiller.run_folder import OutputFolderInUse, lock_output_folder, release_output_folder
 
 logger = logging.getLogger(__name__)
@@ -230,17 +231,12 @@ def warn_relative_paths(overrides, recipe_folder):
     return suspicious
 
 
-def _file_sha256(path):
-    with open(path, "rb") as fin:
-        return hashlib.sha256(fin.read()).hexdigest()
-
-
 def sweep_settings(recipe_folder, hparams_file, lr_key, overrides):
     """The settings recorded in (and compared with) ``<sweep_folder>/sweep_settings.json``."""
     return {
         "recipe_folder": recipe_folder,
         "hparams_file": hparams_file,
-        "hparams_sha256": _file_sha256(hparams_file),
+        "hparams_sha256": file_sha256(hparams_file),
         "lr_key": lr_key,
         "overrides": list(overrides),
     }
@@ -345,15 +341,6 @@ def read_test_metric(output_folder, metric):
     return {name: stats.get(metric) for name, stats in results.items() if isinstance(stats, dict)}
 
 
-def _subprocess_environment():
-    """The current environment with this repository on ``PYTHONPATH`` (the recipes import the package)."""
-    repository = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    environment = dict(os.environ)
-    paths = [repository] + [path for path in environment.get("PYTHONPATH", "").split(os.pathsep) if path]
-    environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    return environment
-
-
 def run_recipe(recipe_folder, hparams_file, overrides, lr, lr_key, output_folder, log_path, python=None):
     """Runs ``train.py`` of a recipe for one learning rate (in the recipe folder); returns its exit status.
 
@@ -366,7 +353,7 @@ def run_recipe(recipe_folder, hparams_file, overrides, lr, lr_key, output_folder
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         log.write(f"\n===== {started} lr_sweep: {' '.join(command)} (in {recipe_folder})\n")
         log.flush()
-        completed = subprocess.run(command, cwd=recipe_folder, env=_subprocess_environment(),
+        completed = subprocess.run(command, cwd=recipe_folder, env=child_environment(),
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.write(f"===== exit status {completed.returncode}\n")
     return completed.returncode

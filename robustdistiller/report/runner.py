@@ -20,7 +20,7 @@ import time
 import ruamel.yaml
 from hyperpyyaml import resolve_references
 
-from robustdistiller.report.tasks import REPOSITORY_ROOT
+from robustdistiller import child_environment
 
 logger = logging.getLogger(__name__)
 
@@ -212,9 +212,7 @@ def run_pairs(spec, pairs, done=(), stream=None):
     for index, pair in enumerate(done, start=1):
         print(f"[{index}/{total}] {pair.label}: done earlier ({pair.output_folder}/results.json), skipped",
               file=stream, flush=True)
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [REPOSITORY_ROOT] + ([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else []))
+    environment = child_environment()
     for index, pair in enumerate(pairs, start=len(done) + 1):
         log_file = spec.log_file(pair)
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
