@@ -71,6 +71,8 @@ MANIFEST_FILE = "export_manifest.json"
 MANIFEST_FORMAT = "robustdistiller-export"
 MANIFEST_VERSION = 1
 _STAGING_PREFIX = ".export-staging-"
+DPHUBERT_EXTENSION = ".pth"  # DPHuBERT's checkpoints (s3prl's are .ckpt)
+DPWAVLM_EXPORT_FILE = "dpwavlm.pth"  # the compact model in an export of a DPWavLM (robustdistiller.dpwavlm.export)
 # Files an export writes (the heads and the s3prl file only when asked for), besides the manifest.
 EXPORT_FILES = (
     "hyperparams.yaml",
@@ -185,14 +187,16 @@ def locate_checkpoint(source):
     Arguments
     ---------
     source : str
-        Training output folder, save folder, ``CKPT+...`` folder, ``student.ckpt``, s3prl ``.ckpt``
-        or exported folder.
+        Training output folder, save folder, ``CKPT+...`` folder, ``student.ckpt``, s3prl ``.ckpt``,
+        exported folder, DPHuBERT ``.pth`` or DPWavLM output / export folder.
 
     Returns
     -------
     (str, str)
         ``(path, kind)`` with kind ``"speechbrain"`` (a CKPT folder), ``"state_dict"`` (a
-        ``student.ckpt`` file), ``"s3prl"`` (a file) or ``"exported"`` (a folder).
+        ``student.ckpt`` file), ``"s3prl"`` (a file), ``"exported"`` (a folder) or ``"dphubert"`` (a
+        DPHuBERT-format ``.pth`` file: a DPWavLM run's ``final.pth``, found also from its output folder, an
+        exported ``dpwavlm.pth``, or the released DPWavLM / RDDPWavLM files).
 
     Raises
     ------
@@ -206,11 +210,16 @@ def locate_checkpoint(source):
     if os.path.isfile(source):
         if os.path.basename(source) == "student.ckpt":
             return source, "state_dict"
+        if source.endswith(DPHUBERT_EXTENSION):
+            return source, "dphubert"
         return source, "s3prl"
     if not os.path.isdir(source):
         raise ExportError(f"Checkpoint source '{source}' does not exist")
     if os.path.isfile(os.path.join(source, "student.ckpt")):
         return source, "speechbrain"
+    dphubert_file = _dpwavlm_file_in(source)
+    if dphubert_file is not None:
+        return dphubert_file, "dphubert"
     if _is_exported_folder(source):
         return source, "exported"
     for save_folder in (source, os.path.join(source, "save")):
@@ -220,7 +229,30 @@ def locate_checkpoint(source):
     raise ExportError(
         f"No student found in '{source}': expected a training output folder (with save/CKPT+*/), a "
         f"save folder (with CKPT+*/student.ckpt), a CKPT+* folder, a student.ckpt file, an s3prl "
-        f".ckpt file or an exported folder (config.json + encoder.ckpt)"
+        f".ckpt file, an exported folder (config.json + encoder.ckpt), a DPHuBERT-format .pth file or a "
+        f"DPWavLM output folder (final.pth)"
+    )
+
+
+def _dpwavlm_file_in(folder):
+    """The DPHuBERT ``.pth`` a DPWavLM export or output folder stands for, or None for other folders.
+
+    An export folder holds ``dpwavlm.pth``; an output folder of ``train.py hparams/*dpwavlm.yaml`` holds
+    ``dpwavlm_summary.json`` and, once both stages are done, ``final.pth``.
+    """
+    from robustdistiller.dpwavlm.stages import FINAL_FILE, PRUNED_FILE, SUMMARY_FILE
+
+    exported = os.path.join(folder, DPWAVLM_EXPORT_FILE)
+    if os.path.isfile(exported):
+        return exported
+    if not os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
+        return None
+    final = os.path.join(folder, FINAL_FILE)
+    if os.path.isfile(final):
+        return final
+    raise ExportError(
+        f"'{folder}' is a DPWavLM run whose stage 2 has not finished (no {FINAL_FILE}): resume it with the same "
+        f"command, or pass {os.path.join(folder, PRUNED_FILE)} to use the stage-1 model"
     )
 
 
@@ -291,8 +323,9 @@ def load_student(source, per_utterance_norm=None):
 
     Returns
     -------
-    student : DistillerStudent
-        In eval mode, on the CPU.
+    student : DistillerStudent or DPWavLMEncoder
+        In eval mode, on the CPU; a :class:`~robustdistiller.dpwavlm.encoder.DPWavLMEncoder` for a DPHuBERT
+        ``.pth`` (no prediction heads; per-utterance normalisation only when asked for).
     info : dict
         ``source``, ``format``, ``step`` (optimizer steps, None if unknown), ``valid_loss`` and
         ``training`` (the recipe's ``distillation_info.json``, or what the format records).
@@ -305,6 +338,8 @@ def load_student(source, per_utterance_norm=None):
     """
     path, kind = locate_checkpoint(source)
     info = {"source": path, "format": kind, "step": None, "valid_loss": None, "training": {}}
+    if kind == "dphubert":
+        return _dpwavlm_from_file(path, info, per_utterance_norm)
     if kind == "s3prl":
         from robustdistiller.s3prl_format import student_from_s3prl
 
@@ -331,6 +366,25 @@ def load_student(source, per_utterance_norm=None):
         info["valid_loss"] = meta.get("valid_loss")
     info["training"] = _training_info_near(checkpoint_folder)
     return student, info
+
+
+def _dpwavlm_from_file(path, info, per_utterance_norm):
+    """A :class:`~robustdistiller.dpwavlm.encoder.DPWavLMEncoder` from a DPHuBERT ``.pth`` and its info."""
+    from robustdistiller.dpwavlm.checkpoint import load_dphubert_checkpoint
+    from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
+    from robustdistiller.dpwavlm.stages import SUMMARY_FILE
+
+    try:
+        model, _ = load_dphubert_checkpoint(path)
+    except (ValueError, RuntimeError) as error:
+        raise ExportError(f"Cannot load the DPHuBERT-format checkpoint '{path}': {error}") from error
+    summary_file = os.path.join(os.path.dirname(path), SUMMARY_FILE)
+    if os.path.isfile(summary_file):
+        with open(summary_file, encoding="utf-8") as fin:
+            info["training"] = json.load(fin)
+        steps = [info["training"].get(stage, {}).get("steps") for stage in ("stage1", "stage2")]
+        info["step"] = sum(steps) if all(step is not None for step in steps) else None
+    return DPWavLMEncoder(model.eval(), per_utterance_norm=bool(per_utterance_norm)).eval(), info
 
 
 # ------------------------------------------------------------------------------------------------
@@ -766,7 +820,9 @@ replaces this folder only while they are unchanged).
 """
 
 
-def export_student(source, output_folder, include_heads=True, s3prl=False, overwrite=False, onnx=False, int8=False):
+def export_student(
+    source, output_folder, include_heads=True, s3prl=False, overwrite=False, onnx=False, int8=False, hf_inexact="skip"
+):
     """Writes a trained student as one folder loadable by SpeechBrain, transformers (and s3prl).
 
     Arguments
@@ -786,12 +842,16 @@ def export_student(source, output_folder, include_heads=True, s3prl=False, overw
         Also write ``onnx/encoder.onnx`` (:mod:`robustdistiller.onnx_export`), checked against the student.
     int8 : bool
         Also write ``onnx/encoder_int8.onnx`` (dynamic int8 quantisation; implies ``onnx``).
+    hf_inexact : str
+        DPWavLM sources only (a DPHuBERT ``.pth``, exported by :mod:`robustdistiller.dpwavlm.export`): ``skip``,
+        ``warn`` or ``refuse`` when the padded ``transformers.WavLMModel`` copy cannot be exact.
 
     Returns
     -------
     dict
         ``folder``, ``files`` (written, the manifest included), ``info`` (what :func:`load_student`
-        reported), ``onnx_parity`` (:func:`robustdistiller.onnx_export.verify_onnx`, None without ONNX).
+        reported), ``onnx_parity`` (:func:`robustdistiller.onnx_export.verify_onnx`, None without ONNX);
+        for a DPWavLM also ``hf_copy``.
 
     Raises
     ------
@@ -800,22 +860,66 @@ def export_student(source, output_folder, include_heads=True, s3prl=False, overw
         not an unmodified earlier export where the new files would go (the message lists the files).
         Nothing in ``output_folder`` is changed then.
     """
+    if isinstance(source, (str, os.PathLike)) and locate_checkpoint(source)[1] == "dphubert":
+        from robustdistiller.dpwavlm.export import export_dpwavlm
+
+        if s3prl or onnx or int8:
+            raise ExportError(
+                f"'{source}' is a DPWavLM (DPHuBERT .pth): --s3prl, --onnx and --int8 apply to DistilHuBERT-layout "
+                f"students only (its export is dpwavlm.pth + a padded transformers.WavLMModel copy)"
+            )
+        return export_dpwavlm(source, output_folder, overwrite=overwrite, hf_inexact=hf_inexact)
     if isinstance(source, DistillerStudent):
         student = source.eval()
         info = {"source": "in-memory student", "format": "module", "step": None, "valid_loss": None, "training": {}}
     else:
         student, info = load_student(source)
+    onnx = bool(onnx or int8)
+    onnx_options = {"onnx": True, "int8": int8} if onnx else {}  # the plain call as before without ONNX
+    files, onnx_parity = write_export_folder(
+        output_folder,
+        _export_file_names(include_heads, s3prl, onnx, int8),
+        overwrite,
+        info["source"],
+        lambda staging: _write_export(student, info, staging, include_heads, s3prl, **onnx_options),
+        source=source,
+    )
+    logger.info("Exported the student to %s (%s)", os.path.abspath(output_folder), ", ".join(files))
+    return {"folder": os.path.abspath(output_folder), "files": files, "info": info, "onnx_parity": onnx_parity}
+
+
+def write_export_folder(output_folder, expected_names, overwrite, source_description, write, source=None):
+    """The overwrite rules, staging and manifest of every export (module docstring, "Overwriting").
+
+    Arguments
+    ---------
+    output_folder : str
+        The export folder (created when missing; removed again if the export fails).
+    expected_names : list of str
+        The files the export may write, checked before anything is written.
+    overwrite : bool
+        Replace an unmodified earlier export (only the files its manifest lists).
+    source_description : str
+        What was exported, for the manifest.
+    write : callable
+        ``write(staging_folder)`` writes the files; its return value is passed on.
+    source : str, optional
+        The checkpoint the export reads: refused as the output folder.
+
+    Returns
+    -------
+    (list of str, object)
+        The files written (the manifest included) and what ``write`` returned.
+    """
     output_folder = os.path.abspath(output_folder)
     if isinstance(source, (str, os.PathLike)) and os.path.abspath(os.fspath(source)) == output_folder:
         raise ExportError(f"The export folder '{output_folder}' is the checkpoint source itself")
-    onnx = bool(onnx or int8)
-    replaceable_files(output_folder, _export_file_names(include_heads, s3prl, onnx, int8), overwrite)  # fail early
+    replaceable_files(output_folder, expected_names, overwrite)  # fail early
     created = not os.path.isdir(output_folder)
     os.makedirs(output_folder, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
     try:
-        onnx_options = {"onnx": True, "int8": int8} if onnx else {}  # the plain call as before without ONNX
-        onnx_parity = _write_export(student, info, staging, include_heads, s3prl, **onnx_options)
+        result = write(staging)
         names = [name for name in _folder_entries(staging) if os.path.isfile(os.path.join(staging, name))]
         # again with the files really written; the folder may also have changed meanwhile
         stale = replaceable_files(output_folder, names, overwrite, ignore=(os.path.basename(staging),))
@@ -827,16 +931,14 @@ def export_student(source, output_folder, include_heads=True, s3prl=False, overw
         onnx_folder = os.path.join(output_folder, "onnx")
         if os.path.isdir(onnx_folder) and not os.listdir(onnx_folder):
             os.rmdir(onnx_folder)  # an earlier export's ONNX files, replaced by an export without them
-        write_manifest(output_folder, names, info["source"])
+        write_manifest(output_folder, names, source_description)
     except BaseException:
         if created:
             shutil.rmtree(output_folder, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    files = sorted(names + [MANIFEST_FILE])
-    logger.info("Exported the student to %s (%s)", output_folder, ", ".join(files))
-    return {"folder": output_folder, "files": files, "info": info, "onnx_parity": onnx_parity}
+    return sorted(names + [MANIFEST_FILE]), result
 
 
 def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=False):
@@ -1080,7 +1182,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Export a trained student for SpeechBrain, transformers and (optionally) s3prl."
     )
-    parser.add_argument("checkpoint", help="training output/save/CKPT folder, student.ckpt, s3prl .ckpt")
+    parser.add_argument(
+        "checkpoint", help="training output/save/CKPT folder, student.ckpt, s3prl .ckpt, DPHuBERT .pth, DPWavLM run"
+    )
     parser.add_argument("output", help="export folder (created; must be empty unless --overwrite)")
     parser.add_argument("--s3prl", action="store_true", help=f"also write {S3PRL_FILE}")
     parser.add_argument("--no-heads", action="store_true", help="leave out the prediction heads")
@@ -1092,19 +1196,32 @@ def main(argv=None):
         help=f"replace an earlier, unmodified export in the output folder (the files its {MANIFEST_FILE} lists)",
     )
     parser.add_argument("--verify", action="store_true", help="reload four ways in fresh processes and compare")
+    parser.add_argument(
+        "--hf-inexact",
+        choices=("skip", "warn", "refuse"),
+        default="skip",
+        help="DPWavLM: when the padded transformers.WavLMModel copy cannot be exact (a pruned last CNN layer), "
+        "leave it out (default), write it anyway with a warning, or fail",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         result = export_student(
             args.checkpoint, args.output, include_heads=not args.no_heads, s3prl=args.s3prl, overwrite=args.overwrite,
-            onnx=args.onnx, int8=args.int8,
+            onnx=args.onnx, int8=args.int8, hf_inexact=args.hf_inexact,
         )
         print(f"Exported to {result['folder']}: {', '.join(result['files'])}")
         if result["onnx_parity"] is not None:
             from robustdistiller.onnx_export import format_onnx_parity
 
             print(format_onnx_parity(result["onnx_parity"]))
-        if args.verify:
+        if "hf_copy" in result:
+            copy_report = result["hf_copy"]
+            print(
+                f"transformers copy: {'written' if copy_report['written'] else 'not written'} (max abs difference "
+                f"{copy_report['max_abs_error']:.3g})"
+            )
+        elif args.verify:
             student, _ = load_student(args.checkpoint)
             print(format_verification(verify_export(result["folder"], student)))
     except (ExportError, ValueError) as error:

@@ -1,7 +1,7 @@
 """The frozen upstream of every downstream recipe, and the identity a run records of it.
 
 * :class:`FrozenUpstream`: any upstream kind behind one interface -- our exported student folder, our
-  distillation checkpoint, an s3prl-format checkpoint (all through
+  distillation checkpoint, an s3prl-format checkpoint, a DPHuBERT-format ``.pth`` (DPWavLM; all through
   :func:`robustdistiller.export.load_student`), or any Hugging Face WavLM / HuBERT / wav2vec 2.0 hub id
   or folder (the WavLM Base+ teacher row), or a student exported to ONNX (``onnx``: an ``encoder.onnx`` /
   ``encoder_int8.onnx`` of :mod:`robustdistiller.onnx_export`, run by ONNX Runtime). Frozen (no gradients, always eval, fp32) and kept out of the
@@ -23,6 +23,7 @@ import re
 import torch
 import torch.nn as nn
 
+from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
 from robustdistiller.export import ExportError, file_sha256, load_student, locate_checkpoint
 from robustdistiller.fingerprint import weights_fingerprint
 from robustdistiller.interface import looks_like_path
@@ -49,7 +50,9 @@ IDENTITY_FIELDS = (
 
 
 # Path components that say nothing about which model a path holds (our own folder and file names).
-_GENERIC_PATH_PARTS = {"save", "student", "model", "checkpoint", "checkpoints", "export", "exported"}
+_GENERIC_PATH_PARTS = {
+    "save", "student", "model", "checkpoint", "checkpoints", "export", "exported", "final", "pruned", "dpwavlm"
+}
 
 
 _WEIGHT_FILE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
@@ -120,7 +123,10 @@ class FrozenUpstream(nn.Module):
     ---------
     source : str
         Exported student folder, distillation output / save / ``CKPT+`` folder, ``student.ckpt``,
-        s3prl-format ``.ckpt``, or a Hugging Face hub id / folder of a WavLM, HuBERT or wav2vec 2.0.
+        s3prl-format ``.ckpt``, DPHuBERT-format ``.pth`` (a DPWavLM run's ``final.pth`` or output folder, an
+        exported DPWavLM folder, the released DPWavLM / RDDPWavLM files: 13 states, layer 0 the projection
+        output as DPHuBERT, no prediction heads), or a Hugging Face hub id / folder of a WavLM, HuBERT or
+        wav2vec 2.0.
     kind : str
         ``"auto"`` (a folder or file our :func:`~robustdistiller.export.locate_checkpoint` recognises
         is a student, anything else a Hugging Face model; hub ids are Hugging Face models),
@@ -184,8 +190,15 @@ class FrozenUpstream(nn.Module):
             student, info = load_student(source, per_utterance_norm=per_utterance_norm)
             self.model = student
             self.description = f"student from {info['source']} ({info['format']}, step {info['step']})"
-            self.hidden_size = student.config.hidden_size
-            self.num_layers = student.config.num_hidden_layers + 1
+            if isinstance(student, DPWavLMEncoder):  # a DPHuBERT .pth: 13 states, no prediction heads
+                self.hidden_size = student.hidden_size
+                self.num_layers = student.num_layers + 1
+                if self.include_predictions:
+                    logger.info("%s has no prediction heads: include_predictions does not apply", source)
+                    self.include_predictions = False
+            else:
+                self.hidden_size = student.config.hidden_size
+                self.num_layers = student.config.num_hidden_layers + 1
             if self.include_predictions:
                 if student.prediction_heads.target_size != self.hidden_size:
                     raise ValueError(

@@ -1,0 +1,297 @@
+"""Exporting a trained DPWavLM: the compact DPHuBERT ``.pth``, a padded ``transformers`` copy and a model card.
+
+``python -m robustdistiller.export <final.pth | DPWavLM output folder | any DPHuBERT .pth> <output folder>``
+comes here (:func:`robustdistiller.export.export_student` dispatches on the file format). The folder holds:
+
+* ``dpwavlm.pth``: **the model** -- the compact student in DPHuBERT's format (its config with the per-layer
+  widths, its state dict, the distillation projections), read with ``torch.load(weights_only=True)`` and
+  loaded with ``strict=True`` by :func:`~robustdistiller.dpwavlm.checkpoint.load_dphubert_checkpoint`,
+  :func:`~robustdistiller.export.load_student` and every downstream recipe (``upstream: <folder>``), and by
+  DPHuBERT's own ``wav2vec2_model(**config)``;
+* ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``: a compatibility copy as a
+  ``transformers.WavLMModel`` padded to uniform widths (heads zero-padded at their original indices, FFNs
+  zero-padded to the widest layer; ``reference/dphubert.md`` section 4.6). It is exact only when the CNN's
+  ``dummy_weight`` is all ones (the last conv layer unpruned); otherwise ``hf_inexact`` decides: ``skip``
+  (default: the copy is left out and the model card gives the measured error), ``warn`` (written anyway,
+  the error in the card) or ``refuse`` (the export fails, naming the error);
+* ``README.md``: the model card (teacher, sparsity reached vs the target, parameters before and after
+  pruning, per-layer widths, the measured HF-copy error, loading snippets);
+* ``export_manifest.json``: as every export (overwrite rules of :mod:`robustdistiller.export`).
+"""
+
+import json
+import logging
+import os
+import shutil
+import warnings
+
+import torch
+
+from robustdistiller.dpwavlm.checkpoint import export_hf_wavlm_padded, load_dphubert_checkpoint
+from robustdistiller.dpwavlm.stages import SUMMARY_FILE, num_parameters
+from robustdistiller.export import (
+    DPWAVLM_EXPORT_FILE,
+    MANIFEST_FILE,
+    ExportError,
+    locate_checkpoint,
+    write_export_folder,
+)
+
+logger = logging.getLogger(__name__)
+
+HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+HF_INEXACT_CHOICES = ("skip", "warn", "refuse")
+
+
+def layer_widths(config):
+    """Per-layer kept attention heads and FFN units of a DPHuBERT WavLM config.
+
+    Example
+    -------
+    >>> from robustdistiller.dpwavlm import tiny_config
+    >>> layer_widths(tiny_config(num_layers=2))
+    [(4, 48), (4, 48)]
+    """
+    return [
+        (
+            len(config["encoder_remaining_heads"][index]) if config["encoder_use_attention"][index] else 0,
+            config["encoder_ff_interm_features"][index] if config["encoder_use_feed_forward"][index] else 0,
+        )
+        for index in range(config["encoder_num_layers"])
+    ]
+
+
+def _write_preprocessor_config(folder, config):
+    from transformers import Wav2Vec2FeatureExtractor
+
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=bool(config["normalize_waveform"]),
+        return_attention_mask=True,
+    ).save_pretrained(folder)
+
+
+def write_hf_copy(model, folder, hf_inexact="skip"):
+    """Writes the padded ``transformers.WavLMModel`` copy of ``model`` into ``folder`` (the policy above).
+
+    Returns
+    -------
+    dict
+        ``written`` (bool), ``max_abs_error`` (hidden states 1..L on a probe waveform), ``exact`` (the CNN
+        scale is all ones) and, when written, ``num_parameters`` (HF's count, inflated by the padding).
+    """
+    if hf_inexact not in HF_INEXACT_CHOICES:
+        raise ExportError(f"hf_inexact must be one of {HF_INEXACT_CHOICES}, got {hf_inexact!r}")
+    dummy = model.feature_extractor.dummy_weight
+    exact = bool(torch.equal(dummy, torch.ones_like(dummy)))
+    hf_folder = os.path.join(folder, ".hf-copy")
+    try:
+        with warnings.catch_warnings():
+            if hf_inexact != "warn":  # measured here; the copy is dropped (skip) or the export fails (refuse)
+                warnings.simplefilter("ignore")
+            error = export_hf_wavlm_padded(model, hf_folder, on_inexact="warn" if not exact else "refuse")
+    except ValueError as failure:
+        raise ExportError(f"Cannot write the padded transformers.WavLMModel copy: {failure}") from failure
+    report = {"written": False, "max_abs_error": error, "exact": exact}
+    if not exact and hf_inexact == "refuse":
+        shutil.rmtree(hf_folder, ignore_errors=True)
+        raise ExportError(
+            f"The padded transformers.WavLMModel copy would differ from the model by {error:.3g} (max abs, hidden "
+            f"states 1..L): the last CNN layer was pruned and its per-channel scale (dummy_weight, range "
+            f"{float(dummy.min()):.4g}..{float(dummy.max()):.4g}) has no place in WavLMModel. Export with "
+            f"--hf-inexact=skip (no transformers copy) or --hf-inexact=warn (write it anyway)"
+        )
+    if not exact and hf_inexact == "skip":
+        logger.warning(
+            "No transformers copy: it would differ by %.3g (dummy_weight is not all ones); --hf-inexact=warn "
+            "writes it anyway", error,
+        )
+        shutil.rmtree(hf_folder, ignore_errors=True)
+        return report
+    for name in os.listdir(hf_folder):
+        os.replace(os.path.join(hf_folder, name), os.path.join(folder, name))
+    os.rmdir(hf_folder)
+    _write_preprocessor_config(folder, model.config)
+    import transformers
+
+    hf_config = transformers.WavLMConfig.from_pretrained(folder)
+    report.update(written=True, num_parameters=num_parameters(transformers.WavLMModel(hf_config)))
+    return report
+
+
+def _format_count(count):
+    return f"{count:,} ({count / 1e6:.2f}M)"
+
+
+def model_card(model, source, summary, hf_report):
+    """The export's ``README.md``: what the model is, how it was made, and how to load it."""
+    config = model.config
+    compact = num_parameters(model)
+    teacher = summary.get("teacher_num_params")
+    stage1, stage2 = summary.get("stage1", {}), summary.get("stage2", {})
+    sparsity = f"{1 - compact / teacher:.4f} of the teacher's {_format_count(teacher)}" if teacher else "unknown"
+    target = stage1.get("target_sparsity")
+    reached = (
+        f"target {target:g}; expected sparsity at the end of stage 1 {stage1['expected_sparsity']:.4f} "
+        f"(from {stage1.get('initial_expected_sparsity', float('nan')):.4f})"
+        if target is not None and "expected_sparsity" in stage1
+        else "not recorded with this checkpoint"
+    )
+    robust = summary.get("student_input") == "noisy" or (summary.get("enhancement_weight") or 0) > 0
+    recipe = summary.get("recipe") or ("RobustDistiller + DPWavLM" if robust else "DPWavLM")
+    steps = (
+        f"stage 1 {stage1['steps']:,} + stage 2 {stage2['steps']:,}"
+        if "steps" in stage1 and "steps" in stage2
+        else "not recorded"
+    )
+    conv = ", ".join(str(int(layer[0])) for layer in config["extractor_conv_layer_config"])
+    if hf_report["written"]:
+        hf_line = (
+            f"written: {_format_count(hf_report['num_parameters'])} parameters as HF counts them (padding "
+            f"included), max abs difference {hf_report['max_abs_error']:.2g} on hidden states 1..L"
+        )
+        if not hf_report["exact"]:
+            hf_line += " -- **inexact**: the last CNN layer was pruned and WavLMModel cannot represent its scale"
+    else:
+        hf_line = (
+            f"not written: it would differ by {hf_report['max_abs_error']:.3g} (max abs, hidden states 1..L) "
+            f"because the last CNN layer was pruned (`dummy_weight` is not all ones); `--hf-inexact=warn` "
+            f"writes it anyway"
+        )
+    rows = [
+        ("Recipe", recipe),
+        ("Teacher", f"`{summary.get('teacher_source', 'not recorded')}`"),
+        ("Parameters", f"{_format_count(compact)} (sparsity {sparsity})"),
+        ("Before pruning", (
+            f"gated student {_format_count(stage1['gated_student_num_params'])}"
+            if "gated_student_num_params" in stage1 else "not recorded")),
+        ("Sparsity", reached),
+        ("Optimizer steps", steps),
+        ("transformers copy", hf_line),
+        ("Exported from", f"`{source}`"),
+    ]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    layers = "\n".join(
+        f"| {index + 1} | {heads} of {config['encoder_total_num_heads'][index]} | {units} |"
+        for index, (heads, units) in enumerate(layer_widths(config))
+    )
+    hf_section = ""
+    if hf_report["written"]:
+        hf_section = """
+### transformers (compatibility copy)
+
+```python
+from transformers import WavLMModel
+
+model = WavLMModel.from_pretrained("/path/to/this/folder").eval()
+hidden_states = model(wav[None], output_hidden_states=True).hidden_states   # one utterance, 16 kHz
+```
+
+HF's `hidden_states[0]` is the encoder input (after the positional convolution and LayerNorm), not DPHuBERT's
+layer 0 (the projection output before them); layers 1..L match. `num_parameters()` counts the zero padding.
+"""
+    return f"""# {recipe}: a structured-pruned WavLM
+
+| | |
+|---|---|
+{table}
+
+CNN channels per layer: {conv}. Transformer layers (kept attention heads, FFN units):
+
+| layer | heads | FFN units |
+|---|---|---|
+{layers}
+
+The model gives {config['encoder_num_layers'] + 1} states at 50 frames/s (16 kHz input): layer 0 is the feature
+projection's output before the positional convolution (DPHuBERT's convention), then every layer's output.
+
+## Load it
+
+### robustdistiller (and every downstream recipe)
+
+```python
+from robustdistiller.export import load_student
+from robustdistiller.downstream.upstream import FrozenUpstream
+
+encoder, info = load_student("/path/to/this/folder")      # DPWavLMEncoder: relative lengths in, all states out
+upstream = FrozenUpstream("/path/to/this/folder")         # what the recipes use: --upstream=/path/to/this/folder
+features, frame_mask = upstream(wavs, wav_lens)           # [B, {config['encoder_num_layers'] + 1}, frames, {config['encoder_embed_dim']}]
+```
+
+### The DPHuBERT file itself
+
+```python
+import torch
+from robustdistiller.dpwavlm import load_dphubert_checkpoint
+
+model, checkpoint = load_dphubert_checkpoint("/path/to/this/folder/{DPWAVLM_EXPORT_FILE}")   # weights_only, strict
+hidden_states, frame_lengths = model.eval().extract_features(wav[None])
+# DPHuBERT's code: ckpt = torch.load(path); model = wav2vec2_model(**ckpt["config"]); model.load_state_dict(ckpt["state_dict"])
+```
+{hf_section}
+## Files
+
+`{DPWAVLM_EXPORT_FILE}`: the model (DPHuBERT format).{' `config.json`, `model.safetensors`, `preprocessor_config.json`: the padded transformers copy.' if hf_report['written'] else ''}
+`{MANIFEST_FILE}`: the files of this export with their SHA-256.
+"""
+
+
+def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip"):
+    """Exports a DPHuBERT-format DPWavLM (module docstring).
+
+    Arguments
+    ---------
+    source : str
+        A DPHuBERT ``.pth``, a DPWavLM output folder (its ``final.pth``) or an earlier DPWavLM export.
+    output_folder : str
+        Created; must be empty or missing unless ``overwrite`` (then only an unmodified earlier export).
+    overwrite : bool
+        Replace an earlier export (the files its manifest lists).
+    hf_inexact : str
+        ``skip``, ``warn`` or ``refuse``: what to do when the padded ``WavLMModel`` copy cannot be exact.
+
+    Returns
+    -------
+    dict
+        ``folder``, ``files``, ``info`` (``source``, ``format``, ``training``: the run's summary),
+        ``hf_copy`` (the report of :func:`write_hf_copy`), ``onnx_parity`` (None).
+    """
+    path, kind = locate_checkpoint(source)
+    if kind != "dphubert":
+        raise ExportError(f"'{source}' is not a DPHuBERT-format checkpoint (found a {kind} checkpoint)")
+    try:
+        model, checkpoint = load_dphubert_checkpoint(path)
+    except (ValueError, RuntimeError) as error:
+        raise ExportError(f"Cannot load the DPHuBERT-format checkpoint '{path}': {error}") from error
+    model.eval()
+    if any(name.endswith("log_alpha") for name, _ in model.named_parameters()):
+        raise ExportError(f"'{path}' still has pruning gates (a stage-1 checkpoint): export final.pth or pruned.pth")
+    summary = {}
+    summary_file = os.path.join(os.path.dirname(path), SUMMARY_FILE)
+    if os.path.isfile(summary_file):
+        with open(summary_file, encoding="utf-8") as fin:
+            summary = json.load(fin)
+    info = {"source": path, "format": kind, "step": None, "valid_loss": None, "training": summary}
+
+    def write(staging):
+        shutil.copyfile(path, os.path.join(staging, DPWAVLM_EXPORT_FILE))
+        hf_report = write_hf_copy(model, staging, hf_inexact)
+        if summary:
+            with open(os.path.join(staging, SUMMARY_FILE), "w", encoding="utf-8") as fout:
+                json.dump(summary, fout, indent=2)
+        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as fout:
+            fout.write(model_card(model, path, summary, hf_report))
+        return hf_report
+
+    expected = [DPWAVLM_EXPORT_FILE, SUMMARY_FILE, "README.md", *HF_FILES]
+    files, hf_report = write_export_folder(output_folder, expected, overwrite, path, write, source=source)
+    logger.info("Exported the DPWavLM to %s (%s)", os.path.abspath(output_folder), ", ".join(files))
+    return {
+        "folder": os.path.abspath(output_folder),
+        "files": files,
+        "info": info,
+        "hf_copy": hf_report,
+        "onnx_parity": None,
+    }

@@ -1,0 +1,229 @@
+"""DPWavLM after training: DPHuBERT ``.pth`` files through ``load_student`` / ``FrozenUpstream``, and the export.
+
+Tiny compact models (random gates, then ``prune()``), CPU. The downstream recipe run on a trained DPWavLM is in
+``test_dpwavlm_stages.py`` (it needs the tiny training run).
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+import transformers
+
+from robustdistiller.downstream.upstream import FrozenUpstream, upstream_name
+from robustdistiller.dpwavlm import DPWavLM, load_dphubert_checkpoint, save_dphubert_checkpoint
+from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
+from robustdistiller.dpwavlm.export import export_dpwavlm
+from robustdistiller.dpwavlm.stages import FINAL_FILE, PRUNED_FILE, SUMMARY_FILE, num_parameters
+from robustdistiller.export import DPWAVLM_EXPORT_FILE, ExportError, export_student, load_student, locate_checkpoint
+from robustdistiller.export import main as export_main
+from test_dpwavlm_model import diarizen_like_config, gated_model
+
+SUMMARY = {
+    "teacher_source": "microsoft/wavlm-base-plus",
+    "teacher_num_params": 400_000,
+    "student_input": "noisy",
+    "enhancement_weight": 2.0,
+    "stage1": {"steps": 12, "target_sparsity": 0.3, "expected_sparsity": 0.31, "initial_expected_sparsity": 0.09,
+               "gated_student_num_params": 390_000},
+    "stage2": {"steps": 2},
+}
+
+
+LAYERS = 6  # gated_model's 0-head layer is 3, its 0-unit FFN 5
+
+
+def compact_model(last_conv_on=True, seed=0):
+    """A pruned tiny DPWavLM with uneven widths (a 0-head layer, a 0-unit FFN)."""
+    model = gated_model(num_layers=LAYERS, seed=seed, last_conv_on=last_conv_on)
+    model.prune()
+    return model.eval()
+
+
+def write_run(folder, model, summary=SUMMARY, name=FINAL_FILE):
+    """A DPWavLM output folder as ``train.py hparams/robust_dpwavlm.yaml`` leaves it."""
+    os.makedirs(folder, exist_ok=True)
+    projections = torch.nn.ModuleList(torch.nn.Linear(model.hidden_size, model.hidden_size) for _ in range(2))
+    path = save_dphubert_checkpoint(os.path.join(folder, name), model, projections)
+    with open(os.path.join(folder, SUMMARY_FILE), "w") as fout:
+        json.dump(summary, fout)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    generator = torch.Generator().manual_seed(5)
+    wavs = torch.randn(2, 4000, generator=generator)
+    wavs[1, 2600:] = 0.0
+    return wavs, torch.tensor([1.0, 0.65])
+
+
+@pytest.fixture(scope="module")
+def exact_run(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("dpwavlm_exact") / "run")
+    model = compact_model(last_conv_on=True)
+    return folder, write_run(folder, model), model
+
+
+@pytest.fixture(scope="module")
+def inexact_run(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("dpwavlm_inexact") / "run")
+    model = compact_model(last_conv_on=False, seed=1)
+    return folder, write_run(folder, model), model
+
+
+def test_load_student_gives_dphubert_states(exact_run, batch):
+    """Layer 0 = projection output (DPHuBERT), hidden_states[0] = encoder input, layers 1..L as the model's."""
+    folder, path, model = exact_run
+    encoder, info = load_student(path)
+    assert isinstance(encoder, DPWavLMEncoder) and info["format"] == "dphubert"
+    assert info["step"] == 14 and info["training"]["stage1"]["target_sparsity"] == 0.3
+    wavs, wav_lens = batch
+    with torch.no_grad():
+        output = encoder(wavs[:1], wav_lens[:1])
+        reference, _ = model.extract_features(wavs[:1])
+    assert output.predictions is None and len(output.hidden_states) == LAYERS + 1
+    assert torch.allclose(output.projection, reference[0], atol=1e-6)
+    for ours, theirs in zip(output.hidden_states[1:], reference[1:]):
+        assert torch.allclose(ours, theirs, atol=1e-5)
+    transformer = model.encoder.transformer
+    with torch.no_grad():
+        encoder_input = transformer.layer_norm(reference[0] + transformer.pos_conv_embed(reference[0]))
+    assert torch.allclose(output.hidden_states[0], encoder_input, atol=1e-5)
+    # the output folder and the file are the same student
+    assert locate_checkpoint(folder) == (path, "dphubert")
+
+
+def test_per_utterance_norm_makes_padding_irrelevant(exact_run, batch):
+    _, path, _ = exact_run
+    wavs, wav_lens = batch
+    valid = int(round(float(wav_lens[1]) * wavs.shape[1]))
+    for per_utterance_norm, should_match in ((True, True), (False, False)):
+        encoder, _ = load_student(path, per_utterance_norm=per_utterance_norm)
+        with torch.no_grad():
+            padded = encoder(wavs, wav_lens)
+            single = encoder(wavs[1:, :valid])
+        frames = int(padded.frame_mask[1].sum())
+        assert frames == single.projection.shape[1]
+        difference = max(
+            float((a[1, :frames] - b[0]).abs().max()) for a, b in zip(padded.hidden_states, single.hidden_states)
+        )
+        assert (difference < 1e-4) == should_match, (per_utterance_norm, difference)
+
+
+def test_frozen_upstream_reads_dphubert_files(exact_run, tmp_path, batch):
+    folder, path, model = exact_run
+    upstream = FrozenUpstream(path)
+    assert upstream.kind == "student" and upstream.num_layers == LAYERS + 1 and upstream.hidden_size == model.hidden_size
+    assert upstream.include_predictions is False  # no prediction heads
+    features, frame_mask = upstream(*batch)
+    assert features.shape[:2] == (2, LAYERS + 1) and frame_mask.shape == (2, features.shape[2])
+    with torch.no_grad():
+        reference, _ = model.extract_features(batch[0][:1])
+    frames = reference[0].shape[1]
+    assert torch.allclose(features[0, 0, :frames], reference[0][0], atol=1e-5)  # layer 0 = projection
+    assert torch.allclose(features[0, -1, :frames], reference[-1][0], atol=1e-5)
+    # the fingerprint names the weights, not the path: a copy elsewhere is the same upstream
+    copy = str(tmp_path / "copy.pth")
+    shutil.copyfile(path, copy)
+    assert FrozenUpstream(copy).identity()["fingerprint"] == upstream.identity()["fingerprint"]
+    assert FrozenUpstream(folder).identity()["fingerprint"] == upstream.identity()["fingerprint"]
+    assert upstream_name(path) == "run-final"
+
+
+def test_released_style_uneven_file_loads(tmp_path, batch):
+    """A DiariZen-like uneven config (a layer without attention, a layer without FFN) under a released name."""
+    torch.manual_seed(3)
+    model = DPWavLM(diarizen_like_config()).eval()
+    path = str(save_dphubert_checkpoint(tmp_path / "RDDPWavLM-sp0.75.pth", model))
+    upstream = FrozenUpstream(path)
+    features, frame_mask = upstream(*batch)
+    assert upstream.num_layers == 6 and torch.isfinite(features).all()
+    assert upstream_name(path) == "RDDPWavLM-sp0.75"
+
+
+def test_unfinished_run_and_bad_files_are_named(tmp_path, exact_run):
+    _, _, model = exact_run
+    folder = str(tmp_path / "unfinished")
+    write_run(folder, model, name=PRUNED_FILE)
+    with pytest.raises(ExportError, match=f"stage 2 has not finished.*{PRUNED_FILE}"):
+        load_student(folder)
+    encoder, _ = load_student(os.path.join(folder, PRUNED_FILE))  # the stage-1 model, when asked for
+    assert encoder.num_layers == LAYERS
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ExportError, match="broken.pth"):
+        FrozenUpstream(str(broken), kind="student")
+    not_dphubert = tmp_path / "other.pth"
+    torch.save({"model": {}}, not_dphubert)
+    with pytest.raises(ExportError, match="missing key 'state_dict'"):
+        load_student(str(not_dphubert))
+
+
+def test_export_exact_copy_loads_everywhere(exact_run, tmp_path, batch):
+    folder, path, model = exact_run
+    output = str(tmp_path / "export")
+    result = export_student(folder, output)
+    assert result["hf_copy"]["written"] and result["hf_copy"]["exact"]
+    assert {DPWAVLM_EXPORT_FILE, "config.json", "model.safetensors", "preprocessor_config.json", "README.md",
+            SUMMARY_FILE, "export_manifest.json"} == set(result["files"])
+    # the canonical file is the source, byte for byte
+    assert open(os.path.join(output, DPWAVLM_EXPORT_FILE), "rb").read() == open(path, "rb").read()
+    # transformers copy: layers 1..L equal ours; its hidden_states[0] is the encoder input
+    hf_model = transformers.WavLMModel.from_pretrained(output).eval()
+    encoder, _ = load_student(output)
+    wav = batch[0][:1]
+    with torch.no_grad():
+        theirs = hf_model(wav, output_hidden_states=True).hidden_states
+        ours = encoder(wav)
+    assert len(theirs) == LAYERS + 1
+    for a, b in zip(ours.hidden_states, theirs):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert num_parameters(hf_model) > num_parameters(model)  # HF counts the zero padding
+    # the export folder is a DPWavLM upstream (not the HF copy): same fingerprint as the run's file
+    upstream = FrozenUpstream(output)
+    assert upstream.kind == "student" and upstream.identity()["fingerprint"] == FrozenUpstream(path).identity()[
+        "fingerprint"]
+    card = open(os.path.join(output, "README.md")).read()
+    assert f"{num_parameters(model):,}" in card and "RobustDistiller + DPWavLM" in card
+    assert "| 4 | 0 of 4 |" in card and "| 6 | " in card  # the 0-head layer 4 (1-based) is listed
+    assert "target 0.3; expected sparsity at the end of stage 1 0.3100" in card
+    assert "WavLMModel.from_pretrained" in card
+    # a second export needs --overwrite, and then replaces the earlier one
+    with pytest.raises(ExportError, match="not empty"):
+        export_student(path, output)
+    assert export_student(path, output, overwrite=True)["hf_copy"]["written"]
+
+
+def test_export_inexact_copy_policy(inexact_run, tmp_path):
+    folder, path, model = inexact_run
+    dummy = model.feature_extractor.dummy_weight
+    assert not torch.equal(dummy, torch.ones_like(dummy))  # the last conv layer was pruned
+    skipped = export_dpwavlm(path, str(tmp_path / "skip"))
+    assert not skipped["hf_copy"]["written"] and skipped["hf_copy"]["max_abs_error"] > 1e-4
+    assert "config.json" not in skipped["files"]
+    card = open(os.path.join(tmp_path / "skip", "README.md")).read()
+    assert "not written: it would differ by" in card
+    with pytest.raises(ExportError, match="would differ from the model by .*--hf-inexact=warn"):
+        export_dpwavlm(path, str(tmp_path / "refuse"), hf_inexact="refuse")
+    assert not os.path.exists(tmp_path / "refuse")  # nothing left behind
+    with pytest.warns(UserWarning, match="dummy_weight is not all ones"):
+        warned = export_dpwavlm(path, str(tmp_path / "warn"), hf_inexact="warn")
+    assert warned["hf_copy"]["written"] and "config.json" in warned["files"]
+    assert "**inexact**" in open(os.path.join(tmp_path / "warn", "README.md")).read()
+
+
+def test_export_refuses_gated_files_and_options_that_do_not_apply(tmp_path, exact_run, capsys):
+    gated = gated_model(num_layers=LAYERS)
+    path = str(save_dphubert_checkpoint(tmp_path / "gated.pth", gated))
+    with pytest.raises(ExportError, match="still has pruning gates"):
+        export_dpwavlm(path, str(tmp_path / "out"))
+    _, final, _ = exact_run
+    with pytest.raises(ExportError, match="--onnx"):
+        export_student(final, str(tmp_path / "onnx"), onnx=True)
+    assert export_main([final, str(tmp_path / "cli")]) == 0
+    assert "transformers copy: written" in capsys.readouterr().out
+    model, _ = load_dphubert_checkpoint(os.path.join(tmp_path / "cli", DPWAVLM_EXPORT_FILE))
+    assert num_parameters(model) == num_parameters(exact_run[2])
