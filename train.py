@@ -36,7 +36,7 @@ from robustdistiller.evaluation import evaluate_conditions
 from robustdistiller.fingerprint import weights_fingerprint
 from robustdistiller.options import as_list, integer_at_least
 from robustdistiller.prepare import prepare_librispeech, prepare_noise, prepare_rirs
-from robustdistiller.run_folder import lock_output_folder, run_signature
+from robustdistiller.run_folder import lock_output_folder, run_signature, with_run_options
 from robustdistiller.student import num_parameters
 
 logger = logging.getLogger(__name__)
@@ -176,9 +176,10 @@ def training_info(hparams, hparams_file):
 def run_dpwavlm(hparams, hparams_file, overrides, run_opts):
     """DPWavLM (``hparams/dpwavlm.yaml``, ``hparams/robust_dpwavlm.yaml``): both stages, see
     :mod:`robustdistiller.dpwavlm.stages`; the same data preparation and pipeline as the distillation."""
-    from robustdistiller.dpwavlm.stages import run_stages, stages_done
+    from robustdistiller.dpwavlm.stages import check_run_settings, load_teacher, run_stages, stages_done
 
-    for key in ("train_splits", "valid_splits", "musan_subsets", "rirs_noises_subsets", "extra_noise_folders"):
+    for key in ("train_splits", "valid_splits", "musan_subsets", "rirs_noises_subsets", "extra_noise_folders",
+                "pruning_units", "accept_changed_settings", "run_signature_keys"):
         if key in hparams:
             hparams[key] = as_list(hparams[key], key)
     if sb.utils.distributed.if_main_process():
@@ -186,10 +187,12 @@ def run_dpwavlm(hparams, hparams_file, overrides, run_opts):
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
+    teacher = load_teacher(hparams)
+    check_run_settings(hparams, teacher, run_opts)  # a resume (or a finished run) made with other settings is refused
     if stages_done(hparams):
         return
     prepare_data(hparams)
-    run_stages(hparams, dataio_prepare(hparams), run_opts)
+    run_stages(hparams, dataio_prepare(hparams), run_opts, teacher=teacher)
 
 
 if __name__ == "__main__":
@@ -228,7 +231,9 @@ if __name__ == "__main__":
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
         run_signature=run_signature(
-            hparams, hparams["run_signature_keys"], extra={"teacher_fingerprint": info["teacher_fingerprint"]}
+            with_run_options(hparams, run_opts),
+            hparams["run_signature_keys"],
+            extra={"teacher_fingerprint": info["teacher_fingerprint"]},
         ),
         run_info=info,
     )

@@ -127,6 +127,29 @@ def _normalised(value):
     return json.loads(json.dumps(value, default=str))
 
 
+def with_run_options(hparams, run_opts):
+    """``hparams`` with the SpeechBrain run options given on the command line put in (a shallow copy).
+
+    ``--grad_accumulation_factor=1``, ``--max_grad_norm``, ``--precision``... are SpeechBrain run options: the
+    Brain uses them instead of the YAML's values, which stay unchanged in ``hparams``. A signature must
+    record what the run really uses.
+
+    Example
+    -------
+    >>> with_run_options({"grad_accumulation_factor": 4, "lr": 0.1}, {"grad_accumulation_factor": 1})
+    {'grad_accumulation_factor': 1, 'lr': 0.1}
+    """
+    if not run_opts:
+        return dict(hparams)
+    given = getattr(run_opts, "overridden_args", None)
+    values = run_opts if isinstance(run_opts, dict) else run_opts.as_dict()
+    if given is None:
+        given = set(values)
+    effective = dict(hparams)
+    effective.update({key: values[key] for key in given if key in hparams and key in values})
+    return effective
+
+
 def run_signature(hparams, keys, extra=None):
     """The settings that define a run: ``hparams[key]`` for each key, plus ``extra`` values.
 

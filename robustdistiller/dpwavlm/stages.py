@@ -16,7 +16,9 @@ sections 3 and 7, "Stage driver"):
    warm-up 5k), checkpoints in ``<save_folder>/stage2``, then ``<output_folder>/final.pth`` (and
    ``final_enhancement_head.pt``).
 
-Resumable: a rerun continues the unfinished stage from its checkpoints; once ``pruned.pth`` exists stage 2
+Resumable: a rerun continues the unfinished stage from its checkpoints (with the same settings:
+:func:`check_run_settings` compares ``run_signature_keys`` and the teacher's fingerprint, as the distillation
+recipe does); once ``pruned.pth`` exists stage 2
 starts (or continues) from it; once ``final.pth`` exists nothing is done. Files are written atomically
 (temporary name, then rename), each marker file last. ``<output_folder>/dpwavlm_summary.json`` records
 the sparsity reached vs the target and the parameter counts before and after pruning.
@@ -34,6 +36,8 @@ from robustdistiller.checkpoints import AtomicCheckpointer
 from robustdistiller.dpwavlm.brain import DPWavLMBrain, StudentFeatures
 from robustdistiller.dpwavlm.checkpoint import from_hf_wavlm, load_dphubert_checkpoint, save_dphubert_checkpoint
 from robustdistiller.dpwavlm.objective import LayerProjections, SparsityLagrangian
+from robustdistiller.fingerprint import weights_fingerprint
+from robustdistiller.run_folder import check_run_signature, run_signature, with_run_options, write_run_signature
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +238,56 @@ def _load_compact(hparams, head_template, head_file):
     return student, projections, head
 
 
+def load_teacher(hparams):
+    """The frozen teacher (a :class:`DPWavLM` from the HF WavLM folder or hub id ``teacher_source``)."""
+    folder = resolve_teacher_folder(hparams["teacher_source"], hparams.get("teacher_cache_dir"))
+    teacher = from_hf_wavlm(folder).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _run_started(hparams):
+    """Whether the output folder holds any part of a DPWavLM run (a stage checkpoint, ``pruned.pth``...)."""
+    output_folder, save_folder = hparams["output_folder"], hparams["save_folder"]
+    if any(os.path.isfile(os.path.join(output_folder, name)) for name in (PRUNED_FILE, FINAL_FILE)):
+        return True
+    for stage in (1, 2):
+        folder = os.path.join(save_folder, f"stage{stage}")
+        if os.path.isdir(folder) and any(name.startswith("CKPT+") for name in os.listdir(folder)):
+            return True
+    return False
+
+
+def check_run_settings(hparams, teacher, run_opts=None):
+    """Refuses to resume (or to call finished) a run made with other settings; records the settings.
+
+    The signature is ``hparams[run_signature_keys]`` plus the teacher's weights fingerprint, compared with
+    ``<save_folder>/run_signature.json`` whenever the output folder holds any part of a run -- a finished one
+    too, so a rerun with another target sparsity never silently returns the old ``final.pth``. Keys in
+    ``accept_changed_settings`` may change (logged). Run options given on the command line
+    (``--grad_accumulation_factor``...) count with the values the Brain uses (``run_opts``).
+
+    Raises
+    ------
+    robustdistiller.run_folder.ChangedSettingsError
+        Listing every changed key with both values.
+    """
+    signature = run_signature(
+        with_run_options(hparams, run_opts),
+        hparams["run_signature_keys"],
+        extra={"teacher_fingerprint": weights_fingerprint(teacher)},
+    )
+    check_run_signature(
+        hparams["save_folder"],
+        signature,
+        accept=hparams.get("accept_changed_settings", ()),
+        resuming=_run_started(hparams),
+    )
+    if if_main_process():
+        write_run_signature(hparams["save_folder"], signature)
+    return signature
+
+
 def stages_done(hparams):
     """True (and logged) once ``<output_folder>/final.pth`` exists: a rerun has nothing to do."""
     final_path = os.path.join(hparams["output_folder"], FINAL_FILE)
@@ -243,7 +297,7 @@ def stages_done(hparams):
     return False
 
 
-def run_stages(hparams, datasets, run_opts=None):
+def run_stages(hparams, datasets, run_opts=None, teacher=None):
     """Stage 1, materialisation and stage 2 (module docstring); returns the summary dict.
 
     Arguments
@@ -254,18 +308,25 @@ def run_stages(hparams, datasets, run_opts=None):
         ``(train_data, valid_data, train_sampler)`` of ``train.dataio_prepare``.
     run_opts : dict, optional
         SpeechBrain run options (device, precision, DDP).
+    teacher : DPWavLM, optional
+        The teacher of :func:`load_teacher` (loaded here when not given).
     """
     output_folder = hparams["output_folder"]
     final_path = os.path.join(output_folder, FINAL_FILE)
     if stages_done(hparams):
         return _read_summary(output_folder)
+    teacher = teacher if teacher is not None else load_teacher(hparams)
     folder = resolve_teacher_folder(hparams["teacher_source"], hparams.get("teacher_cache_dir"))
-    teacher = from_hf_wavlm(folder).eval()
-    teacher.requires_grad_(False)
     teacher_params = hparams["teacher_num_params"] or num_parameters(teacher)
     head = hparams.get("enhancement_head") if hparams["enhancement_weight"] > 0 else None
     summary = _read_summary(output_folder)
-    summary.update(teacher_source=str(hparams["teacher_source"]), teacher_num_params=teacher_params)
+    summary.update(
+        recipe="RobustDistiller + DPWavLM" if hparams["student_input"] == "noisy" or head is not None else "DPWavLM",
+        teacher_source=str(hparams["teacher_source"]),
+        teacher_num_params=teacher_params,
+        student_input=hparams["student_input"],
+        enhancement_weight=hparams["enhancement_weight"],
+    )
 
     if not os.path.isfile(os.path.join(output_folder, PRUNED_FILE)):
         student = from_hf_wavlm(folder, **pruning_flags(hparams["pruning_units"]))
