@@ -188,7 +188,7 @@ def run_dpwavlm(hparams, hparams_file, overrides, run_opts):
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
     teacher = load_teacher(hparams)
-    check_run_settings(hparams, teacher, run_opts)  # a resume (or a finished run) made with other settings is refused
+    check_run_settings(hparams, teacher)  # a resume (or a finished run) made with other settings is refused
     if stages_done(hparams):
         return
     prepare_data(hparams)
@@ -201,6 +201,9 @@ if __name__ == "__main__":
 
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    # --grad_accumulation_factor, --max_grad_norm... are SpeechBrain run options: the Brain uses them instead
+    # of the YAML's values, so the batch sampler and the run signature must see them too
+    hparams = with_run_options(hparams, run_opts)
     if hparams.get("recipe") == "dpwavlm":  # the two-stage DPWavLM recipe
         run_dpwavlm(hparams, hparams_file, overrides, run_opts)
         sys.exit(0)
@@ -231,9 +234,7 @@ if __name__ == "__main__":
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
         run_signature=run_signature(
-            with_run_options(hparams, run_opts),
-            hparams["run_signature_keys"],
-            extra={"teacher_fingerprint": info["teacher_fingerprint"]},
+            hparams, hparams["run_signature_keys"], extra={"teacher_fingerprint": info["teacher_fingerprint"]}
         ),
         run_info=info,
     )

@@ -91,17 +91,22 @@ class AtomicCheckpointer(Checkpointer):
             default_hook(obj, savepath)
         ddp_barrier()  # every process has written its files before the folder is published
 
-        if not if_main_process():
-            return None
-        for path in partial_dir.iterdir():
-            _fsync_file(path)
-        if final_dir.exists():  # a custom name saved again replaces the older checkpoint
-            shutil.rmtree(final_dir)
-        os.rename(partial_dir, final_dir)
-        paramfiles = {path.stem: path for path in final_dir.iterdir() if path.suffix == PARAMFILE_EXT}
-        kind = "end-of-epoch" if end_of_epoch else "intra-epoch"
-        logger.log(verbosity, "Saved an %s checkpoint in %s", kind, final_dir)
-        return Checkpoint(final_dir, saved_meta, paramfiles)
+        checkpoint = None
+        if if_main_process():
+            for path in partial_dir.iterdir():
+                _fsync_file(path)
+            if final_dir.exists():  # a custom name saved again replaces the older checkpoint
+                shutil.rmtree(final_dir)
+            os.rename(partial_dir, final_dir)
+            paramfiles = {path.stem: path for path in final_dir.iterdir() if path.suffix == PARAMFILE_EXT}
+            kind = "end-of-epoch" if end_of_epoch else "intra-epoch"
+            logger.log(verbosity, "Saved an %s checkpoint in %s", kind, final_dir)
+            checkpoint = Checkpoint(final_dir, saved_meta, paramfiles)
+        # Every process sees the published folder before going on: SpeechBrain's delete_checkpoints lists the
+        # checkpoints on each process and runs one collective per deletion, so two processes that list
+        # different folders (one before the rename, one after) deadlock (found with torchrun, gloo, 2 CPUs).
+        ddp_barrier()
+        return checkpoint
 
     def remove_partial_checkpoints(self):
         """Deletes what interrupted saves left behind (hidden ``.partial-CKPT+*`` folders)."""

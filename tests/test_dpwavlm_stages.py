@@ -237,6 +237,36 @@ def test_export_of_the_run(dpwavlm_run, tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(exported(wavs).hidden_states, trained(wavs).hidden_states))
 
 
+def test_two_process_ddp_run(mini_corpus, tiny_teacher_folder, tmp_path):
+    """Both stages under torchrun with two CPU processes (gloo), as a multi-GPU run is launched.
+
+    Guards two DDP-only failures: the projections' attributes read through the DDP wrapper, and checkpoint
+    clean-up deadlocking when the processes list different checkpoint folders.
+    """
+    output = str(tmp_path / "ddp")
+    overrides = tiny_overrides(
+        mini_corpus, tiny_teacher_folder, output, min_samples=400, batching="fixed", batch_size=2,
+        enhancement_hidden_size=8, enhancement_layers=1, stage1_steps=3, stage1_warmup_steps=1, stage2_steps=2,
+        stage2_warmup_steps=1, sparsity_warmup_steps=0, target_sparsity=TARGET_SPARSITY,
+    )
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", os.path.join(REPOSITORY_ROOT, "train.py"),
+        ROBUST_YAML, "--precision=fp32", "--device=cpu", "--distributed_backend=gloo",
+        "--grad_accumulation_factor=1",  # a run option: the batch sampler must see it too
+    ] + as_command_line(overrides)
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    completed = subprocess.run(
+        command, cwd=REPOSITORY_ROOT, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]
+    summary = json.load(open(os.path.join(output, "dpwavlm_summary.json")))
+    assert summary["stage1"]["steps"] == 3 and summary["stage2"]["steps"] == 2
+    model, _ = load_dphubert_checkpoint(os.path.join(output, "final.pth"))
+    assert num_parameters(model) == summary["stage1"]["pruned_num_params"]
+    recorded = json.load(open(os.path.join(output, "save", "run_signature.json")))
+    assert recorded["grad_accumulation_factor"] == 1  # the value the Brain used, not the YAML's 4
+
+
 def test_rerun_after_stage1_starts_stage2_from_pruned(dpwavlm_run, monkeypatch):
     """With pruned.pth present and stage 2 undone, a rerun runs stage 2 only (from pruned.pth). Runs last."""
     import shutil

@@ -216,7 +216,8 @@ def layer_to_layer_loss(projections, student_hiddens, teacher_hiddens, frame_mas
     Arguments
     ---------
     projections : LayerProjections
-        Gives the distilled layers (``projections.layers``) and their projections.
+        Gives the distilled layers (``projections.layers``) and their projections (may be wrapped in
+        ``DistributedDataParallel``).
     student_hiddens, teacher_hiddens : sequence of torch.Tensor
         The 13 hidden states ``[B, T, D]`` of student and teacher (index 0 = feature projection
         output, before the positional convolution, dphubert.md section 0.4). Frame counts may
@@ -238,8 +239,9 @@ def layer_to_layer_loss(projections, student_hiddens, teacher_hiddens, frame_mas
     >>> layer_to_layer_loss(projections, hiddens, hiddens)["l1"].item()
     0.0
     """
-    predictions = projections(student_hiddens)
-    targets = torch.stack([teacher_hiddens[layer] for layer in projections.layers], dim=1)
+    predictions = projections(student_hiddens)  # through a DDP wrapper when there is one (gradient sync)
+    layers = getattr(projections, "module", projections).layers
+    targets = torch.stack([teacher_hiddens[layer] for layer in layers], dim=1)
     num_frames = min(predictions.shape[2], targets.shape[2])
     if frame_mask is not None:
         num_frames = min(num_frames, frame_mask.shape[1])

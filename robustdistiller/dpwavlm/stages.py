@@ -37,7 +37,7 @@ from robustdistiller.dpwavlm.brain import DPWavLMBrain, StudentFeatures
 from robustdistiller.dpwavlm.checkpoint import from_hf_wavlm, load_dphubert_checkpoint, save_dphubert_checkpoint
 from robustdistiller.dpwavlm.objective import LayerProjections, SparsityLagrangian
 from robustdistiller.fingerprint import weights_fingerprint
-from robustdistiller.run_folder import check_run_signature, run_signature, with_run_options, write_run_signature
+from robustdistiller.run_folder import check_run_signature, run_signature, write_run_signature
 
 logger = logging.getLogger(__name__)
 
@@ -258,14 +258,14 @@ def _run_started(hparams):
     return False
 
 
-def check_run_settings(hparams, teacher, run_opts=None):
+def check_run_settings(hparams, teacher):
     """Refuses to resume (or to call finished) a run made with other settings; records the settings.
 
     The signature is ``hparams[run_signature_keys]`` plus the teacher's weights fingerprint, compared with
     ``<save_folder>/run_signature.json`` whenever the output folder holds any part of a run -- a finished one
     too, so a rerun with another target sparsity never silently returns the old ``final.pth``. Keys in
-    ``accept_changed_settings`` may change (logged). Run options given on the command line
-    (``--grad_accumulation_factor``...) count with the values the Brain uses (``run_opts``).
+    ``accept_changed_settings`` may change (logged). ``train.py`` puts the run options given on the command
+    line (``--grad_accumulation_factor``...) into ``hparams`` first (:func:`~robustdistiller.run_folder.with_run_options`).
 
     Raises
     ------
@@ -273,9 +273,7 @@ def check_run_settings(hparams, teacher, run_opts=None):
         Listing every changed key with both values.
     """
     signature = run_signature(
-        with_run_options(hparams, run_opts),
-        hparams["run_signature_keys"],
-        extra={"teacher_fingerprint": weights_fingerprint(teacher)},
+        hparams, hparams["run_signature_keys"], extra={"teacher_fingerprint": weights_fingerprint(teacher)}
     )
     check_run_signature(
         hparams["save_folder"],
