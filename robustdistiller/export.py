@@ -3,7 +3,10 @@
 Run ``python -m robustdistiller.export <checkpoint> <output folder> [--s3prl] [--onnx [--int8]] [--verify]``.
 ``<checkpoint>`` is anything :func:`load_student` reads: a training output folder, its ``save`` folder
 (the checkpoint with the lowest validation loss is taken), one ``CKPT+...`` folder, a ``student.ckpt``
-file, an s3prl-format ``.ckpt`` (DistilHuBERT, the authors' ``rd_*.ckpt``) or an exported folder.
+file, an s3prl-format ``.ckpt`` (DistilHuBERT, the authors' ``rd_*.ckpt``), an exported folder, or a DPWavLM:
+a DPHuBERT-format ``.pth`` (``final.pth``, the released DPWavLM / RDDPWavLM files) or a DPWavLM output folder,
+whose export (``dpwavlm.pth`` + a padded ``transformers.WavLMModel`` copy + a model card) is
+:mod:`robustdistiller.dpwavlm.export`'s.
 
 The output is one self-contained folder:
 
@@ -317,7 +320,8 @@ def load_student(source, per_utterance_norm=None):
     Arguments
     ---------
     source : str
-        Training output / save / ``CKPT+`` folder, ``student.ckpt``, s3prl ``.ckpt`` or exported folder.
+        Training output / save / ``CKPT+`` folder, ``student.ckpt``, s3prl ``.ckpt``, exported folder,
+        DPHuBERT ``.pth`` or DPWavLM output / export folder.
     per_utterance_norm : bool, optional
         Overrides the saved per-utterance CNN normalisation setting.
 
@@ -368,23 +372,33 @@ def load_student(source, per_utterance_norm=None):
     return student, info
 
 
-def _dpwavlm_from_file(path, info, per_utterance_norm):
-    """A :class:`~robustdistiller.dpwavlm.encoder.DPWavLMEncoder` from a DPHuBERT ``.pth`` and its info."""
+def load_dpwavlm(path):
+    """A DPHuBERT ``.pth`` (strict, ``weights_only``) and the run summary beside it (``{}`` when none).
+
+    Raises
+    ------
+    ExportError
+        An unreadable or non-DPHuBERT file, or weights that do not fit its config (the message names ``path``).
+    """
     from robustdistiller.dpwavlm.checkpoint import load_dphubert_checkpoint
-    from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
-    from robustdistiller.dpwavlm.stages import SUMMARY_FILE
+    from robustdistiller.dpwavlm.stages import read_summary
 
     try:
         model, _ = load_dphubert_checkpoint(path)
     except (ValueError, RuntimeError) as error:
         raise ExportError(f"Cannot load the DPHuBERT-format checkpoint '{path}': {error}") from error
-    summary_file = os.path.join(os.path.dirname(path), SUMMARY_FILE)
-    if os.path.isfile(summary_file):
-        with open(summary_file, encoding="utf-8") as fin:
-            info["training"] = json.load(fin)
-        steps = [info["training"].get(stage, {}).get("steps") for stage in ("stage1", "stage2")]
-        info["step"] = sum(steps) if all(step is not None for step in steps) else None
-    return DPWavLMEncoder(model.eval(), per_utterance_norm=bool(per_utterance_norm)).eval(), info
+    return model.eval(), read_summary(os.path.dirname(path))
+
+
+def _dpwavlm_from_file(path, info, per_utterance_norm):
+    """A :class:`~robustdistiller.dpwavlm.encoder.DPWavLMEncoder` from a DPHuBERT ``.pth`` and its info."""
+    from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
+
+    model, summary = load_dpwavlm(path)
+    info["training"] = summary
+    steps = [summary.get(stage, {}).get("steps") for stage in ("stage1", "stage2")]
+    info["step"] = sum(steps) if all(step is not None for step in steps) else None
+    return DPWavLMEncoder(model, per_utterance_norm=bool(per_utterance_norm)).eval(), info
 
 
 # ------------------------------------------------------------------------------------------------
@@ -667,7 +681,14 @@ def _hyperparams_text(config_values, metadata, include_heads, heads):
     return "\n".join(lines) + "\n"
 
 
-def _format_count(count):
+def format_count(count):
+    """A parameter count for a model card.
+
+    Example
+    -------
+    >>> format_count(23_586_325)
+    '23,586,325 (23.59M)'
+    """
     return f"{count:,} ({count / 1e6:.2f}M)"
 
 
@@ -677,7 +698,7 @@ def _model_card(student, info, metadata, include_heads, s3prl_written, onnx_pari
     teacher = training.get("teacher_source", "unknown (not recorded with this checkpoint)")
     teacher_details = ""
     if training.get("teacher_type"):
-        teacher_details = f" ({training['teacher_type']}, {_format_count(training['teacher_parameters'])} parameters)"
+        teacher_details = f" ({training['teacher_type']}, {format_count(training['teacher_parameters'])} parameters)"
     layers = ", ".join(str(layer) for layer in student.target_layers)
     data = ", ".join(training.get("train_splits", [])) or "unknown"
     if training.get("data_folder"):
@@ -708,8 +729,8 @@ def _model_card(student, info, metadata, include_heads, s3prl_written, onnx_pari
         ("Corruption (student input)", corruption),
         ("Optimizer steps", steps_text),
         ("Validation loss", "unknown" if valid_loss is None else f"{valid_loss:.4f}"),
-        ("Parameters", f"backbone {_format_count(backbone_count)}; prediction heads "
-         f"{_format_count(heads_count) if include_heads else 'not exported'}"),
+        ("Parameters", f"backbone {format_count(backbone_count)}; prediction heads "
+         f"{format_count(heads_count) if include_heads else 'not exported'}"),
         ("Per-utterance CNN normalisation", "yes" if metadata["per_utterance_norm"] else "no"),
         ("Exported from", f"`{info['source']}` ({info['format']})"),
     ]

@@ -16,9 +16,10 @@ from robustdistiller.downstream.upstream import FrozenUpstream, upstream_name
 from robustdistiller.dpwavlm import DPWavLM, load_dphubert_checkpoint, save_dphubert_checkpoint
 from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
 from robustdistiller.dpwavlm.export import export_dpwavlm
-from robustdistiller.dpwavlm.stages import FINAL_FILE, PRUNED_FILE, SUMMARY_FILE, num_parameters
+from robustdistiller.dpwavlm.stages import FINAL_FILE, PRUNED_FILE, SUMMARY_FILE
 from robustdistiller.export import DPWAVLM_EXPORT_FILE, ExportError, export_student, load_student, locate_checkpoint
 from robustdistiller.export import main as export_main
+from robustdistiller.student import num_parameters
 from test_dpwavlm_model import diarizen_like_config, gated_model
 
 SUMMARY = {

@@ -27,7 +27,8 @@ from conftest import (
 from robustdistiller.dpwavlm import stages
 from robustdistiller.dpwavlm import DPWavLM, tiny_config
 from robustdistiller.dpwavlm.checkpoint import load_dphubert_checkpoint
-from robustdistiller.dpwavlm.stages import narrow_head_input, num_parameters
+from robustdistiller.dpwavlm.stages import narrow_head_input
+from robustdistiller.student import num_parameters
 from robustdistiller.enhancement import EnhancementHead
 from robustdistiller.export import export_student, load_student
 from robustdistiller.run_folder import ChangedSettingsError

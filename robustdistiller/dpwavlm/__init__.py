@@ -11,7 +11,10 @@
   warm-up / linear-decay factor, clipping over all groups.
 * :mod:`~robustdistiller.dpwavlm.brain` / :mod:`~robustdistiller.dpwavlm.stages`: the Brain and the two-stage
   driver (stage 1 distill + prune, materialisation, stage 2; ``hparams/dpwavlm.yaml``,
-  ``hparams/robust_dpwavlm.yaml``, run by ``train.py``).
+  ``hparams/robust_dpwavlm.yaml``, run by ``train.py``);
+* :mod:`~robustdistiller.dpwavlm.encoder`: :class:`DPWavLMEncoder`, a trained DPWavLM behind the students'
+  interface (what ``load_student`` and ``FrozenUpstream`` give for a DPHuBERT ``.pth``);
+* :mod:`~robustdistiller.dpwavlm.export`: ``dpwavlm.pth`` + padded ``transformers.WavLMModel`` copy + model card.
 
 Facts: ``reference/dphubert.md``.
 """

@@ -31,6 +31,7 @@ import torch
 from robustdistiller.dpwavlm.objective import layer_to_layer_loss
 from robustdistiller.dpwavlm.schedule import LinearDecaySchedule, build_optimizer, prepare_optimizer_step
 from robustdistiller.enhancement import stft_magnitude
+from robustdistiller.interface import absolute_lengths
 from robustdistiller.losses import enhancement_loss, lengths_to_mask
 
 logger = logging.getLogger(__name__)
@@ -41,17 +42,6 @@ STUDENT_INPUTS = ("noisy", "clean")
 
 def _unwrap(module):
     return getattr(module, "module", module)
-
-
-def absolute_lengths(wav_lens, num_samples):
-    """Relative SpeechBrain lengths ``[B]`` -> sample counts ``[B]`` (long, same device).
-
-    Example
-    -------
-    >>> absolute_lengths(torch.tensor([1.0, 0.5]), 16000).tolist()
-    [16000, 8000]
-    """
-    return torch.round(wav_lens.float() * num_samples).long()
 
 
 class StudentFeatures(torch.nn.Module):

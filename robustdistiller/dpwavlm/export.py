@@ -27,15 +27,18 @@ import warnings
 
 import torch
 
-from robustdistiller.dpwavlm.checkpoint import export_hf_wavlm_padded, load_dphubert_checkpoint
-from robustdistiller.dpwavlm.stages import SUMMARY_FILE, num_parameters
+from robustdistiller.dpwavlm.checkpoint import export_hf_wavlm_padded
+from robustdistiller.dpwavlm.stages import SUMMARY_FILE
 from robustdistiller.export import (
     DPWAVLM_EXPORT_FILE,
     MANIFEST_FILE,
     ExportError,
+    format_count,
+    load_dpwavlm,
     locate_checkpoint,
     write_export_folder,
 )
+from robustdistiller.student import num_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -121,17 +124,13 @@ def write_hf_copy(model, folder, hf_inexact="skip"):
     return report
 
 
-def _format_count(count):
-    return f"{count:,} ({count / 1e6:.2f}M)"
-
-
 def model_card(model, source, summary, hf_report):
     """The export's ``README.md``: what the model is, how it was made, and how to load it."""
     config = model.config
     compact = num_parameters(model)
     teacher = summary.get("teacher_num_params")
     stage1, stage2 = summary.get("stage1", {}), summary.get("stage2", {})
-    sparsity = f"{1 - compact / teacher:.4f} of the teacher's {_format_count(teacher)}" if teacher else "unknown"
+    sparsity = f"{1 - compact / teacher:.4f} of the teacher's {format_count(teacher)}" if teacher else "unknown"
     target = stage1.get("target_sparsity")
     reached = (
         f"target {target:g}; expected sparsity at the end of stage 1 {stage1['expected_sparsity']:.4f} "
@@ -149,7 +148,7 @@ def model_card(model, source, summary, hf_report):
     conv = ", ".join(str(int(layer[0])) for layer in config["extractor_conv_layer_config"])
     if hf_report["written"]:
         hf_line = (
-            f"written: {_format_count(hf_report['num_parameters'])} parameters as HF counts them (padding "
+            f"written: {format_count(hf_report['num_parameters'])} parameters as HF counts them (padding "
             f"included), max abs difference {hf_report['max_abs_error']:.2g} on hidden states 1..L"
         )
         if not hf_report["exact"]:
@@ -163,9 +162,9 @@ def model_card(model, source, summary, hf_report):
     rows = [
         ("Recipe", recipe),
         ("Teacher", f"`{summary.get('teacher_source', 'not recorded')}`"),
-        ("Parameters", f"{_format_count(compact)} (sparsity {sparsity})"),
+        ("Parameters", f"{format_count(compact)} (sparsity {sparsity})"),
         ("Before pruning", (
-            f"gated student {_format_count(stage1['gated_student_num_params'])}"
+            f"gated student {format_count(stage1['gated_student_num_params'])}"
             if "gated_student_num_params" in stage1 else "not recorded")),
         ("Sparsity", reached),
         ("Optimizer steps", steps),
@@ -261,18 +260,9 @@ def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip"):
     path, kind = locate_checkpoint(source)
     if kind != "dphubert":
         raise ExportError(f"'{source}' is not a DPHuBERT-format checkpoint (found a {kind} checkpoint)")
-    try:
-        model, checkpoint = load_dphubert_checkpoint(path)
-    except (ValueError, RuntimeError) as error:
-        raise ExportError(f"Cannot load the DPHuBERT-format checkpoint '{path}': {error}") from error
-    model.eval()
+    model, summary = load_dpwavlm(path)
     if any(name.endswith("log_alpha") for name, _ in model.named_parameters()):
         raise ExportError(f"'{path}' still has pruning gates (a stage-1 checkpoint): export final.pth or pruned.pth")
-    summary = {}
-    summary_file = os.path.join(os.path.dirname(path), SUMMARY_FILE)
-    if os.path.isfile(summary_file):
-        with open(summary_file, encoding="utf-8") as fin:
-            summary = json.load(fin)
     info = {"source": path, "format": kind, "step": None, "valid_loss": None, "training": summary}
 
     def write(staging):

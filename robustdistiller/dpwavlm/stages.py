@@ -38,6 +38,7 @@ from robustdistiller.dpwavlm.checkpoint import from_hf_wavlm, load_dphubert_chec
 from robustdistiller.dpwavlm.objective import LayerProjections, SparsityLagrangian
 from robustdistiller.fingerprint import weights_fingerprint
 from robustdistiller.run_folder import check_run_signature, run_signature, write_run_signature
+from robustdistiller.student import num_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +76,6 @@ def resolve_teacher_folder(source, cache_dir=None):
     from huggingface_hub import snapshot_download
 
     return snapshot_download(str(source), cache_dir=cache_dir)
-
-
-def num_parameters(module):
-    """Number of parameter elements (each shared tensor once)."""
-    return sum(parameter.numel() for parameter in module.parameters())
 
 
 @torch.no_grad()
@@ -129,7 +125,8 @@ def _write_summary(output_folder, summary):
     os.replace(f"{path}.tmp", path)
 
 
-def _read_summary(output_folder):
+def read_summary(output_folder):
+    """``<output_folder>/dpwavlm_summary.json`` as a dict (``{}`` when there is none)."""
     path = os.path.join(output_folder, SUMMARY_FILE)
     if not os.path.isfile(path):
         return {}
@@ -312,12 +309,12 @@ def run_stages(hparams, datasets, run_opts=None, teacher=None):
     output_folder = hparams["output_folder"]
     final_path = os.path.join(output_folder, FINAL_FILE)
     if stages_done(hparams):
-        return _read_summary(output_folder)
+        return read_summary(output_folder)
     teacher = teacher if teacher is not None else load_teacher(hparams)
     folder = resolve_teacher_folder(hparams["teacher_source"], hparams.get("teacher_cache_dir"))
     teacher_params = hparams["teacher_num_params"] or num_parameters(teacher)
     head = hparams.get("enhancement_head") if hparams["enhancement_weight"] > 0 else None
-    summary = _read_summary(output_folder)
+    summary = read_summary(output_folder)
     summary.update(
         recipe="RobustDistiller + DPWavLM" if hparams["student_input"] == "noisy" or head is not None else "DPWavLM",
         teacher_source=str(hparams["teacher_source"]),
