@@ -15,7 +15,7 @@ from robustdistiller.dpwavlm import (
     DPWavLM,
     HardConcrete,
     export_hf_wavlm_padded,
-    from_hf_wavlm,
+    from_hf_model,
     load_dphubert_checkpoint,
     save_dphubert_checkpoint,
     tiny_config,
@@ -362,9 +362,9 @@ def hf_folder(tmp_path_factory):
 
 
 @pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
-def test_from_hf_wavlm_matches_transformers(hf_folder, wav):
+def test_from_hf_model_matches_transformers(hf_folder, wav):
     folder, hf_model = hf_folder
-    model = from_hf_wavlm(folder).eval()
+    model = from_hf_model(folder).eval()
     waves, lengths = wav
     captured = {}
     hook = hf_model.feature_projection.register_forward_hook(lambda m, i, o: captured.update(x=o[0]))
@@ -379,13 +379,13 @@ def test_from_hf_wavlm_matches_transformers(hf_folder, wav):
     assert (ours[0][~valid] == 0).all()  # padded frames zeroed
     for a, b in zip(ours[1:], theirs[1:]):
         assert torch.allclose(a[valid], b[valid], atol=1e-5)
-    gated = from_hf_wavlm(folder, **GATES)
+    gated = from_hf_model(folder, **GATES)
     assert len(gated.gate_modules()) == 4 + 12 + 12
 
 
 def test_padded_hf_export_equals_module(hf_folder, tmp_path, wav):
     folder, _ = hf_folder
-    model = from_hf_wavlm(folder, **GATES).eval()
+    model = from_hf_model(folder, **GATES).eval()
     set_gates(model, seed=4)
     layers = model.encoder.transformer.layers
     force(layers[0].attention.hard_concrete_for_heads, 50.0)
@@ -418,7 +418,7 @@ def test_padded_hf_export_equals_module(hf_folder, tmp_path, wav):
 def test_layer0_without_heads_drops_the_position_bias(hf_folder, tmp_path, wav, caplog):
     """Section 2 'layer-0 trap': DPHuBERT semantics, no crash with lengths; HF export stays exact."""
     folder, _ = hf_folder
-    model = from_hf_wavlm(folder, encoder_prune_attention_heads=True).eval()
+    model = from_hf_model(folder, encoder_prune_attention_heads=True).eval()
     for gate in model.gate_modules().values():
         force(gate, 50.0)
     force(model.encoder.transformer.layers[0].attention.hard_concrete_for_heads, -50.0)
@@ -446,7 +446,7 @@ def test_load_errors_name_the_file(tmp_path):
         DPWavLM({k: v for k, v in tiny_config().items() if k != "encoder_num_layers"})
 
 
-def test_from_hf_wavlm_reads_old_weight_norm_names(hf_folder, tmp_path, wav):
+def test_from_hf_model_reads_old_weight_norm_names(hf_folder, tmp_path, wav):
     """Released HF WavLM files (e.g. microsoft/wavlm-base-plus) store pos-conv weight_g / weight_v."""
     import shutil
 
@@ -465,10 +465,10 @@ def test_from_hf_wavlm_reads_old_weight_norm_names(hf_folder, tmp_path, wav):
     assert "encoder.pos_conv_embed.conv.weight_g" in renamed
     save_file(renamed, str(old / "model.safetensors"), metadata={"format": "pt"})
     with torch.no_grad():
-        ours, _ = from_hf_wavlm(old).eval().extract_features(wav[0])
-        reference, _ = from_hf_wavlm(folder).eval().extract_features(wav[0])
+        ours, _ = from_hf_model(old).eval().extract_features(wav[0])
+        reference, _ = from_hf_model(folder).eval().extract_features(wav[0])
     assert all(torch.equal(a, b) for a, b in zip(ours, reference))
     del state["encoder.layer_norm.weight"]
     save_file(state, str(old / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="encoder.layer_norm.weight"):
-        from_hf_wavlm(old)
+        from_hf_model(old)

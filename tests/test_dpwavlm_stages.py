@@ -85,9 +85,9 @@ def test_both_stages_ran_and_checkpoints_load(dpwavlm_run, tiny_teacher_folder):
     summary = json.load(open(os.path.join(output, "dpwavlm_summary.json")))
     assert summary["stage1"]["steps"] == STAGE1_STEPS and summary["stage2"]["steps"] == 2
     assert os.listdir(os.path.join(output, "save", "stage1")) and os.listdir(os.path.join(output, "save", "stage2"))
-    from robustdistiller.dpwavlm import from_hf_wavlm
+    from robustdistiller.dpwavlm import from_hf_model
 
-    teacher_params = num_parameters(from_hf_wavlm(tiny_teacher_folder))
+    teacher_params = num_parameters(from_hf_model(tiny_teacher_folder))
     assert summary["teacher_num_params"] == teacher_params
     for name in ("pruned.pth", "final.pth"):
         model, checkpoint = load_dphubert_checkpoint(os.path.join(output, name))  # strict, weights_only

@@ -1,5 +1,7 @@
 """DPWavLM: DPHuBERT's prunable WavLM (hard-concrete gates, expected parameter count, ``prune()``).
 
+The same module is DPHuBERT's prunable HuBERT when built from a HuBERT config or a HuBERT teacher folder.
+
 * :mod:`~robustdistiller.dpwavlm.hard_concrete`: :class:`HardConcrete` gates;
 * :mod:`~robustdistiller.dpwavlm.components`: gated CNN, projection, pos-conv, WavLM attention, FFN;
 * :mod:`~robustdistiller.dpwavlm.model`: :class:`DPWavLM` (``extract_features``, ``expected_num_params``,
@@ -21,21 +23,25 @@ Facts: ``reference/dphubert.md``.
 
 from robustdistiller.dpwavlm.checkpoint import (
     export_hf_wavlm_padded,
-    from_hf_wavlm,
+    from_hf_model,
     load_dphubert_checkpoint,
     save_dphubert_checkpoint,
 )
 from robustdistiller.dpwavlm.hard_concrete import HardConcrete
 from robustdistiller.dpwavlm.model import (
     DPHUBERT_WAVLM_CONFIG_KEYS,
+    DPHUBERT_HUBERT_CONFIG_KEYS,
     DPWavLM,
+    hubert_base_config,
     tiny_config,
+    tiny_hubert_config,
     wavlm_base_plus_config,
 )
 from robustdistiller.dpwavlm.objective import LayerProjections, SparsityLagrangian, layer_to_layer_loss
 from robustdistiller.dpwavlm.schedule import LinearDecaySchedule, build_optimizer, clip_grad_norm_all_groups
 
 __all__ = [
+    "DPHUBERT_HUBERT_CONFIG_KEYS",
     "DPHUBERT_WAVLM_CONFIG_KEYS",
     "DPWavLM",
     "HardConcrete",
@@ -46,9 +52,11 @@ __all__ = [
     "clip_grad_norm_all_groups",
     "layer_to_layer_loss",
     "export_hf_wavlm_padded",
-    "from_hf_wavlm",
+    "from_hf_model",
     "load_dphubert_checkpoint",
     "save_dphubert_checkpoint",
+    "hubert_base_config",
     "tiny_config",
+    "tiny_hubert_config",
     "wavlm_base_plus_config",
 ]

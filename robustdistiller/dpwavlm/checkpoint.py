@@ -2,7 +2,8 @@
 
 * ``.pth`` = ``{"state_dict", "config", "distill_linear_projs"}`` (``reference/dphubert.md`` section 4.1),
   read with ``torch.load(weights_only=True)`` and loaded with ``strict=True``;
-* :func:`from_hf_wavlm`: any ``transformers.WavLMModel`` folder -> :class:`DPWavLM` (key map, section 4.5);
+* :func:`from_hf_model`: any ``transformers.WavLMModel`` (or ``HubertModel``) folder -> :class:`DPWavLM` (key
+  map, section 4.5);
 * :func:`export_hf_wavlm_padded`: a (pruned) :class:`DPWavLM` -> ``transformers.WavLMModel`` folder with
   native per-layer ``conv_dim``, heads zero-padded at their original indices and FFNs zero-padded to the
   widest layer (section 4.6). Exact when ``dummy_weight == 1``; otherwise refused (or warned) with the
@@ -16,7 +17,14 @@ from pathlib import Path
 
 import torch
 
-from robustdistiller.dpwavlm.model import DPHUBERT_WAVLM_CONFIG_KEYS, DPWavLM, check_config, wavlm_base_plus_config
+from robustdistiller.dpwavlm.model import (
+    DPWavLM,
+    check_config,
+    config_keys,
+    hubert_base_config,
+    is_hubert_config,
+    wavlm_base_plus_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +56,10 @@ def _plain(config):
     """Config with plain Python containers (tuples for the conv layers, lists elsewhere)."""
     config = dict(config)
     config["extractor_conv_layer_config"] = [tuple(int(v) for v in c) for c in config["extractor_conv_layer_config"]]
-    config["encoder_remaining_heads"] = [[int(h) for h in heads] for heads in config["encoder_remaining_heads"]]
+    if "encoder_remaining_heads" in config:  # WavLM (a HuBERT config has per-layer counts)
+        config["encoder_remaining_heads"] = [[int(h) for h in heads] for heads in config["encoder_remaining_heads"]]
+    else:
+        config["encoder_num_heads"] = [int(heads) for heads in config["encoder_num_heads"]]
     return config
 
 
@@ -67,12 +78,12 @@ def load_dphubert_checkpoint(path, map_location="cpu"):
             raise ValueError(
                 f"{path}: missing key {key!r}; expected {{'state_dict', 'config', 'distill_linear_projs'}}"
             )
-    if "encoder_remaining_heads" not in checkpoint["config"]:
-        raise ValueError(f"{path}: a DPHuBERT HuBERT config (no encoder_remaining_heads); only WavLM is supported")
     config = dict(checkpoint["config"])
-    unknown = [key for key in config if key not in DPHUBERT_WAVLM_CONFIG_KEYS]
+    known = config_keys(config)
+    unknown = [key for key in config if key not in known]
     if unknown:
-        logger.warning("%s: ignoring config keys unknown to DPHuBERT's WavLM: %s", path, unknown)
+        kind = "HuBERT" if is_hubert_config(config) else "WavLM"
+        logger.warning("%s: ignoring config keys unknown to DPHuBERT's %s: %s", path, kind, unknown)
         config = {key: value for key, value in config.items() if key not in unknown}
     model = DPWavLM.from_dphubert_config(config)
     model.load_state_dict(checkpoint["state_dict"], strict=True)
@@ -80,13 +91,16 @@ def load_dphubert_checkpoint(path, map_location="cpu"):
 
 
 def dphubert_config_from_hf(hf_config, **prune_flags):
-    """DPHuBERT WavLM config of a ``transformers.WavLMConfig`` (plus ``*_prune_*`` flags)."""
-    if getattr(hf_config, "model_type", "wavlm") != "wavlm":
-        raise ValueError(f"model_type {hf_config.model_type!r}: only WavLM folders are supported (HuBERT is not)")
+    """DPHuBERT config of a ``transformers.WavLMConfig`` or ``HubertConfig`` (plus ``*_prune_*`` flags)."""
+    model_type = getattr(hf_config, "model_type", "wavlm")
+    if model_type not in ("wavlm", "hubert"):
+        raise ValueError(f"model_type {model_type!r}: only WavLM and HuBERT folders are supported")
     if hf_config.do_stable_layer_norm:
-        raise NotImplementedError("do_stable_layer_norm=True (pre-LN WavLM Large) is not supported")
+        raise NotImplementedError("do_stable_layer_norm=True (pre-LN, the Large models) is not supported")
+    if model_type == "hubert" and not getattr(hf_config, "feat_proj_layer_norm", True):
+        raise NotImplementedError("feat_proj_layer_norm=False: DPHuBERT's feature projection has a LayerNorm")
     layers, heads = hf_config.num_hidden_layers, hf_config.num_attention_heads
-    return wavlm_base_plus_config(
+    shared = dict(
         extractor_mode={"group": "group_norm", "layer": "layer_norm"}[hf_config.feat_extract_norm],
         extractor_conv_layer_config=list(zip(hf_config.conv_dim, hf_config.conv_kernel, hf_config.conv_stride)),
         extractor_conv_bias=bool(hf_config.conv_bias),
@@ -97,16 +111,23 @@ def dphubert_config_from_hf(hf_config, **prune_flags):
         encoder_num_layers=layers,
         encoder_use_attention=[True] * layers,
         encoder_use_feed_forward=[True] * layers,
-        encoder_total_num_heads=[heads] * layers,
-        encoder_remaining_heads=[list(range(heads)) for _ in range(layers)],
-        encoder_num_buckets=hf_config.num_buckets,
-        encoder_max_distance=hf_config.max_bucket_distance,
         encoder_attention_dropout=hf_config.attention_dropout,
         encoder_ff_interm_features=[hf_config.intermediate_size] * layers,
         encoder_ff_interm_dropout=hf_config.activation_dropout,
         encoder_dropout=hf_config.hidden_dropout,
         encoder_layer_drop=hf_config.layerdrop,
         **prune_flags,
+    )
+    if model_type == "hubert":
+        return hubert_base_config(
+            encoder_num_heads=[heads] * layers, encoder_head_dim=hf_config.hidden_size // heads, **shared
+        )
+    return wavlm_base_plus_config(
+        encoder_total_num_heads=[heads] * layers,
+        encoder_remaining_heads=[list(range(heads)) for _ in range(layers)],
+        encoder_num_buckets=hf_config.num_buckets,
+        encoder_max_distance=hf_config.max_bucket_distance,
+        **shared,
     )
 
 
@@ -120,22 +141,29 @@ def _hf_to_dphubert_key(key):
     return key
 
 
-def from_hf_wavlm(folder, **prune_flags):
-    """A :class:`DPWavLM` initialised from a ``transformers.WavLMModel`` folder (teacher or student init).
+def from_hf_model(folder, **prune_flags):
+    """A :class:`DPWavLM` initialised from a ``transformers`` WavLM or HuBERT folder (teacher or student init).
 
     ``prune_flags`` are DPHuBERT config flags, e.g. ``extractor_prune_conv_channels=True``; the gates
     they add keep their random init, ``dummy_weight`` is ones, HF's ``masked_spec_embed`` is ignored.
+    A HuBERT folder gives DPHuBERT's HuBERT model (plain attention, ``encoder_num_heads`` config).
     """
     import transformers
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: expected a Hugging Face WavLM folder with config.json and weights")
-    hf_model, info = transformers.WavLMModel.from_pretrained(str(folder), output_loading_info=True)
+        raise FileNotFoundError(
+            f"{folder}: expected a Hugging Face WavLM or HuBERT folder with config.json and weights"
+        )
+    model_type = transformers.AutoConfig.from_pretrained(str(folder)).model_type
+    model_classes = {"wavlm": transformers.WavLMModel, "hubert": transformers.HubertModel}
+    if model_type not in model_classes:
+        raise ValueError(f"{folder}: model_type {model_type!r}; expected a WavLM or HuBERT folder")
+    hf_model, info = model_classes[model_type].from_pretrained(str(folder), output_loading_info=True)
     not_loaded = [k for k in info.get("missing_keys", []) if k != "masked_spec_embed"]
     if not_loaded or info.get("mismatched_keys"):
         raise ValueError(
-            f"{folder}: the HF weights do not cover the WavLM of its config.json "
+            f"{folder}: the HF weights do not cover the {model_type} of its config.json "
             f"(missing {sorted(not_loaded)}, mismatched {info.get('mismatched_keys')})"
         )
     model = DPWavLM(dphubert_config_from_hf(hf_model.config, **prune_flags))
@@ -144,7 +172,7 @@ def from_hf_wavlm(folder, **prune_flags):
     allowed_missing = [k for k in missing if "log_alpha" in k or k == "feature_extractor.dummy_weight"]
     if unexpected or len(allowed_missing) != len(missing):
         raise ValueError(
-            f"{folder}: weights do not match a WavLM of its config: missing "
+            f"{folder}: weights do not match a {model_type} of its config: missing "
             f"{sorted(set(missing) - set(allowed_missing))}, unexpected {sorted(unexpected)}"
         )
     return model
@@ -155,11 +183,19 @@ def hf_wavlm_config(model):
     import transformers
 
     c = model.config
-    heads = set(c["encoder_total_num_heads"])
-    if len(heads) != 1:
-        raise ValueError(f"encoder_total_num_heads {c['encoder_total_num_heads']}: HF needs one head count")
+    if model.is_hubert:
+        if c["encoder_embed_dim"] % c["encoder_head_dim"]:
+            raise ValueError(f"encoder_head_dim {c['encoder_head_dim']} does not divide the embedding dimension")
+        heads = {c["encoder_embed_dim"] // c["encoder_head_dim"]}  # padded to the unpruned head count
+        config_class, position = transformers.HubertConfig, {}
+    else:
+        heads = set(c["encoder_total_num_heads"])
+        if len(heads) != 1:
+            raise ValueError(f"encoder_total_num_heads {c['encoder_total_num_heads']}: HF needs one head count")
+        config_class = transformers.WavLMConfig
+        position = {"num_buckets": c["encoder_num_buckets"], "max_bucket_distance": c["encoder_max_distance"]}
     conv = c["extractor_conv_layer_config"]
-    return transformers.WavLMConfig(
+    return config_class(
         hidden_size=c["encoder_embed_dim"],
         num_hidden_layers=c["encoder_num_layers"],
         num_attention_heads=heads.pop(),
@@ -178,8 +214,7 @@ def hf_wavlm_config(model):
         conv_bias=c["extractor_conv_bias"],
         num_conv_pos_embeddings=c["encoder_pos_conv_kernel"],
         num_conv_pos_embedding_groups=c["encoder_pos_conv_groups"],
-        num_buckets=c["encoder_num_buckets"],
-        max_bucket_distance=c["encoder_max_distance"],
+        **position,
         do_stable_layer_norm=False,
         apply_spec_augment=False,
         mask_time_prob=0.0,
@@ -213,7 +248,10 @@ def padded_hf_state_dict(model, hf_model):
             target[prefix + name + ".weight"] = getattr(layer, name).weight.detach().clone()
             target[prefix + name + ".bias"] = getattr(layer, name).bias.detach().clone()
         att = layer.attention
-        target[prefix + "attention.gru_rel_pos_const"] = torch.ones_like(target[prefix + "attention.gru_rel_pos_const"])
+        if not model.is_hubert:
+            target[prefix + "attention.gru_rel_pos_const"] = torch.ones_like(
+                target[prefix + "attention.gru_rel_pos_const"]
+            )
         if att is not None:
             d = att.head_dim
             for j, head in enumerate(att.remaining_heads):
@@ -223,9 +261,10 @@ def padded_hf_state_dict(model, hf_model):
                     target[prefix + f"attention.{proj}.bias"][rows] = getattr(att, proj).bias.detach()[src]
                 target[prefix + "attention.out_proj.weight"][:, rows] = att.out_proj.weight.detach()[:, src]
             target[prefix + "attention.out_proj.bias"] = att.out_proj.bias.detach().clone()
-            target[prefix + "attention.gru_rel_pos_linear.weight"] = att.gru_rel_pos_linear.weight.detach().clone()
-            target[prefix + "attention.gru_rel_pos_linear.bias"] = att.gru_rel_pos_linear.bias.detach().clone()
-            target[prefix + "attention.gru_rel_pos_const"] = att.gru_rel_pos_const.detach().clone()
+            if att.gru_rel_pos_linear is not None:
+                target[prefix + "attention.gru_rel_pos_linear.weight"] = att.gru_rel_pos_linear.weight.detach().clone()
+                target[prefix + "attention.gru_rel_pos_linear.bias"] = att.gru_rel_pos_linear.bias.detach().clone()
+                target[prefix + "attention.gru_rel_pos_const"] = att.gru_rel_pos_const.detach().clone()
             if att.rel_attn_embed is not None:
                 target[prefix + "attention.rel_attn_embed.weight"] = att.rel_attn_embed.weight.detach().clone()
         ffn = layer.feed_forward
@@ -279,7 +318,8 @@ def export_hf_wavlm_padded(model, folder, on_inexact="refuse", atol=1e-4):
 
     if on_inexact not in ("refuse", "warn"):
         raise ValueError(f"on_inexact={on_inexact!r}: expected 'refuse' or 'warn'")
-    hf_model = transformers.WavLMModel(hf_wavlm_config(model))
+    model_class = transformers.HubertModel if model.is_hubert else transformers.WavLMModel
+    hf_model = model_class(hf_wavlm_config(model))
     hf_model.load_state_dict(padded_hf_state_dict(model, hf_model), strict=True)
     error = hf_export_error(model, hf_model)
     dummy = model.feature_extractor.dummy_weight

@@ -209,6 +209,9 @@ class WavLMSelfAttention(torch.nn.Module):
     computed for all original heads from the 768-dim input, then the remaining heads' rows are selected,
     so pruning never changes them. Head gates multiply each head's context before ``out_proj``; the layer
     gate multiplies ``out_proj``'s output. With 0 remaining heads the module is a bias-only branch.
+
+    ``relative_position=False`` with an explicit ``head_dim`` is HuBERT's plain attention (DPHuBERT's
+    ``SelfAttention``: ``total_num_heads`` heads of ``head_dim``, no position bias, no gating parameters).
     """
 
     def __init__(
@@ -222,13 +225,19 @@ class WavLMSelfAttention(torch.nn.Module):
         max_distance=800,
         prune_heads=False,
         prune_layer=False,
+        relative_position=True,
+        head_dim=None,
     ):
         super().__init__()
         self.embed_dim = embed_dim
         self.total_num_heads = total_num_heads
-        self.head_dim = embed_dim // total_num_heads
-        if self.head_dim * total_num_heads != embed_dim:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by total_num_heads {total_num_heads}")
+        if head_dim is None:
+            if total_num_heads <= 0 or embed_dim % total_num_heads:
+                raise ValueError(f"embed_dim {embed_dim} is not divisible by total_num_heads {total_num_heads}")
+            head_dim = embed_dim // total_num_heads
+        self.head_dim = head_dim
+        if relative_position and self.head_dim * total_num_heads != embed_dim:
+            raise ValueError(f"embed_dim {embed_dim} is not total_num_heads {total_num_heads} x head_dim {head_dim}")
         self.remaining_heads = list(range(total_num_heads)) if remaining_heads is None else list(remaining_heads)
         self.num_heads = len(self.remaining_heads)
         self.scaling = self.head_dim**-0.5
@@ -241,10 +250,14 @@ class WavLMSelfAttention(torch.nn.Module):
         self.num_buckets = num_buckets
         self.max_distance = max_distance
         self.rel_attn_embed = (
-            torch.nn.Embedding(num_buckets, total_num_heads) if has_relative_attention_bias else None
+            torch.nn.Embedding(num_buckets, total_num_heads)
+            if has_relative_attention_bias and relative_position
+            else None
         )
-        self.gru_rel_pos_linear = torch.nn.Linear(self.head_dim, 8)
-        self.gru_rel_pos_const = torch.nn.Parameter(torch.ones(1, total_num_heads, 1, 1))
+        self.gru_rel_pos_linear = torch.nn.Linear(self.head_dim, 8) if relative_position else None
+        self.gru_rel_pos_const = (
+            torch.nn.Parameter(torch.ones(1, total_num_heads, 1, 1)) if relative_position else None
+        )
         self.hard_concrete_for_heads = HardConcrete(self.num_heads, init_mean=0.01) if prune_heads else None
         self.hard_concrete_for_layer = HardConcrete(1, init_mean=0.01) if prune_layer else None
 

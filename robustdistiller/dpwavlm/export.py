@@ -28,6 +28,7 @@ import warnings
 import torch
 
 from robustdistiller.dpwavlm.checkpoint import export_hf_wavlm_padded
+from robustdistiller.dpwavlm.model import is_hubert_config
 from robustdistiller.dpwavlm.stages import SUMMARY_FILE
 from robustdistiller.export import (
     DPWAVLM_EXPORT_FILE,
@@ -47,21 +48,25 @@ HF_INEXACT_CHOICES = ("skip", "warn", "refuse")
 
 
 def layer_widths(config):
-    """Per-layer kept attention heads and FFN units of a DPHuBERT WavLM config.
+    """Per-layer ``(kept heads, original heads, FFN units)`` of a DPHuBERT WavLM or HuBERT config.
 
     Example
     -------
     >>> from robustdistiller.dpwavlm import tiny_config
     >>> layer_widths(tiny_config(num_layers=2))
-    [(4, 48), (4, 48)]
+    [(4, 4, 48), (4, 4, 48)]
     """
-    return [
-        (
-            len(config["encoder_remaining_heads"][index]) if config["encoder_use_attention"][index] else 0,
-            config["encoder_ff_interm_features"][index] if config["encoder_use_feed_forward"][index] else 0,
-        )
-        for index in range(config["encoder_num_layers"])
-    ]
+    widths = []
+    for index in range(config["encoder_num_layers"]):
+        if is_hubert_config(config):
+            heads = config["encoder_num_heads"][index]
+            total = config["encoder_embed_dim"] // config["encoder_head_dim"]
+        else:
+            heads, total = len(config["encoder_remaining_heads"][index]), config["encoder_total_num_heads"][index]
+        heads = heads if config["encoder_use_attention"][index] else 0
+        units = config["encoder_ff_interm_features"][index] if config["encoder_use_feed_forward"][index] else 0
+        widths.append((heads, total, units))
+    return widths
 
 
 def _write_preprocessor_config(folder, config):
@@ -119,14 +124,15 @@ def write_hf_copy(model, folder, hf_inexact="skip"):
     _write_preprocessor_config(folder, model.config)
     import transformers
 
-    hf_config = transformers.WavLMConfig.from_pretrained(folder)
-    report.update(written=True, num_parameters=num_parameters(transformers.WavLMModel(hf_config)))
+    hf_model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(folder))
+    report.update(written=True, num_parameters=num_parameters(hf_model))
     return report
 
 
 def model_card(model, source, summary, hf_report):
     """The export's ``README.md``: what the model is, how it was made, and how to load it."""
     config = model.config
+    hf_class = "HubertModel" if model.is_hubert else "WavLMModel"
     compact = num_parameters(model)
     teacher = summary.get("teacher_num_params")
     stage1, stage2 = summary.get("stage1", {}), summary.get("stage2", {})
@@ -139,7 +145,8 @@ def model_card(model, source, summary, hf_report):
         else "not recorded with this checkpoint"
     )
     robust = summary.get("student_input") == "noisy" or (summary.get("enhancement_weight") or 0) > 0
-    recipe = summary.get("recipe") or ("RobustDistiller + DPWavLM" if robust else "DPWavLM")
+    name = "DPHuBERT" if model.is_hubert else "DPWavLM"
+    recipe = summary.get("recipe") or (f"RobustDistiller + {name}" if robust else name)
     steps = (
         f"stage 1 {stage1['steps']:,} + stage 2 {stage2['steps']:,}"
         if "steps" in stage1 and "steps" in stage2
@@ -152,7 +159,7 @@ def model_card(model, source, summary, hf_report):
             f"included), max abs difference {hf_report['max_abs_error']:.2g} on hidden states 1..L"
         )
         if not hf_report["exact"]:
-            hf_line += " -- **inexact**: the last CNN layer was pruned and WavLMModel cannot represent its scale"
+            hf_line += f" -- **inexact**: the last CNN layer was pruned and {hf_class} cannot represent its scale"
     else:
         hf_line = (
             f"not written: it would differ by {hf_report['max_abs_error']:.3g} (max abs, hidden states 1..L) "
@@ -173,25 +180,25 @@ def model_card(model, source, summary, hf_report):
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     layers = "\n".join(
-        f"| {index + 1} | {heads} of {config['encoder_total_num_heads'][index]} | {units} |"
-        for index, (heads, units) in enumerate(layer_widths(config))
+        f"| {index + 1} | {heads} of {total} | {units} |"
+        for index, (heads, total, units) in enumerate(layer_widths(config))
     )
     hf_section = ""
     if hf_report["written"]:
-        hf_section = """
+        hf_section = f"""
 ### transformers (compatibility copy)
 
 ```python
-from transformers import WavLMModel
+from transformers import {hf_class}
 
-model = WavLMModel.from_pretrained("/path/to/this/folder").eval()
+model = {hf_class}.from_pretrained("/path/to/this/folder").eval()
 hidden_states = model(wav[None], output_hidden_states=True).hidden_states   # one utterance, 16 kHz
 ```
 
 HF's `hidden_states[0]` is the encoder input (after the positional convolution and LayerNorm), not DPHuBERT's
 layer 0 (the projection output before them); layers 1..L match. `num_parameters()` counts the zero padding.
 """
-    return f"""# {recipe}: a structured-pruned WavLM
+    return f"""# {recipe}: a structured-pruned {'HuBERT' if model.is_hubert else 'WavLM'}
 
 | | |
 |---|---|

@@ -1,5 +1,9 @@
 """The prunable WavLM student (DPHuBERT's ``wavlm_model``), built from a DPHuBERT config dict.
 
+A DPHuBERT HuBERT config (``encoder_num_heads`` / ``encoder_head_dim`` instead of WavLM's original heads,
+their ids and the position buckets; DPHuBERT's ``hubert`` models) builds the same module with HuBERT's
+plain attention: :func:`hubert_base_config`, :func:`is_hubert_config`.
+
 Layout and parameter names follow torchaudio / DPHuBERT (``feature_extractor.*``,
 ``encoder.feature_projection.*``, ``encoder.transformer.*``) so DPHuBERT ``.pth`` files load with
 ``strict=True``. See ``reference/dphubert.md`` sections 1, 2, 4.2 and 5.
@@ -62,6 +66,30 @@ DPHUBERT_WAVLM_CONFIG_KEYS = (
 
 PRUNE_FLAGS = DPHUBERT_WAVLM_CONFIG_KEYS[-5:]
 
+_WAVLM_ONLY_KEYS = ("encoder_total_num_heads", "encoder_remaining_heads", "encoder_num_buckets", "encoder_max_distance")
+
+#: Keys of a DPHuBERT HuBERT config: the WavLM keys with per-layer head counts and one head size instead of
+#: the original heads, their ids and the position buckets (``reference/dphubert.md`` section 4.2).
+DPHUBERT_HUBERT_CONFIG_KEYS = tuple(
+    key
+    for wavlm_key in DPHUBERT_WAVLM_CONFIG_KEYS
+    for key in (
+        ("encoder_num_heads", "encoder_head_dim")
+        if wavlm_key == "encoder_total_num_heads"
+        else () if wavlm_key in _WAVLM_ONLY_KEYS else (wavlm_key,)
+    )
+)
+
+
+def is_hubert_config(config):
+    """DPHuBERT's own dispatch: a config without ``encoder_remaining_heads`` is a HuBERT."""
+    return "encoder_remaining_heads" not in config
+
+
+def config_keys(config):
+    """The DPHuBERT key list of ``config``'s model type (WavLM or HuBERT)."""
+    return DPHUBERT_HUBERT_CONFIG_KEYS if is_hubert_config(config) else DPHUBERT_WAVLM_CONFIG_KEYS
+
 
 def wavlm_base_plus_config(**overrides):
     """The DPHuBERT config of WavLM Base+ (unpruned, no gates); ``overrides`` replace keys.
@@ -105,21 +133,43 @@ def wavlm_base_plus_config(**overrides):
     return config
 
 
+def hubert_base_config(**overrides):
+    """The DPHuBERT config of HuBERT Base (unpruned, no gates); ``overrides`` replace keys.
+
+    Example
+    -------
+    >>> cfg = hubert_base_config()
+    >>> cfg["encoder_num_heads"][:2], cfg["encoder_head_dim"], is_hubert_config(cfg)
+    ([12, 12], 64, True)
+    """
+    wavlm = wavlm_base_plus_config()
+    config = {key: wavlm[key] for key in DPHUBERT_HUBERT_CONFIG_KEYS if key in wavlm}
+    config.update(encoder_num_heads=[12] * wavlm["encoder_num_layers"], encoder_head_dim=64)
+    config = {key: config[key] for key in DPHUBERT_HUBERT_CONFIG_KEYS}
+    unknown = set(overrides) - set(config)
+    if unknown:
+        raise KeyError(f"hubert_base_config: unknown keys {sorted(unknown)}")
+    config.update(overrides)
+    return config
+
+
 def check_config(config):
-    """Raise a ValueError naming the key when ``config`` is not a DPHuBERT WavLM config."""
-    missing = [key for key in DPHUBERT_WAVLM_CONFIG_KEYS if key not in config]
-    extra = [key for key in config if key not in DPHUBERT_WAVLM_CONFIG_KEYS]
+    """Raise a ValueError naming the key when ``config`` is not a DPHuBERT WavLM or HuBERT config."""
+    keys = config_keys(config)
+    missing = [key for key in keys if key not in config]
+    extra = [key for key in config if key not in keys]
     if missing or extra:
         raise ValueError(
-            f"not a DPHuBERT WavLM config: missing keys {missing}, unexpected keys {extra} "
-            "(expected the keys of reference/dphubert.md section 4.2)"
+            f"not a DPHuBERT {'HuBERT' if is_hubert_config(config) else 'WavLM'} config: missing keys {missing}, "
+            f"unexpected keys {extra} (expected the keys of reference/dphubert.md section 4.2)"
         )
     layers = config["encoder_num_layers"]
+    per_layer = ("encoder_num_heads",) if is_hubert_config(config) else (
+        "encoder_total_num_heads", "encoder_remaining_heads")
     for key in (
         "encoder_use_attention",
         "encoder_use_feed_forward",
-        "encoder_total_num_heads",
-        "encoder_remaining_heads",
+        *per_layer,
         "encoder_ff_interm_features",
     ):
         if len(config[key]) != layers:
@@ -223,7 +273,17 @@ class DPWavLM(torch.nn.Module):
         layers = []
         for idx in range(c["encoder_num_layers"]):
             attention = None
-            if c["encoder_use_attention"][idx]:
+            if c["encoder_use_attention"][idx] and self.is_hubert:
+                attention = WavLMSelfAttention(
+                    embed,
+                    c["encoder_num_heads"][idx],
+                    dropout=c["encoder_attention_dropout"],
+                    prune_heads=c["encoder_prune_attention_heads"],
+                    prune_layer=c["encoder_prune_attention_layer"],
+                    relative_position=False,
+                    head_dim=c["encoder_head_dim"],
+                )
+            elif c["encoder_use_attention"][idx]:
                 attention = WavLMSelfAttention(
                     embed,
                     c["encoder_total_num_heads"][idx],
@@ -261,6 +321,11 @@ class DPWavLM(torch.nn.Module):
     def from_dphubert_config(cls, config):
         """Build the (random-weight) model described by a DPHuBERT WavLM config dict."""
         return cls(config)
+
+    @property
+    def is_hubert(self):
+        """True for a HuBERT (DPHuBERT's plain attention), False for a WavLM."""
+        return is_hubert_config(self.config)
 
     @property
     def num_layers(self):
@@ -352,7 +417,7 @@ class DPWavLM(torch.nn.Module):
         n = 0
         for layer in self.encoder.transformer.layers:
             att = layer.attention
-            if att is not None:
+            if att is not None and att.gru_rel_pos_linear is not None:
                 n += att.gru_rel_pos_linear.weight.numel() + att.gru_rel_pos_linear.bias.numel()
                 n += att.gru_rel_pos_const.numel()
                 if att.rel_attn_embed is not None:
@@ -414,7 +479,7 @@ class DPWavLM(torch.nn.Module):
             if layer.attention is not None:
                 heads = layer.attention.prune()
                 if not heads and not keep_bias_branches:
-                    if idx == 0:
+                    if idx == 0 and not self.is_hubert:
                         logger.warning(
                             "prune(): layer 0 keeps no head, its rel_attn_embed is removed: "
                             "no layer gets a position bias any more (DPHuBERT behaviour)"
@@ -430,12 +495,14 @@ class DPWavLM(torch.nn.Module):
             use_feed_forward.append(layer.feed_forward is not None)
             interm.append(width)
         config = copy.deepcopy(self.config)
+        heads = {"encoder_num_heads": [len(kept) for kept in remaining_heads]} if self.is_hubert else {
+            "encoder_remaining_heads": remaining_heads}
         config.update(
             extractor_conv_layer_config=conv_config,
             encoder_use_attention=use_attention,
             encoder_use_feed_forward=use_feed_forward,
-            encoder_remaining_heads=remaining_heads,
             encoder_ff_interm_features=interm,
+            **heads,
             **{flag: False for flag in PRUNE_FLAGS},
         )
         self.config = config
@@ -463,6 +530,24 @@ def tiny_config(num_layers=4, **overrides):
         encoder_num_buckets=32,
         encoder_max_distance=64,
         encoder_ff_interm_features=[48] * num_layers,
+    )
+    config.update(overrides)
+    return config
+
+
+def tiny_hubert_config(num_layers=4, **overrides):
+    """The HuBERT counterpart of :func:`tiny_config` (embed 32, 4 heads of 8).
+
+    Example
+    -------
+    >>> tiny_hubert_config()["encoder_num_heads"]
+    [4, 4, 4, 4]
+    """
+    wavlm = tiny_config(num_layers)
+    config = hubert_base_config(
+        **{key: wavlm[key] for key in DPHUBERT_HUBERT_CONFIG_KEYS if key in wavlm},
+        encoder_num_heads=[4] * num_layers,
+        encoder_head_dim=8,
     )
     config.update(overrides)
     return config

@@ -34,7 +34,7 @@ from speechbrain.utils.epoch_loop import EpochCounter
 
 from robustdistiller.checkpoints import AtomicCheckpointer
 from robustdistiller.dpwavlm.brain import DPWavLMBrain, StudentFeatures
-from robustdistiller.dpwavlm.checkpoint import from_hf_wavlm, load_dphubert_checkpoint, save_dphubert_checkpoint
+from robustdistiller.dpwavlm.checkpoint import from_hf_model, load_dphubert_checkpoint, save_dphubert_checkpoint
 from robustdistiller.dpwavlm.objective import LayerProjections, SparsityLagrangian
 from robustdistiller.fingerprint import weights_fingerprint
 from robustdistiller.run_folder import check_run_signature, run_signature, write_run_signature
@@ -238,7 +238,7 @@ def _load_compact(hparams, head_template, head_file):
 def load_teacher(hparams):
     """The frozen teacher (a :class:`DPWavLM` from the HF WavLM folder or hub id ``teacher_source``)."""
     folder = resolve_teacher_folder(hparams["teacher_source"], hparams.get("teacher_cache_dir"))
-    teacher = from_hf_wavlm(folder).eval()
+    teacher = from_hf_model(folder).eval()
     teacher.requires_grad_(False)
     return teacher
 
@@ -316,7 +316,8 @@ def run_stages(hparams, datasets, run_opts=None, teacher=None):
     head = hparams.get("enhancement_head") if hparams["enhancement_weight"] > 0 else None
     summary = read_summary(output_folder)
     summary.update(
-        recipe="RobustDistiller + DPWavLM" if hparams["student_input"] == "noisy" or head is not None else "DPWavLM",
+        recipe=("RobustDistiller + " if hparams["student_input"] == "noisy" or head is not None else "")
+        + ("DPHuBERT" if teacher.is_hubert else "DPWavLM"),
         teacher_source=str(hparams["teacher_source"]),
         teacher_num_params=teacher_params,
         student_input=hparams["student_input"],
@@ -324,7 +325,7 @@ def run_stages(hparams, datasets, run_opts=None, teacher=None):
     )
 
     if not os.path.isfile(os.path.join(output_folder, PRUNED_FILE)):
-        student = from_hf_wavlm(folder, **pruning_flags(hparams["pruning_units"]))
+        student = from_hf_model(folder, **pruning_flags(hparams["pruning_units"]))
         projections = LayerProjections(hparams["distill_layers"], student.hidden_size, teacher.hidden_size)
         lagrangian = SparsityLagrangian(hparams["target_sparsity"], hparams["sparsity_warmup_steps"], teacher_params)
         initial_sparsity = 1.0 - float(student.expected_num_params()) / teacher_params  # before any resume
