@@ -664,6 +664,14 @@ class EncoderInterface(Pretrained):
             wavs = torchaudio.functional.resample(wavs, int(sample_rate), model_rate)
         if wav_lens is not None:
             wav_lens = torch.as_tensor(wav_lens, dtype=torch.float32, device=self.device)
+        return self._encode(wavs, wav_lens)
+
+    def minimum_samples(self):
+        """Fewest input samples giving one frame (the CNN's receptive field, 400 at 16 kHz)."""
+        return cnn_receptive_field(self.mods.encoder.config)
+
+    def _encode(self, wavs, wav_lens):
+        """The model part of :meth:`encode_batch`: 16 kHz mono ``[B, T]`` and relative lengths in."""
         per_utterance_norm = bool(getattr(self.hparams, "per_utterance_norm", False))
         with torch.no_grad():
             hidden_states, frame_mask = ssl_hidden_states(
@@ -701,7 +709,7 @@ class EncoderInterface(Pretrained):
             message names the file.
         """
         waveform = self.load_audio(path, **kwargs)
-        minimum = cnn_receptive_field(self.mods.encoder.config)
+        minimum = self.minimum_samples()
         if waveform.shape[0] < minimum:
             raise ValueError(too_short_message(waveform.shape[0], minimum, what=f"Audio file '{path}'"))
         return self.encode_batch(waveform.unsqueeze(0))

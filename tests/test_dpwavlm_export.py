@@ -16,6 +16,7 @@ from robustdistiller.downstream.upstream import FrozenUpstream, upstream_name
 from robustdistiller.dpwavlm import DPWavLM, load_dphubert_checkpoint, save_dphubert_checkpoint
 from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
 from robustdistiller.dpwavlm.export import export_dpwavlm
+from robustdistiller.dpwavlm.interface import DPWavLMInterface
 from robustdistiller.dpwavlm.stages import FINAL_FILE, PRUNED_FILE, SUMMARY_FILE
 from robustdistiller.export import DPWAVLM_EXPORT_FILE, ExportError, export_student, load_student, locate_checkpoint
 from robustdistiller.export import main as export_main
@@ -169,7 +170,7 @@ def test_export_exact_copy_loads_everywhere(exact_run, tmp_path, batch):
     result = export_student(folder, output)
     assert result["hf_copy"]["written"] and result["hf_copy"]["exact"]
     assert {DPWAVLM_EXPORT_FILE, "config.json", "model.safetensors", "preprocessor_config.json", "README.md",
-            SUMMARY_FILE, "export_manifest.json"} == set(result["files"])
+            "hyperparams.yaml", "encoder.ckpt", SUMMARY_FILE, "export_manifest.json"} == set(result["files"])
     # the canonical file is the source, byte for byte
     assert open(os.path.join(output, DPWAVLM_EXPORT_FILE), "rb").read() == open(path, "rb").read()
     # transformers copy: layers 1..L equal ours; its hidden_states[0] is the encoder input
@@ -187,6 +188,13 @@ def test_export_exact_copy_loads_everywhere(exact_run, tmp_path, batch):
     upstream = FrozenUpstream(output)
     assert upstream.kind == "student" and upstream.identity()["fingerprint"] == FrozenUpstream(path).identity()[
         "fingerprint"]
+    # SpeechBrain's pretrained interface: the same states as the upstream (layer 0 = projection output)
+    interface = DPWavLMInterface.from_hparams(source=output, savedir=str(tmp_path / "sb_cache"))
+    encoded = interface.encode_batch(*batch)
+    features, frame_mask = upstream(*batch)
+    assert interface.num_layers == LAYERS and encoded.predictions is None
+    assert torch.equal(encoded.frame_mask, frame_mask)
+    assert torch.allclose(encoded.hidden_states, features, atol=1e-6)
     card = open(os.path.join(output, "README.md")).read()
     assert f"{num_parameters(model):,}" in card and "RobustDistiller + DPWavLM" in card
     assert "| 4 | 0 of 4 |" in card and "| 6 | " in card  # the 0-head layer 4 (1-based) is listed

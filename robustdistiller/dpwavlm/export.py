@@ -14,6 +14,9 @@ comes here (:func:`robustdistiller.export.export_student` dispatches on the file
   ``dummy_weight`` is all ones (the last conv layer unpruned); otherwise ``hf_inexact`` decides: ``skip``
   (default: the copy is left out and the model card gives the measured error), ``warn`` (written anyway,
   the error in the card) or ``refuse`` (the export fails, naming the error);
+* ``hyperparams.yaml`` + ``encoder.ckpt``: SpeechBrain's pretrained interface
+  (:class:`~robustdistiller.dpwavlm.interface.DPWavLMInterface`; the weights once more, as SpeechBrain's
+  ``Pretrainer`` reads plain state dicts);
 * ``README.md``: the model card (teacher, sparsity reached vs the target, parameters before and after
   pruning, per-layer widths, the measured HF-copy error, loading snippets);
 * ``export_manifest.json``: as every export (overwrite rules of :mod:`robustdistiller.export`).
@@ -26,8 +29,10 @@ import shutil
 import warnings
 
 import torch
+import yaml
 
 from robustdistiller.dpwavlm.checkpoint import export_hf_wavlm_padded
+from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
 from robustdistiller.dpwavlm.model import is_hubert_config
 from robustdistiller.dpwavlm.stages import SUMMARY_FILE
 from robustdistiller.export import (
@@ -67,6 +72,39 @@ def layer_widths(config):
         units = config["encoder_ff_interm_features"][index] if config["encoder_use_feed_forward"][index] else 0
         widths.append((heads, total, units))
     return widths
+
+
+def hyperparams_text(config):
+    """The export's ``hyperparams.yaml``: the model's config inline, for :class:`DPWavLMInterface`."""
+    plain = dict(config)
+    plain["extractor_conv_layer_config"] = [list(layer) for layer in config["extractor_conv_layer_config"]]
+    config_yaml = yaml.safe_dump(plain, default_flow_style=None, sort_keys=False, width=100)
+    config_yaml = "".join(f"            {line}\n" for line in config_yaml.splitlines())
+    return "\n".join([
+        "# ############################################################################",
+        "# DPWavLM / DPHuBERT exported by robustdistiller.export (see README.md).",
+        "# Load: robustdistiller.dpwavlm.interface.DPWavLMInterface.from_hparams(source=<this folder>)",
+        "# (encoder.ckpt: the weights of dpwavlm.pth for SpeechBrain's Pretrainer)",
+        "# ############################################################################",
+        "",
+        "sample_rate: 16000",
+        "# First CNN layer's GroupNorm over each utterance's own samples (padding-independent features)",
+        "per_utterance_norm: True",
+        "",
+        "encoder: !new:robustdistiller.dpwavlm.encoder.DPWavLMEncoder",
+        "    per_utterance_norm: !ref <per_utterance_norm>",
+        "    model: !new:robustdistiller.dpwavlm.model.DPWavLM",
+        "        config:",
+        config_yaml.rstrip("\n"),
+        "",
+        "modules:",
+        "    encoder: !ref <encoder>",
+        "",
+        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
+        "    loadables:",
+        "        encoder: !ref <encoder>",
+        "",
+    ])
 
 
 def _write_preprocessor_config(folder, config):
@@ -226,6 +264,17 @@ upstream = FrozenUpstream("/path/to/this/folder")         # what the recipes use
 features, frame_mask = upstream(wavs, wav_lens)           # [B, {config['encoder_num_layers'] + 1}, frames, {config['encoder_embed_dim']}]
 ```
 
+### SpeechBrain (with `robustdistiller` installed)
+
+```python
+from robustdistiller.dpwavlm.interface import DPWavLMInterface
+
+encoder = DPWavLMInterface.from_hparams(source="/path/to/this/folder", savedir="pretrained_cache")
+out = encoder.encode_file("utterance.wav")        # any sample rate; stereo is averaged
+out.hidden_states                                 # [1, {config['encoder_num_layers'] + 1}, frames, {config['encoder_embed_dim']}], layer 0 = projection output
+batch = encoder.encode_batch(wavs, wav_lens)      # padded batch, SpeechBrain relative lengths
+```
+
 ### The DPHuBERT file itself
 
 ```python
@@ -239,7 +288,8 @@ hidden_states, frame_lengths = model.eval().extract_features(wav[None])
 {hf_section}
 ## Files
 
-`{DPWAVLM_EXPORT_FILE}`: the model (DPHuBERT format).{' `config.json`, `model.safetensors`, `preprocessor_config.json`: the padded transformers copy.' if hf_report['written'] else ''}
+`{DPWAVLM_EXPORT_FILE}`: the model (DPHuBERT format). `hyperparams.yaml`, `encoder.ckpt`: SpeechBrain (the same
+weights again, for its `Pretrainer`).{' `config.json`, `model.safetensors`, `preprocessor_config.json`: the padded transformers copy.' if hf_report['written'] else ''}
 `{MANIFEST_FILE}`: the files of this export with their SHA-256.
 """
 
@@ -274,6 +324,9 @@ def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip"):
 
     def write(staging):
         shutil.copyfile(path, os.path.join(staging, DPWAVLM_EXPORT_FILE))
+        with open(os.path.join(staging, "hyperparams.yaml"), "w", encoding="utf-8") as fout:
+            fout.write(hyperparams_text(model.config))
+        torch.save(DPWavLMEncoder(model).state_dict(), os.path.join(staging, "encoder.ckpt"))
         hf_report = write_hf_copy(model, staging, hf_inexact)
         if summary:
             with open(os.path.join(staging, SUMMARY_FILE), "w", encoding="utf-8") as fout:
@@ -282,7 +335,7 @@ def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip"):
             fout.write(model_card(model, path, summary, hf_report))
         return hf_report
 
-    expected = [DPWAVLM_EXPORT_FILE, SUMMARY_FILE, "README.md", *HF_FILES]
+    expected = [DPWAVLM_EXPORT_FILE, "hyperparams.yaml", "encoder.ckpt", SUMMARY_FILE, "README.md", *HF_FILES]
     files, hf_report = write_export_folder(output_folder, expected, overwrite, path, write, source=source)
     logger.info("Exported the DPWavLM to %s (%s)", os.path.abspath(output_folder), ", ".join(files))
     return {
