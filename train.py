@@ -176,12 +176,13 @@ def training_info(hparams, hparams_file):
 def run_dpwavlm(hparams, hparams_file, overrides, run_opts):
     """DPWavLM (``hparams/dpwavlm.yaml``, ``hparams/robust_dpwavlm.yaml``): both stages, see
     :mod:`robustdistiller.dpwavlm.stages`; the same data preparation and pipeline as the distillation."""
-    from robustdistiller.dpwavlm.stages import check_run_settings, load_teacher, run_stages, stages_done
+    from robustdistiller.dpwavlm.stages import check_options, check_run_settings, load_teacher, run_stages, stages_done
 
     for key in ("train_splits", "valid_splits", "musan_subsets", "rirs_noises_subsets", "extra_noise_folders",
                 "pruning_units", "accept_changed_settings", "run_signature_keys"):
         if key in hparams:
             hparams[key] = as_list(hparams[key], key)
+    check_options(hparams)  # before anything is loaded or written
     if sb.utils.distributed.if_main_process():
         lock_output_folder(hparams["output_folder"])
     sb.create_experiment_directory(

@@ -31,6 +31,7 @@ from robustdistiller.dpwavlm.stages import narrow_head_input
 from robustdistiller.student import num_parameters
 from robustdistiller.enhancement import EnhancementHead
 from robustdistiller.export import export_student, load_student
+from robustdistiller.options import OptionError
 from robustdistiller.run_folder import ChangedSettingsError
 
 ROBUST_YAML = os.path.join(REPOSITORY_ROOT, "hparams", "robust_dpwavlm.yaml")
@@ -189,6 +190,26 @@ def test_rerun_with_other_settings_is_refused(dpwavlm_run):
     with pytest.raises(ChangedSettingsError, match=r"target_sparsity: recorded 0.3, now 0.5"):
         train.run_dpwavlm(hparams, ROBUST_YAML, changed, run_opts={})
     assert os.stat(final).st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"stage2_steps": 2, "stage2_warmup_steps": 5}, "`stage2_warmup_steps` = 5 must be below `stage2_steps` = 2"),
+        ({"pruning_units": ["conv", "heads"]}, "unknown \\['heads'\\]"),
+        ({"target_sparsity": 1.2}, "`target_sparsity` = 1.2"),
+        ({"distill_layers": "0.4,x"}, "distill_layers"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_runs(dpwavlm_run, tmp_path, bad, message):
+    """A stage-2 setting that cannot work is refused at once, not after stage 1; nothing is written."""
+    _, _, overrides = dpwavlm_run
+    changed = dict(overrides, output_folder=str(tmp_path / "never"), **bad)
+    with open(ROBUST_YAML, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, changed)
+    with pytest.raises(OptionError, match=message):
+        load_train_module().run_dpwavlm(hparams, ROBUST_YAML, changed, run_opts={})
+    assert not os.path.exists(tmp_path / "never")
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,12 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process
 from speechbrain.utils.epoch_loop import EpochCounter
 
 from robustdistiller.checkpoints import AtomicCheckpointer
-from robustdistiller.dpwavlm.brain import DPWavLMBrain, StudentFeatures
+from robustdistiller.dpwavlm.brain import STUDENT_INPUTS, DPWavLMBrain, StudentFeatures
 from robustdistiller.dpwavlm.checkpoint import from_hf_model, load_dphubert_checkpoint, save_dphubert_checkpoint
-from robustdistiller.dpwavlm.objective import LayerProjections, SparsityLagrangian
+from robustdistiller.dpwavlm.objective import COS_TYPES, LayerProjections, SparsityLagrangian, parse_distill_layers
+from robustdistiller.dpwavlm.schedule import ASCENT_MODES
 from robustdistiller.fingerprint import weights_fingerprint
+from robustdistiller.options import OptionError, integer_at_least
 from robustdistiller.run_folder import check_run_signature, run_signature, write_run_signature
 from robustdistiller.student import num_parameters
 
@@ -233,6 +235,40 @@ def _load_compact(hparams, head_template, head_file):
             narrow_head_input(head, torch.arange(width))
         head.load_state_dict(state)
     return student, projections, head
+
+
+def check_options(hparams):
+    """Refuses, before anything is loaded, settings that would fail hours later (e.g. at the start of stage 2).
+
+    Stage lengths and warm-ups (``0 < stageN_warmup_steps < stageN_steps``), ``target_sparsity`` in [0, 1),
+    ``sparsity_warmup_steps`` >= 0, ``pruning_units``, ``distill_layers`` (within the teacher's layers is
+    checked when the teacher is loaded), ``student_input``, ``cos_type``, ``ascent``.
+
+    Raises
+    ------
+    robustdistiller.options.OptionError
+        Naming the option, its value and what was expected.
+    """
+    for stage in (1, 2):
+        steps = integer_at_least(hparams[f"stage{stage}_steps"], f"stage{stage}_steps", 2)
+        warmup = integer_at_least(hparams[f"stage{stage}_warmup_steps"], f"stage{stage}_warmup_steps", 1)
+        if warmup >= steps:
+            raise OptionError(
+                f"Option `stage{stage}_warmup_steps` = {warmup} must be below `stage{stage}_steps` = {steps} "
+                f"(the lr warms up, then decays linearly to 0 at the last step)"
+            )
+        hparams[f"stage{stage}_steps"], hparams[f"stage{stage}_warmup_steps"] = steps, warmup
+    if not 0.0 <= float(hparams["target_sparsity"]) < 1.0:
+        raise OptionError(f"Option `target_sparsity` = {hparams['target_sparsity']!r}: expected a value in [0, 1)")
+    hparams["sparsity_warmup_steps"] = integer_at_least(hparams["sparsity_warmup_steps"], "sparsity_warmup_steps", 0)
+    try:
+        pruning_flags(hparams["pruning_units"])
+        parse_distill_layers(hparams["distill_layers"])
+    except ValueError as error:
+        raise OptionError(str(error)) from error
+    for option, choices in (("student_input", STUDENT_INPUTS), ("cos_type", COS_TYPES), ("ascent", ASCENT_MODES)):
+        if hparams[option] not in choices:
+            raise OptionError(f"Option `{option}` = {hparams[option]!r}: expected one of {choices}")
 
 
 def load_teacher(hparams):
