@@ -99,6 +99,10 @@ class ExportError(ValueError):
     """A checkpoint or export folder cannot be read or written (the message names the path)."""
 
 
+class UnfinishedRunError(ExportError):
+    """The source is one of our training runs, but it has not written its model yet."""
+
+
 # ------------------------------------------------------------------------------------------------
 # Finding and loading students
 # ------------------------------------------------------------------------------------------------
@@ -253,7 +257,7 @@ def _dpwavlm_file_in(folder):
     final = os.path.join(folder, FINAL_FILE)
     if os.path.isfile(final):
         return final
-    raise ExportError(
+    raise UnfinishedRunError(
         f"'{folder}' is a DPWavLM run whose stage 2 has not finished (no {FINAL_FILE}): resume it with the same "
         f"command, or pass {os.path.join(folder, PRUNED_FILE)} to use the stage-1 model"
     )

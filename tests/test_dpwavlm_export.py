@@ -152,6 +152,8 @@ def test_unfinished_run_and_bad_files_are_named(tmp_path, exact_run):
     write_run(folder, model, name=PRUNED_FILE)
     with pytest.raises(ExportError, match=f"stage 2 has not finished.*{PRUNED_FILE}"):
         load_student(folder)
+    with pytest.raises(ExportError, match="stage 2 has not finished"):  # not taken for a Hugging Face folder
+        FrozenUpstream(folder)
     encoder, _ = load_student(os.path.join(folder, PRUNED_FILE))  # the stage-1 model, when asked for
     assert encoder.num_layers == LAYERS
     broken = tmp_path / "broken.pth"

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
-from robustdistiller.export import ExportError, file_sha256, load_student, locate_checkpoint
+from robustdistiller.export import ExportError, UnfinishedRunError, file_sha256, load_student, locate_checkpoint
 from robustdistiller.fingerprint import weights_fingerprint
 from robustdistiller.interface import looks_like_path
 from robustdistiller.options import OptionError
@@ -318,6 +318,8 @@ class FrozenUpstream(nn.Module):
         try:
             locate_checkpoint(expanded)
             return "student"
+        except UnfinishedRunError:
+            raise  # our run, not a Hugging Face folder: its message says what is missing
         except ExportError:
             return "hf"
 
