@@ -1246,6 +1246,9 @@ def main(argv=None):
                 f"transformers copy: {'written' if copy_report['written'] else 'not written'} (max abs difference "
                 f"{copy_report['max_abs_error']:.3g})"
             )
+            if args.verify:
+                print("--verify: the fresh-process checks are for DistilHuBERT-layout exports; this DPWavLM export's "
+                      "transformers copy was checked against the model above, dpwavlm.pth is the source file itself")
         elif args.verify:
             student, _ = load_student(args.checkpoint)
             print(format_verification(verify_export(result["folder"], student)))
