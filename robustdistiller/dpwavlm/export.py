@@ -138,8 +138,8 @@ def write_hf_copy(model, folder, hf_inexact="skip"):
             if hf_inexact != "warn":  # measured here; the copy is dropped (skip) or the export fails (refuse)
                 warnings.simplefilter("ignore")
             error = export_hf_wavlm_padded(model, hf_folder, on_inexact="warn" if not exact else "refuse")
-    except ValueError as failure:
-        raise ExportError(f"Cannot write the padded transformers.WavLMModel copy: {failure}") from failure
+    except (ValueError, RuntimeError) as failure:  # e.g. a copy that differs although it should be exact
+        raise ExportError(f"Cannot write the padded transformers copy: {failure}") from failure
     report = {"written": False, "max_abs_error": error, "exact": exact}
     if not exact and hf_inexact == "refuse":
         shutil.rmtree(hf_folder, ignore_errors=True)
