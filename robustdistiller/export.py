@@ -58,11 +58,11 @@ import tempfile
 
 import torch
 import yaml
-from transformers import HubertModel
+from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
 from robustdistiller.interface import hub_offline, looks_like_path
 from robustdistiller.student import DistillerStudent, num_parameters
-from robustdistiller.teacher import load_model_folder, save_preprocessor_config
+from robustdistiller.teacher import load_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -979,7 +979,13 @@ def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=
     backbone = copy.deepcopy(student.backbone).eval()
     backbone.config.robustdistiller = metadata
     backbone.save_pretrained(folder, safe_serialization=True)
-    save_preprocessor_config(folder)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=False,
+        return_attention_mask=True,
+    ).save_pretrained(folder)
 
     torch.save(student.backbone.state_dict(), os.path.join(folder, "encoder.ckpt"))
     heads = student.prediction_heads

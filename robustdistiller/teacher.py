@@ -370,20 +370,6 @@ def random_teacher_config(model_type="wavlm", tiny=True, **config_overrides):
     return _MODEL_TYPES[model_type][0](**values)
 
 
-def save_preprocessor_config(folder, do_normalize=False):
-    """Writes the ``preprocessor_config.json`` of a 16 kHz speech encoder (``Wav2Vec2FeatureExtractor``).
-
-    ``do_normalize`` is the model's per-utterance waveform normalisation (False for the Base models).
-    """
-    Wav2Vec2FeatureExtractor(
-        feature_size=1,
-        sampling_rate=16000,
-        padding_value=0.0,
-        do_normalize=bool(do_normalize),
-        return_attention_mask=True,
-    ).save_pretrained(folder)
-
-
 def save_random_teacher(folder, model_type="wavlm", tiny=True, seed=0, **config_overrides):
     """Writes an SSL model with **random weights** (no pretrained knowledge) in Hugging Face format.
 
@@ -428,7 +414,13 @@ def save_random_teacher(folder, model_type="wavlm", tiny=True, seed=0, **config_
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     model.save_pretrained(folder)
-    save_preprocessor_config(folder)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=False,
+        return_attention_mask=True,
+    ).save_pretrained(folder)
     with open(os.path.join(folder, "RANDOM_WEIGHTS.txt"), "w") as note:
         note.write(
             f"Random weights (seed {seed}), {model_type}, written by robustdistiller.teacher."

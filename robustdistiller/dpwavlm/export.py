@@ -45,7 +45,6 @@ from robustdistiller.export import (
     write_export_folder,
 )
 from robustdistiller.student import num_parameters
-from robustdistiller.teacher import save_preprocessor_config
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +107,18 @@ def hyperparams_text(config):
     ])
 
 
+def _write_preprocessor_config(folder, config):
+    from transformers import Wav2Vec2FeatureExtractor
+
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=bool(config["normalize_waveform"]),
+        return_attention_mask=True,
+    ).save_pretrained(folder)
+
+
 def write_hf_copy(model, folder, hf_inexact="skip"):
     """Writes the padded ``transformers.WavLMModel`` copy of ``model`` into ``folder`` (the policy above).
 
@@ -148,7 +159,7 @@ def write_hf_copy(model, folder, hf_inexact="skip"):
     for name in os.listdir(hf_folder):
         os.replace(os.path.join(hf_folder, name), os.path.join(folder, name))
     os.rmdir(hf_folder)
-    save_preprocessor_config(folder, do_normalize=model.config["normalize_waveform"])
+    _write_preprocessor_config(folder, model.config)
     import transformers
 
     hf_model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(folder))
