@@ -7,14 +7,16 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 DEMO_OUTPUT ?= demo_output
 
-.PHONY: test demo report venv benchmark clean
+.PHONY: test demo report venv benchmark clean lock
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# requirements.txt says what the project needs; constraints.txt pins the whole tested working set
+# (refresh it with `make lock`).
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install --quiet --upgrade pip
-	$(VENV_PYTHON) -m pip install --quiet -r requirements.txt
+	$(VENV_PYTHON) -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(VENV_PYTHON) -m pip install --quiet --no-deps -e .
 	touch $@
 
@@ -34,6 +36,18 @@ report: venv
 
 benchmark: venv
 	HF_HUB_OFFLINE=1 $(VENV_PYTHON) benchmarks/benchmark_step.py
+
+# Re-resolve requirements.txt alone in a fresh venv and pin what it installs (README: "Tests").
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -r requirements.txt
+	{ sed -n '/^#/p' constraints.txt; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all | grep -v -E '^(pip|setuptools|wheel)=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUTPUT)
