@@ -14,7 +14,9 @@ so a run is reproducible whatever the number of workers.
 
 A listed file that cannot be read (typically: deleted or moved after preparation, a stale list)
 fails with an :class:`~robustdistiller.audio.AudioLoadError` naming the file and the list, and
-saying how to prepare the lists again (:func:`load_listed_audio`).
+saying how to prepare the lists again (:func:`load_listed_audio`); a damaged file (header intact,
+data truncated) is named as damaged, with the advice to replace it or to prepare again, which now
+leaves such files out.
 """
 
 import logging
@@ -23,7 +25,7 @@ import os
 import speechbrain as sb
 import torch
 
-from robustdistiller.audio import AudioLoadError, load_audio
+from robustdistiller.audio import AudioLoadError, DamagedAudioError, audio_info, load_audio
 from robustdistiller.interface import CNN_RECEPTIVE_FIELD
 from robustdistiller.options import OptionError, integer_at_least
 
@@ -83,7 +85,9 @@ def load_listed_audio(wav_path, csv_file, sample_rate=16000):
     ------
     AudioLoadError
         Naming the file and the list: a missing file means a stale list (audio moved or deleted
-        after preparation); the message says to prepare again with ``--force_prep=True``.
+        after preparation); the message says to prepare again with ``--force_prep=True``. A damaged
+        file (header intact, data truncated: found by decoding its last block, only after a read
+        failed) is named as damaged: replace it, or prepare again, which leaves it out.
 
     Example
     -------
@@ -101,9 +105,21 @@ def load_listed_audio(wav_path, csv_file, sample_rate=16000):
                 "audio was moved or deleted after preparation). Prepare the lists again: re-run with "
                 "--force_prep=True."
             ) from error
+        try:
+            audio_info(wav_path, check_end=True)
+        except DamagedAudioError as damaged:
+            raise AudioLoadError(
+                f"{damaged} It is listed in '{csv_file}', prepared before this check existed or before the "
+                "file was damaged: replace the file, or re-run with --force_prep=True to prepare the lists "
+                "again (preparation now leaves damaged files out, counted in the log and in the list's "
+                "_skipped.json)."
+            ) from error
+        except AudioLoadError:
+            pass
         raise AudioLoadError(
             f"{error} (listed in '{csv_file}'; if the file changed after preparation, the list may be "
-            "stale: re-run with --force_prep=True to prepare the lists again)"
+            "stale: re-run with --force_prep=True to prepare the lists again, which leaves unreadable "
+            "files out)"
         ) from error
 
 

@@ -30,6 +30,19 @@ LibriSpeech files outside a speaker folder and utterances shorter than ``min_sam
 files shorter than :data:`MIN_NOISE_SECONDS` (they would be tiled into a buzz), RIRs listed in a
 ``rir_list`` but missing. Extensions match case-insensitively (``.FLAC``, ``.WAV`` are audio).
 
+Damaged audio. A file whose header is intact but whose data ends early (a truncated copy or
+download: the FLAC header still promises the full length) is found at preparation, by decoding its
+last block (:func:`robustdistiller.audio.audio_info` with ``check_end=True``, about 0.3 ms a file),
+and left out, counted and warned about as damaged: it never reaches training.
+
+Folders. Every folder is found by one walk (:func:`robustdistiller.datafiles.walk_folder`), which
+follows symbolic links (a link farm of speaker folders on several disks is read like one folder),
+walks a folder reached twice through links (a cycle) once, and leaves out the folders it cannot
+list. Those folders are counted per reason like files: one warning line
+``N folders left out of <list>: <reason> (e.g. <path> (<error>))``, and they go to the skipped
+JSON and to the per-subset ``left out:`` log line. Transcripts and lists that are not UTF-8 fail
+with an error naming the file and the line (:func:`robustdistiller.datafiles.read_text`).
+
 Stale lists. When the lists already exist with the same options, every listed file must still
 exist (:func:`check_listed_files_exist`, one ``stat`` per file): otherwise a :class:`StaleListError`
 names the list, the count and an example, and says to re-run with ``--force_prep=True``.
@@ -46,7 +59,8 @@ import logging
 import os
 import re
 
-from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.audio import AudioLoadError, DamagedAudioError, audio_info
+from robustdistiller.datafiles import SkippedFolders, list_folder, read_text_lines, walk_folder
 from robustdistiller.options import OptionError, as_list, check_data_path, integer_at_least
 
 logger = logging.getLogger(__name__)
@@ -69,6 +83,8 @@ MIN_NOISE_SECONDS = 0.1
 # Reasons for leaving a file out of a list (one warning line and one entry of the skipped JSON each)
 NOT_AUDIO = "not an audio file (.wav/.flac/.ogg, any case) or a hidden file"
 UNREADABLE_AUDIO = "unreadable audio"
+DAMAGED_AUDIO = ("damaged audio: its header is intact but its data ends early, as in a truncated copy "
+                 "(replace it with an intact copy, or remove it)")
 EMPTY_AUDIO = "empty audio (0 samples)"
 DOLLAR_IN_PATH = "'$' in its path or transcript (SpeechBrain's CSV loader reads it as a variable; rename it)"
 NO_TRANSCRIPT = "no line for it in a trans.txt of its folder"
@@ -103,12 +119,14 @@ def skipped_path(csv_path):
     return os.path.splitext(csv_path)[0] + SKIPPED_SUFFIX
 
 
-class LeftOutFiles:
-    """Counts the files a preparation leaves out of one list, per reason, with example paths.
+class LeftOutFiles(SkippedFolders):
+    """Counts the files (and folders) a preparation leaves out of one list, per reason, with examples.
 
     Every preparation records here what it finds but does not list; :meth:`warn` then logs one
     warning line per reason and :meth:`write` saves the counts next to the CSV
-    (:func:`skipped_path`). Each file is also logged at DEBUG level.
+    (:func:`skipped_path`). Each file is also logged at DEBUG level. Folders that a walk leaves out
+    (cannot be listed, reached twice through links) are recorded with :meth:`add_folder`
+    (:class:`robustdistiller.datafiles.SkippedFolders`) and warned about and written alike.
 
     Arguments
     ---------
@@ -127,6 +145,7 @@ class LeftOutFiles:
     """
 
     def __init__(self, csv_path):
+        super().__init__(csv_path)
         self.csv_path = csv_path
         self.by_reason = {}
 
@@ -148,30 +167,40 @@ class LeftOutFiles:
         """``{reason: files}``."""
         return {reason: entry["files"] for reason, entry in self.by_reason.items()}
 
+    def all_counts(self):
+        """``{reason: count}`` of files and folders (the reasons tell which)."""
+        return {**self.counts(), **self.folder_counts()}
+
     def messages(self):
-        """One line per reason: ``N files left out of <list>: <reason> (e.g. <path>)``."""
+        """One line per reason: ``N files left out of <list>: <reason> (e.g. <path>)``, then folders."""
         return [
             f"{entry['files']} file{'s' if entry['files'] != 1 else ''} left out of {self.csv_path}: "
             f"{reason} (e.g. {entry['examples'][0]})"
             for reason, entry in self.by_reason.items()
-        ]
-
-    def warn(self):
-        """Logs :meth:`messages` as warnings."""
-        for message in self.messages():
-            logger.warning(message)
+        ] + self.folder_messages()
 
     def write(self):
-        """Writes the counts and up to 20 example paths per reason to :func:`skipped_path`."""
+        """Writes the counts and up to 20 example paths per reason to :func:`skipped_path`.
+
+        Files under ``files_left_out`` / ``by_reason``, folders under ``folders_left_out`` /
+        ``folders_by_reason``.
+        """
         _write_json(skipped_path(self.csv_path), {
             "csv": os.path.abspath(self.csv_path),
             "files_left_out": self.count(),
             "by_reason": self.by_reason,
+            "folders_left_out": self.folder_count(),
+            "folders_by_reason": self.folders_by_reason,
         })
+
+    def summary(self):
+        """``"N files left out"``, with ``" and M folders"`` when folders were left out."""
+        folders = self.folder_count()
+        return f"{self.count()} files" + (f" and {folders} folder{'s' if folders != 1 else ''}" if folders else "")
 
 
 def _split_counts(before, after):
-    """``"N reason, ..."`` of the counts added between two :meth:`LeftOutFiles.counts`."""
+    """``"N reason, ..."`` of the counts added between two :meth:`LeftOutFiles.all_counts`."""
     added = {reason: count - before.get(reason, 0) for reason, count in after.items()}
     return ", ".join(f"{count} {reason}" for reason, count in added.items() if count) or "none"
 
@@ -320,10 +349,19 @@ def write_csv(path, header, rows):
     os.replace(temporary_path, path)
 
 
-def find_files(folder):
+def find_files(folder, skipped=None):
     """Lists the files under ``folder`` recursively, sorted, split into audio and other files.
 
-    Hidden files and folders (``.DS_Store``, ``._*`` macOS junk) count as "other" files.
+    Hidden files and folders (``.DS_Store``, ``._*`` macOS junk) count as "other" files. Symbolic
+    links are followed, each real folder once (:func:`robustdistiller.datafiles.walk_folder`).
+
+    Arguments
+    ---------
+    folder : str
+        The folder (it must be readable).
+    skipped : LeftOutFiles or SkippedFolders, optional
+        Receives the sub-folders left out (cannot be listed, reached twice through links); None:
+        they are warned about here.
 
     Returns
     -------
@@ -340,16 +378,20 @@ def find_files(folder):
     >>> [os.path.basename(path) for path in audio], [os.path.basename(path) for path in other]
     (['a.wav', 'b.FLAC'], ['LICENSE'])
     """
+    own_record = skipped is None
+    if own_record:
+        skipped = SkippedFolders(folder)
     audio_files, other_files = [], []
-    for directory, subdirectories, file_names in os.walk(os.path.abspath(folder)):
-        subdirectories.sort()
-        for file_name in sorted(file_names):
+    for directory, _, file_names in walk_folder(folder, skipped, "Audio folder"):
+        for file_name in file_names:
             path = os.path.join(directory, file_name)
             is_audio = file_name.lower().endswith(AUDIO_EXTENSIONS)
             if is_audio and not file_name.startswith("."):
                 audio_files.append(path)
             else:
                 other_files.append(path)
+    if own_record:
+        skipped.warn()
     return audio_files, other_files
 
 
@@ -388,14 +430,18 @@ def _require_folder(folder, description, expected):
         raise FileNotFoundError(f"{description} '{folder}' does not exist; expected {expected}.")
     if not os.path.isdir(folder):
         raise NotADirectoryError(f"{description} '{folder}' is not a folder; expected {expected}.")
-    if not os.listdir(folder):
+    subfolders, files = list_folder(folder, description)
+    if not subfolders and not files:
         raise ValueError(f"{description} '{folder}' is empty; expected {expected}.")
 
 
 def _read_header(path, left_out):
     """Returns ``(frames, rate, channels)``, or ``None`` with the file counted in ``left_out``."""
     try:
-        frames, rate, channels = audio_info(path)
+        frames, rate, channels = audio_info(path, check_end=True)  # one block decoded: ~0.3 ms a file
+    except DamagedAudioError as error:
+        left_out.add(DAMAGED_AUDIO, path, detail=str(error))
+        return None
     except AudioLoadError as error:
         left_out.add(UNREADABLE_AUDIO, path, detail=str(error))
         return None
@@ -441,7 +487,7 @@ def _leave_out_non_audio(paths, left_out):
 
 
 def _unreadable_count(left_out):
-    return left_out.count(UNREADABLE_AUDIO) + left_out.count(EMPTY_AUDIO)
+    return left_out.count(UNREADABLE_AUDIO) + left_out.count(DAMAGED_AUDIO) + left_out.count(EMPTY_AUDIO)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,16 +496,19 @@ def _unreadable_count(left_out):
 
 
 def _read_transcripts(folder, file_names):
-    """Reads every ``*.trans.txt`` among ``file_names`` of ``folder`` into ``{utterance id: words}``."""
+    """Reads every ``*.trans.txt`` among ``file_names`` of ``folder`` into ``{utterance id: words}``.
+
+    A transcript that is not UTF-8 raises :class:`robustdistiller.datafiles.TextFileError` naming it
+    and the line.
+    """
     transcripts = {}
     for file_name in sorted(file_names):
         if not file_name.lower().endswith(".trans.txt"):
             continue
-        with open(os.path.join(folder, file_name), encoding="utf-8") as transcript_file:
-            for line in transcript_file:
-                fields = line.strip().split(maxsplit=1)
-                if fields:
-                    transcripts[fields[0]] = fields[1] if len(fields) > 1 else ""
+        for line in read_text_lines(os.path.join(folder, file_name), "LibriSpeech transcript"):
+            fields = line.strip().split(maxsplit=1)
+            if fields:
+                transcripts[fields[0]] = fields[1] if len(fields) > 1 else ""
     return transcripts
 
 
@@ -482,10 +531,10 @@ def _librispeech_split_rows(data_folder, split, min_samples, left_out):
             f"{LIBRISPEECH_LAYOUT}."
         )
     rows, speakers, flac_found = [], set(), 0
-    counts_before = left_out.counts()
+    counts_before = left_out.all_counts()
+    folders_before = left_out.folder_count()
     too_short = f"shorter than {min_samples} samples (min_samples)"
-    for directory, subdirectories, file_names in os.walk(split_folder):
-        subdirectories.sort()
+    for directory, _, file_names in walk_folder(split_folder, left_out, "LibriSpeech subset folder"):
         relative = os.path.relpath(directory, split_folder)
         speaker = None if relative == "." else relative.split(os.sep)[0]
         flacs = {}
@@ -520,11 +569,16 @@ def _librispeech_split_rows(data_folder, split, min_samples, left_out):
             rows.append([utterance_id, frames / rate, path, speaker, transcripts[utterance_id]])
             speakers.add(speaker)
     if flac_found == 0:
-        raise ValueError(f"No .flac file found under '{split_folder}'; expected {LIBRISPEECH_LAYOUT}.")
+        unread = left_out.folder_count() - folders_before
+        raise ValueError(
+            f"No .flac file found under '{split_folder}'"
+            + (f" ({unread} folder(s) left out: {'; '.join(left_out.folder_messages())})" if unread else "")
+            + f"; expected {LIBRISPEECH_LAYOUT}."
+        )
     hours = sum(row[1] for row in rows) / 3600
     logger.info(
         "LibriSpeech %s: %d utterances from %d speakers (%.2f h); left out: %s.",
-        split, len(rows), len(speakers), hours, _split_counts(counts_before, left_out.counts()),
+        split, len(rows), len(speakers), hours, _split_counts(counts_before, left_out.all_counts()),
     )
     return rows
 
@@ -629,8 +683,8 @@ def prepare_librispeech(
         seen_ids.update(id_counts)
         write_csv(csv_paths[key], LIBRISPEECH_HEADER, rows)
         left_out.write()
-        logger.info("Wrote %s (%d utterances, %d files left out: %s).", csv_paths[key], len(rows),
-                    left_out.count(), skipped_path(csv_paths[key]))
+        logger.info("Wrote %s (%d utterances, %s left out: %s).", csv_paths[key], len(rows),
+                    left_out.summary(), skipped_path(csv_paths[key]))
     _write_marker(save_folder, "librispeech", options)
     return csv_paths
 
@@ -646,7 +700,7 @@ def _musan_entries(musan_folder, subsets, left_out):
     for subset in subsets:
         subset_folder = os.path.join(musan_folder, subset)
         _require_folder(subset_folder, "MUSAN subset folder", f"musan/{subset}/<source>/*.wav")
-        audio_files, other_files = find_files(subset_folder)
+        audio_files, other_files = find_files(subset_folder, left_out)
         _leave_out_non_audio(other_files, left_out)
         entries += [(make_id(os.path.relpath(path, musan_folder), "musan"), path) for path in audio_files]
     return entries
@@ -668,12 +722,12 @@ def _scan_urbansound(urbansound_folder, exclude, left_out=None):
     audio_root = os.path.join(urbansound_folder, "audio")
     if not os.path.isdir(audio_root):
         audio_root = urbansound_folder  # the "audio" folder itself was given
-    folds = sorted(name for name in os.listdir(audio_root) if name.startswith("fold"))
+    folds = [name for name in list_folder(audio_root, "UrbanSound8K audio folder")[0] if name.startswith("fold")]
     if not folds:
         raise FileNotFoundError(f"No fold* folder in '{audio_root}'; expected {layout}.")
     entries, excluded = [], {name: 0 for name in exclude}
     for fold in folds:
-        audio_files, other_files = find_files(os.path.join(audio_root, fold))
+        audio_files, other_files = find_files(os.path.join(audio_root, fold), left_out)
         _leave_out_non_audio(other_files, left_out)
         for path in audio_files:
             match = URBANSOUND_NAME.match(os.path.splitext(os.path.basename(path))[0])
@@ -708,7 +762,7 @@ def _urbansound_entries(urbansound_folder, exclude, left_out, excluded_counts=No
 
 def _folder_entries(folder, prefix, left_out):
     _require_folder(folder, "Audio folder", "a folder of .wav/.flac/.ogg files")
-    audio_files, other_files = find_files(folder)
+    audio_files, other_files = find_files(folder, left_out)
     _leave_out_non_audio(other_files, left_out)
     return [(make_id(os.path.relpath(path, folder), prefix), path) for path in audio_files]
 
@@ -819,8 +873,8 @@ def prepare_noise(
             csv_path, options, rows, excluded=excluded, unreadable=_unreadable_count(left_out)
         ),
     )
-    logger.info("Wrote %s: %d noise files (%.1f min), %d files left out (%s), from %s.", csv_path,
-                len(rows), sum(row[1] for row in rows) / 60, left_out.count(), skipped_path(csv_path),
+    logger.info("Wrote %s: %d noise files (%.1f min), %s left out (%s), from %s.", csv_path,
+                len(rows), sum(row[1] for row in rows) / 60, left_out.summary(), skipped_path(csv_path),
                 sources + extra_folders)
     _log_composition(composition)
     return csv_path
@@ -1149,36 +1203,34 @@ def read_kaldi_list(list_path, rir_folder):
     [('r1', 'sim/r1.wav')]
     """
     entries = []
-    with open(list_path, encoding="utf-8") as list_file:
-        for line_number, line in enumerate(list_file, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            relative_path = fields[-1]
-            entry_id = None
-            for flag in ("--rir-id", "--noise-id"):
-                if flag in fields[:-1]:
-                    entry_id = fields[fields.index(flag) + 1]
-            if entry_id is None or not relative_path.lower().endswith(AUDIO_EXTENSIONS):
-                logger.warning("Skipping malformed line %d of %s: %r", line_number, list_path,
-                               line.strip())
-                continue
-            parts = relative_path.replace("\\", "/").split("/")
-            entries.append((entry_id, os.path.join(rir_folder, *parts[1:])))
+    for line_number, line in enumerate(read_text_lines(list_path, "RIR list"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        relative_path = fields[-1]
+        entry_id = None
+        for flag in ("--rir-id", "--noise-id"):
+            if flag in fields[:-1]:
+                entry_id = fields[fields.index(flag) + 1]
+        if entry_id is None or not relative_path.lower().endswith(AUDIO_EXTENSIONS):
+            logger.warning("Skipping malformed line %d of %s: %r", line_number, list_path,
+                           line.strip())
+            continue
+        parts = relative_path.replace("\\", "/").split("/")
+        entries.append((entry_id, os.path.join(rir_folder, *parts[1:])))
     return entries
 
 
-def _noise_list_paths(folder):
-    """Paths listed in every ``noise_list`` under ``folder``: never to be taken as RIRs.
+def _noise_list_paths(list_paths):
+    """Paths listed in the ``noise_list`` files ``list_paths``: never to be taken as RIRs.
 
     A ``noise_list`` sits one level below ``RIRS_NOISES`` (``pointsource_noises/``,
     ``real_rirs_isotropic_noises/``), so its paths resolve against the list's parent folder.
     """
     listed = set()
-    for directory, _, file_names in os.walk(folder):
-        if "noise_list" in file_names:
-            list_path = os.path.join(directory, "noise_list")
-            for _, path in read_kaldi_list(list_path, os.path.dirname(directory)):
+    for list_path in list_paths:
+        if os.path.basename(list_path) == "noise_list":
+            for _, path in read_kaldi_list(list_path, os.path.dirname(os.path.dirname(list_path))):
                 listed.add(os.path.normpath(path))
     return listed
 
@@ -1197,10 +1249,10 @@ def _rirs_noises_entries(rir_folder, subsets, left_out):
         _require_folder(simulated, "Simulated RIR folder", "RIRS_NOISES/simulated_rirs/<size>/rir_list")
         list_paths += [
             os.path.join(simulated, size, "rir_list")
-            for size in sorted(os.listdir(simulated))
-            if os.path.isdir(os.path.join(simulated, size))
+            for size in list_folder(simulated, "Simulated RIR folder")[0]
         ]
-    noise_paths = _noise_list_paths(rir_folder)
+    _, other_files = find_files(rir_folder, left_out)
+    noise_paths = _noise_list_paths(other_files)
     entries = []
     for list_path in list_paths:
         if not os.path.isfile(list_path):
@@ -1219,8 +1271,8 @@ def _rirs_noises_entries(rir_folder, subsets, left_out):
 
 def _rir_folder_entries(rir_folder, description, left_out):
     _require_folder(rir_folder, description, "a folder of RIR .wav/.flac files")
-    audio_files, other_files = find_files(rir_folder)
-    noise_paths = _noise_list_paths(rir_folder)
+    audio_files, other_files = find_files(rir_folder, left_out)
+    noise_paths = _noise_list_paths(other_files)
     kept = []
     for path in audio_files:
         relative = os.path.relpath(path, rir_folder)
@@ -1316,7 +1368,7 @@ def prepare_rirs(
         save_folder, csv_path, marker_name, options, rows, left_out,
         lambda rows: rir_composition(csv_path, options, rows, unreadable=_unreadable_count(left_out)),
     )
-    logger.info("Wrote %s: %d RIRs, %d files left out (%s), from %s.", csv_path, len(rows),
-                left_out.count(), skipped_path(csv_path), rir_folder)
+    logger.info("Wrote %s: %d RIRs, %s left out (%s), from %s.", csv_path, len(rows),
+                left_out.summary(), skipped_path(csv_path), rir_folder)
     _log_composition(composition)
     return csv_path

@@ -154,6 +154,8 @@ def test_testing_list_entries_stay_out_of_train_and_dev(tmp_path):
     data_folder, test_folder = write_tiny_corpus(str(tmp_path), speakers_by_word=words)
     with open(os.path.join(data_folder, "testing_list.txt"), "w", encoding="utf-8") as fout:
         fout.write(f"yes/{TRAINING_SPEAKER}_nohash_0.wav\n")  # listed although in the training band
+    shutil.copy(os.path.join(data_folder, "yes", f"{TRAINING_SPEAKER}_nohash_0.wav"),  # "yes" stays a training class
+                os.path.join(data_folder, "yes", f"{TRAINING_SPEAKER}_nohash_1.wav"))
     paths = prep.prepare_speech_commands(data_folder, test_folder, str(tmp_path / "save"))
     train, dev = read_csv(paths["train"]), read_csv(paths["dev"])
     train_ids = {row["ID"] for row in train}

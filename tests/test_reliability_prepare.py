@@ -2,9 +2,15 @@
 
 Each case builds small folders of synthetic 1-s audio in ``tmp_path`` (or reads the session mini
 corpus) and checks, with :func:`folder_snapshot`, that no input file changed.
+
+Issue 20: folders that cannot be listed (simulated by making ``os.scandir`` raise ``PermissionError``
+for them: the tests run as root, whom ``chmod 000`` does not stop) and symbolic links (link farms,
+cycles) in every preparer; truncated FLAC files whose header is intact; transcripts that are not
+UTF-8; downstream splits that are empty or hold labels training never sees.
 """
 
 import csv
+import importlib.util
 import json
 import logging
 import os
@@ -15,12 +21,15 @@ import pytest
 import soundfile
 from speechbrain.dataio.dataio import load_data_csv
 
-from conftest import folder_snapshot
-from robustdistiller.audio import AudioLoadError
+from conftest import REPOSITORY_ROOT, folder_snapshot
+from robustdistiller.audio import AudioLoadError, audio_info
 from robustdistiller.corruption import Corruptor
-from robustdistiller.dataio import make_distillation_dataset
+from robustdistiller.datafiles import REPEATED_FOLDER, UNREADABLE_FOLDER, FolderReadError, TextFileError
+from robustdistiller.dataio import load_listed_audio, make_distillation_dataset
+from robustdistiller.downstream.data import SplitError, check_split_lists
 from robustdistiller.options import OptionError
 from robustdistiller.prepare import (
+    DAMAGED_AUDIO,
     DOLLAR_IN_PATH,
     MISSING_FLAC,
     MISSING_RIR,
@@ -151,7 +160,8 @@ def test_skipped_json_is_written_even_when_nothing_is_left_out(tmp_path):
     _audio(noises / "a.wav")
     csv_path = prepare_noise(str(tmp_path / "save"), extra_folders=[str(noises)])
     with open(skipped_path(csv_path)) as json_file:
-        assert json.load(json_file) == {"csv": csv_path, "files_left_out": 0, "by_reason": {}}
+        assert json.load(json_file) == {"csv": csv_path, "files_left_out": 0, "by_reason": {},
+                                        "folders_left_out": 0, "folders_by_reason": {}}
 
 
 # --- 2. A single string where a list is expected ---------------------------------------------------
@@ -312,3 +322,303 @@ def test_crop_shorter_than_the_receptive_field_is_refused_up_front(tmp_path):
     csv_path = prepare_noise(str(tmp_path / "save"), extra_folders=[str(noises)])
     assert make_distillation_dataset(csv_path, corruptor, max_crop_samples=400)[0]["clean_sig"].shape == (400,)
     assert make_distillation_dataset(csv_path, corruptor, max_crop_samples=None)[0]["clean_sig"].shape == (RATE,)
+
+
+
+# --- 6. Folders that cannot be listed, symbolic links, cycles (issue 20, item 8) --------------------
+
+
+def _block_listing(patch, *folders):
+    """Makes ``os.scandir`` fail with ``PermissionError`` for ``folders``, as for an unreadable folder."""
+    real_scandir = os.scandir
+    blocked = {os.path.abspath(str(folder)) for folder in folders}
+
+    def scandir(path="."):
+        if os.path.abspath(os.fspath(path)) in blocked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    patch.setattr(os, "scandir", scandir)
+
+
+def _folders_skipped(csv_path):
+    with open(skipped_path(csv_path)) as json_file:
+        return {reason: entry["folders"] for reason, entry in json.load(json_file)["folders_by_reason"].items()}
+
+
+def _info_lines(caplog, prefix):
+    return [record.getMessage() for record in caplog.records if record.getMessage().startswith(prefix)]
+
+
+def test_unreadable_librispeech_folder_is_counted_and_warned(tmp_path, caplog, monkeypatch):
+    librispeech = _small_librispeech(tmp_path / "data")
+    chapter = librispeech / "train-clean-100" / "11" / "22"
+    before = folder_snapshot(str(librispeech))
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+        _block_listing(patch, chapter)
+        paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
+    assert [row["ID"] for row in _rows(paths["train"])] == ["33-44-0001"]
+    assert _folders_skipped(paths["train"]) == {UNREADABLE_FOLDER: 1}
+    assert _skipped(paths["train"]) == {NOT_IN_SPEAKER_FOLDER: 1}  # the chapter's files were never seen
+    warning = f"1 folder left out of {paths['train']}: {UNREADABLE_FOLDER} (e.g. {chapter} ("
+    assert any(message.startswith(warning) and "Permission denied" in message for message in _warnings(caplog))
+    [summary] = _info_lines(caplog, "LibriSpeech train-clean-100:")
+    assert summary.endswith(f"left out: 1 {NOT_IN_SPEAKER_FOLDER}, 1 {UNREADABLE_FOLDER}.")  # never "none"
+    assert folder_snapshot(str(librispeech)) == before
+
+
+def test_unreadable_subset_or_speaker_folders_are_named_not_no_flac(tmp_path, monkeypatch):
+    librispeech = _small_librispeech(tmp_path / "data")
+    subset = librispeech / "train-clean-100"
+    (subset / "55-66-0001.flac").unlink()  # only the speaker folders hold audio
+    before = folder_snapshot(str(librispeech))
+    with monkeypatch.context() as patch:
+        _block_listing(patch, subset / "11", subset / "33")
+        with pytest.raises(ValueError, match=r"No \.flac file found .*2 folder\(s\) left out.*cannot be listed"):
+            prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
+    with monkeypatch.context() as patch:  # the subset folder itself: an error naming it
+        _block_listing(patch, subset)
+        with pytest.raises(FolderReadError, match=rf"'{subset}' cannot be listed \(Permission denied\)"):
+            prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
+    assert folder_snapshot(str(librispeech)) == before
+
+
+def test_unreadable_noise_and_rir_folders_are_counted_and_warned(tmp_path, caplog, monkeypatch):
+    noises = tmp_path / "noises"
+    _audio(noises / "a.wav")
+    _audio(noises / "locked" / "b.wav", seed=1)
+    rirs = tmp_path / "rirs"
+    _audio(rirs / "room1" / "r1.wav", num_samples=800)
+    _audio(rirs / "room2" / "r2.wav", num_samples=800, seed=1)
+    rirs_noises = _small_rirs_noises(tmp_path / "openslr")
+    (rirs_noises / "pointsource_noises").mkdir()
+    before = folder_snapshot(str(noises), str(rirs), str(rirs_noises))
+    save = str(tmp_path / "save")
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+        _block_listing(patch, noises / "locked", rirs / "room2", rirs_noises / "pointsource_noises")
+        noise_csv = prepare_noise(save, extra_folders=str(noises))
+        rir_csv = prepare_rirs(save, str(rirs), rir_format="folder", csv_name="folder_rirs.csv")
+        kaldi_csv = prepare_rirs(save, str(rirs_noises), rirs_noises_subsets="real")
+    assert [os.path.basename(row["wav"]) for row in _rows(noise_csv)] == ["a.wav"]
+    assert [os.path.basename(row["wav"]) for row in _rows(rir_csv)] == ["r1.wav"]
+    assert len(_rows(kaldi_csv)) == 2  # its noise_list could not be read: said, not silent
+    for csv_path, folder in ((noise_csv, noises / "locked"), (rir_csv, rirs / "room2"),
+                             (kaldi_csv, rirs_noises / "pointsource_noises")):
+        assert _folders_skipped(csv_path) == {UNREADABLE_FOLDER: 1}
+        assert any(message.startswith(f"1 folder left out of {csv_path}: {UNREADABLE_FOLDER} (e.g. {folder} (")
+                   for message in _warnings(caplog))
+    assert any(f"Wrote {noise_csv}: 1 noise files" in message and "0 files and 1 folder left out" in message
+               for message in _info_lines(caplog, "Wrote"))
+    assert folder_snapshot(str(noises), str(rirs), str(rirs_noises)) == before
+
+
+def _link_farm(tmp_path):
+    """Speakers on two "disks"; ``LibriSpeech/train-clean-100/<spk>`` are only links to them."""
+    disk1, disk2 = tmp_path / "disk1", tmp_path / "disk2"
+    _audio(disk1 / "11" / "22" / "11-22-0001.flac")
+    _transcript(disk1 / "11" / "22", "11-22.trans.txt", ["11-22-0001"])
+    _audio(disk2 / "33" / "44" / "33-44-0001.flac", seed=1)
+    _transcript(disk2 / "33" / "44", "33-44.trans.txt", ["33-44-0001"])
+    subset = tmp_path / "farm" / "LibriSpeech" / "train-clean-100"
+    subset.mkdir(parents=True)
+    os.symlink(disk1 / "11", subset / "11")
+    os.symlink(disk2 / "33", subset / "33")
+    return subset.parent, disk1, disk2
+
+
+def test_symlinked_speaker_folders_are_read(tmp_path, caplog):
+    librispeech, disk1, disk2 = _link_farm(tmp_path)
+    before = folder_snapshot(str(disk1), str(disk2), str(librispeech))
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.prepare"):
+        paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
+    rows = {row["ID"]: row for row in _rows(paths["train"])}
+    assert sorted(rows) == ["11-22-0001", "33-44-0001"]
+    assert rows["11-22-0001"]["wav"] == str(librispeech / "train-clean-100" / "11" / "22" / "11-22-0001.flac")
+    assert (rows["11-22-0001"]["spk_id"], rows["33-44-0001"]["spk_id"]) == ("11", "33")
+    assert _warnings(caplog) == [] and _folders_skipped(paths["train"]) == {}
+    assert folder_snapshot(str(disk1), str(disk2), str(librispeech)) == before
+
+
+def test_link_cycles_are_walked_once_and_counted(tmp_path, caplog):
+    librispeech, disk1, disk2 = _link_farm(tmp_path)
+    loop = disk1 / "11" / "22" / "back"
+    os.symlink(librispeech / "train-clean-100", loop)  # a link to an ancestor: a cycle
+    noises = tmp_path / "noises"
+    _audio(noises / "a.wav")
+    os.symlink(noises, noises / "again")  # the noise folder inside itself
+    before = folder_snapshot(str(disk1), str(disk2), str(noises))
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.prepare"):
+        paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
+        noise_csv = prepare_noise(str(tmp_path / "save"), extra_folders=str(noises))
+    assert sorted(row["ID"] for row in _rows(paths["train"])) == ["11-22-0001", "33-44-0001"]  # once each
+    assert [os.path.basename(row["wav"]) for row in _rows(noise_csv)] == ["a.wav"]
+    assert _folders_skipped(paths["train"]) == {REPEATED_FOLDER: 1}
+    assert _folders_skipped(noise_csv) == {REPEATED_FOLDER: 1}
+    looped = librispeech / "train-clean-100" / "11" / "22" / "back"
+    expected = f"1 folder left out of {paths['train']}: {REPEATED_FOLDER} (e.g. {looped} (-> "
+    assert expected in " ".join(_warnings(caplog))
+    assert folder_snapshot(str(disk1), str(disk2), str(noises)) == before
+
+
+# --- 7. Truncated FLAC with an intact header (issue 20, item 10) -----------------------------------
+
+
+def _truncate(path, removed_bytes=100):
+    content = path.read_bytes()
+    path.write_bytes(content[:-removed_bytes])
+
+
+def test_truncated_flac_is_left_out_as_damaged_and_counted(tmp_path, caplog):
+    librispeech = _small_librispeech(tmp_path / "data")
+    chapter = librispeech / "train-clean-100" / "11" / "22"
+    damaged = _audio(chapter / "11-22-0004.flac", seed=7)
+    with open(chapter / "11-22.trans.txt", "a") as transcript:
+        transcript.write("11-22-0004 MORE WORDS\n")
+    _truncate(damaged)
+    assert audio_info(str(damaged)) == (RATE, RATE, 1)  # the header still promises the whole second
+    noises = tmp_path / "noises"
+    _audio(noises / "ok.wav")
+    damaged_noise = _audio(noises / "cut.flac", seed=1)
+    _truncate(damaged_noise, removed_bytes=5000)
+    before = folder_snapshot(str(librispeech), str(noises))
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.prepare"):
+        paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
+        noise_csv = prepare_noise(str(tmp_path / "save"), extra_folders=str(noises))
+    assert "11-22-0004" not in {row["ID"] for row in _rows(paths["train"])}
+    assert _skipped(paths["train"])[DAMAGED_AUDIO] == 1 and _skipped(noise_csv) == {DAMAGED_AUDIO: 1}
+    warnings = " ".join(_warnings(caplog))
+    assert f"1 file left out of {paths['train']}: {DAMAGED_AUDIO} (e.g. {damaged})" in warnings
+    assert f"1 file left out of {noise_csv}: {DAMAGED_AUDIO} (e.g. {damaged_noise})" in warnings
+    assert folder_snapshot(str(librispeech), str(noises)) == before
+
+
+def test_flac_damaged_after_preparation_is_named_and_force_prep_leaves_it_out(tmp_path):
+    librispeech = _small_librispeech(tmp_path / "data")
+    save = str(tmp_path / "save")
+    paths = prepare_librispeech(str(librispeech), save, "train-clean-100", [])
+    damaged = librispeech / "train-clean-100" / "11" / "22" / "11-22-0001.flac"
+    _truncate(damaged)
+    before = folder_snapshot(str(librispeech))
+    with pytest.raises(AudioLoadError) as error:
+        load_listed_audio(str(damaged), paths["train"])
+    message = str(error.value)
+    assert f"'{damaged}' is damaged" in message and "truncated" in message and paths["train"] in message
+    assert "Replace it" in message and "--force_prep=True" in message
+    paths = prepare_librispeech(str(librispeech), save, "train-clean-100", [], force_prep=True)  # the advice works
+    assert sorted(row["ID"] for row in _rows(paths["train"])) == ["11-22-0002", "33-44-0001"]
+    assert _skipped(paths["train"])[DAMAGED_AUDIO] == 1
+    assert folder_snapshot(str(librispeech)) == before
+
+
+# --- 8. Text that is not UTF-8 (issue 20, item 11) -----------------------------------------------------
+
+
+def test_transcript_that_is_not_utf8_names_the_file_and_the_line(tmp_path):
+    librispeech = _small_librispeech(tmp_path / "data")
+    transcript = librispeech / "train-clean-100" / "11" / "22" / "11-22.trans.txt"
+    with open(transcript, "ab") as transcript_file:
+        transcript_file.write(b"11-22-0004 CAF\xc9 AU LAIT\n")  # Latin-1, line 4
+    rirs = _small_rirs_noises(tmp_path / "openslr")
+    rir_list = rirs / "real_rirs_isotropic_noises" / "rir_list"
+    rir_list.write_bytes(b"\xff\xfe" + rir_list.read_bytes())  # a byte-order mark of UTF-16, line 1
+    before = folder_snapshot(str(librispeech), str(rirs))
+    with pytest.raises(TextFileError, match=rf"transcript '{transcript}', line 4: byte 0xc9 at column 15 is not UTF-8"):
+        prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
+    with pytest.raises(TextFileError, match=rf"'{rir_list}', line 1: byte 0xff at column 1 is not UTF-8"):
+        prepare_rirs(str(tmp_path / "save"), str(rirs))
+    assert folder_snapshot(str(librispeech), str(rirs)) == before
+
+
+# --- 9. Downstream splits: rows in every split, evaluation labels known to training (item 15) ----------
+
+
+def _recipe_module(relative_path, name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPOSITORY_ROOT, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+KS_COMMANDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+KS_TRAINING_SPEAKER, KS_VALIDATION_SPEAKER = "0a7c2a8d", "a69b9b3e"  # TensorFlow's training / validation band
+
+
+def _tiny_speech_commands(root, speakers_by_word):
+    data_folder, test_folder = root / "speech_commands_v0.01", root / "test_set"
+    for word, speakers in speakers_by_word.items():
+        for speaker in speakers:
+            _audio(data_folder / word / f"{speaker}_nohash_0.wav", num_samples=8000)
+    _audio(data_folder / "_background_noise_" / "noise.wav", num_samples=40000)  # windows 0 and 1: train
+    for label in KS_COMMANDS + ["_unknown_", "_silence_"]:
+        _audio(test_folder / label / "c0ffee00_nohash_0.wav", num_samples=8000)
+    return data_folder, test_folder
+
+
+def test_ks_without_a_dev_speaker_or_with_an_untrained_label_fails_at_preparation(tmp_path, caplog, monkeypatch):
+    ks = _recipe_module("recipes/SpeechCommands/KS/prepare_speech_commands.py", "ks_prepare_issue20")
+    no_dev = {word: [KS_TRAINING_SPEAKER] for word in KS_COMMANDS + ["marvin"]}
+    data_folder, test_folder = _tiny_speech_commands(tmp_path / "a", no_dev)
+    before = folder_snapshot(str(tmp_path / "a"))
+    save = tmp_path / "save_a"
+    with pytest.raises(SplitError, match=rf"the dev split is empty: '{save / 'dev.csv'}' has no row.*10 % validation"):
+        ks.prepare_speech_commands(str(data_folder), str(test_folder), str(save))
+    assert not (save / "speech_commands_ks.prepare.json").exists()  # a second call checks again
+    assert folder_snapshot(str(tmp_path / "a")) == before
+
+    no_unknown = {word: [KS_TRAINING_SPEAKER, KS_VALIDATION_SPEAKER] for word in KS_COMMANDS}  # no other word
+    data_folder, test_folder = _tiny_speech_commands(tmp_path / "b", no_unknown)
+    save = tmp_path / "save_b"
+    with pytest.raises(SplitError, match=rf"the test split \('{save / 'test.csv'}'\) has 1 label value never seen in "
+                                         rf"the train split .*'_unknown_' \(first in row test__unknown__c0ffee00"):
+        ks.prepare_speech_commands(str(data_folder), str(test_folder), str(save))
+
+    both = {word: [KS_TRAINING_SPEAKER, KS_VALIDATION_SPEAKER] for word in KS_COMMANDS + ["marvin", "bed"]}
+    data_folder, test_folder = _tiny_speech_commands(tmp_path / "c", both)
+    before = folder_snapshot(str(tmp_path / "c"))
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
+        _block_listing(patch, data_folder / "bed")  # an unreadable word folder: counted, warned, the rest kept
+        paths = ks.prepare_speech_commands(str(data_folder), str(test_folder), str(tmp_path / "save_c"))
+    assert not any(row["word"] == "bed" for row in _rows(paths["train"]))
+    assert any(message.startswith("1 folder left out of the Speech Commands lists") and str(data_folder / "bed")
+               in message for message in _warnings(caplog))
+    assert folder_snapshot(str(tmp_path / "c")) == before
+
+
+def test_sid_test_speaker_without_training_utterance_fails_at_preparation(tmp_path):
+    sid = _recipe_module("recipes/VoxCeleb1/SID/prepare_voxceleb1_sid.py", "sid_prepare_issue20")
+    voxceleb = tmp_path / "VoxCeleb1"
+    split_lines = []
+    for speaker, splits in (("id10001", "123"), ("id10002", "123"), ("id10003", "3")):  # id10003: test only
+        for number, split in enumerate(splits, start=1):
+            _audio(voxceleb / "wav" / speaker / "video" / f"{number:05d}.wav", num_samples=8000, seed=number)
+            split_lines.append(f"{split} {speaker}/video/{number:05d}.wav\n")
+    (voxceleb / "iden_split.txt").write_text("".join(split_lines))
+    before = folder_snapshot(str(voxceleb))
+    save = tmp_path / "save"
+    with pytest.raises(SplitError) as error:
+        sid.prepare_voxceleb1_sid(str(voxceleb), str(save))
+    message = str(error.value)
+    assert f"the test split ('{save / 'test.csv'}') has 1 speaker value never seen in the train split" in message
+    assert "'id10003' (first in row id10003_video_00001, line 4)" in message and "dev split" not in message
+    assert not (save / "voxceleb1_sid.prepare.json").exists()
+    assert folder_snapshot(str(voxceleb)) == before
+
+
+def test_split_check_names_every_problem(tmp_path):
+    files = {split: str(tmp_path / f"{split}.csv") for split in ("train", "valid", "test")}
+    contents = {
+        "train": "ID,action,object\nt1,activate,lights\nt2,bring,socks\n",
+        "valid": "ID,action,object\n",
+        "test": "ID,action,object\ne1,activate,shoes\ne2,decrease,shoes\ne3,decrease,lights\n",
+    }
+    for split, content in contents.items():
+        with open(files[split], "w") as fout:
+            fout.write(content)
+    with pytest.raises(SplitError) as error:
+        check_split_lists(files, ["action", "object"])
+    message = str(error.value)
+    assert f"the valid split is empty: '{files['valid']}' has no row" in message
+    assert "1 action value never seen in the train split" in message
+    assert "'decrease' (first in row e2, line 3)" in message
+    assert "1 object value never seen" in message and "'shoes' (first in row e1, line 2)" in message
+    check_split_lists({"train": files["train"], "test": files["train"]}, ["action"])  # all known: no error

@@ -4,9 +4,17 @@
 :class:`~robustdistiller.corruption.Corruptor` seeded by the utterance id -- every upstream hears
 exactly the same corrupted audio. :func:`audio_dataset` and :func:`condition_test_set_factory` build
 the datasets of training and of each test condition.
+
+:func:`check_split_lists` is the check every recipe's preparation runs on the lists it wrote, before
+it marks them prepared: each split has rows, and every label an evaluation split holds (a KS word,
+an SID speaker, an ER emotion, an IC slot value) occurs in the training split, the only one the
+classifier learns its classes from. Without it, an empty dev list fails as ``IndexError: list
+index out of range`` and a test speaker never seen in training as a ``KeyError``, after training.
 """
 
+import csv
 import logging
+import os
 
 import speechbrain as sb
 import torch
@@ -207,3 +215,90 @@ def condition_test_set_factory(hparams, csv_file, corruptor, output_keys, extra_
 
     return make_test_set
 
+
+
+class SplitError(ValueError):
+    """A prepared split is empty or holds labels training never sees; names the split, file and labels."""
+
+
+def _read_split_rows(csv_file):
+    """``[(line number, row dict), ...]`` of a prepared CSV."""
+    with open(csv_file, newline="", encoding="utf-8") as fin:
+        reader = csv.DictReader(fin)
+        return [(reader.line_num, row) for row in reader]
+
+
+def check_split_lists(csv_files, label_columns=(), train_split="train", evaluated_splits=None, hint=""):
+    """Checks a recipe's prepared lists: every split has rows, every evaluation label is known to training.
+
+    Arguments
+    ---------
+    csv_files : dict
+        ``split name -> CSV path`` (e.g. ``{"train": ..., "dev": ..., "test": ...}``; the trial lists of
+        ASV too).
+    label_columns : str or sequence of str
+        Columns whose values are classes learnt from ``train_split`` (a classifier's labels, e.g.
+        ``"label"``, ``"speaker"``, the slots of IC). Empty: only the row counts are checked.
+    train_split : str
+        The split the classes are learnt from.
+    evaluated_splits : sequence of str, optional
+        Splits whose labels must all occur in ``train_split`` (default: every other split of
+        ``csv_files``).
+    hint : str
+        Recipe advice appended to the message (what the split rule is, which data file to check).
+
+    Raises
+    ------
+    SplitError
+        Naming, for every problem found, the split, its CSV, and the labels missing from training
+        with the row (ID and line) of their first occurrence.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> files = {split: os.path.join(folder, f"{split}.csv") for split in ("train", "dev", "test")}
+    >>> for split, labels in (("train", ["yes", "no"]), ("dev", ["no"]), ("test", ["yes", "up"])):
+    ...     with open(files[split], "w") as fout:
+    ...         lines = [f"{split}{index},{label}\\n" for index, label in enumerate(labels)]
+    ...         _ = fout.write("ID,label\\n" + "".join(lines))
+    >>> check_split_lists(files, "label")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    robustdistiller.downstream.data.SplitError: ... the test split ('...test.csv') has 1 label value never seen ...: 'up' (first in row test1, line 3).
+    """
+    label_columns = [label_columns] if isinstance(label_columns, str) else list(label_columns)
+    if evaluated_splits is None:
+        evaluated_splits = [split for split in csv_files if split != train_split]
+    rows = {split: _read_split_rows(path) for split, path in csv_files.items()}
+    problems = [
+        f"the {split} split is empty: '{csv_files[split]}' has no row"
+        for split, split_rows in rows.items()
+        if not split_rows
+    ]
+    if label_columns and rows.get(train_split):
+        for column in label_columns:
+            known = {row.get(column) for _, row in rows[train_split]}
+            for split in evaluated_splits:
+                first_seen = {}
+                for line_number, row in rows.get(split, []):
+                    label = row.get(column)
+                    if label not in known and label not in first_seen:
+                        first_seen[label] = f"row {row['ID']}, line {line_number}" if row.get("ID") else \
+                            f"line {line_number}"
+                if first_seen:
+                    examples = "; ".join(f"{label!r} (first in {where})"
+                                         for label, where in list(first_seen.items())[:10])
+                    problems.append(
+                        f"the {split} split ('{csv_files[split]}') has {len(first_seen)} {column} "
+                        f"value{'s' if len(first_seen) != 1 else ''} never seen in the {train_split} split "
+                        f"('{csv_files[train_split]}'), so the classifier cannot learn "
+                        f"{'them' if len(first_seen) != 1 else 'it'}: {examples}"
+                    )
+    if problems:
+        raise SplitError(
+            f"The prepared lists cannot be trained and evaluated: {'; '.join(problems)}."
+            + (f" {hint}" if hint else "")
+        )
+    logger.info("Prepared lists checked: %s", ", ".join(f"{split} {len(split_rows)} rows"
+                                                      for split, split_rows in rows.items()))

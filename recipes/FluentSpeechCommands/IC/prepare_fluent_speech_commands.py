@@ -10,10 +10,13 @@ so a dev or test value never seen in training is an error. Nothing is written un
 """
 
 import csv
+import io
 import logging
 import os
 
 from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.datafiles import read_text
+from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.prepare import is_prepared, make_id, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
@@ -50,8 +53,8 @@ def read_release_csv(csv_file):
     >>> read_release_csv(path)[0]["action"]
     'activate'
     """
-    with open(csv_file, encoding="utf-8", newline="") as fin:
-        reader = csv.DictReader(fin)
+    with io.StringIO(read_text(csv_file, "Fluent Speech Commands split file"), newline="") as fin:
+        reader = csv.DictReader(fin)  # read_text: a byte that is not UTF-8 names the file and line
         missing = [column for column in RELEASE_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(
@@ -168,5 +171,6 @@ def prepare_fluent_speech_commands(data_folder, save_folder, skip_prep=False):
                     len({row[5] for row in rows[split]}))
     logger.info("Slot values (from train_data.csv): %s",
                 "; ".join(f"{slot}: {len(values)}" for slot, values in known.items()))
+    check_split_lists(paths, SLOTS)  # every split has rows, every valid / test slot value is a training one
     mark_prepared(save_folder, "fluent_speech_commands", options)
     return paths

@@ -30,6 +30,8 @@ import os
 import soundfile
 
 from robustdistiller.downstream.der import read_rttm, write_rttm
+from robustdistiller.datafiles import read_text_lines
+from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
@@ -95,14 +97,13 @@ def _librimix_split(data_folder, split, vad_rttm):
 
 def _read_table(path, fields, description):
     table = []
-    with open(path, encoding="utf-8") as fin:
-        for number, line in enumerate(fin, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < fields:
-                raise ValueError(f"{path} line {number}: expected {description}, got {line!r}")
-            table.append(parts)
+    for number, line in enumerate(read_text_lines(path, "Kaldi-style SD file"), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < fields:
+            raise ValueError(f"{path} line {number}: expected {description}, got {line!r}")
+        table.append(parts)
     return table
 
 
@@ -205,5 +206,6 @@ def prepare_librimix_sd(data_folder, save_folder, csv_files, splits, kaldi_split
         write_csv(csv_file, CSV_HEADER, rows)
         write_rttm(reference_rttm_path(csv_file), {row[0]: json.loads(row[5]) for row in rows})
         logger.info("SD %s: %d recordings -> %s", key, len(rows), csv_file)
+    check_split_lists(csv_files)  # every split has rows (names the empty one)
     mark_prepared(save_folder, "librimix_sd", options)
     return csv_files

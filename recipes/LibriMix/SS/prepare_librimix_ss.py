@@ -19,6 +19,8 @@ import logging
 import os
 import random
 
+from robustdistiller.downstream.data import check_split_lists
+
 logger = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("ID", "duration", "wav", "s1_wav", "s2_wav", "mix_both_wav")
@@ -185,4 +187,5 @@ def prepare_librimix_ss(data_folder, save_folder, csv_files, splits=None, sample
         counts[key] = len(ids)
         logger.info("%s: %d mixtures (%s; mix_both %s) -> %s", key, len(ids), split,
                     "present" if both else "not generated", csv_files[key])
+    check_split_lists({key: csv_files[key] for key in ("train", "valid", "test")})  # every set has rows
     return counts

@@ -21,6 +21,8 @@ import logging
 import os
 
 from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.datafiles import read_text_lines
+from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
@@ -69,26 +71,25 @@ def read_language_list(data_folder, list_name, languages):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"QUESST14 list '{path}' is missing; expected the release layout {LAYOUT}")
     rows, seen = [], set()
-    with open(path, encoding="utf-8") as fin:
-        for number, line in enumerate(fin, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise ValueError(f"{path}, line {number}: expected '<path> <language>', got {line.strip()!r}")
-            listed, language = fields
-            if language not in languages:
-                continue
-            wav = resolve_listed_path(data_folder, listed)
-            try:
-                frames, sample_rate, _ = audio_info(wav)
-            except AudioLoadError as error:
-                raise FileNotFoundError(f"{path}, line {number}: {error}") from error
-            utterance_id = os.path.splitext(os.path.basename(wav))[0]
-            if utterance_id in seen:
-                raise ValueError(f"{path}, line {number}: id '{utterance_id}' is listed twice")
-            seen.add(utterance_id)
-            rows.append([utterance_id, f"{frames / sample_rate:.3f}", wav, 0, -1, language])
+    for number, line in enumerate(read_text_lines(path, "QUESST14 list"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ValueError(f"{path}, line {number}: expected '<path> <language>', got {line.strip()!r}")
+        listed, language = fields
+        if language not in languages:
+            continue
+        wav = resolve_listed_path(data_folder, listed)
+        try:
+            frames, sample_rate, _ = audio_info(wav)
+        except AudioLoadError as error:
+            raise FileNotFoundError(f"{path}, line {number}: {error}") from error
+        utterance_id = os.path.splitext(os.path.basename(wav))[0]
+        if utterance_id in seen:
+            raise ValueError(f"{path}, line {number}: id '{utterance_id}' is listed twice")
+        seen.add(utterance_id)
+        rows.append([utterance_id, f"{frames / sample_rate:.3f}", wav, 0, -1, language])
     return rows
 
 
@@ -147,5 +148,6 @@ def prepare_quesst14(data_folder, save_folder, languages=("nnenglish",), csv_fil
         os.makedirs(os.path.dirname(os.path.abspath(paths[name])), exist_ok=True)
         write_csv(paths[name], HEADER, found)
         logger.info("Wrote %s: %d entries (%s)", paths[name], len(found), ", ".join(languages))
+    check_split_lists(paths)  # every list has rows (names the empty one)
     mark_prepared(save_folder, "quesst14_qbe", options)
     return paths

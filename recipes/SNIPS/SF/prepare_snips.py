@@ -25,6 +25,8 @@ import os
 
 import soundfile
 
+from robustdistiller.datafiles import SkippedFolders, find_all_files, read_text_lines
+from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.downstream.slot_filling import SlotTextEncoder, parse_iob_line, read_slot_types
 
 logger = logging.getLogger(__name__)
@@ -46,14 +48,13 @@ def read_labels(label_file):
         A malformed line, or an id given twice.
     """
     labels = {}
-    with open(label_file, encoding="utf-8") as fin:
-        for number, line in enumerate(fin, start=1):
-            if not line.strip():
-                continue
-            utterance_id, words, tags, intent = parse_iob_line(line, source=f"{label_file}, line {number}")
-            if utterance_id in labels:
-                raise ValueError(f"{label_file}, line {number}: id '{utterance_id}' given twice")
-            labels[utterance_id] = (words, tags, intent)
+    for number, line in enumerate(read_text_lines(label_file, "SNIPS label file"), start=1):
+        if not line.strip():
+            continue
+        utterance_id, words, tags, intent = parse_iob_line(line, source=f"{label_file}, line {number}")
+        if utterance_id in labels:
+            raise ValueError(f"{label_file}, line {number}: id '{utterance_id}' given twice")
+        labels[utterance_id] = (words, tags, intent)
     return labels
 
 
@@ -67,10 +68,14 @@ def check_layout(data_folder, splits=SPLITS):
 
 
 def list_wavs(folder):
-    """Every ``*.wav`` under ``folder``, sorted (s3prl globs recursively)."""
-    found = []
-    for root, _, names in os.walk(folder):
-        found += [os.path.join(root, name) for name in names if name.endswith(".wav")]
+    """Every ``*.wav`` under ``folder``, sorted (s3prl globs recursively).
+
+    Walked with :func:`robustdistiller.datafiles.walk_folder`: symbolic links are followed, and folders
+    that cannot be listed (or are reached twice through links) are left out, counted and warned about.
+    """
+    skipped = SkippedFolders(f"the SNIPS list of {folder}")
+    found = [path for path in find_all_files(folder, skipped, "SNIPS split folder") if path.endswith(".wav")]
+    skipped.warn()
     return sorted(found)
 
 
@@ -183,6 +188,7 @@ def prepare_snips(data_folder, save_folder, speakers, csv_files=None, skip_prep=
         fout.write("".join(f"{token}\n" for token in encoder.tokens))
     logger.info("%d CTC outputs (%d slot types) written to %s", encoder.vocab_size, len(encoder.slot_types),
                 os.path.join(save_folder, "tokens.txt"))
+    check_split_lists(csv_files)  # every split has rows (names the empty one)
     with open(options_path, "w", encoding="utf-8") as fout:
         json.dump(options, fout, indent=2)
     return csv_files

@@ -20,7 +20,11 @@ The SUPERB protocol (s3prl's ``speech_commands`` downstream, REFERENCE.md sectio
   labels (including ``_unknown_`` and ``_silence_``).
 
 Writes ``train.csv``, ``dev.csv`` and ``test.csv`` (``ID,duration,wav,start,stop,label,word,speaker``)
-to the save folder; nothing is written under the data folders.
+to the save folder; nothing is written under the data folders. Folders are listed with
+:func:`robustdistiller.datafiles.list_folder` (symbolic links followed; a word or label folder that
+cannot be listed is left out, counted and warned about). Before the lists are marked prepared,
+:func:`robustdistiller.downstream.data.check_split_lists` checks that train, dev and test have rows and
+that every dev and test label occurs in train (e.g. no speaker in the dev band: the error names dev.csv).
 """
 
 import hashlib
@@ -29,6 +33,8 @@ import os
 import re
 
 from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.datafiles import SkippedFolders, list_folder, read_text_lines
+from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
@@ -115,8 +121,7 @@ def _read_list(path):
     """Relative paths (``word/file.wav``) of ``testing_list.txt``; empty if the file does not exist."""
     if not os.path.isfile(path):
         return set()
-    with open(path, encoding="utf-8") as fin:
-        return {line.strip().replace("\\", "/") for line in fin if line.strip()}
+    return {line.strip().replace("\\", "/") for line in read_text_lines(path, "Speech Commands list") if line.strip()}
 
 
 def _check_data_folder(data_folder):
@@ -144,7 +149,7 @@ def _check_data_folder(data_folder):
         )
 
 
-def speech_rows(data_folder, excluded_files=()):
+def speech_rows(data_folder, excluded_files=(), skipped=None):
     """Rows of every word utterance, split into ``{"train", "dev"}`` by :func:`which_set`.
 
     Arguments
@@ -153,6 +158,8 @@ def speech_rows(data_folder, excluded_files=()):
         The ``speech_commands_v0.01`` folder.
     excluded_files : collection of str
         Relative paths (``word/file.wav``) kept out of both sets (``testing_list.txt``).
+    skipped : robustdistiller.datafiles.SkippedFolders, optional
+        Receives the word folders that cannot be listed (None: they are warned about here).
 
     Returns
     -------
@@ -163,16 +170,18 @@ def speech_rows(data_folder, excluded_files=()):
     unreadable : list of str
         Files that could not be read.
     """
+    own_record = skipped is None
+    skipped = SkippedFolders(f"the Speech Commands lists of {data_folder}") if own_record else skipped
     rows, unreadable = {"train": [], "dev": []}, []
     counts = {"train": 0, "dev": 0, "testing band": 0, "testing list": 0}
-    words = sorted(
-        entry for entry in os.listdir(data_folder)
-        if entry != BACKGROUND_FOLDER and not entry.startswith(".") and os.path.isdir(os.path.join(data_folder, entry))
-    )
+    words = [
+        entry for entry in list_folder(data_folder, "Speech Commands folder")[0]
+        if entry != BACKGROUND_FOLDER and not entry.startswith(".")
+    ]
     # s3prl's class order first (the label encoder follows the order of the training CSV)
     words.sort(key=lambda word: CLASSES.index(label_of(word)))
     for word in words:
-        for file_name in sorted(os.listdir(os.path.join(data_folder, word))):
+        for file_name in list_folder(os.path.join(data_folder, word), skipped=skipped)[1]:
             if not file_name.lower().endswith(".wav") or file_name.startswith("."):
                 continue
             relative = f"{word}/{file_name}"
@@ -194,6 +203,8 @@ def speech_rows(data_folder, excluded_files=()):
                 [f"{word}_{stem}", f"{frames / sample_rate:.3f}", path, 0, -1, label_of(word), word, speaker_of(stem)]
             )
             counts[name] += 1
+    if own_record:
+        skipped.warn()
     return rows, counts, unreadable
 
 
@@ -211,9 +222,10 @@ def silence_rows(background_folder):
         Files that could not be read.
     """
     rows, unreadable = {"train": [], "dev": []}, []
-    noise_files = sorted(
-        name for name in os.listdir(background_folder) if name.lower().endswith(".wav") and not name.startswith(".")
-    )
+    noise_files = [
+        name for name in list_folder(background_folder, "Speech Commands background noise folder")[1]
+        if name.lower().endswith(".wav") and not name.startswith(".")
+    ]
     if not noise_files:
         raise FileNotFoundError(f"No .wav file in '{background_folder}' (the _silence_ class is cut from them)")
     for file_name in noise_files:
@@ -233,8 +245,11 @@ def silence_rows(background_folder):
     return rows, unreadable
 
 
-def read_test_archive(test_folder):
+def read_test_archive(test_folder, skipped=None):
     """Rows of the test archive ``<label>/*.wav`` (folders must be KS labels).
+
+    ``skipped`` (a :class:`~robustdistiller.datafiles.SkippedFolders`) receives the label folders that
+    cannot be listed (None: they are warned about here).
 
     Raises
     ------
@@ -248,10 +263,11 @@ def read_test_archive(test_folder):
             f"Speech Commands test folder '{test_folder}' does not exist (expected the extracted "
             f"speech_commands_test_set_v0.01 archive: <label>/*.wav with labels {list(CLASSES)})"
         )
-    labels = sorted(
-        entry for entry in os.listdir(test_folder)
-        if not entry.startswith(".") and os.path.isdir(os.path.join(test_folder, entry))
-    )
+    own_record = skipped is None
+    skipped = SkippedFolders(f"the Speech Commands test list of {test_folder}") if own_record else skipped
+    labels = [
+        entry for entry in list_folder(test_folder, "Speech Commands test folder")[0] if not entry.startswith(".")
+    ]
     unexpected = [label for label in labels if label not in CLASSES]
     if unexpected:
         raise ValueError(
@@ -263,7 +279,7 @@ def read_test_archive(test_folder):
         logger.warning("Test folder '%s' has no folder for %s", test_folder, missing_labels)
     rows, unreadable = [], []
     for label in sorted(labels, key=CLASSES.index):
-        for file_name in sorted(os.listdir(os.path.join(test_folder, label))):
+        for file_name in list_folder(os.path.join(test_folder, label), skipped=skipped)[1]:
             if not file_name.lower().endswith(".wav") or file_name.startswith("."):
                 continue
             path = os.path.join(test_folder, label, file_name)
@@ -274,6 +290,8 @@ def read_test_archive(test_folder):
             stem = os.path.splitext(file_name)[0]
             speaker = speaker_of(stem) if "_nohash_" in stem else ""
             rows.append([f"test_{label}_{stem}", f"{frames / sample_rate:.3f}", path, 0, -1, label, label, speaker])
+    if own_record:
+        skipped.warn()
     if not rows and not unreadable:
         raise FileNotFoundError(f"Test folder '{test_folder}' holds no <label>/*.wav file")
     return rows, unreadable
@@ -303,6 +321,8 @@ def prepare_speech_commands(data_folder, test_folder, save_folder, skip_prep=Fal
         A folder is missing (named), or files are unreadable (listed).
     ValueError
         The test folder has a folder that is not a KS label.
+    robustdistiller.downstream.data.SplitError
+        A split is empty, or a dev / test label never occurs in train (the split, file and label are named).
     """
     paths = {split: os.path.join(save_folder, f"{split}.csv") for split in ("train", "dev", "test")}
     if skip_prep:
@@ -313,9 +333,11 @@ def prepare_speech_commands(data_folder, test_folder, save_folder, skip_prep=Fal
         return paths
     _check_data_folder(data_folder)
     listed_tests = _read_list(os.path.join(data_folder, "testing_list.txt"))
-    rows, counts, unreadable = speech_rows(data_folder, excluded_files=listed_tests)
+    skipped = SkippedFolders(f"the Speech Commands lists of {save_folder}")
+    rows, counts, unreadable = speech_rows(data_folder, excluded_files=listed_tests, skipped=skipped)
     silence, unreadable_noise = silence_rows(os.path.join(data_folder, BACKGROUND_FOLDER))
-    test, unreadable_test = read_test_archive(test_folder)
+    test, unreadable_test = read_test_archive(test_folder, skipped=skipped)
+    skipped.warn()
     unreadable += unreadable_noise + unreadable_test
     if unreadable:
         raise FileNotFoundError(f"{len(unreadable)} Speech Commands files are unreadable, e.g. {unreadable[:3]}")
@@ -330,5 +352,9 @@ def prepare_speech_commands(data_folder, test_folder, save_folder, skip_prep=Fal
                     len(silence[split]))
     write_csv(paths["test"], HEADER, test)
     logger.info("Wrote %s: %d utterances", paths["test"], len(test))
+    check_split_lists(paths, "label", hint=(
+        f"Speech Commands' dev split is every speaker whose hash falls in TensorFlow's 10 % validation band, plus "
+        f"every tenth 1-s _silence_ window of {BACKGROUND_FOLDER}/; train is the other speakers. Use the full "
+        f"speech_commands_v0.01 folder '{data_folder}' (a subset may have no dev speaker or miss a class)."))
     mark_prepared(save_folder, "speech_commands_ks", options)
     return paths

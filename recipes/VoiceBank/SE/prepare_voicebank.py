@@ -25,6 +25,8 @@ import os
 import re
 
 from robustdistiller.audio import audio_info
+from robustdistiller.datafiles import list_folder
+from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
@@ -87,14 +89,15 @@ def paired_rows(data_folder, split):
     """
     noisy_folder = release_folder(data_folder, "noisy", split)
     clean_folder = release_folder(data_folder, "clean", split)
-    names = sorted(name for name in os.listdir(noisy_folder) if speaker_of(name))
-    ignored = sorted(name for name in os.listdir(noisy_folder) if not speaker_of(name))
+    noisy_files = list_folder(noisy_folder, "VoiceBank-DEMAND noisy folder")[1]
+    names = [name for name in noisy_files if speaker_of(name)]
+    ignored = [name for name in noisy_files if not speaker_of(name)]
     if ignored:
         logger.warning("%d files of %s are not pNNN_NNN.wav and are ignored, e.g. %s", len(ignored), noisy_folder,
                        ignored[0])
     if not names:
         raise ValueError(f"{noisy_folder} has no pNNN_NNN.wav file; expected the release layout {LAYOUT}.")
-    clean_names = {name for name in os.listdir(clean_folder) if speaker_of(name)}
+    clean_names = {name for name in list_folder(clean_folder, "VoiceBank-DEMAND clean folder")[1] if speaker_of(name)}
     orphans = [name for name in names if name not in clean_names]
     if orphans:
         raise FileNotFoundError(
@@ -171,5 +174,6 @@ def prepare_voicebank(data_folder, save_folder, csv_files=None, dev_speakers=DEF
         os.makedirs(os.path.dirname(os.path.abspath(paths[split])), exist_ok=True)
         write_csv(paths[split], HEADER, rows)
         logger.info("Wrote %s: %d utterance pairs", paths[split], len(rows))
+    check_split_lists(paths)  # every split has rows (names the empty one)
     mark_prepared(save_folder, "voicebank_se", options)
     return paths
