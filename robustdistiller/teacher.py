@@ -7,7 +7,9 @@ layerdrop, even when a parent module or ``Brain.fit`` calls ``.train()``), runs 
 whatever the student's mixed precision is (``precision``: fp32 by default, as in the RobustDistiller
 paper; bf16, or fp16 on CUDA, under autocast as DPHuBERT does) and returns the target layers in fp32
 (REFERENCE.md sections 1 and 7). ``benchmarks/teacher_precision.py`` measures how far bf16 / fp16
-targets are from fp32 ones and what they save.
+targets are from fp32 ones and what they save. :meth:`FrozenTeacher.check_precision` is the recipes'
+start-of-run self-check of low-precision targets against fp32 ones on the first batch (a run whose
+device computes the teacher wrongly in bf16 / fp16 is refused with :class:`TeacherPrecisionError`).
 
 No pretrained weights can be downloaded here: :func:`save_random_teacher` writes a model with *random*
 weights in the same on-disk format, which the demo and the tests use in place of WavLM Base+.
@@ -74,10 +76,19 @@ _TINY_CONFIG = dict(
 
 # Teacher precision -> autocast dtype (None: autocast disabled, plain fp32).
 TEACHER_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Default bound of the start-of-run self-check (YAML ``teacher_precision_min_cosine``): the smallest
+# per-frame cosine similarity between a low-precision target and its fp32 target that a run accepts.
+# Healthy bf16 gives 0.9992 (tiny test teacher) and 0.99984 (Base-size shape); the oneDNN fault the
+# check was built for gave 0.92 (README, "Teacher precision").
+DEFAULT_PRECISION_MIN_COSINE = 0.99
 
 
 class TeacherSourceError(ModelSourceError):
     """A teacher source is neither a loadable local folder nor a reachable hub id."""
+
+
+class TeacherPrecisionError(ValueError):
+    """The teacher's low-precision targets are too far from its fp32 targets on this device."""
 
 
 def _damaged(path, error, error_class):
@@ -261,6 +272,21 @@ def _check_all_weights_loaded(model, loading_info, source, error_class):
         )
 
 
+def _check_min_cosine(value):
+    """``value`` as a float in [-1, 1], else a ``ValueError`` naming ``teacher_precision_min_cosine``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not -1.0 <= number <= 1.0:
+        raise ValueError(
+            f"Invalid teacher_precision_min_cosine {value!r}: expected a number in [-1, 1], the smallest "
+            f"per-frame cosine similarity between bf16/fp16 and fp32 teacher targets a run accepts "
+            f"(default {DEFAULT_PRECISION_MIN_COSINE}; -1 accepts anything)"
+        )
+    return number
+
+
 class TeacherOutput(NamedTuple):
     """What :meth:`FrozenTeacher.forward` returns.
 
@@ -386,7 +412,9 @@ def save_random_teacher(folder, model_type="wavlm", tiny=True, seed=0, **config_
         ``"wavlm"``, ``"hubert"`` or ``"wav2vec2"``.
     tiny : bool
         True: 12 layers of width 64 (4 heads, FFN 128, 32-channel CNN with the real kernels/strides,
-        positional conv 16 / 16 groups), about 0.5M parameters. False: the real Base architecture
+        positional conv of kernel 16 in 16 groups of 4 channels: a shape oneDNN computes wrongly in
+        bf16 on CPUs with AMX, see :meth:`FrozenTeacher.check_precision`;
+        ``num_conv_pos_embedding_groups=4`` avoids it), about 0.5M parameters. False: the real Base architecture
         (for WavLM the Base+ shape: 94,381,936 parameters in ``WavLMModel``; the "94.70M" usually
         quoted also counts the pre-training projection and label embeddings).
     seed : int
@@ -466,11 +494,17 @@ class FrozenTeacher(nn.Module):
     precision : str
         ``"fp32"`` (default), ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA only; a CPU forward raises
         ``ValueError``). The recipes set it with ``teacher_precision``.
+    precision_min_cosine : float
+        Bound of :meth:`check_precision`: the smallest per-frame cosine similarity between a bf16 /
+        fp16 target and its fp32 target that is accepted (default 0.99; -1 accepts anything). The
+        recipes set it with ``teacher_precision_min_cosine``.
 
     Raises
     ------
     ValueError
-        For an unknown ``precision`` (the message names ``teacher_precision`` and the allowed values).
+        For an unknown ``precision`` (the message names ``teacher_precision`` and the allowed values)
+        or a ``precision_min_cosine`` that is not a number in [-1, 1] (the message names
+        ``teacher_precision_min_cosine``).
 
     Example
     -------
@@ -489,10 +523,17 @@ class FrozenTeacher(nn.Module):
     """
 
     def __init__(
-        self, source, target_layers=(4, 8, 12), cache_dir=None, per_utterance_norm=False, precision="fp32"
+        self,
+        source,
+        target_layers=(4, 8, 12),
+        cache_dir=None,
+        per_utterance_norm=False,
+        precision="fp32",
+        precision_min_cosine=DEFAULT_PRECISION_MIN_COSINE,
     ):
         super().__init__()
         self.precision = precision  # validated by the property setter
+        self.precision_min_cosine = precision_min_cosine  # validated by the property setter
         self.per_utterance_norm = bool(per_utterance_norm)
         if isinstance(source, nn.Module):
             model = source
@@ -528,6 +569,100 @@ class FrozenTeacher(nn.Module):
                 f"('fp32' disables autocast; 'bf16'/'fp16' run the frozen teacher under autocast)"
             )
         self._precision = value
+
+    @property
+    def precision_min_cosine(self):
+        """The bound of :meth:`check_precision` (``teacher_precision_min_cosine``), in [-1, 1]."""
+        return self._precision_min_cosine
+
+    @precision_min_cosine.setter
+    def precision_min_cosine(self, value):
+        self._precision_min_cosine = _check_min_cosine(value)
+
+    def check_precision(self, wavs, wav_lens=None):
+        """Start-of-run self-check: the low-precision targets of a batch against its fp32 targets.
+
+        Under ``precision`` ``"bf16"`` or ``"fp16"``, the batch is run twice, at that precision and in
+        fp32; for each target layer the cosine similarity of every valid frame's low-precision target
+        with its fp32 target is computed, its minimum and mean are logged, and the run is refused when
+        a minimum is below ``precision_min_cosine`` (or not finite: fp16 overflow). This catches any
+        low-precision kernel that computes the teacher wrongly on the device at hand. The case it was
+        built for: on CPUs with AMX, oneDNN's bf16 grouped ``Conv1d`` with fewer than 16 channels per
+        group and a kernel of 16 or more (a small teacher's positional convolution) returns garbage
+        (relative L1 error 1.05-1.12, torch 2.14.1), which drops the per-frame cosine of the tiny test
+        teacher's targets to 0.92. Under ``"fp32"`` nothing is computed.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[B, T]`` clean waveforms (a training batch), on the device of the run.
+        wav_lens : torch.Tensor, optional
+            ``[B]`` relative lengths.
+
+        Returns
+        -------
+        dict
+            ``{layer: (min cosine, mean cosine)}`` per target layer; empty under ``"fp32"``.
+
+        Raises
+        ------
+        TeacherPrecisionError
+            Naming the precision, the layers below the bound with their cosines, the bound and what to
+            change (``teacher_precision: fp32``).
+
+        Example
+        -------
+        >>> import tempfile
+        >>> teacher = FrozenTeacher(save_random_teacher(tempfile.mkdtemp(), num_conv_pos_embedding_groups=4),
+        ...                         precision="bf16")
+        >>> cosines = teacher.check_precision(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+        >>> sorted(cosines), all(low > 0.99 for low, mean in cosines.values())
+        ([4, 8, 12], True)
+        >>> teacher.precision_min_cosine = 1.0  # nothing passes
+        >>> teacher.check_precision(torch.randn(2, 16000))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        robustdistiller.teacher.TeacherPrecisionError: teacher_precision='bf16' gives targets far from ...
+        """
+        if TEACHER_PRECISIONS[self.precision] is None:
+            return {}
+        precision = self.precision
+        low = self(wavs, wav_lens)
+        try:
+            self._precision = "fp32"
+            reference = self(wavs, wav_lens)
+        finally:
+            self._precision = precision
+        mask = reference.frame_mask
+        cosines = {}
+        for index, layer in enumerate(self.target_layers):
+            frames = torch.nn.functional.cosine_similarity(
+                low.layers[:, index][mask].double(), reference.layers[:, index][mask].double(), dim=-1
+            )
+            cosines[layer] = (float(frames.min()), float(frames.mean())) if frames.numel() else (1.0, 1.0)
+        logger.info(
+            "Teacher precision self-check (%s vs fp32, %d valid frames of the first batch on %s): per-frame "
+            "cosine min / mean %s; bound teacher_precision_min_cosine=%g",
+            precision, int(mask.sum()), wavs.device,
+            ", ".join(f"layer {layer} {low:.5f} / {mean:.5f}" for layer, (low, mean) in cosines.items()),
+            self.precision_min_cosine,
+        )
+        # "not >=" also refuses NaN (fp16 overflow)
+        failed = {layer: values for layer, values in cosines.items() if not values[0] >= self.precision_min_cosine}
+        if failed:
+            details = ", ".join(
+                f"layer {layer}: min {low:.4f} (mean {mean:.4f})" for layer, (low, mean) in failed.items()
+            )
+            raise TeacherPrecisionError(
+                f"teacher_precision={precision!r} gives targets far from the fp32 ones on this device "
+                f"({wavs.device}): per-frame cosine similarity to the fp32 targets on the first batch is "
+                f"below teacher_precision_min_cosine={self.precision_min_cosine:g} at {details}. A "
+                f"low-precision kernel computes this teacher wrongly here (known case: oneDNN's bf16 grouped "
+                f"Conv1d with fewer than 16 channels per group and a kernel of 16 or more, e.g. a small "
+                f"teacher's positional convolution, on CPUs with AMX). Run the teacher in fp32 "
+                f"(teacher_precision: fp32); lower teacher_precision_min_cosine only to accept these targets."
+            )
+        return cosines
 
     def train(self, mode=True):
         """Keeps the teacher in eval mode whatever ``mode`` is (dropout and layerdrop stay off)."""

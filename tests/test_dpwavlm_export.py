@@ -15,13 +15,13 @@ import transformers
 from robustdistiller.downstream.upstream import FrozenUpstream, upstream_name
 from robustdistiller.dpwavlm import DPWavLM, load_dphubert_checkpoint, save_dphubert_checkpoint
 from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
-from robustdistiller.dpwavlm.export import export_dpwavlm
+from robustdistiller.dpwavlm.export import export_dpwavlm, speech_like_probes
 from robustdistiller.dpwavlm.interface import DPWavLMInterface
 from robustdistiller.dpwavlm.stages import FINAL_FILE, PRUNED_FILE, SUMMARY_FILE
 from robustdistiller.export import DPWAVLM_EXPORT_FILE, ExportError, export_student, load_student, locate_checkpoint
 from robustdistiller.export import main as export_main
 from robustdistiller.student import num_parameters
-from test_dpwavlm_model import diarizen_like_config, gated_model
+from test_dpwavlm_model import diarizen_like_config, force, gated_model
 
 SUMMARY = {
     "teacher_source": "microsoft/wavlm-base-plus",
@@ -208,6 +208,31 @@ def test_export_exact_copy_loads_everywhere(exact_run, tmp_path, batch):
     assert export_student(path, output, overwrite=True)["hf_copy"]["written"]
 
 
+def copy_error_by_hand(model, hf_model, waveforms):
+    """(max abs, pooled relative L2) of hidden states 1..L, HF copy vs model, one waveform at a time."""
+    max_abs, difference, reference = 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for wav in waveforms:
+            ours, _ = model.eval().extract_features(wav[None])
+            theirs = hf_model.eval()(wav[None], output_hidden_states=True).hidden_states
+            assert len(theirs) == len(ours)
+            for a, b in zip(ours[1:], theirs[1:]):
+                max_abs = max(max_abs, float((a - b).abs().max()))
+                difference += float((a - b).double().pow(2).sum())
+                reference += float(a.double().pow(2).sum())
+    return max_abs, (difference / reference) ** 0.5
+
+
+def test_speech_like_probes_are_the_mini_corpus_voices():
+    waveforms, description = speech_like_probes()
+    assert len(waveforms) == 4 and "eSpeak NG" in description and "robustdistiller.mini_corpus" in description
+    for wav in waveforms:
+        assert wav.dtype == torch.float32 and wav.dim() == 1 and wav.numel() > 16000  # sentences, > 1 s
+        assert 0.1 < float(wav.abs().max()) < 1.0 and float(wav.std()) > 0.01  # speech level, not silence
+    again, _ = speech_like_probes.__wrapped__()  # synthesised anew: deterministic
+    assert all(torch.equal(a, b) for a, b in zip(waveforms, again))
+
+
 def test_export_inexact_copy_policy(inexact_run, tmp_path):
     folder, path, model = inexact_run
     dummy = model.feature_extractor.dummy_weight
@@ -216,14 +241,50 @@ def test_export_inexact_copy_policy(inexact_run, tmp_path):
     assert not skipped["hf_copy"]["written"] and skipped["hf_copy"]["max_abs_error"] > 1e-4
     assert "config.json" not in skipped["files"]
     card = open(os.path.join(tmp_path / "skip", "README.md")).read()
-    assert "not written: it would differ by" in card
-    with pytest.raises(ExportError, match="would differ from the model by .*--hf-inexact=warn"):
+    assert "not written: max abs difference" in card and "speech-like utterances" in card
+    assert "the CNN channels were gated" in card
+    with pytest.raises(ExportError, match="would differ from the model by .*speech-like.*--hf-inexact=warn"):
         export_dpwavlm(path, str(tmp_path / "refuse"), hf_inexact="refuse")
     assert not os.path.exists(tmp_path / "refuse")  # nothing left behind
     with pytest.warns(UserWarning, match="dummy_weight is not all ones"):
         warned = export_dpwavlm(path, str(tmp_path / "warn"), hf_inexact="warn")
     assert warned["hf_copy"]["written"] and "config.json" in warned["files"]
     assert "**inexact**" in open(os.path.join(tmp_path / "warn", "README.md")).read()
+    # the reported error is the written copy's on the speech-like probes, computed here by hand
+    max_abs, relative = copy_error_by_hand(
+        model, transformers.WavLMModel.from_pretrained(str(tmp_path / "warn")), speech_like_probes()[0]
+    )
+    for report in (skipped["hf_copy"], warned["hf_copy"]):
+        assert report["max_abs_error"] == pytest.approx(max_abs, rel=1e-6)
+        assert report["relative_error"] == pytest.approx(relative, rel=1e-6)
+
+
+def test_gated_cnn_without_a_pruned_channel_is_inexact(tmp_path):
+    """DPHuBERT's prune() scales dummy_weight by the last conv layer's soft mask whenever that layer has gates,
+    even if it removes no channel: here every channel is kept at the gates' initial log_alpha (mask 0.996)."""
+    gated = gated_model(num_layers=LAYERS, seed=2)
+    last = gated.feature_extractor.conv_layers[-1]
+    force(last.hard_concrete, 4.595)  # log(0.99 / 0.01): DPHuBERT's initial conv-channel gate
+    channels = last.conv.out_channels
+    gated.prune()
+    model = gated.eval()
+    assert last.conv.out_channels == channels  # the last CNN layer is unpruned...
+    dummy = model.feature_extractor.dummy_weight
+    assert float(dummy.max()) < 1.0  # ...but its channels were gated
+    path = write_run(str(tmp_path / "run"), model)
+    result = export_dpwavlm(path, str(tmp_path / "export"))
+    report = result["hf_copy"]
+    assert not report["exact"] and not report["written"]
+    card = open(os.path.join(tmp_path / "export", "README.md")).read()
+    assert "the CNN channels were gated" in card and "was pruned" not in card
+    assert f"max abs difference {report['max_abs_error']:.2g}" in card and report["probe"] in card
+    with pytest.warns(UserWarning, match="dummy_weight is not all ones"):
+        warned = export_dpwavlm(path, str(tmp_path / "warn"), hf_inexact="warn")
+    max_abs, relative = copy_error_by_hand(
+        model, transformers.WavLMModel.from_pretrained(str(tmp_path / "warn")), speech_like_probes()[0]
+    )
+    assert report["max_abs_error"] == pytest.approx(max_abs, rel=1e-6) and max_abs > 1e-4  # not exact
+    assert report["relative_error"] == pytest.approx(relative, rel=1e-6)
 
 
 def test_export_refuses_gated_files_and_options_that_do_not_apply(tmp_path, exact_run, capsys):

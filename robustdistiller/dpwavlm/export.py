@@ -11,9 +11,14 @@ comes here (:func:`robustdistiller.export.export_student` dispatches on the file
 * ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``: a compatibility copy as a
   ``transformers.WavLMModel`` padded to uniform widths (heads zero-padded at their original indices, FFNs
   zero-padded to the widest layer; ``reference/dphubert.md`` section 4.6). It is exact only when the CNN's
-  ``dummy_weight`` is all ones (the last conv layer unpruned); otherwise ``hf_inexact`` decides: ``skip``
-  (default: the copy is left out and the model card gives the measured error), ``warn`` (written anyway,
-  the error in the card) or ``refuse`` (the export fails, naming the error);
+  ``dummy_weight`` is all ones, i.e. when the CNN channels were never gated: DPHuBERT's ``prune()``
+  multiplies ``dummy_weight`` by the last conv layer's deterministic soft mask whenever CNN pruning is on
+  (``conv`` in ``pruning_units``), even when that mask removes no channel (a kept gate's value is
+  ``sigmoid(1.2 log_alpha)``, below 1: 0.996 at the initial ``log_alpha``), and ``WavLMModel`` has no
+  per-channel scale there. Otherwise ``hf_inexact`` decides: ``skip`` (default: the copy is left out and
+  the model card gives the measured error), ``warn`` (written anyway, the error in the card) or
+  ``refuse`` (the export fails, naming the error). The error is measured on speech-like signals
+  (:func:`speech_like_probes`: sentences in the mini corpus generator's eSpeak NG voices), not noise;
 * ``hyperparams.yaml`` + ``encoder.ckpt``: SpeechBrain's pretrained interface
   (:class:`~robustdistiller.dpwavlm.interface.DPWavLMInterface`; the weights once more, as SpeechBrain's
   ``Pretrainer`` reads plain state dicts);
@@ -22,12 +27,15 @@ comes here (:func:`robustdistiller.export.export_student` dispatches on the file
 * ``export_manifest.json``: as every export (overwrite rules of :mod:`robustdistiller.export`).
 """
 
+import functools
 import json
 import logging
+import math
 import os
 import shutil
 import warnings
 
+import numpy as np
 import torch
 import yaml
 
@@ -119,15 +127,115 @@ def _write_preprocessor_config(folder, config):
     ).save_pretrained(folder)
 
 
-def write_hf_copy(model, folder, hf_inexact="skip"):
-    """Writes the padded ``transformers.WavLMModel`` copy of ``model`` into ``folder`` (the policy above).
+SPEECH_PROBE_UTTERANCES = 4
+SPEECH_PROBE_SEED = 0
+
+
+@functools.lru_cache(maxsize=2)
+def speech_like_probes(num_utterances=SPEECH_PROBE_UTTERANCES, seed=SPEECH_PROBE_SEED):
+    """Speech-like probe waveforms: random sentences in the mini corpus generator's voices.
+
+    :func:`robustdistiller.mini_corpus.make_speakers` draws ``num_utterances`` distinct eSpeak NG voices
+    (accent, variant, pitch, rate, range) and :func:`~robustdistiller.mini_corpus.random_sentence` a
+    sentence for each; :func:`~robustdistiller.mini_corpus.synthesize_speech` speaks them at 16 kHz and
+    each is scaled by 0.5-0.9, the level of the mini corpus's LibriSpeech utterances. Deterministic in
+    ``seed``; synthesised once per process (a subprocess, about a second).
+
+    Returns
+    -------
+    tuple
+        ``(waveforms, description)``: a tuple of 1-D float32 tensors and a sentence saying what they are.
+
+    Raises
+    ------
+    RuntimeError, OSError, ImportError
+        When eSpeak NG cannot synthesise (``espeakng-loader`` missing or broken).
+    """
+    from robustdistiller.mini_corpus import make_speakers, random_sentence, synthesize_speech
+
+    rng = np.random.default_rng(seed)
+    speakers = make_speakers(rng, num_utterances)
+    requests = [
+        {key: speaker[key] for key in ("voice", "rate", "pitch", "range")} | {"text": random_sentence(rng)}
+        for speaker in speakers
+    ]
+    waveforms = tuple(
+        torch.from_numpy(waveform * np.float32(rng.uniform(0.5, 0.9))) for waveform in synthesize_speech(requests)
+    )
+    seconds = sum(len(waveform) for waveform in waveforms) / 16000
+    description = (
+        f"{len(waveforms)} speech-like utterances ({seconds:.1f} s in all: random sentences in the eSpeak NG "
+        f"voices of robustdistiller.mini_corpus, seed {seed})"
+    )
+    return waveforms, description
+
+
+def _probe_waveforms():
+    """:func:`speech_like_probes`, or 1 s of seeded Gaussian noise (said so) when speech cannot be synthesised."""
+    try:
+        return speech_like_probes()
+    except (RuntimeError, OSError, ImportError) as failure:
+        logger.warning("No speech-like probes (%s): the transformers copy is measured on 1 s of noise", failure)
+        noise = torch.randn(16000, generator=torch.Generator().manual_seed(0))
+        return (noise,), f"1 s of Gaussian noise (speech synthesis failed: {type(failure).__name__})"
+
+
+def hf_copy_error(model, hf_model, waveforms):
+    """Difference between the hidden states 1..L of ``model`` and of its transformers copy.
+
+    Each waveform is run alone (no padding) through both models in eval mode.
+
+    Arguments
+    ---------
+    model : DPWavLM
+        The compact model.
+    hf_model : transformers.PreTrainedModel
+        Its padded ``WavLMModel`` / ``HubertModel`` copy.
+    waveforms : sequence of torch.Tensor
+        1-D waveforms at 16 kHz.
 
     Returns
     -------
     dict
-        ``written`` (bool), ``max_abs_error`` (hidden states 1..L on a probe waveform), ``exact`` (the CNN
-        scale is all ones) and, when written, ``num_parameters`` (HF's count, inflated by the padding).
+        ``max_abs_error``: the largest absolute difference; ``relative_error``: the L2 norm of the
+        differences over the L2 norm of the model's states (all layers 1..L and frames pooled).
     """
+    was_training = model.training
+    model.eval()
+    hf_model.eval()
+    max_abs, difference_energy, reference_energy = 0.0, 0.0, 0.0
+    try:
+        with torch.no_grad():
+            for waveform in waveforms:
+                ours, _ = model.extract_features(waveform[None].float())
+                theirs = hf_model(waveform[None].float(), output_hidden_states=True).hidden_states
+                for reference, candidate in zip(ours[1:], theirs[1:]):
+                    difference = (candidate - reference).double()
+                    max_abs = max(max_abs, float(difference.abs().max()))
+                    difference_energy += float(difference.pow(2).sum())
+                    reference_energy += float(reference.double().pow(2).sum())
+    finally:
+        model.train(was_training)
+    return {"max_abs_error": max_abs, "relative_error": math.sqrt(difference_energy / max(reference_energy, 1e-30))}
+
+
+def write_hf_copy(model, folder, hf_inexact="skip"):
+    """Writes the padded ``transformers.WavLMModel`` copy of ``model`` into ``folder`` (the policy above).
+
+    The copy is exact when ``model.feature_extractor.dummy_weight`` is all ones (the CNN channels were
+    never gated); its error is measured either way, on :func:`speech_like_probes`.
+
+    Returns
+    -------
+    dict
+        ``written`` (bool), ``exact`` (the CNN scale is all ones), ``max_abs_error`` and
+        ``relative_error`` (:func:`hf_copy_error` on the probes), ``probe`` (what the probes were),
+        ``noise_max_abs_error`` (the max abs error on 1 s of Gaussian noise, the check of
+        :func:`~robustdistiller.dpwavlm.checkpoint.export_hf_wavlm_padded`) and, when written,
+        ``num_parameters`` (HF's count, inflated by the padding).
+    """
+    import transformers
+
     if hf_inexact not in HF_INEXACT_CHOICES:
         raise ExportError(f"hf_inexact must be one of {HF_INEXACT_CHOICES}, got {hf_inexact!r}")
     dummy = model.feature_extractor.dummy_weight
@@ -137,22 +245,26 @@ def write_hf_copy(model, folder, hf_inexact="skip"):
         with warnings.catch_warnings():
             if hf_inexact != "warn":  # measured here; the copy is dropped (skip) or the export fails (refuse)
                 warnings.simplefilter("ignore")
-            error = export_hf_wavlm_padded(model, hf_folder, on_inexact="warn" if not exact else "refuse")
+            noise_error = export_hf_wavlm_padded(model, hf_folder, on_inexact="warn" if not exact else "refuse")
     except (ValueError, RuntimeError) as failure:  # e.g. a copy that differs although it should be exact
         raise ExportError(f"Cannot write the padded transformers copy: {failure}") from failure
-    report = {"written": False, "max_abs_error": error, "exact": exact}
+    waveforms, probe = _probe_waveforms()
+    error = hf_copy_error(model, transformers.AutoModel.from_pretrained(hf_folder), waveforms)
+    report = {"written": False, "exact": exact, **error, "probe": probe, "noise_max_abs_error": noise_error}
     if not exact and hf_inexact == "refuse":
         shutil.rmtree(hf_folder, ignore_errors=True)
         raise ExportError(
-            f"The padded transformers.WavLMModel copy would differ from the model by {error:.3g} (max abs, hidden "
-            f"states 1..L): the last CNN layer was pruned and its per-channel scale (dummy_weight, range "
-            f"{float(dummy.min()):.4g}..{float(dummy.max()):.4g}) has no place in WavLMModel. Export with "
-            f"--hf-inexact=skip (no transformers copy) or --hf-inexact=warn (write it anyway)"
+            f"The padded transformers.WavLMModel copy would differ from the model by {error['max_abs_error']:.3g} "
+            f"(max abs; relative {error['relative_error']:.2g}; hidden states 1..L on {probe}): the CNN channels "
+            f"were gated, and the per-channel scale DPHuBERT's prune() leaves from the last conv layer's mask "
+            f"(dummy_weight, range {float(dummy.min()):.4g}..{float(dummy.max()):.4g}) has no place in "
+            f"WavLMModel. Export with --hf-inexact=skip (no transformers copy) or --hf-inexact=warn (write it anyway)"
         )
     if not exact and hf_inexact == "skip":
         logger.warning(
-            "No transformers copy: it would differ by %.3g (dummy_weight is not all ones); --hf-inexact=warn "
-            "writes it anyway", error,
+            "No transformers copy: it would differ by %.3g max abs (relative %.2g) on %s (dummy_weight is not "
+            "all ones: the CNN channels were gated); --hf-inexact=warn writes it anyway",
+            error["max_abs_error"], error["relative_error"], probe,
         )
         shutil.rmtree(hf_folder, ignore_errors=True)
         return report
@@ -160,8 +272,6 @@ def write_hf_copy(model, folder, hf_inexact="skip"):
         os.replace(os.path.join(hf_folder, name), os.path.join(folder, name))
     os.rmdir(hf_folder)
     _write_preprocessor_config(folder, model.config)
-    import transformers
-
     hf_model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(folder))
     report.update(written=True, num_parameters=num_parameters(hf_model))
     return report
@@ -191,19 +301,23 @@ def model_card(model, source, summary, hf_report):
         else "not recorded"
     )
     conv = ", ".join(str(int(layer[0])) for layer in config["extractor_conv_layer_config"])
+    measured = (
+        f"max abs difference {hf_report['max_abs_error']:.2g}, relative (L2) {hf_report['relative_error']:.2g}, "
+        f"on hidden states 1..L of {hf_report['probe']}"
+    )
+    gated = (
+        f"the CNN channels were gated: DPHuBERT's pruning leaves the last conv layer's soft mask as a per-channel "
+        f"scale (`dummy_weight`, not all ones) that {hf_class} cannot represent"
+    )
     if hf_report["written"]:
         hf_line = (
             f"written: {format_count(hf_report['num_parameters'])} parameters as HF counts them (padding "
-            f"included), max abs difference {hf_report['max_abs_error']:.2g} on hidden states 1..L"
+            f"included); {measured}"
         )
         if not hf_report["exact"]:
-            hf_line += f" -- **inexact**: the last CNN layer was pruned and {hf_class} cannot represent its scale"
+            hf_line += f" -- **inexact**: {gated}"
     else:
-        hf_line = (
-            f"not written: it would differ by {hf_report['max_abs_error']:.3g} (max abs, hidden states 1..L) "
-            f"because the last CNN layer was pruned (`dummy_weight` is not all ones); `--hf-inexact=warn` "
-            f"writes it anyway"
-        )
+        hf_line = f"not written: {measured}, because {gated}; `--hf-inexact=warn` writes it anyway"
     rows = [
         ("Recipe", recipe),
         ("Teacher", f"`{summary.get('teacher_source', 'not recorded')}`"),
