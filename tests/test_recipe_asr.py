@@ -37,7 +37,7 @@ def one_hot_frames(indices, vocab_size=5):
 
 
 def test_greedy_decoding_collapses_repeats_and_drops_blank_and_specials():
-    # blank 0 separates the two 2s; repeats collapse; 1 (<eos>) is dropped
+    # standard rule (s3prl 0.4.18): blank 0 separates the two 2s; repeats collapse; 1 (<eos>) is dropped
     assert greedy_ctc_decode(one_hot_frames([0, 2, 2, 0, 2, 3, 3, 1, 0])) == [[2, 2, 3, 1]]
     assert greedy_ctc_decode(one_hot_frames([0, 2, 2, 0, 2, 3, 3, 1, 0]), dropped_indices=[0, 1]) == [[2, 2, 3]]
     assert greedy_ctc_decode(one_hot_frames([0, 0, 0])) == [[]]
@@ -48,9 +48,28 @@ def test_greedy_decoding_collapses_repeats_and_drops_blank_and_specials():
     assert greedy_ctc_decode(batch, torch.tensor([2, 4])) == [[2, 3], [4, 4, 2]]
     # log-probabilities and logits decode the same
     assert greedy_ctc_decode(torch.log_softmax(batch, -1)) == greedy_ctc_decode(batch)
+    # s3prl's pre-2022 rule drops first, then merges: the blank no longer separates the two 2s
+    assert greedy_ctc_decode(one_hot_frames([0, 2, 2, 0, 2, 3, 3, 1, 0]), dropped_indices=[0, 1],
+                             rule="s3prl_pre2022") == [[2, 3]]
+    with pytest.raises(ValueError, match="ctc_decoding|rule"):
+        greedy_ctc_decode(batch, rule="s3prl")
 
 
-def test_character_vocabulary_is_fairseqs_with_32_outputs():
+def test_asr_hypotheses_keep_pad_and_unk_as_s3prl():
+    # s3prl's ASR decodes with fairseq's Dictionary.string, which drops only <s> (the blank) and </s>
+    vocabulary = character_vocabulary()
+    frames = [vocabulary.index[token] for token in ["<s>", "H", "<pad>", "I", "<unk>", "|", "</s>"]]
+    (decoded,) = greedy_ctc_decode(one_hot_frames(frames, len(vocabulary)), dropped_indices=vocabulary.dropped_indices)
+    hypothesis = vocabulary.decode(decoded)
+    assert hypothesis == ["H", "<pad>", "I", "<unk>", "|"]
+    # they count as errors: 2 insertions in the 3 reference characters H I |, and the word is wrong
+    cer = ErrorRateStats()
+    cer.append(["u"], [hypothesis], [["H", "I", "|"]])
+    assert cer.summarize("error_rate") == pytest.approx(100 * 2 / 3)
+    assert characters_to_words(hypothesis) == "H<pad>I<unk>"
+
+
+def test_character_vocabulary_is_s3prls_with_32_outputs():
     vocabulary = character_vocabulary()
     assert len(vocabulary) == 32 and vocabulary.tokens[:4] == ["<s>", "<pad>", "</s>", "<unk>"]
     assert vocabulary.blank_index == 0 and set("ABCDEFGHIJKLMNOPQRSTUVWXYZ'|") == set(vocabulary.tokens[4:])
@@ -152,12 +171,13 @@ def test_asr_learns_and_reports_every_condition(librispeech, tiny_teacher_folder
     assert epochs[-1]["train loss"] < 0.5 * untrained["loss"]
     assert results["task"].startswith("ASR")
     assert set(results["results"]) == {"clean", "snr5", "reverb", "dev-clean"}
-    assert len(results["vocabulary"]) == 32
+    assert len(results["vocabulary"]) == 32 and results["ctc_decoding"] == "standard"
     for name, stats in [*results["results"].items(), ("untrained", untrained)]:
         assert stats["WER"] >= 0 and stats["CER"] >= 0 and stats["loss"] > 0
         lines = open(os.path.join(output, "hypotheses", f"{name}.txt")).read().splitlines()
         assert len(lines) == (30 if name == "untrained" else 8)
-        assert all(re.match(r"^\d+-\d+-\d{4}\tREF: [A-Z' ]+\tHYP: [A-Z' ]*$", line)
+        # hypotheses keep <pad> and <unk> as s3prl's do (they count as errors)
+        assert all(re.match(r"^\d+-\d+-\d{4}\tREF: [A-Z' ]+\tHYP: (?:[A-Z' ]|<pad>|<unk>)*$", line)
                                        for line in lines)
     assert "| snr5 |" in open(os.path.join(output, "results.md")).read()
 

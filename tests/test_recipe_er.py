@@ -2,7 +2,8 @@
 
 The fixture is a miniature IEMOCAP release (5 sessions x 2 speakers, 24 kept utterances per session,
 ``exc`` to merge and ``fru``/``sur``/``xxx`` to drop, macOS ``._*`` junk) whose emotions are speaking
-styles a frozen random-weight upstream can hear.
+styles a frozen random-weight upstream can hear. Its utterances are not s3prl's, so it is prepared
+with ``dev_split_order: sorted`` (s3prl's default split is tested in ``test_s3prl_orders.py``).
 """
 
 import csv
@@ -88,7 +89,7 @@ def _labels(root):
 def test_prepare_fold_rules_labels_and_junk(iemocap, tmp_path, caplog):
     before = _snapshot(iemocap)
     with caplog.at_level(logging.INFO):
-        paths = prepare_iemocap(iemocap, str(tmp_path), test_session=3)
+        paths = prepare_iemocap(iemocap, str(tmp_path), test_session=3, dev_split_order="sorted")
     assert _snapshot(iemocap) == before  # nothing under the data folder is touched
     rows = {split: _rows(path) for split, path in paths.items()}
     labels = _labels(iemocap)
@@ -130,20 +131,21 @@ def test_prepare_fold_rules_labels_and_junk(iemocap, tmp_path, caplog):
 
     # a second call with the same options does nothing; another fold prepares again
     stamps = {path: os.stat(path).st_mtime_ns for path in paths.values()}
-    prepare_iemocap(iemocap, str(tmp_path), test_session=3)
+    prepare_iemocap(iemocap, str(tmp_path), test_session=3, dev_split_order="sorted")
     assert stamps == {path: os.stat(path).st_mtime_ns for path in paths.values()}
-    prepare_iemocap(iemocap, str(tmp_path), test_session=5)
+    prepare_iemocap(iemocap, str(tmp_path), test_session=5, dev_split_order="sorted")
     assert {row["session"] for row in _rows(paths["test"])} == {"5"}
 
 
 def test_prepare_follows_the_s3prl_split_order(iemocap, tmp_path):
-    default = prepare_iemocap(iemocap, str(tmp_path / "default"), test_session=2)
-    pool = sorted(row["ID"] for split in ("train", "dev") for row in _rows(default[split]))
+    default = prepare_iemocap(iemocap, str(tmp_path / "default"), test_session=2, dev_split_order="sorted")
+    emotion = {row["ID"]: row["emotion"] for split in ("train", "dev") for row in _rows(default[split])}
+    pool = sorted(emotion)
     order = pool[::-1]
     meta = tmp_path / "meta_data" / "Session2"
     meta.mkdir(parents=True)
-    entries = [{"path": f"Session{int(utt[4])}/sentences/wav/{utt.rsplit('_', 1)[0]}/{utt}.wav", "label": "neu"}
-               for utt in order]
+    entries = [{"path": f"Session{int(utt[4])}/sentences/wav/{utt.rsplit('_', 1)[0]}/{utt}.wav",
+                "label": emotion[utt]} for utt in order]
     (meta / "train_meta_data.json").write_text(json.dumps({"labels": {}, "meta_data": entries}))
     paths = prepare_iemocap(iemocap, str(tmp_path / "s3prl"), test_session=2,
                             s3prl_meta_data_folder=str(tmp_path / "meta_data"))
@@ -180,7 +182,9 @@ def _tiny_release(root):
 
 def test_prepare_clear_errors_on_bad_input(tmp_path):
     release = _tiny_release(tmp_path / "IEMOCAP_full_release")
-    assert len(_rows(prepare_iemocap(str(release), str(tmp_path / "ok"))["test"])) == 2
+    assert len(_rows(prepare_iemocap(str(release), str(tmp_path / "ok"), dev_split_order="sorted")["test"])) == 2
+    with pytest.raises(ValueError, match="does not match the data.*dev_split_order: sorted"):
+        prepare_iemocap(str(release), str(tmp_path / "s3prl"))  # s3prl's split needs s3prl's utterances
 
     with pytest.raises(FileNotFoundError, match="nowhere"):
         prepare_iemocap(str(tmp_path / "nowhere"), str(tmp_path / "save"))
@@ -195,7 +199,7 @@ def test_prepare_clear_errors_on_bad_input(tmp_path):
     label_file = release / "Session4" / "dialog" / "EmoEvaluation" / "Ses04F_impro01.txt"
     text = label_file.read_text()
     label_file.write_text(text.replace("[1.0000 - 1.1000]\t", "[1.0000 - 1.1000] "))  # a space, no tab: still fine
-    prepare_iemocap(str(release), str(tmp_path / "save_spaces"))
+    prepare_iemocap(str(release), str(tmp_path / "save_spaces"), dev_split_order="sorted")
     label_file.write_text(text.replace("[1.0000 - 1.1000]", "[1.0000 1.1000]"))
     with pytest.raises(ValueError, match=r"Ses04F_impro01.txt:5"):
         prepare_iemocap(str(release), str(tmp_path / "save"))
@@ -230,6 +234,7 @@ def er_overrides(iemocap, upstream, output, mini_corpus, **extra):
         "data_folder": iemocap,
         "upstream_source": upstream,
         "output_folder": output,
+        "dev_split_order": "sorted",  # the fixture's utterances are not s3prl's
         "lr": 0.005,
         "number_of_epochs": 15,
         "number_of_updates": None,
@@ -264,6 +269,8 @@ def test_er_single_fold_learns_and_reports_every_condition(iemocap, mini_corpus,
     assert {row["session"] for row in _rows(os.path.join(output, "save", "test.csv"))} == {"4"}
     label_encoder = open(os.path.join(output, "save", "label_encoder.txt")).read()
     assert all(f"'{emotion}'" in label_encoder for emotion in CLASSES) and "'exc'" not in label_encoder
+    # s3prl's class indices
+    assert all(f"'{emotion}' => {index}" in label_encoder for index, emotion in enumerate(["neu", "hap", "ang", "sad"]))
 
 
 def test_er_run_all_folds_writes_each_fold_and_the_mean(iemocap, mini_corpus, tiny_teacher_folder, tmp_path):

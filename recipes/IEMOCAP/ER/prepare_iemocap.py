@@ -12,18 +12,23 @@ where each label file holds one line per utterance ``[start - end]<TAB><utteranc
 5,531 utterances, but no count is enforced.
 
 Fold ``test_session = N``: test = every kept utterance of session N; the kept utterances of the four
-other sessions are split at random into train (``int((1 - valid_ratio) * n)`` utterances) and dev
-(the rest), exactly like s3prl (``torch.manual_seed(0)`` then ``random_split`` with
-``valid_ratio: 0.2``). The pool is ordered by utterance id here; s3prl orders it as its published
-``meta_data/SessionN/train_meta_data.json`` does (a directory-listing order), so its dev set is
-reproduced exactly only with ``s3prl_meta_data_folder`` pointing at that ``meta_data`` folder.
+other sessions (the pool) are split at random into train (``int((1 - valid_ratio) * n)`` utterances)
+and dev (the rest), exactly like s3prl (``torch.manual_seed(0)`` then ``random_split`` with
+``valid_ratio: 0.2``). Which utterances become dev depends on the order of the pool:
+
+* ``dev_split_order: s3prl`` (default): s3prl's order, that of its published
+  ``meta_data/SessionN/train_meta_data.json`` (a directory-listing order), shipped with the package
+  (:func:`robustdistiller.downstream.s3prl_lists.iemocap_s3prl_pool`; or read from
+  ``s3prl_meta_data_folder``): s3prl's train and dev sets exactly. The data must hold exactly
+  s3prl's utterances with s3prl's labels (the full release: 5,531), else an error says what differs;
+* ``dev_split_order: sorted``: the pool sorted by utterance id (any IEMOCAP-like data, e.g. a subset
+  or the miniature fixture; the dev set is then not s3prl's).
 
 macOS resource-fork files (``._*``) and any other non-wav files are skipped, with a logged count.
 ``train.csv``, ``dev.csv`` and ``test.csv`` (``ID,duration,wav,start,stop,emotion,speaker,session``)
 are written to the save folder; nothing is written under ``data_folder``.
 """
 
-import json
 import logging
 import os
 import re
@@ -31,6 +36,8 @@ import re
 import torch
 
 from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.downstream.s3prl_lists import ER_CLASSES, iemocap_s3prl_pool, read_s3prl_meta_data
+from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
@@ -38,6 +45,9 @@ logger = logging.getLogger(__name__)
 SESSIONS = (1, 2, 3, 4, 5)
 # IEMOCAP label -> SUPERB class (exc is merged into hap; every other label is dropped)
 EMOTION_CLASSES = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
+# The classifier's output order: s3prl's map (neu 0, hap 1, ang 2, sad 3)
+EMOTION_LABELS = ER_CLASSES
+DEV_SPLIT_ORDERS = ("s3prl", "sorted")
 SPLITS = ("train", "dev", "test")
 HEADER = ["ID", "duration", "wav", "start", "stop", "emotion", "speaker", "session"]
 WAV_SUBFOLDER = os.path.join("sentences", "wav")
@@ -220,25 +230,40 @@ def split_train_dev(utterance_ids, valid_ratio=0.2, seed=0):
     return [utterance_ids[index] for index in train.indices], [utterance_ids[index] for index in dev.indices]
 
 
-def read_s3prl_order(meta_data_folder, test_session):
-    """Utterance ids of s3prl's ``meta_data/Session<N>/train_meta_data.json``, in its order.
+def s3prl_pool_order(pool_labels, test_session, meta_data_folder=None):
+    """The pool's utterance ids in s3prl's order (packaged list, or s3prl's ``meta_data`` folder).
+
+    Arguments
+    ---------
+    pool_labels : dict
+        ``{utterance id: class}`` of the four training sessions found in the data.
+    test_session : int
+        The fold.
+    meta_data_folder : str, optional
+        s3prl's ``downstream/emotion/meta_data``; default the list shipped with the package.
 
     Raises
     ------
-    FileNotFoundError
-        The JSON file is missing (named).
     ValueError
-        It has no ``meta_data`` list of ``{"path": ...}`` entries.
+        The data's utterances or labels are not s3prl's (counts and examples named).
     """
-    path = os.path.join(meta_data_folder, f"Session{test_session}", "train_meta_data.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"s3prl split file '{path}' not found (s3prl/downstream/emotion/meta_data/...)")
-    with open(path, encoding="utf-8") as fin:
-        content = json.load(fin)
-    try:
-        return [os.path.splitext(os.path.basename(item["path"]))[0] for item in content["meta_data"]]
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{path}: expected {{'meta_data': [{{'path': ...}}, ...]}}") from error
+    if meta_data_folder:
+        order, source = read_s3prl_meta_data(meta_data_folder, test_session), f"'{meta_data_folder}'"
+    else:
+        order, source = iemocap_s3prl_pool(test_session), "s3prl 0.4.18's published metadata (package list)"
+    listed = {utterance for utterance, _ in order}
+    unknown = sorted(listed - set(pool_labels))
+    absent = sorted(set(pool_labels) - listed)
+    relabelled = sorted(utterance for utterance, label in order
+                        if label is not None and utterance in pool_labels and pool_labels[utterance] != label)
+    if unknown or absent or relabelled or len(order) != len(listed):
+        raise ValueError(
+            f"s3prl's split of session {test_session} ({source}) does not match the data: {len(unknown)} listed "
+            f"utterances not found (e.g. {unknown[:3]}), {len(absent)} utterances not listed (e.g. {absent[:3]}), "
+            f"{len(relabelled)} with another label (e.g. {relabelled[:3]}), {len(order) - len(listed)} listed "
+            f"twice. s3prl's split needs the full IEMOCAP release; for other data set dev_split_order: sorted"
+        )
+    return [utterance for utterance, _ in order]
 
 
 def prepare_iemocap(
@@ -249,6 +274,7 @@ def prepare_iemocap(
     split_seed=0,
     s3prl_meta_data_folder=None,
     skip_prep=False,
+    dev_split_order="s3prl",
 ):
     """Writes the CSVs of one leave-one-session-out fold; returns ``{"train", "dev", "test"}`` paths.
 
@@ -265,15 +291,19 @@ def prepare_iemocap(
     split_seed : int
         Seed of the random train/dev split (s3prl: 0).
     s3prl_meta_data_folder : str, optional
-        s3prl's ``downstream/emotion/meta_data`` folder: order the train/dev pool as its
-        ``Session<N>/train_meta_data.json`` does, which reproduces s3prl's dev set exactly.
+        s3prl's ``downstream/emotion/meta_data`` folder, read instead of the packaged copy of its order
+        (``dev_split_order: s3prl`` only).
     skip_prep : bool
         Only return the paths.
+    dev_split_order : str
+        Order of the pool before the seeded split: ``s3prl`` (s3prl's dev set; needs the full
+        release) or ``sorted`` (by utterance id, any data).
 
     Raises
     ------
     ValueError
-        ``test_session`` or ``valid_ratio`` out of range, or the s3prl list does not match the data.
+        ``test_session``, ``valid_ratio`` or ``dev_split_order`` invalid, or the s3prl list does not
+        match the data.
     FileNotFoundError
         The data folder, a session folder, a label file or a wav file is missing (all named).
     """
@@ -284,12 +314,18 @@ def prepare_iemocap(
         raise ValueError(f"test_session must be one of {SESSIONS}, got {test_session!r}")
     if not 0 < float(valid_ratio) < 1:
         raise ValueError(f"valid_ratio must be between 0 and 1 (exclusive), got {valid_ratio!r}")
+    if dev_split_order not in DEV_SPLIT_ORDERS:
+        raise ValueError(f"dev_split_order must be one of {DEV_SPLIT_ORDERS}, got {dev_split_order!r}")
+    if s3prl_meta_data_folder and dev_split_order != "s3prl":
+        raise ValueError(f"s3prl_meta_data_folder gives s3prl's order: it needs dev_split_order: s3prl, "
+                         f"got {dev_split_order!r}")
     options = {
         "data_folder": os.path.abspath(data_folder),
         "test_session": test_session,
         "valid_ratio": float(valid_ratio),
         "split_seed": int(split_seed),
         "s3prl_meta_data_folder": os.path.abspath(s3prl_meta_data_folder) if s3prl_meta_data_folder else None,
+        "dev_split_order": dev_split_order,
     }
     if is_prepared(save_folder, "iemocap_er", options, list(paths.values())):
         logger.info("IEMOCAP ER lists (test session %d) already prepared in %s", test_session, save_folder)
@@ -325,16 +361,11 @@ def prepare_iemocap(
         "(not neu/hap/exc/ang/sad): %s",
         skipped["macos_junk"], skipped["other"], dict(sorted(dropped.items())) or "none",
     )
-    pool_ids = sorted(pool)
-    if s3prl_meta_data_folder:
-        pool_ids = read_s3prl_order(s3prl_meta_data_folder, test_session)
-        if sorted(pool_ids) != sorted(pool):
-            unknown = sorted(set(pool_ids) - set(pool))
-            absent = sorted(set(pool) - set(pool_ids))
-            raise ValueError(
-                f"s3prl's split of session {test_session} does not match {data_folder}: {len(unknown)} listed "
-                f"utterances not found (e.g. {unknown[:3]}), {len(absent)} utterances not listed (e.g. {absent[:3]})"
-            )
+    if dev_split_order == "s3prl":
+        pool_ids = s3prl_pool_order({utterance: row[5] for utterance, row in pool.items()}, test_session,
+                                    s3prl_meta_data_folder)
+    else:
+        pool_ids = sorted(pool)
     train_ids, dev_ids = split_train_dev(pool_ids, valid_ratio=valid_ratio, seed=split_seed)
     rows["train"] = sorted(pool[utterance_id] for utterance_id in train_ids)
     rows["dev"] = sorted(pool[utterance_id] for utterance_id in dev_ids)
@@ -347,6 +378,7 @@ def prepare_iemocap(
         for row in rows[split]:
             counts[row[5]] = counts.get(row[5], 0) + 1
         logger.info("Wrote %s: %d utterances %s", paths[split], len(rows[split]), dict(sorted(counts.items())))
+    check_split_lists(paths, "emotion")  # rows in every split, dev / test emotions known to training
     mark_prepared(save_folder, "iemocap_er", options)
     return paths
 

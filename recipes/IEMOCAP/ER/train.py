@@ -4,9 +4,9 @@
 The upstream (an exported RobustDistiller student, a distillation checkpoint, an s3prl checkpoint or
 any Hugging Face WavLM / HuBERT / wav2vec 2.0) stays frozen; a learnable weighted sum of its layers
 feeds a projector, mean pooling and a linear classifier over four emotions (neutral, happy with
-excited merged in, angry, sad). Leave-one-session-out: the fold ``test_session`` trains on four
-sessions (minus a random 20 % dev set) and tests the best dev checkpoint on the held-out session under
-every test condition; the results go to ``<output_folder>/results.{json,md}``.
+excited merged in, angry, sad: outputs 0 to 3 in s3prl's order). Leave-one-session-out: the fold
+``test_session`` trains on four sessions (minus a random 20 % dev set, s3prl's by default) and tests
+the best dev checkpoint on the held-out session under every test condition; the results go to ``<output_folder>/results.{json,md}``.
 
 With ``run_all_folds: True`` the five folds run one after the other, fold N in
 ``<output_folder>/fold<N>/`` (each exactly as a single-fold run with ``test_session: N``), and
@@ -28,7 +28,7 @@ import sys
 import ruamel.yaml
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml, resolve_references
-from prepare_iemocap import SESSIONS, prepare_iemocap
+from prepare_iemocap import EMOTION_LABELS, SESSIONS, prepare_iemocap
 from speechbrain.utils.distributed import run_on_main
 
 from robustdistiller.downstream import (
@@ -48,7 +48,8 @@ METRICS = ["accuracy", "loss"]
 def dataio_prepare(hparams, test_corruptor, train_corruptor):
     """Train / dev datasets, the test-set factory and the emotion encoder of one fold."""
     csv_files = {"train": hparams["train_csv"], "valid": hparams["dev_csv"], "test": hparams["test_csv"]}
-    data = classification_datasets(hparams, csv_files, test_corruptor, train_corruptor, label_column="emotion")
+    data = classification_datasets(hparams, csv_files, test_corruptor, train_corruptor, label_column="emotion",
+                                   labels=EMOTION_LABELS)  # s3prl's class indices: neu 0, hap 1, ang 2, sad 3
     if len(data["label_encoder"]) != hparams["num_emotions"]:
         raise ValueError(
             f"The training set of fold {hparams['test_session']} has {len(data['label_encoder'])} emotions "

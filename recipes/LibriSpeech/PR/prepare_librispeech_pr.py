@@ -12,6 +12,7 @@ import logging
 import os
 
 from robustdistiller.downstream.librispeech import add_phone_column, load_lexicon, prepare_librispeech_splits
+from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.prepare import is_prepared, mark_prepared
 
 logger = logging.getLogger(__name__)
@@ -70,5 +71,6 @@ def prepare_librispeech_pr(
         skipped = add_phone_column(words_csvs[subset], csv_files[key], lexicon, on_oov, description)
         logger.info("PR %s list (%s): %s, %d utterances left out for missing words", key, subset, csv_files[key],
                     skipped)
+    check_split_lists(csv_files)  # every split has rows (e.g. not all left out by on_oov: skip_utterance)
     mark_prepared(save_folder, "librispeech_pr", options)
     return csv_files

@@ -1,12 +1,13 @@
 """Data preparation of SUPERB automatic speaker verification (ASV) on VoxCeleb1.
 
-Reads the real VoxCeleb1 layout (REFERENCE.md section 6) without touching it: every
-``<data_folder>/wav/idNNNNN/<video>/NNNNN.wav`` and a verification trial list (lines
-``<1|0> <enrol> <test>``, paths relative to ``wav/``): ``trial_list="original"`` reads
+Reads VoxCeleb1 without touching it, in either layout of :mod:`robustdistiller.downstream.voxceleb1`
+(one merged ``<data_folder>/wav/idNNNNN/<video>/NNNNN.wav``, or s3prl's ``<data_folder>/dev/wav/...`` +
+``<data_folder>/test/wav/...``; every speaker folder of every such ``wav`` folder is read), and a
+verification trial list (lines ``<1|0> <enrol> <test>``, paths relative to ``wav/``): ``trial_list="original"`` reads
 ``veri_test.txt`` (Vox1-O, 37,720 trials: what s3prl, and so SUPERB, scores), ``"cleaned"``
 ``veri_test2.txt`` (37,611 trials; ``trial_file`` names any other list). The speakers of the
 trial list are the *test* speakers (``id10270``-``id10309`` in the real corpus); every other speaker
-folder under ``wav/`` is a *dev* speaker. Writes to the save folder:
+folder is a *dev* speaker (whichever ``wav`` folder holds it). Writes to the save folder:
 
 * ``train.csv``: the utterances of the dev speakers the x-vector is trained on (utterances not
   longer than ``min_train_duration`` are left out, as s3prl's ``min_sec``; with ``trim_options``
@@ -31,7 +32,14 @@ import random
 
 from robustdistiller.audio import AudioLoadError, audio_info, load_audio
 from robustdistiller.downstream.silence import trim_silence
+from robustdistiller.downstream.voxceleb1 import (
+    describe_wav_folders,
+    resolve_listed_path,
+    speaker_folders,
+    voxceleb1_wav_folders,
+)
 from robustdistiller.options import integer_at_least
+from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
@@ -104,16 +112,15 @@ def read_trial_csv(path):
         return [(int(row["label"]), row["enrol"], row["test"]) for row in csv.DictReader(fin)]
 
 
-def list_speaker_utterances(wav_folder):
+def list_speaker_utterances(owners):
     """``{speaker: [path relative to wav/, ...]}`` of every ``idNNNNN/<video>/NNNNN.wav``, sorted.
 
+    ``owners``: ``{speaker: wav folder}`` (:func:`~robustdistiller.downstream.voxceleb1.speaker_folders`).
     Hidden files and folders (``._*`` macOS junk) are ignored.
     """
     utterances = {}
-    for speaker in sorted(os.listdir(wav_folder)):
-        speaker_folder = os.path.join(wav_folder, speaker)
-        if speaker.startswith(".") or not os.path.isdir(speaker_folder):
-            continue
+    for speaker in sorted(owners):
+        speaker_folder = os.path.join(owners[speaker], speaker)
         for video in sorted(os.listdir(speaker_folder)):
             video_folder = os.path.join(speaker_folder, video)
             if video.startswith(".") or not os.path.isdir(video_folder):
@@ -178,11 +185,14 @@ def build_valid_trials(utterances_by_speaker, seed):
     return trials
 
 
-def _utterance_rows(wav_folder, relative_paths, unreadable, trim_options=None, sample_rate=16000):
-    """CSV rows and the length in samples of each (after silence removal with ``trim_options``)."""
+def _utterance_rows(locate, relative_paths, unreadable, trim_options=None, sample_rate=16000):
+    """CSV rows and the length in samples of each (after silence removal with ``trim_options``).
+
+    ``locate``: path relative to ``wav/`` -> absolute path.
+    """
     rows, lengths = [], []
     for relative in relative_paths:
-        path = os.path.join(wav_folder, relative)
+        path = locate(relative)
         try:
             if trim_options is None:
                 frames, file_rate, _ = audio_info(path)
@@ -235,13 +245,13 @@ def prepare_voxceleb1_asv(
     Arguments
     ---------
     data_folder : str
-        VoxCeleb1 folder holding ``wav/`` (dev and test speakers; unzip both archives into it) and,
-        unless ``trial_file`` is given, the trial list of ``trial_list``.
+        VoxCeleb1 folder holding ``wav/`` (both archives unzipped into it) or s3prl's ``dev/wav/`` and
+        ``test/wav/`` and, unless ``trial_file`` is given, the trial list of ``trial_list``.
     save_folder : str
         Output folder of the CSVs.
     trial_file : str, optional
         Another trial list; overrides ``trial_list``. Its speakers are the test speakers, all other
-        speakers under ``wav/`` are dev speakers.
+        speakers of the wav folders are dev speakers.
     valid_speakers : int
         Dev speakers held out of training for checkpoint selection (at least 2).
     valid_utterances_per_speaker : int
@@ -268,7 +278,8 @@ def prepare_voxceleb1_asv(
     Raises
     ------
     FileNotFoundError
-        ``wav/`` or the trial file is missing, or an utterance of the trial list is (all named).
+        No wav folder (both layouts named) or the trial file is missing, or an utterance of the trial
+        list is (all named).
     ValueError
         A malformed trial file, unreadable audio, too few dev speakers for ``valid_speakers``.
     """
@@ -277,7 +288,7 @@ def prepare_voxceleb1_asv(
     if skip_prep:
         return paths
     trial_file = trial_file_path(data_folder, trial_list, trial_file)
-    wav_folder = os.path.join(data_folder, "wav")
+    wav_folders = voxceleb1_wav_folders(data_folder)
     # two held-out speakers for non-target trials, two utterances of each for target trials
     valid_speakers = integer_at_least(valid_speakers, "valid_speakers", 2)
     valid_utterances_per_speaker = integer_at_least(valid_utterances_per_speaker, "valid_utterances_per_speaker", 2)
@@ -290,12 +301,11 @@ def prepare_voxceleb1_asv(
         "split_seed": int(split_seed),
         "trim_options": None if trim_options is None else dict(sorted(trim_options.items())),
         "sample_rate": int(sample_rate),
+        "wav_folders": [os.path.abspath(folder) for folder in wav_folders],
     }
     if is_prepared(save_folder, "voxceleb1_asv", options, list(paths.values())):
         logger.info("VoxCeleb1 ASV lists already prepared in %s", save_folder)
         return paths
-    if not os.path.isdir(wav_folder):
-        raise FileNotFoundError(f"VoxCeleb1 folder '{data_folder}' has no wav/ folder (expected wav/idNNNNN/...)")
     if not os.path.isfile(trial_file):
         raise FileNotFoundError(
             f"Verification trial file '{trial_file}' not found (expected VoxCeleb1's veri_test.txt for "
@@ -304,7 +314,13 @@ def prepare_voxceleb1_asv(
     trials = read_trials(trial_file)
     test_paths = list(dict.fromkeys(path for _, enrol, test in trials for path in (enrol, test)))
     test_speakers = {path.split("/")[0] for path in test_paths}
-    utterances = list_speaker_utterances(wav_folder)
+    owners = speaker_folders(wav_folders)
+    wav_folder = describe_wav_folders(wav_folders)
+
+    def locate(relative):
+        return resolve_listed_path(relative, owners, wav_folders)
+
+    utterances = list_speaker_utterances(owners)
     dev_speakers = sorted(set(utterances) - test_speakers)
     if len(dev_speakers) < valid_speakers + 1:
         raise ValueError(
@@ -313,15 +329,15 @@ def prepare_voxceleb1_asv(
         )
     train_speakers, held_out_speakers = split_held_out_speakers(dev_speakers, valid_speakers, split_seed)
     logger.info(
-        "%d test speakers in %s; %d dev speakers: %d for training, %d held out for validation",
-        len(test_speakers), trial_file, len(dev_speakers), len(train_speakers), len(held_out_speakers),
+        "%d test speakers in %s; %d dev speakers in %s: %d for training, %d held out for validation",
+        len(test_speakers), trial_file, len(dev_speakers), wav_folder, len(train_speakers), len(held_out_speakers),
     )
 
     os.makedirs(save_folder, exist_ok=True)
     unreadable = []
     measure = {"trim_options": trim_options, "sample_rate": sample_rate}
     train_rows, train_lengths = _utterance_rows(
-        wav_folder, [path for spk in train_speakers for path in utterances[spk]], unreadable, **measure
+        locate, [path for spk in train_speakers for path in utterances[spk]], unreadable, **measure
     )
     # s3prl keeps a training utterance if its (trimmed) length is > min_sec * 16000 samples.
     min_samples = float(min_train_duration) * sample_rate
@@ -334,17 +350,16 @@ def prepare_voxceleb1_asv(
         if len(chosen) > valid_utterances_per_speaker:
             chosen = sorted(rng.sample(chosen, valid_utterances_per_speaker))
         valid_paths += chosen
-    valid_rows, _ = _utterance_rows(wav_folder, valid_paths, unreadable, **measure)
+    valid_rows, _ = _utterance_rows(locate, valid_paths, unreadable, **measure)
     if unreadable:
         raise ValueError(f"{len(unreadable)} audio files under {wav_folder} are unreadable, e.g. {unreadable[:3]}")
 
-    missing = [os.path.join(wav_folder, path) for path in test_paths
-               if not os.path.isfile(os.path.join(wav_folder, path))]
+    missing = [locate(path) for path in test_paths if not os.path.isfile(locate(path))]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} files listed in {trial_file} are missing under {wav_folder}, e.g. {missing[:3]}"
         )
-    test_rows, _ = _utterance_rows(wav_folder, test_paths, unreadable, **measure)
+    test_rows, _ = _utterance_rows(locate, test_paths, unreadable, **measure)
     if unreadable:
         raise ValueError(f"{len(unreadable)} files listed in {trial_file} are unreadable, e.g. {unreadable[:3]}")
 
@@ -366,5 +381,6 @@ def prepare_voxceleb1_asv(
         "" if trim_options is None else " after silence removal", paths["valid"], len(valid_rows),
         len(valid_trials), paths["test"], len(test_rows), len(trials),
     )
+    check_split_lists(paths)  # every list has rows (its speakers are disjoint by design: no label check)
     mark_prepared(save_folder, "voxceleb1_asv", options)
     return paths

@@ -1,15 +1,24 @@
 """Data preparation of SUPERB speaker identification (SID) on VoxCeleb1.
 
 Reads ``<data_folder>/iden_split.txt`` (``1`` train, ``2`` dev, ``3`` test; lines
-``1 id10001/1zcIwhmdeo4/00001.wav``) and the wav files under ``<data_folder>/wav/`` (REFERENCE.md
-section 6), and writes ``train.csv``, ``dev.csv`` and ``test.csv`` (``ID,duration,wav,start,stop,speaker``)
-to the save folder. Nothing is written under ``data_folder``.
+``1 id10001/1zcIwhmdeo4/00001.wav``) and the wav files in either layout of
+:mod:`robustdistiller.downstream.voxceleb1`: one merged ``<data_folder>/wav/``, or s3prl's
+``<data_folder>/dev/wav/`` + ``<data_folder>/test/wav/`` (any ``<data_folder>/*/wav/``; a listed file is
+looked up in the folder of its speaker). Writes ``train.csv``, ``dev.csv`` and ``test.csv``
+(``ID,duration,wav,start,stop,speaker``) to the save folder. Nothing is written under ``data_folder``.
 """
 
 import logging
 import os
 
 from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.downstream.voxceleb1 import (
+    describe_wav_folders,
+    resolve_listed_path,
+    speaker_folders,
+    voxceleb1_wav_folders,
+)
+from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
@@ -46,7 +55,8 @@ def prepare_voxceleb1_sid(data_folder, save_folder, split_file=None, skip_prep=F
     Arguments
     ---------
     data_folder : str
-        VoxCeleb1 folder holding ``wav/`` (and ``iden_split.txt`` unless ``split_file`` is given).
+        VoxCeleb1 folder holding ``wav/``, or ``dev/wav/`` and ``test/wav/`` (s3prl's layout), and
+        ``iden_split.txt`` unless ``split_file`` is given.
     save_folder : str
         Output folder of the CSVs.
     split_file : str, optional
@@ -57,28 +67,30 @@ def prepare_voxceleb1_sid(data_folder, save_folder, split_file=None, skip_prep=F
     Raises
     ------
     FileNotFoundError
-        ``wav/`` or the split file is missing, or a listed wav file is (all named).
+        No wav folder (both layouts named) or the split file is missing, or a listed wav file is
+        (all named).
     """
     paths = {split: os.path.join(save_folder, f"{split}.csv") for split in SPLITS.values()}
     if skip_prep:
         return paths
     split_file = split_file or os.path.join(data_folder, "iden_split.txt")
-    wav_folder = os.path.join(data_folder, "wav")
-    options = {"data_folder": os.path.abspath(data_folder), "split_file": os.path.abspath(split_file)}
+    wav_folders = voxceleb1_wav_folders(data_folder)
+    options = {"data_folder": os.path.abspath(data_folder), "split_file": os.path.abspath(split_file),
+               "wav_folders": [os.path.abspath(folder) for folder in wav_folders]}
     if is_prepared(save_folder, "voxceleb1_sid", options, list(paths.values())):
         logger.info("VoxCeleb1 SID lists already prepared in %s", save_folder)
         return paths
-    if not os.path.isdir(wav_folder):
-        raise FileNotFoundError(f"VoxCeleb1 folder '{data_folder}' has no wav/ folder (expected wav/idNNNNN/...)")
     if not os.path.isfile(split_file):
         raise FileNotFoundError(f"Identification split file '{split_file}' not found (iden_split.txt of VoxCeleb1)")
     os.makedirs(save_folder, exist_ok=True)
     splits = read_iden_split(split_file)
+    owners = speaker_folders(wav_folders)
+    logger.info("VoxCeleb1 wav folders: %s (%d speakers)", describe_wav_folders(wav_folders), len(owners))
     missing = []
     for split, relative_paths in splits.items():
         rows = []
         for relative in relative_paths:
-            path = os.path.join(wav_folder, relative)
+            path = resolve_listed_path(relative, owners, wav_folders)
             try:
                 frames, sample_rate, _ = audio_info(path)
             except AudioLoadError:
@@ -90,7 +102,9 @@ def prepare_voxceleb1_sid(data_folder, save_folder, split_file=None, skip_prep=F
         logger.info("Wrote %s: %d utterances", paths[split], len(rows))
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} files listed in {split_file} are missing or unreadable, e.g. {missing[:3]}"
+            f"{len(missing)} files listed in {split_file} are missing or unreadable in "
+            f"{describe_wav_folders(wav_folders)}, e.g. {missing[:3]}"
         )
+    check_split_lists(paths, "speaker", hint=f"Every speaker of {split_file} needs training utterances (1).")
     mark_prepared(save_folder, "voxceleb1_sid", options)
     return paths

@@ -3,7 +3,9 @@
 
 The upstream (an exported RobustDistiller student, a distillation checkpoint, an s3prl checkpoint or
 any Hugging Face WavLM / HuBERT / wav2vec 2.0) stays frozen; a learnable weighted sum of its layers
-feeds a projector, mean pooling and a linear classifier over the 1,251 speakers. The best dev
+feeds a projector, mean pooling and a linear classifier over the 1,251 speakers, numbered in sorted
+speaker id order as s3prl does (``id10001`` 0, ... ``id11251`` 1250: s3prl's ``int(id[2:]) - 10001``
+on the real corpus), so a head trained here loads in s3prl and the reverse. The best dev
 checkpoint is tested on the iden_split test set under every test condition; the results go to
 ``<output_folder>/results.{json,md}``.
 
@@ -29,12 +31,19 @@ from robustdistiller.downstream import (
     start_run,
     write_condition_results,
 )
+from robustdistiller.downstream.classification import sorted_column_values
 
 
 def dataio_prepare(hparams, test_corruptor, train_corruptor):
     """Train / dev datasets, the test-set factory and the speaker encoder."""
     csv_files = {"train": hparams["train_csv"], "valid": hparams["dev_csv"], "test": hparams["test_csv"]}
-    return classification_datasets(hparams, csv_files, test_corruptor, train_corruptor, label_column="speaker")
+    # s3prl's class of a speaker: its rank in speaker id order (int(id[2:]) - 10001 on VoxCeleb1)
+    speakers = sorted_column_values(csv_files.values(), "speaker")
+    if len(speakers) != hparams["num_speakers"]:
+        raise ValueError(f"The SID lists ({hparams['train_csv']}, ...) hold {len(speakers)} speakers, but "
+                         f"num_speakers is {hparams['num_speakers']}")
+    return classification_datasets(hparams, csv_files, test_corruptor, train_corruptor, label_column="speaker",
+                                   labels=speakers)
 
 
 if __name__ == "__main__":
