@@ -39,13 +39,13 @@ def reference_subsequence_dtw(distance):
 
 
 def reference_distance(query, document):
-    """exp(cosine distance) - 1 with scipy, then per-row min-max, with loops."""
+    """exp(cosine distance) - 1 with scipy, then per-row min-max (divisor floored at 1e-9, s3prl), with loops."""
     from scipy.spatial.distance import cdist
 
     distance = np.exp(cdist(query, document, "cosine")) - 1
     for row in range(len(distance)):
         low, high = distance[row].min(), distance[row].max()
-        distance[row] = (distance[row] - low) / (high - low)
+        distance[row] = (distance[row] - low) / max(high - low, 1e-9)
     return distance
 
 
@@ -76,19 +76,44 @@ def test_search_over_laid_out_documents_equals_one_pair_at_a_time():
     rng = np.random.default_rng(2)
     query = rng.standard_normal((7, 5))
     documents = [rng.standard_normal((int(length), 5)) for length in (1, 2, 9, 4, 15, 3)]
-    # a one-frame document has a constant row, which min-max cannot normalise: distance 1 (no contrast)
-    expected = [-reference_subsequence_dtw(reference_distance(query, document)) if len(document) > 1 else -1.0
-                for document in documents]
+    # a one-frame document's rows have no spread: s3prl's divisor floor 1e-9 makes them 0 (the best score)
+    expected = [-reference_subsequence_dtw(reference_distance(query, document)) for document in documents]
+    assert expected[0] == 0.0
     assert qbe.search_scores(query, documents) == pytest.approx(expected)
     for chunk_frames in (1, 5, 20, 10**6):  # chunks never change a score
         assert qbe.DocumentArchive(documents, chunk_frames=chunk_frames).scores(query) == pytest.approx(expected)
     # the query's own frames inside a document: cost 0, the best score
     documents.append(np.concatenate([rng.standard_normal((4, 5)), query, rng.standard_normal((3, 5))]))
     scores = qbe.search_scores(query, documents)
-    assert scores[-1] == pytest.approx(0.0) and scores.argmax() == len(documents) - 1
-    assert qbe.cosine_exp_distance(query, documents[0]).tolist() == [[1.0]] * 7
+    assert scores[-1] == pytest.approx(0.0) and scores[-1] == scores.max()  # tied with the one-frame document
+    assert qbe.cosine_exp_distance(query, documents[0]).tolist() == [[0.0]] * 7
     # queries shorter than min_query_frames score 0 everywhere (s3prl)
     assert qbe.search_scores(query[:4], documents).tolist() == [0.0] * len(documents)
+
+
+def test_a_distance_row_without_spread_is_the_best_match_as_in_s3prl():
+    """s3prl (0.4.18, quesst14_dtw ``match``) divides by max(max - min, 1e-9): a row with no spread is all 0.
+
+    A one-frame document and a document of identical frames give every query frame a constant row, so
+    the pair costs 0 and scores as the best match (s3prl's -0.0, written here as +0.0).
+    """
+    rng = np.random.default_rng(7)
+    query = rng.standard_normal((6, 3))
+    frame = rng.standard_normal((1, 3))
+    documents = [frame, np.repeat(frame, 4, axis=0), rng.standard_normal((8, 3))]
+    scores = qbe.search_scores(query, documents)
+    assert scores[0] == 0.0 and scores[1] == 0.0 and scores[2] < 0.0
+    assert math.copysign(1.0, scores[0]) == 1.0 and math.copysign(1.0, scores[1]) == 1.0  # no signed zero
+    assert qbe.cosine_exp_distance(query, documents[1]).tolist() == [[0.0] * 4] * 6
+    # a spread below the floor is divided by 1e-9, not by itself (s3prl's clip), computed from the definition
+    tiny = np.array([[0.0, 2e-10, 1e-10]])
+    expected = (tiny - tiny.min()) / 1e-9
+    assert qbe._minmax_rows(tiny, tiny.min(axis=1, keepdims=True), tiny.max(axis=1, keepdims=True)) == (
+        pytest.approx(expected, rel=1e-12))
+    # a perfect match is +0.0 too, and the z-normalised scores of qbe_scores sum to 0 without a signed zero
+    documents.append(np.concatenate([rng.standard_normal((2, 3)), query]))
+    perfect = qbe.search_scores(query, documents)[-1]
+    assert perfect == 0.0 and math.copysign(1.0, perfect) == 1.0
 
 
 # --------------------------------------------------------------------------- normalisation ---

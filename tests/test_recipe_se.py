@@ -19,7 +19,6 @@ import soundfile
 
 from conftest import REPOSITORY_ROOT, corruption_overrides, folder_snapshot, run_recipe_script
 
-from robustdistiller.downstream.separation import SI_SDR_CAP
 from robustdistiller.fixtures.voicebank import LENGTH_MULTIPLE, TEST_SNRS, generate_voicebank
 
 SE_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "VoiceBank", "SE")
@@ -157,8 +156,9 @@ def test_every_condition_reports_absolute_values_and_improvements(se_run):
 
 def test_condition_inputs_and_targets_are_consistent(se_run):
     results = se_run["results"]["results"]
-    # clean: the input is the target itself (its SI-SDR is the 100 dB cap: see the README), perfect PESQ and STOI
-    assert results["clean"]["SI_SDR_input"] == SI_SDR_CAP and results["clean"]["STOI_input"] > 0.999
+    # clean: the input is the target itself (its SI-SDR is 10 log10(|r|^2 / 1e-8), finite through pb_bss_eval's
+    # eps: see the README; far above any real score for fixture speech), perfect PESQ and STOI
+    assert results["clean"]["SI_SDR_input"] > 60 and results["clean"]["STOI_input"] > 0.999
     assert results["clean"]["PESQ_input"] > 4.4
     # snr5: the input against its target (the clean speech scaled by the noise mixer) is the nominal SNR
     assert results["snr5"]["SI_SDR_input"] == pytest.approx(5.0, abs=1.0)

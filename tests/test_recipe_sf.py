@@ -141,7 +141,7 @@ def test_sf_reports_every_condition(sf_run):
     results = json.load(open(os.path.join(output, "results.json")))
     assert results["task"].startswith("SF")
     assert set(results["results"]) == set(DEFAULT_TEST_CONDITIONS)
-    assert results["vocab_size"] == NUM_OUTPUTS and results["s3prl_decoding"] is True
+    assert results["vocab_size"] == NUM_OUTPUTS and results["ctc_decoding"] == "standard"
     assert results["slot_types"] == ["artist", "city", "party_size_number", "playlist"]
     print({name: (stats["slot_type_f1"], stats["slot_value_cer"]) for name, stats in results["results"].items()})
     for stats in results["results"].values():

@@ -1,10 +1,12 @@
 """SF targets and metrics (robustdistiller.downstream.slot_filling) against s3prl's definitions, on
 hand-written references and hypotheses: every corner case of s3prl's downstream/ctc/metric.py and
 text.py (empty/empty, one side empty, missing types, multiplicity, nested tags, unclosed tags,
-punctuation words, '&', s3prl's greedy decoding)."""
+punctuation words, '&', s3prl's greedy decoding: 0.4.18's and the pre-2022 rule)."""
 
 import pytest
 import torch
+
+from robustdistiller.downstream.ctc import greedy_ctc_decode
 
 from robustdistiller.downstream.slot_filling import (
     AdaptiveTimeMask,
@@ -12,11 +14,9 @@ from robustdistiller.downstream.slot_filling import (
     SlotTextEncoder,
     cer,
     ctc_vocabulary,
-    merge_repeats,
     parse_iob_line,
     parse_slots,
     read_slot_types,
-    s3prl_greedy_ids,
     slot_edit_f1,
     slot_filling_metrics,
     slot_type_f1,
@@ -77,12 +77,38 @@ def test_iob_line_errors_name_the_source():
         parse_iob_line("Ivy-snips-train-0 BOS PLAY ABBA EOS\tO artist PlayMusic")
 
 
-def test_greedy_decoding_is_s3prls():
-    # s3prl drops blank (0) and eos (1) first, then merges repeats: A _ A -> A
-    frames = [0, 5, 5, 0, 5, 6, 1, 6, 0, 7]
-    assert s3prl_greedy_ids(frames) == [5, 6, 7]
-    standard = [5, 5, 6, 6, 7]  # the usual CTC collapse (repeats merged, then blank/eos dropped)
-    assert merge_repeats(standard) == s3prl_greedy_ids(frames)
+def one_hot(frame_ids, vocab_size):
+    """Logits ``[1, F, V]`` whose arg-max per frame is ``frame_ids``."""
+    logits = torch.full((1, len(frame_ids), vocab_size), -5.0)
+    logits[0, torch.arange(len(frame_ids)), torch.tensor(frame_ids)] = 5.0
+    return logits
+
+
+def test_greedy_decoding_is_s3prl_0_4_18_by_default_with_the_pre_2022_rule_as_an_option():
+    encoder = SlotTextEncoder(["city"])
+    vocabulary = ctc_vocabulary(encoder)
+    ids = lambda text: [vocabulary.index[token] for token in text.split(" ")]  # noqa: E731
+    frames = ids("<pad> H E L <pad> L O <eos> <pad>")
+    logits = one_hot(frames, len(vocabulary))
+
+    def decode(rule):
+        (decoded,) = greedy_ctc_decode(logits, dropped_indices=vocabulary.dropped_indices, rule=rule)
+        return tokens_to_text(vocabulary.decode(decoded))
+
+    # s3prl 0.4.18 (downstream/ctc/expert.py): unique_consecutive, then <pad> and <eos> filtered
+    assert decode("standard") == "HELLO"
+    # s3prl before its 2022 "fix ctc decode": <pad>/<eos> filtered, then repeats merged
+    assert decode("s3prl_pre2022") == "HELO"
+    # the SF Brain's default is the standard rule (no ctc_decoding in the hparams)
+    assert greedy_ctc_decode(logits, dropped_indices=vocabulary.dropped_indices) == [ids("H E L L O")]
+    # <eos> between two equal tokens: the standard rule merges repeats before dropping <eos>, both M stay
+    frames = ids("B-city R O M <eos> M E E-city")
+    assert tokens_to_text(vocabulary.decode(greedy_ctc_decode(one_hot(frames, len(vocabulary)),
+                                                              dropped_indices=vocabulary.dropped_indices)[0])) == (
+        "B-city ROMME E-city")
+    # <unk> stays in the hypothesis, as in s3prl
+    assert vocabulary.decode(greedy_ctc_decode(one_hot(ids("<unk> A"), len(vocabulary)),
+                                               dropped_indices=vocabulary.dropped_indices)[0]) == ["<unk>", "A"]
     assert tokens_to_text(["B-city", "R", "O", "M", "E", "E-city"]) == "B-city ROME E-city"
 
 

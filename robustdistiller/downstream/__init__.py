@@ -19,7 +19,7 @@ per idea:
   CTC head, SpecAugment on features, the CTC Brain), :mod:`~robustdistiller.downstream.slot_filling`
   (SF targets and s3prl's slot metrics), :mod:`~robustdistiller.downstream.qbe` (QbE: subsequence DTW,
   MTWV, stdlist files), :mod:`~robustdistiller.downstream.separation` (SE, SS: the SepRNN mask head,
-  NPSM, uPIT, s3prl's SI-SDR, the masking Brain), :mod:`~robustdistiller.downstream.diarization` (SD:
+  NPSM, uPIT, s3prl's zero-mean SI-SDR, the masking Brain), :mod:`~robustdistiller.downstream.diarization` (SD:
   frame labels, PIT BCE, the Brain) with :mod:`~robustdistiller.downstream.der` (decoding, RTTM, DER);
 * task data: :mod:`~robustdistiller.downstream.librispeech` (PR / ASR lists and lexicons),
   :mod:`~robustdistiller.downstream.silence` (sox-equivalent silence removal, ASV);

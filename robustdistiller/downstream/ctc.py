@@ -2,10 +2,14 @@
 
 * :class:`TokenVocabulary`: an ordered token list (index 0 is the CTC blank), with the two SUPERB
   vocabularies :func:`phone_vocabulary` (s3prl ``libriphone``: 74 outputs, 69 stress-marked ARPAbet
-  phones) and :func:`character_vocabulary` (fairseq ``char.dict``: 32 outputs);
+  phones) and :func:`character_vocabulary` (s3prl's ASR ``char.dict``: 32 outputs), both in s3prl
+  0.4.18's output order;
 * :class:`CTCHead`: ``Linear(D -> P)`` -> optional n-layer BiLSTM with dropout after every layer ->
   ``Linear -> vocabulary`` (s3prl's PR head with ``lstm_layers=0``, its ASR/SF head with 2);
-* :func:`greedy_ctc_decode`: argmax, collapse repeats, drop the blank and the specials;
+* :func:`greedy_ctc_decode`: the one greedy CTC decoding of PR, ASR and SF (the ``ctc_decoding``
+  option, :data:`CTC_DECODING_RULES`): ``standard`` (s3prl 0.4.18: argmax per frame, merge repeats, then
+  drop the blank and the end-of-sentence token) or ``s3prl_pre2022`` (s3prl's SF rule before its 2022
+  "fix ctc decode" change: drop them first, then merge repeats);
 * :class:`FeatureAugment`: SpecAugment on the weighted-sum features in training, built from
   SpeechBrain's ``Warping`` / ``SpectrogramDrop`` modules listed in the YAML;
 * :class:`CTCBrain`: the Brain; subclasses give the metrics (:meth:`CTCBrain.init_metrics`,
@@ -32,8 +36,9 @@ ARPABET_CONSONANTS = (
     "B", "CH", "D", "DH", "F", "G", "HH", "JH", "K", "L", "M", "N", "NG", "P", "R", "S", "SH", "T", "TH", "V",
     "W", "Y", "Z", "ZH",
 )
-#: fairseq's LibriSpeech ``char.dict`` order (by frequency); ``|`` is the word boundary.
-FAIRSEQ_CHARACTERS = tuple("|ETAONIHSRDLUMWCFGYPBVK'XJQZ")
+#: The 28 characters of s3prl 0.4.18's ``downstream/asr/char.dict``, in its order (by decreasing count
+#: in the LibriSpeech training text; ``C`` precedes ``W``); ``|`` is the word boundary.
+S3PRL_CHARACTERS = tuple("|ETAONIHSRDLUMCWFGYPBVK'XJQZ")
 
 
 class TokenVocabulary:
@@ -46,7 +51,8 @@ class TokenVocabulary:
     blank_index : int
         The CTC blank (SUPERB: 0).
     special_tokens : sequence of str
-        Tokens dropped by decoding (besides the blank), e.g. ``<eos>``.
+        Tokens dropped from decoded sequences besides the blank (s3prl drops only the end-of-sentence
+        token, e.g. ``<eos>``).
     unk_token : str, optional
         Replaces unknown tokens in :meth:`encode` (None: unknown tokens raise ``KeyError``).
 
@@ -100,15 +106,18 @@ class TokenVocabulary:
 
 
 def stressed_arpabet_phones():
-    """The 69 stress-marked ARPAbet phones: 15 vowels x stresses 0/1/2, then 24 consonants.
+    """The 69 stress-marked ARPAbet phones (15 vowels x stresses 0/1/2, 24 consonants), sorted.
+
+    Alphabetical order, vowels and consonants interleaved, as in s3prl 0.4.18's
+    ``downstream/ctc/vocab/phoneme.txt`` after its ``SIL`` and ``SPN``.
 
     Example
     -------
     >>> phones = stressed_arpabet_phones()
-    >>> len(phones), phones[:3], phones[-1]
-    (69, ['AA0', 'AA1', 'AA2'], 'ZH')
+    >>> len(phones), phones[:3], phones[18:22], phones[-1]
+    (69, ['AA0', 'AA1', 'AA2'], ['B', 'CH', 'D', 'DH'], 'ZH')
     """
-    return [f"{vowel}{stress}" for vowel in ARPABET_VOWELS for stress in "012"] + list(ARPABET_CONSONANTS)
+    return sorted([f"{vowel}{stress}" for vowel in ARPABET_VOWELS for stress in "012"] + list(ARPABET_CONSONANTS))
 
 
 def read_phone_file(path):
@@ -127,11 +136,16 @@ PHONE_SPECIALS = ("<pad>", "<eos>", "<unk>", "SIL", "SPN")
 def phone_vocabulary(phones=None, phones_file=None):
     """s3prl's ``libriphone`` outputs: ``<pad>`` (blank, 0), ``<eos>`` (1), ``<unk>``, ``SIL``, ``SPN``, phones.
 
+    s3prl 0.4.18 (``downstream/ctc/text.py``) puts ``<pad>``, ``<eos>``, ``<unk>`` before the lines
+    of ``vocab/phoneme.txt`` (``SIL``, ``SPN``, then the 69 stressed phones in alphabetical order):
+    the default here is that exact order, so a head trained by either loads in the other.
+
     Arguments
     ---------
     phones : sequence of str, optional
-        The phone set (default :func:`stressed_arpabet_phones`: 74 outputs). ``<eos>``, ``SIL`` and
-        ``SPN`` are dropped by decoding (PER is over phones only).
+        The phone set, in output order (default :func:`stressed_arpabet_phones`: 74 outputs). Decoding
+        drops the blank and ``<eos>`` only: ``<unk>``, ``SIL`` and ``SPN`` stay in a hypothesis and count
+        as errors, as in s3prl 0.4.18 (its tokenizer's ``decode`` skips ``<pad>`` and stops at ``<eos>``).
     phones_file : str, optional
         Read the phones from this file instead (:func:`read_phone_file`).
 
@@ -147,23 +161,30 @@ def phone_vocabulary(phones=None, phones_file=None):
     return TokenVocabulary(
         list(PHONE_SPECIALS) + phones,
         blank_index=0,
-        special_tokens=["<eos>", "<unk>", "SIL", "SPN"],
+        special_tokens=["<eos>"],  # s3prl keeps <unk>, SIL and SPN in hypotheses
     )
 
 
-def character_vocabulary(characters=FAIRSEQ_CHARACTERS):
-    """fairseq's character outputs: ``<s>`` (blank, 0), ``<pad>``, ``</s>``, ``<unk>``, then the characters.
+def character_vocabulary(characters=S3PRL_CHARACTERS):
+    """s3prl's ASR outputs: ``<s>`` (blank, 0), ``<pad>``, ``</s>``, ``<unk>``, then the characters.
+
+    s3prl 0.4.18's ASR (``downstream/asr/expert.py``) loads ``char.dict`` into its copy of fairseq's
+    ``Dictionary``, which first adds ``<s>`` (0, used as the CTC blank), ``<pad>`` (1), ``</s>`` (2) and
+    ``<unk>`` (3), then the file's symbols in file order (:data:`S3PRL_CHARACTERS`): 32 outputs, in
+    the same order here, so a head trained by either loads in the other. Decoding drops the blank and
+    ``</s>`` only: ``<pad>`` and ``<unk>`` stay in a hypothesis and count as errors, as in s3prl (whose
+    hypotheses go through fairseq's ``Dictionary.string``, which removes only ``<s>`` and ``</s>``).
 
     Example
     -------
     >>> vocabulary = character_vocabulary()
-    >>> len(vocabulary), vocabulary.tokens[:5]
-    (32, ['<s>', '<pad>', '</s>', '<unk>', '|'])
+    >>> len(vocabulary), vocabulary.tokens[:5], "".join(vocabulary.tokens[4:])
+    (32, ['<s>', '<pad>', '</s>', '<unk>', '|'], "|ETAONIHSRDLUMCWFGYPBVK'XJQZ")
     """
     return TokenVocabulary(
         ["<s>", "<pad>", "</s>", "<unk>"] + list(characters),
         blank_index=0,
-        special_tokens=["<pad>", "</s>", "<unk>"],
+        special_tokens=["</s>"],  # s3prl (fairseq's Dictionary.string) keeps <pad> and <unk>
         unk_token="<unk>",
     )
 
@@ -194,8 +215,39 @@ def characters_to_words(characters, boundary="|"):
     return " ".join("".join(characters).replace(boundary, " ").split())
 
 
-def greedy_ctc_decode(log_probs, lengths=None, dropped_indices=(0,)):
-    """Greedy CTC decoding: argmax per frame, collapse repeats, drop the blank and the specials.
+CTC_DECODING_RULES = ("standard", "s3prl_pre2022")
+"""Values of the ``ctc_decoding`` option (:func:`greedy_ctc_decode`).
+
+``standard``: argmax per frame, consecutive repeats merged, *then* the blank and the end-of-sentence
+token dropped, as s3prl 0.4.18 decodes PR and SF (``downstream/ctc/expert.py``: ``unique_consecutive``,
+then ``pad_idx`` and ``eos_idx`` filtered) and ASR (``downstream/asr/expert.py``). ``s3prl_pre2022``:
+the blank and the end-of-sentence token dropped *first*, then repeats merged, as s3prl's CTC downstream
+(PR, SF) decoded before its 2022 "fix ctc decode" change; it merges a double letter separated by a
+blank (``H E L _ L O`` -> ``HELO`` instead of ``HELLO``), so it scores a model differently.
+"""
+
+
+def check_ctc_decoding(rule, option_name="ctc_decoding"):
+    """The decoding rule, refused with a message naming the option when it is not in :data:`CTC_DECODING_RULES`.
+
+    Example
+    -------
+    >>> check_ctc_decoding("standard")
+    'standard'
+    >>> check_ctc_decoding("s3prl")
+    Traceback (most recent call last):
+    ...
+    robustdistiller.options.OptionError: Option `ctc_decoding` must be one of ('standard', 's3prl_pre2022'), not 's3prl'
+    """
+    from robustdistiller.options import OptionError
+
+    if rule not in CTC_DECODING_RULES:
+        raise OptionError(f"Option `{option_name}` must be one of {CTC_DECODING_RULES}, not {rule!r}")
+    return rule
+
+
+def greedy_ctc_decode(log_probs, lengths=None, dropped_indices=(0,), rule="standard"):
+    """Greedy CTC decoding of PR, ASR and SF: argmax per frame, then merge repeats and drop tokens.
 
     Arguments
     ---------
@@ -204,7 +256,11 @@ def greedy_ctc_decode(log_probs, lengths=None, dropped_indices=(0,)):
     lengths : torch.Tensor, optional
         ``[B]`` numbers of valid frames (None: all frames).
     dropped_indices : sequence of int
-        Removed after collapsing (blank first; e.g. :attr:`TokenVocabulary.dropped_indices`).
+        The blank and the tokens s3prl removes from a hypothesis (its end-of-sentence token), e.g.
+        :attr:`TokenVocabulary.dropped_indices`.
+    rule : str
+        ``"standard"`` (merge repeats, then drop: s3prl 0.4.18) or ``"s3prl_pre2022"`` (drop, then merge
+        repeats: s3prl before 2022), see :data:`CTC_DECODING_RULES`.
 
     Returns
     -------
@@ -213,19 +269,26 @@ def greedy_ctc_decode(log_probs, lengths=None, dropped_indices=(0,)):
     Example
     -------
     >>> scores = torch.tensor([[[0.0, 1, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]]])
-    >>> greedy_ctc_decode(scores)
+    >>> greedy_ctc_decode(scores)  # frames 1 1 _ 1 2 2
     [[1, 1, 2]]
+    >>> greedy_ctc_decode(scores, rule="s3prl_pre2022")
+    [[1, 2]]
     >>> greedy_ctc_decode(scores, lengths=torch.tensor([3]))
     [[1]]
     """
+    check_ctc_decoding(rule, "rule")
     best = log_probs.argmax(dim=-1).cpu()
     if lengths is None:
         lengths = torch.full((best.shape[0],), best.shape[1], dtype=torch.long)
     dropped = set(int(index) for index in dropped_indices)
     hypotheses = []
     for sequence, length in zip(best, lengths.cpu().tolist()):
-        collapsed = torch.unique_consecutive(sequence[: int(length)]).tolist()
-        hypotheses.append([index for index in collapsed if index not in dropped])
+        frames = sequence[: int(length)]
+        if rule == "standard":
+            hypotheses.append([index for index in torch.unique_consecutive(frames).tolist() if index not in dropped])
+        else:
+            kept = torch.tensor([index for index in frames.tolist() if index not in dropped], dtype=torch.long)
+            hypotheses.append(torch.unique_consecutive(kept).tolist())
     return hypotheses
 
 
@@ -339,7 +402,8 @@ class CTCBrain(DownstreamBrain):
     ``(features, lengths)``). Optional ``hparams.feature_augment`` (:class:`FeatureAugment`, training
     only). The batch holds ``sig`` and ``tokens`` (``PaddedData`` of target ids). CTC loss: blank
     ``vocabulary.blank_index``, ``zero_infinity``, mean over the batch of length-normalised losses
-    (``torch.nn.CTCLoss`` defaults, as s3prl).
+    (``torch.nn.CTCLoss`` defaults, as s3prl). Outside training the output is decoded by
+    :func:`greedy_ctc_decode` with the rule of ``hparams.ctc_decoding`` (default ``standard``).
 
     Subclasses set ``selection_key`` / ``selection_mode`` (``"min"`` or ``"max"``) and implement
     :meth:`init_metrics`, :meth:`append_metrics` and :meth:`summarize_metrics`; they may override
@@ -359,6 +423,7 @@ class CTCBrain(DownstreamBrain):
     def __init__(self, vocabulary, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.vocabulary = vocabulary
+        self.ctc_decoding = check_ctc_decoding(getattr(self.hparams, "ctc_decoding", "standard"))
 
     # -------------------------------------------------------------- subclass hooks ---
     def init_metrics(self, stage):
@@ -405,7 +470,8 @@ class CTCBrain(DownstreamBrain):
             zero_infinity=True,
         )
         if stage != sb.Stage.TRAIN:
-            decoded = greedy_ctc_decode(log_probs.detach(), frame_lengths, self.vocabulary.dropped_indices)
+            decoded = greedy_ctc_decode(log_probs.detach(), frame_lengths, self.vocabulary.dropped_indices,
+                                        rule=self.ctc_decoding)
             hypotheses = [self.vocabulary.decode(ids) for ids in decoded]
             references = [
                 self.vocabulary.decode(row[:length].tolist()) for row, length in zip(tokens.cpu(), target_lengths.cpu())

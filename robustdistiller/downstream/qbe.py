@@ -6,9 +6,11 @@ upstream layer,
 1. :func:`standardize` the features of all queries and documents of the run with one per-dimension
    mean and standard deviation (std clamped at 1e-9);
 2. :func:`cosine_exp_distance`: ``exp(cosine distance) - 1`` between query and document frames,
-   min-max normalised over each query frame's row;
+   min-max normalised over each query frame's row, the divisor floored at 1e-9 (:data:`MINMAX_FLOOR`) as
+   s3prl does, so a row without spread (a one-frame document, identical frames) is all 0: the best match;
 3. :func:`subsequence_dtw_cost`: subsequence DTW (dtw-python's ``asymmetric`` step pattern, open
-   begin and end), cost normalised by the query length; score = -cost. :class:`DocumentArchive` runs
+   begin and end), cost normalised by the query length; score = -cost (written ``0.0 - cost``, so a
+   perfect match is +0.0, never the signed zero -0.0 that ``-cost`` gives). :class:`DocumentArchive` runs
    it for one query against every document at once (vectorised along the document frames, the
    documents side by side);
 4. :func:`normalize_query_scores`: scores z-normalised per query over the documents; decision
@@ -36,6 +38,10 @@ logger = logging.getLogger(__name__)
 QUESST14_BETA = (1.0 / 100.0) * (1.0 / 0.0008 - 1.0)
 MISSING_TRIAL_SCORE = -10.0
 MIN_QUERY_FRAMES = 5  # s3prl: shorter queries score 0 against every document
+MINMAX_FLOOR = 1e-9
+"""Floor of the min-max divisor ``max - min`` of a distance row (s3prl 0.4.18,
+``downstream/quesst14_dtw/expert.py``, ``match``: the divisor clipped to [1e-9, inf)): a row with no
+spread becomes all 0."""
 
 
 def standardize(queries, documents, eps=1e-9):
@@ -84,10 +90,10 @@ def cosine_exp_distance(query, document, minmax=True, eps=1e-12):
     document : numpy.ndarray
         ``[M, D]``.
     minmax : bool
-        Min-max normalise each row (each query frame) to [0, 1], as s3prl; a constant row (a
-        one-frame document) becomes all 1 (s3prl would divide by zero).
+        Min-max normalise each row (each query frame) to [0, 1], as s3prl: ``(d - min) / max(max - min,
+        1e-9)``; a row with no spread (a one-frame document, identical frames) becomes all 0, the best.
     eps : float
-        Guards zero vectors and constant rows.
+        Guards zero vectors.
 
     Returns
     -------
@@ -102,6 +108,8 @@ def cosine_exp_distance(query, document, minmax=True, eps=1e-12):
     [[0.0, 6.389, 0.34], [1.718, 1.718, 0.34]]
     >>> np.round(cosine_exp_distance(q, d), 3).tolist()
     [[0.0, 1.0, 0.053], [1.0, 1.0, 0.0]]
+    >>> cosine_exp_distance(q, d[:1]).tolist()  # one document frame: no spread, distance 0
+    [[0.0], [0.0]]
     """
     cosine = _unit_rows(query, eps) @ _unit_rows(document, eps).T
     distance = np.expm1(np.clip(1.0 - cosine, 0.0, 2.0))
@@ -110,10 +118,9 @@ def cosine_exp_distance(query, document, minmax=True, eps=1e-12):
     return distance
 
 
-def _minmax_rows(distance, low, high, eps=1e-12):
-    """``(d - low) / (high - low)``; a constant row (a one-frame document) has no contrast: all 1."""
-    spread = high - low
-    return np.where(spread > eps, (distance - low) / np.maximum(spread, eps), 1.0)
+def _minmax_rows(distance, low, high, floor=MINMAX_FLOOR):
+    """``(d - low) / max(high - low, floor)`` (s3prl); a row with no spread is all 0 (its ``d - low`` is 0)."""
+    return (distance - low) / np.maximum(high - low, floor)
 
 
 def subsequence_dtw_cost(distance):
@@ -175,7 +182,7 @@ class DocumentArchive:
     >>> documents = [rng.standard_normal((9, 4)), np.concatenate([rng.standard_normal((3, 4)), query])]
     >>> scores = DocumentArchive(documents, chunk_frames=5).scores(query)
     >>> bool(scores[1] > scores[0]), float(scores[1])
-    (True, -0.0)
+    (True, 0.0)
     """
 
     SEPARATOR = 2
@@ -220,7 +227,8 @@ class DocumentArchive:
             laid_out = np.full((len(query), int(lengths.sum() + self.SEPARATOR * len(lengths))), np.inf)
             columns = np.concatenate([start + np.arange(length) for start, length in zip(laid_starts, lengths)])
             laid_out[:, columns] = distance
-            scores[first:last] = -np.minimum.reduceat(subsequence_dtw_cost(laid_out), laid_starts)
+            # 0.0 - cost, not -cost: a perfect match (cost 0) scores +0.0, never -0.0
+            scores[first:last] = 0.0 - np.minimum.reduceat(subsequence_dtw_cost(laid_out), laid_starts)
         return scores
 
 
@@ -246,7 +254,7 @@ def search_scores(query, documents, minmax=True, min_query_frames=MIN_QUERY_FRAM
     Example
     -------
     >>> search_scores(np.eye(4)[:2], [np.eye(4), np.eye(4)[::-1]], min_query_frames=1).round(3).tolist()
-    [-0.0, -0.5]
+    [0.0, -0.5]
     """
     return DocumentArchive(documents).scores(query, minmax=minmax, min_query_frames=min_query_frames)
 
@@ -485,8 +493,8 @@ def qbe_scores(query_features, document_features, minmax=True, normalize=True, e
     >>> documents = {f"d{i}": rng.standard_normal((12, 3)) for i in range(4)}
     >>> queries = {"q": documents["d2"][3:9] + 0.01}
     >>> scores = qbe_scores(queries, documents)
-    >>> max(scores["q"], key=scores["q"].get), round(sum(scores["q"].values()), 6)
-    ('d2', 0.0)
+    >>> max(scores["q"], key=scores["q"].get), abs(sum(scores["q"].values())) < 1e-9  # z-normalised: sum 0
+    ('d2', True)
     """
     query_ids, document_ids = list(query_features), list(document_features)
     queries = [query_features[q] for q in query_ids]

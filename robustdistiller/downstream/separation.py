@@ -15,8 +15,9 @@ SUPERB's speech enhancement and source separation heads (s3prl ``enhancement_stf
 * reconstruction (:func:`reconstruct`): the masks on the noisy *complex* STFT (noisy phase), inverse
   STFT at the input's length, then s3prl's suppression of the end-of-signal impulse
   (:func:`suppress_end_impulse`);
-* :func:`si_sdr`: s3prl's metric (pb_bss): scale-invariant SDR **without** mean removal (SpeechBrain's
-  ``cal_si_snr`` removes the mean; values differ slightly); :func:`best_permutation`: the assignment of
+* :func:`si_sdr`: s3prl's metric (asteroid 0.4.4's ``get_metrics``, which requires ``pb_bss_eval>=0.0.2``,
+  whose ``si_sdr`` is used): scale-invariant SDR of the **zero-mean** signals, with pb_bss_eval's
+  epsilon 1e-8 (:data:`SI_SDR_EPS`); :func:`best_permutation`: the assignment of
   estimates to sources with the highest mean SI-SDR (asteroid/s3prl choose it by mir_eval's SIR, which
   almost always agrees and is far slower);
 * :class:`MaskingBrain`: the Brain of both recipes, with per-utterance metrics of the output and of the
@@ -205,36 +206,47 @@ def reconstruct(masks, noisy_spectrum, num_samples, n_fft=N_FFT, win_length=WIN_
     return waveforms.reshape(batch, num_sources, num_samples).transpose(1, 2)
 
 
-SI_SDR_CAP = 100.0
-"""Largest SI-SDR reported (dB): an estimate equal to its reference (the input of a clean condition) would
-give infinity, which strict JSON cannot hold."""
+SI_SDR_EPS = 1e-8
+"""pb_bss_eval's ``EPS`` (0.0.2, ``evaluation/module_si_sdr.py``), added to the reference energy, to the
+residual energy and to the ratio: an estimate equal to its reference (the input of a clean condition)
+gets a finite ``10 log10(|r|^2 / 1e-8)`` (about 80 dB plus the reference energy in dB) instead of
+infinity, and a silent reference gets -80 dB, so ``results.json`` stays strict JSON."""
 
 
 def si_sdr(estimate, reference):
-    """Scale-invariant SDR in dB as s3prl reports it (pb_bss): the estimate projected on the reference, no mean removal.
+    """Scale-invariant SDR in dB as s3prl 0.4.18 reports it: pb_bss_eval's ``si_sdr``, zero-mean signals.
 
-    ``10 log10(|a r|^2 / |e - a r|^2)`` with ``a = <e, r> / <r, r>``, in float64, at most :data:`SI_SDR_CAP`.
+    s3prl's SE and SS call asteroid 0.4.4's ``get_metrics``, which requires ``pb_bss_eval>=0.0.2``; its
+    ``si_sdr`` removes the mean of both signals first (only pb_bss_eval 0.0.1 did not). With ``e`` and
+    ``r`` the zero-mean estimate and reference and ``eps`` = :data:`SI_SDR_EPS`::
+
+        a = <e, r> / (<r, r> + eps)
+        SI-SDR = 10 log10(|a r|^2 / (|e - a r|^2 + eps) + eps)
+
+    computed in float64.
 
     Example
     -------
     >>> reference = np.sin(np.arange(8000) * 0.05)
     >>> round(si_sdr(2.0 * reference + 0.1 * np.cos(np.arange(8000) * 0.3), reference), 2)
     26.02
-    >>> si_sdr(reference, reference)
-    100.0
+    >>> round(si_sdr(reference + 1.0, reference), 2)  # a DC offset is removed with the mean
+    116.02
+    >>> round(si_sdr([2.0, 0.0, 2.0, 0.0], [1.0, -1.0, 1.0, -1.0]), 2)  # the reference plus 1: 10 log10(4 / 1e-8)
+    86.02
     """
     estimate = np.asarray(estimate, dtype=np.float64).reshape(-1)
     reference = np.asarray(reference, dtype=np.float64).reshape(-1)
-    if estimate.shape != reference.shape:
-        raise ValueError(f"si_sdr needs equal lengths, got {estimate.size} and {reference.size}.")
-    tiny = np.finfo(np.float64).tiny
-    scale = np.dot(estimate, reference) / max(np.dot(reference, reference), tiny)
+    if estimate.shape != reference.shape or estimate.size == 0:
+        raise ValueError(f"si_sdr needs two signals of one non-zero length, got {estimate.size} and {reference.size} "
+                         f"samples.")
+    estimate = estimate - estimate.mean()
+    reference = reference - reference.mean()
+    scale = np.dot(reference, estimate) / (np.dot(reference, reference) + SI_SDR_EPS)
     projection = scale * reference
     noise = estimate - projection
-    signal_energy, noise_energy = np.dot(projection, projection), np.dot(noise, noise)
-    if noise_energy <= signal_energy * 10 ** (-SI_SDR_CAP / 10):
-        return SI_SDR_CAP
-    return float(10 * (np.log10(max(signal_energy, tiny)) - np.log10(noise_energy)))
+    ratio = np.dot(projection, projection) / (np.dot(noise, noise) + SI_SDR_EPS)
+    return float(10 * np.log10(ratio + SI_SDR_EPS))
 
 
 def suppress_end_impulse(waveform, window_size=WIN_LENGTH, min_tail=2048):

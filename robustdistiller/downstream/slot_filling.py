@@ -10,9 +10,11 @@ follows s3prl exactly, quirks included, so the numbers are comparable with SUPER
   first line, ``O``, is skipped): 31 + 2 x 39 = 109 outputs on the real corpus.
   :meth:`~SlotTextEncoder.encode` maps a word sequence and its per-word slot names to token ids;
   :meth:`~SlotTextEncoder.decode` maps ids to text where a slot token reads ``"B-x "`` / ``" E-x"``.
-* :func:`s3prl_greedy_ids`: s3prl's greedy CTC decoding (arg-max, blank *and* eos dropped, *then*
-  repeats merged -- so a double letter separated by a blank is merged too, as in s3prl).
-* :func:`ctc_vocabulary`, :func:`tokens_to_text`, :func:`merge_repeats`: the glue to
+* greedy decoding is :func:`~robustdistiller.downstream.ctc.greedy_ctc_decode`, shared with PR and
+  ASR: by default s3prl 0.4.18's (arg-max, repeats merged, *then* ``<pad>`` and ``<eos>`` dropped;
+  ``<unk>`` stays); the rule s3prl used before 2022 (drop first, then merge) is the option
+  ``ctc_decoding: s3prl_pre2022``.
+* :func:`ctc_vocabulary`, :func:`tokens_to_text`: the glue to
   :class:`~robustdistiller.downstream.ctc.CTCBrain`; :class:`AdaptiveTimeMask`: s3prl's SF time masks.
 * :func:`parse_slots`, :func:`slot_type_f1`, :func:`slot_value_cer`, :func:`slot_value_wer`,
   :func:`slot_edit_f1`, :func:`cer`, :func:`wer` and :func:`slot_filling_metrics` (all of them at
@@ -182,19 +184,6 @@ class SlotTextEncoder:
                 token = token + " " if token.startswith("B-") else " " + token
             pieces.append(token)
         return "".join(pieces)
-
-
-def s3prl_greedy_ids(frame_ids, blank_index=PAD_INDEX, eos_index=EOS_INDEX):
-    """s3prl's greedy CTC output of one utterance: frames' arg-max ids without blank and eos, then
-    consecutive repeats merged (after the blanks are gone: ``A _ A`` gives one ``A``).
-
-    Example
-    -------
-    >>> s3prl_greedy_ids([0, 5, 5, 0, 5, 1, 6, 0])
-    [5, 6]
-    """
-    kept = [int(index) for index in frame_ids if int(index) not in (blank_index, eos_index)]
-    return [index for position, index in enumerate(kept) if position == 0 or index != kept[position - 1]]
 
 
 # ------------------------------------------------------------------------------------ metrics ---
@@ -445,20 +434,6 @@ def tokens_to_text(tokens):
             token = " " + token
         pieces.append(token)
     return "".join(pieces)
-
-
-def merge_repeats(sequence):
-    """Consecutive repeats merged (``A A B A`` -> ``A B A``).
-
-    Applied to a standard greedy CTC output (repeats merged, *then* blanks dropped) it gives s3prl's
-    (blanks dropped, then repeats merged), see :func:`s3prl_greedy_ids`.
-
-    Example
-    -------
-    >>> merge_repeats(["L", "L", "O", "L"])
-    ['L', 'O', 'L']
-    """
-    return [item for position, item in enumerate(sequence) if position == 0 or item != sequence[position - 1]]
 
 
 class AdaptiveTimeMask(torch.nn.Module):

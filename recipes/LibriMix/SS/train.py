@@ -91,6 +91,6 @@ if __name__ == "__main__":
                 "conditions": conditions,
                 "valid_subset": {"size": hparams["valid_subset_size"], "seed": hparams["valid_subset_seed"]},
                 "permutation": "max mean SI-SDR (s3prl/asteroid: mir_eval SIR)",
-                "si_sdr": "pb_bss: scale-invariant, no mean removal",
+                "si_sdr": "pb_bss_eval>=0.0.2: zero-mean, scale-invariant, eps 1e-8",
             },
         )

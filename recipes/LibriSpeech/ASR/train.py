@@ -4,7 +4,7 @@
 The upstream stays frozen; a learnable weighted sum of its layers, SpecAugment in training (time warp,
 time and feature masks on the summed features), then s3prl's ASR head: ``Linear(D -> 1024)``, two
 BiLSTM layers of 1024 per direction with dropout 0.2 after each, ``Linear(2048 -> 32)``; CTC over
-fairseq's characters (blank ``<s>`` = 0, ``|`` the word boundary, target ends with ``</s>``). Greedy
+s3prl's characters (``char.dict`` order; blank ``<s>`` = 0, ``|`` the word boundary, target ends with ``</s>``). Greedy
 CTC decoding without LM; WER and CER (s3prl's UER: over the character tokens, boundaries included)
 with SpeechBrain's ``ErrorRateStats``. The best dev-clean WER checkpoint is tested on test-clean under
 every test condition, and on optional extra subsets (dev-other, test-other) clean. Results go to
@@ -143,5 +143,6 @@ if __name__ == "__main__":
             upstream=hparams["upstream"],
             layer_weights=brain.layer_weights(),
             extra={"untrained_valid": untrained, "vocabulary": vocabulary.tokens,
-                   "test_split": hparams["test_split"], "extra_test_splits": hparams["extra_test_splits"]},
+                   "ctc_decoding": brain.ctc_decoding, "test_split": hparams["test_split"],
+                   "extra_test_splits": hparams["extra_test_splits"]},
         )

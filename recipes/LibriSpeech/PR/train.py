@@ -124,5 +124,5 @@ if __name__ == "__main__":
             upstream=hparams["upstream"],
             layer_weights=brain.layer_weights(),
             extra={"untrained_valid": untrained, "vocabulary": vocabulary.tokens,
-                   "test_split": hparams["test_split"]},
+                   "ctc_decoding": brain.ctc_decoding, "test_split": hparams["test_split"]},
         )

@@ -5,8 +5,10 @@ The upstream (an exported RobustDistiller student, a distillation checkpoint, an
 any Hugging Face WavLM / HuBERT / wav2vec 2.0) stays frozen; a learnable weighted sum of its layers
 feeds s3prl's ASR/SF CTC head (projector, 2-layer BiLSTM, linear) over characters plus a ``B-<slot>``
 and an ``E-<slot>`` token per slot type. SpecAugment acts on the weighted-sum features in training.
-Decoding is greedy; the slots are parsed back out of the decoded text and scored with s3prl's
-slot-type F1 (checkpoint selection) and slot-value CER (:mod:`robustdistiller.downstream.slot_filling`).
+Decoding is greedy CTC (``ctc_decoding``: ``standard`` = s3prl 0.4.18's, the default, or
+``s3prl_pre2022``), shared with PR and ASR (:func:`robustdistiller.downstream.ctc.greedy_ctc_decode`);
+the slots are parsed back out of the decoded text and scored with s3prl's slot-type F1 (checkpoint
+selection) and slot-value CER (:mod:`robustdistiller.downstream.slot_filling`).
 The best dev checkpoint is tested under every test condition; the results go to
 ``<output_folder>/results.{json,md}`` and the decoded texts to ``<output_folder>/hypotheses/``.
 
@@ -37,7 +39,6 @@ from robustdistiller.downstream.ctc import CTCBrain
 from robustdistiller.downstream.slot_filling import (
     SlotTextEncoder,
     ctc_vocabulary,
-    merge_repeats,
     slot_filling_metrics,
     tokens_to_text,
 )
@@ -52,8 +53,8 @@ METRICS = ["slot_type_f1", "slot_value_cer", "slot_value_wer", "slot_edit_f1_ful
 class SlotFillingBrain(CTCBrain):
     """CTC over characters and slot tokens; s3prl's SF metrics on the decoded texts.
 
-    The best checkpoint has the highest dev ``slot_type_f1``. With ``hparams.s3prl_decoding`` the
-    greedy output has its repeats merged once more (s3prl drops blanks before merging repeats).
+    The best checkpoint has the highest dev ``slot_type_f1``. The greedy decoding rule is
+    ``hparams.ctc_decoding`` (read by :class:`~robustdistiller.downstream.ctc.CTCBrain`).
     """
 
     selection_key = "slot_type_f1"
@@ -64,10 +65,7 @@ class SlotFillingBrain(CTCBrain):
         self.hypothesis_texts, self.reference_texts = [], []
 
     def append_metrics(self, ids, hypotheses, references):
-        """Keeps the texts; ``hypotheses`` is updated in place with s3prl's decoding, so the hypothesis
-        files show what is scored."""
-        if self.hparams.s3prl_decoding:
-            hypotheses[:] = [merge_repeats(tokens) for tokens in hypotheses]
+        """Keeps the decoded texts (hypotheses and references) for the stage's metrics."""
         self.hypothesis_texts += [tokens_to_text(tokens) for tokens in hypotheses]
         self.reference_texts += [tokens_to_text(tokens) for tokens in references]
 
@@ -154,5 +152,5 @@ if __name__ == "__main__":
             upstream=hparams["upstream"],
             layer_weights=brain.layer_weights(),
             extra={"slot_types": encoder.slot_types, "vocab_size": encoder.vocab_size,
-                   "s3prl_decoding": bool(hparams["s3prl_decoding"])},
+                   "ctc_decoding": brain.ctc_decoding},
         )

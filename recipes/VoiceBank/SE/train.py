@@ -6,9 +6,9 @@ s3prl's ``enhancement_stft`` head (:class:`~robustdistiller.downstream.separatio
 3-layer BiLSTM of 896 per direction, ``Linear(1792 -> 257)``, ReLU), whose mask on the noisy STFT
 magnitude is trained with the MSE to the NPSM target of the clean speech. The enhanced waveform is the
 masked noisy complex STFT (noisy phase), inverted. Metrics per utterance, averaged: PESQ (wide band),
-STOI and SI-SDR (pb_bss, no mean removal), of the output and of the condition's own input, and their
-improvements. The best dev PESQ checkpoint is tested on the released noisy test set (``official``, the
-SUPERB number) and on the clean test speech under every shared test condition. Results go to
+STOI and SI-SDR (pb_bss_eval's, zero-mean, as s3prl), of the output and of the condition's own input,
+and their improvements. The best dev PESQ checkpoint is tested on the released noisy test set
+(``official``, the SUPERB number) and on the clean test speech under every shared test condition. Results go to
 ``<output_folder>/results.{json,md}``, a few enhanced examples to ``<output_folder>/examples/``.
 
 To run::
