@@ -32,8 +32,17 @@ export would write that no valid manifest lists (a teacher's ``config.json``, a 
 ``hyperparams.yaml``, a ``README.md``, an export made before manifests existed) is never overwritten: the
 export stops with :class:`ExportError` listing those files, before anything is written. Files that do
 not collide (a user's notes next to an export) are left alone. The files are first written to a
-staging folder inside the output folder and moved into place at the end, so a failed export leaves
-the folder as it was.
+staging folder inside the output folder (``.export-staging-XXXXXXXX``) and moved into place at the
+end, so a failed export leaves the folder as it was: it removes its own staging folder and nothing
+else (a folder it created goes too, but only while it is still empty).
+
+Concurrency. An export holds an exclusive ``flock`` on the output folder while it runs (as a
+training run holds its output folder): a second export into the same folder stops at once with
+:class:`ExportFolderInUse`. Staging folders left by a killed export (the lock is gone with its
+process) are removed, with a warning naming each, by the next export into the folder; they never
+make it "not empty". A write that fails (a full disk) raises
+:class:`~robustdistiller.write_errors.WriteFailedError`: "no space left on <device> while writing
+<file> (<free> free)".
 
 The backbone weights are stored twice (``encoder.ckpt`` and ``model.safetensors``, 94 MB each at full
 size): SpeechBrain's ``Pretrainer`` reads ``torch.save`` files and a ``hyperparams.yaml`` cannot name
@@ -44,13 +53,16 @@ package on the path) four ways and compares their features with the student's (:
 """
 
 import argparse
+import contextlib
 import copy
 import datetime
+import fcntl
 import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,6 +75,7 @@ from transformers import HubertModel, Wav2Vec2FeatureExtractor
 from robustdistiller.interface import hub_offline, looks_like_path
 from robustdistiller.student import DistillerStudent, num_parameters
 from robustdistiller.teacher import load_model_folder
+from robustdistiller.write_errors import WriteFailedError, as_write_error, reporting_write_errors
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +122,15 @@ class UnfinishedRunError(ExportError):
 
 
 def _read_yaml(path):
-    with open(path, encoding="utf-8") as fin:
-        return yaml.safe_load(fin) or {}
+    """A YAML mapping (a checkpoint's ``CKPT.yaml``); an unreadable or damaged file is named."""
+    try:
+        with open(path, encoding="utf-8") as fin:
+            content = yaml.safe_load(fin) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ExportError(f"'{path}' cannot be read (truncated or damaged: {type(error).__name__}: {error})") from error
+    if not isinstance(content, dict):
+        raise ExportError(f"'{path}' holds a {type(content).__name__}, not a mapping")
+    return content
 
 
 def _checkpoint_folders(save_folder):
@@ -120,7 +140,10 @@ def _checkpoint_folders(save_folder):
     for folder in folders:
         meta_file = os.path.join(folder, "CKPT.yaml")
         if os.path.isfile(os.path.join(folder, "student.ckpt")) and os.path.isfile(meta_file):
-            found.append((folder, _read_yaml(meta_file)))
+            try:
+                found.append((folder, _read_yaml(meta_file)))
+            except ExportError as error:  # as the training's recovery does: skipped, named
+                logger.warning("Skipping checkpoint %s: %s", folder, error)
     return found
 
 
@@ -275,8 +298,14 @@ def _training_info_near(folder):
     for candidate in (folder, os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))):
         path = os.path.join(candidate, TRAINING_INFO_FILE)
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as fin:
-                return json.load(fin)
+            try:
+                with open(path, encoding="utf-8") as fin:
+                    return json.load(fin)
+            except (OSError, UnicodeDecodeError, ValueError) as error:
+                raise ExportError(
+                    f"'{path}' cannot be read (truncated or damaged: {type(error).__name__}: {error}); it is the "
+                    f"run's record for the model card: restore it, or remove it to export without it"
+                ) from error
     return {}
 
 
@@ -682,6 +711,9 @@ def _hyperparams_text(config_values, metadata, include_heads, heads):
     lines += ["", "modules:"] + [f"    {name}: !ref <{name}>" for name in modules]
     lines += ["", "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer", "    loadables:"]
     lines += [f"        {name}: !ref <{name}>" for name in modules]
+    # strict loading that names a truncated or foreign file (custom_interface.py is this folder's interface)
+    lines += ["    custom_hooks:"]
+    lines += [f"        {name}: !name:custom_interface.load_weights_naming_the_file" for name in modules]
     return "\n".join(lines) + "\n"
 
 
@@ -883,7 +915,11 @@ def export_student(
     ExportError
         Unusable source; a non-empty output folder without ``overwrite``; with it, a folder that is
         not an unmodified earlier export where the new files would go (the message lists the files).
-        Nothing in ``output_folder`` is changed then.
+        Nothing in ``output_folder`` is changed then. :class:`ExportFolderInUse`: another export is
+        writing into ``output_folder``.
+    robustdistiller.write_errors.WriteFailedError
+        A file cannot be written (a full disk): "no space left on <device> while writing <file>
+        (<free> free)"; only this export's staging folder is removed.
     """
     if isinstance(source, (str, os.PathLike)) and locate_checkpoint(source)[1] == "dphubert":
         from robustdistiller.dpwavlm.export import export_dpwavlm
@@ -913,13 +949,89 @@ def export_student(
     return {"folder": os.path.abspath(output_folder), "files": files, "info": info, "onnx_parity": onnx_parity}
 
 
+class ExportFolderInUse(ExportError):
+    """Another export (another process, or another call in this one) is writing into the same folder."""
+
+
+_STAGING_NAME = re.compile(r"^" + re.escape(_STAGING_PREFIX) + r"[a-z0-9_]{8}$")  # tempfile.mkdtemp's names
+
+
+@contextlib.contextmanager
+def locked_export_folder(folder):
+    """Holds an exclusive ``flock`` on the export folder itself for the duration of the block.
+
+    Like a training run's lock (:mod:`robustdistiller.run_folder`), the kernel releases it when the
+    process ends, however it ends. The folder's own inode is locked, so no lock file is left in a
+    user's folder. A second export into the same folder (another process, or another call in this one:
+    each call opens the folder anew) stops with :class:`ExportFolderInUse`. On a file system without
+    ``flock`` support the export goes on with a warning.
+
+    Example
+    -------
+    >>> folder = tempfile.mkdtemp()
+    >>> with locked_export_folder(folder):
+    ...     try:
+    ...         with locked_export_folder(folder):
+    ...             pass
+    ...     except ExportFolderInUse:
+    ...         print("refused")
+    refused
+    """
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as error:
+        raise ExportError(f"Cannot open the export folder '{folder}': {error.strerror or error}") from error
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExportFolderInUse(
+                f"Export folder '{folder}' is in use by another export (it holds the folder's lock): wait for it "
+                f"to finish, then run this command again (with --overwrite to replace what it wrote)"
+            ) from None
+        except OSError as error:  # e.g. a network file system without flock
+            logger.warning("Cannot lock %s (%s): a concurrent export into it would not be detected", folder, error)
+        try:
+            replaced = os.stat(folder).st_ino != os.fstat(descriptor).st_ino
+        except OSError:
+            replaced = True
+        if replaced:
+            raise ExportFolderInUse(f"Export folder '{folder}' was removed or replaced while this export started")
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def remove_stale_staging(folder):
+    """Removes the staging folders (``.export-staging-XXXXXXXX``) a killed export left in ``folder``.
+
+    Called with the folder's lock held (:func:`locked_export_folder`): no live export owns them then.
+    Only hidden folders with exactly the names ``tempfile.mkdtemp`` gives a staging folder are removed,
+    each with a warning naming it.
+
+    Returns
+    -------
+    list of str
+        The names removed.
+    """
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if _STAGING_NAME.match(name) and os.path.isdir(path) and not os.path.islink(path):
+            logger.warning("Removing %s, the staging folder of an export that was interrupted.", path)
+            shutil.rmtree(path)
+            removed.append(name)
+    return removed
+
+
 def write_export_folder(output_folder, expected_names, overwrite, source_description, write, source=None):
-    """The overwrite rules, staging and manifest of every export (module docstring, "Overwriting").
+    """The overwrite rules, lock, staging and manifest of every export (module docstring, "Overwriting").
 
     Arguments
     ---------
     output_folder : str
-        The export folder (created when missing; removed again if the export fails).
+        The export folder (created when missing; removed again if the export fails and it is still
+        empty).
     expected_names : list of str
         The files the export may write, checked before anything is written.
     overwrite : bool
@@ -935,34 +1047,55 @@ def write_export_folder(output_folder, expected_names, overwrite, source_descrip
     -------
     (list of str, object)
         The files written (the manifest included) and what ``write`` returned.
+
+    Raises
+    ------
+    ExportError
+        See :func:`replaceable_files`; :class:`ExportFolderInUse` while another export holds the folder.
+    robustdistiller.write_errors.WriteFailedError
+        A file could not be written (a full disk): the message names it, the device and the free space.
+        Only this export's staging folder is removed then; the folder keeps what it held.
     """
     output_folder = os.path.abspath(output_folder)
     if isinstance(source, (str, os.PathLike)) and os.path.abspath(os.fspath(source)) == output_folder:
         raise ExportError(f"The export folder '{output_folder}' is the checkpoint source itself")
-    replaceable_files(output_folder, expected_names, overwrite)  # fail early
+    if os.path.lexists(output_folder) and not os.path.isdir(output_folder):
+        raise ExportError(f"The export folder '{output_folder}' is a file, not a folder: choose another path")
     created = not os.path.isdir(output_folder)
-    os.makedirs(output_folder, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
+    with reporting_write_errors(output_folder):
+        os.makedirs(output_folder, exist_ok=True)
+    failed = True
     try:
-        result = write(staging)
-        names = [name for name in _folder_entries(staging) if os.path.isfile(os.path.join(staging, name))]
-        # again with the files really written; the folder may also have changed meanwhile
-        stale = replaceable_files(output_folder, names, overwrite, ignore=(os.path.basename(staging),))
-        for name in sorted(stale, key=lambda name: name != MANIFEST_FILE):  # the old manifest first
-            os.remove(os.path.join(output_folder, name))
-        for name in names:
-            os.makedirs(os.path.dirname(os.path.join(output_folder, name)), exist_ok=True)
-            os.replace(os.path.join(staging, name), os.path.join(output_folder, name))
-        onnx_folder = os.path.join(output_folder, "onnx")
-        if os.path.isdir(onnx_folder) and not os.listdir(onnx_folder):
-            os.rmdir(onnx_folder)  # an earlier export's ONNX files, replaced by an export without them
-        write_manifest(output_folder, names, source_description)
-    except BaseException:
-        if created:
-            shutil.rmtree(output_folder, ignore_errors=True)
-        raise
+        with locked_export_folder(output_folder):
+            remove_stale_staging(output_folder)
+            replaceable_files(output_folder, expected_names, overwrite)  # fail early
+            with reporting_write_errors(os.path.join(output_folder, _STAGING_PREFIX + "*")):
+                staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
+            try:
+                with reporting_write_errors(staging):  # each file is named by the writer; this catches the rest
+                    result = write(staging)
+                names = [name for name in _folder_entries(staging) if os.path.isfile(os.path.join(staging, name))]
+                # again with the files really written; the folder may also have changed meanwhile
+                stale = replaceable_files(output_folder, names, overwrite, ignore=(os.path.basename(staging),))
+                for name in sorted(stale, key=lambda name: name != MANIFEST_FILE):  # the old manifest first
+                    os.remove(os.path.join(output_folder, name))
+                for name in names:
+                    os.makedirs(os.path.dirname(os.path.join(output_folder, name)), exist_ok=True)
+                    os.replace(os.path.join(staging, name), os.path.join(output_folder, name))
+                onnx_folder = os.path.join(output_folder, "onnx")
+                if os.path.isdir(onnx_folder) and not os.listdir(onnx_folder):
+                    os.rmdir(onnx_folder)  # an earlier export's ONNX files, replaced by an export without them
+                with reporting_write_errors(os.path.join(output_folder, MANIFEST_FILE)):
+                    write_manifest(output_folder, names, source_description)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # only this export's own staging
+        failed = False
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if failed and created:
+            try:  # a folder this export created and nobody wrote into since; never a folder with files
+                os.rmdir(output_folder)
+            except OSError:
+                pass
     return sorted(names + [MANIFEST_FILE]), result
 
 
@@ -978,45 +1111,62 @@ def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=
     }
     backbone = copy.deepcopy(student.backbone).eval()
     backbone.config.robustdistiller = metadata
-    backbone.save_pretrained(folder, safe_serialization=True)
-    Wav2Vec2FeatureExtractor(
-        feature_size=1,
-        sampling_rate=16000,
-        padding_value=0.0,
-        do_normalize=False,
-        return_attention_mask=True,
-    ).save_pretrained(folder)
+    try:
+        backbone.save_pretrained(folder, safe_serialization=True)
+        Wav2Vec2FeatureExtractor(
+            feature_size=1,
+            sampling_rate=16000,
+            padding_value=0.0,
+            do_normalize=False,
+            return_attention_mask=True,
+        ).save_pretrained(folder)
+    except (OSError, RuntimeError) as error:
+        # the first of the three files that is missing is the one being written
+        written = [name for name in ("config.json", "model.safetensors", "preprocessor_config.json")
+                   if not os.path.isfile(os.path.join(folder, name))]
+        failure = as_write_error(os.path.join(folder, (written or ["preprocessor_config.json"])[0]), error)
+        if failure is None:
+            raise
+        raise failure from error
 
-    torch.save(student.backbone.state_dict(), os.path.join(folder, "encoder.ckpt"))
+    def save(value, name):
+        with reporting_write_errors(os.path.join(folder, name)):
+            torch.save(value, os.path.join(folder, name))
+
+    save(student.backbone.state_dict(), "encoder.ckpt")
     heads = student.prediction_heads
     if include_heads:
-        torch.save(heads.expand.state_dict(), os.path.join(folder, HEAD_FILES[0]))
+        save(heads.expand.state_dict(), HEAD_FILES[0])
         weight, bias = split_to_grouped_conv(heads.split_weight.detach(), heads.split_bias.detach())
-        torch.save({"weight": weight, "bias": bias}, os.path.join(folder, HEAD_FILES[1]))
+        save({"weight": weight, "bias": bias}, HEAD_FILES[1])
 
     # Only the fields that differ from HubertConfig's defaults (what makes this model what it is).
     excluded = {"transformers_version", "model_type", "architectures", "robustdistiller", "_name_or_path",
                 "dtype", "torch_dtype", "id2label", "label2id"}
     config_values = {key: value for key, value in student.config.to_diff_dict().items() if key not in excluded}
-    with open(os.path.join(folder, "hyperparams.yaml"), "w", encoding="utf-8") as fout:
-        fout.write(_hyperparams_text(config_values, metadata, include_heads, heads))
-    shutil.copyfile(os.path.join(os.path.dirname(__file__), "interface.py"), os.path.join(folder, INTERFACE_FILE))
+    with reporting_write_errors(os.path.join(folder, "hyperparams.yaml")):
+        with open(os.path.join(folder, "hyperparams.yaml"), "w", encoding="utf-8") as fout:
+            fout.write(_hyperparams_text(config_values, metadata, include_heads, heads))
+    with reporting_write_errors(os.path.join(folder, INTERFACE_FILE)):
+        shutil.copyfile(os.path.join(os.path.dirname(__file__), "interface.py"), os.path.join(folder, INTERFACE_FILE))
 
     if s3prl:
         from robustdistiller.s3prl_format import student_to_s3prl
 
-        student_to_s3prl(student, os.path.join(folder, S3PRL_FILE), step=info.get("step") or 0)
+        with reporting_write_errors(os.path.join(folder, S3PRL_FILE)):
+            student_to_s3prl(student, os.path.join(folder, S3PRL_FILE), step=info.get("step") or 0)
     onnx_parity = None
     if onnx:
         from robustdistiller.onnx_export import UntraceableStudentError, export_onnx, verify_onnx
 
         try:
-            paths = export_onnx(student, os.path.join(folder, "onnx"), int8=int8)
+            paths = export_onnx(student, os.path.join(folder, "onnx"), int8=int8)  # names a file it cannot write
             onnx_parity = verify_onnx(student, paths["fp32"], paths["int8"])
         except (UntraceableStudentError, ValueError) as error:
             raise ExportError(f"ONNX export of '{info['source']}' failed: {error}") from error
-    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as fout:
-        fout.write(_model_card(student, info, metadata, include_heads, s3prl, onnx_parity))
+    with reporting_write_errors(os.path.join(folder, "README.md")):
+        with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as fout:
+            fout.write(_model_card(student, info, metadata, include_heads, s3prl, onnx_parity))
     return onnx_parity
 
 
@@ -1225,8 +1375,8 @@ def main(argv=None):
         "--hf-inexact",
         choices=("skip", "warn", "refuse"),
         default="skip",
-        help="DPWavLM: when the padded transformers.WavLMModel copy cannot be exact (a pruned last CNN layer), "
-        "leave it out (default), write it anyway with a warning, or fail",
+        help="DPWavLM: when the padded transformers.WavLMModel copy cannot be exact (the CNN channels were gated "
+        "during pruning), leave it out (default), write it anyway with a warning, or fail",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -1252,7 +1402,7 @@ def main(argv=None):
         elif args.verify:
             student, _ = load_student(args.checkpoint)
             print(format_verification(verify_export(result["folder"], student)))
-    except (ExportError, ValueError) as error:
+    except (ExportError, ValueError, WriteFailedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

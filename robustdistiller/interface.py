@@ -13,7 +13,10 @@ pieces from here (one implementation of the padding rules for training and infer
   for a padded batch, with the frame mask;
 * :func:`predict_teacher_layers`: the student's prediction heads in the exported layout
   (``Linear`` + grouped ``Conv1d``, which only needs standard modules in ``hyperparams.yaml``);
-* :class:`EncoderInterface`: ``encode_batch`` / ``encode_file`` (resampling, stereo down-mix).
+* :class:`EncoderInterface`: ``encode_batch`` / ``encode_file`` (resampling, stereo down-mix);
+* :func:`load_weights_naming_the_file`: the export's ``Pretrainer`` hook (strict loading; a truncated or
+  foreign ``encoder.ckpt`` raises :class:`DamagedModelFileError` naming the file, with ``from_hparams``
+  and ``foreign_class`` alike).
 
 Audio shorter than the CNN's receptive field (:data:`CNN_RECEPTIVE_FIELD`: 400 samples, 25 ms at
 16 kHz, for the wav2vec 2.0 / HuBERT / WavLM CNN) gives no feature frame. The rule, checked on the
@@ -31,7 +34,9 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import warnings
+import zipfile
 from typing import NamedTuple, Optional
 
 import torch
@@ -48,6 +53,145 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 class ModelSourceError(ValueError):
     """A model source is neither a loadable local folder nor a reachable Hugging Face hub id."""
+
+
+class DamagedModelFileError(ModelSourceError):
+    """A file of a model folder cannot be read (truncated or damaged) or does not fit the model; names the file."""
+
+
+INTERFACE_MODULE = "custom_interface"
+"""The name of this module's copy in an exported folder (``custom_interface.py``): the export's
+``hyperparams.yaml`` names :func:`load_weights_naming_the_file` through it (see
+:meth:`EncoderInterface.from_hparams`)."""
+
+
+def _shown_path(path):
+    """The file a user has to look at: a savedir symlink resolved to the exported file it points to."""
+    path = os.fspath(path)
+    return os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+
+
+def load_weights_naming_the_file(module, path):
+    """SpeechBrain ``Pretrainer`` hook of an export: loads a ``torch.save`` state dict into ``module`` strictly.
+
+    The export's ``hyperparams.yaml`` names it for every loadable (``custom_hooks``), so a truncated
+    ``encoder.ckpt`` fails, with ``from_hparams`` and with ``foreign_class`` alike, with an error
+    naming the file instead of torch's "failed finding central directory".
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The module the folder's ``hyperparams.yaml`` built.
+    path : str or pathlib.Path
+        Its weights (in SpeechBrain's savedir, usually a link to the exported file).
+
+    Raises
+    ------
+    DamagedModelFileError
+        The file cannot be read (truncated, damaged, not a ``torch.save`` file) or its weights do not
+        fit ``module`` (missing, unexpected or differently shaped parameters); the message names it.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "layer.ckpt")
+    >>> torch.save(nn.Linear(2, 3).state_dict(), path)
+    >>> load_weights_naming_the_file(nn.Linear(2, 3), path)
+    >>> with open(path, "r+b") as fout:
+    ...     _ = fout.truncate(100)
+    >>> try:
+    ...     load_weights_naming_the_file(nn.Linear(2, 3), path)
+    ... except DamagedModelFileError as error:
+    ...     print(str(error).startswith(f"'{path}' cannot be read (truncated or damaged"))
+    True
+    """
+    shown = _shown_path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, pickle errors, EOFError... for a damaged file
+        raise DamagedModelFileError(
+            f"'{shown}' cannot be read (truncated or damaged: {type(error).__name__}: {error}); copy or "
+            f"export the model again"
+        ) from error
+    if not isinstance(state, dict):
+        raise DamagedModelFileError(f"'{shown}' holds a {type(state).__name__}, not a state dict of weights")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise DamagedModelFileError(
+            f"'{shown}' does not hold the weights of the model its hyperparams.yaml declares: {error}"
+        ) from error
+
+
+def torch_file_problem(path):
+    """Why ``path`` is no complete ``torch.save`` file (a zip archive whose every member checks out), or None.
+
+    Reads the whole file (CRC of every member): meant for diagnosing a failed load.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.ckpt")
+    >>> torch.save({"w": torch.zeros(3)}, path)
+    >>> torch_file_problem(path) is None
+    True
+    >>> with open(path, "r+b") as fout:
+    ...     _ = fout.truncate(os.path.getsize(path) - 10)
+    >>> torch_file_problem(path)
+    'not a complete torch.save file (no zip directory at its end: truncated?)'
+    """
+    try:
+        if not zipfile.is_zipfile(path):
+            return "not a complete torch.save file (no zip directory at its end: truncated?)"
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as error:
+        return f"unreadable ({type(error).__name__}: {error})"
+    if bad_member is not None:
+        return f"damaged (member {bad_member} fails its checksum)"
+    return None
+
+
+def damaged_weight_files(folder):
+    """``{path: problem}`` of the ``*.ckpt`` files of a model folder that are no complete ``torch.save`` file.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> damaged_weight_files(tempfile.mkdtemp())
+    {}
+    """
+    problems = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.endswith(".ckpt") and os.path.isfile(path):
+            problem = torch_file_problem(path)
+            if problem is not None:
+                problems[_shown_path(path)] = problem
+    return problems
+
+
+@contextlib.contextmanager
+def _importable_as_interface_module():
+    """Makes ``import custom_interface`` give this module for the duration of a load.
+
+    ``foreign_class`` puts the export's ``custom_interface.py`` on ``sys.path`` before reading
+    ``hyperparams.yaml``; ``from_hparams`` with this package installed does not, so this module stands in
+    (it is the same code). The previous ``custom_interface`` module, if any, is restored afterwards.
+    """
+    this_module = sys.modules.get(__name__)
+    previous = sys.modules.get(INTERFACE_MODULE)
+    if this_module is None or previous is this_module:
+        yield
+        return
+    sys.modules[INTERFACE_MODULE] = this_module
+    try:
+        yield
+    finally:
+        if previous is None:
+            sys.modules.pop(INTERFACE_MODULE, None)
+        else:
+            sys.modules[INTERFACE_MODULE] = previous
 
 
 def hub_offline():
@@ -605,6 +749,10 @@ class EncoderInterface(Pretrained):
         ModelSourceError
             ``source`` looks like a path but is not a folder; or it is a hub id while the hub is
             unreachable (``HF_HUB_OFFLINE=1``: fails at once) or the id is unknown.
+        DamagedModelFileError
+            A weights file (``encoder.ckpt``...) is truncated, damaged or of another model: the
+            message names it (through the export's loading hook, :func:`load_weights_naming_the_file`,
+            or, for folders without it, by checking each ``*.ckpt`` after the load failed).
         """
         source_text = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
         if source_text is not None and not os.path.isdir(os.path.expanduser(source_text)):
@@ -617,13 +765,31 @@ class EncoderInterface(Pretrained):
                     f"pass its local folder as source"
                 )
             try:
-                return super().from_hparams(source=source_text, hparams_file=hparams_file, **kwargs)
+                with _importable_as_interface_module():
+                    return super().from_hparams(source=source_text, hparams_file=hparams_file, **kwargs)
+            except DamagedModelFileError:
+                raise
             except Exception as error:  # network errors come in many types
                 raise ModelSourceError(
                     f"Cannot fetch '{source_text}' from the Hugging Face hub ({type(error).__name__}: "
                     f"{error}); check the id and the network, or pass a local folder as source"
                 ) from error
-        return super().from_hparams(source=source, hparams_file=hparams_file, **kwargs)
+        try:
+            with _importable_as_interface_module():
+                return super().from_hparams(source=source, hparams_file=hparams_file, **kwargs)
+        except DamagedModelFileError:
+            raise
+        except Exception as error:
+            # an export written before the hook (or another interface's folder): find the damaged file
+            folder = os.path.expanduser(source_text) if source_text is not None else None
+            damaged = damaged_weight_files(folder) if folder and os.path.isdir(folder) else {}
+            if not damaged:
+                raise
+            path, problem = next(iter(damaged.items()))
+            raise DamagedModelFileError(
+                f"'{path}' cannot be read (truncated or damaged: {problem}); copy or export the model again "
+                f"(loading failed with {type(error).__name__}: {error})"
+            ) from error
 
     @property
     def num_layers(self):

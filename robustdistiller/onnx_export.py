@@ -332,11 +332,21 @@ def export_onnx(student, folder, int8=False, opset=OPSET):
     -------
     dict
         ``{"fp32": path, "int8": path or None}``.
+
+    Raises
+    ------
+    robustdistiller.write_errors.WriteFailedError
+        A file cannot be written (a full disk): the message names it, the device and the free space.
     """
-    os.makedirs(folder, exist_ok=True)
-    paths = {"fp32": export_fp32(student, os.path.join(folder, FP32_FILE), opset=opset), "int8": None}
+    from robustdistiller.write_errors import reporting_write_errors
+
+    with reporting_write_errors(folder):
+        os.makedirs(folder, exist_ok=True)
+    with reporting_write_errors(os.path.join(folder, FP32_FILE)):  # a full disk names the file
+        paths = {"fp32": export_fp32(student, os.path.join(folder, FP32_FILE), opset=opset), "int8": None}
     if int8:
-        paths["int8"] = quantize_int8(paths["fp32"], os.path.join(folder, INT8_FILE))
+        with reporting_write_errors(os.path.join(folder, INT8_FILE)):
+            paths["int8"] = quantize_int8(paths["fp32"], os.path.join(folder, INT8_FILE))
     logger.info("ONNX export: %s", ", ".join(path for path in paths.values() if path))
     return paths
 

@@ -296,3 +296,164 @@ def test_distillation_loss_and_gradients_stay_finite_with_a_short_item(tiny_teac
     loss = distillation_loss(output.predictions, teacher(wavs, wav_lens).layers, output.frame_mask)["loss"]
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every file a loader of an export reads: a damaged one is named
+# ------------------------------------------------------------------------------------------------
+
+
+def damaged_copy(exported_folder, tmp_path, name, keep):
+    folder = str(tmp_path / "exported")
+    shutil.copytree(exported_folder, folder)
+    truncate(os.path.join(folder, name), keep)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["encoder.ckpt", "prediction_expand.ckpt", "prediction_split.ckpt"])
+@pytest.mark.parametrize("keep", [0.5, 0.999, 0.0001])
+def test_a_truncated_weights_file_fails_from_hparams_naming_it(tmp_path, exported_folder, name, keep):
+    """Before: `PytorchStreamReader failed reading zip archive: failed finding central directory`, no file."""
+    from conftest import folder_snapshot
+    from robustdistiller.interface import DamagedModelFileError
+
+    folder = damaged_copy(exported_folder, tmp_path, name, keep)
+    before = folder_snapshot(folder)
+    with pytest.raises(DamagedModelFileError) as error:
+        EncoderInterface.from_hparams(source=folder, savedir=str(tmp_path / "savedir"))
+    # named as the exported file (SpeechBrain's savedir holds a link to it)
+    assert str(error.value).startswith(f"'{os.path.join(folder, name)}' cannot be read (truncated or damaged")
+    assert folder_snapshot(folder) == before
+
+
+def test_a_truncated_file_of_an_export_without_the_loading_hook_is_named(tmp_path, exported_folder):
+    """An export written before the hook (or one whose hyperparams.yaml was edited): the failed load is
+    diagnosed by checking each weights file."""
+    from conftest import folder_snapshot
+    from robustdistiller.interface import DamagedModelFileError
+
+    folder = damaged_copy(exported_folder, tmp_path, "encoder.ckpt", 0.5)
+    hparams = os.path.join(folder, "hyperparams.yaml")
+    with open(hparams, encoding="utf-8") as fin:
+        text = fin.read()
+    text = text[: text.index("    custom_hooks:")]
+    with open(hparams, "w", encoding="utf-8") as fout:
+        fout.write(text)
+    before = folder_snapshot(folder)
+    with pytest.raises(DamagedModelFileError) as error:
+        EncoderInterface.from_hparams(source=folder, savedir=str(tmp_path / "savedir"))
+    assert str(error.value).startswith(f"'{os.path.join(folder, 'encoder.ckpt')}' cannot be read (truncated or "
+                                       f"damaged: not a complete torch.save file")
+    assert folder_snapshot(folder) == before
+
+
+@pytest.mark.parametrize("change, expected", [("narrower", "size mismatch"), ("missing", "Missing key")])
+def test_weights_of_another_model_in_encoder_ckpt_are_refused_naming_it(tmp_path, exported_folder, change, expected):
+    """SpeechBrain's default transfer loads with strict=False (a missing weight: a warning and a random
+    one left); the export's hook loads strictly and names the file."""
+    from conftest import folder_snapshot
+    from robustdistiller.interface import DamagedModelFileError
+
+    folder = str(tmp_path / "exported")
+    shutil.copytree(exported_folder, folder)
+    state = torch.load(os.path.join(folder, "encoder.ckpt"), weights_only=True)
+    if change == "narrower":
+        projection = state["feature_projection.projection.weight"]  # [32, 24]: a 16-wide model's is [16, 24]
+        state["feature_projection.projection.weight"] = projection[:16]
+    else:
+        del state["encoder.layer_norm.weight"]
+    torch.save(state, os.path.join(folder, "encoder.ckpt"))
+    before = folder_snapshot(folder)
+    with pytest.raises(DamagedModelFileError, match=r"(?s)encoder.ckpt' does not hold the weights of the model its "
+                                                   rf"hyperparams.yaml declares.*{expected}"):
+        EncoderInterface.from_hparams(source=folder, savedir=str(tmp_path / "savedir"))
+    assert folder_snapshot(folder) == before
+
+
+FOREIGN_CLASS_PROBE = """
+import sys
+from speechbrain.inference.interfaces import foreign_class
+try:
+    foreign_class(source=sys.argv[1], pymodule_file="custom_interface.py", classname="EncoderInterface",
+                  savedir=sys.argv[2])
+except Exception as error:
+    print(type(error).__name__, error)
+    print("robustdistiller imported:", any(name.startswith("robustdistiller") for name in sys.modules))
+    sys.exit(3)
+print("loaded")
+"""
+
+
+@pytest.mark.parametrize("name", ["encoder.ckpt", "prediction_split.ckpt"])
+def test_a_truncated_weights_file_fails_foreign_class_naming_it(tmp_path, exported_folder, name):
+    """Without this package (a fresh process, like `export --verify`): the hook lives in custom_interface.py."""
+    import subprocess
+    import sys
+
+    from conftest import folder_snapshot
+    from robustdistiller.export import REPOSITORY_ROOT
+
+    folder = damaged_copy(exported_folder, tmp_path, name, 0.5)
+    before = folder_snapshot(folder)
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    environment["PYTHONPATH"] = os.pathsep.join(
+        entry for entry in environment.get("PYTHONPATH", "").split(os.pathsep)
+        if entry and os.path.abspath(entry) != REPOSITORY_ROOT
+    )
+    completed = subprocess.run([sys.executable, "-c", FOREIGN_CLASS_PROBE, folder, str(tmp_path / "savedir")],
+                               cwd=str(tmp_path), env=environment, capture_output=True, text=True)
+    assert completed.returncode == 3, completed.stdout + completed.stderr
+    assert (f"DamagedModelFileError '{os.path.join(folder, name)}' cannot be read (truncated or damaged"
+            in completed.stdout), completed.stdout
+    assert "robustdistiller imported: False" in completed.stdout
+    assert folder_snapshot(folder) == before
+
+
+def test_damaged_records_beside_a_checkpoint_are_named(tmp_path, caplog):
+    """Every file `load_student` / the export reads names itself: a CKPT.yaml that cannot be parsed (that
+    checkpoint is skipped when another one is there, as training's recovery does) and a damaged
+    distillation_info.json."""
+    import logging
+
+    from conftest import folder_snapshot
+
+    run = tmp_path / "run"
+    for index, step in enumerate((4, 8)):
+        checkpoint = run / "save" / f"CKPT+2024-01-01+00-00-0{index}+00"
+        checkpoint.mkdir(parents=True)
+        torch.save(tiny_student(seed=index).state_dict(), checkpoint / "student.ckpt")
+        (checkpoint / "CKPT.yaml").write_text(f"optimizer_step: {step}\nvalid_loss: {2.0 - index}\n")
+    newer = run / "save" / "CKPT+2024-01-01+00-00-01+00"
+    (newer / "CKPT.yaml").write_text("optimizer_step: 8\nvalid_loss: [1.0\n")  # cut off mid-write
+    before = folder_snapshot(str(run))
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.export"):
+        student, info = load_student(str(run))
+    assert info["step"] == 4 and f"Skipping checkpoint {newer}: '{newer / 'CKPT.yaml'}' cannot be read" in caplog.text
+    with pytest.raises(ExportError) as error:
+        load_student(str(newer))
+    assert str(error.value).startswith(f"'{newer / 'CKPT.yaml'}' cannot be read (truncated or damaged")
+    (run / "distillation_info.json").write_text('{"teacher_source": "wav')
+    with pytest.raises(ExportError) as error:
+        load_student(str(run))
+    assert str(error.value).startswith(f"'{run / 'distillation_info.json'}' cannot be read (truncated or damaged")
+    (run / "distillation_info.json").unlink()
+    assert folder_snapshot(str(run)) == before
+
+
+def test_a_truncated_dpwavlm_export_fails_from_hparams_naming_the_file(tmp_path):
+    """The DPWavLM interface shares `from_hparams`: its export (no loading hook in its YAML) is diagnosed."""
+    from conftest import folder_snapshot
+    from robustdistiller.dpwavlm.interface import DPWavLMInterface
+    from robustdistiller.interface import DamagedModelFileError
+    from test_dpwavlm_export import compact_model, write_run
+
+    run = str(tmp_path / "run")
+    write_run(run, compact_model())
+    folder = str(tmp_path / "exported")
+    export_student(run, folder)
+    truncate(os.path.join(folder, "encoder.ckpt"), 0.5)
+    before = folder_snapshot(folder, run)
+    with pytest.raises(DamagedModelFileError) as error:
+        DPWavLMInterface.from_hparams(source=folder, savedir=str(tmp_path / "savedir"))
+    assert str(error.value).startswith(f"'{os.path.join(folder, 'encoder.ckpt')}' cannot be read (truncated or damaged")
+    assert folder_snapshot(folder, run) == before

@@ -303,3 +303,69 @@ def test_each_task_gets_the_spec_conditions_its_recipe_defines(tmp_path):
     assert names == {"KS": ["clean", "snr5"], "SE": ["official", "clean", "snr5"]}
     with pytest.raises(SpecError, match=r"names no condition of KS.*'clean', 'snr20'"):
         spec_from_dict(dict(content, conditions=["official"]), "s.yaml")
+
+
+# ------------------------------------------------------------------------------------------------
+# Nothing in a spec is dropped silently (duplicate keys, unknown conditions)
+# ------------------------------------------------------------------------------------------------
+
+
+def _spec_file(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "text, where, key, lines",
+    [
+        # the issue's case: an upstream named twice keeps only the last with plain YAML
+        ("upstreams:\n  robust: /m/a\n  plain: /m/b\n  robust: /m/c\ntasks: [KS]\n", "upstreams", "robust", (2, 4)),
+        # the same mechanism reached another way: a task's overrides, and the top level
+        ("upstreams: {a: /m/a}\ntasks: [KS]\noverrides:\n  KS: {lr: 0.1}\n  KS: {lr: 0.2}\n", "overrides", "KS",
+         (4, 5)),
+        ("upstreams: {a: /m/a}\ntasks: [KS]\nconditions: [clean]\nconditions: [snr5]\n", "the spec", "conditions",
+         (3, 4)),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it(tmp_path, text, where, key, lines):
+    from robustdistiller.report import load_spec
+    from conftest import folder_snapshot
+
+    path = _spec_file(tmp_path, f"output_root: {tmp_path / 'out'}\n" + text)
+    first, second = (line + 1 for line in lines)  # output_root is line 1
+    assert isinstance(yaml.safe_load(open(path)), dict)  # plain YAML accepts it (and drops an entry)
+    before = folder_snapshot(str(tmp_path))
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert f"{path}: `{where}` names '{key}' twice (lines {first} and {second})" in str(error.value)
+    assert folder_snapshot(str(tmp_path)) == before
+    assert not (tmp_path / "out").exists()
+    assert report_main([path, "--mode", "print"]) != 0  # the command line refuses it too
+
+
+@pytest.mark.parametrize("conditions, unknown", [(["clean", "snr55"], ["snr55"]),
+                                                 (["snr55", "official", "Reverb"], ["snr55", "Reverb"])])
+def test_a_condition_no_task_defines_is_refused_naming_it(tmp_path, conditions, unknown):
+    """Before: `snr55` vanished from every table (each task kept only the names its recipe defines)."""
+    from conftest import folder_snapshot
+    from robustdistiller.report.tasks import get_task
+
+    content = {"output_root": str(tmp_path / "out"), "upstreams": {"a": "/m/a"}, "tasks": ["KS", "SE"],
+               "conditions": conditions}
+    defined = set(get_task("KS").condition_names) | set(get_task("SE").condition_names)
+    assert [name for name in conditions if name not in defined] == unknown  # the definition of "unknown"
+    path = _spec_file(tmp_path, yaml.safe_dump(content))
+    before = folder_snapshot(str(tmp_path))
+    with pytest.raises(SpecError) as error:
+        spec_from_dict(content, "s.yaml")
+    message = str(error.value)
+    assert f"`conditions` names {unknown}, which no task of the spec defines" in message
+    assert "KS: clean, snr20" in message  # what the recipes do define
+    with pytest.raises(SpecError, match=unknown[0]):  # from a file as well
+        from robustdistiller.report import load_spec
+
+        load_spec(path)
+    assert folder_snapshot(str(tmp_path)) == before
+    with pytest.raises(SpecError, match=r"lists \['clean'\] more than once"):
+        spec_from_dict(dict(content, conditions=["clean", "clean"]), "s.yaml")

@@ -18,6 +18,10 @@ Example spec (``recipes/report_example.yaml`` is a complete one)::
     overrides:                           # optional: "all" (every task) and per task
       all: {}
       KS: {lr: 0.0001}
+
+Nothing in a spec is dropped silently: a key given twice in one mapping (an upstream named twice, which
+YAML would reduce to the last) and a condition that no task of the spec defines are refused with a
+:class:`SpecError` naming them.
 """
 
 import dataclasses
@@ -163,8 +167,63 @@ def load_spec(path, mode=None):
     if not os.path.isfile(path):
         raise SpecError(f"Report spec {path} not found")
     with open(path, encoding="utf-8") as fin:
-        content = yaml.safe_load(fin) or {}
+        content = load_yaml_without_duplicates(fin, path) or {}
     return spec_from_dict(content, path, mode)
+
+
+def _duplicate_keys(node, where=()):
+    """``(key path, key, first line, second line)`` of every key given twice in one mapping under ``node``."""
+    found = []
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key != "<<":
+                if key in seen:
+                    found.append((where, key, seen[key] + 1, key_node.start_mark.line + 1))
+                else:
+                    seen[key] = key_node.start_mark.line
+            found += _duplicate_keys(value_node, where + ((key,) if key is not None else ()))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found += _duplicate_keys(item, where + (str(index),))
+    return found
+
+
+def load_yaml_without_duplicates(stream, path="<spec>"):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (YAML would keep only the last).
+
+    Raises
+    ------
+    SpecError
+        Naming each duplicated key, where it is (e.g. ``upstreams``) and both lines.
+
+    Example
+    -------
+    >>> load_yaml_without_duplicates("upstreams: {a: /m/a, b: /m/b}")
+    {'upstreams': {'a': '/m/a', 'b': '/m/b'}}
+    >>> load_yaml_without_duplicates("upstreams: {a: /m/a, a: /m/b}", "s.yaml")
+    Traceback (most recent call last):
+    ...
+    robustdistiller.report.spec.SpecError: s.yaml: `upstreams` names 'a' twice (lines 1 and 1); YAML would keep only the last one: give each entry its own name
+    """
+    try:
+        loader = yaml.SafeLoader(stream)
+        try:
+            node = loader.get_single_node()
+            duplicates = _duplicate_keys(node) if node is not None else []
+            if duplicates:
+                parts = [
+                    f"`{'.'.join(where) or 'the spec'}` names '{key}' twice (lines {first} and {second})"
+                    for where, key, first, second in duplicates
+                ]
+                raise SpecError(f"{path}: {'; '.join(parts)}; YAML would keep only the last one: give each "
+                                "entry its own name")
+            return loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from error
 
 
 def spec_from_dict(content, path="<spec>", mode=None):
@@ -214,6 +273,16 @@ def spec_from_dict(content, path="<spec>", mode=None):
         conditions = [conditions]
     if conditions is not None and (not conditions or not all(isinstance(name, str) for name in conditions)):
         raise SpecError(f"{path}: `conditions` must be null (all) or a list of condition names, got {conditions!r}")
+    if conditions is not None:
+        repeated = sorted({name for name in conditions if conditions.count(name) > 1})
+        if repeated:
+            raise SpecError(f"{path}: `conditions` lists {repeated} more than once")
+        defined = {task.name: task.condition_names for task in tasks}
+        unknown = [name for name in conditions if not any(name in names for names in defined.values())]
+        if unknown:
+            listing = "; ".join(f"{name}: {', '.join(names)}" for name, names in defined.items())
+            raise SpecError(f"{path}: `conditions` names {unknown}, which no task of the spec defines (it would "
+                            f"be dropped from every table); the recipes define {listing}")
     for task in tasks if conditions is not None else ():
         if not task.spec_conditions(conditions):
             raise SpecError(f"{path}: `conditions` {conditions} names no condition of {task.name}; its recipe "
