@@ -111,6 +111,9 @@ def hyperparams_text(config):
         "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
         "    loadables:",
         "        encoder: !ref <encoder>",
+        "    # strict loading that names a truncated or foreign encoder.ckpt",
+        "    custom_hooks:",
+        "        encoder: !name:robustdistiller.interface.load_weights_naming_the_file",
         "",
     ])
 
