@@ -23,6 +23,7 @@ STOI / SI-SNR of the enhanced speech) and the results are written to ``<output_f
 import json
 import logging
 import os
+import re
 import sys
 
 import speechbrain as sb
@@ -34,9 +35,18 @@ from robustdistiller.batching import make_batch_sampler
 from robustdistiller.dataio import make_distillation_dataset
 from robustdistiller.evaluation import evaluate_conditions
 from robustdistiller.fingerprint import weights_fingerprint
-from robustdistiller.options import as_list, integer_at_least
+from robustdistiller.options import as_list, integer_at_least, step_limit_as_number_of_steps
 from robustdistiller.prepare import prepare_librispeech, prepare_noise, prepare_rirs
-from robustdistiller.run_folder import lock_output_folder, run_signature, with_run_options
+from robustdistiller.run_folder import (
+    architecture_signature,
+    check_run_signature,
+    data_signature,
+    lock_output_folder,
+    log_to_output_folder,
+    prepared_lists,
+    run_signature,
+    with_run_options,
+)
 from robustdistiller.student import num_parameters
 
 logger = logging.getLogger(__name__)
@@ -173,10 +183,38 @@ def training_info(hparams, hparams_file):
     }
 
 
+def distillation_signature(hparams, teacher_fingerprint):
+    """Everything that defines a distillation run, compared at every resume (README, "Failure and resume").
+
+    The YAML's ``run_signature_keys``, the teacher's weights fingerprint, the content of every prepared
+    list (:func:`~robustdistiller.run_folder.data_signature`; call it after the preparation) and the
+    shape of every trained module (:func:`~robustdistiller.run_folder.architecture_signature`).
+    """
+    extra = {"teacher_fingerprint": teacher_fingerprint}
+    extra.update(data_signature(hparams))
+    extra.update(architecture_signature(dict(hparams["modules"])))
+    return run_signature(hparams, hparams["run_signature_keys"], extra=extra)
+
+
+def has_checkpoints(save_folder):
+    """Whether ``save_folder`` (or a stage folder under it) holds a checkpoint folder ``CKPT+...``."""
+    for folder in (save_folder, os.path.join(save_folder, "stage1"), os.path.join(save_folder, "stage2")):
+        if os.path.isdir(folder) and any(name.startswith("CKPT+") for name in os.listdir(folder)):
+            return True
+    return False
+
+
 def run_dpwavlm(hparams, hparams_file, overrides, run_opts):
     """DPWavLM (``hparams/dpwavlm.yaml``, ``hparams/robust_dpwavlm.yaml``): both stages, see
     :mod:`robustdistiller.dpwavlm.stages`; the same data preparation and pipeline as the distillation."""
-    from robustdistiller.dpwavlm.stages import check_options, check_run_settings, load_teacher, run_stages, stages_done
+    from robustdistiller.dpwavlm.stages import (
+        FINAL_FILE,
+        check_options,
+        check_run_settings,
+        load_teacher,
+        run_stages,
+        stages_done,
+    )
 
     for key in ("train_splits", "valid_splits", "musan_subsets", "rirs_noises_subsets", "extra_noise_folders",
                 "pruning_units", "accept_changed_settings", "run_signature_keys"):
@@ -185,19 +223,30 @@ def run_dpwavlm(hparams, hparams_file, overrides, run_opts):
     check_options(hparams)  # before anything is loaded or written
     if sb.utils.distributed.if_main_process():
         lock_output_folder(hparams["output_folder"])
+    log_to_output_folder(hparams["output_folder"])
+    teacher = load_teacher(hparams)
+    finished = os.path.isfile(os.path.join(hparams["output_folder"], FINAL_FILE))
+    if not (finished and all(os.path.isfile(path) for path in prepared_lists(hparams).values())):
+        prepare_data(hparams)  # the signature holds what the prepared lists contain
+    # (a finished run is signed with the lists it was trained on: it trains nothing more)
+    # a resume (or a finished run) made with other settings is refused before the run's records are rewritten
+    check_run_settings(hparams, teacher)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
-    teacher = load_teacher(hparams)
-    check_run_settings(hparams, teacher)  # a resume (or a finished run) made with other settings is refused
     if stages_done(hparams):
         return
-    prepare_data(hparams)
     run_stages(hparams, dataio_prepare(hparams), run_opts, teacher=teacher)
 
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    with open(hparams_file, encoding="utf-8") as fin:
+        is_dpwavlm = re.search(r"^recipe:\s*dpwavlm\b", fin.read(), re.MULTILINE) is not None
+    # SpeechBrain's --optimizer_step_limit would cut the schedule planned for number_of_steps short
+    run_opts, overrides = step_limit_as_number_of_steps(
+        run_opts, overrides, stage_options=("stage1_steps", "stage2_steps") if is_dpwavlm else None
+    )
     sb.utils.distributed.ddp_init_group(run_opts)
 
     with open(hparams_file, encoding="utf-8") as fin:
@@ -211,13 +260,22 @@ if __name__ == "__main__":
     check_options(hparams)
     if sb.utils.distributed.if_main_process():
         lock_output_folder(hparams["output_folder"])  # one run per output folder
+    log_to_output_folder(hparams["output_folder"])
 
+    prepare_data(hparams)
+    # A resume must continue the same run: checked before anything of the run (hyperparams.yaml, env.log,
+    # the train.py copy) is rewritten; the Brain checks it again before recovery and records it after.
+    info = training_info(hparams, hparams_file)
+    signature = distillation_signature(hparams, info["teacher_fingerprint"])
+    check_run_signature(
+        hparams["save_folder"], signature, accept=hparams["accept_changed_settings"],
+        resuming=has_checkpoints(hparams["save_folder"]),
+    )
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
-    prepare_data(hparams)
     train_data, valid_data, train_sampler = dataio_prepare(hparams)
 
     # Copy the teacher's CNN, projection, positional convolution and first layers into the student;
@@ -226,17 +284,13 @@ if __name__ == "__main__":
         hparams["teacher"].model, copy_encoder_layer_norm=hparams["copy_encoder_layer_norm"]
     )
 
-    # A resume must continue the same run: the Brain compares this signature with the recorded one.
-    info = training_info(hparams, hparams_file)
     brain = DistillationBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
-        run_signature=run_signature(
-            hparams, hparams["run_signature_keys"], extra={"teacher_fingerprint": info["teacher_fingerprint"]}
-        ),
+        run_signature=signature,
         run_info=info,
     )
     brain.fit(

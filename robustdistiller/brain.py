@@ -23,9 +23,11 @@ clean reference magnitudes. Differences from plain ``sb.Brain``:
 - after each validation, PESQ / STOI / SI-SNR of the enhanced waveform on ``quality_utterances``
   validation utterances are logged (the authors' monitoring);
 - resumes are honest (README, "Failure and resume"): before recovery the run's signature (the YAML's
-  ``run_signature_keys`` and the teacher's weights fingerprint) is compared with the recorded one;
-  after recovery the learning-rate schedule is the one the *current* YAML describes (a larger
-  ``number_of_steps`` extends a finished run), and only then are the run's records written;
+  ``run_signature_keys``, the teacher's weights fingerprint, the prepared data's and the modules'
+  shape fingerprints) is compared with the recorded one, and the checkpointer is given its hash
+  (recorded in every checkpoint; another run's checkpoints are set aside, not loaded); after recovery
+  the learning-rate schedule is the one the *current* YAML describes (a larger ``number_of_steps``
+  extends a finished run), and only then are the run's records written;
 - without a validation set (``valid_splits: []``) a checkpoint is saved at the end of every epoch,
   the latest ``checkpoints_to_keep`` kept;
 - ``--ckpt_interval_steps`` on the command line replaces the YAML's ``ckpt_interval_minutes`` (and
@@ -46,7 +48,7 @@ from robustdistiller.enhancement import stft_magnitude
 from robustdistiller.enhancement_quality import QualityMeans, enhanced_waveforms
 from robustdistiller.losses import distillation_loss, enhancement_loss, lengths_to_mask
 from robustdistiller.options import OptionError
-from robustdistiller.run_folder import check_run_signature, write_run_signature
+from robustdistiller.run_folder import check_run_signature, run_signature_hashes, signature_hash, write_run_signature
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +145,19 @@ class DeviceMeans:
         return dict(zip(self.totals, values))
 
 
-def _command_line_interval_wins(hparams, run_opts):
+def command_line_interval_wins(hparams, run_opts):
     """Lets ``--ckpt_interval_steps`` (or ``--ckpt_interval_minutes``) on the command line replace the
-    YAML's other checkpoint interval, which SpeechBrain would reject as mutually exclusive."""
+    YAML's other checkpoint interval, which SpeechBrain would reject as mutually exclusive.
+
+    Every recipe's Brain calls it (the distillation's and DPWavLM's); ``hparams`` is changed in place.
+
+    Example
+    -------
+    >>> hparams = {"ckpt_interval_minutes": 30}
+    >>> command_line_interval_wins(hparams, {"ckpt_interval_steps": 2})
+    >>> hparams
+    {'ckpt_interval_minutes': 0}
+    """
     if hparams is None or run_opts is None:
         return
     given = getattr(run_opts, "overridden_args", None)
@@ -181,7 +193,7 @@ class DistillationBrain(sb.Brain):
     """
 
     def __init__(self, *args, run_signature=None, run_info=None, **kwargs):
-        _command_line_interval_wins(kwargs.get("hparams"), kwargs.get("run_opts"))
+        command_line_interval_wins(kwargs.get("hparams"), kwargs.get("run_opts"))
         super().__init__(*args, **kwargs)
         self.run_signature = run_signature
         self.run_info = run_info
@@ -208,6 +220,7 @@ class DistillationBrain(sb.Brain):
         The teacher moves to the device (it is not a module of the Brain) and stays in eval mode.
         """
         save_folder = str(self.checkpointer.checkpoints_dir) if self.checkpointer is not None else None
+        hashes = ()
         if self.run_signature is not None and save_folder is not None:
             check_run_signature(
                 save_folder,
@@ -215,13 +228,16 @@ class DistillationBrain(sb.Brain):
                 accept=getattr(self.hparams, "accept_changed_settings", ()),
                 resuming=bool(self.checkpointer.list_checkpoints()),
             )
+            hashes = run_signature_hashes(save_folder, self.run_signature)
+            if hasattr(self.checkpointer, "sign"):  # an AtomicCheckpointer: another run's checkpoints are set aside
+                self.checkpointer.sign(signature_hash(self.run_signature), hashes)
         planned_schedule = self._schedule_settings()
         super().on_fit_start()  # recovery
         self._continue_schedule(planned_schedule)
         self.hparams.teacher.to(self.device).eval()
         if save_folder is not None and sb.utils.distributed.if_main_process():
             if self.run_signature is not None:
-                write_run_signature(save_folder, self.run_signature)
+                write_run_signature(save_folder, self.run_signature, hashes)
             if self.run_info is not None:
                 from robustdistiller.export import TRAINING_INFO_FILE
 
@@ -329,13 +345,20 @@ class DistillationBrain(sb.Brain):
         """Teacher on clean crops, student (and enhancement head) on corrupted crops.
 
         Only the waveforms go to the device: the relative lengths stay on the host, where the
-        models compute lengths and masks without waiting for the device.
+        models compute lengths and masks without waiting for the device. The first call of a run
+        checks the teacher's bf16 / fp16 targets against fp32 ones on its batch
+        (:meth:`~robustdistiller.teacher.FrozenTeacher.check_precision`).
         """
         clean_wavs, wav_lens = batch.clean_sig
         noisy_wavs = batch.noisy_sig.data
         clean_wavs = clean_wavs.to(self.device, non_blocking=True)
         noisy_wavs = noisy_wavs.to(self.device, non_blocking=True)
         wav_lens = wav_lens.cpu()
+        if not getattr(self, "_teacher_precision_checked", False):
+            # Start of run: bf16 / fp16 targets against fp32 ones on this batch; refused below
+            # teacher_precision_min_cosine (FrozenTeacher.check_precision; nothing to do in fp32).
+            self.hparams.teacher.check_precision(clean_wavs, wav_lens)
+            self._teacher_precision_checked = True
         teacher_output = self.hparams.teacher(clean_wavs, wav_lens)
         student_output = self.modules.student(noisy_wavs, wav_lens)
         enhancement_output = None

@@ -92,3 +92,83 @@ def check_data_path(path, option_name):
             "variable; rename or link the folder to a path without '$'."
         )
     return path
+
+
+def step_limit_as_number_of_steps(run_opts, overrides, steps_option="number_of_steps", stage_options=None):
+    """SpeechBrain's ``--optimizer_step_limit=N`` as the recipe's own length option.
+
+    SpeechBrain's run option only stops the Brain after N optimizer steps; the recipes derive their
+    learning-rate schedule (warm-up and decay) from ``number_of_steps``, so N steps on a 200,000-step
+    schedule would run at learning rates near 1e-8. For the distillation recipe the option alone becomes
+    ``--number_of_steps=N`` (schedule and stop together); given together with ``--number_of_steps`` it
+    keeps SpeechBrain's meaning (stop this invocation after N steps of that schedule; a re-run resumes).
+    For a recipe with several stages (``stage_options``) it is refused, naming the options that set each
+    stage's length.
+
+    Arguments
+    ---------
+    run_opts : speechbrain RunOptions or dict
+        From ``sb.parse_arguments``.
+    overrides : str or dict
+        The YAML overrides from ``sb.parse_arguments`` (a YAML string) or a dict.
+    steps_option : str
+        The recipe's length option.
+    stage_options : sequence of str, optional
+        When given, ``--optimizer_step_limit`` is refused naming these.
+
+    Returns
+    -------
+    tuple
+        ``(run_opts, overrides)`` without ``optimizer_step_limit``, with ``steps_option`` set.
+
+    Raises
+    ------
+    OptionError
+        For a multi-stage recipe.
+
+    Example
+    -------
+    >>> step_limit_as_number_of_steps({"optimizer_step_limit": "4", "device": "cpu"}, "lr: 0.1")
+    ({'device': 'cpu'}, {'lr': 0.1, 'number_of_steps': 4})
+    >>> step_limit_as_number_of_steps({"optimizer_step_limit": 3}, "number_of_steps: 6")  # an early stop
+    ({'optimizer_step_limit': 3}, 'number_of_steps: 6')
+    """
+    import dataclasses
+
+    import yaml
+
+    given = getattr(run_opts, "overridden_args", None)
+    values = run_opts if isinstance(run_opts, dict) else run_opts.as_dict()
+    if given is None:
+        given = {key for key, value in values.items() if value is not None}
+    if "optimizer_step_limit" not in given or values.get("optimizer_step_limit") is None:
+        return run_opts, overrides
+    limit = integer_at_least(values["optimizer_step_limit"], "optimizer_step_limit", 1)
+    if stage_options:
+        raise OptionError(
+            f"--optimizer_step_limit={limit} would stop each stage after {limit} steps of a schedule planned for "
+            f"another length; set the length of each stage instead: "
+            + ", ".join(f"--{option}=N" for option in stage_options) + "."
+        )
+    if isinstance(overrides, dict):
+        parsed = dict(overrides)
+    else:
+        parsed = yaml.safe_load(overrides or "") or {}
+    if steps_option in parsed:  # both given: a stop after `limit` steps of the run's schedule, on purpose
+        logger.info(
+            "--optimizer_step_limit=%d stops this invocation early; the schedule is that of --%s=%s.",
+            limit, steps_option, parsed[steps_option],
+        )
+        return run_opts, overrides
+    logger.warning(
+        "--optimizer_step_limit=%d is taken as --%s=%d (the learning-rate schedule follows it).",
+        limit, steps_option, limit,
+    )
+    parsed[steps_option] = limit
+    if isinstance(run_opts, dict):
+        run_opts = {key: value for key, value in run_opts.items() if key != "optimizer_step_limit"}
+    else:
+        run_opts = dataclasses.replace(
+            run_opts, optimizer_step_limit=None, overridden_args=set(given) - {"optimizer_step_limit"}
+        )
+    return run_opts, parsed

@@ -8,12 +8,23 @@
 - :func:`check_run_signature` compares the settings that define a run (teacher, learning rate, crop
   size, target layers...) with those recorded when the run started; a resume that changes any of
   them is refused, listing each key with both values, unless the key is accepted on purpose. The
-  signature is written by :func:`write_run_signature`, after a successful recovery.
+  signature is written by :func:`write_run_signature`, after a successful recovery. Besides the
+  YAML's ``run_signature_keys`` it holds what the data is (:func:`data_signature`: the content of
+  every prepared list, not its paths) and the shape of every trained module
+  (:func:`architecture_signature`).
+- :func:`signature_hash` is the short hash of a signature; every checkpoint records it
+  (:class:`~robustdistiller.checkpoints.AtomicCheckpointer`), so a checkpoint copied in from
+  another run is recognised and set aside instead of resumed. A change accepted on purpose keeps
+  the earlier hashes as this run's (``previous_signature_hashes`` in ``run_signature.json``).
+- :func:`log_to_output_folder` sends the log to ``<output_folder>/log.txt`` before
+  ``sb.create_experiment_directory`` runs, so that a resume can be checked (and refused) before
+  anything of the run (``hyperparams.yaml``, ``env.log``, the script copy) is rewritten.
 """
 
 import atexit
 import datetime
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".run.lock"
 SIGNATURE_FILE = "run_signature.json"
+#: Key of ``run_signature.json`` listing the hashes of earlier signatures of the same run (changes
+#: accepted on purpose); not a setting, never compared.
+PREVIOUS_HASHES_KEY = "previous_signature_hashes"
+#: The prepared lists whose content is signed (YAML keys; those absent from a YAML are skipped).
+DATA_LIST_KEYS = ("train_csv", "valid_csv", "noise_csv", "rir_csv")
 
 _held_locks = {}  # absolute folder -> open lock file (kept open for the life of the process)
 
@@ -166,13 +182,107 @@ def run_signature(hparams, keys, extra=None):
     return signature
 
 
-def read_run_signature(save_folder):
-    """The recorded signature of a run, or None when the folder has none."""
+def data_signature(hparams, keys=DATA_LIST_KEYS):
+    """What the run's data is: :func:`~robustdistiller.fingerprint.list_fingerprint` of each prepared list.
+
+    Call it after the preparation. Keys are ``<YAML key>_fingerprint`` (``train_csv_fingerprint``...);
+    a list the YAML does not name, or a validation list without ``valid_splits``, is left out.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "train.csv")
+    >>> _ = open(path, "w").write("ID,duration,wav\\nu1,1.5,/data/u1.flac\\n")
+    >>> data_signature({"train_csv": path, "valid_csv": "unused.csv", "valid_splits": []})
+    {'train_csv_fingerprint': '1 rows, sha256 ...'}
+    """
+    from robustdistiller.fingerprint import list_fingerprint
+
+    return {f"{key}_fingerprint": list_fingerprint(path) for key, path in prepared_lists(hparams, keys).items()}
+
+
+def prepared_lists(hparams, keys=DATA_LIST_KEYS):
+    """``{YAML key: path}`` of the lists the preparation writes for this YAML (see :func:`data_signature`).
+
+    Example
+    -------
+    >>> prepared_lists({"train_csv": "/s/train.csv", "valid_csv": "/s/valid.csv", "valid_splits": [], "rir_csv": None})
+    {'train_csv': '/s/train.csv'}
+    """
+    lists = {}
+    for key in keys:
+        path = hparams.get(key)
+        if not path or (key == "valid_csv" and not hparams.get("valid_splits", True)):
+            continue
+        lists[key] = str(path)
+    return lists
+
+
+def architecture_signature(modules):
+    """The shape of each trained module (``architecture_<name>``), which every checkpoint must match.
+
+    Example
+    -------
+    >>> import torch
+    >>> architecture_signature({"head": torch.nn.Linear(3, 2), "none": None})
+    {'architecture_head': '8 parameters, shapes ...'}
+    """
+    from robustdistiller.fingerprint import architecture_fingerprint
+
+    return {
+        f"architecture_{name}": architecture_fingerprint(module) for name, module in modules.items() if module is not None
+    }
+
+
+def signature_hash(signature):
+    """Short SHA-256 of a signature (order of keys and tuples vs lists do not matter).
+
+    Example
+    -------
+    >>> signature_hash({"lr": 0.1, "layers": (4, 8)}) == signature_hash({"layers": [4, 8], "lr": 0.1})
+    True
+    >>> len(signature_hash({"lr": 0.1}))
+    16
+    """
+    signature = {key: value for key, value in _normalised(signature).items() if key != PREVIOUS_HASHES_KEY}
+    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def run_signature_hashes(save_folder, signature):
+    """The hashes that mark a checkpoint as this run's: the current signature's, the recorded one's and
+    its earlier ones (changes accepted on purpose). Call it after :func:`check_run_signature` passed."""
+    hashes = {signature_hash(signature)}
+    recorded = _read_signature_file(save_folder)
+    if recorded is not None:
+        hashes.add(signature_hash(recorded))
+        hashes.update(recorded.get(PREVIOUS_HASHES_KEY, []))
+    return hashes
+
+
+def _read_signature_file(save_folder):
     path = os.path.join(save_folder, SIGNATURE_FILE)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as fin:
-        return json.load(fin)
+    try:
+        with open(path, encoding="utf-8") as fin:
+            recorded = json.load(fin)
+        if not isinstance(recorded, dict):
+            raise ValueError(f"expected a JSON object, got {type(recorded).__name__}")
+    except (OSError, ValueError) as error:
+        raise ChangedSettingsError(
+            f"'{path}' cannot be read ({error}): it records the settings of the run in {save_folder}. "
+            "Restore it from a backup, or start a new run with another --output_folder."
+        ) from error
+    return recorded
+
+
+def read_run_signature(save_folder):
+    """The recorded signature of a run (without its earlier hashes), or None when the folder has none."""
+    recorded = _read_signature_file(save_folder)
+    if recorded is None:
+        return None
+    recorded.pop(PREVIOUS_HASHES_KEY, None)
+    return recorded
 
 
 def check_run_signature(save_folder, signature, accept=(), resuming=True):
@@ -218,12 +328,19 @@ def check_run_signature(save_folder, signature, accept=(), resuming=True):
                 "compared; recording the current ones.", save_folder, SIGNATURE_FILE,
             )
         return {}
-    signature = _normalised(signature)
+    signature = {key: value for key, value in _normalised(signature).items() if key != PREVIOUS_HASHES_KEY}
     changed = {
         key: (recorded.get(key, "<not recorded>"), signature.get(key, "<not set>"))
         for key in sorted(set(recorded) | set(signature))
         if recorded.get(key, "<not recorded>") != signature.get(key, "<not set>")
     }
+    # Keys an older version did not sign (the data and architecture fingerprints...) are recorded now.
+    newly_signed = [key for key, (old, _) in changed.items() if old == "<not recorded>"]
+    for key in newly_signed:
+        logger.warning(
+            "The run in %s was started by a version that did not record %s; recording it now (%r).",
+            save_folder, key, changed.pop(key)[1],
+        )
     refused = {key: values for key, values in changed.items() if key not in accept}
     if refused:
         lines = "\n".join(f"  {key}: recorded {old!r}, now {new!r}" for key, (old, new) in refused.items())
@@ -237,10 +354,38 @@ def check_run_signature(save_folder, signature, accept=(), resuming=True):
     return changed
 
 
-def write_run_signature(save_folder, signature):
-    """Records the run's defining settings (atomically: a temporary file renamed into place)."""
+def write_run_signature(save_folder, signature, hashes=()):
+    """Records the run's defining settings (atomically: a temporary file renamed into place).
+
+    ``hashes`` (:func:`run_signature_hashes`) other than the signature's own are recorded as
+    ``previous_signature_hashes``: checkpoints written before a change accepted on purpose stay this run's.
+    """
     os.makedirs(save_folder, exist_ok=True)
     path = os.path.join(save_folder, SIGNATURE_FILE)
+    content = {key: value for key, value in _normalised(signature).items() if key != PREVIOUS_HASHES_KEY}
+    previous = sorted(set(hashes) - {signature_hash(content)})
+    if previous:
+        content[PREVIOUS_HASHES_KEY] = previous
     with open(path + ".tmp", "w", encoding="utf-8") as fout:
-        json.dump(_normalised(signature), fout, indent=2)
+        json.dump(content, fout, indent=2)
     os.replace(path + ".tmp", path)
+
+
+def log_to_output_folder(output_folder):
+    """Sends the log to ``<output_folder>/log.txt`` (as ``sb.create_experiment_directory`` does) now.
+
+    The recipes call it before checking a resume, so that the preparation and a refusal are logged,
+    and call ``sb.create_experiment_directory`` (which writes ``hyperparams.yaml``, ``env.log`` and
+    the script copy) only once the check passed. Main process only (no-op elsewhere).
+    """
+    import speechbrain as sb
+
+    if not sb.utils.distributed.if_main_process():
+        return
+    os.makedirs(output_folder, exist_ok=True)
+    log_file = os.path.join(output_folder, "log.txt")
+    sb.utils.logger.setup_logging(
+        sb.core.DEFAULT_LOG_CONFIG, {"handlers": {"file_handler": {"filename": log_file}}}
+    )
+    # an error (a refused resume...) goes to log.txt too, as after sb.create_experiment_directory
+    sys.excepthook = getattr(sb.core, "_logging_excepthook", sys.excepthook)

@@ -157,21 +157,19 @@ def test_a_step_interval_on_the_command_line_replaces_the_yaml_minutes():
 # ------------------------------------------------------- honest resumes (in process) -----
 
 
-def make_brain(mini_corpus, teacher_folder, output_folder, **extra):
+def make_brain(mini_corpus, teacher_folder, output_folder, yaml_file=DISTILL_YAML, **extra):
     """What train.py's __main__ does up to ``fit``: returns (hparams, brain, train, valid, sampler)."""
     train_module = load_train_module()
     interval_steps = extra.pop("ckpt_interval_steps", 0)  # a run option (command line), not a YAML key
     overrides = tiny_overrides(mini_corpus, teacher_folder, output_folder, **extra)
-    with open(DISTILL_YAML, encoding="utf-8") as fin:
+    with open(yaml_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     train_module.check_options(hparams)
     train_module.prepare_data(hparams)
     train_data, valid_data, train_sampler = train_module.dataio_prepare(hparams)
     hparams["student"].init_from_teacher(hparams["teacher"].model)
-    info = train_module.training_info(hparams, DISTILL_YAML)
-    signature = train_module.run_signature(
-        hparams, hparams["run_signature_keys"], extra={"teacher_fingerprint": info["teacher_fingerprint"]}
-    )
+    info = train_module.training_info(hparams, yaml_file)
+    signature = train_module.distillation_signature(hparams, info["teacher_fingerprint"])
     brain = DistillationBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],

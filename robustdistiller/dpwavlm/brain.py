@@ -28,6 +28,7 @@ import logging
 import speechbrain as sb
 import torch
 
+from robustdistiller.brain import command_line_interval_wins
 from robustdistiller.dpwavlm.objective import layer_to_layer_loss
 from robustdistiller.dpwavlm.schedule import LinearDecaySchedule, build_optimizer, prepare_optimizer_step
 from robustdistiller.enhancement import stft_magnitude
@@ -69,8 +70,13 @@ class DPWavLMBrain(sb.Brain):
     (1 or 2), ``student_input``, ``main_lr``, ``log_alpha_lr``, ``lambda_lr``, ``weight_decay``, ``betas``,
     ``eps``, ``ascent``, ``warmup_steps``, ``max_steps``, ``max_grad_norm``, ``l1_weight``, ``l2_weight``,
     ``cos_weight``, ``cos_type``, ``enhancement_weight``, ``log_interval``, ``train_logger``,
-    ``epoch_counter``; ``optimizer_step_limit`` stops the stage.
+    ``epoch_counter``; ``optimizer_step_limit`` stops the stage. ``--ckpt_interval_steps`` on the command line
+    replaces the YAML's ``ckpt_interval_minutes`` as in the distillation Brain (:func:`command_line_interval_wins`).
     """
+
+    def __init__(self, *args, **kwargs):
+        command_line_interval_wins(kwargs.get("hparams"), kwargs.get("run_opts"))
+        super().__init__(*args, **kwargs)
 
     def on_fit_start(self):
         if self.hparams.student_input not in STUDENT_INPUTS:

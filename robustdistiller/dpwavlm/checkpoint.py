@@ -147,25 +147,21 @@ def from_hf_model(folder, **prune_flags):
     ``prune_flags`` are DPHuBERT config flags, e.g. ``extractor_prune_conv_channels=True``; the gates
     they add keep their random init, ``dummy_weight`` is ones, HF's ``masked_spec_embed`` is ignored.
     A HuBERT folder gives DPHuBERT's HuBERT model (plain attention, ``encoder_num_heads`` config).
+    The folder is read by :func:`robustdistiller.teacher.load_model_folder` (a truncated or damaged
+    ``model.safetensors`` is a :class:`~robustdistiller.teacher.TeacherSourceError` naming it).
     """
     import transformers
 
+    from robustdistiller.teacher import load_model_folder
+
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{folder}: expected a Hugging Face WavLM or HuBERT folder with config.json and weights"
-        )
-    model_type = transformers.AutoConfig.from_pretrained(str(folder)).model_type
-    model_classes = {"wavlm": transformers.WavLMModel, "hubert": transformers.HubertModel}
-    if model_type not in model_classes:
-        raise ValueError(f"{folder}: model_type {model_type!r}; expected a WavLM or HuBERT folder")
-    hf_model, info = model_classes[model_type].from_pretrained(str(folder), output_loading_info=True)
-    not_loaded = [k for k in info.get("missing_keys", []) if k != "masked_spec_embed"]
-    if not_loaded or info.get("mismatched_keys"):
-        raise ValueError(
-            f"{folder}: the HF weights do not cover the {model_type} of its config.json "
-            f"(missing {sorted(not_loaded)}, mismatched {info.get('mismatched_keys')})"
-        )
+    # The distillation's teacher loader: config.json, model type and complete weight files are checked
+    # first, and every parameter must come from the weights; errors name the folder or the damaged file.
+    hf_model = load_model_folder(
+        str(folder), model_class=transformers.AutoModel, model_types=("wavlm", "hubert"),
+        expected="a WavLM or HuBERT model",
+    )
+    model_type = hf_model.config.model_type
     model = DPWavLM(dphubert_config_from_hf(hf_model.config, **prune_flags))
     state = {_hf_to_dphubert_key(k): v for k, v in hf_model.state_dict().items() if k != "masked_spec_embed"}
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -17,8 +17,9 @@ sections 3 and 7, "Stage driver"):
    ``final_enhancement_head.pt``).
 
 Resumable: a rerun continues the unfinished stage from its checkpoints (with the same settings:
-:func:`check_run_settings` compares ``run_signature_keys`` and the teacher's fingerprint, as the distillation
-recipe does); once ``pruned.pth`` exists stage 2
+:func:`check_run_settings` compares ``run_signature_keys``, the teacher's fingerprint, the prepared data's
+fingerprint and the enhancement head's shapes, as the distillation recipe does; the stage checkpoints record
+the signature's hash, and another run's are set aside); once ``pruned.pth`` exists stage 2
 starts (or continues) from it; once ``final.pth`` exists nothing is done. Files are written atomically
 (temporary name, then rename), each marker file last. ``<output_folder>/dpwavlm_summary.json`` records
 the sparsity reached vs the target and the parameter counts before and after pruning.
@@ -39,7 +40,16 @@ from robustdistiller.dpwavlm.objective import COS_TYPES, LayerProjections, Spars
 from robustdistiller.dpwavlm.schedule import ASCENT_MODES
 from robustdistiller.fingerprint import weights_fingerprint
 from robustdistiller.options import OptionError, integer_at_least
-from robustdistiller.run_folder import check_run_signature, run_signature, write_run_signature
+from robustdistiller.run_folder import (
+    architecture_signature,
+    check_run_signature,
+    data_signature,
+    read_run_signature,
+    run_signature,
+    run_signature_hashes,
+    signature_hash,
+    write_run_signature,
+)
 from robustdistiller.student import num_parameters
 
 logger = logging.getLogger(__name__)
@@ -170,6 +180,9 @@ def run_stage(stage, hparams, modules, teacher, datasets, run_opts):
     checkpointer = AtomicCheckpointer(
         checkpoints_dir=os.path.join(hparams["save_folder"], f"stage{stage}"), recoverables=recoverables
     )
+    recorded = read_run_signature(hparams["save_folder"])  # written by check_run_settings
+    if recorded is not None:  # every checkpoint records the run's signature hash; another run's are set aside
+        checkpointer.sign(signature_hash(recorded), run_signature_hashes(hparams["save_folder"], recorded))
     brain_modules = dict(modules, student=StudentFeatures(modules["student"]))
     brain = DPWavLMBrain(modules=brain_modules, hparams=stage_hparams, run_opts=run_opts, checkpointer=checkpointer)
     brain.fit(
@@ -272,7 +285,12 @@ def check_options(hparams):
 
 
 def load_teacher(hparams):
-    """The frozen teacher (a :class:`DPWavLM` from the HF WavLM folder or hub id ``teacher_source``)."""
+    """The frozen teacher (a :class:`DPWavLM` from the HF WavLM folder or hub id ``teacher_source``).
+
+    The folder is read by the distillation's teacher loader
+    (:func:`~robustdistiller.teacher.load_model_folder`, through :func:`from_hf_model`): a truncated or
+    damaged ``model.safetensors`` is an error naming the file.
+    """
     folder = resolve_teacher_folder(hparams["teacher_source"], hparams.get("teacher_cache_dir"))
     teacher = from_hf_model(folder).eval()
     teacher.requires_grad_(False)
@@ -294,9 +312,10 @@ def _run_started(hparams):
 def check_run_settings(hparams, teacher):
     """Refuses to resume (or to call finished) a run made with other settings; records the settings.
 
-    The signature is ``hparams[run_signature_keys]`` plus the teacher's weights fingerprint, compared with
-    ``<save_folder>/run_signature.json`` whenever the output folder holds any part of a run -- a finished one
-    too, so a rerun with another target sparsity never silently returns the old ``final.pth``. Keys in
+    The signature is ``hparams[run_signature_keys]`` plus the teacher's weights fingerprint, the content of
+    the prepared lists (:func:`~robustdistiller.run_folder.data_signature`: call it after the preparation)
+    and the enhancement head's shapes (robust variant), compared with ``<save_folder>/run_signature.json``
+    whenever the output folder holds any part of a run -- a finished one too, so a rerun with another target sparsity never silently returns the old ``final.pth``. Keys in
     ``accept_changed_settings`` may change (logged). ``train.py`` puts the run options given on the command
     line (``--grad_accumulation_factor``...) into ``hparams`` first (:func:`~robustdistiller.run_folder.with_run_options`).
 
@@ -305,9 +324,10 @@ def check_run_settings(hparams, teacher):
     robustdistiller.run_folder.ChangedSettingsError
         Listing every changed key with both values.
     """
-    signature = run_signature(
-        hparams, hparams["run_signature_keys"], extra={"teacher_fingerprint": weights_fingerprint(teacher)}
-    )
+    extra = {"teacher_fingerprint": weights_fingerprint(teacher), **data_signature(hparams)}
+    if hparams["enhancement_weight"] > 0:
+        extra.update(architecture_signature({"enhancement_head": hparams.get("enhancement_head")}))
+    signature = run_signature(hparams, hparams["run_signature_keys"], extra=extra)
     check_run_signature(
         hparams["save_folder"],
         signature,
@@ -315,7 +335,8 @@ def check_run_settings(hparams, teacher):
         resuming=_run_started(hparams),
     )
     if if_main_process():
-        write_run_signature(hparams["save_folder"], signature)
+        write_run_signature(hparams["save_folder"], signature, run_signature_hashes(hparams["save_folder"], signature))
+    ddp_barrier()  # every process reads the recorded signature (run_stage)
     return signature
 
 
