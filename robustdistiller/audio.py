@@ -3,7 +3,7 @@
 Everything that reads a waveform from disk goes through :func:`load_audio`, so multichannel files,
 other sampling rates, unreadable files and non-audio files are handled in one place, with an error
 that names the file. Reading uses ``soundfile`` (``torchaudio.load`` needs ``torchcodec`` with
-torchaudio 2.11, see REFERENCE.md section 7); resampling uses ``torchaudio.functional.resample``.
+torchaudio 2.11, see ``docs/reference/speechbrain.md`` "Audio I/O"); resampling uses ``torchaudio.functional.resample``.
 """
 
 import logging

@@ -2,8 +2,8 @@
 
 RobustDistiller feeds the teacher the clean utterance and the student a corrupted copy; each utterance
 independently gets one of four conditions (:data:`CONDITIONS`), with probability 0.25 each by default
-(REFERENCE.md section 1). SpeechBrain's ``Augmenter`` makes its decision once per *batch*, and
-``AddReverb`` uses one RIR per batch, so this module makes the decision per *utterance* instead and
+(``docs/reference/robustdistiller.md`` "Corruption"). SpeechBrain's ``Augmenter`` makes its decision once per *batch*,
+and ``AddReverb`` uses one RIR per batch, so this module makes the decision per *utterance* instead and
 runs inside the DataLoader workers (where file reading overlaps with training; the authors read noise
 files in the training step, their main bottleneck).
 

@@ -2,7 +2,8 @@
 
 Every preparation (LibriSpeech, noise pools, RIRs, the downstream corpora) finds its files with
 :func:`walk_folder` or :func:`list_folder`, and reads its text files (transcripts, lists) with
-:func:`read_text` / :func:`read_text_lines`, so the same rules hold everywhere:
+:func:`read_text` / :func:`read_text_lines` (or decode them with :func:`decode_text`), so the same
+rules hold everywhere:
 
 - **Symbolic links are followed.** A folder that is a link (a link farm built from several disks:
   ``train-clean-100/<spk> -> /disk2/...``) is walked like a real folder, and its files keep the
@@ -95,6 +96,21 @@ class SkippedFolders:
         """Logs :meth:`messages` as warnings."""
         for message in self.messages():
             logger.warning(message)
+
+    def error_note(self):
+        """``" (N folder(s) left out: <messages>)"`` to end an error the left-out folders may explain, or ``""``.
+
+        Example
+        -------
+        >>> skipped = SkippedFolders("the lists")
+        >>> skipped.error_note()
+        ''
+        >>> skipped.add_folder(UNREADABLE_FOLDER, "/data/wav/id10002")
+        >>> skipped.error_note().split(":")[0]
+        ' (1 folder(s) left out'
+        """
+        count = self.folder_count()
+        return f" ({count} folder(s) left out: {'; '.join(self.folder_messages())})" if count else ""
 
 
 def _scan(folder):
@@ -271,6 +287,29 @@ def read_text(path, description="Text file"):
     """
     with open(path, "rb") as binary_file:
         content = binary_file.read()
+    return decode_text(content, path, description)
+
+
+def decode_text(content, path, description="Text file"):
+    """``content`` (bytes read from ``path``) decoded as UTF-8; an error names the file and the line.
+
+    For readers that decode only part of a file (e.g. the lines they use), with the line numbers of
+    the file kept: replace the other lines by empty ones. :func:`read_text` reads and decodes a file.
+
+    Raises
+    ------
+    TextFileError
+        See :func:`read_text`.
+
+    Example
+    -------
+    >>> decode_text(b"ok\\n\\n[x] caf\\xc3\\xa9\\n", "/data/a.txt")
+    'ok\\n\\n[x] café\\n'
+    >>> decode_text(b"ok\\n\\n[x] caf\\xe9\\n", "/data/a.txt", "Label file")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    robustdistiller.datafiles.TextFileError: Label file '/data/a.txt', line 3: byte 0xe9 at column 8 is not UTF-8 ...
+    """
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as error:

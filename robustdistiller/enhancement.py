@@ -4,7 +4,8 @@ A BiLSTM reads the student's features (by default the 512-dim CNN output after t
 multiplier; the last hidden state works too with ``input_size=768``), repeated x2 in time so that its
 20 ms frames match the 10 ms STFT hop, and predicts a sigmoid mask over the noisy STFT magnitude
 (n_fft 512, 400-sample Hann window, hop 160, centered). The loss compares ``mask * |STFT(noisy)|`` with
-``|STFT(clean)|`` (see :func:`robustdistiller.losses.enhancement_loss`). REFERENCE.md section 1.
+``|STFT(clean)|`` (see :func:`robustdistiller.losses.enhancement_loss`).
+Facts: ``docs/reference/robustdistiller.md`` "Enhancement head".
 
 Frame alignment: for ``T`` samples the CNN gives ``F = floor((T - 400) / 320) + 1`` frames and the
 centered STFT ``S = T // 160 + 1``, so ``2F`` is ``S - 3`` or ``S - 1`` (e.g. 98 vs 101 for 1 s); both axes

@@ -3,8 +3,8 @@
 For each target teacher layer k the distillation loss is ``L1(pred_k, target_k)`` plus
 ``cosine_weight * mean(-log sigmoid(cos(pred_k, target_k)))`` (DistilHuBERT), averaged over layers;
 the enhancement loss is the L1 distance between the masked noisy magnitude and the clean magnitude
-(REFERENCE.md section 1). Unlike the authors' code, both losses ignore padded frames: every mean is taken
-over the valid frames of the whole batch only, so the padding of a batch never changes the loss.
+(``docs/reference/robustdistiller.md`` "Objective"). Unlike the authors' code, both losses ignore padded frames: every
+mean is taken over the valid frames of the whole batch only, so the padding of a batch never changes the loss.
 Teacher and student frame counts may differ by one frame: the losses trim all inputs to the shortest.
 """
 

@@ -1,7 +1,7 @@
 """Deterministic generator of a small corpus laid out like LibriSpeech, MUSAN, RIRS_NOISES, UrbanSound8K.
 
 The demo recipe and the tests cannot download the real corpora, so this module writes a miniature
-copy of each in its *real* on-disk layout (REFERENCE.md section 6); the real preparation functions of
+copy of each in its *real* on-disk layout (``docs/reference/corpora.md``); the real preparation functions of
 :mod:`robustdistiller.prepare` then run on it unchanged:
 
 - ``LibriSpeech/<subset>/<spk>/<chapter>/<spk>-<chapter>-<utt:04d>.flac`` with

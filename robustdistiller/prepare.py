@@ -1,6 +1,6 @@
 """Data preparation: CSV manifests for LibriSpeech, noise collections and room impulse responses.
 
-Each function reads a corpus in its real on-disk layout (REFERENCE.md section 6), writes CSV files
+Each function reads a corpus in its real on-disk layout (``docs/reference/corpora.md``), writes CSV files
 into ``save_folder`` and returns their paths. They never modify, split or delete anything under the
 user's data folders (unlike SpeechBrain's ``write_csv(..., max_length=...)`` and
 ``prepare_dataset_from_URL``). A JSON marker next to the CSVs records the options; a second call

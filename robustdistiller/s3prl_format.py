@@ -1,7 +1,7 @@
 """Reading and writing students in s3prl's ``distiller`` checkpoint format.
 
 The RobustDistiller and DistilHuBERT authors released their students as s3prl pre-training checkpoints
-(REFERENCE.md section 1, "Authors' checkpoint format"): a pickled dict ::
+(``docs/reference/robustdistiller.md`` "Authors' checkpoint format"): a pickled dict ::
 
     {"Distiller": state_dict, "Config": {"distiller": {...}, ...}, "Optimizer": ..., "Step": int,
      "Args": argparse.Namespace}

@@ -1,7 +1,7 @@
 """The DistilHuBERT student: a 2-layer HuBERT-style backbone plus prediction heads.
 
-The student is the model RobustDistiller trains (REFERENCE.md section 1). Its backbone is a plain
-:class:`transformers.HubertModel` (so a trained backbone is saved and loaded as a standard Hugging Face
+The student is the model RobustDistiller trains (``docs/reference/robustdistiller.md`` "Student"). Its backbone is a
+plain :class:`transformers.HubertModel` (so a trained backbone is saved and loaded as a standard Hugging Face
 model) configured as DistilHuBERT:
 
 * CNN feature extractor (7 conv layers, 512 channels, 320x down-sampling, GroupNorm after the first

@@ -6,10 +6,11 @@ when neither works. :class:`FrozenTeacher` wraps it so that it stays frozen, in 
 layerdrop, even when a parent module or ``Brain.fit`` calls ``.train()``), runs it at its own precision
 whatever the student's mixed precision is (``precision``: fp32 by default, as in the RobustDistiller
 paper; bf16, or fp16 on CUDA, under autocast as DPHuBERT does) and returns the target layers in fp32
-(REFERENCE.md sections 1 and 7). ``benchmarks/teacher_precision.py`` measures how far bf16 / fp16
-targets are from fp32 ones and what they save. :meth:`FrozenTeacher.check_precision` is the recipes'
-start-of-run self-check of low-precision targets against fp32 ones on the first batch (a run whose
-device computes the teacher wrongly in bf16 / fp16 is refused with :class:`TeacherPrecisionError`).
+(``docs/reference/robustdistiller.md`` "Teacher", ``docs/reference/speechbrain.md`` "Brain").
+``benchmarks/teacher_precision.py`` measures how far bf16 / fp16 targets are from fp32 ones and what they save.
+:meth:`FrozenTeacher.check_precision` is the recipes' start-of-run self-check of low-precision targets against fp32
+ones on the first batch (a run whose device computes the teacher wrongly in bf16 / fp16 is refused with
+:class:`TeacherPrecisionError`).
 
 No pretrained weights can be downloaded here: :func:`save_random_teacher` writes a model with *random*
 weights in the same on-disk format, which the demo and the tests use in place of WavLM Base+.

@@ -36,7 +36,7 @@ GATES = dict(
     encoder_prune_attention_heads=True,
     encoder_prune_feed_forward_intermediate=True,
 )
-HUBERT_BASE_NUM_PARAMS = 94_371_456  # reference/dphubert.md section 5 (no relative-position parameters)
+HUBERT_BASE_NUM_PARAMS = 94_371_456  # docs/reference/dphubert.md "Parameter counts" (no relative-position parameters)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """DPWavLM model: hard-concrete maths, parameter counts, prune() exactness, .pth format, HF parity.
 
-Tiny random configs on CPU; facts from ``reference/dphubert.md`` sections 1, 2, 4, 5, 6 and the tests
-of section 7 (1-5 and 8).
+Tiny random configs on CPU; facts from ``docs/reference/dphubert.md`` "Hard-concrete gates",
+"Expected parameter count", "Materialisation", "WavLM attention under pruning", "Checkpoint format",
+"Config keys", "Parameter counts", "Uneven test config" and "Export to transformers".
 """
 
 import math
@@ -22,7 +23,7 @@ from robustdistiller.dpwavlm import (
     wavlm_base_plus_config,
 )
 
-# DPHuBERT's WavLM config keys (reference/dphubert.md section 4.2), written out independently.
+# DPHuBERT's WavLM config keys (docs/reference/dphubert.md "Config keys"), written out independently.
 EXPECTED_CONFIG_KEYS = {
     "extractor_mode", "extractor_conv_layer_config", "extractor_conv_bias", "encoder_embed_dim",
     "encoder_projection_dropout", "encoder_pos_conv_kernel", "encoder_pos_conv_groups", "encoder_num_layers",

@@ -1,7 +1,8 @@
 """DPWavLM objective and schedule (issue 12, item 2): distillation loss, Lagrangian, AdamW groups, lr factor, clipping.
 
 A small stand-in module plays the gated student: parameters named ``*log_alpha`` and a differentiable
-``expected_num_params()`` (the interface of ``robustdistiller.dpwavlm.model``). Facts: dphubert.md sections 3, 7.
+``expected_num_params()`` (the interface of ``robustdistiller.dpwavlm.model``). Facts: docs/reference/dphubert.md
+"Sparsity constraint", "RobustDistiller + DPWavLM choices".
 """
 
 import math
@@ -42,7 +43,7 @@ class StandInStudent(nn.Module):
         self.full_num_params = fixed + unit_cost * units
 
     def expected_num_params(self):
-        # expected L0 of the hard-concrete gates (REFERENCE.md section 3)
+        # expected L0 of the hard-concrete gates (docs/reference/dphubert.md "Hard-concrete gates")
         l0 = torch.sigmoid(self.ffn_log_alpha - BETA * math.log(0.1 / 1.1)).sum()
         return self.fixed + self.unit_cost * l0
 

@@ -4,7 +4,7 @@ For each recipe YAML, the training budget that SpeechBrain's ``Brain`` will actu
 effective batch (``train_dataloader_opts.batch_size`` x ``grad_accumulation_factor``), gradient clipping
 (``max_grad_norm``; SpeechBrain's default is 5.0), learning rate, optimizer class (and AdamW's weight
 decay) and the number of optimizer updates (``optimizer_step_limit``) -- must equal s3prl's table
-(``shared/reference/s3prl_settings.md`` section 8), or the recipe's README must name the YAML key in a
+(``docs/reference/s3prl_settings.md`` "Step budgets"), or the recipe's README must name the YAML key in a
 "Deviations from s3prl" section, with its reason. Where the update budget is set and the size of the
 real training set is known, the ``number_of_epochs`` ceiling must be high enough to reach it.
 
@@ -34,7 +34,7 @@ TORCH_ADAMW_DEFAULT_WEIGHT_DECAY = 0.01
 
 @dataclass(frozen=True)
 class S3prlSettings:
-    """One row of s3prl_settings.md section 8."""
+    """One row of docs/reference/s3prl_settings.md "Step budgets"."""
 
     task: str
     yaml: str  # under recipes/
@@ -196,7 +196,7 @@ def test_training_budget_matches_s3prl_or_is_documented(task):
     undocumented = {quantity: values for quantity, values in mismatches(row, settings).items()
                     if not documented(section, quantity)}
     assert not undocumented, (
-        f"{row.yaml} differs from s3prl ({row.note or 's3prl_settings.md section 8'}) in "
+        f"{row.yaml} differs from s3prl ({row.note or 'docs/reference/s3prl_settings.md, Step budgets'}) in "
         + "; ".join(f"{quantity}: ours {ours}, s3prl {theirs}" for quantity, (ours, theirs) in undocumented.items())
         + f". Fix the YAML, or name the key ({', '.join(k for q in undocumented for k in DEVIATION_KEYS[q])}) "
         f"with the reason in a '## Deviations from s3prl' section of {os.path.join(recipe_folder, 'README.md')}"

@@ -1,6 +1,6 @@
 """Tests of the s3prl ``distiller`` checkpoint import / export (robustdistiller.s3prl_format).
 
-The s3prl checkpoints here are built from the documented key names and shapes (REFERENCE.md section 1,
+The s3prl checkpoints here are built from the documented key names and shapes (``docs/reference/robustdistiller.md``
 "Authors' checkpoint format") with random tensors, saved the way the authors' files are (an optimizer
 object whose class lives in a module ``optimizers``, an ``argparse.Namespace`` under ``"Args"``), and read
 back without that module. s3prl's computation is re-implemented functionally in this file (from its
@@ -85,7 +85,7 @@ ARCHITECTURE_FIELDS = (
 
 
 # ------------------------------------------------------------------------------------------------
-# Documented s3prl layout (written from REFERENCE.md, independently of the module under test)
+# Documented s3prl layout (written from docs/reference/robustdistiller.md, independently of the module under test)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -96,7 +96,10 @@ def conv_spec(cfg):
 
 
 def documented_keys(cfg):
-    """``{s3prl key: shape}`` of DistillerModel for ``cfg`` as listed in REFERENCE.md."""
+    """``{s3prl key: shape}`` of DistillerModel for ``cfg``.
+
+    As listed in docs/reference/robustdistiller.md "Authors' checkpoint format".
+    """
     layers = conv_spec(cfg)
     D, FF, K = cfg["encoder_embed_dim"], cfg["encoder_ffn_embed_dim"], cfg["n_tasks"]
     T = cfg["final_dim"]
@@ -312,7 +315,8 @@ def test_loads_authors_checkpoint_without_the_optimizers_module(tmp_path, record
     state = random_s3prl_state(TINY, seed=2)
     save_authors_style(path, state, TINY, legacy=legacy)
     assert "optimizers" not in sys.modules
-    with pytest.raises(Exception):  # the plain safe loader refuses this file, as REFERENCE.md says
+    # the plain safe loader refuses this file (docs/reference/robustdistiller.md "Authors' checkpoint format")
+    with pytest.raises(Exception):
         torch.load(path, weights_only=True)
 
     with caplog.at_level("INFO", logger="robustdistiller.s3prl_format"):
@@ -422,7 +426,7 @@ def test_full_size_distilhubert(tmp_path, recorder):
                        state["encoder.pos_conv.0.weight_v"])
     assert torch.equal(student.prediction_heads.split_weight, state["output_layer.2.weight"])
     exported = student_to_s3prl(student)["Distiller"]
-    # shapes exactly as printed in REFERENCE.md
+    # shapes exactly as listed in docs/reference/robustdistiller.md "Authors' checkpoint format"
     literal = {
         "feature_extractor.conv_layers.0.0.weight": (512, 1, 10),
         "feature_extractor.conv_layers.4.0.weight": (512, 512, 3),

@@ -1,8 +1,8 @@
 """Shared framework of the SUPERB downstream recipes (``recipes/<Dataset>/<Task>/train.py``).
 
 Every recipe evaluates a *frozen* upstream with a small task head on a learnable softmax-weighted sum
-of the upstream's hidden layers (REFERENCE.md section 5), on clean and corrupted test sets. One module
-per idea:
+of the upstream's hidden layers (``docs/reference/superb_tasks.md`` "Protocol"), on clean and corrupted test sets. One
+module per idea:
 
 * :mod:`~robustdistiller.downstream.upstream`: :class:`FrozenUpstream` (any upstream kind, frozen), its
   identity and :func:`upstream_name`;

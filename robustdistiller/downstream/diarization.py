@@ -1,6 +1,6 @@
 """Speaker diarization (SUPERB SD): frame labels, the head, PIT BCE and the Brain.
 
-s3prl's ``-d diarization`` (``superb_tasks.md`` section 6):
+s3prl's ``-d diarization`` (``docs/reference/superb_tasks.md`` "SD"):
 
 * :func:`frame_labels`: ``[F, S]`` 0/1 labels of a recording from its speaker turns, at the upstream
   rate (``frame_shift`` 320 samples); start / end frame = ``rint(sec * 16000 / 320)``, ``F =

@@ -1,6 +1,6 @@
 """Learning-rate sweep of a downstream recipe: one run per learning rate, the best picked on dev.
 
-SUPERB tunes the learning rate of every task and upstream on a log grid (REFERENCE.md section 5;
+SUPERB tunes the learning rate of every task and upstream on a log grid (``docs/reference/superb_tasks.md`` "Protocol";
 batch sizes stay fixed). This entry point runs a recipe's ``train.py`` once per learning rate, each in
 a subprocess and in its own output folder ``<sweep_folder>/lr_<value>``, reads each run's dev metric
 and writes the table::

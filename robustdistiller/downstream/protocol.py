@@ -86,8 +86,8 @@ def prepare_test_corruption(
 
     The defaults are disjoint from the distillation recipe's (MUSAN ``noise/`` and the real RIRs of
     RIRS_NOISES): test noise is MUSAN ``music/`` and ``speech/`` (babble-like), test reverberation the
-    simulated RIRs. No official noisy SUPERB protocol exists (REFERENCE.md section 4), so this choice is
-    ours and configurable.
+    simulated RIRs. No official noisy SUPERB protocol exists (``docs/reference/superb_tasks.md`` "Protocol"), so this
+    choice is ours and configurable.
 
     Arguments
     ---------

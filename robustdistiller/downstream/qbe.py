@@ -1,6 +1,6 @@
 """Query by example (QbE, SUPERB's QUESST14 task): DTW search over frozen features and TWV scoring.
 
-SUPERB's QbE trains nothing (s3prl's ``quesst14_dtw`` downstream, superb_tasks.md section 4): for one
+SUPERB's QbE trains nothing (s3prl's ``quesst14_dtw`` downstream, ``docs/reference/superb_tasks.md`` "QbE"): for one
 upstream layer,
 
 1. :func:`standardize` the features of all queries and documents of the run with one per-dimension

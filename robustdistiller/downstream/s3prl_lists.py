@@ -15,6 +15,8 @@ import importlib.resources
 import json
 import os
 
+from robustdistiller.datafiles import read_text, read_text_lines
+
 #: s3prl's ER classes, in output order (``exc`` is merged into ``hap``).
 ER_CLASSES = ("neu", "hap", "ang", "sad")
 IEMOCAP_ORDER_FILE = "iemocap_s3prl_order.tsv"
@@ -46,15 +48,14 @@ def read_iemocap_s3prl_order(path=None):
     """
     path = path or iemocap_order_path()
     order = []
-    with open(path, encoding="utf-8") as fin:
-        for number, line in enumerate(fin, start=1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != 2 or fields[1] not in ER_CLASSES:
-                raise ValueError(f"{path}:{number}: expected '<utterance id><TAB><{'|'.join(ER_CLASSES)}>', "
-                                 f"got {line.rstrip()!r}")
-            order.append((fields[0], fields[1]))
+    for number, line in enumerate(read_text_lines(path, "s3prl order file"), start=1):  # non-UTF-8: file, line
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2 or fields[1] not in ER_CLASSES:
+            raise ValueError(f"{path}:{number}: expected '<utterance id><TAB><{'|'.join(ER_CLASSES)}>', "
+                             f"got {line.rstrip()!r}")
+        order.append((fields[0], fields[1]))
     return order
 
 
@@ -81,13 +82,18 @@ def read_s3prl_meta_data(meta_data_folder, test_session):
     FileNotFoundError
         The JSON file is missing (named).
     ValueError
-        It has no ``meta_data`` list of ``{"path": ..., "label": ...}`` entries.
+        It is not JSON, or has no ``meta_data`` list of ``{"path": ..., "label": ...}`` entries (named).
+    robustdistiller.datafiles.TextFileError
+        A byte that is not UTF-8 (file and line named).
     """
     path = os.path.join(meta_data_folder, f"Session{test_session}", "train_meta_data.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"s3prl split file '{path}' not found (s3prl/downstream/emotion/meta_data/...)")
-    with open(path, encoding="utf-8") as fin:
-        content = json.load(fin)
+    try:
+        content = json.loads(read_text(path, "s3prl split file"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"s3prl split file '{path}' is not JSON ({error}); expected s3prl's "
+                         f"downstream/emotion/meta_data/Session{test_session}/train_meta_data.json") from None
     try:
         return [(os.path.splitext(os.path.basename(item["path"]))[0], item.get("label"))
                 for item in content["meta_data"]]

@@ -1,7 +1,7 @@
 """The masking task family (SE, SS): STFT masks from upstream features, the NPSM target, PIT, SI-SDR.
 
 SUPERB's speech enhancement and source separation heads (s3prl ``enhancement_stft`` and
-``separation_stft``, the "v1" recipes behind the SUPERB-SG numbers; ``superb_tasks.md`` sections 7-8):
+``separation_stft``, the "v1" recipes behind the SUPERB-SG numbers; ``docs/reference/superb_tasks.md`` "SE", "SS"):
 
 * :class:`MaskEstimator` (s3prl's ``SepRNN``): weighted-sum features -> 3-layer BiLSTM (896 per
   direction, dropout 0.5 between layers and after) -> one ``Linear(1792 -> 257)`` per source -> ReLU, a

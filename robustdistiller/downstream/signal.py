@@ -3,7 +3,7 @@
 In SE, SS and SD the input the upstream hears is not a clean utterance: it is a noisy recording
 (VoiceBank-DEMAND), a mixture (Libri2Mix ``mix_clean``) or both (``mix_both``), and the targets are the
 *sources* (the clean speech; ``s1`` and ``s2``). One rule covers every test condition
-(``superb_tasks.md`` section 9):
+(``docs/reference/superb_tasks.md`` "Noisy conditions"):
 
 * the upstream hears the condition's **input**: a column of the recipe CSV as released (``input: wav``,
   e.g. SE's noisy test set = the SUPERB number) or the sum of the sources (``input: sources``, e.g. SE's

@@ -17,8 +17,8 @@ rule. :func:`trim_silence` re-implements sox 14.4's ``silence`` effect (``src/si
 
 The threshold is compared after sox's ``gain -3.0`` (so, on the file's scale, a frame is silent
 below 0.1 % x 10^(3/20) = 0.141 % of full scale); the returned samples are *not* scaled (every
-upstream here is scale-invariant, see ``s3prl_settings.md`` section 1). ``gain`` outputs 32-bit
-precision, so sox does not mask the RMS to the file's 16 bits here (``precision=None``): in sox's
+upstream here is scale-invariant, see ``docs/reference/s3prl_settings.md`` "Weighted sum and upstream"). ``gain``
+outputs 32-bit precision, so sox does not mask the RMS to the file's 16 bits here (``precision=None``): in sox's
 ``effects.c`` an effect without ``SOX_EFF_PREC`` or ``SOX_EFF_MODIFY`` outputs ``SOX_SAMPLE_PRECISION``
 (32) bits, and ``gain.c`` sets only ``SOX_EFF_GAIN``. sox is not installed on the development machine,
 so the port is checked against a literal per-sample transcription of ``silence.c``

@@ -18,7 +18,7 @@ The same module is DPHuBERT's prunable HuBERT when built from a HuBERT config or
   interface (what ``load_student`` and ``FrozenUpstream`` give for a DPHuBERT ``.pth``);
 * :mod:`~robustdistiller.dpwavlm.export`: ``dpwavlm.pth`` + padded ``transformers.WavLMModel`` copy + model card.
 
-Facts: ``reference/dphubert.md``.
+Facts: ``docs/reference/dphubert.md``.
 """
 
 from robustdistiller.dpwavlm.checkpoint import (

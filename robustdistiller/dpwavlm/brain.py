@@ -1,6 +1,6 @@
 """The DPWavLM Brain: DPHuBERT's joint distillation + structured pruning (stage 1) and final distillation (stage 2).
 
-One training step (``../shared/reference/dphubert.md`` sections 3 and 7, "Brain"):
+One training step (``docs/reference/dphubert.md`` "Distillation objective", "RobustDistiller + DPWavLM choices"):
 
 * the **clean** crop goes through the frozen teacher (a :class:`~robustdistiller.dpwavlm.model.DPWavLM` built
   from the HF WavLM folder, eval mode, no grad), whose 13 hidden states are DPHuBERT's targets: index 0 is

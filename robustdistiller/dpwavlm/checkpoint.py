@@ -1,6 +1,6 @@
 """DPHuBERT ``.pth`` files, initialisation from HF WavLM folders, and the padded HF WavLM export.
 
-* ``.pth`` = ``{"state_dict", "config", "distill_linear_projs"}`` (``reference/dphubert.md`` section 4.1),
+* ``.pth`` = ``{"state_dict", "config", "distill_linear_projs"}`` (``docs/reference/dphubert.md`` "Checkpoint format"),
   read with ``torch.load(weights_only=True)`` and loaded with ``strict=True``;
 * :func:`from_hf_model`: any ``transformers.WavLMModel`` (or ``HubertModel``) folder -> :class:`DPWavLM` (key
   map, section 4.5);

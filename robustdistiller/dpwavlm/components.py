@@ -1,8 +1,9 @@
 """Building blocks of the prunable WavLM (DPHuBERT's ``wav2vec2/components.py``, torchaudio key names).
 
 Every block can carry hard-concrete gates, count its expected parameters differentiably
-(``get_num_params``, ``reference/dphubert.md`` section 1.3) and materialise its kept units in place
-(``prune``, section 1.4). Soft eval-mode gate values are folded into the following weights.
+(``get_num_params``, ``docs/reference/dphubert.md`` "Expected parameter count") and materialise its kept
+units in place (``prune``, ``docs/reference/dphubert.md`` "Materialisation"). Soft eval-mode gate values are folded
+into the following weights.
 """
 
 import logging

@@ -10,8 +10,8 @@ comes here (:func:`robustdistiller.export.export_student` dispatches on the file
   DPHuBERT's own ``wav2vec2_model(**config)``;
 * ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``: a compatibility copy as a
   ``transformers.WavLMModel`` padded to uniform widths (heads zero-padded at their original indices, FFNs
-  zero-padded to the widest layer; ``reference/dphubert.md`` section 4.6). It is exact only when the CNN's
-  ``dummy_weight`` is all ones, i.e. when the CNN channels were never gated: DPHuBERT's ``prune()``
+  zero-padded to the widest layer; ``docs/reference/dphubert.md`` "Export to transformers"). It is exact only when the
+  CNN's ``dummy_weight`` is all ones, i.e. when the CNN channels were never gated: DPHuBERT's ``prune()``
   multiplies ``dummy_weight`` by the last conv layer's deterministic soft mask whenever CNN pruning is on
   (``conv`` in ``pruning_units``), even when that mask removes no channel (a kept gate's value is
   ``sigmoid(1.2 log_alpha)``, below 1: 0.996 at the initial ``log_alpha``), and ``WavLMModel`` has no

@@ -3,7 +3,7 @@
 One gate vector per prunable unit group (conv channels, heads, FFN units, whole layers). In training
 mode every call draws a fresh sample shared by the whole batch; in eval mode the mask is deterministic
 and *soft*: the ``round(n - L0)`` smallest entries of ``sigmoid(0.8 * log_alpha / beta)`` are zero and
-the others keep their value (``reference/dphubert.md`` section 1.2).
+the others keep their value (``docs/reference/dphubert.md`` "Hard-concrete gates").
 """
 
 import logging

@@ -6,7 +6,8 @@ plain attention: :func:`hubert_base_config`, :func:`is_hubert_config`.
 
 Layout and parameter names follow torchaudio / DPHuBERT (``feature_extractor.*``,
 ``encoder.feature_projection.*``, ``encoder.transformer.*``) so DPHuBERT ``.pth`` files load with
-``strict=True``. See ``reference/dphubert.md`` sections 1, 2, 4.2 and 5.
+``strict=True``. See ``docs/reference/dphubert.md`` "Prunable units", "WavLM attention under pruning",
+"Config keys" and "Parameter counts".
 """
 
 import copy
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 WAVLM_BASE_CONV = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 
-#: Keys of a DPHuBERT WavLM config, in DPHuBERT's order (``reference/dphubert.md`` section 4.2).
+#: Keys of a DPHuBERT WavLM config, in DPHuBERT's order (``docs/reference/dphubert.md`` "Config keys").
 DPHUBERT_WAVLM_CONFIG_KEYS = (
     "extractor_mode",
     "extractor_conv_layer_config",
@@ -69,7 +70,7 @@ PRUNE_FLAGS = DPHUBERT_WAVLM_CONFIG_KEYS[-5:]
 _WAVLM_ONLY_KEYS = ("encoder_total_num_heads", "encoder_remaining_heads", "encoder_num_buckets", "encoder_max_distance")
 
 #: Keys of a DPHuBERT HuBERT config: the WavLM keys with per-layer head counts and one head size instead of
-#: the original heads, their ids and the position buckets (``reference/dphubert.md`` section 4.2).
+#: the original heads, their ids and the position buckets (``docs/reference/dphubert.md`` "Config keys").
 DPHUBERT_HUBERT_CONFIG_KEYS = tuple(
     key
     for wavlm_key in DPHUBERT_WAVLM_CONFIG_KEYS
@@ -161,7 +162,7 @@ def check_config(config):
     if missing or extra:
         raise ValueError(
             f"not a DPHuBERT {'HuBERT' if is_hubert_config(config) else 'WavLM'} config: missing keys {missing}, "
-            f"unexpected keys {extra} (expected the keys of reference/dphubert.md section 4.2)"
+            f"unexpected keys {extra} (expected the keys of docs/reference/dphubert.md 'Config keys')"
         )
     layers = config["encoder_num_layers"]
     per_layer = ("encoder_num_heads",) if is_hubert_config(config) else (
@@ -405,7 +406,7 @@ class DPWavLM(torch.nn.Module):
         """Differentiable expected parameter count (float64 tensor), DPHuBERT's ``get_num_params``.
 
         Excludes the gates' ``log_alpha``, WavLM's ``rel_attn_embed``, ``gru_rel_pos_linear`` and
-        ``gru_rel_pos_const`` (``reference/dphubert.md`` section 1.3); counts ``dummy_weight``.
+        ``gru_rel_pos_const`` (``docs/reference/dphubert.md`` "Expected parameter count"); counts ``dummy_weight``.
         """
         conv_params, channels = self.feature_extractor.get_num_params_and_final_out_channels()
         n = conv_params + self.encoder.feature_projection.get_num_params(channels)

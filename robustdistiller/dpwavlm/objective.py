@@ -1,6 +1,7 @@
 """DPWavLM objective: layer-to-layer distillation and the Lagrangian sparsity term (DPHuBERT).
 
-Stage 1 of DPHuBERT minimises ``distill + reg`` (``../shared/reference/dphubert.md`` section 3):
+Stage 1 of DPHuBERT minimises ``distill + reg`` (``docs/reference/dphubert.md``
+"Distillation objective", "Sparsity constraint"):
 
 * :class:`LayerProjections`: the student's hidden states 0/4/8/12 pass through linear projections,
   identity-initialised, grouped as DPHuBERT's ``--distill_layers 0.4,8,12`` (a period separates groups,
@@ -29,10 +30,10 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-#: Parameter count of the ungated WavLM Base+ teacher (dphubert.md sections 5 and 7, test 2).
+#: Parameter count of the ungated WavLM Base+ teacher (docs/reference/dphubert.md "Parameter counts").
 WAVLM_BASE_PLUS_NUM_PARAMS = 94_381_680
 
-#: The cosine variants of DPHuBERT's ``DistillLoss`` (dphubert.md section 3, "Loss").
+#: The cosine variants of DPHuBERT's ``DistillLoss`` (docs/reference/dphubert.md "Distillation objective").
 COS_TYPES = ("raw", "log_sig")
 
 
@@ -43,7 +44,7 @@ def parse_distill_layers(distill_layers="0.4,8,12"):
     ---------
     distill_layers : str
         Hidden-state indices; a period separates groups, commas separate the layers of a group
-        (default ``"0.4,8,12"``, DPHuBERT's ``run.sh``, dphubert.md section 3).
+        (default ``"0.4,8,12"``, DPHuBERT's ``run.sh``, docs/reference/dphubert.md "Distillation objective").
 
     Returns
     -------
@@ -78,12 +79,13 @@ class LayerProjections(nn.ModuleList):
     An ``nn.ModuleList`` with one entry per distilled layer, the layers of a group holding the *same*
     ``Linear``: for ``"0.4,8,12"`` the list is ``[P0, P1, P1, P1]``, so ``state_dict()`` has DPHuBERT's
     ``distill_linear_projs`` keys ``0.weight`` .. ``3.bias`` (1-3 share storage) and ``parameters()``
-    yields each projection once. Trained with the main learning rate (dphubert.md section 3).
+    yields each projection once. Trained with the main learning rate (docs/reference/dphubert.md
+    "Distillation objective").
 
     Arguments
     ---------
     distill_layers : str
-        See :func:`parse_distill_layers` (default ``"0.4,8,12"``, dphubert.md section 3).
+        See :func:`parse_distill_layers` (default ``"0.4,8,12"``, docs/reference/dphubert.md "Distillation objective").
     student_dim : int
         Student hidden size (768 for WavLM Base+).
     teacher_dim : int
@@ -145,7 +147,8 @@ def distillation_loss(
     Padded frames are replaced by zeros before any arithmetic, so whatever they hold (even NaN) changes
     neither the loss nor any gradient; with uneven lengths the valid frames of all utterances are pooled
     (each valid frame weighs the same). The arithmetic is float32 whatever the input dtype. The defaults
-    are DPHuBERT's ``run.sh`` (``l2=0, l1=1, cos=1, cos_type=raw``; dphubert.md section 3, "Loss").
+    are DPHuBERT's ``run.sh`` (``l2=0, l1=1, cos=1, cos_type=raw``; docs/reference/dphubert.md
+    "Distillation objective").
 
     Arguments
     ---------
@@ -220,8 +223,8 @@ def layer_to_layer_loss(projections, student_hiddens, teacher_hiddens, frame_mas
         ``DistributedDataParallel``).
     student_hiddens, teacher_hiddens : sequence of torch.Tensor
         The 13 hidden states ``[B, T, D]`` of student and teacher (index 0 = feature projection
-        output, before the positional convolution, dphubert.md section 0.4). Frame counts may
-        differ by one frame: all are trimmed to the shortest.
+        output, before the positional convolution, docs/reference/dphubert.md "Distillation objective"). Frame counts
+        may differ by one frame: all are trimmed to the shortest.
     frame_mask : torch.Tensor, optional
         ``[B, T]`` bool valid frames (e.g. ``lengths_to_mask`` of the student's frame lengths).
     **loss_options
@@ -253,8 +256,8 @@ class SparsityLagrangian(nn.Module):
     """DPHuBERT's Lagrangian sparsity term with learnable multipliers ``lambda1``, ``lambda2``.
 
     ``loss_reg = lambda1 (s - t) + lambda2 (s - t)^2`` where ``s = 1 - N_expected / N_teacher`` and
-    ``t = target_sparsity * min(1, completed_steps / sparsity_warmup_steps)`` (dphubert.md section 3,
-    "Lagrangian sparsity constraint"). ``dL/dlambda1 = s - t``: the multipliers are trained by gradient
+    ``t = target_sparsity * min(1, completed_steps / sparsity_warmup_steps)`` (docs/reference/dphubert.md
+    "Sparsity constraint"). ``dL/dlambda1 = s - t``: the multipliers are trained by gradient
     *ascent* (their optimizer group, :func:`robustdistiller.dpwavlm.schedule.build_optimizer`), so
     ``lambda1`` turns negative while ``s < t`` and minimising over the gates then raises ``s``;
     ``lambda2`` only grows. Both start at 0, so the first step moves only the multipliers.
@@ -262,14 +265,14 @@ class SparsityLagrangian(nn.Module):
     Arguments
     ---------
     target_sparsity : float
-        Final target (0.75, DPWavLM "sp0.75", dphubert.md section 3).
+        Final target (0.75, DPWavLM "sp0.75", docs/reference/dphubert.md "Sparsity constraint").
     sparsity_warmup_steps : int
         Optimizer steps of the linear target ramp (5000, ``run.sh``).
     teacher_num_params : int
-        ``N_teacher`` (94,381,680: WavLM Base+ without gates, dphubert.md sections 5 and 7). As in DPHuBERT
-        (``original_num_params`` = the teacher's numel) it includes the 10,224 WavLM relative-position and
-        gating parameters that the expected count leaves out (dphubert.md section 1.3), so a fully open
-        student has ``s`` = 10,224 / 94,381,680 (about 1.1e-4), not 0.
+        ``N_teacher`` (94,381,680: WavLM Base+ without gates, docs/reference/dphubert.md "Parameter counts"). As in
+        DPHuBERT (``original_num_params`` = the teacher's numel) it includes the 10,224 WavLM relative-position and
+        gating parameters that the expected count leaves out (docs/reference/dphubert.md "Expected parameter count"),
+        so a fully open student has ``s`` = 10,224 / 94,381,680 (about 1.1e-4), not 0.
 
     Example
     -------
@@ -319,7 +322,8 @@ class SparsityLagrangian(nn.Module):
         ---------
         expected_num_params : torch.Tensor
             Differentiable scalar, the student's ``expected_num_params()`` (backbone only: no
-            projections, enhancement head or gate parameters, dphubert.md section 7).
+            projections, enhancement head or gate parameters, docs/reference/dphubert.md
+            "RobustDistiller + DPWavLM choices").
         completed_steps : int
             Optimizer steps done so far (the ramp's step).
 

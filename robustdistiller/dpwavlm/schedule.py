@@ -1,6 +1,6 @@
 """DPWavLM optimisation: AdamW parameter groups, the linear warm-up/decay factor, clipping over all groups.
 
-DPHuBERT (``../shared/reference/dphubert.md`` sections 0.3, 3 "Optimizer"/"Trainer", 7 "Optimizer") trains
+DPHuBERT (``docs/reference/dphubert.md`` "Optimizer and schedule") trains
 one ``torch.optim.AdamW`` with three parameter groups on **one** schedule:
 
 ========== =================================================================== ========== ====
@@ -44,7 +44,7 @@ MAIN_GROUP, LOG_ALPHA_GROUP, LAMBDA_GROUP = "main_params", "log_alpha", "lambda"
 #: How the multipliers ascend (module docstring).
 ASCENT_MODES = ("negative_lr", "negated_gradients")
 
-#: Per-stage defaults (dphubert.md section 3, "Stages"): main lr, warm-up and last step of the schedule.
+#: Per-stage defaults (docs/reference/dphubert.md "Stages"): main lr, warm-up and last step of the schedule.
 STAGE_DEFAULTS = {
     1: {"main_lr": 2e-4, "warmup_steps": 15_000, "max_steps": 50_000},
     2: {"main_lr": 1e-4, "warmup_steps": 5_000, "max_steps": 25_000},
@@ -91,15 +91,15 @@ def build_optimizer(
     extra_modules : sequence of torch.nn.Module
         Further modules trained with the main lr (RobustDistiller's enhancement head).
     main_lr : float
-        2e-4 in stage 1, 1e-4 in stage 2 (dphubert.md section 3).
+        2e-4 in stage 1, 1e-4 in stage 2 (docs/reference/dphubert.md "Stages").
     log_alpha_lr : float
-        0.02 (DPHuBERT's ``reg_learning_rate``, dphubert.md section 3).
+        0.02 (DPHuBERT's ``reg_learning_rate``, docs/reference/dphubert.md "Optimizer and schedule").
     lambda_lr : float
-        Magnitude of the multipliers' lr, 0.02 (applied as ascent, dphubert.md section 3).
+        Magnitude of the multipliers' lr, 0.02 (applied as ascent, docs/reference/dphubert.md "Optimizer and schedule").
     weight_decay : float
         Main group's weight decay, 0.0 (``run.sh --weight_decay 0.0``); the other groups always 0.
     betas, eps : tuple of float, float
-        torch's AdamW defaults (0.9, 0.999) and 1e-8, as DPHuBERT (dphubert.md section 0.3).
+        torch's AdamW defaults (0.9, 0.999) and 1e-8, as DPHuBERT (docs/reference/dphubert.md "Optimizer and schedule").
     ascent : str
         ``"negative_lr"`` (DPHuBERT's, default) or ``"negated_gradients"`` (module docstring).
     fused : bool, optional
@@ -174,9 +174,9 @@ class LinearDecaySchedule:
     Arguments
     ---------
     warmup_steps : int
-        15,000 in stage 1, 5,000 in stage 2 (dphubert.md section 3).
+        15,000 in stage 1, 5,000 in stage 2 (docs/reference/dphubert.md "Stages").
     max_steps : int
-        50,000 in stage 1, 25,000 in stage 2 (dphubert.md section 3).
+        50,000 in stage 1, 25,000 in stage 2 (docs/reference/dphubert.md "Stages").
 
     Example
     -------
@@ -245,7 +245,7 @@ def clip_grad_norm_all_groups(optimizer, max_grad_norm=10.0):
     optimizer : torch.optim.Optimizer
         Any optimizer; every group's parameters count (``log_alpha`` and the multipliers included).
     max_grad_norm : float
-        10.0 (DPHuBERT's ``gradient_clip_val``, dphubert.md section 3, "Trainer").
+        10.0 (DPHuBERT's ``gradient_clip_val``, docs/reference/dphubert.md "Optimizer and schedule").
 
     Returns
     -------
@@ -282,7 +282,7 @@ def prepare_optimizer_step(optimizer, max_grad_norm=10.0):
     optimizer : torch.optim.Optimizer
         From :func:`build_optimizer`.
     max_grad_norm : float
-        10.0 (dphubert.md section 3, "Trainer").
+        10.0 (docs/reference/dphubert.md "Optimizer and schedule").
 
     Returns
     -------

@@ -1,8 +1,8 @@
 """The DPWavLM stage driver: stage 1 (distill + prune) -> materialisation -> stage 2 (final distillation).
 
 ``python train.py hparams/dpwavlm.yaml`` (or ``hparams/robust_dpwavlm.yaml``) ends up in :func:`run_stages`
-(``train.py`` dispatches on the YAML key ``recipe: dpwavlm``). Stages (``../shared/reference/dphubert.md``
-sections 3 and 7, "Stage driver"):
+(``train.py`` dispatches on the YAML key ``recipe: dpwavlm``). Stages (``docs/reference/dphubert.md``
+"Stages", "RobustDistiller + DPWavLM choices"):
 
 1. **Stage 1**, ``stage1_steps`` (50k) optimizer steps of distillation + Lagrangian sparsity on the gated
    student (:class:`~robustdistiller.dpwavlm.brain.DPWavLMBrain`), SpeechBrain checkpoints in

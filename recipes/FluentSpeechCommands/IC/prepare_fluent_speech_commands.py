@@ -2,11 +2,12 @@
 
 Reads the release's split files ``<data_folder>/data/{train,valid,test}_data.csv`` (header
 ``,path,speakerId,transcription,action,object,location``, the first column an unnamed index; ``path``
-relative to ``data_folder``, e.g. ``wavs/speakers/<speakerId>/<uuid>.wav``; REFERENCE.md section 6) and
-writes ``train.csv``, ``valid.csv`` and ``test.csv`` (``ID,duration,wav,start,stop,speaker,transcription,
-action,object,location``) to the save folder. The splits are the release's (their speakers are
-disjoint); the value set of each slot is the one of the training CSV, as in s3prl's ``fluent_commands``,
-so a dev or test value never seen in training is an error. Nothing is written under ``data_folder``.
+relative to ``data_folder``, e.g. ``wavs/speakers/<speakerId>/<uuid>.wav``; ``docs/reference/corpora.md``
+"Fluent Speech Commands") and writes ``train.csv``, ``valid.csv`` and ``test.csv``
+(``ID,duration,wav,start,stop,speaker,transcription,action,object,location``) to the save folder. The splits are the
+release's (their speakers are disjoint); the value set of each slot is the one of the training CSV, as in s3prl's
+``fluent_commands``, so a dev or test value never seen in training is an error. Nothing is written under
+``data_folder``.
 """
 
 import csv

@@ -2,7 +2,8 @@
 
 Two inputs (``data_format``; ``auto`` detects which):
 
-* ``librimix``: the generated ``Libri2Mix`` folder of s3prl's fork (``superb_tasks.md`` section 0.1),
+* ``librimix``: the generated ``Libri2Mix`` folder of s3prl's fork (``docs/reference/corpora.md``
+  "Libri2Mix for diarization"),
   ``wav16k/max/{train-100,dev,test}/{mix_both,s1,s2,noise}/<id>.wav`` and
   ``wav16k/max/metadata/mixture_<split>_mix_both.csv`` (``mixture_ID, mixture_path, source_1_path,
   source_2_path, noise_path, length``), plus the fork's per-utterance VAD RTTMs

@@ -1,6 +1,6 @@
 """Data preparation of SUPERB query by example (QbE) on QUESST 2014.
 
-The SUPERB protocol (s3prl's ``quesst14_dtw`` downstream, superb_tasks.md section 4):
+The SUPERB protocol (s3prl's ``quesst14_dtw`` downstream, ``docs/reference/superb_tasks.md`` "QbE"):
 
 * documents: the entries of ``scoring/language_key_utterances.lst`` whose language is kept
   (``nnenglish``, non-native English, by default); queries: the kept entries of

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """SUPERB query by example (QbE) on QUESST 2014 with a frozen upstream: DTW search, no training.
 
-As s3prl's ``quesst14_dtw`` downstream (superb_tasks.md section 4): every upstream layer is used on
+As s3prl's ``quesst14_dtw`` downstream (``docs/reference/superb_tasks.md`` "QbE"): every upstream layer is used on
 its own; for one layer the features of all queries and documents are standardised together, each
 query is searched in each document by subsequence DTW over ``exp(cosine distance) - 1`` distances,
 and the scores are z-normalised per query (:mod:`robustdistiller.downstream.qbe`). Every layer is

@@ -1,6 +1,7 @@
 """Data preparation of Audio-SNIPS for SUPERB slot filling (SF): one CSV per split, and the vocabulary.
 
-Reads the release as s3prl's ``SnipsDataset`` does (``superb_tasks.md`` section 5)::
+Reads the release as s3prl's ``SnipsDataset`` does (``docs/reference/corpora.md`` "Audio-SNIPS",
+``docs/reference/superb_tasks.md`` "SF")::
 
     SNIPS/
         all.iob.snips.txt   <id> BOS <UPPERCASE WORDS> EOS<TAB>O <slot name or O per word> <Intent>

@@ -1,6 +1,7 @@
 """Data preparation of SUPERB keyword spotting (KS) on Speech Commands v0.01.
 
-The SUPERB protocol (s3prl's ``speech_commands`` downstream, REFERENCE.md sections 5 and 6):
+The SUPERB protocol (s3prl's ``speech_commands`` downstream, ``docs/reference/s3prl_settings.md`` "KS settings",
+``docs/reference/corpora.md`` "Speech Commands"):
 
 * 12 classes: the ten commands ``yes no up down left right on off stop go``, ``_unknown_`` (every
   other word folder) and ``_silence_``.

@@ -1,8 +1,8 @@
 """Data preparation of SUPERB speech enhancement (SE) on VoiceBank-DEMAND.
 
 The release (Edinburgh DataShare, "Noisy speech database for training speech enhancement algorithms
-and TTS models"), 16 kHz version, as s3prl's ``enhancement_stft`` reads it (``superb_tasks.md``
-sections 0.7 and 7)::
+and TTS models"), 16 kHz version, as s3prl's ``enhancement_stft`` reads it (``docs/reference/corpora.md``
+"VoiceBank-DEMAND", ``docs/reference/superb_tasks.md`` "SE")::
 
     <data_folder>/clean_trainset_28spk_wav_16k/pNNN_NNN.wav   noisy_trainset_28spk_wav_16k/pNNN_NNN.wav
     <data_folder>/clean_testset_wav_16k/pNNN_NNN.wav          noisy_testset_wav_16k/pNNN_NNN.wav
