@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 
 import numpy as np
@@ -330,7 +331,7 @@ def test_crop_shorter_than_the_receptive_field_is_refused_up_front(tmp_path):
 
 def _block_listing(patch, *folders):
     """Makes ``os.scandir`` fail with ``PermissionError`` for ``folders``, as for an unreadable folder."""
-    real_scandir = os.scandir
+    real_scandir, real_listdir = os.scandir, os.listdir
     blocked = {os.path.abspath(str(folder)) for folder in folders}
 
     def scandir(path="."):
@@ -338,7 +339,13 @@ def _block_listing(patch, *folders):
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_scandir(path)
 
+    def listdir(path="."):  # as os.scandir: code that still lists with os.listdir meets the same folder
+        if os.path.abspath(os.fspath(path)) in blocked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_listdir(path)
+
     patch.setattr(os, "scandir", scandir)
+    patch.setattr(os, "listdir", listdir)
 
 
 def _folders_skipped(csv_path):
@@ -622,3 +629,217 @@ def test_split_check_names_every_problem(tmp_path):
     assert "'decrease' (first in row e2, line 3)" in message
     assert "1 object value never seen" in message and "'shoes' (first in row e1, line 2)" in message
     check_split_lists({"train": files["train"], "test": files["train"]}, ["action"])  # all known: no error
+
+
+# --- 10. VoxCeleb1, IEMOCAP, the PR lexicon: links, unreadable folders, non-UTF-8 text (items 8, 11) ---
+
+
+SID_MODULE = "recipes/VoxCeleb1/SID/prepare_voxceleb1_sid.py"
+ASV_MODULE = "recipes/VoxCeleb1/ASV/prepare_voxceleb1_asv.py"
+ER_MODULE = "recipes/IEMOCAP/ER/prepare_iemocap.py"
+
+
+def _voxceleb1(folder, layout="merged", dev_speakers=3):
+    """The fixture's VoxCeleb1: one video of three utterances per speaker (train, dev, test of SID)."""
+    from robustdistiller.fixtures.voxceleb1 import generate_voxceleb1
+
+    return generate_voxceleb1(str(folder), seed=0, dev_speakers=dev_speakers, test_speakers=2, videos_per_speaker=1,
+                              utterances_per_video=3, layout=layout)
+
+
+def _voxceleb1_link_farm(corpus, farm):
+    """``farm`` mirrors ``corpus``: its lists and every speaker folder are symbolic links into ``corpus``.
+
+    In the s3prl layout ``test`` itself is one link (a whole archive on another disk).
+    """
+    os.makedirs(farm)
+    for name in sorted(os.listdir(corpus)):
+        source = os.path.join(corpus, name)
+        if os.path.isfile(source):
+            os.symlink(source, os.path.join(farm, name))
+        elif name == "test":
+            os.symlink(source, os.path.join(farm, name))
+        else:
+            wav = os.path.join(source, "wav") if name != "wav" else source
+            farm_wav = os.path.join(farm, name, "wav") if name != "wav" else os.path.join(farm, "wav")
+            os.makedirs(farm_wav)
+            for speaker in sorted(os.listdir(wav)):
+                os.symlink(os.path.join(wav, speaker), os.path.join(farm_wav, speaker))
+    return farm
+
+
+@pytest.mark.parametrize("layout", ["merged", "s3prl"])
+def test_voxceleb1_link_farm_of_speaker_folders_is_read(tmp_path, caplog, layout):
+    sid = _recipe_module(SID_MODULE, "sid_prepare_links")
+    asv = _recipe_module(ASV_MODULE, "asv_prepare_links")
+    corpus = _voxceleb1(tmp_path / "disk", layout)
+    farm = _voxceleb1_link_farm(corpus, str(tmp_path / "farm" / "VoxCeleb1"))
+    before = folder_snapshot(corpus, farm)
+    tables = {}
+    with caplog.at_level(logging.WARNING):
+        for name, root in (("real", corpus), ("farm", farm)):
+            sid_paths = sid.prepare_voxceleb1_sid(root, str(tmp_path / name / "sid"))
+            asv_paths = asv.prepare_voxceleb1_asv(root, str(tmp_path / name / "asv"), valid_speakers=2,
+                                                  min_train_duration=0.0)
+            tables[name] = {f"{task}_{split}": _rows(path) for task, paths in (("sid", sid_paths), ("asv", asv_paths))
+                            for split, path in paths.items()}
+    assert _warnings(caplog) == []
+    for key, rows in tables["real"].items():
+        farm_rows = tables["farm"][key]
+        assert rows and [row.get("ID", row.get("enrol")) for row in rows] == \
+            [row.get("ID", row.get("enrol")) for row in farm_rows], key
+        for row, farm_row in zip(rows, farm_rows):
+            if "wav" in row:  # the same relative path, under the farm (the links are kept in the paths)
+                assert farm_row["wav"] == os.path.join(farm, os.path.relpath(row["wav"], corpus))
+    assert {row["speaker"] for row in tables["farm"]["sid_test"]} == {"id10001", "id10002", "id10003", "id10270",
+                                                                       "id10271"}
+    assert folder_snapshot(corpus, farm) == before
+
+
+def test_voxceleb1_unreadable_folders_are_counted_warned_and_named(tmp_path, caplog, monkeypatch):
+    asv = _recipe_module(ASV_MODULE, "asv_prepare_unreadable")
+    sid = _recipe_module(SID_MODULE, "sid_prepare_unreadable")
+    corpus = _voxceleb1(tmp_path / "merged", dev_speakers=4)
+    wav = os.path.join(corpus, "wav")
+    before = folder_snapshot(corpus)
+    save = tmp_path / "asv"
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
+        _block_listing(patch, os.path.join(wav, "id10002"))  # a dev speaker folder
+        paths = asv.prepare_voxceleb1_asv(corpus, str(save), valid_speakers=2, min_train_duration=0.0)
+    speakers = {row["speaker"] for split in ("train", "valid") for row in _rows(paths[split])}
+    assert speakers == {"id10001", "id10003", "id10004"}
+    warning = f"1 folder left out of the VoxCeleb1 ASV lists of {save}: {UNREADABLE_FOLDER} (e.g. {wav}/id10002 ("
+    assert any(message.startswith(warning) and "Permission denied" in message for message in _warnings(caplog))
+
+    video = next(entry.path for entry in os.scandir(os.path.join(wav, "id10003")) if entry.is_dir())
+    with monkeypatch.context() as patch:  # a video folder: one dev speaker too few, and the error says why
+        _block_listing(patch, video)
+        with pytest.raises(ValueError, match=rf"holds 3 dev speakers .*valid_speakers=3 \(1 folder\(s\) left out: "
+                                             rf".*{re.escape(UNREADABLE_FOLDER)} "
+                                             rf"\(e.g. {re.escape(video)} "):
+            asv.prepare_voxceleb1_asv(corpus, str(tmp_path / "asv2"), valid_speakers=3, min_train_duration=0.0)
+    with monkeypatch.context() as patch:  # the wav folder itself: an error naming it, for both recipes
+        _block_listing(patch, wav)
+        for prepare in (lambda: asv.prepare_voxceleb1_asv(corpus, str(tmp_path / "asv3"), valid_speakers=2),
+                        lambda: sid.prepare_voxceleb1_sid(corpus, str(tmp_path / "sid3"))):
+            with pytest.raises(FolderReadError, match=rf"VoxCeleb1 wav folder '{re.escape(wav)}' cannot be listed"):
+                prepare()
+    assert folder_snapshot(corpus) == before
+
+    s3prl = _voxceleb1(tmp_path / "s3prl", layout="s3prl")  # s3prl's layout: the unreadable test/ archive
+    test_archive = os.path.join(s3prl, "test")
+    caplog.clear()
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
+        _block_listing(patch, test_archive)
+        with pytest.raises(FileNotFoundError, match=rf"missing or unreadable .*1 folder\(s\) left out: "
+                                                    rf".*\(e.g. {re.escape(test_archive)} \("):
+            sid.prepare_voxceleb1_sid(s3prl, str(tmp_path / "sid4"))
+    assert any(f"{UNREADABLE_FOLDER} (e.g. {test_archive} (" in message for message in _warnings(caplog))
+
+
+def test_voxceleb1_lists_and_lexicon_that_are_not_utf8_name_the_file_and_the_line(tmp_path):
+    from robustdistiller.downstream.librispeech import read_lexicon_files
+
+    sid = _recipe_module(SID_MODULE, "sid_prepare_utf8")
+    asv = _recipe_module(ASV_MODULE, "asv_prepare_utf8")
+    corpus = _voxceleb1(tmp_path / "data")
+    split_file, trial_file = os.path.join(corpus, "iden_split.txt"), os.path.join(corpus, "veri_test.txt")
+    split_lines = open(split_file, "rb").read().count(b"\n")
+    with open(split_file, "ab") as fout:
+        fout.write(b"1 id10001/caf\xe9/00009.wav\n")  # Latin-1 in the last line
+    trial_bytes = open(trial_file, "rb").read().split(b"\n")
+    trial_bytes[1] = trial_bytes[1].replace(b"/", b"\xff/", 1)  # line 2
+    open(trial_file, "wb").write(b"\n".join(trial_bytes))
+    column = trial_bytes[1].index(b"\xff") + 1
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_bytes(b"HELLO\tHH AH0 L OW1\nNAIVE\tN AY0 IY1 V\nNA\xefVE\tN AY0 IY1 V\n")
+    before = folder_snapshot(corpus)
+    with pytest.raises(TextFileError, match=rf"split file '{split_file}', line {split_lines + 1}: byte 0xe9 at "
+                                            r"column 14 is not UTF-8"):
+        sid.prepare_voxceleb1_sid(corpus, str(tmp_path / "sid"))
+    with pytest.raises(TextFileError, match=rf"trial list '{trial_file}', line 2: byte 0xff at column {column} "):
+        asv.prepare_voxceleb1_asv(corpus, str(tmp_path / "asv"), valid_speakers=2)
+    with pytest.raises(TextFileError, match=rf"Lexicon file \(lexicon_files\) '{lexicon}', line 3: byte 0xef at "
+                                            r"column 3 is not UTF-8"):
+        read_lexicon_files([str(lexicon)])
+    assert folder_snapshot(corpus) == before
+
+
+def _iemocap(folder):
+    from robustdistiller.fixtures.iemocap import generate_iemocap
+
+    return generate_iemocap(str(folder), seed=0, utterances_per_emotion=1, dialogs_per_session=1, words=(2, 3))
+
+
+def test_iemocap_symlinked_sessions_unreadable_dialogs_and_non_utf8_labels(tmp_path, caplog, monkeypatch):
+    er = _recipe_module(ER_MODULE, "er_prepare_issue20")
+    release = _iemocap(tmp_path / "disk")
+    farm = tmp_path / "farm" / "IEMOCAP_full_release"
+    farm.mkdir(parents=True)
+    for session in range(1, 6):  # a link farm of sessions (e.g. each on its own disk)
+        os.symlink(os.path.join(release, f"Session{session}"), farm / f"Session{session}")
+    before = folder_snapshot(release, str(farm))
+    with caplog.at_level(logging.WARNING):
+        real = er.prepare_iemocap(release, str(tmp_path / "real"), dev_split_order="sorted")
+        linked = er.prepare_iemocap(str(farm), str(tmp_path / "linked"), dev_split_order="sorted")
+    assert _warnings(caplog) == []
+    for split in ("train", "dev", "test"):
+        rows, farm_rows = _rows(real[split]), _rows(linked[split])
+        assert rows and [row["ID"] for row in rows] == [row["ID"] for row in farm_rows]
+        assert [row["wav"] for row in farm_rows] == [str(farm / os.path.relpath(row["wav"], release)) for row in rows]
+
+    dialog = farm / "Session2" / "sentences" / "wav" / "Ses02F_impro01"
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
+        _block_listing(patch, dialog)  # its labelled utterances have "no wav file": the error says why
+        with pytest.raises(FileNotFoundError, match=rf"have no wav file.*1 folder\(s\) left out: "
+                                                    rf".*{re.escape(UNREADABLE_FOLDER)} "
+                                                    rf"\(e.g. {re.escape(str(dialog))} \("):
+            er.prepare_iemocap(str(farm), str(tmp_path / "save"), dev_split_order="sorted")
+    assert any(f"{UNREADABLE_FOLDER} (e.g. {dialog} (" in message for message in _warnings(caplog))
+    with monkeypatch.context() as patch:  # a session folder: an error naming it, not "not found"
+        _block_listing(patch, farm / "Session3")
+        with pytest.raises(FolderReadError, match=rf"IEMOCAP session folder '{farm / 'Session3'}' cannot be listed"):
+            er.prepare_iemocap(str(farm), str(tmp_path / "save"), dev_split_order="sorted")
+    assert folder_snapshot(release, str(farm)) == before
+
+    label_file = os.path.join(release, "Session4", "dialog", "EmoEvaluation", "Ses04F_impro01.txt")
+    content = open(label_file, "rb").read()
+    lines = content.split(b"\n")
+    evaluator = next(number for number, line in enumerate(lines) if line.startswith(b"C-E"))
+    lines[evaluator] += b" (tr\xe8s triste)"  # a free-text evaluator line: never used, still read as before
+    open(label_file, "wb").write(b"\n".join(lines))
+    before = folder_snapshot(release)
+    paths = er.prepare_iemocap(release, str(tmp_path / "comment"), dev_split_order="sorted")
+    assert sorted(row["ID"] for split in paths.values() for row in _rows(split)) == \
+        sorted(row["ID"] for split in real.values() for row in _rows(split))
+    assert folder_snapshot(release) == before
+    summary = next(number for number, line in enumerate(lines) if line.startswith(b"[") and b"\tneu\t" in line)
+    lines[summary] = lines[summary].replace(b"\tneu\t", b"\tn\xe9u\t")  # a label: an error naming file and line
+    open(label_file, "wb").write(b"\n".join(lines))
+    column = lines[summary].index(b"\xe9") + 1
+    before = folder_snapshot(release)
+    with pytest.raises(TextFileError, match=rf"IEMOCAP label file '{label_file}', line {summary + 1}: byte 0xe9 at "
+                                            rf"column {column} is not UTF-8"):
+        er.prepare_iemocap(release, str(tmp_path / "labels"), dev_split_order="sorted")
+    assert folder_snapshot(release) == before
+
+
+def test_s3prl_er_lists_that_are_not_utf8_or_json_name_the_file(tmp_path):
+    from robustdistiller.downstream.s3prl_lists import read_iemocap_s3prl_order, read_s3prl_meta_data
+
+    order = tmp_path / "order.tsv"
+    order.write_bytes(b"# s3prl order\nSes02F_impro01_F000\tneu\nSes02F_impro01_F00\xb9\tsad\n")
+    with pytest.raises(TextFileError, match=rf"s3prl order file '{re.escape(str(order))}', line 3: byte 0xb9 at "
+                                            r"column 19 is not UTF-8"):
+        read_iemocap_s3prl_order(str(order))
+    meta_data = tmp_path / "meta_data" / "Session1" / "train_meta_data.json"
+    meta_data.parent.mkdir(parents=True)
+    meta_data.write_bytes(b'{"meta_data": [\n{"path": "Ses02F_impro01/Ses02F_impro01_F000.wav", "label": "neu"},\n'
+                          b'{"path": "Ses02F_impro01/Ses02F_impro01_F001.wav", "label": "h\xe4p"}]}\n')
+    before = folder_snapshot(str(tmp_path))
+    with pytest.raises(TextFileError, match=rf"'{re.escape(str(meta_data))}', line 3: byte 0xe4 at column 63 "):
+        read_s3prl_meta_data(str(tmp_path / "meta_data"), 1)
+    assert folder_snapshot(str(tmp_path)) == before
+    meta_data.write_text('{"meta_data": [')
+    with pytest.raises(ValueError, match=rf"s3prl split file '{re.escape(str(meta_data))}' is not JSON"):
+        read_s3prl_meta_data(str(tmp_path / "meta_data"), 1)

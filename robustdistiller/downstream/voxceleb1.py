@@ -11,10 +11,20 @@
 :func:`speaker_folders` maps each speaker to the one holding it: split and trial lists name files
 relative to ``wav/`` (``id10001/1zcIwhmdeo4/00001.wav``) and resolve through it
 (:func:`resolve_listed_path`).
+
+Folders are listed with :func:`robustdistiller.datafiles.list_folder`: symbolic links are followed
+(``dev``, ``wav`` or speaker folders may be links into other disks: a link farm), the data folder and
+each ``wav`` folder must be readable (else a :class:`~robustdistiller.datafiles.FolderReadError` names
+it), and any other folder that cannot be listed (a ``<data_folder>/*`` folder, a speaker or video
+folder) is left out, counted and warned about (:class:`~robustdistiller.datafiles.SkippedFolders`),
+never dropped silently. The depth is fixed (``wav/<speaker>/<video>/<file>``), so a link cycle cannot
+make a walk loop.
 """
 
 import logging
 import os
+
+from robustdistiller.datafiles import SkippedFolders, list_folder
 
 logger = logging.getLogger(__name__)
 
@@ -23,13 +33,24 @@ LAYOUTS = ("<data_folder>/wav/idNNNNN/<video>/NNNNN.wav (both archives in one wa
            "<data_folder>/*/wav/ folder is read)")
 
 
-def voxceleb1_wav_folders(data_folder):
+def voxceleb1_wav_folders(data_folder, skipped=None):
     """The ``wav`` folders of a VoxCeleb1 folder: ``wav/`` if present, then every ``*/wav/``, sorted.
+
+    Arguments
+    ---------
+    data_folder : str
+        The VoxCeleb1 folder.
+    skipped : robustdistiller.datafiles.SkippedFolders, optional
+        Receives the ``<data_folder>/*`` folders that cannot be listed (they might hold a ``wav``
+        folder). None: they are warned about here.
 
     Raises
     ------
     FileNotFoundError
-        ``data_folder`` is missing, or holds neither layout (both are named in the message).
+        ``data_folder`` is missing, or holds neither layout (both are named in the message, and the
+        folders that could not be listed).
+    robustdistiller.datafiles.FolderReadError
+        ``data_folder`` cannot be listed.
 
     Example
     -------
@@ -43,18 +64,26 @@ def voxceleb1_wav_folders(data_folder):
     if not os.path.isdir(data_folder):
         raise FileNotFoundError(f"VoxCeleb1 folder '{data_folder}' not found (data_folder); expected "
                                 + " or ".join(LAYOUTS))
+    own_record = skipped is None
+    skipped = SkippedFolders(f"the VoxCeleb1 wav folders of {data_folder}") if own_record else skipped
     folders = []
     merged = os.path.join(data_folder, "wav")
-    if os.path.isdir(merged):
+    subfolders = list_folder(data_folder, "VoxCeleb1 folder (data_folder)")[0]
+    if "wav" in subfolders:
         folders.append(merged)
-    for name in sorted(os.listdir(data_folder)):
-        candidate = os.path.join(data_folder, name, "wav")
-        if not name.startswith(".") and os.path.isdir(candidate):
-            folders.append(candidate)
+    for name in subfolders:
+        if name.startswith(".") or name == "wav":
+            continue
+        candidate = os.path.join(data_folder, name)
+        if "wav" in list_folder(candidate, skipped=skipped)[0]:  # unreadable: counted in skipped
+            folders.append(os.path.join(candidate, "wav"))
+    if own_record:
+        skipped.warn()
     if not folders:
         raise FileNotFoundError(
             f"VoxCeleb1 folder '{data_folder}' has no wav folder. Looked for {LAYOUTS[0]}, and for "
             f"{LAYOUTS[1]}; found neither '{merged}' nor any '{os.path.join(data_folder, '*', 'wav')}'"
+            f"{skipped.error_note()}"
         )
     return folders
 
@@ -62,12 +91,28 @@ def voxceleb1_wav_folders(data_folder):
 def speaker_folders(wav_folders):
     """``{speaker: wav folder holding it}``; a speaker in several folders keeps the first (logged).
 
-    Hidden entries (``.*``, e.g. macOS ``._*`` files) and plain files are ignored.
+    Hidden entries (``.*``, e.g. macOS ``._*`` files) and plain files are ignored; speaker folders
+    that are symbolic links to folders count as speaker folders.
+
+    Raises
+    ------
+    robustdistiller.datafiles.FolderReadError
+        A wav folder cannot be listed (named).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(root, "disk2", "id10002"))
+    >>> os.makedirs(os.path.join(root, "wav", "id10001"))
+    >>> os.symlink(os.path.join(root, "disk2", "id10002"), os.path.join(root, "wav", "id10002"))
+    >>> sorted(speaker_folders([os.path.join(root, "wav")]))
+    ['id10001', 'id10002']
     """
     owner, duplicates = {}, []
     for folder in wav_folders:
-        for speaker in sorted(os.listdir(folder)):
-            if speaker.startswith(".") or not os.path.isdir(os.path.join(folder, speaker)):
+        for speaker in list_folder(folder, "VoxCeleb1 wav folder")[0]:
+            if speaker.startswith("."):
                 continue
             if speaker in owner:
                 duplicates.append(speaker)

@@ -1,6 +1,6 @@
 """Data preparation of SUPERB emotion recognition (ER) on IEMOCAP, one leave-one-session-out fold.
 
-Reads the real release layout (REFERENCE.md section 6) without touching it::
+Reads the real release layout (``docs/reference/corpora.md`` "IEMOCAP") without touching it::
 
     IEMOCAP_full_release/SessionN/sentences/wav/<dialog>/<utterance>.wav
     IEMOCAP_full_release/SessionN/dialog/EmoEvaluation/<dialog>.txt
@@ -25,6 +25,11 @@ and dev (the rest), exactly like s3prl (``torch.manual_seed(0)`` then ``random_s
   or the miniature fixture; the dev set is then not s3prl's).
 
 macOS resource-fork files (``._*``) and any other non-wav files are skipped, with a logged count.
+Folders are listed with :func:`robustdistiller.datafiles.list_folder`: session and dialog folders may
+be symbolic links (followed); the data folder, a session's ``sentences/wav`` and ``dialog/EmoEvaluation``
+folders must be readable (else an error names the folder); a dialog folder that cannot be listed is
+left out, counted and warned about, and named again in the error its labelled utterances then cause.
+The summary lines of the label files must be UTF-8 (a byte that is not names the file and the line).
 ``train.csv``, ``dev.csv`` and ``test.csv`` (``ID,duration,wav,start,stop,emotion,speaker,session``)
 are written to the save folder; nothing is written under ``data_folder``.
 """
@@ -36,6 +41,7 @@ import re
 import torch
 
 from robustdistiller.audio import AudioLoadError, audio_info
+from robustdistiller.datafiles import SkippedFolders, decode_text, list_folder
 from robustdistiller.downstream.s3prl_lists import ER_CLASSES, iemocap_s3prl_pool, read_s3prl_meta_data
 from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
@@ -75,6 +81,8 @@ def read_emo_evaluation(label_file):
     ------
     ValueError
         A line starting with ``[`` that is not a summary line (file and line number named).
+    robustdistiller.datafiles.TextFileError
+        A summary line holds a byte that is not UTF-8 (file and line named).
 
     Example
     -------
@@ -86,18 +94,28 @@ def read_emo_evaluation(label_file):
     >>> read_emo_evaluation(path)
     {'Ses01F_impro01_F000': 'neu'}
     """
+    with open(label_file, "rb") as fin:
+        content = fin.read()
+    # Only the summary lines ("[" first) are decoded, strictly: a byte that is not UTF-8 there would
+    # garble an utterance id or a label, so the error names the file and the line. The other lines
+    # (the header, the evaluators' free-text "C-E1: ...; (comment)" lines) are never used and are not
+    # decoded at all, so whatever bytes the annotators' comments hold cannot stop a preparation, as
+    # with the earlier reader (errors="replace" over the whole file): that every free-text line of the
+    # release is UTF-8 is not relied on.
+    lines = content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")  # universal newlines, as before
+    summary_only = b"\n".join(line if line.startswith(b"[") else b"" for line in lines)
     labels = {}
-    with open(label_file, encoding="utf-8", errors="replace") as fin:
-        for number, line in enumerate(fin, start=1):
-            if not line.startswith("["):
-                continue
-            match = LABEL_LINE.match(line)
-            if match is None:
-                raise ValueError(
-                    f"{label_file}:{number}: expected '[start - end]<TAB><utterance><TAB><emotion><TAB>[v, a, d]', "
-                    f"got {line.rstrip()!r}"
-                )
-            labels[match.group(3)] = match.group(4)
+    for number, line in enumerate(decode_text(summary_only, label_file, "IEMOCAP label file").split("\n"),
+                                  start=1):
+        if not line.startswith("["):
+            continue
+        match = LABEL_LINE.match(line)
+        if match is None:
+            raise ValueError(
+                f"{label_file}:{number}: expected '[start - end]<TAB><utterance><TAB><emotion><TAB>[v, a, d]', "
+                f"got {line.rstrip()!r}"
+            )
+        labels[match.group(3)] = match.group(4)
     return labels
 
 
@@ -115,7 +133,7 @@ def utterance_speaker(utterance_id):
     return utterance_id[:5] + utterance_id.rsplit("_", 1)[-1][0]
 
 
-def scan_session(data_folder, session):
+def scan_session(data_folder, session, skipped_folders=None):
     """All labelled utterances of one session, with the number of skipped non-wav files.
 
     Arguments
@@ -124,6 +142,8 @@ def scan_session(data_folder, session):
         The ``IEMOCAP_full_release`` folder.
     session : int
         1 to 5.
+    skipped_folders : robustdistiller.datafiles.SkippedFolders, optional
+        Receives the dialog folders that cannot be listed (None: they are warned about here).
 
     Returns
     -------
@@ -136,11 +156,18 @@ def scan_session(data_folder, session):
     ------
     FileNotFoundError
         The session's ``sentences/wav`` or ``dialog/EmoEvaluation`` folder is missing, a dialog has
-        no label file, or a kept utterance of a label file has no wav file (all named).
+        no label file, or a kept utterance of a label file has no wav file (all named, with the dialog
+        folders that could not be listed).
     ValueError
         A wav file has no label line (named).
+    robustdistiller.datafiles.FolderReadError
+        The session folder, its ``sentences/wav`` or its ``dialog/EmoEvaluation`` cannot be listed (named).
     """
+    own_record = skipped_folders is None
+    if own_record:
+        skipped_folders = SkippedFolders(f"the IEMOCAP lists of {data_folder}")
     session_folder = os.path.join(data_folder, f"Session{session}")
+    list_folder(session_folder, "IEMOCAP session folder")  # unreadable: an error naming it, not "not found"
     wav_root = os.path.join(session_folder, WAV_SUBFOLDER)
     label_root = os.path.join(session_folder, LABEL_SUBFOLDER)
     for folder, expected in ((wav_root, "sentences/wav/<dialog>/<utterance>.wav"),
@@ -153,27 +180,27 @@ def scan_session(data_folder, session):
         skipped["macos_junk" if is_macos_junk(name) else "other"] += 1
 
     label_files = {}
-    for name in sorted(os.listdir(label_root)):
-        path = os.path.join(label_root, name)
-        if os.path.isdir(path):
-            continue  # Attribute/, Categorical/, Self-evaluation/: per-evaluator files, not used
+    # subfolders (Attribute/, Categorical/, Self-evaluation/: per-evaluator files) are not used
+    for name in list_folder(label_root, "IEMOCAP label folder")[1]:
         if is_macos_junk(name) or not name.endswith(".txt"):
             count_skipped(name)
             continue
-        label_files[name[: -len(".txt")]] = path
+        label_files[name[: -len(".txt")]] = os.path.join(label_root, name)
     wav_files = {}
-    for dialog in sorted(os.listdir(wav_root)):
+    dialogs, other_files = list_folder(wav_root, "IEMOCAP wav folder")
+    for name in other_files:
+        count_skipped(name)
+    for dialog in dialogs:
         dialog_folder = os.path.join(wav_root, dialog)
-        if not os.path.isdir(dialog_folder):
-            count_skipped(dialog)
-            continue
         files = {}
-        for name in sorted(os.listdir(dialog_folder)):
+        for name in list_folder(dialog_folder, skipped=skipped_folders)[1]:  # unreadable: counted
             if is_macos_junk(name) or not name.lower().endswith(".wav"):
                 count_skipped(name)
                 continue
             files[name[: -len(".wav")]] = os.path.join(dialog_folder, name)
         wav_files[dialog] = files
+    if own_record:
+        skipped_folders.warn()
     without_labels = sorted(set(wav_files) - set(label_files))
     if without_labels:
         raise FileNotFoundError(
@@ -198,6 +225,7 @@ def scan_session(data_folder, session):
     if missing_wavs:
         raise FileNotFoundError(
             f"{len(missing_wavs)} utterances labelled in {label_root} have no wav file, e.g. {missing_wavs[:3]}"
+            f"{skipped_folders.error_note()}"
         )
     return sorted(utterances, key=lambda utterance: utterance["id"]), skipped
 
@@ -332,18 +360,23 @@ def prepare_iemocap(
         return paths
     if not os.path.isdir(data_folder):
         raise FileNotFoundError(f"IEMOCAP folder '{data_folder}' not found (expected IEMOCAP_full_release/)")
-    missing_sessions = [f"Session{session}" for session in SESSIONS
-                        if not os.path.isdir(os.path.join(data_folder, f"Session{session}"))]
+    top_folders = list_folder(data_folder, "IEMOCAP folder (data_folder)")[0]  # links to folders included
+    missing_sessions = [f"Session{session}" for session in SESSIONS if f"Session{session}" not in top_folders]
     if missing_sessions:
         hint = ""
-        if os.path.isdir(os.path.join(data_folder, "IEMOCAP_full_release")):
+        if "IEMOCAP_full_release" in top_folders:
             hint = f" (did you mean '{os.path.join(data_folder, 'IEMOCAP_full_release')}'?)"
         raise FileNotFoundError(f"IEMOCAP folder '{data_folder}' has no {', '.join(missing_sessions)}{hint}")
 
     rows = {split: [] for split in SPLITS}
     pool, dropped, skipped = {}, {}, {"macos_junk": 0, "other": 0}
-    for session in SESSIONS:
-        utterances, session_skipped = scan_session(data_folder, session)
+    skipped_folders = SkippedFolders(f"the IEMOCAP lists of {save_folder}")
+    try:
+        scanned = [scan_session(data_folder, session, skipped_folders) for session in SESSIONS]
+    finally:
+        skipped_folders.warn()  # one warning per reason, also when a scan fails
+    for session, (utterances, session_skipped) in zip(SESSIONS, scanned):
+
         for key, count in session_skipped.items():
             skipped[key] += count
         for utterance in utterances:
@@ -357,9 +390,10 @@ def prepare_iemocap(
             else:
                 pool[utterance["id"]] = row
     logger.info(
-        "IEMOCAP: skipped %d macOS '._*' files and %d other non-wav files; dropped labels "
-        "(not neu/hap/exc/ang/sad): %s",
-        skipped["macos_junk"], skipped["other"], dict(sorted(dropped.items())) or "none",
+        "IEMOCAP: skipped %d macOS '._*' files and %d other non-wav files; %d folders could not be listed; "
+        "dropped labels (not neu/hap/exc/ang/sad): %s",
+        skipped["macos_junk"], skipped["other"], skipped_folders.folder_count(),
+        dict(sorted(dropped.items())) or "none",
     )
     if dev_split_order == "s3prl":
         pool_ids = s3prl_pool_order({utterance: row[5] for utterance, row in pool.items()}, test_session,

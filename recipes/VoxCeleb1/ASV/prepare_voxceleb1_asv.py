@@ -23,6 +23,11 @@ Utterance CSVs have the columns ``ID, duration, wav, start, stop, speaker`` (``d
 after silence removal when ``trim_options`` is given, else of the file); trial CSVs
 ``label, enrol, test`` (utterance IDs). An utterance ID is its path under ``wav/`` without ``.wav``,
 ``/`` replaced by ``_`` (``id10270_5r0dWxy17C8_00001``). Nothing is written under ``data_folder``.
+
+Speaker and video folders may be symbolic links (followed); one that cannot be listed is left out,
+counted and warned about (``N folders left out of the VoxCeleb1 ASV lists of <save_folder>: ...``), and
+named again in any error it causes (e.g. too few dev speakers, missing trial files). The trial list
+must be UTF-8: a byte that is not names the file and the line.
 """
 
 import csv
@@ -31,6 +36,7 @@ import os
 import random
 
 from robustdistiller.audio import AudioLoadError, audio_info, load_audio
+from robustdistiller.datafiles import SkippedFolders, list_folder, read_text_lines
 from robustdistiller.downstream.silence import trim_silence
 from robustdistiller.downstream.voxceleb1 import (
     describe_wav_folders,
@@ -79,6 +85,8 @@ def read_trials(trial_file):
     ------
     ValueError
         A malformed line (the file and line number are named) or an empty list.
+    robustdistiller.datafiles.TextFileError
+        A byte that is not UTF-8 (the file and line are named).
 
     Example
     -------
@@ -90,17 +98,16 @@ def read_trials(trial_file):
     (0, 'id10270/a/00001.wav', 'id10271/c/00001.wav')
     """
     trials = []
-    with open(trial_file, encoding="utf-8") as fin:
-        for number, line in enumerate(fin, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3 or fields[0] not in ("0", "1") or any(path.count("/") != 2 for path in fields[1:]):
-                raise ValueError(
-                    f"{trial_file}:{number}: expected '<1|0> idNNNNN/<video>/NNNNN.wav idNNNNN/<video>/NNNNN.wav', "
-                    f"got {line.strip()!r}"
-                )
-            trials.append((int(fields[0]), fields[1], fields[2]))
+    for number, line in enumerate(read_text_lines(trial_file, "Verification trial list"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3 or fields[0] not in ("0", "1") or any(path.count("/") != 2 for path in fields[1:]):
+            raise ValueError(
+                f"{trial_file}:{number}: expected '<1|0> idNNNNN/<video>/NNNNN.wav idNNNNN/<video>/NNNNN.wav', "
+                f"got {line.strip()!r}"
+            )
+        trials.append((int(fields[0]), fields[1], fields[2]))
     if not trials:
         raise ValueError(f"Trial file '{trial_file}' lists no trials")
     return trials
@@ -112,22 +119,40 @@ def read_trial_csv(path):
         return [(int(row["label"]), row["enrol"], row["test"]) for row in csv.DictReader(fin)]
 
 
-def list_speaker_utterances(owners):
+def list_speaker_utterances(owners, skipped=None):
     """``{speaker: [path relative to wav/, ...]}`` of every ``idNNNNN/<video>/NNNNN.wav``, sorted.
 
-    ``owners``: ``{speaker: wav folder}`` (:func:`~robustdistiller.downstream.voxceleb1.speaker_folders`).
-    Hidden files and folders (``._*`` macOS junk) are ignored.
+    Arguments
+    ---------
+    owners : dict
+        ``{speaker: wav folder}`` (:func:`~robustdistiller.downstream.voxceleb1.speaker_folders`).
+    skipped : robustdistiller.datafiles.SkippedFolders, optional
+        Receives the speaker and video folders that cannot be listed (None: warned about here).
+
+    Hidden files and folders (``._*`` macOS junk) are ignored; symbolic links are followed.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> wav = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(wav, "id10001", "v1"))
+    >>> _ = open(os.path.join(wav, "id10001", "v1", "00001.wav"), "wb").close()
+    >>> list_speaker_utterances({"id10001": wav})
+    {'id10001': ['id10001/v1/00001.wav']}
     """
+    own_record = skipped is None
+    skipped = SkippedFolders("the VoxCeleb1 speaker list") if own_record else skipped
     utterances = {}
     for speaker in sorted(owners):
         speaker_folder = os.path.join(owners[speaker], speaker)
-        for video in sorted(os.listdir(speaker_folder)):
-            video_folder = os.path.join(speaker_folder, video)
-            if video.startswith(".") or not os.path.isdir(video_folder):
+        for video in list_folder(speaker_folder, skipped=skipped)[0]:
+            if video.startswith("."):
                 continue
-            for name in sorted(os.listdir(video_folder)):
+            for name in list_folder(os.path.join(speaker_folder, video), skipped=skipped)[1]:
                 if name.endswith(".wav") and not name.startswith("."):
                     utterances.setdefault(speaker, []).append(f"{speaker}/{video}/{name}")
+    if own_record:
+        skipped.warn()
     return utterances
 
 
@@ -279,16 +304,21 @@ def prepare_voxceleb1_asv(
     ------
     FileNotFoundError
         No wav folder (both layouts named) or the trial file is missing, or an utterance of the trial
-        list is (all named).
+        list is (all named, with the folders that could not be listed).
     ValueError
         A malformed trial file, unreadable audio, too few dev speakers for ``valid_speakers``.
+    robustdistiller.datafiles.TextFileError
+        The trial list is not UTF-8 (file and line named).
+    robustdistiller.datafiles.FolderReadError
+        ``data_folder`` or a wav folder cannot be listed (named).
     """
     names = ("train", "valid", "valid_trials", "test", "test_trials")
     paths = {name: os.path.join(save_folder, f"{name}.csv") for name in names}
     if skip_prep:
         return paths
     trial_file = trial_file_path(data_folder, trial_list, trial_file)
-    wav_folders = voxceleb1_wav_folders(data_folder)
+    skipped = SkippedFolders(f"the VoxCeleb1 ASV lists of {save_folder}")
+    wav_folders = voxceleb1_wav_folders(data_folder, skipped)
     # two held-out speakers for non-target trials, two utterances of each for target trials
     valid_speakers = integer_at_least(valid_speakers, "valid_speakers", 2)
     valid_utterances_per_speaker = integer_at_least(valid_utterances_per_speaker, "valid_utterances_per_speaker", 2)
@@ -305,6 +335,7 @@ def prepare_voxceleb1_asv(
     }
     if is_prepared(save_folder, "voxceleb1_asv", options, list(paths.values())):
         logger.info("VoxCeleb1 ASV lists already prepared in %s", save_folder)
+        skipped.warn()
         return paths
     if not os.path.isfile(trial_file):
         raise FileNotFoundError(
@@ -320,12 +351,13 @@ def prepare_voxceleb1_asv(
     def locate(relative):
         return resolve_listed_path(relative, owners, wav_folders)
 
-    utterances = list_speaker_utterances(owners)
+    utterances = list_speaker_utterances(owners, skipped)
+    skipped.warn()
     dev_speakers = sorted(set(utterances) - test_speakers)
     if len(dev_speakers) < valid_speakers + 1:
         raise ValueError(
             f"{wav_folder} holds {len(dev_speakers)} dev speakers (speaker folders not in {trial_file}); "
-            f"training needs more than valid_speakers={valid_speakers}"
+            f"training needs more than valid_speakers={valid_speakers}{skipped.error_note()}"
         )
     train_speakers, held_out_speakers = split_held_out_speakers(dev_speakers, valid_speakers, split_seed)
     logger.info(
@@ -358,6 +390,7 @@ def prepare_voxceleb1_asv(
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} files listed in {trial_file} are missing under {wav_folder}, e.g. {missing[:3]}"
+            f"{skipped.error_note()}"
         )
     test_rows, _ = _utterance_rows(locate, test_paths, unreadable, **measure)
     if unreadable:
@@ -376,10 +409,10 @@ def prepare_voxceleb1_asv(
               [(label, utterance_id(enrol), utterance_id(test)) for label, enrol, test in trials])
     logger.info(
         "Wrote %s (%d utterances, %d not longer than %.1f s%s left out), %s (%d utterances, %d trials), "
-        "%s (%d utterances, %d trials)",
+        "%s (%d utterances, %d trials); %d folders could not be listed",
         paths["train"], len(train_rows), len(short), min_train_duration,
         "" if trim_options is None else " after silence removal", paths["valid"], len(valid_rows),
-        len(valid_trials), paths["test"], len(test_rows), len(trials),
+        len(valid_trials), paths["test"], len(test_rows), len(trials), skipped.folder_count(),
     )
     check_split_lists(paths)  # every list has rows (its speakers are disjoint by design: no label check)
     mark_prepared(save_folder, "voxceleb1_asv", options)
