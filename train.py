@@ -30,14 +30,14 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from robustdistiller.brain import DistillationBrain
-from robustdistiller.batching import make_batch_sampler
-from robustdistiller.dataio import make_distillation_dataset
-from robustdistiller.evaluation import evaluate_conditions
-from robustdistiller.fingerprint import weights_fingerprint
-from robustdistiller.options import as_list, integer_at_least, step_limit_as_number_of_steps
-from robustdistiller.prepare import prepare_librispeech, prepare_noise, prepare_rirs
-from robustdistiller.run_folder import (
+from robustdistiller.distill.brain import DistillationBrain
+from robustdistiller.data.batching import make_batch_sampler
+from robustdistiller.data.pipeline import make_distillation_dataset
+from robustdistiller.distill.evaluation import evaluate_conditions
+from robustdistiller.runs.fingerprint import weights_fingerprint
+from robustdistiller.runs.options import as_list, integer_at_least, step_limit_as_number_of_steps
+from robustdistiller.data.prepare import prepare_librispeech, prepare_noise, prepare_rirs
+from robustdistiller.runs.run_folder import (
     architecture_signature,
     check_run_signature,
     data_signature,
@@ -47,7 +47,7 @@ from robustdistiller.run_folder import (
     run_signature,
     with_run_options,
 )
-from robustdistiller.student import num_parameters
+from robustdistiller.models.student import num_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +187,8 @@ def distillation_signature(hparams, teacher_fingerprint):
     """Everything that defines a distillation run, compared at every resume (README, "Failure and resume").
 
     The YAML's ``run_signature_keys``, the teacher's weights fingerprint, the content of every prepared
-    list (:func:`~robustdistiller.run_folder.data_signature`; call it after the preparation) and the
-    shape of every trained module (:func:`~robustdistiller.run_folder.architecture_signature`).
+    list (:func:`~robustdistiller.runs.run_folder.data_signature`; call it after the preparation) and the
+    shape of every trained module (:func:`~robustdistiller.runs.run_folder.architecture_signature`).
     """
     extra = {"teacher_fingerprint": teacher_fingerprint}
     extra.update(data_signature(hparams))

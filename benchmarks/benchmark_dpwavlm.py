@@ -26,7 +26,7 @@ import torch
 
 from robustdistiller.dpwavlm import DPWavLM, LayerProjections, wavlm_base_plus_config
 from robustdistiller.dpwavlm.objective import layer_to_layer_loss
-from robustdistiller.student import num_parameters
+from robustdistiller.models.student import num_parameters
 
 SAMPLE_RATE = 16000
 GATES = dict(

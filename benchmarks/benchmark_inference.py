@@ -6,7 +6,7 @@ One run builds full-size architectures with random weights locally (no downloads
 size do not depend on the weight values): the WavLM Base+ teacher (``save_random_teacher``, 94.4M
 parameters) and the 2-layer DistilHuBERT student (``build_student_config`` on the teacher's config,
 per-utterance CNN normalisation as our recipe trains it), exports the student to ONNX (fp32 and int8,
-:mod:`robustdistiller.onnx_export`), and times every model on the same audio: 1, 4 and 16 utterances of
+:mod:`robustdistiller.export.onnx`), and times every model on the same audio: 1, 4 and 16 utterances of
 4 s (one padded batch) and one of 30 s. Each (model, workload) runs in a fresh process, so its peak
 resident memory is its own: ``peak MB`` is the process's peak RSS, ``model MB`` the RSS after loading
 the model (before the first batch), both including the Python interpreter and libraries (the ONNX
@@ -63,7 +63,7 @@ def worker(model, folder, workload, threads, repeats):
     batch_size, seconds = WORKLOADS[workload]
     wavs, wav_lens = _audio(batch_size, seconds)
     if model.startswith("student (ONNX"):
-        from robustdistiller.onnx_runtime import OnnxEncoder
+        from robustdistiller.inference.onnx_runtime import OnnxEncoder
 
         name = "encoder_int8.onnx" if "int8" in model else "encoder.onnx"
         encoder = OnnxEncoder(os.path.join(folder, "export", "onnx", name), num_threads=threads)
@@ -75,8 +75,8 @@ def worker(model, folder, workload, threads, repeats):
 
         torch.set_num_threads(threads)
         if model.startswith("teacher"):
-            from robustdistiller.interface import ssl_hidden_states
-            from robustdistiller.teacher import load_ssl_model
+            from robustdistiller.inference.interface import ssl_hidden_states
+            from robustdistiller.models.teacher import load_ssl_model
 
             network = load_ssl_model(os.path.join(folder, "teacher")).eval()
 
@@ -110,8 +110,8 @@ def build_models(folder):
     import torch
 
     from robustdistiller.export import export_student
-    from robustdistiller.student import DistillerStudent, build_student_config, num_parameters
-    from robustdistiller.teacher import load_ssl_model, save_random_teacher
+    from robustdistiller.models.student import DistillerStudent, build_student_config, num_parameters
+    from robustdistiller.models.teacher import load_ssl_model, save_random_teacher
 
     teacher_folder = save_random_teacher(os.path.join(folder, "teacher"), model_type="wavlm", tiny=False, seed=0)
     teacher = load_ssl_model(teacher_folder)

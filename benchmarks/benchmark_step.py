@@ -43,15 +43,15 @@ sys.path.insert(0, os.path.join(REPOSITORY_ROOT, "benchmarks"))
 from memory_probe import measure_peak_memory  # noqa: E402
 from teacher_precision import format_report, harmonic_speech_like, measure_teacher_precision  # noqa: E402
 
-from robustdistiller.batching import (  # noqa: E402
+from robustdistiller.data.batching import (  # noqa: E402
     FixedBatchSampler,
     cnn_frames,
     crop_duration,
     librispeech_like_durations,
     padding_statistics,
 )
-from robustdistiller.brain import DistillationBrain  # noqa: E402
-from robustdistiller.teacher import save_random_teacher  # noqa: E402
+from robustdistiller.distill.brain import DistillationBrain  # noqa: E402
+from robustdistiller.models.teacher import save_random_teacher  # noqa: E402
 
 SAMPLE_RATE = 16000
 

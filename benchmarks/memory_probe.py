@@ -4,8 +4,8 @@
 One configuration per process (peak RSS is a per-process high-water mark), so the script is meant to
 run as a subprocess; :func:`measure_peak_memory` does that and returns the parsed result. The step is
 the student side of a RobustDistiller training step at the default architecture: the 23.49M
-DistilHuBERT student (:class:`robustdistiller.student.DistillerStudent` with
-:func:`robustdistiller.student.build_student_config`) and the 4.86M enhancement head of
+DistilHuBERT student (:class:`robustdistiller.models.student.DistillerStudent` with
+:func:`robustdistiller.models.student.build_student_config`) and the 4.86M enhancement head of
 ``hparams/distill.yaml`` (512-dim CNN input, BiLSTM 3 x 256), forward on a padded batch (items of
 100 %, 80 %, 60 %, 40 %, ... of the longest), distillation loss against random targets plus
 enhancement loss, backward. The teacher and the optimizer step are left out (neither depends on the
@@ -103,9 +103,9 @@ def run_probe(norm, utterances=4, seconds=4.0, device="cpu", precision="fp32", s
     import torch
 
     sys.path.insert(0, REPOSITORY_ROOT)
-    from robustdistiller.enhancement import EnhancementHead, num_stft_frames, stft_magnitude
-    from robustdistiller.losses import distillation_loss, enhancement_loss
-    from robustdistiller.student import DistillerStudent, build_student_config
+    from robustdistiller.models.enhancement import EnhancementHead, num_stft_frames, stft_magnitude
+    from robustdistiller.distill.losses import distillation_loss, enhancement_loss
+    from robustdistiller.models.student import DistillerStudent, build_student_config
 
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")

@@ -4,9 +4,9 @@
 For a *full-size* WavLM Base+ shaped teacher (94.4M parameters) with **random weights** (the
 pretrained WavLM Base+ cannot be downloaded here, so the numbers describe the architecture and its
 arithmetic, not the pretrained model's activation statistics), on a padded batch of speech
-(eSpeak NG synthetic speech from :mod:`robustdistiller.mini_corpus`; a harmonic, amplitude-modulated
+(eSpeak NG synthetic speech from :mod:`robustdistiller.testing.mini_corpus`; a harmonic, amplitude-modulated
 stand-in if eSpeak NG is unavailable) with one shorter utterance, this script computes the recipe's
-target layers (4, 8, 12) with :class:`~robustdistiller.teacher.FrozenTeacher` at ``precision="fp32"``
+target layers (4, 8, 12) with :class:`~robustdistiller.models.teacher.FrozenTeacher` at ``precision="fp32"``
 and at each lower precision (bf16; also fp16 on CUDA), and reports, per layer, on valid frames only:
 
 * the cosine similarity of each frame's low-precision target with its fp32 target (mean and min);
@@ -35,7 +35,7 @@ REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPOSITORY_ROOT not in sys.path:
     sys.path.insert(0, REPOSITORY_ROOT)
 
-from robustdistiller.teacher import FrozenTeacher, save_random_teacher  # noqa: E402
+from robustdistiller.models.teacher import FrozenTeacher, save_random_teacher  # noqa: E402
 
 SAMPLE_RATE = 16000
 TARGET_LAYERS = (4, 8, 12)
@@ -64,7 +64,7 @@ def synthetic_speech(num_utterances, num_samples, seed=0):
     """
     rng = numpy.random.default_rng(seed)
     try:
-        from robustdistiller.mini_corpus import make_speakers, random_sentence, synthesize_speech
+        from robustdistiller.testing.mini_corpus import make_speakers, random_sentence, synthesize_speech
 
         speakers = make_speakers(rng, num_utterances)
         waveforms = []
@@ -80,7 +80,7 @@ def synthetic_speech(num_utterances, num_samples, seed=0):
                     pieces.append(piece)
                     total += piece.shape[0]
             waveforms.append(numpy.concatenate(pieces)[:num_samples])
-        source = "eSpeak NG synthetic speech (robustdistiller.mini_corpus.synthesize_speech)"
+        source = "eSpeak NG synthetic speech (robustdistiller.testing.mini_corpus.synthesize_speech)"
     except (ImportError, OSError, RuntimeError) as error:
         waveforms = [harmonic_speech_like(rng, num_samples) for _ in range(num_utterances)]
         source = f"harmonic amplitude-modulated stand-in (eSpeak NG unavailable: {error})"

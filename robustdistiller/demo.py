@@ -1,7 +1,7 @@
 """The paper's central claim in miniature, with no data and no downloads: ``make demo``.
 
 1. Writes a mini corpus in the real layouts (LibriSpeech, MUSAN, RIRS_NOISES) with
-   :mod:`robustdistiller.mini_corpus`.
+   :mod:`robustdistiller.testing.mini_corpus`.
 2. Builds a small WavLM teacher with **random weights** (no pretrained weights can be fetched here)
    and saves it as a local Hugging Face folder.
 3. Runs the real recipe twice, ``train.py hparams/distill.yaml`` (RobustDistiller) and
@@ -36,12 +36,12 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from tqdm import tqdm
 
-from robustdistiller.evaluation import evaluate_conditions
+from robustdistiller.distill.evaluation import evaluate_conditions
 from robustdistiller.export import export_student, format_verification, load_student, verify_export
-from robustdistiller.mini_corpus import generate_mini_corpus
+from robustdistiller.testing.mini_corpus import generate_mini_corpus
 from robustdistiller.report import run_report, spec_from_dict
 from robustdistiller.report.__main__ import format_report
-from robustdistiller.teacher import FrozenTeacher, save_random_teacher
+from robustdistiller.models.teacher import FrozenTeacher, save_random_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -151,13 +151,13 @@ REPORT_CONDITIONS = ["clean", "snr5", "reverb"]
 
 
 def _speech_commands_data(folder, seed):
-    from robustdistiller.fixtures.speech_commands import generate_speech_commands
+    from robustdistiller.testing.fixtures.speech_commands import generate_speech_commands
 
     return generate_speech_commands(folder, seed=seed)  # {data_folder, test_folder}
 
 
 def _librispeech_text_data(folder, seed):
-    from robustdistiller.fixtures.librispeech_text import generate_librispeech_text
+    from robustdistiller.testing.fixtures.librispeech_text import generate_librispeech_text
 
     fixture = generate_librispeech_text(folder, seed=seed)
     return {"data_folder": fixture["data_folder"], "lexicon_files": [fixture["lexicon_file"]],
@@ -165,7 +165,7 @@ def _librispeech_text_data(folder, seed):
 
 
 def _voicebank_data(folder, seed):
-    from robustdistiller.fixtures.voicebank import generate_voicebank
+    from robustdistiller.testing.fixtures.voicebank import generate_voicebank
 
     return {"data_folder": generate_voicebank(folder, seed=seed)}
 

@@ -18,7 +18,7 @@ REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="session")
 def mini_corpus(tmp_path_factory):
     """Paths (``librispeech``, ``musan``, ``rirs``) of a small generated corpus."""
-    from robustdistiller.mini_corpus import generate_mini_corpus
+    from robustdistiller.testing.mini_corpus import generate_mini_corpus
 
     return generate_mini_corpus(
         str(tmp_path_factory.mktemp("corpus")),
@@ -32,7 +32,7 @@ def mini_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_teacher_folder(tmp_path_factory):
     """Local folder of a tiny 12-layer WavLM with random weights."""
-    from robustdistiller.teacher import save_random_teacher
+    from robustdistiller.models.teacher import save_random_teacher
 
     return save_random_teacher(str(tmp_path_factory.mktemp("teacher")), model_type="wavlm", tiny=True, seed=0)
 

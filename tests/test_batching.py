@@ -4,7 +4,7 @@ import numpy
 import pytest
 import speechbrain as sb
 
-from robustdistiller.batching import (
+from robustdistiller.data.batching import (
     FixedBatchSampler,
     cnn_frames,
     crop_duration,

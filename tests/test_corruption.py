@@ -1,4 +1,4 @@
-"""Tests of the per-utterance corruption pipeline (robustdistiller/corruption.py)."""
+"""Tests of the per-utterance corruption pipeline (robustdistiller/data/corruption.py)."""
 
 import logging
 import math
@@ -16,8 +16,8 @@ import torchaudio
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.augment.time_domain import AddNoise, AddReverb
 
-from robustdistiller import corruption
-from robustdistiller.corruption import (
+from robustdistiller.data import corruption
+from robustdistiller.data.corruption import (
     CONDITIONS,
     Corruptor,
     CorruptedUtterance,
@@ -239,7 +239,7 @@ def test_reproducible_in_another_process(data):
         f"""
         import torch
         from speechbrain.augment.time_domain import AddNoise
-        from robustdistiller.corruption import Corruptor, NoisePool, PooledAddReverb
+        from robustdistiller.data.corruption import Corruptor, NoisePool, PooledAddReverb
         corruptor = Corruptor(
             AddNoise(noise_funct=NoisePool({data['csv']['noise']!r}), snr_low=0, snr_high=20),
             AddNoise(snr_low=0, snr_high=20), PooledAddReverb({data['csv']['rir']!r}))
@@ -294,7 +294,7 @@ def test_custom_probabilities_and_validation(data):
 def test_silent_clean_is_returned_uncorrupted(data, caplog):
     corruptor = make_corruptor(data, {"noise": 0.5, "noise_reverb": 0.5})
     silent = torch.zeros(4000)
-    with caplog.at_level(logging.DEBUG, logger="robustdistiller.corruption"):
+    with caplog.at_level(logging.DEBUG, logger="robustdistiller.data.corruption"):
         out = corruptor(silent, key="silence")
     assert isinstance(out, CorruptedUtterance)
     assert out.condition == "clean" and math.isnan(out.snr) and out.noise_source is None
@@ -346,7 +346,7 @@ def test_bad_and_silent_noise_files_are_skipped_with_a_warning(data, caplog):
     for csv_key, bad_file in (("noise_with_bad", "bad"), ("noise_with_silent", "silent")):
         pool = NoisePool(data["csv"][csv_key])
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="robustdistiller.corruption"):
+        with caplog.at_level(logging.WARNING, logger="robustdistiller.data.corruption"):
             noises = [pool(torch.zeros(1, 4000)) for _ in range(20)]
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1  # logged once, then excluded
@@ -374,7 +374,7 @@ def test_all_bad_pool_and_bad_csvs_raise_naming_the_csv(data, tmp_path):
 def test_file_noise_skips_bad_file_inside_corruptor(data, caplog):
     corruptor = make_corruptor(data, {"noise": 1.0}, file_noise_prob=1.0, noise_csv="noise_with_bad")
     clean = speech_like(4000)
-    with caplog.at_level(logging.WARNING, logger="robustdistiller.corruption"):
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.data.corruption"):
         outs = [corruptor(clean, key=i) for i in range(10)]
     assert "not_audio.wav" in caplog.text
     for out in outs:
@@ -493,7 +493,7 @@ def test_adders_built_from_hyperpyyaml(data):
     noise_csv: {data['csv']['noise']}
     rir_csv: {data['csv']['rir']}
     file_noise: !new:speechbrain.augment.time_domain.AddNoise
-        noise_funct: !new:robustdistiller.corruption.NoisePool
+        noise_funct: !new:robustdistiller.data.corruption.NoisePool
             csv_file: !ref <noise_csv>
             sample_rate: 16000
         snr_low: 0
@@ -501,10 +501,10 @@ def test_adders_built_from_hyperpyyaml(data):
     white_noise: !new:speechbrain.augment.time_domain.AddNoise
         snr_low: 0
         snr_high: 20
-    reverb: !new:robustdistiller.corruption.PooledAddReverb
+    reverb: !new:robustdistiller.data.corruption.PooledAddReverb
         csv_file: !ref <rir_csv>
         sample_rate: 16000
-    corruptor: !new:robustdistiller.corruption.Corruptor
+    corruptor: !new:robustdistiller.data.corruption.Corruptor
         file_noise: !ref <file_noise>
         white_noise: !ref <white_noise>
         reverb: !ref <reverb>

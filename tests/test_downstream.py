@@ -18,7 +18,7 @@ from robustdistiller.downstream import (
     write_condition_results,
 )
 from robustdistiller.export import ExportError, export_student, load_student
-from robustdistiller.s3prl_format import student_to_s3prl
+from robustdistiller.export.s3prl import student_to_s3prl
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def corruption_hparams(mini_corpus, save_folder, **extra):
 
 
 def test_test_lists_are_disjoint_from_distillation_lists(mini_corpus, tmp_path):
-    from robustdistiller.prepare import prepare_noise, prepare_rirs
+    from robustdistiller.data.prepare import prepare_noise, prepare_rirs
 
     lists = prepare_corruption_lists(corruption_hparams(mini_corpus, tmp_path))
     test_noise, test_rirs = lists["test"]

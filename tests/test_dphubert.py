@@ -28,8 +28,8 @@ from robustdistiller.dpwavlm import (
 )
 from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
 from robustdistiller.export import export_student
-from robustdistiller.student import num_parameters
-from robustdistiller.teacher import save_random_teacher
+from robustdistiller.models.student import num_parameters
+from robustdistiller.models.teacher import save_random_teacher
 
 GATES = dict(
     extractor_prune_conv_channels=True,

@@ -20,7 +20,7 @@ from robustdistiller.dpwavlm.interface import DPWavLMInterface
 from robustdistiller.dpwavlm.stages import FINAL_FILE, PRUNED_FILE, SUMMARY_FILE
 from robustdistiller.export import DPWAVLM_EXPORT_FILE, ExportError, export_student, load_student, locate_checkpoint
 from robustdistiller.export import main as export_main
-from robustdistiller.student import num_parameters
+from robustdistiller.models.student import num_parameters
 from test_dpwavlm_model import diarizen_like_config, force, gated_model
 
 SUMMARY = {
@@ -225,7 +225,7 @@ def copy_error_by_hand(model, hf_model, waveforms):
 
 def test_speech_like_probes_are_the_mini_corpus_voices():
     waveforms, description = speech_like_probes()
-    assert len(waveforms) == 4 and "eSpeak NG" in description and "robustdistiller.mini_corpus" in description
+    assert len(waveforms) == 4 and "eSpeak NG" in description and "robustdistiller.testing.mini_corpus" in description
     for wav in waveforms:
         assert wav.dtype == torch.float32 and wav.dim() == 1 and wav.numel() > 16000  # sentences, > 1 s
         assert 0.1 < float(wav.abs().max()) < 1.0 and float(wav.std()) > 0.01  # speech level, not silence

@@ -28,11 +28,11 @@ from robustdistiller.dpwavlm import stages
 from robustdistiller.dpwavlm import DPWavLM, tiny_config
 from robustdistiller.dpwavlm.checkpoint import load_dphubert_checkpoint
 from robustdistiller.dpwavlm.stages import narrow_head_input
-from robustdistiller.student import num_parameters
-from robustdistiller.enhancement import EnhancementHead
+from robustdistiller.models.student import num_parameters
+from robustdistiller.models.enhancement import EnhancementHead
 from robustdistiller.export import export_student, load_student
-from robustdistiller.options import OptionError
-from robustdistiller.run_folder import ChangedSettingsError
+from robustdistiller.runs.options import OptionError
+from robustdistiller.runs.run_folder import ChangedSettingsError
 
 ROBUST_YAML = os.path.join(REPOSITORY_ROOT, "hparams", "robust_dpwavlm.yaml")
 TARGET_SPARSITY = 0.3
@@ -214,7 +214,7 @@ def test_bad_options_are_refused_before_anything_runs(dpwavlm_run, tmp_path, bad
 
 @pytest.fixture(scope="module")
 def speech_commands(tmp_path_factory):
-    from robustdistiller.fixtures.speech_commands import generate_speech_commands
+    from robustdistiller.testing.fixtures.speech_commands import generate_speech_commands
 
     return generate_speech_commands(str(tmp_path_factory.mktemp("speech_commands")), seed=0)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from robustdistiller.enhancement import EnhancementHead, num_stft_frames, stft_magnitude
+from robustdistiller.models.enhancement import EnhancementHead, num_stft_frames, stft_magnitude
 
 
 def tiny_head(seed=0, **kwargs):

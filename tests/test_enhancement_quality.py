@@ -12,10 +12,10 @@ import speechbrain as sb
 import torch
 from speechbrain.augment.time_domain import AddNoise
 
-from robustdistiller.corruption import Corruptor
-from robustdistiller.dataio import make_distillation_dataset
-from robustdistiller.enhancement import EnhancementHead, stft_complex, stft_magnitude
-from robustdistiller.enhancement_quality import (
+from robustdistiller.data.corruption import Corruptor
+from robustdistiller.data.pipeline import make_distillation_dataset
+from robustdistiller.models.enhancement import EnhancementHead, stft_complex, stft_magnitude
+from robustdistiller.distill.enhancement_quality import (
     QualityMeans,
     enhance_batch,
     enhanced_waveforms,
@@ -23,10 +23,10 @@ from robustdistiller.enhancement_quality import (
     si_snr,
     speech_quality,
 )
-from robustdistiller.evaluation import evaluate_conditions
-from robustdistiller.mini_corpus import synthesize_speech
-from robustdistiller.student import DistillerStudent, build_student_config
-from robustdistiller.teacher import FrozenTeacher, random_teacher_config
+from robustdistiller.distill.evaluation import evaluate_conditions
+from robustdistiller.testing.mini_corpus import synthesize_speech
+from robustdistiller.models.student import DistillerStudent, build_student_config
+from robustdistiller.models.teacher import FrozenTeacher, random_teacher_config
 
 QUALITY_KEYS = {"pesq", "stoi", "si_snr", "si_snr_noisy", "num_scored", "num_skipped"}
 
@@ -138,7 +138,7 @@ def test_pesq_and_stoi_rank_clean_above_noisy(speech):
 
 def test_silent_and_short_utterances_are_skipped_and_counted(speech, caplog):
     clean = torch.from_numpy(speech[1])
-    caplog.set_level(logging.WARNING, logger="robustdistiller.enhancement_quality")
+    caplog.set_level(logging.WARNING, logger="robustdistiller.distill.enhancement_quality")
     assert speech_quality(torch.zeros(16000), torch.zeros(16000), 16000, "silent-1") is None
     assert speech_quality(clean[:1600], clean[:1600], 16000, "short-1") is None
     messages = [record.getMessage() for record in caplog.records]
@@ -193,7 +193,7 @@ def test_evaluate_enhancement_quality_on_a_dataset_and_on_batches(utterance_csv,
         utterance_csv, white_noise_corruptor(), max_crop_samples=40000, random_crop=False,
         condition="noise", snr=5.0,
     )
-    caplog.set_level(logging.WARNING, logger="robustdistiller.enhancement_quality")
+    caplog.set_level(logging.WARNING, logger="robustdistiller.distill.enhancement_quality")
     summary = evaluate_enhancement_quality(student, head, dataset, num_utterances=3, batch_size=2)
     assert set(summary) == QUALITY_KEYS
     assert summary["num_scored"] == 2 and summary["num_skipped"] == 1  # the 4th (short) is not reached

@@ -25,7 +25,7 @@ from robustdistiller.export import (
     reference_features,
     verify_export,
 )
-from robustdistiller.interface import EncoderInterface, ModelSourceError, per_utterance_cnn_norm, ssl_hidden_states
+from robustdistiller.inference.interface import EncoderInterface, ModelSourceError, per_utterance_cnn_norm, ssl_hidden_states
 
 
 @pytest.fixture(scope="module")

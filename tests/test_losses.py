@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustdistiller.losses import align_frames, distillation_loss, enhancement_loss, lengths_to_mask
-from robustdistiller.student import PredictionHeads
+from robustdistiller.distill.losses import align_frames, distillation_loss, enhancement_loss, lengths_to_mask
+from robustdistiller.models.student import PredictionHeads
 
 
 def reference_distillation_loss(predictions, targets, frame_lengths, cosine_weight=1.0):

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPOSITORY_ROOT
 
 from robustdistiller.downstream import lr_sweep
-from robustdistiller.fixtures.speech_commands import generate_speech_commands
+from robustdistiller.testing.fixtures.speech_commands import generate_speech_commands
 
 KS_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "SpeechCommands", "KS")
 LRS = (0.001, 0.1)

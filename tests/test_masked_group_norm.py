@@ -1,6 +1,6 @@
-"""The per-utterance CNN GroupNorm (:func:`robustdistiller.interface.per_utterance_cnn_norm`).
+"""The per-utterance CNN GroupNorm (:func:`robustdistiller.inference.interface.per_utterance_cnn_norm`).
 
-The memory-lean implementation (:func:`~robustdistiller.interface._masked_group_norm`, an autograd
+The memory-lean implementation (:func:`~robustdistiller.inference.interface._masked_group_norm`, an autograd
 Function with an analytic backward run in place of the native GroupNorm) is checked against the
 previous implementation, kept verbatim below as the reference (a forward hook that recomputed the
 norm with several full-size temporaries after the native GroupNorm had run): outputs and gradients on
@@ -18,14 +18,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import HubertConfig, HubertModel
 
-import robustdistiller.student as student_module
-from robustdistiller.interface import (
+import robustdistiller.models.student as student_module
+from robustdistiller.inference.interface import (
     _masked_group_norm,
     _MaskedGroupNormFunction,
     lengths_to_mask,
     per_utterance_cnn_norm,
 )
-from robustdistiller.student import DistillerStudent, build_student_config
+from robustdistiller.models.student import DistillerStudent, build_student_config
 
 TOLERANCE = 1e-5
 

@@ -27,7 +27,7 @@ from robustdistiller.downstream.ctc import (
 )
 from robustdistiller.downstream.separation import SI_SDR_EPS, si_sdr, utterance_scores
 from robustdistiller.downstream.slot_filling import SlotTextEncoder, ctc_vocabulary, tokens_to_text
-from robustdistiller.options import OptionError
+from robustdistiller.runs.options import OptionError
 
 EPS = 1e-8  # pb_bss_eval 0.0.2's EPS
 

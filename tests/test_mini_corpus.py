@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from robustdistiller.mini_corpus import generate_mini_corpus, main
+from robustdistiller.testing.mini_corpus import generate_mini_corpus, main
 
 SMALL_OPTIONS = dict(
     train_speakers=2,
@@ -204,7 +204,7 @@ URBANSOUND_CLASSES = ("air_conditioner", "car_horn", "children_playing", "dog_ba
 def test_urbansound_layout_and_metadata(corpus):
     import csv
 
-    from robustdistiller.audio import load_audio
+    from robustdistiller.data.audio import load_audio
 
     _, roots = corpus
     urbansound = roots["urbansound"]

@@ -15,8 +15,8 @@ import torch
 from conftest import REPOSITORY_ROOT, corruption_overrides, run_recipe_script
 
 from robustdistiller.export import ExportError, export_student, load_student, main, parity_batch, read_manifest
-from robustdistiller.onnx_export import UntraceableStudentError, export_fp32, verify_onnx
-from robustdistiller.student import DistillerStudent, build_student_config
+from robustdistiller.export.onnx import UntraceableStudentError, export_fp32, verify_onnx
+from robustdistiller.models.student import DistillerStudent, build_student_config
 
 INT8_COSINE_FLOOR = 0.97  # measured on the trained tiny student: >= 0.99 on every layer (see the report)
 # int8 KS accuracy within 10 points of fp32 under each condition (72 test clips: one clip is 1.4 points;
@@ -62,7 +62,7 @@ def test_fp32_parity_on_valid_frames_and_int8_cosine_floor(exported):
 
 
 def test_padded_batch_equals_single_utterances_and_short_items_get_no_frame(exported):
-    from robustdistiller.onnx_runtime import OnnxEncoder
+    from robustdistiller.inference.onnx_runtime import OnnxEncoder
 
     encoder = OnnxEncoder(exported["fp32"])
     batch = real_length_batch()
@@ -108,7 +108,7 @@ def test_runtime_works_without_torch_and_handles_rates_and_channels(exported, tm
             raise SystemExit("torch is importable")
         except ImportError:
             pass
-        from robustdistiller.onnx_runtime import OnnxEncoder
+        from robustdistiller.inference.onnx_runtime import OnnxEncoder
         encoder = OnnxEncoder({exported['int8']!r})
         out = {{name: encoder.encode_file({str(tmp_path)!r} + "/" + name + ".wav").hidden_states[0]
                for name in ("mono16k", "stereo44k")}}
@@ -164,7 +164,7 @@ def test_export_refuses_an_existing_folder_and_untraceable_students(exported, tm
 
 @pytest.fixture(scope="module")
 def speech_commands(tmp_path_factory):
-    from robustdistiller.fixtures.speech_commands import generate_speech_commands
+    from robustdistiller.testing.fixtures.speech_commands import generate_speech_commands
 
     return generate_speech_commands(str(tmp_path_factory.mktemp("speech_commands")), seed=0)
 

@@ -12,8 +12,8 @@ import pytest
 import soundfile
 from speechbrain.dataio.dataio import load_data_csv
 
-from robustdistiller.mini_corpus import generate_mini_corpus
-from robustdistiller.prepare import (
+from robustdistiller.testing.mini_corpus import generate_mini_corpus
+from robustdistiller.data.prepare import (
     composition_path,
     make_id,
     prepare_librispeech,
@@ -113,7 +113,7 @@ def test_short_utterances_are_filtered_and_counted(corpus, tmp_path, caplog):
     chapter = _first_chapter(librispeech)
     _add_utterance(chapter, 90, np.full(399, 0.1))
     _add_utterance(chapter, 91, np.full(400, 0.1))
-    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), TRAIN, [])
     ids = {row["ID"] for row in _read_rows(paths["train"])}
     assert len(ids) == 7 and not any(i.endswith("-0090") for i in ids) and any(i.endswith("-0091") for i in ids)
@@ -124,7 +124,7 @@ def test_short_utterances_are_filtered_and_counted(corpus, tmp_path, caplog):
 def test_corrupt_flac_is_skipped_and_named(corpus, tmp_path, caplog):
     librispeech = _copy_librispeech(corpus, tmp_path)
     corrupt = _add_utterance(_first_chapter(librispeech), 95, b"this is not a flac file" * 10)
-    with caplog.at_level(logging.WARNING, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.data.prepare"):
         paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), TRAIN, VALID)
     assert len(_read_rows(paths["train"])) == 6
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
@@ -186,7 +186,7 @@ def test_user_folders_are_unchanged_by_preparation(corpus, tmp_path):
 
 
 def test_musan_noise_skips_metadata_with_warning_and_keeps_stereo(corpus, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         path = prepare_noise(str(tmp_path), musan_folder=corpus["musan"])
     rows = _read_rows(path)
     assert list(rows[0]) == ["ID", "duration", "wav", "wav_format", "wav_opts"]
@@ -219,7 +219,7 @@ def test_noise_folder_with_dotted_names_junk_and_corrupt_audio(tmp_path, caplog)
         soundfile.write(folder / name, np.zeros(1600), 16000)
     (folder / "README.txt").write_text("not audio")
     (folder / "broken.wav").write_bytes(b"RIFF....garbage")
-    with caplog.at_level(logging.WARNING, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.data.prepare"):
         path = prepare_noise(str(tmp_path / "save"), extra_folders=[str(folder)])
     rows = _read_rows(path)
     ids = [row["ID"] for row in rows]
@@ -290,7 +290,7 @@ def test_real_rirs_exclude_isotropic_noises(corpus, tmp_path):
 
 def test_simulated_rirs_are_exactly_the_rir_lists(corpus, tmp_path, caplog):
     rirs = corpus["rirs"]
-    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         path = prepare_rirs(str(tmp_path), rirs, rirs_noises_subsets=["simulated"])
     expected = []
     for size in ("smallroom", "mediumroom", "largeroom"):
@@ -313,7 +313,7 @@ def test_rir_list_resolves_against_a_renamed_folder(corpus, tmp_path):
 
 
 def test_folder_and_dns_formats_leave_out_noises(corpus, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         path = prepare_rirs(str(tmp_path), corpus["rirs"], rir_format="folder")
     names = {os.path.basename(row["wav"]) for row in _read_rows(path)}
     assert len(names) == 9 and not any("noise" in name for name in names)
@@ -373,7 +373,7 @@ def test_mini_urbansound_excluded_classes_are_excluded_and_counted(corpus, tmp_p
     excluded = {name: sum(row["class"] == name for row in metadata)
                 for name in ("children_playing", "street_music")}
     assert all(count >= 1 for count in excluded.values())
-    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         path = prepare_noise(str(tmp_path), urbansound_folder=corpus["urbansound"])
     rows = _read_rows(path)
     kept = sorted(row["slice_file_name"] for row in metadata if row["class"] not in excluded)
@@ -400,7 +400,7 @@ def test_noise_composition_of_the_authors_pool(corpus, tmp_path, caplog):
     (extra / "sub").mkdir(parents=True)
     soundfile.write(extra / "sub" / "e.wav", np.zeros(8000) + 0.1, 16000)
     save = tmp_path / "save"
-    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         path = prepare_noise(str(save), musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"],
                              extra_folders=[str(extra)])
     assert path == str(save / "noise.csv")
@@ -448,7 +448,7 @@ def test_composition_is_recomputed_from_an_already_prepared_csv(corpus, tmp_path
     first = read_composition(path)
     os.remove(composition_path(path))
     os.utime(path, (1_000_000_000, 1_000_000_000))
-    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         assert prepare_noise(save, musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"]) == path
     assert os.stat(path).st_mtime == 1_000_000_000  # the CSV was not prepared again
     second = read_composition(path)
@@ -456,7 +456,7 @@ def test_composition_is_recomputed_from_an_already_prepared_csv(corpus, tmp_path
     assert second["sources"] == first["sources"]  # excluded clips recounted from the file names
     assert "Recomputed" in caplog.text and "urbansound8k: 8 files" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):  # present: read, logged again
+    with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):  # present: read, logged again
         prepare_noise(save, musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"])
     assert "Recomputed" not in caplog.text and "urbansound8k: 8 files" in caplog.text
     # a stale composition (other options) is not trusted
@@ -480,7 +480,7 @@ def test_composition_is_recomputed_from_an_already_prepared_csv(corpus, tmp_path
 
 def test_rir_composition_of_the_authors_simulated_and_real_pool(corpus, tmp_path, caplog):
     rirs = corpus["rirs"]
-    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         path = prepare_rirs(str(tmp_path), rirs, rirs_noises_subsets=["simulated", "real"])
     assert os.path.basename(composition_path(path)) == "rirs_composition.json"
     composition = read_composition(path)

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPOSITORY_ROOT, folder_snapshot
 
 from robustdistiller.downstream import qbe
-from robustdistiller.fixtures.quesst14 import generate_quesst14
+from robustdistiller.testing.fixtures.quesst14 import generate_quesst14
 
 QBE_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "QUESST14", "QbE")
 sys.path.insert(0, QBE_FOLDER)
@@ -304,7 +304,7 @@ def test_fbank_search_finds_the_query_words_in_the_fixture(quesst14, tmp_path):
     """An fbank front end (no upstream) on the fixture: the words are found, MTWV well above 0."""
     from speechbrain.lobes.features import Fbank
 
-    from robustdistiller.audio import load_audio
+    from robustdistiller.data.audio import load_audio
 
     paths = prep.prepare_quesst14(quesst14, str(tmp_path / "save"))
     fbank = Fbank(n_mels=40, hop_length=20)

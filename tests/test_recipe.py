@@ -15,7 +15,7 @@ import yaml
 from hyperpyyaml import load_hyperpyyaml
 
 from conftest import REPOSITORY_ROOT, as_command_line, load_train_module, tiny_overrides
-from robustdistiller.brain import DistillationBrain
+from robustdistiller.distill.brain import DistillationBrain
 
 DISTILL_YAML = os.path.join(REPOSITORY_ROOT, "hparams", "distill.yaml")
 DISTILHUBERT_YAML = os.path.join(REPOSITORY_ROOT, "hparams", "distilhubert.yaml")
@@ -226,8 +226,8 @@ def test_nan_loss_is_named_and_never_applied(mini_corpus, tiny_teacher_folder, t
 
 
 def test_full_size_default_config_builds_and_runs_a_step(mini_corpus, tmp_path):
-    from robustdistiller.student import num_parameters
-    from robustdistiller.teacher import save_random_teacher
+    from robustdistiller.models.student import num_parameters
+    from robustdistiller.models.teacher import save_random_teacher
 
     teacher_folder = save_random_teacher(str(tmp_path / "wavlm_base_plus_shape"), model_type="wavlm", tiny=False)
     hparams, brain, train_data = build_brain(

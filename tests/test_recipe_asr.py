@@ -22,7 +22,7 @@ from robustdistiller.downstream.ctc import (
     greedy_ctc_decode,
     words_to_characters,
 )
-from robustdistiller.fixtures.librispeech_text import generate_librispeech_text
+from robustdistiller.testing.fixtures.librispeech_text import generate_librispeech_text
 
 
 def one_hot_frames(indices, vocab_size=5):

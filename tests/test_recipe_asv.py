@@ -22,14 +22,14 @@ import yaml
 
 from conftest import REPOSITORY_ROOT, as_command_line, corruption_overrides, run_recipe_script
 
-from robustdistiller.audio import load_audio
+from robustdistiller.data.audio import load_audio
 from robustdistiller.downstream.silence import (
     SilenceTrimmedPipeline,
     silence_keep_mask,
     trim_silence,
     trim_silence_reference,
 )
-from robustdistiller.fixtures.voxceleb1 import CLEANED_DROP_EVERY, generate_voxceleb1
+from robustdistiller.testing.fixtures.voxceleb1 import CLEANED_DROP_EVERY, generate_voxceleb1
 
 RECIPE_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "VoxCeleb1", "ASV")
 DEV_SPEAKERS, TEST_SPEAKERS, VALID_SPEAKERS, UTTERANCES_PER_SPEAKER = 16, 6, 4, 6

@@ -22,7 +22,7 @@ import torch
 
 from conftest import REPOSITORY_ROOT, corruption_overrides, run_recipe_script
 
-from robustdistiller.fixtures.iemocap import generate_iemocap
+from robustdistiller.testing.fixtures.iemocap import generate_iemocap
 
 RECIPE = os.path.join(REPOSITORY_ROOT, "recipes", "IEMOCAP", "ER")
 KEPT_PER_SESSION = 24  # 2 speakers x 4 classes x 3 utterances

@@ -18,7 +18,7 @@ import torch
 from conftest import REPOSITORY_ROOT, corruption_overrides, run_recipe_script
 
 from robustdistiller.export import export_student
-from robustdistiller.fixtures.fluent_speech_commands import INTENTS, generate_fluent_speech_commands
+from robustdistiller.testing.fixtures.fluent_speech_commands import INTENTS, generate_fluent_speech_commands
 
 sys.path.insert(0, os.path.join(REPOSITORY_ROOT, "recipes", "FluentSpeechCommands", "IC"))
 from prepare_fluent_speech_commands import SLOTS, prepare_fluent_speech_commands  # noqa: E402

@@ -16,7 +16,7 @@ import torch
 
 from conftest import REPOSITORY_ROOT, corruption_overrides, run_recipe_script
 
-from robustdistiller.fixtures.speech_commands import generate_speech_commands
+from robustdistiller.testing.fixtures.speech_commands import generate_speech_commands
 
 KS_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "SpeechCommands", "KS")
 sys.path.insert(0, KS_FOLDER)  # the recipe imports its prepare script as a sibling module

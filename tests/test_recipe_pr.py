@@ -20,7 +20,7 @@ from robustdistiller.downstream.librispeech import (
     prepare_librispeech_splits,
     read_lexicon_files,
 )
-from robustdistiller.fixtures.librispeech_text import FALLBACK_WORDS, WRONG_SECOND_PRONUNCIATIONS, \
+from robustdistiller.testing.fixtures.librispeech_text import FALLBACK_WORDS, WRONG_SECOND_PRONUNCIATIONS, \
     generate_librispeech_text
 
 PR_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "LibriSpeech", "PR")

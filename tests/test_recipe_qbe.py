@@ -11,7 +11,7 @@ from conftest import corruption_overrides, folder_snapshot, run_recipe_script
 
 from robustdistiller.downstream import qbe
 from robustdistiller.downstream.protocol import DEFAULT_TEST_CONDITIONS
-from robustdistiller.fixtures.quesst14 import generate_quesst14
+from robustdistiller.testing.fixtures.quesst14 import generate_quesst14
 
 ENGLISH_DOCUMENTS, ENGLISH_QUERIES = 24, 4
 

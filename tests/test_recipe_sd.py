@@ -14,7 +14,7 @@ from conftest import REPOSITORY_ROOT, corruption_overrides, folder_snapshot, run
 from robustdistiller.downstream.der import DEFAULT_MEDIANS, DEFAULT_THRESHOLDS, constant_baseline, read_rttm
 from robustdistiller.downstream.diarization import parse_turns
 from robustdistiller.downstream.signal import drop_missing_inputs
-from robustdistiller.fixtures.librimix_sd import generate_librimix_sd
+from robustdistiller.testing.fixtures.librimix_sd import generate_librimix_sd
 
 SD_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "LibriMix", "SD")
 sys.path.insert(0, SD_FOLDER)  # the recipe imports its prepare script as a sibling module

@@ -19,7 +19,7 @@ import soundfile
 
 from conftest import REPOSITORY_ROOT, corruption_overrides, folder_snapshot, run_recipe_script
 
-from robustdistiller.fixtures.voicebank import LENGTH_MULTIPLE, TEST_SNRS, generate_voicebank
+from robustdistiller.testing.fixtures.voicebank import LENGTH_MULTIPLE, TEST_SNRS, generate_voicebank
 
 SE_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "VoiceBank", "SE")
 sys.path.insert(0, SE_FOLDER)  # the recipe imports its prepare script as a sibling module

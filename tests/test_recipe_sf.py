@@ -18,7 +18,7 @@ import torch
 from conftest import REPOSITORY_ROOT, corruption_overrides, folder_snapshot, run_recipe_script
 
 from robustdistiller.downstream.protocol import DEFAULT_TEST_CONDITIONS
-from robustdistiller.fixtures.snips import generate_snips
+from robustdistiller.testing.fixtures.snips import generate_snips
 
 SF_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "SNIPS", "SF")
 sys.path.insert(0, SF_FOLDER)  # the recipe imports its prepare script as a sibling module

@@ -8,7 +8,7 @@ import torch
 
 from conftest import corruption_overrides, run_recipe_script
 
-from robustdistiller.fixtures.voxceleb1 import generate_voxceleb1
+from robustdistiller.testing.fixtures.voxceleb1 import generate_voxceleb1
 
 
 @pytest.fixture(scope="module")

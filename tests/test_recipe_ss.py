@@ -2,7 +2,7 @@
 machine, errors), permutation invariance of the metric and the loss, and one prepare -> train -> every
 test condition run on the fixture with a tiny upstream and a tiny head.
 
-The fixture (:mod:`robustdistiller.fixtures.librimix`) is **deliberately easy**: one voice is low-passed
+The fixture (:mod:`robustdistiller.testing.fixtures.librimix`) is **deliberately easy**: one voice is low-passed
 below 900 Hz and the other high-passed above 2.2 kHz, so a fixed frequency mask separates them. The run
 shows that the recipe learns (SI-SDRi far above the untrained head's and above 3 dB); its numbers say
 nothing about real Libri2Mix.
@@ -26,7 +26,7 @@ from conftest import REPOSITORY_ROOT, corruption_overrides, folder_snapshot, run
 
 from robustdistiller.downstream.separation import pit_mask_loss, utterance_scores
 from robustdistiller.downstream.signal import drop_missing_inputs
-from robustdistiller.fixtures.librimix import FOREIGN_ROOT, generate_librimix
+from robustdistiller.testing.fixtures.librimix import FOREIGN_ROOT, generate_librimix
 
 SS_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "LibriMix", "SS")
 YAML_FILE = os.path.join(SS_FOLDER, "hparams", "superb_ss.yaml")

@@ -25,11 +25,11 @@ from robustdistiller.downstream import (
     read_upstream_identity,
     upstream_name,
 )
-from robustdistiller.fingerprint import weights_fingerprint
-from robustdistiller.fixtures.speech_commands import generate_speech_commands
-from robustdistiller.options import OptionError
-from robustdistiller.run_folder import LOCK_FILE, lock_output_folder, release_output_folder
-from robustdistiller.teacher import save_random_teacher
+from robustdistiller.runs.fingerprint import weights_fingerprint
+from robustdistiller.testing.fixtures.speech_commands import generate_speech_commands
+from robustdistiller.runs.options import OptionError
+from robustdistiller.runs.run_folder import LOCK_FILE, lock_output_folder, release_output_folder
+from robustdistiller.models.teacher import save_random_teacher
 
 KS_FOLDER = os.path.join(REPOSITORY_ROOT, "recipes", "SpeechCommands", "KS")
 RECIPE_YAMLS = {

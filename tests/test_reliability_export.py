@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import robustdistiller.export as export_module
-import robustdistiller.write_errors as write_errors
+import robustdistiller.runs.write_errors as write_errors
 from conftest import folder_snapshot
 from robustdistiller.export import (
     MANIFEST_FILE,
@@ -31,8 +31,8 @@ from robustdistiller.export import (
     main,
     read_manifest,
 )
-from robustdistiller.student import DistillerStudent, build_student_config
-from robustdistiller.teacher import save_random_teacher
+from robustdistiller.models.student import DistillerStudent, build_student_config
+from robustdistiller.models.teacher import save_random_teacher
 
 TINY = dict(
     hidden_size=32,
@@ -442,7 +442,7 @@ def test_a_torch_write_failure_with_space_left_is_not_called_a_full_disk(tmp_pat
 @pytest.mark.parametrize("name", ["model.ckpt", "CKPT.yaml"])
 def test_a_full_disk_during_a_checkpoint_save_names_the_file(tmp_path, monkeypatch, name):
     """The checkpoint save path uses the same helper: no torch zip error, no published half checkpoint."""
-    from robustdistiller.checkpoints import AtomicCheckpointer
+    from robustdistiller.runs.checkpoints import AtomicCheckpointer
 
     model = torch.nn.Linear(2, 2)
     checkpointer = AtomicCheckpointer(str(tmp_path / "save"), recoverables={"model": model})

@@ -19,10 +19,10 @@ from transformers import BertConfig, BertModel
 
 from robustdistiller.downstream import FrozenUpstream
 from robustdistiller.export import ExportError, export_student, load_student
-from robustdistiller.interface import CNN_RECEPTIVE_FIELD, EncoderInterface, cnn_receptive_field
-from robustdistiller.losses import distillation_loss
-from robustdistiller.student import DistillerStudent, build_student_config
-from robustdistiller.teacher import (
+from robustdistiller.inference.interface import CNN_RECEPTIVE_FIELD, EncoderInterface, cnn_receptive_field
+from robustdistiller.distill.losses import distillation_loss
+from robustdistiller.models.student import DistillerStudent, build_student_config
+from robustdistiller.models.teacher import (
     SSL_MODEL_TYPES,
     FrozenTeacher,
     TeacherSourceError,
@@ -315,7 +315,7 @@ def damaged_copy(exported_folder, tmp_path, name, keep):
 def test_a_truncated_weights_file_fails_from_hparams_naming_it(tmp_path, exported_folder, name, keep):
     """Before: `PytorchStreamReader failed reading zip archive: failed finding central directory`, no file."""
     from conftest import folder_snapshot
-    from robustdistiller.interface import DamagedModelFileError
+    from robustdistiller.inference.interface import DamagedModelFileError
 
     folder = damaged_copy(exported_folder, tmp_path, name, keep)
     before = folder_snapshot(folder)
@@ -330,7 +330,7 @@ def test_a_truncated_file_of_an_export_without_the_loading_hook_is_named(tmp_pat
     """An export written before the hook (or one whose hyperparams.yaml was edited): the failed load is
     diagnosed by checking each weights file."""
     from conftest import folder_snapshot
-    from robustdistiller.interface import DamagedModelFileError
+    from robustdistiller.inference.interface import DamagedModelFileError
 
     folder = damaged_copy(exported_folder, tmp_path, "encoder.ckpt", 0.5)
     hparams = os.path.join(folder, "hyperparams.yaml")
@@ -352,7 +352,7 @@ def test_weights_of_another_model_in_encoder_ckpt_are_refused_naming_it(tmp_path
     """SpeechBrain's default transfer loads with strict=False (a missing weight: a warning and a random
     one left); the export's hook loads strictly and names the file."""
     from conftest import folder_snapshot
-    from robustdistiller.interface import DamagedModelFileError
+    from robustdistiller.inference.interface import DamagedModelFileError
 
     folder = str(tmp_path / "exported")
     shutil.copytree(exported_folder, folder)
@@ -444,7 +444,7 @@ def test_a_truncated_dpwavlm_export_fails_from_hparams_naming_the_file(tmp_path)
     """The DPWavLM interface shares `from_hparams`: its export (no loading hook in its YAML) is diagnosed."""
     from conftest import folder_snapshot
     from robustdistiller.dpwavlm.interface import DPWavLMInterface
-    from robustdistiller.interface import DamagedModelFileError
+    from robustdistiller.inference.interface import DamagedModelFileError
     from test_dpwavlm_export import compact_model, write_run
 
     run = str(tmp_path / "run")

@@ -23,13 +23,13 @@ import soundfile
 from speechbrain.dataio.dataio import load_data_csv
 
 from conftest import REPOSITORY_ROOT, folder_snapshot
-from robustdistiller.audio import AudioLoadError, audio_info
-from robustdistiller.corruption import Corruptor
-from robustdistiller.datafiles import REPEATED_FOLDER, UNREADABLE_FOLDER, FolderReadError, TextFileError
-from robustdistiller.dataio import load_listed_audio, make_distillation_dataset
+from robustdistiller.data.audio import AudioLoadError, audio_info
+from robustdistiller.data.corruption import Corruptor
+from robustdistiller.data.files import REPEATED_FOLDER, UNREADABLE_FOLDER, FolderReadError, TextFileError
+from robustdistiller.data.pipeline import load_listed_audio, make_distillation_dataset
 from robustdistiller.downstream.data import SplitError, check_split_lists
-from robustdistiller.options import OptionError
-from robustdistiller.prepare import (
+from robustdistiller.runs.options import OptionError
+from robustdistiller.data.prepare import (
     DAMAGED_AUDIO,
     DOLLAR_IN_PATH,
     MISSING_FLAC,
@@ -95,7 +95,7 @@ def test_librispeech_irregular_files_are_kept_or_counted(tmp_path, caplog):
     librispeech = _small_librispeech(tmp_path / "data")
     before = folder_snapshot(str(librispeech))
     save = tmp_path / "save"
-    with caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         paths = prepare_librispeech(str(librispeech), str(save), ["train-clean-100"], [])
     rows = {row["ID"]: row for row in _rows(paths["train"])}
     assert sorted(rows) == ["11-22-0001", "11-22-0002", "33-44-0001"]
@@ -122,7 +122,7 @@ def test_short_noises_are_left_out_and_counted(tmp_path, caplog):
     _audio(noises / "short.wav", num_samples=800, seed=3)  # 50 ms: would be tiled into a buzz
     _audio(noises / "one_sample.wav", num_samples=1, seed=4)
     before = folder_snapshot(str(noises))
-    with caplog.at_level(logging.WARNING, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.data.prepare"):
         csv_path = prepare_noise(str(tmp_path / "save"), extra_folders=str(noises))  # a single string
     kept = sorted(os.path.basename(row["wav"]) for row in _rows(csv_path))
     assert kept == ["UPPER.WAV", "exactly_0.1s.wav", "long.wav"]
@@ -147,7 +147,7 @@ def _small_rirs_noises(root):
 def test_missing_rirs_are_counted(tmp_path, caplog):
     rirs = _small_rirs_noises(tmp_path)
     before = folder_snapshot(str(rirs))
-    with caplog.at_level(logging.WARNING, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.data.prepare"):
         csv_path = prepare_rirs(str(tmp_path / "save"), str(rirs), rirs_noises_subsets="real")
     assert sorted(row["ID"] for row in _rows(csv_path)) == ["air_type1_rir_a", "air_type1_rir_b"]
     assert _skipped(csv_path) == {MISSING_RIR: 1}
@@ -217,7 +217,7 @@ def test_found_files_with_dollar_are_left_out_and_counted(tmp_path, caplog):
     _audio(noises / "ok.wav")
     _audio(noises / "price$tag.wav", seed=1)
     before = folder_snapshot(str(librispeech), str(noises))
-    with caplog.at_level(logging.WARNING, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.data.prepare"):
         paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
         noise_csv = prepare_noise(str(tmp_path / "save"), extra_folders=str(noises))
     assert _skipped(paths["train"])[DOLLAR_IN_PATH] == 1 and _skipped(noise_csv) == {DOLLAR_IN_PATH: 1}
@@ -361,7 +361,7 @@ def test_unreadable_librispeech_folder_is_counted_and_warned(tmp_path, caplog, m
     librispeech = _small_librispeech(tmp_path / "data")
     chapter = librispeech / "train-clean-100" / "11" / "22"
     before = folder_snapshot(str(librispeech))
-    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         _block_listing(patch, chapter)
         paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
     assert [row["ID"] for row in _rows(paths["train"])] == ["33-44-0001"]
@@ -401,7 +401,7 @@ def test_unreadable_noise_and_rir_folders_are_counted_and_warned(tmp_path, caplo
     (rirs_noises / "pointsource_noises").mkdir()
     before = folder_snapshot(str(noises), str(rirs), str(rirs_noises))
     save = str(tmp_path / "save")
-    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="robustdistiller.prepare"):
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         _block_listing(patch, noises / "locked", rirs / "room2", rirs_noises / "pointsource_noises")
         noise_csv = prepare_noise(save, extra_folders=str(noises))
         rir_csv = prepare_rirs(save, str(rirs), rir_format="folder", csv_name="folder_rirs.csv")
@@ -436,7 +436,7 @@ def _link_farm(tmp_path):
 def test_symlinked_speaker_folders_are_read(tmp_path, caplog):
     librispeech, disk1, disk2 = _link_farm(tmp_path)
     before = folder_snapshot(str(disk1), str(disk2), str(librispeech))
-    with caplog.at_level(logging.WARNING, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.data.prepare"):
         paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
     rows = {row["ID"]: row for row in _rows(paths["train"])}
     assert sorted(rows) == ["11-22-0001", "33-44-0001"]
@@ -454,7 +454,7 @@ def test_link_cycles_are_walked_once_and_counted(tmp_path, caplog):
     _audio(noises / "a.wav")
     os.symlink(noises, noises / "again")  # the noise folder inside itself
     before = folder_snapshot(str(disk1), str(disk2), str(noises))
-    with caplog.at_level(logging.WARNING, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.data.prepare"):
         paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
         noise_csv = prepare_noise(str(tmp_path / "save"), extra_folders=str(noises))
     assert sorted(row["ID"] for row in _rows(paths["train"])) == ["11-22-0001", "33-44-0001"]  # once each
@@ -488,7 +488,7 @@ def test_truncated_flac_is_left_out_as_damaged_and_counted(tmp_path, caplog):
     damaged_noise = _audio(noises / "cut.flac", seed=1)
     _truncate(damaged_noise, removed_bytes=5000)
     before = folder_snapshot(str(librispeech), str(noises))
-    with caplog.at_level(logging.WARNING, logger="robustdistiller.prepare"):
+    with caplog.at_level(logging.WARNING, logger="robustdistiller.data.prepare"):
         paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
         noise_csv = prepare_noise(str(tmp_path / "save"), extra_folders=str(noises))
     assert "11-22-0004" not in {row["ID"] for row in _rows(paths["train"])}
@@ -641,7 +641,7 @@ ER_MODULE = "recipes/IEMOCAP/ER/prepare_iemocap.py"
 
 def _voxceleb1(folder, layout="merged", dev_speakers=3):
     """The fixture's VoxCeleb1: one video of three utterances per speaker (train, dev, test of SID)."""
-    from robustdistiller.fixtures.voxceleb1 import generate_voxceleb1
+    from robustdistiller.testing.fixtures.voxceleb1 import generate_voxceleb1
 
     return generate_voxceleb1(str(folder), seed=0, dev_speakers=dev_speakers, test_speakers=2, videos_per_speaker=1,
                               utterances_per_video=3, layout=layout)
@@ -766,7 +766,7 @@ def test_voxceleb1_lists_and_lexicon_that_are_not_utf8_name_the_file_and_the_lin
 
 
 def _iemocap(folder):
-    from robustdistiller.fixtures.iemocap import generate_iemocap
+    from robustdistiller.testing.fixtures.iemocap import generate_iemocap
 
     return generate_iemocap(str(folder), seed=0, utterances_per_emotion=1, dialogs_per_session=1, words=(2, 3))
 

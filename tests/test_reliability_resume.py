@@ -17,13 +17,13 @@ import speechbrain as sb
 import torch
 
 from conftest import REPOSITORY_ROOT, as_command_line, folder_snapshot, tiny_overrides
-from robustdistiller.checkpoints import (
+from robustdistiller.runs.checkpoints import (
     UNLOADABLE_FOLDER,
     AtomicCheckpointer,
     CheckpointRecoveryError,
     ModelChangedError,
 )
-from robustdistiller.run_folder import ChangedSettingsError
+from robustdistiller.runs.run_folder import ChangedSettingsError
 from test_reliability_training import DISTILL_YAML, fit, make_brain
 
 ROBUST_DPWAVLM_YAML = os.path.join(REPOSITORY_ROOT, "hparams", "robust_dpwavlm.yaml")
@@ -144,7 +144,7 @@ def copy_run(source, destination):
 def test_a_checkpoint_copied_from_a_run_with_another_teacher_is_not_resumed(
     mini_corpus, tiny_teacher_folder, short_run, tmp_path, caplog
 ):
-    from robustdistiller.teacher import save_random_teacher
+    from robustdistiller.models.teacher import save_random_teacher
 
     other_teacher = save_random_teacher(str(tmp_path / "other_teacher"), model_type="wavlm", tiny=True, seed=5)
     inputs = folder_snapshot(*corpus_folders(mini_corpus), tiny_teacher_folder, other_teacher)
@@ -168,7 +168,7 @@ def test_a_checkpoint_copied_from_a_run_with_another_teacher_is_not_resumed(
 @pytest.fixture(scope="module")
 def other_corpus(tmp_path_factory):
     """Another generated corpus (other utterances, other noise files) in the same layouts."""
-    from robustdistiller.mini_corpus import generate_mini_corpus
+    from robustdistiller.testing.mini_corpus import generate_mini_corpus
 
     return generate_mini_corpus(
         str(tmp_path_factory.mktemp("other_corpus")), seed=1, train_speakers=2, valid_speakers=2,
@@ -324,7 +324,7 @@ def test_a_refused_dpwavlm_resume_rewrites_none_of_the_run_records(mini_corpus, 
 
 def test_dpwavlm_reads_its_teacher_with_the_teacher_loader(tiny_teacher_folder, tmp_path):
     from robustdistiller.dpwavlm.stages import load_teacher
-    from robustdistiller.teacher import SAFETENSORS_FILE, TeacherSourceError
+    from robustdistiller.models.teacher import SAFETENSORS_FILE, TeacherSourceError
 
     inputs = folder_snapshot(tiny_teacher_folder)
     damaged = shutil.copytree(tiny_teacher_folder, str(tmp_path / "teacher"))
@@ -361,7 +361,7 @@ def test_a_file_missing_from_a_checkpoint_of_this_run_is_damaged_not_another_mod
 
 def test_dpwavlm_stage_checkpoints_record_the_run_signature_hash(tmp_path, monkeypatch):
     from robustdistiller.dpwavlm import stages
-    from robustdistiller.run_folder import signature_hash, write_run_signature
+    from robustdistiller.runs.run_folder import signature_hash, write_run_signature
 
     save = str(tmp_path / "save")
     write_run_signature(save, {"target_sparsity": 0.75})  # what check_run_settings records

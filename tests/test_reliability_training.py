@@ -15,10 +15,10 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from conftest import REPOSITORY_ROOT, as_command_line, folder_snapshot, load_train_module, tiny_overrides
-from robustdistiller.brain import DistillationBrain
-from robustdistiller.checkpoints import PARTIAL_PREFIX, AtomicCheckpointer, CheckpointRecoveryError
-from robustdistiller.options import OptionError
-from robustdistiller.run_folder import (
+from robustdistiller.distill.brain import DistillationBrain
+from robustdistiller.runs.checkpoints import PARTIAL_PREFIX, AtomicCheckpointer, CheckpointRecoveryError
+from robustdistiller.runs.options import OptionError
+from robustdistiller.runs.run_folder import (
     ChangedSettingsError,
     OutputFolderInUse,
     lock_output_folder,
@@ -112,7 +112,7 @@ def test_no_loadable_checkpoint_is_an_error_that_lists_each(tmp_path):
 
 def test_a_second_run_in_a_locked_folder_stops_and_a_stale_lock_is_taken_over(tmp_path, caplog):
     holder_code = (
-        "import sys; from robustdistiller.run_folder import lock_output_folder; "
+        "import sys; from robustdistiller.runs.run_folder import lock_output_folder; "
         f"lock_output_folder({str(tmp_path)!r}); print('locked', flush=True); sys.stdin.read()"
     )
     environment = dict(os.environ, PYTHONPATH=REPOSITORY_ROOT)
@@ -256,7 +256,7 @@ def test_a_changed_setting_is_refused_before_recovery_and_accepted_on_purpose(
 ):
     import shutil
 
-    from robustdistiller.teacher import save_random_teacher
+    from robustdistiller.models.teacher import save_random_teacher
 
     output = str(tmp_path / "run")
     shutil.copytree(uninterrupted[0], output)

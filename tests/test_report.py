@@ -20,7 +20,7 @@ import yaml
 
 from conftest import corruption_overrides
 
-from robustdistiller.fixtures.speech_commands import generate_speech_commands
+from robustdistiller.testing.fixtures.speech_commands import generate_speech_commands
 from robustdistiller.report import run_report, spec_from_dict, SpecError
 from robustdistiller.report.__main__ import main as report_main
 from robustdistiller.report.runner import PairMismatch
@@ -58,7 +58,7 @@ def report_run(tmp_path_factory, tiny_teacher_folder, mini_corpus):
 
     ``main`` runs in this process (the recipes in subprocesses, as always): the console is captured.
     """
-    from robustdistiller.teacher import save_random_teacher
+    from robustdistiller.models.teacher import save_random_teacher
 
     base = tmp_path_factory.mktemp("report")
     # a small Speech Commands: 3 training, 1 dev and 2 test speakers (~65 training items, 24 test clips)

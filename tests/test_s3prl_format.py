@@ -1,4 +1,4 @@
-"""Tests of the s3prl ``distiller`` checkpoint import / export (robustdistiller.s3prl_format).
+"""Tests of the s3prl ``distiller`` checkpoint import / export (robustdistiller.export.s3prl).
 
 The s3prl checkpoints here are built from the documented key names and shapes (``docs/reference/robustdistiller.md``
 "Authors' checkpoint format") with random tensors, saved the way the authors' files are (an optimizer
@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustdistiller.s3prl_format import (
+from robustdistiller.export.s3prl import (
     InertStub,
     S3prlFormatError,
     format_conv_layers,
@@ -31,7 +31,7 @@ from robustdistiller.s3prl_format import (
     student_from_s3prl,
     student_to_s3prl,
 )
-from robustdistiller.student import DistillerStudent, build_student_config, num_parameters
+from robustdistiller.models.student import DistillerStudent, build_student_config, num_parameters
 
 TINY_CONV = "[(24,10,5)] + [(24,3,2)] * 4 + [(24,2,2)] * 2"
 TINY = {
@@ -319,7 +319,7 @@ def test_loads_authors_checkpoint_without_the_optimizers_module(tmp_path, record
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)
 
-    with caplog.at_level("INFO", logger="robustdistiller.s3prl_format"):
+    with caplog.at_level("INFO", logger="robustdistiller.export.s3prl"):
         checkpoint = load_s3prl_checkpoint(path)
     assert recorder.attempts == [] and "optimizers" not in sys.modules
     optimizer = checkpoint["Optimizer"]

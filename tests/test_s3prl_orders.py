@@ -26,7 +26,7 @@ from robustdistiller.downstream.classification import fixed_order_encoder, sorte
 from robustdistiller.downstream.ctc import character_vocabulary, phone_vocabulary
 from robustdistiller.downstream.s3prl_lists import ER_CLASSES, read_iemocap_s3prl_order
 from robustdistiller.downstream.voxceleb1 import voxceleb1_wav_folders
-from robustdistiller.fixtures.voxceleb1 import generate_voxceleb1
+from robustdistiller.testing.fixtures.voxceleb1 import generate_voxceleb1
 
 # s3prl 0.4.18 downstream/asr/char.dict, in file order
 S3PRL_CHAR_DICT = ["|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L", "U", "M", "C", "W", "F", "G", "Y",

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import HubertModel, WavLMConfig, WavLMModel
 
-from robustdistiller.losses import lengths_to_mask
-from robustdistiller.student import (
+from robustdistiller.distill.losses import lengths_to_mask
+from robustdistiller.models.student import (
     DistillerStudent,
     PredictionHeads,
     absolute_lengths,
@@ -18,7 +18,7 @@ from robustdistiller.student import (
     num_parameters,
     per_utterance_cnn_norm,
 )
-from robustdistiller.teacher import random_teacher_config
+from robustdistiller.models.teacher import random_teacher_config
 
 TINY = dict(
     hidden_size=64,
@@ -177,13 +177,13 @@ def test_prediction_heads_match_per_head_linear_layers():
 
 
 def _save_hubert(tmp_path, **overrides):
-    from robustdistiller.teacher import load_ssl_model, save_random_teacher
+    from robustdistiller.models.teacher import load_ssl_model, save_random_teacher
 
     return load_ssl_model(save_random_teacher(str(tmp_path), model_type="hubert", seed=5, **overrides)).eval()
 
 
 def test_init_from_wavlm_teacher_copies_and_drops(tiny_teacher_folder):
-    from robustdistiller.teacher import load_ssl_model
+    from robustdistiller.models.teacher import load_ssl_model
 
     teacher = load_ssl_model(tiny_teacher_folder)
     student = DistillerStudent(build_student_config(teacher.config))
@@ -291,7 +291,7 @@ def test_init_default_encoder_layer_norm_is_a_plain_normalisation():
 
 
 def test_init_from_hubert_teacher_reproduces_first_layers(tmp_path):
-    from robustdistiller.teacher import FrozenTeacher
+    from robustdistiller.models.teacher import FrozenTeacher
 
     # the student has no LayerNorm before its projection: a HuBERT teacher without one is identical
     teacher = FrozenTeacher(_save_hubert(tmp_path, feat_proj_layer_norm=False), target_layers=(1, 2))
@@ -326,7 +326,7 @@ def test_init_handles_legacy_weight_norm_names(tmp_path):
 
 
 def test_init_shape_mismatch_names_parameter(tiny_teacher_folder, full_student):
-    from robustdistiller.teacher import load_ssl_model
+    from robustdistiller.models.teacher import load_ssl_model
 
     teacher = load_ssl_model(tiny_teacher_folder)
     with pytest.raises(ValueError, match=r"feature_extractor\.conv_layers\.0\.conv\.weight"):

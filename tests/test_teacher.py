@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import HubertModel, Wav2Vec2Model, WavLMModel
 
-from robustdistiller.teacher import (
+from robustdistiller.models.teacher import (
     FrozenTeacher,
     TeacherPrecisionError,
     TeacherSourceError,
@@ -330,7 +330,7 @@ def test_precision_self_check_accepts_healthy_bf16_and_logs(precision_teacher_fo
     wavs, wav_lens = padded_batch([24000, 16000, 9000], seed=8)
     teacher = FrozenTeacher(precision_teacher_folder, per_utterance_norm=True, precision="bf16")
     assert teacher.precision_min_cosine == 0.99  # the YAMLs' teacher_precision_min_cosine
-    with caplog.at_level("INFO", logger="robustdistiller.teacher"):
+    with caplog.at_level("INFO", logger="robustdistiller.models.teacher"):
         cosines = teacher.check_precision(wavs, wav_lens)
     expected = layer_cosines(teacher, wavs, wav_lens)
     assert sorted(cosines) == [4, 8, 12]

@@ -96,7 +96,7 @@ def test_a_training_step_never_reads_device_data_on_the_host(mini_corpus, tiny_t
     # The counter can fail: a log step brings the statistics to the host.
     brain.hparams.log_interval = 1
     log_step = device_reads_of_a_step(brain, batch)
-    assert any("robustdistiller/brain.py" in origin for _, origin in log_step), log_step
+    assert any("robustdistiller/distill/brain.py" in origin for _, origin in log_step), log_step
 
 
 def batch_orders(mini_corpus, teacher_folder, output_folder, epochs, fail_at=None, **extra):

@@ -237,9 +237,9 @@ def check_ctc_decoding(rule, option_name="ctc_decoding"):
     >>> check_ctc_decoding("s3prl")
     Traceback (most recent call last):
     ...
-    robustdistiller.options.OptionError: Option `ctc_decoding` must be one of ('standard', 's3prl_pre2022'), not 's3prl'
+    robustdistiller.runs.options.OptionError: Option `ctc_decoding` must be one of ('standard', 's3prl_pre2022'), not 's3prl'
     """
-    from robustdistiller.options import OptionError
+    from robustdistiller.runs.options import OptionError
 
     if rule not in CTC_DECODING_RULES:
         raise OptionError(f"Option `{option_name}` must be one of {CTC_DECODING_RULES}, not {rule!r}")

@@ -1,7 +1,7 @@
 """Audio pipelines of the downstream recipes.
 
 :class:`AudioPipeline` reads (and crops) an utterance and, for a test condition, corrupts it with a
-:class:`~robustdistiller.corruption.Corruptor` seeded by the utterance id -- every upstream hears
+:class:`~robustdistiller.data.corruption.Corruptor` seeded by the utterance id -- every upstream hears
 exactly the same corrupted audio. :func:`audio_dataset` and :func:`condition_test_set_factory` build
 the datasets of training and of each test condition.
 
@@ -19,8 +19,8 @@ import os
 import speechbrain as sb
 import torch
 
-from robustdistiller.audio import load_audio
-from robustdistiller.corruption import hash_seed
+from robustdistiller.data.audio import load_audio
+from robustdistiller.data.corruption import hash_seed
 
 logger = logging.getLogger(__name__)
 

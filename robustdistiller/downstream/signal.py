@@ -32,7 +32,7 @@ import speechbrain as sb
 import torch
 
 from robustdistiller.downstream.data import AudioPipeline, paired_condition_key
-from robustdistiller.options import OptionError
+from robustdistiller.runs.options import OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class SignalPipeline(AudioPipeline):
 def corruption_gain(clean, reference):
     """The scalar ``g`` with ``reference = g * clean``: the gain a corruption applied to its input's speech.
 
-    :class:`~robustdistiller.corruption.Corruptor` returns the scaled clean signal (``AddNoise`` scales the
+    :class:`~robustdistiller.data.corruption.Corruptor` returns the scaled clean signal (``AddNoise`` scales the
     signal down by ``1 - 1/(10^(SNR/20)+1)``; reverberation keeps the dry signal); the sources of a
     mixture need the same gain to stay the targets of the corrupted mixture.
 

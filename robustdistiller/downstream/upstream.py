@@ -4,7 +4,7 @@
   distillation checkpoint, an s3prl-format checkpoint, a DPHuBERT-format ``.pth`` (DPWavLM; all through
   :func:`robustdistiller.export.load_student`), or any Hugging Face WavLM / HuBERT / wav2vec 2.0 hub id
   or folder (the WavLM Base+ teacher row), or a student exported to ONNX (``onnx``: an ``encoder.onnx`` /
-  ``encoder_int8.onnx`` of :mod:`robustdistiller.onnx_export`, run by ONNX Runtime). Frozen (no gradients, always eval, fp32) and kept out of the
+  ``encoder_int8.onnx`` of :mod:`robustdistiller.export.onnx`, run by ONNX Runtime). Frozen (no gradients, always eval, fp32) and kept out of the
   Brain's modules, so no upstream weight ever enters a downstream checkpoint.
 * :meth:`FrozenUpstream.identity` and :func:`check_upstream_identity`: kind, source, weights
   fingerprint, layers, width and options, recorded in ``<save_folder>/upstream.json``; a rerun in that
@@ -25,12 +25,12 @@ import torch.nn as nn
 
 from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
 from robustdistiller.export import ExportError, UnfinishedRunError, file_sha256, load_student, locate_checkpoint
-from robustdistiller.fingerprint import weights_fingerprint
-from robustdistiller.interface import looks_like_path
-from robustdistiller.options import OptionError
-from robustdistiller.run_folder import ChangedSettingsError
-from robustdistiller.student import num_parameters
-from robustdistiller.teacher import FrozenTeacher, load_ssl_model
+from robustdistiller.runs.fingerprint import weights_fingerprint
+from robustdistiller.inference.interface import looks_like_path
+from robustdistiller.runs.options import OptionError
+from robustdistiller.runs.run_folder import ChangedSettingsError
+from robustdistiller.models.student import num_parameters
+from robustdistiller.models.teacher import FrozenTeacher, load_ssl_model
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class FrozenUpstream(nn.Module):
     kind : str
         ``"auto"`` (a folder or file our :func:`~robustdistiller.export.locate_checkpoint` recognises
         is a student, anything else a Hugging Face model; hub ids are Hugging Face models),
-        ``"student"``, ``"hf"`` or ``"onnx"`` (an ONNX file of :mod:`robustdistiller.onnx_export`, or an
+        ``"student"``, ``"hf"`` or ``"onnx"`` (an ONNX file of :mod:`robustdistiller.export.onnx`, or an
         exported folder with ``onnx/encoder.onnx``; ``auto`` picks it for a ``.onnx`` file). The ONNX
         graph gives the student's layers (same ``student_layer0`` and ``include_predictions`` rules) and
         has the student's per-utterance normalisation setting built in.
@@ -154,7 +154,7 @@ class FrozenUpstream(nn.Module):
     Example
     -------
     >>> import tempfile
-    >>> from robustdistiller.teacher import save_random_teacher
+    >>> from robustdistiller.models.teacher import save_random_teacher
     >>> upstream = FrozenUpstream(save_random_teacher(tempfile.mkdtemp(), model_type="hubert"))
     >>> features, frame_mask = upstream(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
     >>> upstream.kind, upstream.num_layers, features.shape, frame_mask.sum(dim=1).tolist()
@@ -226,9 +226,9 @@ class FrozenUpstream(nn.Module):
         )
 
     def _init_onnx(self, source):
-        """The ``onnx`` kind: an :class:`~robustdistiller.onnx_runtime.OnnxEncoder` session."""
-        from robustdistiller.onnx_export import FP32_FILE, ONNX_FOLDER
-        from robustdistiller.onnx_runtime import OnnxEncoder
+        """The ``onnx`` kind: an :class:`~robustdistiller.inference.onnx_runtime.OnnxEncoder` session."""
+        from robustdistiller.export.onnx import FP32_FILE, ONNX_FOLDER
+        from robustdistiller.inference.onnx_runtime import OnnxEncoder
 
         path = os.path.expanduser(source)
         if os.path.isdir(path):
@@ -273,7 +273,7 @@ class FrozenUpstream(nn.Module):
         dict
             ``kind`` (``student``, ``hf`` or ``onnx``, never ``auto``), ``source`` (as given), ``source_path``
             (absolute path of a local source, None for a hub id), ``fingerprint``
-            (:func:`~robustdistiller.fingerprint.weights_fingerprint` of the frozen weights, which
+            (:func:`~robustdistiller.runs.fingerprint.weights_fingerprint` of the frozen weights, which
             identifies the upstream whatever path it was loaded from; for ``onnx`` the SHA-256 of the file),
             ``num_layers`` and
             ``hidden_size`` (of the features the head sees), ``include_predictions`` (always False
@@ -283,7 +283,7 @@ class FrozenUpstream(nn.Module):
         Example
         -------
         >>> import tempfile
-        >>> from robustdistiller.teacher import save_random_teacher
+        >>> from robustdistiller.models.teacher import save_random_teacher
         >>> identity = FrozenUpstream(save_random_teacher(tempfile.mkdtemp(), model_type="hubert")).identity()
         >>> identity["kind"], identity["num_layers"], identity["hidden_size"], len(identity["fingerprint"])
         ('hf', 13, 64, 16)
@@ -422,7 +422,7 @@ def check_upstream_identity(save_folder, upstream, record=True):
     Example
     -------
     >>> import tempfile
-    >>> from robustdistiller.teacher import save_random_teacher
+    >>> from robustdistiller.models.teacher import save_random_teacher
     >>> save_folder = tempfile.mkdtemp()
     >>> first = FrozenUpstream(save_random_teacher(tempfile.mkdtemp(), model_type="hubert", seed=1))
     >>> check_upstream_identity(save_folder, first) is None  # first run: recorded

@@ -12,11 +12,11 @@
 relative to ``wav/`` (``id10001/1zcIwhmdeo4/00001.wav``) and resolve through it
 (:func:`resolve_listed_path`).
 
-Folders are listed with :func:`robustdistiller.datafiles.list_folder`: symbolic links are followed
+Folders are listed with :func:`robustdistiller.data.files.list_folder`: symbolic links are followed
 (``dev``, ``wav`` or speaker folders may be links into other disks: a link farm), the data folder and
-each ``wav`` folder must be readable (else a :class:`~robustdistiller.datafiles.FolderReadError` names
+each ``wav`` folder must be readable (else a :class:`~robustdistiller.data.files.FolderReadError` names
 it), and any other folder that cannot be listed (a ``<data_folder>/*`` folder, a speaker or video
-folder) is left out, counted and warned about (:class:`~robustdistiller.datafiles.SkippedFolders`),
+folder) is left out, counted and warned about (:class:`~robustdistiller.data.files.SkippedFolders`),
 never dropped silently. The depth is fixed (``wav/<speaker>/<video>/<file>``), so a link cycle cannot
 make a walk loop.
 """
@@ -24,7 +24,7 @@ make a walk loop.
 import logging
 import os
 
-from robustdistiller.datafiles import SkippedFolders, list_folder
+from robustdistiller.data.files import SkippedFolders, list_folder
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def voxceleb1_wav_folders(data_folder, skipped=None):
     ---------
     data_folder : str
         The VoxCeleb1 folder.
-    skipped : robustdistiller.datafiles.SkippedFolders, optional
+    skipped : robustdistiller.data.files.SkippedFolders, optional
         Receives the ``<data_folder>/*`` folders that cannot be listed (they might hold a ``wav``
         folder). None: they are warned about here.
 
@@ -49,7 +49,7 @@ def voxceleb1_wav_folders(data_folder, skipped=None):
     FileNotFoundError
         ``data_folder`` is missing, or holds neither layout (both are named in the message, and the
         folders that could not be listed).
-    robustdistiller.datafiles.FolderReadError
+    robustdistiller.data.files.FolderReadError
         ``data_folder`` cannot be listed.
 
     Example
@@ -96,7 +96,7 @@ def speaker_folders(wav_folders):
 
     Raises
     ------
-    robustdistiller.datafiles.FolderReadError
+    robustdistiller.data.files.FolderReadError
         A wav folder cannot be listed (named).
 
     Example

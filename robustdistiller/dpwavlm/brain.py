@@ -28,12 +28,12 @@ import logging
 import speechbrain as sb
 import torch
 
-from robustdistiller.brain import command_line_interval_wins
+from robustdistiller.distill.brain import command_line_interval_wins
 from robustdistiller.dpwavlm.objective import layer_to_layer_loss
 from robustdistiller.dpwavlm.schedule import LinearDecaySchedule, build_optimizer, prepare_optimizer_step
-from robustdistiller.enhancement import stft_magnitude
-from robustdistiller.interface import absolute_lengths
-from robustdistiller.losses import enhancement_loss, lengths_to_mask
+from robustdistiller.models.enhancement import stft_magnitude
+from robustdistiller.inference.interface import absolute_lengths
+from robustdistiller.distill.losses import enhancement_loss, lengths_to_mask
 
 logger = logging.getLogger(__name__)
 

@@ -147,12 +147,12 @@ def from_hf_model(folder, **prune_flags):
     ``prune_flags`` are DPHuBERT config flags, e.g. ``extractor_prune_conv_channels=True``; the gates
     they add keep their random init, ``dummy_weight`` is ones, HF's ``masked_spec_embed`` is ignored.
     A HuBERT folder gives DPHuBERT's HuBERT model (plain attention, ``encoder_num_heads`` config).
-    The folder is read by :func:`robustdistiller.teacher.load_model_folder` (a truncated or damaged
-    ``model.safetensors`` is a :class:`~robustdistiller.teacher.TeacherSourceError` naming it).
+    The folder is read by :func:`robustdistiller.models.teacher.load_model_folder` (a truncated or damaged
+    ``model.safetensors`` is a :class:`~robustdistiller.models.teacher.TeacherSourceError` naming it).
     """
     import transformers
 
-    from robustdistiller.teacher import load_model_folder
+    from robustdistiller.models.teacher import load_model_folder
 
     folder = Path(folder)
     # The distillation's teacher loader: config.json, model type and complete weight files are checked

@@ -3,7 +3,7 @@
 :func:`robustdistiller.export.load_student` returns a :class:`DPWavLMEncoder` for DPHuBERT-format files
 (our ``final.pth`` / ``pruned.pth``, the released ``DPWavLM-sp0.75.pth`` / ``RDDPWavLM-sp0.75.pth``, an
 exported ``dpwavlm.pth``). It takes SpeechBrain's relative lengths and returns a
-:class:`~robustdistiller.student.StudentOutput`, so :class:`~robustdistiller.downstream.upstream.FrozenUpstream`
+:class:`~robustdistiller.models.student.StudentOutput`, so :class:`~robustdistiller.downstream.upstream.FrozenUpstream`
 treats it as our students:
 
 * ``projection`` is DPHuBERT's layer 0 (the feature projection's output before the positional conv, padded
@@ -21,13 +21,13 @@ import logging
 
 import torch
 
-from robustdistiller.interface import (
+from robustdistiller.inference.interface import (
     absolute_lengths,
     check_input_lengths,
     lengths_to_mask,
     per_utterance_cnn_norm,
 )
-from robustdistiller.student import StudentOutput
+from robustdistiller.models.student import StudentOutput
 
 logger = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ from robustdistiller.export import (
     locate_checkpoint,
     write_export_folder,
 )
-from robustdistiller.student import num_parameters
+from robustdistiller.models.student import num_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def hyperparams_text(config):
         "        encoder: !ref <encoder>",
         "    # strict loading that names a truncated or foreign encoder.ckpt",
         "    custom_hooks:",
-        "        encoder: !name:robustdistiller.interface.load_weights_naming_the_file",
+        "        encoder: !name:robustdistiller.inference.interface.load_weights_naming_the_file",
         "",
     ])
 
@@ -138,9 +138,9 @@ SPEECH_PROBE_SEED = 0
 def speech_like_probes(num_utterances=SPEECH_PROBE_UTTERANCES, seed=SPEECH_PROBE_SEED):
     """Speech-like probe waveforms: random sentences in the mini corpus generator's voices.
 
-    :func:`robustdistiller.mini_corpus.make_speakers` draws ``num_utterances`` distinct eSpeak NG voices
-    (accent, variant, pitch, rate, range) and :func:`~robustdistiller.mini_corpus.random_sentence` a
-    sentence for each; :func:`~robustdistiller.mini_corpus.synthesize_speech` speaks them at 16 kHz and
+    :func:`robustdistiller.testing.mini_corpus.make_speakers` draws ``num_utterances`` distinct eSpeak NG voices
+    (accent, variant, pitch, rate, range) and :func:`~robustdistiller.testing.mini_corpus.random_sentence` a
+    sentence for each; :func:`~robustdistiller.testing.mini_corpus.synthesize_speech` speaks them at 16 kHz and
     each is scaled by 0.5-0.9, the level of the mini corpus's LibriSpeech utterances. Deterministic in
     ``seed``; synthesised once per process (a subprocess, about a second).
 
@@ -154,7 +154,7 @@ def speech_like_probes(num_utterances=SPEECH_PROBE_UTTERANCES, seed=SPEECH_PROBE
     RuntimeError, OSError, ImportError
         When eSpeak NG cannot synthesise (``espeakng-loader`` missing or broken).
     """
-    from robustdistiller.mini_corpus import make_speakers, random_sentence, synthesize_speech
+    from robustdistiller.testing.mini_corpus import make_speakers, random_sentence, synthesize_speech
 
     rng = np.random.default_rng(seed)
     speakers = make_speakers(rng, num_utterances)
@@ -168,7 +168,7 @@ def speech_like_probes(num_utterances=SPEECH_PROBE_UTTERANCES, seed=SPEECH_PROBE
     seconds = sum(len(waveform) for waveform in waveforms) / 16000
     description = (
         f"{len(waveforms)} speech-like utterances ({seconds:.1f} s in all: random sentences in the eSpeak NG "
-        f"voices of robustdistiller.mini_corpus, seed {seed})"
+        f"voices of robustdistiller.testing.mini_corpus, seed {seed})"
     )
     return waveforms, description
 

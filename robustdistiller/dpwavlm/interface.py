@@ -17,13 +17,13 @@ import logging
 
 import torch
 
-from robustdistiller.interface import EncodedBatch, EncoderInterface
+from robustdistiller.inference.interface import EncodedBatch, EncoderInterface
 
 logger = logging.getLogger(__name__)
 
 
 class DPWavLMInterface(EncoderInterface):
-    """:class:`~robustdistiller.interface.EncoderInterface` for an exported DPWavLM (module docstring).
+    """:class:`~robustdistiller.inference.interface.EncoderInterface` for an exported DPWavLM (module docstring).
 
     Input handling (mono mix-down, resampling, relative lengths, too-short audio) is the students'.
     """

@@ -33,14 +33,14 @@ import torch
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from robustdistiller.checkpoints import AtomicCheckpointer
+from robustdistiller.runs.checkpoints import AtomicCheckpointer
 from robustdistiller.dpwavlm.brain import STUDENT_INPUTS, DPWavLMBrain, StudentFeatures
 from robustdistiller.dpwavlm.checkpoint import from_hf_model, load_dphubert_checkpoint, save_dphubert_checkpoint
 from robustdistiller.dpwavlm.objective import COS_TYPES, LayerProjections, SparsityLagrangian, parse_distill_layers
 from robustdistiller.dpwavlm.schedule import ASCENT_MODES
-from robustdistiller.fingerprint import weights_fingerprint
-from robustdistiller.options import OptionError, integer_at_least
-from robustdistiller.run_folder import (
+from robustdistiller.runs.fingerprint import weights_fingerprint
+from robustdistiller.runs.options import OptionError, integer_at_least
+from robustdistiller.runs.run_folder import (
     architecture_signature,
     check_run_signature,
     data_signature,
@@ -50,7 +50,7 @@ from robustdistiller.run_folder import (
     signature_hash,
     write_run_signature,
 )
-from robustdistiller.student import num_parameters
+from robustdistiller.models.student import num_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def narrow_head_input(head, index):
 
     Example
     -------
-    >>> from robustdistiller.enhancement import EnhancementHead
+    >>> from robustdistiller.models.enhancement import EnhancementHead
     >>> head = EnhancementHead(input_size=6, hidden_size=4, num_layers=1).eval()
     >>> features = torch.randn(1, 10, 6) * torch.tensor([1.0, 0, 1, 1, 0, 1])
     >>> wav = torch.randn(1, 3200)
@@ -259,7 +259,7 @@ def check_options(hparams):
 
     Raises
     ------
-    robustdistiller.options.OptionError
+    robustdistiller.runs.options.OptionError
         Naming the option, its value and what was expected.
     """
     for stage in (1, 2):
@@ -288,7 +288,7 @@ def load_teacher(hparams):
     """The frozen teacher (a :class:`DPWavLM` from the HF WavLM folder or hub id ``teacher_source``).
 
     The folder is read by the distillation's teacher loader
-    (:func:`~robustdistiller.teacher.load_model_folder`, through :func:`from_hf_model`): a truncated or
+    (:func:`~robustdistiller.models.teacher.load_model_folder`, through :func:`from_hf_model`): a truncated or
     damaged ``model.safetensors`` is an error naming the file.
     """
     folder = resolve_teacher_folder(hparams["teacher_source"], hparams.get("teacher_cache_dir"))
@@ -313,15 +313,15 @@ def check_run_settings(hparams, teacher):
     """Refuses to resume (or to call finished) a run made with other settings; records the settings.
 
     The signature is ``hparams[run_signature_keys]`` plus the teacher's weights fingerprint, the content of
-    the prepared lists (:func:`~robustdistiller.run_folder.data_signature`: call it after the preparation)
+    the prepared lists (:func:`~robustdistiller.runs.run_folder.data_signature`: call it after the preparation)
     and the enhancement head's shapes (robust variant), compared with ``<save_folder>/run_signature.json``
     whenever the output folder holds any part of a run -- a finished one too, so a rerun with another target sparsity never silently returns the old ``final.pth``. Keys in
     ``accept_changed_settings`` may change (logged). ``train.py`` puts the run options given on the command
-    line (``--grad_accumulation_factor``...) into ``hparams`` first (:func:`~robustdistiller.run_folder.with_run_options`).
+    line (``--grad_accumulation_factor``...) into ``hparams`` first (:func:`~robustdistiller.runs.run_folder.with_run_options`).
 
     Raises
     ------
-    robustdistiller.run_folder.ChangedSettingsError
+    robustdistiller.runs.run_folder.ChangedSettingsError
         Listing every changed key with both values.
     """
     extra = {"teacher_fingerprint": weights_fingerprint(teacher), **data_signature(hparams)}

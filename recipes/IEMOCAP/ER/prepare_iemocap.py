@@ -25,7 +25,7 @@ and dev (the rest), exactly like s3prl (``torch.manual_seed(0)`` then ``random_s
   or the miniature fixture; the dev set is then not s3prl's).
 
 macOS resource-fork files (``._*``) and any other non-wav files are skipped, with a logged count.
-Folders are listed with :func:`robustdistiller.datafiles.list_folder`: session and dialog folders may
+Folders are listed with :func:`robustdistiller.data.files.list_folder`: session and dialog folders may
 be symbolic links (followed); the data folder, a session's ``sentences/wav`` and ``dialog/EmoEvaluation``
 folders must be readable (else an error names the folder); a dialog folder that cannot be listed is
 left out, counted and warned about, and named again in the error its labelled utterances then cause.
@@ -40,11 +40,11 @@ import re
 
 import torch
 
-from robustdistiller.audio import AudioLoadError, audio_info
-from robustdistiller.datafiles import SkippedFolders, decode_text, list_folder
+from robustdistiller.data.audio import AudioLoadError, audio_info
+from robustdistiller.data.files import SkippedFolders, decode_text, list_folder
 from robustdistiller.downstream.s3prl_lists import ER_CLASSES, iemocap_s3prl_pool, read_s3prl_meta_data
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def read_emo_evaluation(label_file):
     ------
     ValueError
         A line starting with ``[`` that is not a summary line (file and line number named).
-    robustdistiller.datafiles.TextFileError
+    robustdistiller.data.files.TextFileError
         A summary line holds a byte that is not UTF-8 (file and line named).
 
     Example
@@ -142,7 +142,7 @@ def scan_session(data_folder, session, skipped_folders=None):
         The ``IEMOCAP_full_release`` folder.
     session : int
         1 to 5.
-    skipped_folders : robustdistiller.datafiles.SkippedFolders, optional
+    skipped_folders : robustdistiller.data.files.SkippedFolders, optional
         Receives the dialog folders that cannot be listed (None: they are warned about here).
 
     Returns
@@ -160,7 +160,7 @@ def scan_session(data_folder, session, skipped_folders=None):
         folders that could not be listed).
     ValueError
         A wav file has no label line (named).
-    robustdistiller.datafiles.FolderReadError
+    robustdistiller.data.files.FolderReadError
         The session folder, its ``sentences/wav`` or its ``dialog/EmoEvaluation`` cannot be listed (named).
     """
     own_record = skipped_folders is None

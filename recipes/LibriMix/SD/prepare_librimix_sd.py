@@ -31,9 +31,9 @@ import os
 import soundfile
 
 from robustdistiller.downstream.der import read_rttm, write_rttm
-from robustdistiller.datafiles import read_text_lines
+from robustdistiller.data.files import read_text_lines
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ The audio is 8 kHz; the recipe resamples it to 16 kHz when reading (s3prl uses s
 import logging
 import os
 
-from robustdistiller.audio import AudioLoadError, audio_info
-from robustdistiller.datafiles import read_text_lines
+from robustdistiller.data.audio import AudioLoadError, audio_info
+from robustdistiller.data.files import read_text_lines
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 

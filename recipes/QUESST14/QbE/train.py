@@ -43,7 +43,7 @@ from robustdistiller.downstream.qbe import (
     term_weighted_value,
     write_stdlist,
 )
-from robustdistiller.options import OptionError
+from robustdistiller.runs.options import OptionError
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import os
 
 import soundfile
 
-from robustdistiller.datafiles import SkippedFolders, find_all_files, read_text_lines
+from robustdistiller.data.files import SkippedFolders, find_all_files, read_text_lines
 from robustdistiller.downstream.data import check_split_lists
 from robustdistiller.downstream.slot_filling import SlotTextEncoder, parse_iob_line, read_slot_types
 
@@ -71,7 +71,7 @@ def check_layout(data_folder, splits=SPLITS):
 def list_wavs(folder):
     """Every ``*.wav`` under ``folder``, sorted (s3prl globs recursively).
 
-    Walked with :func:`robustdistiller.datafiles.walk_folder`: symbolic links are followed, and folders
+    Walked with :func:`robustdistiller.data.files.walk_folder`: symbolic links are followed, and folders
     that cannot be listed (or are reached twice through links) are left out, counted and warned about.
     """
     skipped = SkippedFolders(f"the SNIPS list of {folder}")

@@ -42,7 +42,7 @@ from robustdistiller.downstream.slot_filling import (
     slot_filling_metrics,
     tokens_to_text,
 )
-from robustdistiller.options import as_list
+from robustdistiller.runs.options import as_list
 
 logger = logging.getLogger(__name__)
 

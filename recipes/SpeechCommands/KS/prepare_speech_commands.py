@@ -22,7 +22,7 @@ The SUPERB protocol (s3prl's ``speech_commands`` downstream, ``docs/reference/s3
 
 Writes ``train.csv``, ``dev.csv`` and ``test.csv`` (``ID,duration,wav,start,stop,label,word,speaker``)
 to the save folder; nothing is written under the data folders. Folders are listed with
-:func:`robustdistiller.datafiles.list_folder` (symbolic links followed; a word or label folder that
+:func:`robustdistiller.data.files.list_folder` (symbolic links followed; a word or label folder that
 cannot be listed is left out, counted and warned about). Before the lists are marked prepared,
 :func:`robustdistiller.downstream.data.check_split_lists` checks that train, dev and test have rows and
 that every dev and test label occurs in train (e.g. no speaker in the dev band: the error names dev.csv).
@@ -33,10 +33,10 @@ import logging
 import os
 import re
 
-from robustdistiller.audio import AudioLoadError, audio_info
-from robustdistiller.datafiles import SkippedFolders, list_folder, read_text_lines
+from robustdistiller.data.audio import AudioLoadError, audio_info
+from robustdistiller.data.files import SkippedFolders, list_folder, read_text_lines
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def speech_rows(data_folder, excluded_files=(), skipped=None):
         The ``speech_commands_v0.01`` folder.
     excluded_files : collection of str
         Relative paths (``word/file.wav``) kept out of both sets (``testing_list.txt``).
-    skipped : robustdistiller.datafiles.SkippedFolders, optional
+    skipped : robustdistiller.data.files.SkippedFolders, optional
         Receives the word folders that cannot be listed (None: they are warned about here).
 
     Returns
@@ -249,7 +249,7 @@ def silence_rows(background_folder):
 def read_test_archive(test_folder, skipped=None):
     """Rows of the test archive ``<label>/*.wav`` (folders must be KS labels).
 
-    ``skipped`` (a :class:`~robustdistiller.datafiles.SkippedFolders`) receives the label folders that
+    ``skipped`` (a :class:`~robustdistiller.data.files.SkippedFolders`) receives the label folders that
     cannot be listed (None: they are warned about here).
 
     Raises

@@ -24,10 +24,10 @@ import logging
 import os
 import re
 
-from robustdistiller.audio import audio_info
-from robustdistiller.datafiles import list_folder
+from robustdistiller.data.audio import audio_info
+from robustdistiller.data.files import list_folder
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ import logging
 import os
 import random
 
-from robustdistiller.audio import AudioLoadError, audio_info, load_audio
-from robustdistiller.datafiles import SkippedFolders, list_folder, read_text_lines
+from robustdistiller.data.audio import AudioLoadError, audio_info, load_audio
+from robustdistiller.data.files import SkippedFolders, list_folder, read_text_lines
 from robustdistiller.downstream.silence import trim_silence
 from robustdistiller.downstream.voxceleb1 import (
     describe_wav_folders,
@@ -44,9 +44,9 @@ from robustdistiller.downstream.voxceleb1 import (
     speaker_folders,
     voxceleb1_wav_folders,
 )
-from robustdistiller.options import integer_at_least
+from robustdistiller.runs.options import integer_at_least
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def read_trials(trial_file):
     ------
     ValueError
         A malformed line (the file and line number are named) or an empty list.
-    robustdistiller.datafiles.TextFileError
+    robustdistiller.data.files.TextFileError
         A byte that is not UTF-8 (the file and line are named).
 
     Example
@@ -126,7 +126,7 @@ def list_speaker_utterances(owners, skipped=None):
     ---------
     owners : dict
         ``{speaker: wav folder}`` (:func:`~robustdistiller.downstream.voxceleb1.speaker_folders`).
-    skipped : robustdistiller.datafiles.SkippedFolders, optional
+    skipped : robustdistiller.data.files.SkippedFolders, optional
         Receives the speaker and video folders that cannot be listed (None: warned about here).
 
     Hidden files and folders (``._*`` macOS junk) are ignored; symbolic links are followed.
@@ -307,9 +307,9 @@ def prepare_voxceleb1_asv(
         list is (all named, with the folders that could not be listed).
     ValueError
         A malformed trial file, unreadable audio, too few dev speakers for ``valid_speakers``.
-    robustdistiller.datafiles.TextFileError
+    robustdistiller.data.files.TextFileError
         The trial list is not UTF-8 (file and line named).
-    robustdistiller.datafiles.FolderReadError
+    robustdistiller.data.files.FolderReadError
         ``data_folder`` or a wav folder cannot be listed (named).
     """
     names = ("train", "valid", "valid_trials", "test", "test_trials")

@@ -15,8 +15,8 @@ must be UTF-8: a byte that is not names the file and the line.
 import logging
 import os
 
-from robustdistiller.audio import AudioLoadError, audio_info
-from robustdistiller.datafiles import SkippedFolders, read_text_lines
+from robustdistiller.data.audio import AudioLoadError, audio_info
+from robustdistiller.data.files import SkippedFolders, read_text_lines
 from robustdistiller.downstream.voxceleb1 import (
     describe_wav_folders,
     resolve_listed_path,
@@ -24,7 +24,7 @@ from robustdistiller.downstream.voxceleb1 import (
     voxceleb1_wav_folders,
 )
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def read_iden_split(split_file):
     ------
     ValueError
         A malformed line (the file and line number are named).
-    robustdistiller.datafiles.TextFileError
+    robustdistiller.data.files.TextFileError
         A byte that is not UTF-8 (the file and line are named).
 
     Example
@@ -83,9 +83,9 @@ def prepare_voxceleb1_sid(data_folder, save_folder, split_file=None, skip_prep=F
     FileNotFoundError
         No wav folder (both layouts named) or the split file is missing, or a listed wav file is
         (all named, with the folders that could not be listed).
-    robustdistiller.datafiles.TextFileError
+    robustdistiller.data.files.TextFileError
         ``iden_split.txt`` is not UTF-8 (file and line named).
-    robustdistiller.datafiles.FolderReadError
+    robustdistiller.data.files.FolderReadError
         ``data_folder`` or a wav folder cannot be listed (named).
     """
     paths = {split: os.path.join(save_folder, f"{split}.csv") for split in SPLITS.values()}

@@ -1,0 +1,1 @@
+"""Distillation training: the Brain, the losses, held-out evaluation and enhancement quality."""

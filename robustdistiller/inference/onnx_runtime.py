@@ -1,0 +1,180 @@
+"""Running an exported student with ONNX Runtime, without torch: numpy, onnxruntime, soundfile (and scipy).
+
+This module imports nothing from torch or the rest of :mod:`robustdistiller` (it can be copied next to
+an ``encoder.onnx``). :class:`OnnxEncoder` has :meth:`~OnnxEncoder.encode_batch` and
+:meth:`~OnnxEncoder.encode_file` like :class:`robustdistiller.inference.interface.EncoderInterface` and returns
+the same fields as numpy arrays::
+
+    from robustdistiller.inference.onnx_runtime import OnnxEncoder
+
+    encoder = OnnxEncoder("exported_student/onnx/encoder_int8.onnx")
+    out = encoder.encode_file("utterance.flac")      # any sample rate; channels are averaged
+    out.hidden_states.shape                          # [1, N + 1, frames, D]
+    out.predictions.shape                            # [1, K, frames, T]
+    out.frame_mask                                   # [1, frames] bool
+
+The rules are the interface's: ``wavs`` ``[T]``, ``[B, T]`` or ``[B, T, C]`` (channels averaged),
+SpeechBrain relative lengths, audio at another rate resampled to 16 kHz (``scipy.signal.resample_poly``,
+a polyphase low-pass resampler), and a batch in which every item is shorter than the CNN's receptive
+field (400 samples, 25 ms) refused with ``ValueError`` (a shorter item next to longer ones gets zero
+valid frames).
+"""
+
+import json
+import logging
+from fractions import Fraction
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+class OnnxEncodedBatch(NamedTuple):
+    """What :meth:`OnnxEncoder.encode_batch` returns (numpy arrays; the fields of ``EncodedBatch``).
+
+    Attributes
+    ----------
+    hidden_states : numpy.ndarray
+        ``[B, N + 1, F, D]`` float32: encoder input, then each transformer layer.
+    predictions : numpy.ndarray or None
+        ``[B, K, F, T]``: the prediction heads' estimates of the teacher layers.
+    frame_mask : numpy.ndarray
+        ``[B, F]`` bool, True on valid frames.
+    projection : numpy.ndarray
+        ``[B, F, D]`` the feature projection's output (s3prl's state 0 of a distiller).
+    """
+
+    hidden_states: np.ndarray
+    predictions: Optional[np.ndarray]
+    frame_mask: np.ndarray
+    projection: np.ndarray
+
+
+def resample(wavs, orig_rate, new_rate=SAMPLE_RATE):
+    """Resamples along the last axis with a polyphase filter (``scipy.signal.resample_poly``).
+
+    Example
+    -------
+    >>> resample(np.zeros((2, 44100), dtype=np.float32), 44100).shape
+    (2, 16000)
+    """
+    orig_rate, new_rate = int(orig_rate), int(new_rate)
+    if orig_rate == new_rate:
+        return wavs
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(new_rate, orig_rate)
+    return resample_poly(wavs, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
+
+
+def too_short_message(num_samples, minimum, what="The utterance"):
+    """The interface's message for audio shorter than the CNN's receptive field."""
+    khz = SAMPLE_RATE // 1000
+    return (
+        f"{what} has {int(num_samples)} samples ({1000 * num_samples / SAMPLE_RATE:.1f} ms at {khz} kHz), "
+        f"fewer than the {minimum} samples ({1000 * minimum / SAMPLE_RATE:.1f} ms) the CNN needs for one "
+        f"feature frame: pass audio of at least {1000 * minimum / SAMPLE_RATE:.1f} ms"
+    )
+
+
+class OnnxEncoder:
+    """An exported student (``encoder.onnx`` or ``encoder_int8.onnx``) in an ONNX Runtime CPU session.
+
+    Arguments
+    ---------
+    path : str
+        The ONNX file written by :mod:`robustdistiller.export.onnx`.
+    num_threads : int, optional
+        ONNX Runtime intra-op threads (default: its own choice).
+    """
+
+    def __init__(self, path, num_threads=None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = int(num_threads)
+            options.inter_op_num_threads = 1
+        self.path = path
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("robustdistiller") != "1":
+            raise ValueError(f"{path} is not an encoder exported by robustdistiller.export.onnx (no metadata)")
+        self.metadata = meta
+        self.sample_rate = int(meta.get("sample_rate", SAMPLE_RATE))
+        self.receptive_field = int(meta.get("receptive_field", 400))
+        self.per_utterance_norm = json.loads(meta.get("per_utterance_norm", "false"))
+        self.target_layers = json.loads(meta.get("target_layers", "[]"))
+        self.num_layers = int(meta["num_hidden_layers"])
+        self.hidden_size = int(meta["hidden_size"])
+        self.target_size = int(meta.get("target_size", self.hidden_size))
+        self.quantized = "quantization" in meta
+
+    def encode_batch(self, wavs, wav_lens=None, sample_rate=None):
+        """Encodes a (padded) batch.
+
+        Arguments
+        ---------
+        wavs : array-like
+            ``[T]``, ``[B, T]`` or ``[B, T, C]`` (C channels are averaged).
+        wav_lens : array-like, optional
+            ``[B]`` relative lengths in (0, 1]; None: all full length.
+        sample_rate : int, optional
+            Rate of ``wavs`` (resampled to 16 kHz when different).
+
+        Returns
+        -------
+        OnnxEncodedBatch
+
+        Raises
+        ------
+        ValueError
+            A bad shape, or every item shorter than the CNN's receptive field.
+        """
+        wavs = np.asarray(wavs, dtype=np.float32)
+        if wavs.ndim == 1:
+            wavs = wavs[None]
+        elif wavs.ndim == 3:
+            wavs = wavs.mean(axis=-1)
+        elif wavs.ndim != 2:
+            raise ValueError(f"wavs must be [T], [B, T] or [B, T, C]; got shape {wavs.shape}")
+        if sample_rate is not None and int(sample_rate) != self.sample_rate:
+            wavs = resample(wavs, sample_rate, self.sample_rate)
+        num_samples = wavs.shape[1]
+        if wav_lens is None:
+            lengths = np.full(wavs.shape[0], num_samples, dtype=np.int64)
+        else:
+            relative = np.asarray(wav_lens, dtype=np.float32).reshape(-1)
+            lengths = np.clip(np.round(relative * num_samples), 1, num_samples).astype(np.int64)
+        longest = int(lengths.max()) if lengths.size else 0
+        if longest < self.receptive_field:
+            what = "The utterance" if wavs.shape[0] <= 1 else (
+                f"Every item of the batch of {wavs.shape[0]} is too short: the longest")
+            raise ValueError(too_short_message(longest, self.receptive_field, what))
+        projection, hidden_states, predictions, frame_lengths = self.session.run(
+            ["projection", "hidden_states", "predictions", "frame_lengths"],
+            {"waveform": np.ascontiguousarray(wavs), "lengths": lengths},
+        )
+        frame_mask = np.arange(hidden_states.shape[2])[None, :] < frame_lengths[:, None]
+        return OnnxEncodedBatch(hidden_states, predictions, frame_mask, projection)
+
+    def encode_file(self, path):
+        """Encodes one audio file (any rate; channels averaged); a batch of one.
+
+        Raises
+        ------
+        ValueError
+            The file is shorter than the CNN's receptive field (the message names the file).
+        """
+        import soundfile
+
+        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)  # [T, C]
+        audio = resample(audio.mean(axis=1), rate, self.sample_rate)
+        if audio.shape[0] < self.receptive_field:
+            raise ValueError(too_short_message(audio.shape[0], self.receptive_field, f"Audio file '{path}'"))
+        return self.encode_batch(audio[None])
+
+    __call__ = encode_batch

@@ -1,0 +1,1 @@
+"""The models: the student (DistilHuBERT architecture + prediction heads), the frozen teacher, the enhancement head."""

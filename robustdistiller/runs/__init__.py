@@ -1,0 +1,1 @@
+"""Run plumbing: atomic checkpoints, the run folder and its signature, command-line options, fingerprints, write errors."""
