@@ -29,7 +29,7 @@ test: venv
 demo: venv
 	HF_HUB_OFFLINE=1 $(VENV_PYTHON) -m robustdistiller.demo --output $(DEMO_OUTPUT)
 
-# The cross-task robustness report of a spec (README: "Cross-task robustness report").
+# The cross-task robustness report of a spec (docs/report.md).
 REPORT_SPEC ?= recipes/report_example.yaml
 report: venv
 	HF_HUB_OFFLINE=1 $(VENV_PYTHON) -m robustdistiller.report $(REPORT_SPEC)
@@ -37,7 +37,7 @@ report: venv
 benchmark: venv
 	HF_HUB_OFFLINE=1 $(VENV_PYTHON) benchmarks/benchmark_step.py
 
-# Re-resolve requirements.txt alone in a fresh venv and pin what it installs (README: "Tests").
+# Re-resolve requirements.txt alone in a fresh venv and pin what it installs (docs/testing.md, "Pinned dependencies").
 LOCK_VENV := .venv-lock
 lock:
 	rm -rf $(LOCK_VENV)

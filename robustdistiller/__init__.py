@@ -1,13 +1,30 @@
 """RobustDistiller: noise-robust knowledge distillation of self-supervised speech models.
 
-The package holds everything the recipes share: the student and teacher models (:mod:`.student`,
-:mod:`.teacher`), the enhancement head (:mod:`.enhancement`), the losses (:mod:`.losses`), the
-per-utterance corruption pipeline (:mod:`.corruption`), audio loading (:mod:`.audio`), data
-preparation (:mod:`.prepare`), the data pipeline and Brain subclass (:mod:`.dataio`, :mod:`.brain`),
-the mini-corpus generator used by the demo and the tests (:mod:`.mini_corpus`), and the ways out of
-training: the standalone SpeechBrain inference interface (:mod:`.interface`), checkpoint loading and
-export for SpeechBrain and transformers (:mod:`.export`) and the s3prl checkpoint format
-(:mod:`.s3prl_format`).
+The package holds everything the recipes share (``train.py`` with ``hparams/`` at the repository root, the
+downstream recipes under ``recipes/``), one subpackage per concept:
+
+- :mod:`robustdistiller.models`: the student (DistilHuBERT architecture + prediction heads), the frozen
+  teacher, the enhancement head;
+- :mod:`robustdistiller.data`: audio loading, data folder walking, corpus preparation (one module per corpus
+  and the shared list toolkit), per-utterance corruption, batching, the data pipeline;
+- :mod:`robustdistiller.distill`: the distillation Brain, the losses, held-out evaluation per corruption
+  condition, enhancement quality (PESQ / STOI / SI-SNR);
+- :mod:`robustdistiller.export`: loading trained students from any checkpoint form and exporting them
+  (SpeechBrain + transformers folder, manifest, model card, verification, ONNX, s3prl);
+  ``python -m robustdistiller.export``;
+- :mod:`robustdistiller.inference`: the standalone SpeechBrain interface copied into every export and the
+  torch-free ONNX Runtime encoder;
+- :mod:`robustdistiller.runs`: run plumbing (atomic checkpoints, the run folder and its signature, command-line
+  options, fingerprints, write errors);
+- :mod:`robustdistiller.testing`: test data without downloads (speech synthesis, the mini corpus, miniature
+  downstream corpora in their real layouts);
+- :mod:`robustdistiller.downstream`: what the SUPERB downstream recipes share (upstreams, protocol, heads,
+  Brain, one module per task family); ``python -m robustdistiller.downstream.lr_sweep``;
+- :mod:`robustdistiller.dpwavlm`: DPWavLM and RobustDistiller + DPWavLM (prunable WavLM, two stages, export);
+- :mod:`robustdistiller.report`: the cross-task robustness report; ``python -m robustdistiller.report``;
+- :mod:`robustdistiller.demo`: ``make demo``.
+
+The layout and the documentation: ``README.md`` and ``docs/``; what moved where: ``CHANGELOG.md``.
 """
 
 import os

@@ -3,8 +3,9 @@
 * Every relative Markdown link (``[text](target)``, images too) in a ``*.md`` file of the repository
   resolves to a file or folder, and a ``#fragment`` to a heading of the target page (GitHub's anchors).
 * Every cited ``docs/...`` path in a ``*.md``, ``*.py`` or ``*.yaml`` file exists, and the section names
-  quoted right after a citation of a ``docs/reference`` page (``<page> "Heading", "Other heading"``,
-  the convention of ``docs/reference/README.md``) are headings of that page.
+  quoted right after a citation of a ``docs`` page (``<page> "Heading", "Other heading"`` or
+  ``<page>, "Heading"``, the convention of ``docs/reference/README.md``) are headings of that page.
+* ``README.md`` is a first page: under 200 lines, its first section shows ``make test`` and ``make demo``.
 * No file outside ``docs/`` cites the reference notes that were never part of the repository (the
   notes' index file or a ``reference/<name>.md`` path that is not under ``docs/``): a user could not
   follow such a citation.
@@ -20,7 +21,6 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = "docs"
-REFERENCE_FOLDER = os.path.join(REPO_ROOT, DOCS, "reference")
 
 #: Folders never scanned (hidden folders such as .git and .venv are skipped too).
 SKIPPED_FOLDERS = {"__pycache__", "results", "demo_output", "node_modules", "build", "dist"}
@@ -35,11 +35,14 @@ INLINE_CODE = re.compile(r"`[^`\n]*`")
 HEADING = re.compile(r"^#{1,6}\s+(?P<title>.+?)\s*#*\s*$", re.M)
 #: A cited documentation path: ``docs/...`` (or ``../docs/...``), not part of a longer path.
 DOCS_PATH = re.compile(r"(?<![\w/.-])(?P<path>(?:\.\./)*" + DOCS + r"/[\w./-]*[\w/])")
-#: A citation of a reference page with the quoted headings that follow it.
+#: A citation of a documentation page (``docs/<page>.md`` or ``docs/reference/<page>.md``) with the quoted
+#: headings that follow it.
 SECTION_CITATION = re.compile(
-    r"(?<![\w/.-])(?:\.\./)*" + DOCS + r"/reference/(?P<page>[\w-]+\.md)(?:#[\w-]+)?`*\)?"
+    r"(?<![\w/.-])(?:\.\./)*" + DOCS + r"/(?P<page>(?:reference/)?[\w-]+\.md)(?:#[\w-]+)?`*\)?,?"
     r"(?P<sections>(?:\s+\"[^\"\n]+\"(?:\s*,|\s+and)?)+)"
 )
+#: The first page's limit (issue 21: a README that is a first page, the details in docs/).
+README_MAX_LINES = 200
 QUOTED = re.compile(r"\"([^\"\n]+)\"")
 
 
@@ -85,6 +88,27 @@ def headings(relative_path):
     """The heading titles of a Markdown file (outside fenced code blocks)."""
     text = FENCED_BLOCK.sub("", read(relative_path))
     return [match.group("title") for match in HEADING.finditer(text)]
+
+
+def markdown_sections(text):
+    r"""``(heading, body)`` of each level-2 section of a Markdown text, the text before the first one included.
+
+    Lines inside fenced code blocks are never headings.
+
+    Example
+    -------
+    >>> markdown_sections("# Title\nIntro\n## One\n```bash\n## not a heading\n```\n## Two\nText")
+    [('', '# Title\nIntro'), ('One', '```bash\n## not a heading\n```'), ('Two', 'Text')]
+    """
+    sections, in_fence = [("", [])], False
+    for line in text.splitlines():
+        if line.startswith(("```", "~~~")):
+            in_fence = not in_fence
+        if not in_fence and line.startswith("## "):
+            sections.append((line[3:].strip(), []))
+            continue
+        sections[-1][1].append(line)
+    return [(title, "\n".join(body)) for title, body in sections]
 
 
 def without_code(text):
@@ -145,14 +169,14 @@ def test_cited_reference_sections_exist(citing_file):
     unknown = []
     for match in SECTION_CITATION.finditer(text):
         page = match.group("page")
-        page_path = os.path.join(REFERENCE_FOLDER, page)
+        page_path = os.path.join(REPO_ROOT, DOCS, page)
         if not os.path.isfile(page_path):
             continue  # reported by test_cited_docs_paths_exist
         titles = {" ".join(title.split()) for title in headings(os.path.relpath(page_path, REPO_ROOT))}
         for quoted in QUOTED.findall(match.group("sections")):
             if " ".join(quoted.split()) not in titles:
                 unknown.append(
-                    f"{citing_file}:{line_of(text, match.start())}: {DOCS}/reference/{page} has no heading "
+                    f"{citing_file}:{line_of(text, match.start())}: {DOCS}/{page} has no heading "
                     f"{quoted!r} (headings: {sorted(titles)})"
                 )
     assert not unknown, "Cited sections that are not headings of the cited page:\n" + "\n".join(unknown)
@@ -205,3 +229,25 @@ def test_license_and_citation_files():
         "Chen",
         "Falk",
     ]
+
+
+def test_readme_is_a_first_page():
+    """README.md stays short, and its first section gives the two commands that set everything up."""
+    text = read("README.md")
+    assert len(text.splitlines()) < README_MAX_LINES, (
+        f"README.md has {len(text.splitlines())} lines; keep it under {README_MAX_LINES} and move details to docs/"
+    )
+    sections = markdown_sections(text)
+    assert len(sections) > 2, "README.md has no sections"
+    title, body = sections[1]
+    for command in ("make test", "make demo"):
+        assert command in body, f"the first section of README.md ({title!r}) does not show `{command}`"
+
+
+def test_docs_pages_are_linked_from_the_readme():
+    """Every page of docs/ (outside docs/reference, which its own index lists) is reachable from README.md."""
+    readme = read("README.md")
+    pages = [path for path in MARKDOWN_FILES if path.startswith(DOCS + "/") and path.count("/") == 1]
+    assert pages, "no documentation pages found"
+    unlinked = [path for path in pages if f"]({path})" not in readme]
+    assert not unlinked, f"pages of docs/ not linked from README.md: {unlinked}"
