@@ -7,7 +7,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 DEMO_OUTPUT ?= demo_output
 
-.PHONY: test demo report venv benchmark clean lock
+.PHONY: test lint format demo report venv benchmark clean lock
 
 venv: $(VENV)/.installed
 
@@ -25,6 +25,14 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 test: venv
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(VENV_PYTHON) -m pytest -q -n 2 --dist loadfile --durations=15 \
 		tests --doctest-modules robustdistiller
+
+# ruff's checks and its formatter in check mode (pyproject.toml [tool.ruff]); `make format` applies it.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
 
 demo: venv
 	HF_HUB_OFFLINE=1 $(VENV_PYTHON) -m robustdistiller.demo --output $(DEMO_OUTPUT)

@@ -36,7 +36,9 @@ from robustdistiller.data.pipeline import make_distillation_dataset
 from robustdistiller.distill.evaluation import evaluate_conditions
 from robustdistiller.runs.fingerprint import weights_fingerprint
 from robustdistiller.runs.options import as_list, integer_at_least, step_limit_as_number_of_steps
-from robustdistiller.data.prepare import prepare_librispeech, prepare_noise, prepare_rirs
+from robustdistiller.data.prepare.librispeech import prepare_librispeech
+from robustdistiller.data.prepare.noise import prepare_noise
+from robustdistiller.data.prepare.rirs import prepare_rirs
 from robustdistiller.runs.run_folder import (
     architecture_signature,
     check_run_signature,
@@ -48,6 +50,12 @@ from robustdistiller.runs.run_folder import (
     with_run_options,
 )
 from robustdistiller.models.student import num_parameters
+from robustdistiller.dpwavlm.stages import FINAL_FILE as DPWAVLM_FINAL_FILE
+from robustdistiller.dpwavlm.stages import check_options as check_dpwavlm_options
+from robustdistiller.dpwavlm.stages import check_run_settings as check_dpwavlm_run_settings
+from robustdistiller.dpwavlm.stages import load_teacher as load_dpwavlm_teacher
+from robustdistiller.dpwavlm.stages import run_stages as run_dpwavlm_stages
+from robustdistiller.dpwavlm.stages import stages_done as dpwavlm_stages_done
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +192,7 @@ def training_info(hparams, hparams_file):
 
 
 def distillation_signature(hparams, teacher_fingerprint):
-    """Everything that defines a distillation run, compared at every resume (README, "Failure and resume").
+    """Everything that defines a distillation run, compared at every resume (docs/failure_and_resume.md).
 
     The YAML's ``run_signature_keys``, the teacher's weights fingerprint, the content of every prepared
     list (:func:`~robustdistiller.runs.run_folder.data_signature`; call it after the preparation) and the
@@ -207,36 +215,27 @@ def has_checkpoints(save_folder):
 def run_dpwavlm(hparams, hparams_file, overrides, run_opts):
     """DPWavLM (``hparams/dpwavlm.yaml``, ``hparams/robust_dpwavlm.yaml``): both stages, see
     :mod:`robustdistiller.dpwavlm.stages`; the same data preparation and pipeline as the distillation."""
-    from robustdistiller.dpwavlm.stages import (
-        FINAL_FILE,
-        check_options,
-        check_run_settings,
-        load_teacher,
-        run_stages,
-        stages_done,
-    )
-
     for key in ("train_splits", "valid_splits", "musan_subsets", "rirs_noises_subsets", "extra_noise_folders",
                 "pruning_units", "accept_changed_settings", "run_signature_keys"):
         if key in hparams:
             hparams[key] = as_list(hparams[key], key)
-    check_options(hparams)  # before anything is loaded or written
+    check_dpwavlm_options(hparams)  # before anything is loaded or written
     if sb.utils.distributed.if_main_process():
         lock_output_folder(hparams["output_folder"])
     log_to_output_folder(hparams["output_folder"])
-    teacher = load_teacher(hparams)
-    finished = os.path.isfile(os.path.join(hparams["output_folder"], FINAL_FILE))
+    teacher = load_dpwavlm_teacher(hparams)
+    finished = os.path.isfile(os.path.join(hparams["output_folder"], DPWAVLM_FINAL_FILE))
     if not (finished and all(os.path.isfile(path) for path in prepared_lists(hparams).values())):
         prepare_data(hparams)  # the signature holds what the prepared lists contain
     # (a finished run is signed with the lists it was trained on: it trains nothing more)
     # a resume (or a finished run) made with other settings is refused before the run's records are rewritten
-    check_run_settings(hparams, teacher)
+    check_dpwavlm_run_settings(hparams, teacher)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
-    if stages_done(hparams):
+    if dpwavlm_stages_done(hparams):
         return
-    run_stages(hparams, dataio_prepare(hparams), run_opts, teacher=teacher)
+    run_dpwavlm_stages(hparams, dataio_prepare(hparams), run_opts, teacher=teacher)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def worker(model, folder, workload, threads, repeats):
             def forward(x, lens):
                 return ssl_hidden_states(network, x, lens, per_utterance_norm=True)[0]
         else:
-            from robustdistiller.export import load_student
+            from robustdistiller.export.loading import load_student
 
             network, _ = load_student(os.path.join(folder, "export"))
 
@@ -109,7 +109,7 @@ def build_models(folder):
     sys.path.insert(0, REPOSITORY_ROOT)
     import torch
 
-    from robustdistiller.export import export_student
+    from robustdistiller.export.student_folder import export_student
     from robustdistiller.models.student import DistillerStudent, build_student_config, num_parameters
     from robustdistiller.models.teacher import load_ssl_model, save_random_teacher
 

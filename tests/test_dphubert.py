@@ -27,7 +27,7 @@ from robustdistiller.dpwavlm import (
     tiny_hubert_config,
 )
 from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
-from robustdistiller.export import export_student
+from robustdistiller.export.student_folder import export_student
 from robustdistiller.models.student import num_parameters
 from robustdistiller.models.teacher import save_random_teacher
 

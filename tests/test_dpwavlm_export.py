@@ -18,8 +18,11 @@ from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
 from robustdistiller.dpwavlm.export import export_dpwavlm, speech_like_probes
 from robustdistiller.dpwavlm.interface import DPWavLMInterface
 from robustdistiller.dpwavlm.stages import FINAL_FILE, PRUNED_FILE, SUMMARY_FILE
-from robustdistiller.export import DPWAVLM_EXPORT_FILE, ExportError, export_student, load_student, locate_checkpoint
-from robustdistiller.export import main as export_main
+from robustdistiller.export.cli import main as export_main
+from robustdistiller.export.errors import ExportError
+from robustdistiller.export.layout import DPWAVLM_EXPORT_FILE
+from robustdistiller.export.loading import load_student, locate_checkpoint
+from robustdistiller.export.student_folder import export_student
 from robustdistiller.models.student import num_parameters
 from test_dpwavlm_model import diarizen_like_config, force, gated_model
 

@@ -30,7 +30,8 @@ from robustdistiller.dpwavlm.checkpoint import load_dphubert_checkpoint
 from robustdistiller.dpwavlm.stages import narrow_head_input
 from robustdistiller.models.student import num_parameters
 from robustdistiller.models.enhancement import EnhancementHead
-from robustdistiller.export import export_student, load_student
+from robustdistiller.export.loading import load_student
+from robustdistiller.export.student_folder import export_student
 from robustdistiller.runs.options import OptionError
 from robustdistiller.runs.run_folder import ChangedSettingsError
 

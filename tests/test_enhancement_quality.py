@@ -24,7 +24,7 @@ from robustdistiller.distill.enhancement_quality import (
     speech_quality,
 )
 from robustdistiller.distill.evaluation import evaluate_conditions
-from robustdistiller.testing.mini_corpus import synthesize_speech
+from robustdistiller.testing.synthesis import synthesize_speech
 from robustdistiller.models.student import DistillerStudent, build_student_config
 from robustdistiller.models.teacher import FrozenTeacher, random_teacher_config
 

@@ -15,16 +15,11 @@ import torch
 import torchaudio
 from transformers import HubertModel
 
-from robustdistiller.export import (
-    ExportError,
-    export_student,
-    load_student,
-    locate_checkpoint,
-    main,
-    parity_batch,
-    reference_features,
-    verify_export,
-)
+from robustdistiller.export.cli import main
+from robustdistiller.export.errors import ExportError
+from robustdistiller.export.loading import load_student, locate_checkpoint
+from robustdistiller.export.student_folder import export_student
+from robustdistiller.export.verify import parity_batch, reference_features, verify_export
 from robustdistiller.inference.interface import EncoderInterface, ModelSourceError, per_utterance_cnn_norm, ssl_hidden_states
 
 

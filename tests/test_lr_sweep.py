@@ -56,7 +56,7 @@ def ks_sweep(tmp_path_factory, tiny_teacher_folder):
             "--lrs", *map(str, LRS), "--metric", "accuracy", "--mode", "max",
             "--", *ks_overrides(speech_commands, tiny_teacher_folder)]
     previous = os.getcwd()
-    os.chdir(REPOSITORY_ROOT)  # the recipe folder is given relative to the repository, as in the README
+    os.chdir(REPOSITORY_ROOT)  # the recipe folder is given relative to the repository, as in docs/downstream.md
     try:
         first_code = lr_sweep.main(argv)
         first_summary = json.load(open(os.path.join(sweep_folder, "sweep.json")))

@@ -14,7 +14,12 @@ import torch
 
 from conftest import REPOSITORY_ROOT, corruption_overrides, run_recipe_script
 
-from robustdistiller.export import ExportError, export_student, load_student, main, parity_batch, read_manifest
+from robustdistiller.export.cli import main
+from robustdistiller.export.errors import ExportError
+from robustdistiller.export.folder import read_manifest
+from robustdistiller.export.loading import load_student
+from robustdistiller.export.student_folder import export_student
+from robustdistiller.export.verify import parity_batch
 from robustdistiller.export.onnx import UntraceableStudentError, export_fp32, verify_onnx
 from robustdistiller.models.student import DistillerStudent, build_student_config
 

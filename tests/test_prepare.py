@@ -13,14 +13,11 @@ import soundfile
 from speechbrain.dataio.dataio import load_data_csv
 
 from robustdistiller.testing.mini_corpus import generate_mini_corpus
-from robustdistiller.data.prepare import (
-    composition_path,
-    make_id,
-    prepare_librispeech,
-    prepare_noise,
-    prepare_rirs,
-    read_composition,
-)
+from robustdistiller.data.prepare.librispeech import prepare_librispeech
+from robustdistiller.data.prepare.lists import make_id
+from robustdistiller.data.prepare.noise import prepare_noise
+from robustdistiller.data.prepare.pools import composition_path, read_composition
+from robustdistiller.data.prepare.rirs import prepare_rirs
 
 TRAIN, VALID = ["train-clean-100"], ["dev-clean"]
 

@@ -1,75 +1,40 @@
 """Protocol fidelity: every recipe's full-size defaults against s3prl's effective settings.
 
-For each recipe YAML, the training budget that SpeechBrain's ``Brain`` will actually use --
-effective batch (``train_dataloader_opts.batch_size`` x ``grad_accumulation_factor``), gradient clipping
-(``max_grad_norm``; SpeechBrain's default is 5.0), learning rate, optimizer class (and AdamW's weight
-decay) and the number of optimizer updates (``optimizer_step_limit``) -- must equal s3prl's table
-(``docs/reference/s3prl_settings.md`` "Step budgets"), or the recipe's README must name the YAML key in a
-"Deviations from s3prl" section, with its reason. Where the update budget is set and the size of the
-real training set is known, the ``number_of_epochs`` ceiling must be high enough to reach it.
+For each task of the registry (:data:`robustdistiller.downstream.tasks.TASKS`), the training budget that
+SpeechBrain's ``Brain`` will actually use with the recipe's YAML -- effective batch
+(``train_dataloader_opts.batch_size`` x ``grad_accumulation_factor``), gradient clipping (``max_grad_norm``;
+SpeechBrain's default is 5.0), learning rate, optimizer class (and AdamW's weight decay) and the number of
+optimizer updates (``optimizer_step_limit``) -- must equal the row's s3prl budget
+(:class:`~robustdistiller.downstream.tasks.S3prlBudget`, ``docs/reference/s3prl_settings.md`` "Step budgets"),
+or the recipe's README must name the YAML key in a "Deviations from s3prl" section, with its reason. Where
+the update budget is set and the size of the real training set is known, the ``number_of_epochs`` ceiling
+must be high enough to reach it.
 
-Table-driven: a new recipe adds a row to :data:`S3PRL`; a row whose recipe folder does not exist yet is
-skipped, and a recipe YAML without a row fails :func:`test_every_recipe_yaml_has_a_row`. The YAMLs are
-read with their references resolved and no object built (no upstream, no data folder needed).
+Registry-driven: a new task adds its row to ``TASKS``; every recipe folder and YAML must have a row, and every
+row a recipe (:func:`test_registry_and_recipe_folders_agree`). The YAMLs are read with their references
+resolved and no object built (no upstream, no data folder needed).
 """
 
 import glob
 import os
 import pydoc
 import re
-from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import pytest
 import torch
 from hyperpyyaml import resolve_references
 from ruamel.yaml import YAML
 
-from conftest import REPOSITORY_ROOT
+from robustdistiller.downstream.tasks import (
+    METRIC_SCALES,
+    RECIPES_ROOT,
+    TASKS,
+    TORCH_ADAMW_DEFAULT_WEIGHT_DECAY,
+    S3prlBudget,
+)
 
-RECIPES = os.path.join(REPOSITORY_ROOT, "recipes")
 SPEECHBRAIN_DEFAULT_MAX_GRAD_NORM = 5.0  # speechbrain.Brain run_opt_defaults (1.1.2)
-TORCH_ADAMW_DEFAULT_WEIGHT_DECAY = 0.01
 
-
-@dataclass(frozen=True)
-class S3prlSettings:
-    """One row of docs/reference/s3prl_settings.md "Step budgets"."""
-
-    task: str
-    yaml: str  # under recipes/
-    optimizer: Optional[type] = torch.optim.Adam  # None: no training (QbE)
-    lr: float = 1e-4
-    effective_batch: Tuple[int, ...] = (32,)  # the accepted values
-    clip: float = 1.0
-    updates: int = 200_000
-    weight_decay: Optional[float] = None  # checked for AdamW
-    train_utterances: Optional[int] = None  # full-size training set, for the epoch-ceiling check
-    note: str = ""
-
-
-S3PRL = [
-    S3prlSettings("KS", "SpeechCommands/KS/hparams/superb_ks.yaml", train_utterances=51_424,
-                  note="1,607 steps per epoch at batch 32"),
-    S3prlSettings("IC", "FluentSpeechCommands/IC/hparams/superb_ic.yaml", train_utterances=23_132),
-    S3prlSettings("ER", "IEMOCAP/ER/hparams/superb_er.yaml", updates=30_000, train_utterances=3_400,
-                  note="4 x 8; the smallest fold trains on ~3,400 utterances"),
-    S3prlSettings("SID", "VoxCeleb1/SID/hparams/superb_sid.yaml", train_utterances=138_361, note="8 x 4"),
-    S3prlSettings("ASV", "VoxCeleb1/ASV/hparams/superb_asv.yaml", optimizer=torch.optim.AdamW,
-                  effective_batch=(50,), clip=1000.0, weight_decay=TORCH_ADAMW_DEFAULT_WEIGHT_DECAY,
-                  train_utterances=143_000, note="10 x 5; 1,171 training speakers after 40 held out"),
-    S3prlSettings("PR", "LibriSpeech/PR/hparams/superb_pr.yaml", lr=1e-2, updates=100_000,
-                  train_utterances=28_539, note="16 x 2, bucketed"),
-    S3prlSettings("ASR", "LibriSpeech/ASR/hparams/superb_asr.yaml", effective_batch=(32, 16),
-                  train_utterances=28_539, note="32 nominal, 16 by s3prl's HALF_BATCHSIZE_TIME quirk"),
-    S3prlSettings("SF", "SNIPS/SF/hparams/superb_sf.yaml"),
-    S3prlSettings("QbE", "QUESST14/QbE/hparams/superb_qbe.yaml", optimizer=None, note="no training"),
-    S3prlSettings("SD", "LibriMix/SD/hparams/superb_sd.yaml", updates=30_000, note="8 x 4"),
-    S3prlSettings("SE", "VoiceBank/SE/hparams/superb_se.yaml", optimizer=torch.optim.AdamW, effective_batch=(8,),
-                  updates=150_000, weight_decay=0.0, note="s3prl's AdamW: weight decay 0"),
-    S3prlSettings("SS", "LibriMix/SS/hparams/superb_ss.yaml", optimizer=torch.optim.AdamW, effective_batch=(8,),
-                  updates=150_000, weight_decay=0.0, note="s3prl's AdamW: weight decay 0"),
-]
 
 # The YAML keys a README names to document a deviation of each quantity.
 DEVIATION_KEYS = {
@@ -176,41 +141,46 @@ def mismatches(row, settings):
     return found
 
 
-ROWS = {row.task: row for row in S3PRL}
-
-
-@pytest.mark.parametrize("task", list(ROWS))
-def test_training_budget_matches_s3prl_or_is_documented(task):
-    row = ROWS[task]
-    yaml_path = os.path.join(RECIPES, row.yaml)
-    recipe_folder = os.path.dirname(os.path.dirname(yaml_path))
-    if not os.path.isdir(recipe_folder):
-        pytest.skip(f"recipes/{os.path.relpath(recipe_folder, RECIPES)} does not exist yet")
-    assert os.path.isfile(yaml_path), f"{row.task}: expected the recipe YAML {yaml_path}"
-    options = load_plain_options(yaml_path)
+@pytest.mark.parametrize("name", list(TASKS))
+def test_training_budget_matches_s3prl_or_is_documented(name):
+    task = TASKS[name]
+    row = task.s3prl
+    assert os.path.isfile(task.hparams_file), f"{name}: expected the recipe YAML {task.hparams_file}"
+    options = load_plain_options(task.hparams_file)
     if row.optimizer is None:
-        assert "opt_class" not in options, f"{row.task} trains nothing in s3prl, but {yaml_path} sets opt_class"
+        assert "opt_class" not in options, f"{name} trains nothing in s3prl, but {task.hparams_file} sets opt_class"
         return
     settings = effective_settings(options)
-    section = deviations_section(os.path.join(recipe_folder, "README.md"))
+    readme = os.path.join(task.recipe_folder, "README.md")
+    section = deviations_section(readme)
     undocumented = {quantity: values for quantity, values in mismatches(row, settings).items()
                     if not documented(section, quantity)}
     assert not undocumented, (
-        f"{row.yaml} differs from s3prl ({row.note or 'docs/reference/s3prl_settings.md, Step budgets'}) in "
+        f"{task.recipe}/{task.hparams} differs from s3prl "
+        f"({row.note or 'docs/reference/s3prl_settings.md, Step budgets'}) in "
         + "; ".join(f"{quantity}: ours {ours}, s3prl {theirs}" for quantity, (ours, theirs) in undocumented.items())
         + f". Fix the YAML, or name the key ({', '.join(k for q in undocumented for k in DEVIATION_KEYS[q])}) "
-        f"with the reason in a '## Deviations from s3prl' section of {os.path.join(recipe_folder, 'README.md')}"
+        f"with the reason in a '## Deviations from s3prl' section of {readme}"
     )
 
 
-def test_every_recipe_yaml_has_a_row():
-    known = {os.path.normpath(row.yaml) for row in S3PRL}
-    found = {os.path.relpath(path, RECIPES)
-             for path in glob.glob(os.path.join(RECIPES, "*", "*", "hparams", "superb_*.yaml"))}
-    assert found, "no recipe YAML found under recipes/*/*/hparams/"
-    assert not found - known, (
-        f"recipe YAMLs without a row in S3PRL (tests/test_protocol_fidelity.py): {sorted(found - known)}"
+def test_registry_and_recipe_folders_agree():
+    """Every recipe folder and recipe YAML has a registry row, and every row names an existing recipe."""
+    rows = {os.path.normpath(os.path.join(task.recipe, task.hparams)): name for name, task in TASKS.items()}
+    found = {os.path.relpath(path, RECIPES_ROOT)
+             for path in glob.glob(os.path.join(RECIPES_ROOT, "*", "*", "hparams", "*.yaml"))}
+    assert found and len(found) == len(TASKS), sorted(found)
+    assert not found - set(rows), (
+        f"recipe YAMLs without a row in TASKS (robustdistiller/downstream/tasks.py): {sorted(found - set(rows))}"
     )
+    assert not set(rows) - found, f"rows of TASKS whose YAML does not exist: {sorted(set(rows) - found)}"
+    folders = {os.path.relpath(os.path.dirname(path), RECIPES_ROOT)
+               for path in glob.glob(os.path.join(RECIPES_ROOT, "*", "*", "train.py"))}
+    assert folders == {task.recipe for task in TASKS.values()}
+    for name, task in TASKS.items():
+        assert task.name == name and os.path.isfile(task.train_script), name
+        assert task.primary_metric in METRIC_SCALES, (
+            f"{name}: primary metric {task.primary_metric!r} has no scale in METRIC_SCALES")
 
 
 # ------------------------------------------------------------------ the checker itself -----
@@ -228,7 +198,7 @@ def test_checker_reads_speechbrain_defaults_and_catches_each_deviation(tmp_path)
     settings = effective_settings(load_plain_options(str(yaml_path)))
     assert settings["optimizer"] is torch.optim.Adam and settings["clipping"] == 5.0
     assert settings["effective batch"] == 8 and settings["updates"] == 200000
-    row = S3prlSettings("SID", "x", train_utterances=138_361)
+    row = S3prlBudget(train_utterances=138_361)
     # s3prl's SID is 8 x 4, clip 1: the pre-fix SID YAML, caught twice; 12 epochs of batch 8 x 1 reach 200k
     assert set(mismatches(row, settings)) == {"effective batch", "clipping"}
     settings.update({"accumulation": 4, "effective batch": 32, "clipping": 1.0})
@@ -236,8 +206,8 @@ def test_checker_reads_speechbrain_defaults_and_catches_each_deviation(tmp_path)
     settings["epochs"] = 50
     assert mismatches(row, settings) == {}
     settings["optimizer"] = torch.optim.AdamW
-    assert set(mismatches(S3prlSettings("ASV", "x", optimizer=torch.optim.AdamW, effective_batch=(32,),
-                                        weight_decay=0.0), settings)) == {"weight decay"}
+    assert set(mismatches(S3prlBudget(optimizer=torch.optim.AdamW, effective_batch=(32,), weight_decay=0.0),
+                          settings)) == {"weight decay"}
 
     readme = tmp_path / "README.md"
     readme.write_text("# T\n\n## Deviations from s3prl\n\n- `max_grad_norm`: 5.0, because the head is tiny and "

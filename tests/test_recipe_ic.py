@@ -17,7 +17,7 @@ import torch
 
 from conftest import REPOSITORY_ROOT, corruption_overrides, run_recipe_script
 
-from robustdistiller.export import export_student
+from robustdistiller.export.student_folder import export_student
 from robustdistiller.testing.fixtures.fluent_speech_commands import INTENTS, generate_fluent_speech_commands
 
 sys.path.insert(0, os.path.join(REPOSITORY_ROOT, "recipes", "FluentSpeechCommands", "IC"))

@@ -157,7 +157,7 @@ def test_every_condition_reports_absolute_values_and_improvements(se_run):
 def test_condition_inputs_and_targets_are_consistent(se_run):
     results = se_run["results"]["results"]
     # clean: the input is the target itself (its SI-SDR is 10 log10(|r|^2 / 1e-8), finite through pb_bss_eval's
-    # eps: see the README; far above any real score for fixture speech), perfect PESQ and STOI
+    # eps: see recipes/VoiceBank/SE/README.md; far above any real score for fixture speech), perfect PESQ and STOI
     assert results["clean"]["SI_SDR_input"] > 60 and results["clean"]["STOI_input"] > 0.999
     assert results["clean"]["PESQ_input"] > 4.4
     # snr5: the input against its target (the clean speech scaled by the noise mixer) is the nominal SNR

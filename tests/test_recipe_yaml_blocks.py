@@ -10,6 +10,9 @@ import pytest
 
 from conftest import REPOSITORY_ROOT
 
+from robustdistiller.downstream.brain import SELECTION_MODES
+from robustdistiller.downstream.tasks import TASKS
+
 RECIPE_YAMLS = sorted(glob.glob(os.path.join(REPOSITORY_ROOT, "recipes", "*", "*", "hparams", "*.yaml")))
 
 # Every recipe has these (the upstream block).
@@ -34,8 +37,21 @@ def key_text(yaml_text, key):
     return "\n".join(line for line in lines if line.strip())
 
 
-def test_there_are_recipes():
-    assert len(RECIPE_YAMLS) >= 5, RECIPE_YAMLS
+def test_every_task_of_the_registry_has_its_recipe_yaml_here():
+    assert RECIPE_YAMLS == sorted(task.hparams_file for task in TASKS.values())
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_trained_recipe_names_its_checkpoint_selection(name):
+    """``selection_metric`` / ``selection_mode``: the Brain's best checkpoint (QbE trains nothing, has none)."""
+    with open(TASKS[name].hparams_file, encoding="utf-8") as fin:
+        text = fin.read()
+    metric, mode = (key_text(text, key) for key in ("selection_metric", "selection_mode"))
+    if key_text(text, "opt_class") is None:
+        assert metric is None and mode is None, name
+        return
+    assert re.fullmatch(r"selection_metric: \w+", metric or ""), (name, metric)
+    assert mode in {f"selection_mode: {value}" for value in SELECTION_MODES}, (name, mode)
 
 
 @pytest.mark.parametrize("key", SHARED_KEYS)

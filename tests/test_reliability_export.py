@@ -19,18 +19,15 @@ import tempfile
 import pytest
 import torch
 
-import robustdistiller.export as export_module
+import robustdistiller.export.folder as export_folder
+import robustdistiller.export.student_folder as student_folder
 import robustdistiller.runs.write_errors as write_errors
 from conftest import folder_snapshot
-from robustdistiller.export import (
-    MANIFEST_FILE,
-    ExportError,
-    export_student,
-    file_sha256,
-    load_student,
-    main,
-    read_manifest,
-)
+from robustdistiller.export.cli import main
+from robustdistiller.export.errors import ExportError, ExportFolderInUse
+from robustdistiller.export.folder import MANIFEST_FILE, file_sha256, read_manifest
+from robustdistiller.export.loading import load_student
+from robustdistiller.export.student_folder import export_student
 from robustdistiller.models.student import DistillerStudent, build_student_config
 from robustdistiller.models.teacher import save_random_teacher
 
@@ -191,13 +188,13 @@ def test_a_failed_export_leaves_the_earlier_one_intact(tmp_path, monkeypatch):
     folder = str(tmp_path / "exported")
     export_student(tiny_student(), folder)
     before = folder_snapshot(folder)
-    written = export_module._write_export
+    written = student_folder._write_export
 
     def fail_half_way(student, info, staging, include_heads, s3prl):
         written(student, info, staging, include_heads, s3prl)
         raise OSError("disk full")
 
-    monkeypatch.setattr(export_module, "_write_export", fail_half_way)
+    monkeypatch.setattr(student_folder, "_write_export", fail_half_way)
     with pytest.raises(OSError, match="disk full"):
         export_student(tiny_student(seed=1), folder, overwrite=True)
     assert folder_snapshot(folder) == before
@@ -218,7 +215,7 @@ def staging_folders(folder):
 
 def write_then(action):
     """A ``_write_export`` that writes this export's files, then (in the first export only) runs ``action()``."""
-    written = export_module._write_export
+    written = student_folder._write_export
     calls = []
 
     def write(student, info, staging, include_heads, s3prl, **options):
@@ -237,7 +234,7 @@ def test_a_failing_export_never_removes_an_export_completed_meanwhile(tmp_path, 
     into the folder A's staging made "not empty" before) completes there; then A fails. A used to rmtree the
     whole folder it had created. Locks are switched off here (a file system without flock, or an export of
     an older version): only the staging rule protects B's files."""
-    monkeypatch.setattr(export_module, "locked_export_folder", lambda folder: contextlib.nullcontext())
+    monkeypatch.setattr(export_folder, "locked_export_folder", lambda folder: contextlib.nullcontext())
     folder = str(tmp_path / "exported")
     completed = {}
 
@@ -246,7 +243,7 @@ def test_a_failing_export_never_removes_an_export_completed_meanwhile(tmp_path, 
         completed["snapshot"] = folder_snapshot(folder)
         raise OSError("the first export fails after the second one finished")
 
-    monkeypatch.setattr(export_module, "_write_export", write_then(second_export_then_fail))
+    monkeypatch.setattr(student_folder, "_write_export", write_then(second_export_then_fail))
     with pytest.raises(OSError, match="the first export fails"):
         export_student(tiny_student(seed=0), folder)
     monkeypatch.undo()
@@ -265,7 +262,7 @@ def test_a_users_file_written_during_a_failing_export_survives(tmp_path, monkeyp
         (folder / "notes.txt").write_text("mine")
         raise RuntimeError("export failed")
 
-    monkeypatch.setattr(export_module, "_write_export", write_then(user_writes_then_fail))
+    monkeypatch.setattr(student_folder, "_write_export", write_then(user_writes_then_fail))
     with pytest.raises(RuntimeError, match="export failed"):
         export_student(tiny_student(), str(folder))
     assert sorted(os.listdir(folder)) == ["notes.txt"] and (folder / "notes.txt").read_text() == "mine"
@@ -281,7 +278,7 @@ def test_a_second_export_into_a_folder_in_use_is_refused(tmp_path, monkeypatch, 
 
     def second_export():
         for overwrite in (False, True):
-            with pytest.raises(export_module.ExportFolderInUse) as error:
+            with pytest.raises(ExportFolderInUse) as error:
                 export_student(tiny_student(seed=1), folder, overwrite=overwrite)
             refusals.append(str(error.value))
         refusals.append(main([str(tmp_path / "nowhere.ckpt"), folder]))  # unreadable source: fails first
@@ -289,7 +286,7 @@ def test_a_second_export_into_a_folder_in_use_is_refused(tmp_path, monkeypatch, 
         refusals.append(main([source, folder, "--overwrite"]))
         assert folder_snapshot(folder) == before
 
-    monkeypatch.setattr(export_module, "_write_export", write_then(second_export))
+    monkeypatch.setattr(student_folder, "_write_export", write_then(second_export))
     result = export_student(tiny_student(seed=0), folder)
     monkeypatch.undo()
     assert refusals[0] == refusals[1] and f"Export folder '{folder}' is in use by another export" in refusals[0]
@@ -324,7 +321,7 @@ def test_a_folder_locked_by_another_process_is_refused(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(export_module.ExportFolderInUse, match="in use by another export"):
+        with pytest.raises(ExportFolderInUse, match="in use by another export"):
             export_student(tiny_student(), str(folder))
         assert os.listdir(folder) == []
     finally:
@@ -420,7 +417,7 @@ def test_a_full_disk_writing_a_text_file_of_the_export(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path))
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(export_module, "open", open_failing, raising=False)
+    monkeypatch.setattr(student_folder, "open", open_failing, raising=False)
     monkeypatch.setattr(write_errors, "free_bytes", lambda path: 0)
     folder = str(tmp_path / "exported")
     with pytest.raises(write_errors.WriteFailedError) as error:

@@ -18,7 +18,9 @@ import torch
 from transformers import BertConfig, BertModel
 
 from robustdistiller.downstream import FrozenUpstream
-from robustdistiller.export import ExportError, export_student, load_student
+from robustdistiller.export.errors import ExportError
+from robustdistiller.export.loading import load_student
+from robustdistiller.export.student_folder import export_student
 from robustdistiller.inference.interface import CNN_RECEPTIVE_FIELD, EncoderInterface, cnn_receptive_field
 from robustdistiller.distill.losses import distillation_loss
 from robustdistiller.models.student import DistillerStudent, build_student_config
@@ -391,7 +393,7 @@ def test_a_truncated_weights_file_fails_foreign_class_naming_it(tmp_path, export
     import sys
 
     from conftest import folder_snapshot
-    from robustdistiller.export import REPOSITORY_ROOT
+    from robustdistiller.export.verify import REPOSITORY_ROOT
 
     folder = damaged_copy(exported_folder, tmp_path, name, 0.5)
     before = folder_snapshot(folder)

@@ -29,20 +29,15 @@ from robustdistiller.data.files import REPEATED_FOLDER, UNREADABLE_FOLDER, Folde
 from robustdistiller.data.pipeline import load_listed_audio, make_distillation_dataset
 from robustdistiller.downstream.data import SplitError, check_split_lists
 from robustdistiller.runs.options import OptionError
-from robustdistiller.data.prepare import (
-    DAMAGED_AUDIO,
-    DOLLAR_IN_PATH,
+from robustdistiller.data.prepare.librispeech import (
     MISSING_FLAC,
-    MISSING_RIR,
     NO_TRANSCRIPT,
     NOT_IN_SPEAKER_FOLDER,
-    TOO_SHORT_NOISE,
-    StaleListError,
     prepare_librispeech,
-    prepare_noise,
-    prepare_rirs,
-    skipped_path,
 )
+from robustdistiller.data.prepare.lists import DAMAGED_AUDIO, DOLLAR_IN_PATH, StaleListError, skipped_path
+from robustdistiller.data.prepare.noise import TOO_SHORT_NOISE, prepare_noise
+from robustdistiller.data.prepare.rirs import MISSING_RIR, prepare_rirs
 
 RATE = 16000
 

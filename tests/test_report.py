@@ -20,12 +20,12 @@ import yaml
 
 from conftest import corruption_overrides
 
+from robustdistiller.downstream.tasks import REPOSITORY_ROOT
 from robustdistiller.testing.fixtures.speech_commands import generate_speech_commands
 from robustdistiller.report import run_report, spec_from_dict, SpecError
 from robustdistiller.report.__main__ import main as report_main
 from robustdistiller.report.runner import PairMismatch
 from robustdistiller.report.tables import collect
-from robustdistiller.report.tasks import REPOSITORY_ROOT
 
 CONDITIONS = ["clean", "snr5", "reverb"]
 # Tiny KS: one epoch of batch 8 on the fixture's ~100 training items, a 32-wide projector.
@@ -349,7 +349,7 @@ def test_a_key_given_twice_is_refused_naming_it(tmp_path, text, where, key, line
 def test_a_condition_no_task_defines_is_refused_naming_it(tmp_path, conditions, unknown):
     """Before: `snr55` vanished from every table (each task kept only the names its recipe defines)."""
     from conftest import folder_snapshot
-    from robustdistiller.report.tasks import get_task
+    from robustdistiller.downstream.tasks import get_task
 
     content = {"output_root": str(tmp_path / "out"), "upstreams": {"a": "/m/a"}, "tasks": ["KS", "SE"],
                "conditions": conditions}

@@ -316,7 +316,7 @@ def test_loads_authors_checkpoint_without_the_optimizers_module(tmp_path, record
     save_authors_style(path, state, TINY, legacy=legacy)
     assert "optimizers" not in sys.modules
     # the plain safe loader refuses this file (docs/reference/robustdistiller.md "Authors' checkpoint format")
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match=r"Unsupported global: GLOBAL optimizers\.Optimizer"):
         torch.load(path, weights_only=True)
 
     with caplog.at_level("INFO", logger="robustdistiller.export.s3prl"):

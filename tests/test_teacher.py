@@ -34,8 +34,9 @@ def teacher(tiny_teacher_folder):
 
 # The tiny teacher's positional convolution (64 channels, 16 groups: 4 channels per group, kernel 16) is
 # the shape oneDNN computes wrongly in bf16 on CPUs with AMX (fewer than 16 channels per group, kernel 16
-# or more: relative L1 error about 1.1; README, "Teacher precision"). Tests about bf16 *precision* use 4
-# groups (16 channels per group), which that fault does not reach, so they hold on every x86-64 CPU;
+# or more: relative L1 error about 1.1; docs/distillation.md, "Teacher precision self-check"). Tests about
+# bf16 *precision* use 4 groups (16 channels per group), which that fault does not reach, so they hold on
+# every x86-64 CPU;
 # the self-check tests below are the ones that meet the fault.
 PRECISION_SAFE = dict(num_conv_pos_embedding_groups=4)
 

@@ -189,7 +189,7 @@ def walk_folder(folder, skipped, description="Data folder"):
     skipped : object with an ``add_folder(reason, path, detail)`` method
         Receives every folder left out: :data:`UNREADABLE_FOLDER` (cannot be listed, with the
         error) and :data:`REPEATED_FOLDER` (already walked: a link cycle or a second link), e.g. a
-        :class:`SkippedFolders` or :class:`robustdistiller.data.prepare.LeftOutFiles`.
+        :class:`SkippedFolders` or :class:`robustdistiller.data.prepare.lists.LeftOutFiles`.
     description : str
         What the top folder is (named in its error).
 

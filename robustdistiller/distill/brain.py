@@ -22,8 +22,8 @@ clean reference magnitudes. Differences from plain ``sb.Brain``:
   batch between DDP processes itself instead of being wrapped;
 - after each validation, PESQ / STOI / SI-SNR of the enhanced waveform on ``quality_utterances``
   validation utterances are logged (the authors' monitoring);
-- resumes are honest (README, "Failure and resume"): before recovery the run's signature (the YAML's
-  ``run_signature_keys``, the teacher's weights fingerprint, the prepared data's and the modules'
+- resumes are honest (docs/failure_and_resume.md, "What a resume checks"): before recovery the run's
+  signature (the YAML's ``run_signature_keys``, the teacher's weights fingerprint, the prepared data's and the modules'
   shape fingerprints) is compared with the recorded one, and the checkpointer is given its hash
   (recorded in every checkpoint; another run's checkpoints are set aside, not loaded); after recovery
   the learning-rate schedule is the one the *current* YAML describes (a larger ``number_of_steps``
@@ -47,6 +47,7 @@ from robustdistiller.runs.checkpoints import RandomState
 from robustdistiller.models.enhancement import stft_magnitude
 from robustdistiller.distill.enhancement_quality import QualityMeans, enhanced_waveforms
 from robustdistiller.distill.losses import distillation_loss, enhancement_loss, lengths_to_mask
+from robustdistiller.export.layout import TRAINING_INFO_FILE
 from robustdistiller.runs.options import OptionError
 from robustdistiller.runs.run_folder import check_run_signature, run_signature_hashes, signature_hash, write_run_signature
 
@@ -239,8 +240,6 @@ class DistillationBrain(sb.Brain):
             if self.run_signature is not None:
                 write_run_signature(save_folder, self.run_signature, hashes)
             if self.run_info is not None:
-                from robustdistiller.export import TRAINING_INFO_FILE
-
                 with open(os.path.join(save_folder, TRAINING_INFO_FILE), "w", encoding="utf-8") as fout:
                     json.dump(self.run_info, fout, indent=2)
 

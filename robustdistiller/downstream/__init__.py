@@ -4,12 +4,15 @@ Every recipe evaluates a *frozen* upstream with a small task head on a learnable
 of the upstream's hidden layers (``docs/reference/superb_tasks.md`` "Protocol"), on clean and corrupted test sets. One
 module per idea:
 
+* :mod:`~robustdistiller.downstream.tasks`: the registry of the tasks (recipe, YAML, reported metric and its
+  direction, s3prl's budget), read by the report and the protocol tests (``recipes/README.md``: adding a task);
 * :mod:`~robustdistiller.downstream.upstream`: :class:`FrozenUpstream` (any upstream kind, frozen), its
   identity and :func:`upstream_name`;
 * :mod:`~robustdistiller.downstream.protocol`: test conditions, test-only corruption lists, corruptors;
 * :mod:`~robustdistiller.downstream.data`: audio pipelines (corruption seeded by the utterance id);
 * :mod:`~robustdistiller.downstream.heads`: :class:`WeightedLayerSum`, masked pooling;
-* :mod:`~robustdistiller.downstream.brain`: :class:`DownstreamBrain` and the condition loop;
+* :mod:`~robustdistiller.downstream.brain`: :class:`DownstreamBrain`, the best checkpoint from the YAML's
+  ``selection_metric`` / ``selection_mode``, and the condition loop;
 * :mod:`~robustdistiller.downstream.results`: ``results.json`` / ``results.md``;
 * :mod:`~robustdistiller.downstream.run`: :func:`start_run` (options, output-folder lock, upstream identity);
 * :mod:`~robustdistiller.downstream.signal`: data of the signal tasks (SD, SE, SS): inputs as
@@ -20,15 +23,20 @@ module per idea:
   (SF targets and s3prl's slot metrics), :mod:`~robustdistiller.downstream.qbe` (QbE: subsequence DTW,
   MTWV, stdlist files), :mod:`~robustdistiller.downstream.separation` (SE, SS: the SepRNN mask head,
   NPSM, uPIT, s3prl's zero-mean SI-SDR, the masking Brain), :mod:`~robustdistiller.downstream.diarization` (SD:
-  frame labels, PIT BCE, the Brain) with :mod:`~robustdistiller.downstream.der` (decoding, RTTM, DER);
+  frame labels, PIT BCE) with :mod:`~robustdistiller.downstream.der` (decoding, RTTM, DER);
 * task data: :mod:`~robustdistiller.downstream.librispeech` (PR / ASR lists and lexicons),
   :mod:`~robustdistiller.downstream.silence` (sox-equivalent silence removal, ASV);
 * :mod:`~robustdistiller.downstream.lr_sweep`: the learning-rate search SUPERB needs per task and upstream.
 
+Where a Brain lives (``recipes/README.md``): a Brain that several recipes share is here, in its family's module
+(:class:`UtteranceClassificationBrain` for KS, ER, SID; ``MaskingBrain`` for SE, SS; the base ``CTCBrain`` of PR,
+ASR, SF); the Brain of a single task is in that recipe's ``train.py`` (IC, ASV, PR, ASR, SF, SD), as in
+SpeechBrain's recipes.
+
 The names below are re-exported so that recipes and YAMLs can use ``robustdistiller.downstream.X``.
 """
 
-from robustdistiller.downstream.brain import DownstreamBrain
+from robustdistiller.downstream.brain import SELECTION_MODES, DownstreamBrain, checkpoint_selection
 from robustdistiller.downstream.classification import UtteranceClassificationBrain, classification_datasets
 from robustdistiller.downstream.data import (
     AudioPipeline,
@@ -61,9 +69,9 @@ from robustdistiller.downstream.upstream import (
 
 __all__ = [
     "AudioPipeline", "DEFAULT_TEST_CONDITIONS", "DownstreamBrain", "FrozenUpstream", "IDENTITY_FIELDS",
-    "LIST_OPTIONS", "UPSTREAM_IDENTITY_FILE", "UPSTREAM_KINDS", "UpstreamChangedError",
+    "LIST_OPTIONS", "SELECTION_MODES", "UPSTREAM_IDENTITY_FILE", "UPSTREAM_KINDS", "UpstreamChangedError",
     "UtteranceClassificationBrain", "WeightedLayerSum", "audio_dataset", "build_corruptor", "build_corruptors",
-    "check_downstream_options", "check_upstream_identity", "classification_datasets",
+    "check_downstream_options", "check_upstream_identity", "checkpoint_selection", "classification_datasets",
     "condition_test_set_factory", "format_results_table", "masked_mean", "prepare_corruption_lists",
     "prepare_test_corruption", "read_upstream_identity", "recipe_datasets", "select_conditions", "start_run", "training_pipeline",
     "upstream_name", "write_condition_results",

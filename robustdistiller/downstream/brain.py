@@ -1,8 +1,10 @@
 """The Brain shared by the downstream recipes.
 
 :class:`DownstreamBrain`: ``encode`` (upstream + weighted sum), per-epoch corruption seeds, CPU-safe
-DDP (no SyncBatchNorm conversion on CPU), :meth:`~DownstreamBrain.evaluate_conditions` (the condition
-loop: the best checkpoint tested under every test condition).
+DDP (no SyncBatchNorm conversion on CPU), the best checkpoint (:attr:`~DownstreamBrain.best_checkpoint_key`,
+from the YAML's ``selection_metric`` and ``selection_mode``: kept by
+:meth:`~DownstreamBrain.keep_best_checkpoint`, tested by :meth:`~DownstreamBrain.evaluate_conditions`, the
+condition loop: the best checkpoint tested under every test condition).
 """
 
 import logging
@@ -11,7 +13,50 @@ import os
 import speechbrain as sb
 from torch.nn.parallel import DistributedDataParallel
 
+from robustdistiller.runs.options import OptionError
+
 logger = logging.getLogger(__name__)
+
+SELECTION_MODES = ("max", "min")
+"""Values of a recipe's ``selection_mode``: the best checkpoint has the highest (``max``) or lowest (``min``)
+dev ``selection_metric``."""
+
+
+def checkpoint_selection(hparams):
+    """SpeechBrain's key of the best checkpoint from a recipe's ``selection_metric`` and ``selection_mode``.
+
+    Arguments
+    ---------
+    hparams : dict
+        The recipe's options.
+
+    Returns
+    -------
+    dict
+        ``{"max_key": metric}`` or ``{"min_key": metric}`` (the keyword of ``Checkpointer.find_checkpoint``
+        and ``Brain.evaluate``).
+
+    Raises
+    ------
+    robustdistiller.runs.options.OptionError
+        A missing metric, or a mode other than ``max`` / ``min`` (the option named).
+
+    Example
+    -------
+    >>> checkpoint_selection({"selection_metric": "EER", "selection_mode": "min"})
+    {'min_key': 'EER'}
+    >>> checkpoint_selection({"selection_metric": "accuracy", "selection_mode": "highest"})
+    Traceback (most recent call last):
+    ...
+    robustdistiller.runs.options.OptionError: Option `selection_mode` must be one of ['max', 'min'], got 'highest'.
+    """
+    metric, mode = hparams.get("selection_metric"), hparams.get("selection_mode")
+    if not isinstance(metric, str) or not metric:
+        raise OptionError(f"Option `selection_metric` must name the dev metric that keeps the best checkpoint "
+                          f"(e.g. accuracy), got {metric!r}.")
+    if mode not in SELECTION_MODES:
+        raise OptionError(f"Option `selection_mode` must be one of {list(SELECTION_MODES)}, got {mode!r}.")
+    return {f"{mode}_key": metric}
 
 
 class DownstreamBrain(sb.Brain):
@@ -22,11 +67,24 @@ class DownstreamBrain(sb.Brain):
     set's :class:`AudioPipeline` (``audio_pipeline`` of a dataset made by
     :func:`~robustdistiller.downstream.data.audio_dataset`) is re-seeded every epoch.
     Subclasses implement ``compute_forward`` (using :meth:`encode`), ``compute_objectives`` and
-    ``on_stage_end``, and put the stage's metrics in ``self.stage_stats``.
+    ``on_stage_end``, and put the stage's metrics in ``self.stage_stats``; at the end of a dev stage they
+    call :meth:`keep_best_checkpoint`. Which checkpoint is best is :attr:`best_checkpoint_key`, from the
+    YAML's ``selection_metric`` (a key of the dev stats) and ``selection_mode`` (``max`` or ``min``).
     """
 
+    selection_hint = ""
+    """Advice appended to the error of :meth:`keep_best_checkpoint` when dev lacks ``selection_metric``."""
+
+    @property
+    def best_checkpoint_key(self):
+        """``{"max_key": metric}`` or ``{"min_key": metric}``: the best checkpoint, from ``hparams``'
+        ``selection_metric`` and ``selection_mode`` (:func:`checkpoint_selection`)."""
+        return checkpoint_selection(vars(self.hparams))
+
     def on_fit_start(self):
-        """Moves the upstream to the device (it is not a module of the Brain) and keeps it frozen."""
+        """Checks the checkpoint selection, moves the upstream to the device (it is not a module of the
+        Brain) and keeps it frozen."""
+        checkpoint_selection(vars(self.hparams))  # a wrong selection_metric / selection_mode stops the run here
         self.hparams.upstream.to(self.device).eval()
         super().on_fit_start()
 
@@ -97,8 +155,24 @@ class DownstreamBrain(sb.Brain):
         logger.info("Untrained head: %s", self.stage_stats)
         return dict(self.stage_stats)
 
-    def evaluate_conditions(self, make_test_set, conditions, loader_kwargs, max_key=None, min_key=None):
-        """Evaluates the best checkpoint on the test set of every condition.
+    def keep_best_checkpoint(self, stats):
+        """Saves the end-of-epoch checkpoint with the dev ``stats`` as meta; keeps it and the best one.
+
+        The best is by :attr:`best_checkpoint_key` (SpeechBrain's ``save_and_keep_only``).
+
+        Raises
+        ------
+        ValueError
+            The dev stats do not hold ``selection_metric`` (the stats' keys named).
+        """
+        (key, metric), = self.best_checkpoint_key.items()  # ("max_key", "accuracy")
+        if metric not in stats:
+            raise ValueError(f"selection_metric '{metric}' was not computed on dev (got {sorted(stats)})"
+                             + self.selection_hint)
+        self.checkpointer.save_and_keep_only(meta=stats, **{f"{key}s": [metric]})  # max_keys=[...] / min_keys=[...]
+
+    def evaluate_conditions(self, make_test_set, conditions, loader_kwargs):
+        """Evaluates the best checkpoint (:attr:`best_checkpoint_key`) on the test set of every condition.
 
         Arguments
         ---------
@@ -108,8 +182,6 @@ class DownstreamBrain(sb.Brain):
             ``name -> spec``, e.g. :data:`DEFAULT_TEST_CONDITIONS`.
         loader_kwargs : dict
             Test DataLoader options.
-        max_key, min_key : str, optional
-            Checkpoint selection (e.g. ``max_key="accuracy"``).
 
         Returns
         -------
@@ -117,14 +189,15 @@ class DownstreamBrain(sb.Brain):
             ``name -> self.stage_stats`` of the test stage, plus ``checkpoint``: the name of the
             checkpoint tested (None without one).
         """
+        best = self.best_checkpoint_key
         results = {}
         checkpoint = None
         if self.checkpointer is not None:
-            found = self.checkpointer.find_checkpoint(max_key=max_key, min_key=min_key)
+            found = self.checkpointer.find_checkpoint(**best)
             checkpoint = None if found is None else os.path.basename(str(found.path))
         for name, spec in conditions.items():
             self.stage_stats, self.condition = {}, name
-            self.evaluate(make_test_set(name, spec), max_key=max_key, min_key=min_key, test_loader_kwargs=loader_kwargs)
+            self.evaluate(make_test_set(name, spec), test_loader_kwargs=loader_kwargs, **best)
             results[name] = {**self.stage_stats, "checkpoint": checkpoint}
             logger.info("Test condition %s: %s", name, results[name])
         return results

@@ -25,8 +25,9 @@ class UtteranceClassificationBrain(DownstreamBrain):
 
     ``modules``: ``weighted_sum``, ``projector`` (``Linear(D -> P)``), ``classifier``
     (``Linear(P -> classes)``). Batches carry ``sig`` and ``label_encoded`` (see
-    :func:`classification_datasets`). Cross-entropy; accuracy on dev and test; the checkpoint with the
-    best dev accuracy is kept. ``self.stage_stats`` of a test stage: ``{"loss", "accuracy"}``.
+    :func:`classification_datasets`). Cross-entropy; accuracy on dev and test; the best dev checkpoint
+    (``selection_metric: accuracy`` in KS, ER, SID) is kept. ``self.stage_stats`` of a test stage:
+    ``{"loss", "accuracy"}``.
     """
 
     def compute_forward(self, batch, stage):
@@ -54,7 +55,7 @@ class UtteranceClassificationBrain(DownstreamBrain):
             self.accuracy_metric = sb.utils.metric_stats.ClassificationStats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs, checkpoints on the best dev accuracy, records test statistics."""
+        """Logs, keeps the best dev checkpoint (:meth:`keep_best_checkpoint`), records test statistics."""
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
             return
@@ -65,7 +66,7 @@ class UtteranceClassificationBrain(DownstreamBrain):
                 train_stats={"loss": self.train_loss},
                 valid_stats=stats,
             )
-            self.checkpointer.save_and_keep_only(meta=stats, max_keys=["accuracy"])
+            self.keep_best_checkpoint(stats)
         else:
             self.stage_stats = stats
             self.hparams.train_logger.log_stats(stats_meta={"test condition": getattr(self, "condition", "")},
@@ -180,15 +181,10 @@ def classification_datasets(hparams, csv_files, test_corruptor, train_corruptor=
     def encode_label(label):
         return label_encoder.encode_label_torch(label)
 
-    train, valid, make_test_set = recipe_datasets(
+    data = recipe_datasets(
         hparams, csv_files, ["id", "sig", "label_encoded"], [encode_label], test_corruptor, train_corruptor
     )
     if labels is None:
-        label_encoder.load_or_create(path=encoder_path, from_didatasets=[train], output_key=label_column)
-    return {
-        "train": train,
-        "valid": valid,
-        "make_test_set": make_test_set,
-        "label_encoder": label_encoder,
-    }
+        label_encoder.load_or_create(path=encoder_path, from_didatasets=[data["train"]], output_key=label_column)
+    return {**data, "label_encoder": label_encoder}
 

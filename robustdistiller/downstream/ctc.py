@@ -13,9 +13,9 @@
 * :class:`FeatureAugment`: SpecAugment on the weighted-sum features in training, built from
   SpeechBrain's ``Warping`` / ``SpectrogramDrop`` modules listed in the YAML;
 * :class:`CTCBrain`: the Brain; subclasses give the metrics (:meth:`CTCBrain.init_metrics`,
-  :meth:`CTCBrain.append_metrics`, :meth:`CTCBrain.summarize_metrics`) and the checkpoint selection
-  (``selection_key``, ``selection_mode``). Batches carry ``sig`` and ``tokens`` (a ``PaddedData`` of
-  token ids, without blank); per-utterance hypotheses of every test condition are written to
+  :meth:`CTCBrain.append_metrics`, :meth:`CTCBrain.summarize_metrics`); the checkpoint selection is the
+  YAML's (``selection_metric``, ``selection_mode``: one of the summarized metrics). Batches carry ``sig``
+  and ``tokens`` (a ``PaddedData`` of token ids, without blank); per-utterance hypotheses of every test condition are written to
   ``<output_folder>/hypotheses/<condition>.txt``.
 """
 
@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from robustdistiller.downstream.brain import DownstreamBrain
+from robustdistiller.runs.options import OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -239,8 +240,6 @@ def check_ctc_decoding(rule, option_name="ctc_decoding"):
     ...
     robustdistiller.runs.options.OptionError: Option `ctc_decoding` must be one of ('standard', 's3prl_pre2022'), not 's3prl'
     """
-    from robustdistiller.runs.options import OptionError
-
     if rule not in CTC_DECODING_RULES:
         raise OptionError(f"Option `{option_name}` must be one of {CTC_DECODING_RULES}, not {rule!r}")
     return rule
@@ -405,9 +404,10 @@ class CTCBrain(DownstreamBrain):
     (``torch.nn.CTCLoss`` defaults, as s3prl). Outside training the output is decoded by
     :func:`greedy_ctc_decode` with the rule of ``hparams.ctc_decoding`` (default ``standard``).
 
-    Subclasses set ``selection_key`` / ``selection_mode`` (``"min"`` or ``"max"``) and implement
-    :meth:`init_metrics`, :meth:`append_metrics` and :meth:`summarize_metrics`; they may override
-    :meth:`format_tokens` (how a token sequence is written in hypothesis files).
+    Subclasses implement :meth:`init_metrics`, :meth:`append_metrics` and :meth:`summarize_metrics`; they
+    may override :meth:`format_tokens` (how a token sequence is written in hypothesis files). The best dev
+    checkpoint is the YAML's ``selection_metric`` / ``selection_mode``
+    (:attr:`~robustdistiller.downstream.brain.DownstreamBrain.best_checkpoint_key`).
 
     Arguments
     ---------
@@ -416,9 +416,6 @@ class CTCBrain(DownstreamBrain):
     *args, **kwargs
         ``sb.Brain`` arguments.
     """
-
-    selection_key = "error_rate"
-    selection_mode = "min"
 
     def __init__(self, vocabulary, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -435,7 +432,7 @@ class CTCBrain(DownstreamBrain):
         raise NotImplementedError
 
     def summarize_metrics(self, stage):
-        """``{name: float}`` of the stage (must contain ``selection_key``)."""
+        """``{name: float}`` of the stage (must contain the YAML's ``selection_metric``)."""
         raise NotImplementedError
 
     def format_tokens(self, tokens):
@@ -500,8 +497,7 @@ class CTCBrain(DownstreamBrain):
                 train_stats={"loss": self.train_loss},
                 valid_stats=stats,
             )
-            keys = {f"{self.selection_mode}_keys": [self.selection_key]}
-            self.checkpointer.save_and_keep_only(meta=stats, **keys)
+            self.keep_best_checkpoint(stats)
             return
         self.stage_stats = stats
         condition = getattr(self, "condition", "") or "test"
@@ -509,8 +505,3 @@ class CTCBrain(DownstreamBrain):
         if sb.utils.distributed.if_main_process():
             path = os.path.join(self.hparams.output_folder, "hypotheses", f"{condition}.txt")
             write_hypotheses(path, self.hypotheses)
-
-    def evaluate_best(self, make_test_set, conditions, loader_kwargs):
-        """:meth:`evaluate_conditions` with this Brain's checkpoint selection."""
-        key = {f"{self.selection_mode}_key": self.selection_key}
-        return self.evaluate_conditions(make_test_set, conditions, loader_kwargs, **key)

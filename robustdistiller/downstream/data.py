@@ -172,7 +172,9 @@ def recipe_datasets(hparams, csv_files, output_keys, extra_items, test_corruptor
 
     Returns
     -------
-    (train, valid, make_test_set)
+    dict
+        ``train``, ``valid`` (datasets) and ``make_test_set`` (``(name, spec) -> dataset``): the shape every
+        recipe's ``dataio_prepare`` returns, its task's extras added.
     """
     train = audio_dataset(
         csv_files["train"], training_pipeline(hparams, train_corruptor), output_keys, extra_items=extra_items
@@ -180,7 +182,7 @@ def recipe_datasets(hparams, csv_files, output_keys, extra_items, test_corruptor
     valid = audio_dataset(csv_files["valid"], AudioPipeline(hparams["sample_rate"]), output_keys,
                           extra_items=extra_items)
     make_test_set = condition_test_set_factory(hparams, csv_files["test"], test_corruptor, output_keys, extra_items)
-    return train, valid, make_test_set
+    return {"train": train, "valid": valid, "make_test_set": make_test_set}
 
 
 def paired_condition_key(spec):

@@ -1,4 +1,4 @@
-"""Speaker diarization (SUPERB SD): frame labels, the head, PIT BCE and the Brain.
+"""Speaker diarization (SUPERB SD): frame labels, the head, PIT BCE.
 
 s3prl's ``-d diarization`` (``docs/reference/superb_tasks.md`` "SD"):
 
@@ -11,24 +11,18 @@ s3prl's ``-d diarization`` (``docs/reference/superb_tasks.md`` "SD"):
 * :func:`pit_bce_loss`: BCE-with-logits, best of the speaker permutations per utterance (mean over
   speakers, summed over valid frames, min over permutations, summed over the batch, divided by the
   total number of valid frames);
-* decoding and scoring (threshold x median grid, RTTM, DER): :mod:`robustdistiller.downstream.der`;
-* :class:`DiarizationBrain`: the Brain (selection by dev frame accuracy, as s3prl).
+* decoding and scoring (threshold x median grid, RTTM, DER): :mod:`robustdistiller.downstream.der`.
+
+The Brain (``DiarizationBrain``, used by SD alone) is in ``recipes/LibriMix/SD/train.py``.
 """
 
 import itertools
 import json
-import logging
-import os
 
 import numpy as np
-import speechbrain as sb
 import torch
 import torch.nn as nn
 
-from robustdistiller.downstream.brain import DownstreamBrain
-from robustdistiller.downstream.der import best_setting, decode_all, score_grid, write_rttm
-
-logger = logging.getLogger(__name__)
 
 def frame_labels(turns, speakers, num_frames, frame_shift=320, sample_rate=16000):
     """``[num_frames, len(speakers)]`` 0/1 labels of a recording (s3prl's ``_get_labeled_speech``).
@@ -181,113 +175,3 @@ def frame_accuracy_counts(logits, permuted_labels, lengths):
     mask = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0) < lengths.to(logits.device).unsqueeze(1)
     correct = ((logits > 0) == (permuted_labels.to(logits.device) > 0.5)) & mask.unsqueeze(-1)
     return float(correct.sum()) / logits.shape[-1], int(mask.sum())
-
-
-# ------------------------------------------------------------------------------------- Brain ---
-
-
-class DiarizationBrain(DownstreamBrain):
-    """Frame-level 2-speaker diarization over a frozen upstream (s3prl's ``-d diarization``).
-
-    ``modules``: ``weighted_sum`` and ``head`` (:class:`DiarizationHead`). Batches hold ``sig`` and
-    ``labels`` (``[B, F, S]`` from :func:`frame_labels`, padded) and, outside training, ``segments``
-    (the JSON reference turns). Dev: PIT BCE loss and ``frame_accuracy`` (the checkpoint selection, as
-    s3prl). Test: the posteriors of every recording are decoded under the whole ``thresholds x
-    medians`` grid; ``DER`` / ``miss`` / ``false_alarm`` / ``confusion`` are those of :attr:`decoding`
-    (the setting chosen on clean dev by :meth:`choose_decoding`), ``DER_best_on_test`` the lowest DER of
-    the grid (s3prl's oracle number). Hypothesis RTTMs at the chosen setting go to
-    ``<output_folder>/rttm/<condition>.rttm``.
-
-    Expected ``hparams``: ``frame_shift``, ``sample_rate``, ``decode_thresholds``, ``decode_medians``,
-    ``der_resolution``, ``output_folder``, ``train_logger``.
-    """
-
-    selection_key = "frame_accuracy"
-    decoding = None
-
-    def compute_forward(self, batch, stage):
-        """``(logits [B, F, S], label lengths [B])`` with features matched to the label length."""
-        batch = batch.to(self.device)
-        wavs, wav_lens = batch.sig
-        labels, label_lens = batch.labels
-        num_frames = labels.shape[1]
-        lengths = torch.round(label_lens * num_frames).long()
-        features, frame_mask = self.encode(wavs, wav_lens)
-        features = match_frames(features, frame_mask.sum(dim=1), num_frames)
-        return self.modules.head(features), lengths
-
-    def compute_objectives(self, predictions, batch, stage):
-        """PIT BCE; outside training the frame accuracy and (test) the posteriors are accumulated."""
-        logits, lengths = predictions
-        labels = batch.labels[0].to(self.device)
-        loss, permuted = pit_bce_loss(logits.float(), labels, lengths)
-        if stage != sb.Stage.TRAIN:
-            correct, frames = frame_accuracy_counts(logits.detach(), permuted, lengths)
-            self.correct += correct
-            self.frames += frames
-            if stage == sb.Stage.TEST:
-                probabilities = torch.sigmoid(logits.detach().float()).cpu().numpy()
-                for index, utterance_id in enumerate(batch.id):
-                    self.posteriors[utterance_id] = probabilities[index, : int(lengths[index])]
-                    self.references[utterance_id] = parse_turns(batch.segments[index])
-        return loss
-
-    def on_stage_start(self, stage, epoch=None):
-        """New accumulators for dev and test."""
-        super().on_stage_start(stage, epoch)
-        self.correct, self.frames, self.posteriors, self.references = 0.0, 0, {}, {}
-
-    def score_posteriors(self):
-        """:func:`score_grid` of the stage's posteriors."""
-        return score_grid(
-            self.posteriors, self.references, self.hparams.decode_thresholds, self.hparams.decode_medians,
-            frame_seconds=self.hparams.frame_shift / self.hparams.sample_rate, resolution=self.hparams.der_resolution,
-        )
-
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs; keeps the best dev frame-accuracy checkpoint; test: DER at the chosen setting and the grid."""
-        if stage == sb.Stage.TRAIN:
-            self.train_loss = stage_loss
-            return
-        stats = {"loss": stage_loss, "frame_accuracy": 100.0 * self.correct / max(self.frames, 1)}
-        if stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
-                train_stats={"loss": self.train_loss},
-                valid_stats=stats,
-            )
-            self.checkpointer.save_and_keep_only(meta=stats, max_keys=[self.selection_key])
-            return
-        self.grid = self.score_posteriors()
-        condition = getattr(self, "condition", "") or "test"
-        if self.decoding is not None:
-            chosen = self.grid[self.decoding]
-            oracle = best_setting(self.grid)
-            stats.update({key: chosen[key] for key in ("DER", "miss", "false_alarm", "confusion")})
-            stats.update({"DER_best_on_test": self.grid[oracle]["DER"], "best_on_test_setting": oracle})
-            if sb.utils.distributed.if_main_process():
-                hypotheses = decode_all(self.posteriors, chosen["threshold"], chosen["median"],
-                                        self.hparams.frame_shift / self.hparams.sample_rate)
-                write_rttm(os.path.join(self.hparams.output_folder, "rttm", f"{condition}.rttm"), hypotheses)
-        self.stage_stats = stats
-        self.hparams.train_logger.log_stats(stats_meta={"test condition": condition}, test_stats=stats)
-
-    def choose_decoding(self, dev_set, loader_kwargs):
-        """Decodes (clean, released) dev with the best checkpoint and freezes the lowest-DER setting.
-
-        Returns
-        -------
-        (str, dict)
-            The chosen setting's name and the dev grid.
-        """
-        self.decoding, self.stage_stats, self.condition = None, {}, "dev"
-        self.evaluate(dev_set, max_key=self.selection_key, test_loader_kwargs=dict(loader_kwargs))
-        self.decoding = best_setting(self.grid)
-        self.condition = ""
-        logger.info("Decoding setting chosen on dev: %s (dev DER %.2f%%)", self.decoding,
-                    self.grid[self.decoding]["DER"])
-        return self.decoding, self.grid
-
-    def evaluate_best(self, make_test_set, conditions, loader_kwargs):
-        """:meth:`evaluate_conditions` with the best dev frame-accuracy checkpoint."""
-        return self.evaluate_conditions(make_test_set, conditions, loader_kwargs, max_key=self.selection_key)

@@ -18,14 +18,8 @@ import os
 import re
 
 from robustdistiller.data.files import read_text_lines
-from robustdistiller.data.prepare import (
-    LIBRISPEECH_LAYOUT,
-    LeftOutFiles,
-    _librispeech_split_rows,
-    is_prepared,
-    mark_prepared,
-    write_csv,
-)
+from robustdistiller.data.prepare.librispeech import LIBRISPEECH_LAYOUT, librispeech_split_rows
+from robustdistiller.data.prepare.lists import LeftOutFiles, is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +73,7 @@ def prepare_librispeech_splits(data_folder, csv_files, min_samples=400, skip_pre
     for split, path in pairs:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         left_out = LeftOutFiles(path)
-        rows = _librispeech_split_rows(data_folder, split, int(min_samples), left_out)
+        rows = librispeech_split_rows(data_folder, split, int(min_samples), left_out)
         left_out.warn()
         if not rows:
             raise ValueError(

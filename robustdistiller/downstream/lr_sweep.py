@@ -58,7 +58,7 @@ import sys
 import yaml
 
 from robustdistiller import child_environment
-from robustdistiller.export import file_sha256
+from robustdistiller.export.folder import file_sha256
 from robustdistiller.runs.run_folder import OutputFolderInUse, lock_output_folder, release_output_folder
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ from speechbrain.augment.time_domain import AddNoise
 
 from robustdistiller.data.corruption import Corruptor, NoisePool, PooledAddReverb
 from robustdistiller.runs.options import as_list, OptionError
-from robustdistiller.data.prepare import prepare_noise, prepare_rirs
+from robustdistiller.data.prepare.noise import prepare_noise
+from robustdistiller.data.prepare.rirs import prepare_rirs
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +103,9 @@ def prepare_test_corruption(
     rir_folder : str, optional
         RIR corpus (None: no reverb conditions).
     rir_format : str
-        See :func:`robustdistiller.data.prepare.prepare_rirs`.
+        See :func:`robustdistiller.data.prepare.rirs.prepare_rirs`.
     rirs_noises_subsets : sequence of str
-        See :func:`robustdistiller.data.prepare.prepare_rirs`.
+        See :func:`robustdistiller.data.prepare.rirs.prepare_rirs`.
     skip_prep : bool
         Only return the paths.
     prefix : str

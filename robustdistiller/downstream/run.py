@@ -12,6 +12,7 @@ import sys
 import speechbrain as sb
 import yaml
 
+from robustdistiller.downstream.brain import checkpoint_selection
 from robustdistiller.downstream.upstream import _describe_upstream, check_upstream_identity, FrozenUpstream, UPSTREAM_IDENTITY_FILE
 from robustdistiller.runs.options import as_list, integer_at_least
 from robustdistiller.runs.run_folder import lock_output_folder
@@ -31,8 +32,10 @@ def check_downstream_options(hparams):
     """Checks and normalises the options every downstream recipe reads, naming the option at fault.
 
     ``number_of_epochs``, where the recipe trains, must be an integer >= 1 (and ``number_of_updates``,
-    where the recipe has it, null or >= 1); the list options of :data:`LIST_OPTIONS` become lists (a single string is a
-    one-item list). ``hparams`` is updated in place.
+    where the recipe has it, null or >= 1); where the recipe trains a head (``opt_class``), the best
+    checkpoint must be named (``selection_metric``, ``selection_mode``:
+    :func:`~robustdistiller.downstream.brain.checkpoint_selection`); the list options of
+    :data:`LIST_OPTIONS` become lists (a single string is a one-item list). ``hparams`` is updated in place.
 
     Raises
     ------
@@ -48,11 +51,17 @@ def check_downstream_options(hparams):
     Traceback (most recent call last):
     ...
     robustdistiller.runs.options.OptionError: Option `number_of_epochs` must be an integer >= 1, got 0.
+    >>> check_downstream_options({"opt_class": None, "selection_metric": "EER", "selection_mode": "lowest"})
+    Traceback (most recent call last):
+    ...
+    robustdistiller.runs.options.OptionError: Option `selection_mode` must be one of ['max', 'min'], got 'lowest'.
     """
     if "number_of_epochs" in hparams:  # QbE has no training
         hparams["number_of_epochs"] = integer_at_least(hparams["number_of_epochs"], "number_of_epochs", 1)
     if hparams.get("number_of_updates") is not None:
         hparams["number_of_updates"] = integer_at_least(hparams["number_of_updates"], "number_of_updates", 1)
+    if "opt_class" in hparams:  # QbE trains nothing
+        checkpoint_selection(hparams)
     for name in LIST_OPTIONS:
         if name in hparams and hparams[name] is not None:
             hparams[name] = as_list(hparams[name], name)

@@ -364,8 +364,9 @@ class MaskingBrain(DownstreamBrain):
     ``modules``: ``weighted_sum`` and ``head`` (:class:`MaskEstimator`). Batches hold ``sig`` (the input
     as heard) and ``sources`` (``[B, T, S]`` targets). YAML keys read: ``n_fft``, ``win_length``,
     ``hop_length``, ``feature_repeat`` (1; 2 with hop 160), ``mask_target`` (``npsm`` | ``magnitude``),
-    ``mask_distance`` (``mse`` | ``l1``), ``selection_metric`` (dev metric that keeps the best checkpoint,
-    higher is better: ``PESQ`` for SE, ``SI_SDRi`` for SS), ``valid_quality`` / ``test_quality`` (compute
+    ``mask_distance`` (``mse`` | ``l1``), ``selection_metric`` / ``selection_mode`` (the best dev checkpoint,
+    :attr:`~robustdistiller.downstream.brain.DownstreamBrain.best_checkpoint_key`: ``PESQ`` for SE, ``SI_SDRi``
+    for SS, higher is better), ``valid_quality`` / ``test_quality`` (compute
     PESQ and STOI in that stage), ``sample_rate``, ``output_folder``, ``num_saved_examples`` (enhanced /
     separated wavs written per test condition to ``<output_folder>/examples/<condition>/``).
 
@@ -373,6 +374,8 @@ class MaskingBrain(DownstreamBrain):
     and for the condition's input against the same targets, and their difference (``SI_SDRi``,
     ``PESQ_improvement``, ``STOI_improvement``).
     """
+
+    selection_hint = "; PESQ/STOI need valid_quality: True."
 
     def stft(self, wavs):
         """Complex STFT ``[B, F, bins]`` with the recipe's settings."""
@@ -442,27 +445,18 @@ class MaskingBrain(DownstreamBrain):
         self.scores, self.saved_examples = [], 0
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs, keeps the best dev checkpoint (``selection_metric``), records the test statistics."""
+        """Logs, keeps the best dev checkpoint (:meth:`keep_best_checkpoint`), records the test statistics."""
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
             return
         stats = {"loss": stage_loss, **average_scores(self.scores)}
         if stage == sb.Stage.VALID:
-            selection = self.hparams.selection_metric
-            if selection not in stats:
-                raise ValueError(f"selection_metric '{selection}' was not computed on dev (got {sorted(stats)}); "
-                                 "PESQ/STOI need valid_quality: True.")
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
                 train_stats={"loss": self.train_loss}, valid_stats=stats,
             )
-            self.checkpointer.save_and_keep_only(meta=stats, max_keys=[selection])
+            self.keep_best_checkpoint(stats)
             return
         self.stage_stats = stats
         condition = getattr(self, "condition", "") or "test"
         self.hparams.train_logger.log_stats(stats_meta={"test condition": condition}, test_stats=stats)
-
-    def evaluate_best(self, make_test_set, conditions, loader_kwargs):
-        """Every test condition with the checkpoint of the best dev ``selection_metric``."""
-        return self.evaluate_conditions(make_test_set, conditions, loader_kwargs,
-                                        max_key=self.hparams.selection_metric)

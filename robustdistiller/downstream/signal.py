@@ -218,7 +218,9 @@ def signal_datasets(hparams, csv_files, source_columns, output_keys, extra_items
 
     Returns
     -------
-    (train, valid, make_test_set)
+    dict
+        ``train``, ``valid`` (datasets) and ``make_test_set`` (``(name, spec) -> dataset``), as
+        :func:`~robustdistiller.downstream.data.recipe_datasets`.
     """
     sample_rate = hparams["sample_rate"]
     train_pipeline = SignalPipeline(
@@ -240,7 +242,7 @@ def signal_datasets(hparams, csv_files, source_columns, output_keys, extra_items
         )
         return signal_dataset(csv_files["test"], pipeline, output_keys, extra_items)
 
-    return train, valid, make_test_set
+    return {"train": train, "valid": valid, "make_test_set": make_test_set}
 
 
 def drop_missing_inputs(conditions, csv_file, source_columns, default_input=SOURCES_INPUT):

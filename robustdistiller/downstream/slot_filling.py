@@ -29,6 +29,8 @@ import re
 import torch
 from speechbrain.utils.edit_distance import count_ops, op_table
 
+from robustdistiller.downstream.ctc import TokenVocabulary
+
 logger = logging.getLogger(__name__)
 
 PAD_INDEX, EOS_INDEX, UNK_INDEX = 0, 1, 2
@@ -413,8 +415,6 @@ def ctc_vocabulary(encoder):
     >>> len(vocabulary), vocabulary.dropped_indices, vocabulary.tokens[-2:]
     (33, [0, 1], ['B-city', 'E-city'])
     """
-    from robustdistiller.downstream.ctc import TokenVocabulary
-
     return TokenVocabulary(encoder.tokens, blank_index=PAD_INDEX, special_tokens=[SPECIAL_TOKENS[EOS_INDEX]])
 
 

@@ -2,7 +2,7 @@
 
 * :class:`FrozenUpstream`: any upstream kind behind one interface -- our exported student folder, our
   distillation checkpoint, an s3prl-format checkpoint, a DPHuBERT-format ``.pth`` (DPWavLM; all through
-  :func:`robustdistiller.export.load_student`), or any Hugging Face WavLM / HuBERT / wav2vec 2.0 hub id
+  :func:`robustdistiller.export.loading.load_student`), or any Hugging Face WavLM / HuBERT / wav2vec 2.0 hub id
   or folder (the WavLM Base+ teacher row), or a student exported to ONNX (``onnx``: an ``encoder.onnx`` /
   ``encoder_int8.onnx`` of :mod:`robustdistiller.export.onnx`, run by ONNX Runtime). Frozen (no gradients, always eval, fp32) and kept out of the
   Brain's modules, so no upstream weight ever enters a downstream checkpoint.
@@ -24,9 +24,13 @@ import torch
 import torch.nn as nn
 
 from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
-from robustdistiller.export import ExportError, UnfinishedRunError, file_sha256, load_student, locate_checkpoint
+from robustdistiller.export.errors import ExportError, UnfinishedRunError
+from robustdistiller.export.folder import file_sha256
+from robustdistiller.export.loading import load_student, locate_checkpoint
+from robustdistiller.export.onnx import FP32_FILE, ONNX_FOLDER
 from robustdistiller.runs.fingerprint import weights_fingerprint
 from robustdistiller.inference.interface import looks_like_path
+from robustdistiller.inference.onnx_runtime import OnnxEncoder
 from robustdistiller.runs.options import OptionError
 from robustdistiller.runs.run_folder import ChangedSettingsError
 from robustdistiller.models.student import num_parameters
@@ -128,7 +132,7 @@ class FrozenUpstream(nn.Module):
         output as DPHuBERT, no prediction heads), or a Hugging Face hub id / folder of a WavLM, HuBERT or
         wav2vec 2.0.
     kind : str
-        ``"auto"`` (a folder or file our :func:`~robustdistiller.export.locate_checkpoint` recognises
+        ``"auto"`` (a folder or file our :func:`~robustdistiller.export.loading.locate_checkpoint` recognises
         is a student, anything else a Hugging Face model; hub ids are Hugging Face models),
         ``"student"``, ``"hf"`` or ``"onnx"`` (an ONNX file of :mod:`robustdistiller.export.onnx`, or an
         exported folder with ``onnx/encoder.onnx``; ``auto`` picks it for a ``.onnx`` file). The ONNX
@@ -227,9 +231,6 @@ class FrozenUpstream(nn.Module):
 
     def _init_onnx(self, source):
         """The ``onnx`` kind: an :class:`~robustdistiller.inference.onnx_runtime.OnnxEncoder` session."""
-        from robustdistiller.export.onnx import FP32_FILE, ONNX_FOLDER
-        from robustdistiller.inference.onnx_runtime import OnnxEncoder
-
         path = os.path.expanduser(source)
         if os.path.isdir(path):
             candidates = [os.path.join(path, ONNX_FOLDER, FP32_FILE), os.path.join(path, FP32_FILE)]

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+import transformers
 
 from robustdistiller.dpwavlm.model import (
     DPWavLM,
@@ -25,6 +26,7 @@ from robustdistiller.dpwavlm.model import (
     is_hubert_config,
     wavlm_base_plus_config,
 )
+from robustdistiller.models.teacher import load_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +152,6 @@ def from_hf_model(folder, **prune_flags):
     The folder is read by :func:`robustdistiller.models.teacher.load_model_folder` (a truncated or damaged
     ``model.safetensors`` is a :class:`~robustdistiller.models.teacher.TeacherSourceError` naming it).
     """
-    import transformers
-
-    from robustdistiller.models.teacher import load_model_folder
-
     folder = Path(folder)
     # The distillation's teacher loader: config.json, model type and complete weight files are checked
     # first, and every parameter must come from the weights; errors name the folder or the damaged file.
@@ -176,8 +174,6 @@ def from_hf_model(folder, **prune_flags):
 
 def hf_wavlm_config(model):
     """``transformers.WavLMConfig`` of the padded export of ``model`` (uniform heads, max FFN width)."""
-    import transformers
-
     c = model.config
     if model.is_hubert:
         if c["encoder_embed_dim"] % c["encoder_head_dim"]:
@@ -310,8 +306,6 @@ def export_hf_wavlm_padded(model, folder, on_inexact="refuse", atol=1e-4):
     Note: HF's ``num_parameters()`` is inflated (all heads and the widest FFN in every layer), and HF's
     ``hidden_states[0]`` is after the positional conv, unlike DPHuBERT's layer 0.
     """
-    import transformers
-
     if on_inexact not in ("refuse", "warn"):
         raise ValueError(f"on_inexact={on_inexact!r}: expected 'refuse' or 'warn'")
     model_class = transformers.HubertModel if model.is_hubert else transformers.WavLMModel

@@ -1,6 +1,6 @@
 """A trained DPWavLM (a DPHuBERT ``.pth``) as an encoder of padded batches, for the downstream recipes.
 
-:func:`robustdistiller.export.load_student` returns a :class:`DPWavLMEncoder` for DPHuBERT-format files
+:func:`robustdistiller.export.loading.load_student` returns a :class:`DPWavLMEncoder` for DPHuBERT-format files
 (our ``final.pth`` / ``pruned.pth``, the released ``DPWavLM-sp0.75.pth`` / ``RDDPWavLM-sp0.75.pth``, an
 exported ``dpwavlm.pth``). It takes SpeechBrain's relative lengths and returns a
 :class:`~robustdistiller.models.student.StudentOutput`, so :class:`~robustdistiller.downstream.upstream.FrozenUpstream`

@@ -1,12 +1,13 @@
 """Exporting a trained DPWavLM: the compact DPHuBERT ``.pth``, a padded ``transformers`` copy and a model card.
 
 ``python -m robustdistiller.export <final.pth | DPWavLM output folder | any DPHuBERT .pth> <output folder>``
-comes here (:func:`robustdistiller.export.export_student` dispatches on the file format). The folder holds:
+comes here (:func:`robustdistiller.export.student_folder.export_student` dispatches on the file format). The folder
+holds:
 
 * ``dpwavlm.pth``: **the model** -- the compact student in DPHuBERT's format (its config with the per-layer
   widths, its state dict, the distillation projections), read with ``torch.load(weights_only=True)`` and
   loaded with ``strict=True`` by :func:`~robustdistiller.dpwavlm.checkpoint.load_dphubert_checkpoint`,
-  :func:`~robustdistiller.export.load_student` and every downstream recipe (``upstream: <folder>``), and by
+  :func:`~robustdistiller.export.loading.load_student` and every downstream recipe (``upstream: <folder>``), and by
   DPHuBERT's own ``wav2vec2_model(**config)``;
 * ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``: a compatibility copy as a
   ``transformers.WavLMModel`` padded to uniform widths (heads zero-padded at their original indices, FFNs
@@ -24,7 +25,7 @@ comes here (:func:`robustdistiller.export.export_student` dispatches on the file
   ``Pretrainer`` reads plain state dicts);
 * ``README.md``: the model card (teacher, sparsity reached vs the target, parameters before and after
   pruning, per-layer widths, the measured HF-copy error, loading snippets);
-* ``export_manifest.json``: as every export (overwrite rules of :mod:`robustdistiller.export`).
+* ``export_manifest.json``: as every export (overwrite rules of :mod:`robustdistiller.export.folder`).
 """
 
 import functools
@@ -37,22 +38,20 @@ import warnings
 
 import numpy as np
 import torch
+import transformers
 import yaml
 
 from robustdistiller.dpwavlm.checkpoint import export_hf_wavlm_padded
 from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
 from robustdistiller.dpwavlm.model import is_hubert_config
 from robustdistiller.dpwavlm.stages import SUMMARY_FILE
-from robustdistiller.export import (
-    DPWAVLM_EXPORT_FILE,
-    MANIFEST_FILE,
-    ExportError,
-    format_count,
-    load_dpwavlm,
-    locate_checkpoint,
-    write_export_folder,
-)
+from robustdistiller.export.errors import ExportError
+from robustdistiller.export.folder import MANIFEST_FILE, write_export_folder
+from robustdistiller.export.layout import DPWAVLM_EXPORT_FILE
+from robustdistiller.export.loading import load_dpwavlm, locate_checkpoint
+from robustdistiller.export.model_card import format_count
 from robustdistiller.models.student import num_parameters
+from robustdistiller.testing.synthesis import make_speakers, random_sentence, synthesize_speech
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +118,7 @@ def hyperparams_text(config):
 
 
 def _write_preprocessor_config(folder, config):
-    from transformers import Wav2Vec2FeatureExtractor
-
-    Wav2Vec2FeatureExtractor(
+    transformers.Wav2Vec2FeatureExtractor(
         feature_size=1,
         sampling_rate=16000,
         padding_value=0.0,
@@ -138,9 +135,9 @@ SPEECH_PROBE_SEED = 0
 def speech_like_probes(num_utterances=SPEECH_PROBE_UTTERANCES, seed=SPEECH_PROBE_SEED):
     """Speech-like probe waveforms: random sentences in the mini corpus generator's voices.
 
-    :func:`robustdistiller.testing.mini_corpus.make_speakers` draws ``num_utterances`` distinct eSpeak NG voices
-    (accent, variant, pitch, rate, range) and :func:`~robustdistiller.testing.mini_corpus.random_sentence` a
-    sentence for each; :func:`~robustdistiller.testing.mini_corpus.synthesize_speech` speaks them at 16 kHz and
+    :func:`robustdistiller.testing.synthesis.make_speakers` draws ``num_utterances`` distinct eSpeak NG voices
+    (accent, variant, pitch, rate, range) and :func:`~robustdistiller.testing.synthesis.random_sentence` a
+    sentence for each; :func:`~robustdistiller.testing.synthesis.synthesize_speech` speaks them at 16 kHz and
     each is scaled by 0.5-0.9, the level of the mini corpus's LibriSpeech utterances. Deterministic in
     ``seed``; synthesised once per process (a subprocess, about a second).
 
@@ -154,8 +151,6 @@ def speech_like_probes(num_utterances=SPEECH_PROBE_UTTERANCES, seed=SPEECH_PROBE
     RuntimeError, OSError, ImportError
         When eSpeak NG cannot synthesise (``espeakng-loader`` missing or broken).
     """
-    from robustdistiller.testing.mini_corpus import make_speakers, random_sentence, synthesize_speech
-
     rng = np.random.default_rng(seed)
     speakers = make_speakers(rng, num_utterances)
     requests = [
@@ -237,8 +232,6 @@ def write_hf_copy(model, folder, hf_inexact="skip"):
         :func:`~robustdistiller.dpwavlm.checkpoint.export_hf_wavlm_padded`) and, when written,
         ``num_parameters`` (HF's count, inflated by the padding).
     """
-    import transformers
-
     if hf_inexact not in HF_INEXACT_CHOICES:
         raise ExportError(f"hf_inexact must be one of {HF_INEXACT_CHOICES}, got {hf_inexact!r}")
     dummy = model.feature_extractor.dummy_weight
@@ -373,7 +366,7 @@ projection's output before the positional convolution (DPHuBERT's convention), t
 ### robustdistiller (and every downstream recipe)
 
 ```python
-from robustdistiller.export import load_student
+from robustdistiller.export.loading import load_student
 from robustdistiller.downstream.upstream import FrozenUpstream
 
 encoder, info = load_student("/path/to/this/folder")      # DPWavLMEncoder: relative lengths in, all states out

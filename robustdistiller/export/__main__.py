@@ -1,8 +1,8 @@
-"""``python -m robustdistiller.export``: the export command (see :func:`robustdistiller.export.main`)."""
+"""``python -m robustdistiller.export``: the export command (see :func:`robustdistiller.export.cli.main`)."""
 
 import sys
 
-from robustdistiller.export import main
+from robustdistiller.export.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -37,7 +37,7 @@ int8 MatMul/Gemm 3.3 s, int8 with Conv 13.7 s) and costs accuracy (lowest per-la
 the CNN quantised too): pass ``op_types=("MatMul", "Gemm", "Conv")`` for the smallest file.
 
 :func:`verify_onnx` compares the ONNX files with the PyTorch module on a padded batch
-(:func:`robustdistiller.export.parity_batch`): the fp32 file's largest absolute difference on valid
+(:func:`robustdistiller.export.verify.parity_batch`): the fp32 file's largest absolute difference on valid
 frames (must be at most :data:`PARITY_TOLERANCE`) and the int8 file's cosine similarity to fp32 per
 output layer.
 """
@@ -53,7 +53,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robustdistiller.export.verify import parity_batch
 from robustdistiller.inference.interface import CNN_RECEPTIVE_FIELD, cnn_receptive_field
+from robustdistiller.runs.write_errors import reporting_write_errors
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +235,7 @@ def export_fp32(student, path, opset=OPSET):
     UntraceableStudentError
         The student's layout or one of its operations cannot be exported; the message says which.
     """
-    import onnx
+    import onnx  # optional dependency
 
     try:
         module = OnnxEncoderModule(student).eval()
@@ -291,8 +293,8 @@ def quantize_int8(fp32_path, int8_path, op_types=INT8_OP_TYPES):
     Weights of ``op_types`` nodes become int8 (per output channel), activations are quantised at run
     time. The metadata of the fp32 file is kept.
     """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx  # optional dependency
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # optional dependency
 
     root = logging.getLogger()
     hint = _DropMessage("pre-processing before quantization")  # ONNX Runtime's advice for static quantisation
@@ -338,8 +340,6 @@ def export_onnx(student, folder, int8=False, opset=OPSET):
     robustdistiller.runs.write_errors.WriteFailedError
         A file cannot be written (a full disk): the message names it, the device and the free space.
     """
-    from robustdistiller.runs.write_errors import reporting_write_errors
-
     with reporting_write_errors(folder):
         os.makedirs(folder, exist_ok=True)
     with reporting_write_errors(os.path.join(folder, FP32_FILE)):  # a full disk names the file
@@ -378,7 +378,7 @@ def reference_layers(student, batch):
 
 
 def _run_session(path, batch):
-    import onnxruntime
+    import onnxruntime  # optional dependency
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     outputs = session.run(None, {"waveform": batch["wavs"].numpy().astype(np.float32),
@@ -425,7 +425,7 @@ def verify_onnx(student, fp32_path, int8_path=None, batch=None, tolerance=PARITY
     fp32_path, int8_path : str
         The ONNX files (``int8_path`` optional).
     batch : dict, optional
-        :func:`robustdistiller.export.parity_batch` output (default: utterances of 1.0, 0.7, 0.45 s).
+        :func:`robustdistiller.export.verify.parity_batch` output (default: utterances of 1.0, 0.7, 0.45 s).
     tolerance : float
         Largest accepted absolute difference of the fp32 file.
 
@@ -441,8 +441,6 @@ def verify_onnx(student, fp32_path, int8_path=None, batch=None, tolerance=PARITY
     ValueError
         The fp32 file differs by more than ``tolerance`` or gives other frame lengths.
     """
-    from robustdistiller.export import parity_batch
-
     batch = parity_batch() if batch is None else batch
     student = student.eval()
     with torch.no_grad():

@@ -57,6 +57,7 @@ import pickle
 import re
 from collections.abc import Mapping
 
+import numpy
 import torch
 import torch.nn as nn
 
@@ -182,8 +183,6 @@ def _safe_codecs_encode(obj, encoding="utf-8", errors="strict"):
 
 def _numpy_multiarray(attribute):
     def resolve():
-        import numpy
-
         core = getattr(numpy, "_core", None)
         multiarray = getattr(core, "multiarray", None) if core is not None else None
         if multiarray is None:
@@ -195,8 +194,6 @@ def _numpy_multiarray(attribute):
 
 def _numpy_attribute(attribute):
     def resolve():
-        import numpy
-
         return getattr(numpy, attribute)
 
     return resolve

@@ -26,6 +26,7 @@ from fractions import Fraction
 from typing import NamedTuple, Optional
 
 import numpy as np
+import soundfile
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def resample(wavs, orig_rate, new_rate=SAMPLE_RATE):
     orig_rate, new_rate = int(orig_rate), int(new_rate)
     if orig_rate == new_rate:
         return wavs
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # optional dependency (only for audio at another rate)
 
     ratio = Fraction(new_rate, orig_rate)
     return resample_poly(wavs, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
@@ -92,7 +93,7 @@ class OnnxEncoder:
     """
 
     def __init__(self, path, num_threads=None):
-        import onnxruntime
+        import onnxruntime  # optional dependency
 
         options = onnxruntime.SessionOptions()
         if num_threads:
@@ -169,8 +170,6 @@ class OnnxEncoder:
         ValueError
             The file is shorter than the CNN's receptive field (the message names the file).
         """
-        import soundfile
-
         audio, rate = soundfile.read(path, dtype="float32", always_2d=True)  # [T, C]
         audio = resample(audio.mean(axis=1), rate, self.sample_rate)
         if audio.shape[0] < self.receptive_field:

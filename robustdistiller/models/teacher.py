@@ -80,7 +80,7 @@ TEACHER_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float1
 # Default bound of the start-of-run self-check (YAML ``teacher_precision_min_cosine``): the smallest
 # per-frame cosine similarity between a low-precision target and its fp32 target that a run accepts.
 # Healthy bf16 gives 0.9992 (tiny test teacher) and 0.99984 (Base-size shape); the oneDNN fault the
-# check was built for gave 0.92 (README, "Teacher precision").
+# check was built for gave 0.92 (docs/distillation.md, "Teacher precision self-check").
 DEFAULT_PRECISION_MIN_COSINE = 0.99
 
 

@@ -1,7 +1,7 @@
 """The cross-task robustness report: ``python -m robustdistiller.report SPEC.yaml [--mode run|print|report]``.
 
-1. :mod:`~robustdistiller.report.spec` reads the spec: upstreams, tasks (any of the twelve of
-   :mod:`~robustdistiller.report.tasks`), conditions, data folders, overrides, output root, mode.
+1. :mod:`~robustdistiller.report.spec` reads the spec: upstreams, tasks (any of the registry
+   :mod:`~robustdistiller.downstream.tasks`), conditions, data folders, overrides, output root, mode.
 2. :mod:`~robustdistiller.report.runner` runs the (task, upstream) pairs that have no ``results.json``
    yet (``run``), or prints their commands (``print``); a folder run with other options is refused.
 3. :mod:`~robustdistiller.report.tables` and :mod:`~robustdistiller.report.plots` collect every pair's

@@ -12,12 +12,14 @@ import datetime
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
 
 import ruamel.yaml
+import speechbrain as sb
 from hyperpyyaml import resolve_references
 
 from robustdistiller import child_environment
@@ -78,8 +80,6 @@ def expected_hyperparams(pair):
     """The ``hyperparams.yaml`` content (plain values) the recipe would write for ``pair``."""
     # The overrides exactly as the recipe gets them: ``sb.parse_arguments`` keeps SpeechBrain's run
     # options (``--grad_accumulation_factor``, ``--precision``...) out of the YAML overrides.
-    import speechbrain as sb
-
     _, _, overrides = sb.parse_arguments(command_for_arguments(pair))
     with open(pair.task.hparams_file, encoding="utf-8") as fin:
         resolved = resolve_references(fin, overrides)
@@ -116,10 +116,6 @@ def run_option_differences(pair):
 
     Only scalar run options are compared (``--grad_accumulation_factor=1``, ``--precision="bf16"``).
     """
-    import re
-
-    import speechbrain as sb
-
     path = os.path.join(pair.output_folder, "run_info.json")
     if not os.path.isfile(path):
         return []

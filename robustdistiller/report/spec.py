@@ -7,7 +7,7 @@ Example spec (``recipes/report_example.yaml`` is a complete one)::
     upstreams:                           # name -> source, or name -> {source, kind, other upstream_* options}
       wavlm-base-plus: microsoft/wavlm-base-plus
       robust: {source: /runs/robust/exported, kind: student}
-    tasks: [KS, PR]                      # any of the twelve (robustdistiller.report.tasks.TASKS)
+    tasks: [KS, PR]                      # any of robustdistiller.downstream.tasks.TASKS
     conditions: [clean, snr5, reverb]    # null: all the conditions each recipe runs
     corruption:                          # shared by every task (test_* options)
       test_musan_folder: /data/musan
@@ -32,7 +32,7 @@ import sys
 
 import yaml
 
-from robustdistiller.report.tasks import get_task
+from robustdistiller.downstream.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Pair:
 
     Attributes
     ----------
-    task : robustdistiller.report.tasks.TaskInfo
+    task : robustdistiller.downstream.tasks.TaskInfo
     upstream : str
         The upstream's name in the spec.
     output_folder : str

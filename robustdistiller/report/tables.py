@@ -1,6 +1,6 @@
 """Collecting the pairs' ``results.json`` into per-task tables, degradation from clean and a cross-task summary.
 
-Orientation and scale (see :data:`robustdistiller.report.tasks.METRIC_SCALES`):
+Orientation and scale (see :data:`robustdistiller.downstream.tasks.METRIC_SCALES`):
 
 * tables show each task's primary metric in its usual unit: fractions (accuracy, F1, MTWV) as percent,
   error rates as stored (percent), PESQ / dB as they are;
@@ -21,7 +21,7 @@ import logging
 import math
 import os
 
-from robustdistiller.report.tasks import REPOSITORY_ROOT, primary_metric_of
+from robustdistiller.downstream.tasks import REPOSITORY_ROOT, primary_metric_of
 
 logger = logging.getLogger(__name__)
 

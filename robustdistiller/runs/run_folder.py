@@ -31,6 +31,8 @@ import os
 import socket
 import sys
 
+from robustdistiller.runs.fingerprint import architecture_fingerprint, list_fingerprint
+
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".run.lock"
@@ -196,8 +198,6 @@ def data_signature(hparams, keys=DATA_LIST_KEYS):
     >>> data_signature({"train_csv": path, "valid_csv": "unused.csv", "valid_splits": []})
     {'train_csv_fingerprint': '1 rows, sha256 ...'}
     """
-    from robustdistiller.runs.fingerprint import list_fingerprint
-
     return {f"{key}_fingerprint": list_fingerprint(path) for key, path in prepared_lists(hparams, keys).items()}
 
 
@@ -227,8 +227,6 @@ def architecture_signature(modules):
     >>> architecture_signature({"head": torch.nn.Linear(3, 2), "none": None})
     {'architecture_head': '8 parameters, shapes ...'}
     """
-    from robustdistiller.runs.fingerprint import architecture_fingerprint
-
     return {
         f"architecture_{name}": architecture_fingerprint(module) for name, module in modules.items() if module is not None
     }

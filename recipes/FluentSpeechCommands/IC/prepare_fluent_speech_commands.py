@@ -18,7 +18,7 @@ import os
 from robustdistiller.data.audio import AudioLoadError, audio_info
 from robustdistiller.data.files import read_text
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.data.prepare import is_prepared, make_id, mark_prepared, write_csv
+from robustdistiller.data.prepare.lists import is_prepared, make_id, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ class IntentClassificationBrain(DownstreamBrain):
     ``feature_normalization: True``, ``feature_normalizer`` (global per-layer standardisation of the
     upstream layers, not part of SUPERB). Batches carry ``sig`` and ``intent_encoded`` (``[B, 3]``:
     action, object, location indices). ``self.stage_stats`` of a test stage: ``loss``, ``accuracy``
-    (all slots right) and ``<slot>_accuracy``; the checkpoint with the best dev accuracy is kept.
+    (all slots right) and ``<slot>_accuracy``; the best dev checkpoint (``selection_metric: accuracy``) is kept.
     """
 
     def encode(self, wavs, wav_lens):
@@ -103,7 +103,7 @@ class IntentClassificationBrain(DownstreamBrain):
             self.accuracy_metrics = {name: sb.utils.metric_stats.MetricStats(metric=all_slots_right) for name in names}
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs, checkpoints on the best dev accuracy, records test statistics."""
+        """Logs, keeps the best dev checkpoint (:meth:`keep_best_checkpoint`), records test statistics."""
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
             return
@@ -115,7 +115,7 @@ class IntentClassificationBrain(DownstreamBrain):
                 train_stats={"loss": self.train_loss},
                 valid_stats=stats,
             )
-            self.checkpointer.save_and_keep_only(meta=stats, max_keys=["accuracy"])
+            self.keep_best_checkpoint(stats)
         else:
             self.stage_stats = stats
             self.hparams.train_logger.log_stats(
@@ -134,12 +134,11 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
         return torch.LongTensor([slot_encoders[slot].encode_label(value) for slot, value in zip(SLOTS, values)])
 
     output_keys = ["id", "sig", "intent_encoded"]
-    train, valid, make_test_set = recipe_datasets(
-        hparams, csv_files, output_keys, [encode_intent], test_corruptor, train_corruptor
-    )
+    data = recipe_datasets(hparams, csv_files, output_keys, [encode_intent], test_corruptor, train_corruptor)
     for slot, encoder in slot_encoders.items():
         encoder.load_or_create(
-            path=os.path.join(hparams["save_folder"], f"{slot}_encoder.txt"), from_didatasets=[train], output_key=slot
+            path=os.path.join(hparams["save_folder"], f"{slot}_encoder.txt"), from_didatasets=[data["train"]],
+            output_key=slot,
         )
     sizes = [len(slot_encoders[slot]) for slot in SLOTS]
     if sizes != list(hparams["slot_sizes"]):
@@ -150,12 +149,7 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
     for encoder, size in zip(slot_encoders.values(), sizes):
         encoder.expect_len(size)
     logger.info("Slot values: %s", "; ".join(f"{slot}: {len(encoder)}" for slot, encoder in slot_encoders.items()))
-    return {
-        "train": train,
-        "valid": valid,
-        "make_test_set": make_test_set,
-        "slot_encoders": slot_encoders,
-    }
+    return {**data, "slot_encoders": slot_encoders}
 
 
 if __name__ == "__main__":
@@ -187,9 +181,7 @@ if __name__ == "__main__":
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
-    results = brain.evaluate_conditions(
-        data["make_test_set"], conditions, hparams["test_dataloader_opts"], max_key="accuracy"
-    )
+    results = brain.evaluate_conditions(data["make_test_set"], conditions, hparams["test_dataloader_opts"])
     if sb.utils.distributed.if_main_process():
         write_condition_results(
             hparams["output_folder"],

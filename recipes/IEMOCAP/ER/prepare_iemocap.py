@@ -44,7 +44,7 @@ from robustdistiller.data.audio import AudioLoadError, audio_info
 from robustdistiller.data.files import SkippedFolders, decode_text, list_folder
 from robustdistiller.downstream.s3prl_lists import ER_CLASSES, iemocap_s3prl_pool, read_s3prl_meta_data
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare.lists import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 

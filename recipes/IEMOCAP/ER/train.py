@@ -82,9 +82,7 @@ def run_fold(hparams_file, run_opts, overrides):
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
-    results = brain.evaluate_conditions(
-        data["make_test_set"], conditions, hparams["test_dataloader_opts"], max_key="accuracy"
-    )
+    results = brain.evaluate_conditions(data["make_test_set"], conditions, hparams["test_dataloader_opts"])
     if sb.utils.distributed.if_main_process():
         write_condition_results(
             hparams["output_folder"],

@@ -33,7 +33,7 @@ import soundfile
 from robustdistiller.downstream.der import read_rttm, write_rttm
 from robustdistiller.data.files import read_text_lines
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare.lists import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 

@@ -19,22 +19,139 @@ To run::
 
 import csv
 import logging
+import os
 import sys
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 from prepare_librimix_sd import prepare_librimix_sd
 from speechbrain.utils.distributed import run_on_main
 
-from robustdistiller.downstream import build_corruptors, prepare_corruption_lists, start_run, write_condition_results
-from robustdistiller.downstream.der import constant_baseline
-from robustdistiller.downstream.diarization import DiarizationBrain, frame_labels, parse_turns
+from robustdistiller.downstream import (
+    DownstreamBrain,
+    build_corruptors,
+    prepare_corruption_lists,
+    start_run,
+    write_condition_results,
+)
+from robustdistiller.downstream.der import best_setting, constant_baseline, decode_all, score_grid, write_rttm
+from robustdistiller.downstream.diarization import (
+    frame_accuracy_counts,
+    frame_labels,
+    match_frames,
+    parse_turns,
+    pit_bce_loss,
+)
 from robustdistiller.downstream.signal import drop_missing_inputs, signal_datasets
 
 logger = logging.getLogger(__name__)
 
 SOURCE_COLUMNS = ("s1_wav", "s2_wav")
 METRICS = ["DER", "DER_best_on_test", "miss", "false_alarm", "confusion", "frame_accuracy", "loss"]
+
+
+class DiarizationBrain(DownstreamBrain):
+    """Frame-level 2-speaker diarization over a frozen upstream (s3prl's ``-d diarization``).
+
+    ``modules``: ``weighted_sum`` and ``head`` (:class:`~robustdistiller.downstream.diarization.DiarizationHead`).
+    Batches hold ``sig`` and ``labels`` (``[B, F, S]`` from
+    :func:`~robustdistiller.downstream.diarization.frame_labels`, padded) and, outside training, ``segments``
+    (the JSON reference turns). Dev: PIT BCE loss and ``frame_accuracy`` (the checkpoint selection, as
+    s3prl: ``selection_metric: frame_accuracy``, ``selection_mode: max``). Test: the posteriors of every
+    recording are decoded under the whole ``thresholds x medians`` grid; ``DER`` / ``miss`` /
+    ``false_alarm`` / ``confusion`` are those of :attr:`decoding` (the setting chosen on clean dev by
+    :meth:`choose_decoding`), ``DER_best_on_test`` the lowest DER of the grid (s3prl's oracle number).
+    Hypothesis RTTMs at the chosen setting go to ``<output_folder>/rttm/<condition>.rttm``.
+
+    Expected ``hparams``: ``frame_shift``, ``sample_rate``, ``decode_thresholds``, ``decode_medians``,
+    ``der_resolution``, ``output_folder``, ``train_logger``.
+    """
+
+    decoding = None
+
+    def compute_forward(self, batch, stage):
+        """``(logits [B, F, S], label lengths [B])`` with features matched to the label length."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        labels, label_lens = batch.labels
+        num_frames = labels.shape[1]
+        lengths = torch.round(label_lens * num_frames).long()
+        features, frame_mask = self.encode(wavs, wav_lens)
+        features = match_frames(features, frame_mask.sum(dim=1), num_frames)
+        return self.modules.head(features), lengths
+
+    def compute_objectives(self, predictions, batch, stage):
+        """PIT BCE; outside training the frame accuracy and (test) the posteriors are accumulated."""
+        logits, lengths = predictions
+        labels = batch.labels[0].to(self.device)
+        loss, permuted = pit_bce_loss(logits.float(), labels, lengths)
+        if stage != sb.Stage.TRAIN:
+            correct, frames = frame_accuracy_counts(logits.detach(), permuted, lengths)
+            self.correct += correct
+            self.frames += frames
+            if stage == sb.Stage.TEST:
+                probabilities = torch.sigmoid(logits.detach().float()).cpu().numpy()
+                for index, utterance_id in enumerate(batch.id):
+                    self.posteriors[utterance_id] = probabilities[index, : int(lengths[index])]
+                    self.references[utterance_id] = parse_turns(batch.segments[index])
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        """New accumulators for dev and test."""
+        super().on_stage_start(stage, epoch)
+        self.correct, self.frames, self.posteriors, self.references = 0.0, 0, {}, {}
+
+    def score_posteriors(self):
+        """:func:`score_grid` of the stage's posteriors."""
+        return score_grid(
+            self.posteriors, self.references, self.hparams.decode_thresholds, self.hparams.decode_medians,
+            frame_seconds=self.hparams.frame_shift / self.hparams.sample_rate, resolution=self.hparams.der_resolution,
+        )
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs; keeps the best dev frame-accuracy checkpoint; test: DER at the chosen setting and the grid."""
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        stats = {"loss": stage_loss, "frame_accuracy": 100.0 * self.correct / max(self.frames, 1)}
+        if stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
+                train_stats={"loss": self.train_loss},
+                valid_stats=stats,
+            )
+            self.keep_best_checkpoint(stats)
+            return
+        self.grid = self.score_posteriors()
+        condition = getattr(self, "condition", "") or "test"
+        if self.decoding is not None:
+            chosen = self.grid[self.decoding]
+            oracle = best_setting(self.grid)
+            stats.update({key: chosen[key] for key in ("DER", "miss", "false_alarm", "confusion")})
+            stats.update({"DER_best_on_test": self.grid[oracle]["DER"], "best_on_test_setting": oracle})
+            if sb.utils.distributed.if_main_process():
+                hypotheses = decode_all(self.posteriors, chosen["threshold"], chosen["median"],
+                                        self.hparams.frame_shift / self.hparams.sample_rate)
+                write_rttm(os.path.join(self.hparams.output_folder, "rttm", f"{condition}.rttm"), hypotheses)
+        self.stage_stats = stats
+        self.hparams.train_logger.log_stats(stats_meta={"test condition": condition}, test_stats=stats)
+
+    def choose_decoding(self, dev_set, loader_kwargs):
+        """Decodes (clean, released) dev with the best checkpoint and freezes the lowest-DER setting.
+
+        Returns
+        -------
+        (str, dict)
+            The chosen setting's name and the dev grid.
+        """
+        self.decoding, self.stage_stats, self.condition = None, {}, "dev"
+        self.evaluate(dev_set, test_loader_kwargs=dict(loader_kwargs), **self.best_checkpoint_key)
+        self.decoding = best_setting(self.grid)
+        self.condition = ""
+        logger.info("Decoding setting chosen on dev: %s (dev DER %.2f%%)", self.decoding,
+                    self.grid[self.decoding]["DER"])
+        return self.decoding, self.grid
 
 
 def dataio_prepare(hparams, test_corruptor, train_corruptor):
@@ -76,7 +193,7 @@ if __name__ == "__main__":
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
     conditions = drop_missing_inputs(conditions, hparams["test_csv"], SOURCE_COLUMNS,
                                      hparams.get("corruption_input", "sources"))
-    train, valid, make_test_set = dataio_prepare(hparams, test_corruptor, train_corruptor)
+    data = dataio_prepare(hparams, test_corruptor, train_corruptor)
 
     brain = DiarizationBrain(
         modules=hparams["modules"],
@@ -87,13 +204,13 @@ if __name__ == "__main__":
     )
     brain.fit(
         hparams["epoch_counter"],
-        train,
-        valid,
+        data["train"],
+        data["valid"],
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
-    setting, dev_grid = brain.choose_decoding(valid, hparams["test_dataloader_opts"])
-    results = brain.evaluate_best(make_test_set, conditions, hparams["test_dataloader_opts"])
+    setting, dev_grid = brain.choose_decoding(data["valid"], hparams["test_dataloader_opts"])
+    results = brain.evaluate_conditions(data["make_test_set"], conditions, hparams["test_dataloader_opts"])
     if sb.utils.distributed.if_main_process():
         baseline = always_active_baseline(hparams["test_csv"], hparams["der_resolution"])
         write_condition_results(

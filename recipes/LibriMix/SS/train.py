@@ -56,7 +56,7 @@ if __name__ == "__main__":
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
     conditions = drop_missing_inputs(conditions, hparams["test_csv"], hparams["source_columns"],
                                      hparams["corruption_input"])
-    train, valid, make_test_set = dataio_prepare(hparams, test_corruptor, train_corruptor)
+    data = dataio_prepare(hparams, test_corruptor, train_corruptor)
 
     brain = MaskingBrain(
         modules=hparams["modules"],
@@ -67,15 +67,15 @@ if __name__ == "__main__":
     )
     untrained = None
     if hparams["evaluate_untrained"]:  # the baseline: dev metrics of the untrained head
-        untrained = brain.evaluate_untrained(valid, hparams["valid_dataloader_opts"])
+        untrained = brain.evaluate_untrained(data["valid"], hparams["valid_dataloader_opts"])
     brain.fit(
         hparams["epoch_counter"],
-        train,
-        valid,
+        data["train"],
+        data["valid"],
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
-    results = brain.evaluate_best(make_test_set, conditions, hparams["test_dataloader_opts"])
+    results = brain.evaluate_conditions(data["make_test_set"], conditions, hparams["test_dataloader_opts"])
     if sb.utils.distributed.if_main_process():
         write_condition_results(
             hparams["output_folder"],

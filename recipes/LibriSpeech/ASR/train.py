@@ -45,9 +45,6 @@ logger = logging.getLogger(__name__)
 class SpeechRecognitionBrain(CTCBrain):
     """CTC over characters; WER and CER on dev and test; the best dev WER checkpoint is kept."""
 
-    selection_key = "WER"
-    selection_mode = "min"
-
     def init_metrics(self, stage):
         self.wer_metric = self.hparams.error_rate_computer()
         self.cer_metric = self.hparams.error_rate_computer()
@@ -68,7 +65,7 @@ class SpeechRecognitionBrain(CTCBrain):
 
 
 def dataio_prepare(hparams, vocabulary, test_corruptor, train_corruptor):
-    """Train / dev datasets, the test-set factory and the extra clean test sets."""
+    """Train / dev datasets, the test-set factory and ``extra_test_sets`` (clean, ``{split: dataset}``)."""
     eos = [vocabulary.index["</s>"]] if hparams["append_eos"] else []
 
     @sb.utils.data_pipeline.takes("words")
@@ -78,15 +75,13 @@ def dataio_prepare(hparams, vocabulary, test_corruptor, train_corruptor):
 
     output_keys = ["id", "sig", "tokens"]
     csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
-    train, valid, make_test_set = recipe_datasets(
-        hparams, csv_files, output_keys, [encode_characters], test_corruptor, train_corruptor
-    )
-    extra_test_sets = {
+    data = recipe_datasets(hparams, csv_files, output_keys, [encode_characters], test_corruptor, train_corruptor)
+    data["extra_test_sets"] = {
         split: audio_dataset(extra_csv(hparams, split), AudioPipeline(hparams["sample_rate"]), output_keys,
                              extra_items=[encode_characters])
         for split in hparams["extra_test_splits"]
     }
-    return train, valid, make_test_set, extra_test_sets
+    return data
 
 
 def extra_csv(hparams, split):
@@ -108,9 +103,7 @@ if __name__ == "__main__":
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
     vocabulary = hparams["vocabulary"]
-    train, valid, make_test_set, extra_test_sets = dataio_prepare(
-        hparams, vocabulary, test_corruptor, train_corruptor
-    )
+    data = dataio_prepare(hparams, vocabulary, test_corruptor, train_corruptor)
 
     brain = SpeechRecognitionBrain(
         vocabulary,
@@ -122,18 +115,18 @@ if __name__ == "__main__":
     )
     untrained = None
     if hparams["evaluate_untrained"]:  # the baseline: dev metrics of the untrained head
-        untrained = brain.evaluate_untrained(valid, hparams["valid_dataloader_opts"])
+        untrained = brain.evaluate_untrained(data["valid"], hparams["valid_dataloader_opts"])
     brain.fit(
         hparams["epoch_counter"],
-        train,
-        valid,
+        data["train"],
+        data["valid"],
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
-    results = brain.evaluate_best(make_test_set, conditions, hparams["test_dataloader_opts"])
-    for split, dataset in extra_test_sets.items():  # clean only
-        results.update(brain.evaluate_best(lambda name, spec, dataset=dataset: dataset,
-                                           {split: {"condition": "clean"}}, hparams["test_dataloader_opts"]))
+    results = brain.evaluate_conditions(data["make_test_set"], conditions, hparams["test_dataloader_opts"])
+    for split, dataset in data["extra_test_sets"].items():  # clean only
+        results.update(brain.evaluate_conditions(lambda name, spec, dataset=dataset: dataset,
+                                                 {split: {"condition": "clean"}}, hparams["test_dataloader_opts"]))
     if sb.utils.distributed.if_main_process():
         write_condition_results(
             hparams["output_folder"],

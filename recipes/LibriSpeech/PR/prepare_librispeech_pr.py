@@ -13,7 +13,7 @@ import os
 
 from robustdistiller.downstream.librispeech import add_phone_column, load_lexicon, prepare_librispeech_splits
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.data.prepare import is_prepared, mark_prepared
+from robustdistiller.data.prepare.lists import is_prepared, mark_prepared
 
 logger = logging.getLogger(__name__)
 

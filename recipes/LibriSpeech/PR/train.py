@@ -42,9 +42,6 @@ logger = logging.getLogger(__name__)
 class PhoneRecognitionBrain(CTCBrain):
     """CTC over phones; PER (``ErrorRateStats`` over phone tokens) on dev and test; best dev PER kept."""
 
-    selection_key = "PER"
-    selection_mode = "min"
-
     def init_metrics(self, stage):
         self.per_metric = self.hparams.error_rate_computer()
 
@@ -56,7 +53,7 @@ class PhoneRecognitionBrain(CTCBrain):
 
 
 def dataio_prepare(hparams, vocabulary, test_corruptor, train_corruptor):
-    """Train / dev datasets and the test-set factory; ``tokens`` = phone ids (+ ``<eos>``)."""
+    """Train / dev datasets and the test-set factory (a dict); ``tokens`` = phone ids (+ ``<eos>``)."""
     eos = [vocabulary.index["<eos>"]] if hparams["append_eos"] else []
 
     @sb.utils.data_pipeline.takes("phones")
@@ -92,9 +89,7 @@ if __name__ == "__main__":
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
     vocabulary = hparams["vocabulary"]
     logger.info("PR vocabulary: %d outputs (%d phones)", len(vocabulary), len(vocabulary) - 5)
-    train, valid, make_test_set = dataio_prepare(
-        hparams, vocabulary, test_corruptor, train_corruptor
-    )
+    data = dataio_prepare(hparams, vocabulary, test_corruptor, train_corruptor)
 
     brain = PhoneRecognitionBrain(
         vocabulary,
@@ -106,15 +101,15 @@ if __name__ == "__main__":
     )
     untrained = None
     if hparams["evaluate_untrained"]:  # the baseline: dev metrics of the untrained head
-        untrained = brain.evaluate_untrained(valid, hparams["valid_dataloader_opts"])
+        untrained = brain.evaluate_untrained(data["valid"], hparams["valid_dataloader_opts"])
     brain.fit(
         hparams["epoch_counter"],
-        train,
-        valid,
+        data["train"],
+        data["valid"],
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
-    results = brain.evaluate_best(make_test_set, conditions, hparams["test_dataloader_opts"])
+    results = brain.evaluate_conditions(data["make_test_set"], conditions, hparams["test_dataloader_opts"])
     if sb.utils.distributed.if_main_process():
         write_condition_results(
             hparams["output_folder"],

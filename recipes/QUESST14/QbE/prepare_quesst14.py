@@ -23,7 +23,7 @@ import os
 from robustdistiller.data.audio import AudioLoadError, audio_info
 from robustdistiller.data.files import read_text_lines
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare.lists import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 

@@ -52,11 +52,22 @@ CLEAN = {"condition": "clean"}
 
 
 def dataio_prepare(hparams, corruptor):
-    """``(side, split) -> (name, spec) -> dataset`` factories of the documents and the queries."""
-    csv_files = {"documents": hparams["documents_csv"], "dev": hparams["dev_queries_csv"],
-                 "eval": hparams["eval_queries_csv"]}
-    return {name: condition_test_set_factory(hparams, path, corruptor, ["id", "sig"])
-            for name, path in csv_files.items()}
+    """The queries and the documents, in the dict every recipe's ``dataio_prepare`` returns.
+
+    Returns
+    -------
+    dict
+        ``train``: None (nothing is trained); ``valid``: the dev queries (clean: the layer sweep);
+        ``make_test_set``: ``(name, spec) -> dataset`` of the eval queries; ``make_document_set``: the same
+        for the documents (searched with the dev queries clean, with the eval queries under every condition).
+    """
+    make_dev_set = condition_test_set_factory(hparams, hparams["dev_queries_csv"], corruptor, ["id", "sig"])
+    return {
+        "train": None,
+        "valid": make_dev_set("clean", CLEAN),
+        "make_test_set": condition_test_set_factory(hparams, hparams["eval_queries_csv"], corruptor, ["id", "sig"]),
+        "make_document_set": condition_test_set_factory(hparams, hparams["documents_csv"], corruptor, ["id", "sig"]),
+    }
 
 
 def extract_features(upstream, dataset, layers, loader_opts, device):
@@ -97,7 +108,7 @@ def search_and_score(hparams, query_features, document_features, ground_truth, s
     return metrics
 
 
-def sweep_dev_layers(hparams, datasets, device):
+def sweep_dev_layers(hparams, data, device):
     """MTWV of every swept layer on clean dev; the upstream runs once per ``layers_per_pass`` layers."""
     upstream = hparams["upstream"]
     layers = hparams["dev_layers"]
@@ -111,8 +122,8 @@ def sweep_dev_layers(hparams, datasets, device):
     results = {}
     for first in range(0, len(layers), per_pass):
         group = layers[first : first + per_pass]
-        queries = extract_features(upstream, datasets["dev"]("clean", CLEAN), group, loader_opts, device)
-        documents = extract_features(upstream, datasets["documents"]("clean", CLEAN), group, loader_opts, device)
+        queries = extract_features(upstream, data["valid"], group, loader_opts, device)
+        documents = extract_features(upstream, data["make_document_set"]("clean", CLEAN), group, loader_opts, device)
         for layer in group:
             path = os.path.join(hparams["stdlist_folder"], "dev", f"layer_{layer}", "benchmark.stdlist.xml")
             results[layer] = search_and_score(hparams, queries[layer], documents[layer], ground_truth, path)
@@ -120,7 +131,7 @@ def sweep_dev_layers(hparams, datasets, device):
     return results
 
 
-def evaluate_conditions(hparams, datasets, conditions, layer, device):
+def evaluate_conditions(hparams, data, conditions, layer, device):
     """Eval metrics of ``layer`` under every condition; uncorrupted sides are extracted only once."""
     corrupted = CORRUPTED_SIDES[hparams["corrupt"]]
     upstream, loader_opts = hparams["upstream"], hparams["extraction_dataloader_opts"]
@@ -130,7 +141,7 @@ def evaluate_conditions(hparams, datasets, conditions, layer, device):
     def features(side, name, spec):
         key = (side, name if side in corrupted else "clean")
         if key not in cache:
-            dataset = datasets["documents" if side == "documents" else "eval"]
+            dataset = data["make_document_set" if side == "documents" else "make_test_set"]
             use_name, use_spec = (name, spec) if side in corrupted else ("clean", CLEAN)
             cache[key] = extract_features(upstream, dataset(use_name, use_spec), [layer], loader_opts, device)[layer]
         return cache[key]
@@ -169,15 +180,15 @@ if __name__ == "__main__":
     )
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, _, conditions = build_corruptors(hparams)
-    datasets = dataio_prepare(hparams, test_corruptor)
+    data = dataio_prepare(hparams, test_corruptor)
     device = run_opts.get("device") or "cpu"
     hparams["upstream"].to(device)
 
     started = time.time()
-    dev_results = sweep_dev_layers(hparams, datasets, device)
+    dev_results = sweep_dev_layers(hparams, data, device)
     best_layer = max(dev_results, key=lambda layer: (dev_results[layer]["mtwv"], dev_results[layer]["auc"] or 0))
     logger.info("Best dev layer: %d (MTWV %.4f)", best_layer, dev_results[best_layer]["mtwv"])
-    results = evaluate_conditions(hparams, datasets, conditions, best_layer, device)
+    results = evaluate_conditions(hparams, data, conditions, best_layer, device)
     if sb.utils.distributed.if_main_process():
         write_condition_results(
             hparams["output_folder"],

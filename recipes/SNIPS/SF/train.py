@@ -53,12 +53,9 @@ METRICS = ["slot_type_f1", "slot_value_cer", "slot_value_wer", "slot_edit_f1_ful
 class SlotFillingBrain(CTCBrain):
     """CTC over characters and slot tokens; s3prl's SF metrics on the decoded texts.
 
-    The best checkpoint has the highest dev ``slot_type_f1``. The greedy decoding rule is
-    ``hparams.ctc_decoding`` (read by :class:`~robustdistiller.downstream.ctc.CTCBrain`).
+    The best checkpoint has the highest dev ``slot_type_f1`` (``selection_metric``). The greedy decoding
+    rule is ``hparams.ctc_decoding`` (read by :class:`~robustdistiller.downstream.ctc.CTCBrain`).
     """
-
-    selection_key = "slot_type_f1"
-    selection_mode = "max"
 
     def init_metrics(self, stage):
         """Decoded texts of the stage: hypotheses and references."""
@@ -98,10 +95,8 @@ def dataio_prepare(hparams, encoder, test_corruptor, train_corruptor):
         return torch.LongTensor(encoder.encode(words.split(" "), tags.split(" ")))
 
     csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
-    train, valid, make_test_set = recipe_datasets(
-        hparams, csv_files, ["id", "sig", "tokens"], [encode_tokens], test_corruptor, train_corruptor
-    )
-    return {"train": train, "valid": valid, "make_test_set": make_test_set}
+    return recipe_datasets(hparams, csv_files, ["id", "sig", "tokens"], [encode_tokens], test_corruptor,
+                           train_corruptor)
 
 
 if __name__ == "__main__":
@@ -142,7 +137,7 @@ if __name__ == "__main__":
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
-    results = brain.evaluate_best(data["make_test_set"], conditions, hparams["test_dataloader_opts"])
+    results = brain.evaluate_conditions(data["make_test_set"], conditions, hparams["test_dataloader_opts"])
     if sb.utils.distributed.if_main_process():
         write_condition_results(
             hparams["output_folder"],

@@ -27,7 +27,7 @@ import re
 from robustdistiller.data.audio import audio_info
 from robustdistiller.data.files import list_folder
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare.lists import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 

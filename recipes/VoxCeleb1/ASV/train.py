@@ -214,7 +214,7 @@ class SpeakerVerificationBrain(DownstreamBrain):
             self.embeddings = {}
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Scores the trials; checkpoints on the lowest validation EER; records test statistics."""
+        """Scores the trials; keeps the best checkpoint (the lowest validation EER); records test statistics."""
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
             return
@@ -231,7 +231,7 @@ class SpeakerVerificationBrain(DownstreamBrain):
                 train_stats={"loss": self.train_loss},
                 valid_stats=stats,
             )
-            self.checkpointer.save_and_keep_only(meta=stats, min_keys=["EER"])
+            self.keep_best_checkpoint(stats)
             return
         stats["threshold"] = threshold
         self.stage_stats = stats
@@ -335,9 +335,7 @@ if __name__ == "__main__":
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
-    results = brain.evaluate_conditions(
-        data["make_test_set"], conditions, hparams["test_dataloader_opts"], min_key="EER"
-    )
+    results = brain.evaluate_conditions(data["make_test_set"], conditions, hparams["test_dataloader_opts"])
     if if_main_process():
         write_condition_results(
             hparams["output_folder"],

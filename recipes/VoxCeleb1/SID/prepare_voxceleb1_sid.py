@@ -24,7 +24,7 @@ from robustdistiller.downstream.voxceleb1 import (
     voxceleb1_wav_folders,
 )
 from robustdistiller.downstream.data import check_split_lists
-from robustdistiller.data.prepare import is_prepared, mark_prepared, write_csv
+from robustdistiller.data.prepare.lists import is_prepared, mark_prepared, write_csv
 
 logger = logging.getLogger(__name__)
 
