@@ -3,7 +3,7 @@
 A row (:class:`TaskInfo`) says where a task's recipe is (``recipes/<Dataset>/<Task>/``, its YAML), which
 metric the report tables and summarises (and whether higher is better), and s3prl's training budget for
 it (:class:`S3prlBudget`, ``docs/reference/s3prl_settings.md`` "Step budgets"), which
-``tests/test_protocol_fidelity.py`` checks the YAML against. Adding a task is its recipe folder plus one
+``tests/consistency/test_protocol_fidelity.py`` checks the YAML against. Adding a task is its recipe folder plus one
 row of :data:`TASKS` (``recipes/README.md``).
 
 A recipe's ``results.json`` may name its own primary metric (``"primary_metric"``, ``"higher_is_better"``:
@@ -25,7 +25,7 @@ RECIPES_ROOT = os.path.join(REPOSITORY_ROOT, "recipes")
 
 # How each metric is stored in results.json: "fraction" (0..1, shown in %), "percent" (0..100) or "raw"
 # (its own unit: PESQ, dB). Error rates in percent are oriented as 100 - value in the cross-task summary.
-# A task whose primary metric is not here yet adds it (tests/test_protocol_fidelity.py checks every row).
+# A task whose primary metric is not here yet adds it (tests/consistency/test_protocol_fidelity.py checks every row).
 METRIC_SCALES = {
     "accuracy": "fraction",  # KS, IC, ER, SID
     "EER": "percent",  # ASV (write_condition_results notes "EER in percent")
@@ -97,7 +97,7 @@ class TaskInfo:
     higher_is_better : bool
         Orientation of ``primary_metric``.
     s3prl : S3prlBudget
-        s3prl's training settings, checked against the YAML by ``tests/test_protocol_fidelity.py``.
+        s3prl's training settings, checked against the YAML by ``tests/consistency/test_protocol_fidelity.py``.
     secondary_metrics : tuple of str
         Other metrics worth a look (kept in ``report.json``).
     note : str

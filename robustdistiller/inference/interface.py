@@ -729,7 +729,7 @@ class EncoderInterface(Pretrained):
     and, optionally, the prediction heads (``prediction_expand``, ``prediction_split``), plus
     ``sample_rate``, ``per_utterance_norm`` and ``target_layers``.
 
-    Example (an exported folder; ``tests/test_export.py`` runs this on a trained tiny student)::
+    Example (an exported folder; ``tests/unit/export/test_export.py`` runs this on a trained tiny student)::
 
         encoder = EncoderInterface.from_hparams(source="exported_student", savedir="pretrained_cache")
         out = encoder.encode_file("utterance.flac")   # any sample rate, mono or stereo
