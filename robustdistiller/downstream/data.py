@@ -14,7 +14,6 @@ index out of range`` and a test speaker never seen in training as a ``KeyError``
 
 import csv
 import logging
-import os
 
 import speechbrain as sb
 import torch

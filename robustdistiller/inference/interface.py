@@ -44,7 +44,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 from speechbrain.inference.interfaces import Pretrained
-from transformers import HubertConfig, HubertModel
 
 logger = logging.getLogger(__name__)
 

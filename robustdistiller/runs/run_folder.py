@@ -101,7 +101,8 @@ def lock_output_folder(folder):
         return path
     os.makedirs(folder, exist_ok=True)
     previous_holder = _describe_lock(path) if os.path.exists(path) else ""
-    handle = open(path, "a+", encoding="utf-8")
+    # held open for the life of the run: closing it would release the lock
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

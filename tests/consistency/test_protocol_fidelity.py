@@ -15,6 +15,7 @@ row a recipe (:func:`test_registry_and_recipe_folders_agree`). The YAMLs are rea
 resolved and no object built (no upstream, no data folder needed).
 """
 
+from pathlib import Path
 import glob
 import os
 import pydoc
@@ -94,7 +95,7 @@ def deviations_section(readme_path):
     """The text of the README's "Deviations from s3prl" section ('' when there is none)."""
     if not os.path.isfile(readme_path):
         return ""
-    lines = open(readme_path, encoding="utf-8").read().splitlines()
+    lines = Path(readme_path).read_text(encoding="utf-8").splitlines()
     for start, line in enumerate(lines):
         heading = re.match(r"^(#+)\s+(.*)", line)
         if heading and "deviations from s3prl" in heading.group(2).lower():

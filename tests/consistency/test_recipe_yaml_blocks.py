@@ -2,6 +2,7 @@
 identical in every recipe: a fix to one must reach all (a copied block that drifts would give one task
 other corrupted audio, or another upstream layer set, than the others)."""
 
+from pathlib import Path
 import glob
 import os
 import re
@@ -58,7 +59,7 @@ def test_every_trained_recipe_names_its_checkpoint_selection(name):
 def test_shared_blocks_are_identical_in_every_recipe(key):
     texts = {}
     for path in RECIPE_YAMLS:
-        text = key_text(open(path, encoding="utf-8").read(), key)
+        text = key_text(Path(path).read_text(encoding="utf-8"), key)
         if text is None:
             assert key not in REQUIRED_KEYS, f"{os.path.relpath(path, REPOSITORY_ROOT)} has no `{key}`"
             continue

@@ -2,6 +2,7 @@
 decoding on hand-made logits, vocabularies, the head, SpecAugment, and prepare -> train -> every test
 condition on the fixture with a tiny upstream."""
 
+from pathlib import Path
 import json
 import os
 import re
@@ -159,10 +160,10 @@ def test_asr_learns_and_reports_every_condition(librispeech, tiny_teacher_folder
     assert folder_snapshot(os.path.dirname(librispeech["data_folder"])) == before
     epochs = [
         {key: float(value) for key, value in re.findall(r"(train loss|valid CER|valid WER): ([\d.e+-]+)", line)}
-        for line in open(os.path.join(output, "train_log.txt")) if line.startswith("epoch")
+        for line in Path(os.path.join(output, "train_log.txt")).read_text().splitlines(keepends=True) if line.startswith("epoch")
     ]
     assert len(epochs) == 10
-    results = json.load(open(os.path.join(output, "results.json")))
+    results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     untrained, best = results["untrained_valid"], min(epochs, key=lambda stats: stats["valid CER"])
     print("ASR training-set CER untrained / epoch 1 / best:", untrained["CER"], epochs[0]["valid CER"],
           best["valid CER"], "loss untrained / last epoch:", untrained["loss"], epochs[-1]["train loss"])
@@ -174,12 +175,12 @@ def test_asr_learns_and_reports_every_condition(librispeech, tiny_teacher_folder
     assert len(results["vocabulary"]) == 32 and results["ctc_decoding"] == "standard"
     for name, stats in [*results["results"].items(), ("untrained", untrained)]:
         assert stats["WER"] >= 0 and stats["CER"] >= 0 and stats["loss"] > 0
-        lines = open(os.path.join(output, "hypotheses", f"{name}.txt")).read().splitlines()
+        lines = Path(os.path.join(output, "hypotheses", f"{name}.txt")).read_text().splitlines()
         assert len(lines) == (30 if name == "untrained" else 8)
         # hypotheses keep <pad> and <unk> as s3prl's do (they count as errors)
         assert all(re.match(r"^\d+-\d+-\d{4}\tREF: [A-Z' ]+\tHYP: (?:[A-Z' ]|<pad>|<unk>)*$", line)
                                        for line in lines)
-    assert "| snr5 |" in open(os.path.join(output, "results.md")).read()
+    assert "| snr5 |" in Path(os.path.join(output, "results.md")).read_text()
 
 
 # --------------------------------------------------------------------- full-size defaults ---
@@ -190,7 +191,7 @@ def plain_options(yaml_path):
     from hyperpyyaml import resolve_references
     from ruamel.yaml import YAML
 
-    text = open(yaml_path, encoding="utf-8").read()
+    text = Path(yaml_path).read_text(encoding="utf-8")
     overrides = {name: f"/nonexistent/{name}" for name in re.findall(r"^(\w+):\s*!PLACEHOLDER", text, re.M)}
     overrides["upstream_source"] = "microsoft/wavlm-base-plus"  # only named, never loaded
     with open(yaml_path, encoding="utf-8") as fin:

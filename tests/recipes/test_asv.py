@@ -6,6 +6,7 @@ Also: the split rules, trial lists and errors of ``prepare_voxceleb1_asv``, s3pr
 The upstream is the tiny random-weight WavLM teacher (``tiny_teacher_folder``).
 """
 
+from pathlib import Path
 import csv
 import importlib.util
 import json
@@ -124,7 +125,7 @@ def test_asv_learns_and_reports_every_condition(voxceleb1, mini_corpus, tiny_tea
     assert code == 0, log
     assert snapshot(voxceleb1) == before, "the recipe modified the data folder"
 
-    results = json.load(open(os.path.join(output, "results.json")))
+    results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     assert list(results["results"]) == ["clean", "snr5", "reverb"]
     assert results["upstream"]["kind"] == "hf"
     assert results["num_train_speakers"] == DEV_SPEAKERS - VALID_SPEAKERS
@@ -140,14 +141,14 @@ def test_asv_learns_and_reports_every_condition(voxceleb1, mini_corpus, tiny_tea
     weights = results["layer_weights"]
     assert len(weights) == 13 and abs(sum(weights) - 1) < 1e-5
 
-    table = open(os.path.join(output, "results.md")).read()
+    table = Path(os.path.join(output, "results.md")).read_text()
     assert "| condition | EER | minDCF | trials |" in table and "| snr5 |" in table and "| reverb |" in table
 
     # One score per trial and condition, in the trial-list order; corruption changes the scores.
     trials = read_csv(os.path.join(output, "save", "test_trials.csv"))
     scores = {}
     for condition in ("clean", "snr5", "reverb"):
-        lines = open(os.path.join(output, "scores", f"{condition}.txt")).read().splitlines()
+        lines = Path(os.path.join(output, "scores", f"{condition}.txt")).read_text().splitlines()
         assert [line.split()[:2] + line.split()[3:] for line in lines] == [
             [trial["enrol"], trial["test"], trial["label"]] for trial in trials
         ]
@@ -156,10 +157,10 @@ def test_asv_learns_and_reports_every_condition(voxceleb1, mini_corpus, tiny_tea
     assert not torch.allclose(scores["clean"], scores["snr5"]) and not torch.allclose(scores["clean"], scores["reverb"])
 
     # Checkpoints selected on the validation EER hold the head only (no upstream weight).
-    train_log = open(os.path.join(output, "train_log.txt")).read()
+    train_log = Path(os.path.join(output, "train_log.txt")).read_text()
     assert train_log.count("valid EER") == 6
     save = os.path.join(output, "save")
-    checkpoints = {folder: yaml.safe_load(open(os.path.join(save, folder, "CKPT.yaml")))
+    checkpoints = {folder: yaml.safe_load(Path(os.path.join(save, folder, "CKPT.yaml")).read_text())
                    for folder in os.listdir(save) if folder.startswith("CKPT+")}
     best = min(checkpoints, key=lambda folder: checkpoints[folder]["EER"])
     logged = [float(line.split("valid EER: ")[1].split(",")[0])
@@ -190,11 +191,11 @@ def test_torchrun_two_gloo_processes(voxceleb1, tiny_teacher_folder, tmp_path):
                                timeout=600)
     log = completed.stdout[-5000:] + completed.stderr[-5000:]
     assert completed.returncode == 0, log
-    results = json.load(open(os.path.join(output, "results.json")))
+    results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     assert list(results["results"]) == ["clean"] and results["results"]["clean"]["trials"] == NUM_TEST_TRIALS
-    lines = open(os.path.join(output, "scores", "clean.txt")).read().splitlines()
+    lines = Path(os.path.join(output, "scores", "clean.txt")).read_text().splitlines()
     assert len(lines) == NUM_TEST_TRIALS
-    train_log = open(os.path.join(output, "train_log.txt")).read().splitlines()
+    train_log = Path(os.path.join(output, "train_log.txt")).read_text().splitlines()
     assert sum("valid EER" in line for line in train_log) == 2 and sum("test EER" in line for line in train_log) == 1
 
 
@@ -226,7 +227,7 @@ def test_prepare_splits_dev_speakers_from_the_trial_file(voxceleb1, tmp_path):
         assert float(row["duration"]) > 0.5 and (row["start"], row["stop"]) == ("0", "-1")
 
     # Test trials: the list's order and labels, utterance IDs that test.csv holds, each utterance once.
-    raw = [line.split() for line in open(os.path.join(voxceleb1, "veri_test.txt")) if line.strip()]
+    raw = [line.split() for line in Path(os.path.join(voxceleb1, "veri_test.txt")).read_text().splitlines(keepends=True) if line.strip()]
     assert [[t["label"], t["enrol"], t["test"]] for t in test_trials] == [
         [label, prepare.utterance_id(enrol), prepare.utterance_id(other)] for label, enrol, other in raw
     ]
@@ -242,7 +243,7 @@ def test_prepare_splits_dev_speakers_from_the_trial_file(voxceleb1, tmp_path):
     # Deterministic; another split seed holds out other speakers.
     again = prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "again"), valid_speakers=VALID_SPEAKERS,
                                           valid_utterances_per_speaker=4, min_train_duration=0.0)
-    assert open(again["valid_trials"]).read() == open(paths["valid_trials"]).read()
+    assert Path(again["valid_trials"]).read_text() == Path(paths["valid_trials"]).read_text()
     held_out = {tuple(sorted({row["speaker"] for row in read_csv(prepare.prepare_voxceleb1_asv(
         voxceleb1, str(tmp_path / f"seed{seed}"), valid_speakers=VALID_SPEAKERS, split_seed=seed)["valid"])}))
         for seed in range(5)}
@@ -268,7 +269,7 @@ def test_prepare_min_duration_other_trial_file_and_skip(voxceleb1, tmp_path):
 
     # A trial list with two test speakers: the other "test" speakers become dev speakers.
     trial_file = tmp_path / "two_speakers.txt"
-    lines = [line for line in open(os.path.join(voxceleb1, "veri_test2.txt"))
+    lines = [line for line in Path(os.path.join(voxceleb1, "veri_test2.txt")).read_text().splitlines(keepends=True)
              if set(part.split("/")[0] for part in line.split()[1:]) <= {"id10270", "id10271"}]
     trial_file.write_text("".join(lines))
     paths = prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "other"), trial_file=str(trial_file),

@@ -1,5 +1,6 @@
 """The distillation recipe end to end: train.py, both YAMLs, the Brain, resume, DDP, bad input."""
 
+from pathlib import Path
 import glob
 import json
 import logging
@@ -78,10 +79,10 @@ def test_train_resume_and_robustness_report(mini_corpus, tiny_teacher_folder, tm
     assert code == 0, log
     first = checkpoints(os.path.join(output, "save"))
     assert first and first[-1][1]["optimizer_step"] == 3
-    train_log = open(os.path.join(output, "train_log.txt")).read()
+    train_log = Path(os.path.join(output, "train_log.txt")).read_text()
     for component in ("l1_layer4", "cosine_layer12", "cosine_similarity_layer8", "enhancement_loss"):
         assert component in train_log
-    robustness = json.load(open(os.path.join(output, "robustness.json")))
+    robustness = json.loads(Path(os.path.join(output, "robustness.json")).read_text())
     assert set(robustness) == {"clean", "snr0", "snr5", "snr10", "snr20", "reverb"}
     assert all(torch.isfinite(torch.tensor(value["distillation_loss"])) for value in robustness.values())
     student_before = torch.load(os.path.join(first[-1][0], "student.ckpt"))
@@ -94,7 +95,7 @@ def test_train_resume_and_robustness_report(mini_corpus, tiny_teacher_folder, tm
     assert second[-1][1]["optimizer_step"] == 6
     scheduler_state = torch.load(os.path.join(second[-1][0], "lr_scheduler.ckpt"))
     assert scheduler_state["current_step"] == 6
-    assert "epoch: 2" in open(os.path.join(output, "train_log.txt")).read()
+    assert "epoch: 2" in Path(os.path.join(output, "train_log.txt")).read_text()
     student_after = torch.load(os.path.join(second[-1][0], "student.ckpt"))
     changed = [
         name
@@ -124,7 +125,7 @@ def test_distilhubert_recipe_runs_end_to_end(mini_corpus, tiny_teacher_folder, t
         overrides.pop(key)
     code, log = run_train([DISTILHUBERT_YAML] + as_command_line(overrides))
     assert code == 0, log[-4000:]
-    robustness = json.load(open(os.path.join(output, "robustness.json")))
+    robustness = json.loads(Path(os.path.join(output, "robustness.json")).read_text())
     assert "clean" in robustness and "pesq" not in robustness["clean"]  # no enhancement head, no quality
 
 
@@ -133,7 +134,7 @@ def test_hyperparameters_follow_the_paper(mini_corpus, tiny_teacher_folder, tmp_
     raw = hparams  # the tiny overrides leave all of these at the YAML's values
     assert raw["lr"] == 2e-4 and raw["weight_decay"] == 0.01 and raw["max_grad_norm"] == 15.0
     assert raw["number_of_steps"] == 200000
-    yaml_text = open(DISTILL_YAML, encoding="utf-8").read()  # keys the tiny overrides shrink
+    yaml_text = Path(DISTILL_YAML).read_text(encoding="utf-8")  # keys the tiny overrides shrink
     for line in ("max_crop_samples: 250000", "batching: fixed", "batch_size: 24", "grad_accumulation_factor: 1"):
         assert f"\n{line}" in yaml_text
     assert raw["target_layers"] == [4, 8, 12] and raw["enhancement_weight"] == 2.0

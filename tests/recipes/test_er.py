@@ -6,6 +6,7 @@ styles a frozen random-weight upstream can hear. Its utterances are not s3prl's,
 with ``dev_split_order: sorted`` (s3prl's default split is tested in ``test_s3prl_orders.py``).
 """
 
+from pathlib import Path
 import csv
 import importlib.util
 import json
@@ -255,7 +256,7 @@ def test_er_single_fold_learns_and_reports_every_condition(iemocap, mini_corpus,
                                   er_overrides(iemocap, tiny_teacher_folder, output, mini_corpus, test_session=4))
     assert code == 0, log
     assert _snapshot(iemocap) == before
-    results = json.load(open(os.path.join(output, "results.json")))
+    results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     assert results["task"] == "ER (IEMOCAP, test session 4)" and results["test_session"] == 4
     assert results["num_classes"] == 4 and results["upstream"]["kind"] == "hf"
     assert list(results["results"]) == ["clean", "snr5", "reverb"]
@@ -264,10 +265,10 @@ def test_er_single_fold_learns_and_reports_every_condition(iemocap, mini_corpus,
     assert results["results"]["clean"]["accuracy"] >= 0.55, results
     weights = results["layer_weights"]
     assert len(weights) == 13 and abs(sum(weights) - 1) < 1e-5
-    table = open(os.path.join(output, "results.md")).read()
+    table = Path(os.path.join(output, "results.md")).read_text()
     assert "| clean |" in table and "| snr5 |" in table and "| reverb |" in table
     assert {row["session"] for row in _rows(os.path.join(output, "save", "test.csv"))} == {"4"}
-    label_encoder = open(os.path.join(output, "save", "label_encoder.txt")).read()
+    label_encoder = Path(os.path.join(output, "save", "label_encoder.txt")).read_text()
     assert all(f"'{emotion}'" in label_encoder for emotion in CLASSES) and "'exc'" not in label_encoder
     # s3prl's class indices
     assert all(f"'{emotion}' => {index}" in label_encoder for index, emotion in enumerate(["neu", "hap", "ang", "sad"]))
@@ -282,13 +283,13 @@ def test_er_run_all_folds_writes_each_fold_and_the_mean(iemocap, mini_corpus, ti
     folds = {}
     for session in range(1, 6):
         fold_folder = os.path.join(output, f"fold{session}")
-        folds[session] = json.load(open(os.path.join(fold_folder, "results.json")))
+        folds[session] = json.loads(Path(os.path.join(fold_folder, "results.json")).read_text())
         assert folds[session]["test_session"] == session
         assert os.path.isfile(os.path.join(fold_folder, "results.md"))
         test_rows = _rows(os.path.join(fold_folder, "save", "test.csv"))
         assert {row["session"] for row in test_rows} == {str(session)} and len(test_rows) == KEPT_PER_SESSION
         assert any(name.startswith("CKPT+") for name in os.listdir(os.path.join(fold_folder, "save")))
-    mean = json.load(open(os.path.join(output, "results.json")))
+    mean = json.loads(Path(os.path.join(output, "results.json")).read_text())
     assert mean["task"] == "ER (IEMOCAP, mean over 5 leave-one-session-out folds)"
     assert mean["folds"] == {str(session): folds[session]["results"] for session in folds}
     for condition in ("clean", "snr5"):
@@ -300,5 +301,5 @@ def test_er_run_all_folds_writes_each_fold_and_the_mean(iemocap, mini_corpus, ti
     assert len(mean["layer_weights"]) == 13 and abs(sum(mean["layer_weights"]) - 1) < 1e-5
     print("mean over folds", {name: stats["accuracy"] for name, stats in mean["results"].items()})
     assert mean["results"]["clean"]["accuracy"] >= 0.4, mean
-    table = open(os.path.join(output, "results.md")).read()
+    table = Path(os.path.join(output, "results.md")).read_text()
     assert "mean over 5" in table and "| accuracy | accuracy_std | loss |" in table and "| snr5 |" in table

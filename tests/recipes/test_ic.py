@@ -4,6 +4,7 @@ The upstream is the session's distilled student, exported to a folder (the expor
 upstream). Also: the preparation's split rules and its errors on bad input.
 """
 
+from pathlib import Path
 import collections
 import csv
 import json
@@ -75,7 +76,7 @@ def test_ic_learns_and_reports_every_condition(fluent_speech_commands, mini_corp
     assert code == 0, log
     assert snapshot(fluent_speech_commands) == before  # nothing under the data folder was touched
 
-    results = json.load(open(os.path.join(output, "results.json")))
+    results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     assert results["task"] == "IC (Fluent Speech Commands)"
     assert list(results["results"]) == ["clean", "snr5", "reverb"]
     assert results["upstream"]["kind"] == "student"
@@ -103,7 +104,7 @@ def test_ic_learns_and_reports_every_condition(fluent_speech_commands, mini_corp
 
     weights = results["layer_weights"]
     assert len(weights) == 6 and abs(sum(weights) - 1) < 1e-5  # 3 hidden states + 3 prediction heads
-    table = open(os.path.join(output, "results.md")).read()
+    table = Path(os.path.join(output, "results.md")).read_text()
     assert "| condition | accuracy | action_accuracy | object_accuracy | location_accuracy | loss |" in table
     assert "| clean |" in table and "| snr5 |" in table and "| reverb |" in table
 
@@ -127,7 +128,7 @@ def test_fixture_layout_and_speaker_disjoint_splits(fluent_speech_commands):
     speakers = {}
     for split in ("train", "valid", "test"):
         path = os.path.join(fluent_speech_commands, "data", f"{split}_data.csv")
-        assert open(path, encoding="utf-8").readline() == RELEASE_HEADER
+        assert Path(path).read_text(encoding="utf-8").splitlines(keepends=True)[0] == RELEASE_HEADER
         rows = read_csv(path)
         assert [row[""] for row in rows] == [str(index) for index in range(len(rows))]
         for row in rows:
@@ -214,8 +215,8 @@ def test_prepare_errors_name_what_is_wrong(tmp_path):
 
     root = write_release(tmp_path / "bad_header", GOOD_RELEASE)
     valid_csv = os.path.join(root, "data", "valid_data.csv")
-    text = open(valid_csv).read().replace("location", "place")
-    open(valid_csv, "w").write(text)
+    text = Path(valid_csv).read_text().replace("location", "place")
+    Path(valid_csv).write_text(text)
     with pytest.raises(ValueError, match=r"valid_data.csv: missing column\(s\) \['location'\]"):
         prepare_fluent_speech_commands(root, save)
 

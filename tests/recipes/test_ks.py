@@ -1,6 +1,7 @@
 """KS recipe (Speech Commands v0.01): the split rules of its preparation, its errors, its class-balanced
 sampler, and prepare -> train -> test on clean and corrupted audio on the fixture."""
 
+from pathlib import Path
 import csv
 import importlib.util
 import json
@@ -241,7 +242,7 @@ def test_ks_learns_and_reports_every_condition(speech_commands, mini_corpus, tra
     code, log = run_recipe_script("SpeechCommands/KS", "hparams/superb_ks.yaml", overrides)
     assert code == 0, log
     assert snapshot(data_folder, test_folder) == before
-    results = json.load(open(os.path.join(output, "results.json")))
+    results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     assert results["task"].startswith("KS")
     assert set(results["results"]) == {"clean", "snr5", "reverb"}
     assert results["upstream"]["kind"] == "student"
@@ -256,12 +257,12 @@ def test_ks_learns_and_reports_every_condition(speech_commands, mini_corpus, tra
         assert 0.0 <= stats["accuracy"] <= 1.0 and math.isfinite(stats["loss"])
     weights = results["layer_weights"]
     assert len(weights) == 6 and abs(sum(weights) - 1) < 1e-5
-    table = open(os.path.join(output, "results.md")).read()
+    table = Path(os.path.join(output, "results.md")).read_text()
     assert "| clean |" in table and "| snr5 |" in table and "| reverb |" in table
     # dev accuracy is logged every epoch and the class-balanced sampler was used
-    train_log = open(os.path.join(output, "train_log.txt")).read()
+    train_log = Path(os.path.join(output, "train_log.txt")).read_text()
     assert train_log.count("valid accuracy") == 12
-    assert "Class-balanced sampling over" in open(os.path.join(output, "log.txt")).read()
+    assert "Class-balanced sampling over" in Path(os.path.join(output, "log.txt")).read_text()
     # no upstream weights in the downstream checkpoints: only the weighted sum and the head
     checkpoints = sorted(folder for folder in os.listdir(os.path.join(output, "save")) if folder.startswith("CKPT+"))
     assert checkpoints  # the best dev checkpoint (and the latest one)

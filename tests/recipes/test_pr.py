@@ -1,6 +1,7 @@
 """PR recipe (LibriSpeech phones): the lexicon rules, the phone vocabulary, the preparation's errors, and
 prepare -> train -> every test condition on the fixture with a tiny upstream."""
 
+from pathlib import Path
 import csv
 import json
 import os
@@ -193,10 +194,10 @@ def test_pr_learns_and_reports_every_condition(librispeech, tiny_teacher_folder,
     assert folder_snapshot(os.path.dirname(librispeech["data_folder"])) == before
     epochs = [
         {key: float(value) for key, value in re.findall(r"(train loss|valid PER): ([\d.e+-]+)", line)}
-        for line in open(os.path.join(output, "train_log.txt")) if line.startswith("epoch")
+        for line in Path(os.path.join(output, "train_log.txt")).read_text().splitlines(keepends=True) if line.startswith("epoch")
     ]
     assert len(epochs) == 15
-    results = json.load(open(os.path.join(output, "results.json")))
+    results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     untrained, best = results["untrained_valid"], min(epochs, key=lambda stats: stats["valid PER"])
     print("PR training-set PER untrained / epoch 1 / best:", untrained["PER"], epochs[0]["valid PER"],
           best["valid PER"], "loss untrained / last epoch:", untrained["loss"], epochs[-1]["train loss"])
@@ -208,9 +209,9 @@ def test_pr_learns_and_reports_every_condition(librispeech, tiny_teacher_folder,
     assert results["ctc_decoding"] == "standard"
     for name, stats in [*results["results"].items(), ("untrained", untrained)]:
         assert stats["PER"] >= 0 and stats["loss"] > 0
-        lines = open(os.path.join(output, "hypotheses", f"{name}.txt")).read().splitlines()
+        lines = Path(os.path.join(output, "hypotheses", f"{name}.txt")).read_text().splitlines()
         assert len(lines) == (30 if name == "untrained" else 8)
         # hypotheses keep <unk>, SIL and SPN as s3prl's do (they count as errors)
         assert all(re.match(r"^\d+-\d+-\d{4}\tREF: [A-Z0-9 ]+\tHYP: (?:[A-Z0-9 ]|<unk>)*$", line)
                                        for line in lines)
-    assert "| reverb |" in open(os.path.join(output, "results.md")).read()
+    assert "| reverb |" in Path(os.path.join(output, "results.md")).read_text()

@@ -1,6 +1,7 @@
 """QbE recipe (QUESST14): one run of prepare -> every layer on dev -> the best dev layer on eval under every
 test condition, on the fixture with the tiny random WavLM; its results, stdlists and scores."""
 
+from pathlib import Path
 import json
 import math
 import os
@@ -62,7 +63,7 @@ def test_every_layer_on_dev_and_the_best_one_on_eval_under_every_condition(qbe_r
         assert 0.0 <= stats["auc"] <= 1.0
     assert results["results"]["clean"]["relative_drop"] in (None, 0.0)
     assert results["corrupt"] == "documents" and results["twv_beta"] == pytest.approx(12.49)
-    table = open(os.path.join(qbe_run["output"], "results.md"), encoding="utf-8").read()
+    table = Path(os.path.join(qbe_run["output"], "results.md")).read_text(encoding="utf-8")
     assert all(f"| {name} |" in table for name in DEFAULT_TEST_CONDITIONS)
 
 
@@ -85,6 +86,6 @@ def test_stdlists_hold_english_trials_and_rescore_to_the_reported_mtwv(qbe_run):
         rescored = qbe.term_weighted_value(scores, truth, beta=12.49, decisions=decisions)
         assert rescored["mtwv"] == pytest.approx(results["results"][name]["mtwv"], abs=1e-3)
         assert rescored["act_twv"] == pytest.approx(results["results"][name]["act_twv"], abs=1e-6)
-        contents[name] = open(path, encoding="utf-8").read()
+        contents[name] = Path(path).read_text(encoding="utf-8")
     # the corrupted documents change the search; each condition has its own audio
     assert len(set(contents.values())) == len(contents)

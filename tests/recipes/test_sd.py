@@ -1,6 +1,7 @@
 """SD recipe (s3prl's LibriMix diarization variant): the preparation of both input layouts and its errors, and
 prepare -> train -> dev-chosen decoding -> every test condition on the fixture with a tiny upstream (one run)."""
 
+from pathlib import Path
 import csv
 import json
 import os
@@ -134,7 +135,7 @@ def sd_run(librimix, tiny_teacher_folder, mini_corpus, tmp_path_factory):
     }
     code, log = run_recipe_script("LibriMix/SD", "hparams/superb_sd.yaml", overrides)
     assert code == 0, log
-    results = json.load(open(os.path.join(output, "results.json")))
+    results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     return {"output": output, "results": results, "unchanged": folder_snapshot(*inputs) == before}
 
 
@@ -173,6 +174,6 @@ def test_sd_reports_every_condition_with_the_dev_chosen_setting(sd_run):
                    for speaker in speakers)
     # corrupted conditions start from s1 + s2 and differ from the clean one
     assert results["results"]["snr5"]["loss"] != results["results"]["clean"]["loss"]
-    table = open(os.path.join(output, "results.md")).read()
+    table = Path(os.path.join(output, "results.md")).read_text()
     assert "DER_best_on_test" in table and "| reverb |" in table and "| official |" in table
     assert results["provenance"]["recipe"] == "LibriMix/SD"

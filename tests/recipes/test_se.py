@@ -7,6 +7,7 @@ SI-SDR is the nominal SNR, i.e. the target is the scaled clean speech).
 The fixture's numbers show that the recipe learns; they say nothing about real VoiceBank-DEMAND.
 """
 
+from pathlib import Path
 import csv
 import json
 import os
@@ -150,7 +151,7 @@ def test_every_condition_reports_absolute_values_and_improvements(se_run):
         assert stats["PESQ_improvement"] == pytest.approx(stats["PESQ"] - stats["PESQ_input"], abs=1e-6)
         assert stats["SI_SDRi"] == pytest.approx(stats["SI_SDR"] - stats["SI_SDR_input"], abs=1e-6)
         assert os.path.isfile(os.path.join(se_run["output"], "examples", name, "p232_001_source1.wav"))
-    table = open(os.path.join(se_run["output"], "results.md"), encoding="utf-8").read()
+    table = Path(os.path.join(se_run["output"], "results.md")).read_text(encoding="utf-8")
     assert all(f"| {name} |" in table for name in CONDITIONS)
 
 

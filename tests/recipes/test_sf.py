@@ -4,6 +4,7 @@ under every test condition in one command on the fixture (tiny random WavLM upst
 The recipe runs once (module fixture ``sf_run``); its assertions are split over the tests below.
 """
 
+from pathlib import Path
 import csv
 import importlib.util
 import json
@@ -61,7 +62,7 @@ def test_prepare_keeps_superbs_speakers_and_leaves_the_data_alone(snips, tmp_pat
     assert (row["words"], row["tags"], row["intent"]) == ("PLAY SIMON & GARFUNKEL", "O artist artist artist",
                                                          "PlayMusic")
     assert os.path.basename(row["wav"]) == "Ivy-snips-train-1.wav" and float(row["duration"]) > 0.5
-    tokens = open(tmp_path / "save" / "tokens.txt", encoding="utf-8").read().split("\n")[:-1]
+    tokens = Path(tmp_path / "save" / "tokens.txt").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(tokens) == NUM_OUTPUTS and tokens[:4] == ["<pad>", "<eos>", "<unk>", " "]
     assert tokens[-2:] == ["B-playlist", "E-playlist"]
     # a second call with the same options does nothing
@@ -131,14 +132,14 @@ def test_sf_loss_drops_by_more_than_half(sf_run):
     # one update per epoch: epoch 1's loss is the untrained head's (measured 10.3 -> 3.1)
     print("SF train loss per epoch:", losses)
     assert losses[-1] < 0.5 * losses[0], losses
-    results = json.load(open(os.path.join(sf_run["output"], "results.json")))
+    results = json.loads(Path(os.path.join(sf_run["output"], "results.json")).read_text())
     assert results["results"]["clean"]["loss"] < 0.5 * losses[0]
 
 
 def test_sf_reports_every_condition(sf_run):
     output = sf_run["output"]
     assert sf_run["unchanged"]  # nothing was written under the data folder
-    results = json.load(open(os.path.join(output, "results.json")))
+    results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     assert results["task"].startswith("SF")
     assert set(results["results"]) == set(DEFAULT_TEST_CONDITIONS)
     assert results["vocab_size"] == NUM_OUTPUTS and results["ctc_decoding"] == "standard"
@@ -147,14 +148,14 @@ def test_sf_reports_every_condition(sf_run):
     for stats in results["results"].values():
         assert 0.0 <= stats["slot_type_f1"] <= 1.0 and stats["slot_value_cer"] >= 0.0
         assert set(stats) >= {"loss", "slot_type_f1", "slot_value_cer", "slot_value_wer", "wer", "cer"}
-    table = open(os.path.join(output, "results.md")).read()
+    table = Path(os.path.join(output, "results.md")).read_text()
     assert "slot_type_f1" in table and all(f"| {name} |" in table for name in DEFAULT_TEST_CONDITIONS)
     # per-utterance decoded texts of every condition, with the slot tokens in the references
     for name in DEFAULT_TEST_CONDITIONS:
-        lines = open(os.path.join(output, "hypotheses", f"{name}.txt"), encoding="utf-8").read().splitlines()
+        lines = Path(os.path.join(output, "hypotheses", f"{name}.txt")).read_text(encoding="utf-8").splitlines()
         assert len(lines) == 4 and lines[0].startswith("Brian-snips-test-0\tREF: PLAY B-artist ABBA E-artist\tHYP:")
     # dev slot-type F1 every epoch; the checkpoints hold the weighted sum and the head only
-    train_log = open(os.path.join(output, "train_log.txt")).read()
+    train_log = Path(os.path.join(output, "train_log.txt")).read_text()
     assert train_log.count("valid slot_type_f1") == 20
     checkpoints = sorted(name for name in os.listdir(os.path.join(output, "save")) if name.startswith("CKPT+"))
     assert checkpoints

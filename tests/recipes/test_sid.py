@@ -1,5 +1,6 @@
 """SID recipe (VoxCeleb1): prepare -> train -> test on clean and corrupted audio, on the fixture."""
 
+from pathlib import Path
 import json
 import os
 
@@ -44,14 +45,14 @@ def test_sid_learns_and_reports_every_condition(
     code, log = run_recipe_script("VoxCeleb1/SID", "hparams/superb_sid.yaml",
                                   sid_overrides(voxceleb1, upstream, output, mini_corpus))
     assert code == 0, log
-    results = json.load(open(os.path.join(output, "results.json")))
+    results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     assert set(results["results"]) == {"clean", "snr5", "reverb"}
     assert results["upstream"]["kind"] == upstream_kind
     # 12 speakers, one test utterance each: chance is 1/12
     assert results["results"]["clean"]["accuracy"] >= 0.3, results
     weights = results["layer_weights"]
     assert len(weights) == (6 if upstream_kind == "student" else 13) and abs(sum(weights) - 1) < 1e-5
-    table = open(os.path.join(output, "results.md")).read()
+    table = Path(os.path.join(output, "results.md")).read_text()
     assert "| snr5 |" in table and "| reverb |" in table
     # no upstream weights in the downstream checkpoints: only the weighted sum and the head
     checkpoints = sorted(folder for folder in os.listdir(os.path.join(output, "save")) if folder.startswith("CKPT+"))

@@ -8,6 +8,7 @@ shows that the recipe learns (SI-SDRi far above the untrained head's and above 3
 nothing about real Libri2Mix.
 """
 
+from pathlib import Path
 import csv
 import json
 import logging
@@ -217,7 +218,7 @@ def test_ss_reports_every_condition_against_its_own_input(ss_run):
     # the corrupted inputs are further from the sources than mix_clean (improvement measured against them)
     for name in ("mix_both", "snr5", "reverb"):
         assert results[name]["SI_SDR_input"] < results["official"]["SI_SDR_input"] - 0.3, name
-    table = open(os.path.join(ss_run["output"], "results.md"), encoding="utf-8").read()
+    table = Path(os.path.join(ss_run["output"], "results.md")).read_text(encoding="utf-8")
     assert "| mix_both |" in table and "SI_SDRi" in table
 
 

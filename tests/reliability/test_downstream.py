@@ -5,6 +5,7 @@ One tiny KS run (random tiny WavLM upstream, one epoch, clean test only) is shar
 tests; the reruns in its folder either stop before writing anything or resume without training.
 """
 
+from pathlib import Path
 import json
 import os
 import shutil
@@ -99,10 +100,10 @@ def test_run_records_its_upstream_in_save_folder_and_results(first_run, tiny_tea
     assert recorded["kind"] == "hf" and recorded["source_path"] == os.path.abspath(tiny_teacher_folder)
     assert (recorded["num_layers"], recorded["hidden_size"]) == (13, 64)
     assert recorded["include_predictions"] is False and recorded["per_utterance_norm"] is True
-    results = json.load(open(os.path.join(first_run["output"], "results.json")))
+    results = json.loads(Path(os.path.join(first_run["output"], "results.json")).read_text())
     assert results["upstream"] == expected
     assert list(results["results"]) == ["clean"]  # test_condition_names="clean" ran that one condition
-    run_log = open(os.path.join(first_run["output"], "log.txt")).read()
+    run_log = Path(os.path.join(first_run["output"], "log.txt")).read_text()
     assert f"fingerprint {expected['fingerprint']}) recorded in" in run_log
     assert folder_snapshot(*first_run["inputs"]) == first_run["before"]
 
@@ -131,11 +132,11 @@ def test_same_upstream_by_another_path_resumes(first_run, speech_commands, tiny_
     assert relative != tiny_teacher_folder
     code, log = run_ks(ks_overrides(speech_commands, relative, output))
     assert code == 0, log
-    run_log = open(os.path.join(output, "log.txt")).read()
+    run_log = Path(os.path.join(output, "log.txt")).read_text()
     assert "is the one recorded for this folder: resuming" in run_log  # same absolute path, same weights
-    train_log = open(os.path.join(output, "train_log.txt")).read()
+    train_log = Path(os.path.join(output, "train_log.txt")).read_text()
     assert train_log.count("valid accuracy") == 1  # the finished epoch was recovered, not trained again
-    results = json.load(open(os.path.join(output, "results.json")))
+    results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     assert results["upstream"]["source"] == relative
     assert results["upstream"]["fingerprint"] == FrozenUpstream(tiny_teacher_folder).identity()["fingerprint"]
     # the record keeps the first spelling
@@ -275,7 +276,7 @@ def test_list_options_accept_a_single_string_and_counts_are_checked(mini_corpus,
     from robustdistiller.downstream import prepare_corruption_lists
 
     noise_csv, _ = prepare_corruption_lists(hparams)["test"]
-    assert all("/music/" in line for line in open(noise_csv).read().splitlines()[1:])
+    assert all("/music/" in line for line in Path(noise_csv).read_text().splitlines()[1:])
     _, _, conditions = build_corruptors(hparams)
     assert list(conditions) == ["snr5"]
     with pytest.raises(OptionError, match="test_condition_names.*snr3"):

@@ -9,6 +9,7 @@ cycles) in every preparer; truncated FLAC files whose header is intact; transcri
 UTF-8; downstream splits that are empty or hold labels training never sees.
 """
 
+from pathlib import Path
 import csv
 import importlib.util
 import json
@@ -739,12 +740,12 @@ def test_voxceleb1_lists_and_lexicon_that_are_not_utf8_name_the_file_and_the_lin
     asv = _recipe_module(ASV_MODULE, "asv_prepare_utf8")
     corpus = _voxceleb1(tmp_path / "data")
     split_file, trial_file = os.path.join(corpus, "iden_split.txt"), os.path.join(corpus, "veri_test.txt")
-    split_lines = open(split_file, "rb").read().count(b"\n")
+    split_lines = Path(split_file).read_bytes().count(b"\n")
     with open(split_file, "ab") as fout:
         fout.write(b"1 id10001/caf\xe9/00009.wav\n")  # Latin-1 in the last line
-    trial_bytes = open(trial_file, "rb").read().split(b"\n")
+    trial_bytes = Path(trial_file).read_bytes().split(b"\n")
     trial_bytes[1] = trial_bytes[1].replace(b"/", b"\xff/", 1)  # line 2
-    open(trial_file, "wb").write(b"\n".join(trial_bytes))
+    Path(trial_file).write_bytes(b"\n".join(trial_bytes))
     column = trial_bytes[1].index(b"\xff") + 1
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_bytes(b"HELLO\tHH AH0 L OW1\nNAIVE\tN AY0 IY1 V\nNA\xefVE\tN AY0 IY1 V\n")
@@ -798,11 +799,11 @@ def test_iemocap_symlinked_sessions_unreadable_dialogs_and_non_utf8_labels(tmp_p
     assert folder_snapshot(release, str(farm)) == before
 
     label_file = os.path.join(release, "Session4", "dialog", "EmoEvaluation", "Ses04F_impro01.txt")
-    content = open(label_file, "rb").read()
+    content = Path(label_file).read_bytes()
     lines = content.split(b"\n")
     evaluator = next(number for number, line in enumerate(lines) if line.startswith(b"C-E"))
     lines[evaluator] += b" (tr\xe8s triste)"  # a free-text evaluator line: never used, still read as before
-    open(label_file, "wb").write(b"\n".join(lines))
+    Path(label_file).write_bytes(b"\n".join(lines))
     before = folder_snapshot(release)
     paths = er.prepare_iemocap(release, str(tmp_path / "comment"), dev_split_order="sorted")
     assert sorted(row["ID"] for split in paths.values() for row in _rows(split)) == \
@@ -810,7 +811,7 @@ def test_iemocap_symlinked_sessions_unreadable_dialogs_and_non_utf8_labels(tmp_p
     assert folder_snapshot(release) == before
     summary = next(number for number, line in enumerate(lines) if line.startswith(b"[") and b"\tneu\t" in line)
     lines[summary] = lines[summary].replace(b"\tneu\t", b"\tn\xe9u\t")  # a label: an error naming file and line
-    open(label_file, "wb").write(b"\n".join(lines))
+    Path(label_file).write_bytes(b"\n".join(lines))
     column = lines[summary].index(b"\xe9") + 1
     before = folder_snapshot(release)
     with pytest.raises(TextFileError, match=rf"IEMOCAP label file '{label_file}', line {summary + 1}: byte 0xe9 at "

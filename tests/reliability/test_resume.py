@@ -5,6 +5,7 @@ shapes), every checkpoint records the hash of that signature, nothing that canno
 and a refused resume writes nothing of the run. Each test also asserts that no input file changed.
 """
 
+from pathlib import Path
 import json
 import logging
 import os
@@ -204,7 +205,7 @@ def test_a_moved_corpus_still_resumes(mini_corpus, tiny_teacher_folder, short_ru
     _, brain, *_ = make_brain(moved, tiny_teacher_folder, output, number_of_steps=2, valid_splits=[])
     brain.on_fit_start()
     assert brain.optimizer_step == 2, "the same utterances from another folder resume the run"
-    train_list = open(os.path.join(output, "save", "train.csv")).read()
+    train_list = Path(os.path.join(output, "save", "train.csv")).read_text()
     assert str(tmp_path / "moved") in train_list, "the lists were prepared again from the moved corpus"
     assert folder_snapshot(*corpus_folders(mini_corpus), tiny_teacher_folder) == inputs
 
@@ -213,7 +214,7 @@ def test_a_moved_corpus_still_resumes(mini_corpus, tiny_teacher_folder, short_ru
 
 
 def edited_yaml(tmp_path, hidden_size):
-    text = open(DISTILL_YAML, encoding="utf-8").read()
+    text = Path(DISTILL_YAML).read_text(encoding="utf-8")
     assert text.count("hidden_size: 256") == 1
     path = tmp_path / "edited.yaml"
     path.write_text(text.replace("hidden_size: 256", f"hidden_size: {hidden_size}"))
@@ -275,17 +276,17 @@ def test_the_recipe_takes_the_step_limit_as_the_run_length_and_a_refused_resume_
     code, log = run_train([DISTILL_YAML, "--optimizer_step_limit=2"] + as_command_line(overrides))
     assert code == 0, log[-4000:]
     save = os.path.join(output, "save")
-    assert json.load(open(os.path.join(save, "distillation_info.json")))["number_of_steps"] == 2
+    assert json.loads(Path(os.path.join(save, "distillation_info.json")).read_text())["number_of_steps"] == 2
     (checkpoint,) = checkpoint_names(save)
     scheduler = torch.load(os.path.join(save, checkpoint, "lr_scheduler.ckpt"))
     assert scheduler["num_training_steps"] == 2 and scheduler["current_step"] == 2, "the schedule is 2 steps long"
 
     records = ["hyperparams.yaml", "env.log", "train.py"]
-    before = {name: open(os.path.join(output, name), "rb").read() for name in records}
+    before = {name: Path(os.path.join(output, name)).read_bytes() for name in records}
     stamps = {name: os.stat(os.path.join(output, name)).st_mtime_ns for name in records}
     code, log = run_train([DISTILL_YAML, "--number_of_steps=2", "--lr=0.001"] + as_command_line(overrides))
     assert code != 0 and "lr: recorded 0.0002, now 0.001" in log
-    assert {name: open(os.path.join(output, name), "rb").read() for name in records} == before
+    assert {name: Path(os.path.join(output, name)).read_bytes() for name in records} == before
     assert {name: os.stat(os.path.join(output, name)).st_mtime_ns for name in records} == stamps
     assert folder_snapshot(*corpus_folders(mini_corpus), tiny_teacher_folder) == inputs
 

@@ -3,6 +3,7 @@
 Each test is one case of issue 9: it asserts the new behaviour and that no input file changed.
 """
 
+from pathlib import Path
 import json
 import logging
 import os
@@ -261,7 +262,7 @@ def test_a_changed_setting_is_refused_before_recovery_and_accepted_on_purpose(
     output = str(tmp_path / "run")
     shutil.copytree(uninterrupted[0], output)
     info_file = os.path.join(output, "save", "distillation_info.json")
-    info_before = open(info_file).read()
+    info_before = Path(info_file).read_text()
 
     _, brain, *_ = make_brain(mini_corpus, tiny_teacher_folder, output, number_of_steps=8, lr=0.001, max_crop_samples=8000)
     with pytest.raises(ChangedSettingsError) as error:
@@ -269,7 +270,7 @@ def test_a_changed_setting_is_refused_before_recovery_and_accepted_on_purpose(
     message = str(error.value)
     assert "lr: recorded 0.0002, now 0.001" in message and "max_crop_samples: recorded 16000, now 8000" in message
     assert "--accept_changed_settings=[lr,max_crop_samples]" in message
-    assert open(info_file).read() == info_before, "the run's records are written only after a recovery"
+    assert Path(info_file).read_text() == info_before, "the run's records are written only after a recovery"
 
     other_teacher = save_random_teacher(str(tmp_path / "other_teacher"), model_type="wavlm", tiny=True, seed=5)
     _, brain, *_ = make_brain(mini_corpus, other_teacher, output, number_of_steps=8)
@@ -281,7 +282,7 @@ def test_a_changed_setting_is_refused_before_recovery_and_accepted_on_purpose(
     )
     brain.on_fit_start()
     assert brain.hparams.lr_scheduler.lr0 == 0.001, "the accepted learning rate replaces the restored one"
-    recorded = json.load(open(os.path.join(output, "save", "run_signature.json")))
+    recorded = json.loads(Path(os.path.join(output, "save", "run_signature.json")).read_text())
     assert recorded["lr"] == 0.001
 
 
@@ -299,7 +300,7 @@ def test_a_finished_run_is_extended_by_a_larger_number_of_steps(mini_corpus, tin
     assert extended.optimizer_step == 11 and scheduler.num_training_steps == 11 and scheduler.current_step == 11
     weights = student_weights(extended)
     assert any(not torch.equal(weights[name], uninterrupted[1][name]) for name in weights), "extra steps trained"
-    info = json.load(open(os.path.join(output, "save", "distillation_info.json")))
+    info = json.loads(Path(os.path.join(output, "save", "distillation_info.json")).read_text())
     assert info["number_of_steps"] == 11
 
     _, brain, *_ = make_brain(mini_corpus, tiny_teacher_folder, output, number_of_steps=4)
@@ -331,7 +332,7 @@ def test_the_recipe_without_validation_with_a_step_interval_refusing_a_busy_fold
     checkpoints = [name for name in os.listdir(save) if name.startswith("CKPT+")]
     assert checkpoints, "without validation the latest checkpoint is kept"
     assert not os.path.exists(os.path.join(output, "robustness.json"))
-    assert json.load(open(os.path.join(save, "distillation_info.json")))["number_of_steps"] == 4
+    assert json.loads(Path(os.path.join(save, "distillation_info.json")).read_text())["number_of_steps"] == 4
 
     lock_output_folder(output)  # another run holds the folder
     try:

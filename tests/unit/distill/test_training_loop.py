@@ -1,6 +1,7 @@
 """The training loop at scale: no host-device synchronisation per step, a new batch order per epoch
 that a resumed run continues exactly."""
 
+from pathlib import Path
 import collections
 import traceback
 import weakref
@@ -11,7 +12,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.recipes.test_distillation import build_brain, first_batch
-from tests.conftest import load_train_module, tiny_overrides
+from tests.conftest import load_train_module
 
 # Operations that make the host wait for the device when their input lives on a GPU.
 SYNCHRONISING = {"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "item"}
@@ -185,7 +186,7 @@ def test_tensorboard_curves_and_enhancement_quality_after_validation(mini_corpus
     summary = brain.last_stage_summary
     assert 1.0 <= summary["enhanced_pesq"] <= 4.65 and 0.0 <= summary["enhanced_stoi"] <= 1.0
     assert "enhanced_si_snr" in summary and "noisy_si_snr" in summary
-    assert "enhanced_pesq" in open(hparams["train_log"]).read()
+    assert "enhanced_pesq" in Path(hparams["train_log"]).read_text()
 
     events = EventAccumulator(hparams["tensorboard_logger"].save_dir)
     hparams["tensorboard_logger"].writer.flush()
@@ -202,11 +203,11 @@ def test_the_recipe_reports_enhancement_quality_per_condition(trained_run):
     import json
     import os
 
-    robustness = json.load(open(os.path.join(trained_run, "robustness.json")))
+    robustness = json.loads(Path(os.path.join(trained_run, "robustness.json")).read_text())
     for name, result in robustness.items():
         assert result["num_scored"] + result["num_skipped"] > 0, name
         assert 1.0 <= result["pesq"] <= 4.65 and 0.0 <= result["stoi"] <= 1.0, (name, result)
     # the clean condition's input is the clean reference itself: the head can only lose SI-SNR there
     assert robustness["clean"]["si_snr_noisy"] > robustness["snr0"]["si_snr_noisy"] + 10
-    log = open(os.path.join(trained_run, "train_log.txt")).read()
+    log = Path(os.path.join(trained_run, "train_log.txt")).read_text()
     assert "enhanced_pesq" in log and "enhanced_stoi" in log

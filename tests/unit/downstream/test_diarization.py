@@ -1,6 +1,7 @@
 """SD task family (robustdistiller.downstream.diarization): the DER scorer (hand-written cases, a brute-force
 reference, parity with pyannote.metrics), PIT BCE, frame labels, the median filter, decoding, RTTM round trips."""
 
+from pathlib import Path
 import itertools
 import os
 
@@ -201,7 +202,7 @@ def test_decoding_rttm_round_trip_and_grid(tmp_path):
     assert decode_segments(posteriors, 0.7, 1, 0.02)[1] == []
     path = str(tmp_path / "sub" / "hyp.rttm")
     write_rttm(path, {"rec1": {"x": turns[0], "y": turns[1]}, "rec0": {"z": [(0.0, 0.25)]}})
-    lines = open(path).read().splitlines()
+    lines = Path(path).read_text().splitlines()
     assert lines[0] == "SPEAKER rec0 1 0.000 0.250 <NA> <NA> z <NA> <NA>" and len(lines) == 3
     assert read_rttm(path) == {"rec0": {"z": [(0.0, 0.25)]}, "rec1": {"x": [(0.1, 0.4)], "y": [(0.3, 0.9)]}}
     bad = tmp_path / "bad.rttm"

@@ -1,5 +1,6 @@
 """The shared downstream framework: upstream kinds, frozen upstreams, weighted sum, test conditions."""
 
+from pathlib import Path
 import json
 import os
 
@@ -228,7 +229,7 @@ def test_training_on_corrupted_data_uses_its_own_lists(mini_corpus, tmp_path):
 def test_results_files(tmp_path):
     results = {"clean": {"accuracy": 0.9, "loss": 0.3}, "snr0": {"accuracy": 0.5, "loss": 1.2}}
     write_condition_results(str(tmp_path), "KS", results, ["accuracy"], layer_weights=[0.25, 0.75])
-    content = json.load(open(tmp_path / "results.json"))
+    content = json.loads(Path(tmp_path / "results.json").read_text())
     assert content["results"]["snr0"]["accuracy"] == 0.5 and content["layer_weights"] == [0.25, 0.75]
-    table = open(tmp_path / "results.md").read()
+    table = Path(tmp_path / "results.md").read_text()
     assert "| snr0 | 0.5 |" in table and "1: 0.750" in table

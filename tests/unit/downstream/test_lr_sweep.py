@@ -2,6 +2,7 @@
 dev, resume without rerunning, a folder made with other overrides refused), and a stand-in recipe for
 failures, retries and bad input."""
 
+from pathlib import Path
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ def ks_sweep(tmp_path_factory, tiny_teacher_folder):
     os.chdir(REPOSITORY_ROOT)  # the recipe folder is given relative to the repository, as in docs/downstream.md
     try:
         first_code = lr_sweep.main(argv)
-        first_summary = json.load(open(os.path.join(sweep_folder, "sweep.json")))
+        first_summary = json.loads(Path(os.path.join(sweep_folder, "sweep.json")).read_text())
         state = tree_state(sweep_folder)
         second_code = lr_sweep.main(argv)
         changed = lr_sweep.main(argv[:-1] + ["--projector_size=32"])
@@ -80,8 +81,8 @@ def test_ks_sweep_runs_each_lr_in_its_folder_and_picks_the_best_dev(ks_sweep):
     for run in runs:
         # the run trained with its own learning rate, in its own folder
         train_log = os.path.join(run["folder"], "train_log.txt")
-        assert f"lr: {run['lr']:.2e}" in open(train_log).read()
-        assert json.load(open(os.path.join(run["folder"], "results.json")))["task"].startswith("KS")
+        assert f"lr: {run['lr']:.2e}" in Path(train_log).read_text()
+        assert json.loads(Path(os.path.join(run["folder"], "results.json")).read_text())["task"].startswith("KS")
         # the dev value read from the checkpoints is the best epoch of the recipe's own log
         accuracies = valid_accuracies(train_log)
         assert len(accuracies) == 2
@@ -90,10 +91,10 @@ def test_ks_sweep_runs_each_lr_in_its_folder_and_picks_the_best_dev(ks_sweep):
         assert 0.0 <= run["test"]["clean"] <= 1.0
     best = max(runs, key=lambda run: run["dev"])
     assert summary["best"]["lr"] == best["lr"] and summary["metric"] == "accuracy" and summary["mode"] == "max"
-    table = open(os.path.join(folder, "sweep.md")).read()
+    table = Path(os.path.join(folder, "sweep.md")).read_text()
     assert "| 0.001" in table and "| 0.1" in table and f"{lr_sweep.format_lr(best['lr'])} (best)" in table
     assert os.path.getsize(os.path.join(folder, "sweep.png")) > 0
-    settings = json.load(open(os.path.join(folder, lr_sweep.SETTINGS_FILE)))
+    settings = json.loads(Path(os.path.join(folder, lr_sweep.SETTINGS_FILE)).read_text())
     assert settings["recipe_folder"] == KS_FOLDER and "--projector_size=16" in settings["overrides"]
 
 
@@ -101,7 +102,7 @@ def test_ks_sweep_resumes_without_rerunning_and_refuses_other_overrides(ks_sweep
     folder = ks_sweep["folder"]
     first_code, second_code, changed_code = ks_sweep["codes"]
     assert second_code == 0
-    summary = json.load(open(os.path.join(folder, "sweep.json")))
+    summary = json.loads(Path(os.path.join(folder, "sweep.json")).read_text())
     assert all(run["reused"] for run in summary["runs"])
     assert [run["dev"] for run in summary["runs"]] == [run["dev"] for run in ks_sweep["first"]["runs"]]
     assert summary["best"]["lr"] == ks_sweep["first"]["best"]["lr"]
@@ -112,7 +113,7 @@ def test_ks_sweep_resumes_without_rerunning_and_refuses_other_overrides(ks_sweep
     assert rewritten <= {os.path.join(folder, name) for name in ("sweep.json", "sweep.md", "sweep.png", ".run.lock")}
     assert set(after) == set(before)
     for lr in LRS:  # one attempt each in the logs
-        assert open(os.path.join(folder, "logs", f"lr_{lr:g}.log")).read().count("===== exit status 0") == 1
+        assert Path(os.path.join(folder, "logs", f"lr_{lr:g}.log")).read_text().count("===== exit status 0") == 1
     assert changed_code == 2  # other overrides in the same sweep folder: refused before anything runs
 
 
@@ -153,22 +154,22 @@ def test_a_failing_run_is_marked_and_retried_and_the_others_go_on(fake_recipe, t
             "--", "--fail_once=true"]
     with caplog.at_level(logging.INFO, logger=lr_sweep.__name__):
         assert lr_sweep.main(argv) == 1
-    summary = json.load(open(os.path.join(sweep_folder, "sweep.json")))
+    summary = json.loads(Path(os.path.join(sweep_folder, "sweep.json")).read_text())
     assert [(run["lr"], run["status"]) for run in summary["runs"]] == [
         (0.001, "finished"), (0.01, "finished"), (0.1, "failed")]
     failed = summary["runs"][2]
     assert failed["log"] == os.path.join(sweep_folder, "logs", "lr_0.1.log")
-    assert "boom" in open(failed["log"]).read()
-    assert failed["log"] in open(os.path.join(sweep_folder, "sweep.md")).read()
+    assert "boom" in Path(failed["log"]).read_text()
+    assert failed["log"] in Path(os.path.join(sweep_folder, "sweep.md")).read_text()
     assert summary["best"]["lr"] == 0.01 and summary["best"]["dev"] == pytest.approx(1.0)
     assert summary["runs"][1]["test"] == {"clean": pytest.approx(0.9)}
     assert "[3/3] lr=0.1" in caplog.text and "lr_0.1.log" in caplog.text
 
     # next invocation: the finished runs are kept, the failed one is rerun in its own folder
     assert lr_sweep.main(argv) == 0
-    attempts = {lr: open(os.path.join(sweep_folder, f"lr_{lr:g}", "attempts.txt")).read() for lr in (0.001, 0.01, 0.1)}
+    attempts = {lr: Path(os.path.join(sweep_folder, f"lr_{lr:g}", "attempts.txt")).read_text() for lr in (0.001, 0.01, 0.1)}
     assert attempts == {0.001: "x", 0.01: "x", 0.1: "xx"}
-    summary = json.load(open(os.path.join(sweep_folder, "sweep.json")))
+    summary = json.loads(Path(os.path.join(sweep_folder, "sweep.json")).read_text())
     assert [run["reused"] for run in summary["runs"]] == [True, True, False]
     assert all(run["status"] == "finished" for run in summary["runs"])
 

@@ -2,6 +2,7 @@
 dtw-python, distance and feature normalisation, TWV on hand-made cases, the stdlist XML, and the QUESST14
 preparation and fixture (an fbank front end finds the query words in the documents)."""
 
+from pathlib import Path
 import csv
 import math
 import os
@@ -230,7 +231,7 @@ def test_stdlist_is_well_formed_nist_std_2006(tmp_path):
     scores = {"quesst14_dev_0001": {"quesst14_00001": 2.345678, "quesst14_00002": -0.5},
               "quesst14_dev_0002": {"quesst14_00001": 1.99999, "quesst14_00002": 3.0}}
     qbe.write_stdlist(path, scores, threshold=2.0)
-    text = open(path, encoding="utf-8").read()
+    text = Path(path).read_text(encoding="utf-8")
     assert text.startswith("<?xml version='1.0' encoding='utf-8'?>")
     root = ElementTree.parse(path).getroot()
     assert root.tag == "stdlist"

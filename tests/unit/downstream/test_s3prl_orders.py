@@ -9,6 +9,7 @@ computed from s3prl's ``meta_data/SessionN/train_meta_data.json`` with ``torch.m
 ``random_split`` (``downstream/emotion/expert.py``).
 """
 
+from pathlib import Path
 import csv
 import hashlib
 import importlib.util
@@ -236,7 +237,7 @@ def test_er_s3prl_order_refuses_other_data(full_size_release, tmp_path, monkeypa
                                 s3prl_meta_data_folder=str(tmp_path))
     # a release with one utterance relabelled is not s3prl's data
     label_file = os.path.join(full_size_release, "Session3", "dialog", "EmoEvaluation", "Ses03F_impro01.txt")
-    text = open(label_file, encoding="utf-8").read()
+    text = Path(label_file).read_text(encoding="utf-8")
     try:
         first = text.split("\n")[2].split("\t")
         replacement = "sad" if first[2] != "sad" else "neu"
@@ -298,7 +299,7 @@ def test_asv_reads_both_layouts_alike(voxceleb1_both_layouts, tmp_path, monkeypa
     tables = {}
     for name, root in (("merged", merged), ("s3prl", s3prl)):
         paths = prepare.prepare_voxceleb1_asv(root, str(tmp_path / name), valid_speakers=2, min_train_duration=0.0)
-        tables[name] = {split: _rows(path, root) if split in ("train", "valid", "test") else open(path).read()
+        tables[name] = {split: _rows(path, root) if split in ("train", "valid", "test") else Path(path).read_text()
                         for split, path in paths.items()}
     assert tables["merged"]["test_trials"] == tables["s3prl"]["test_trials"]
     assert tables["merged"]["valid_trials"] == tables["s3prl"]["valid_trials"]

@@ -5,6 +5,7 @@ Counts at HuBERT Base shapes, parity with ``transformers.HubertModel``, gated-ev
 ``train.py hparams/dpwavlm.yaml`` (the plain, non-robust recipe) with a HuBERT teacher.
 """
 
+from pathlib import Path
 import json
 import os
 import subprocess
@@ -157,7 +158,7 @@ def test_plain_recipe_with_a_hubert_teacher(mini_corpus, hubert_folder, tmp_path
     completed = subprocess.run(command + as_command_line(overrides), cwd=REPOSITORY_ROOT, env=environment,
                                capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]
-    summary = json.load(open(os.path.join(output, "dpwavlm_summary.json")))
+    summary = json.loads(Path(os.path.join(output, "dpwavlm_summary.json")).read_text())
     assert summary["recipe"] == "DPHuBERT" and summary["stage2"]["steps"] == 2
     assert summary["stage1"]["expected_sparsity"] > summary["stage1"]["initial_expected_sparsity"]
     assert not os.path.exists(os.path.join(output, "final_enhancement_head.pt"))
@@ -166,6 +167,6 @@ def test_plain_recipe_with_a_hubert_teacher(mini_corpus, hubert_folder, tmp_path
     upstream = FrozenUpstream(output)
     assert upstream.num_layers == 13
     result = export_student(output, str(tmp_path / "export"))
-    card = open(os.path.join(tmp_path / "export", "README.md")).read()
+    card = Path(os.path.join(tmp_path / "export", "README.md")).read_text()
     assert "# DPHuBERT: a structured-pruned HuBERT" in card
     assert result["hf_copy"]["written"] == result["hf_copy"]["exact"]

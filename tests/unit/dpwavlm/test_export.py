@@ -4,6 +4,7 @@ Tiny compact models (random gates, then ``prune()``), CPU. The downstream recipe
 ``tests/unit/dpwavlm/test_stages.py`` (it needs the tiny training run).
 """
 
+from pathlib import Path
 import json
 import os
 import shutil
@@ -177,7 +178,7 @@ def test_export_exact_copy_loads_everywhere(exact_run, tmp_path, batch):
     assert {DPWAVLM_EXPORT_FILE, "config.json", "model.safetensors", "preprocessor_config.json", "README.md",
             "hyperparams.yaml", "encoder.ckpt", SUMMARY_FILE, "export_manifest.json"} == set(result["files"])
     # the canonical file is the source, byte for byte
-    assert open(os.path.join(output, DPWAVLM_EXPORT_FILE), "rb").read() == open(path, "rb").read()
+    assert Path(os.path.join(output, DPWAVLM_EXPORT_FILE)).read_bytes() == Path(path).read_bytes()
     # transformers copy: layers 1..L equal ours; its hidden_states[0] is the encoder input
     hf_model = transformers.WavLMModel.from_pretrained(output).eval()
     encoder, _ = load_student(output)
@@ -200,7 +201,7 @@ def test_export_exact_copy_loads_everywhere(exact_run, tmp_path, batch):
     assert interface.num_layers == LAYERS and encoded.predictions is None
     assert torch.equal(encoded.frame_mask, frame_mask)
     assert torch.allclose(encoded.hidden_states, features, atol=1e-6)
-    card = open(os.path.join(output, "README.md")).read()
+    card = Path(os.path.join(output, "README.md")).read_text()
     assert f"{num_parameters(model):,}" in card and "RobustDistiller + DPWavLM" in card
     assert "| 4 | 0 of 4 |" in card and "| 6 | " in card  # the 0-head layer 4 (1-based) is listed
     assert "target 0.3; expected sparsity at the end of stage 1 0.3100" in card
@@ -243,7 +244,7 @@ def test_export_inexact_copy_policy(inexact_run, tmp_path):
     skipped = export_dpwavlm(path, str(tmp_path / "skip"))
     assert not skipped["hf_copy"]["written"] and skipped["hf_copy"]["max_abs_error"] > 1e-4
     assert "config.json" not in skipped["files"]
-    card = open(os.path.join(tmp_path / "skip", "README.md")).read()
+    card = Path(os.path.join(tmp_path / "skip", "README.md")).read_text()
     assert "not written: max abs difference" in card and "speech-like utterances" in card
     assert "the CNN channels were gated" in card
     with pytest.raises(ExportError, match="would differ from the model by .*speech-like.*--hf-inexact=warn"):
@@ -252,7 +253,7 @@ def test_export_inexact_copy_policy(inexact_run, tmp_path):
     with pytest.warns(UserWarning, match="dummy_weight is not all ones"):
         warned = export_dpwavlm(path, str(tmp_path / "warn"), hf_inexact="warn")
     assert warned["hf_copy"]["written"] and "config.json" in warned["files"]
-    assert "**inexact**" in open(os.path.join(tmp_path / "warn", "README.md")).read()
+    assert "**inexact**" in Path(os.path.join(tmp_path / "warn", "README.md")).read_text()
     # the reported error is the written copy's on the speech-like probes, computed here by hand
     max_abs, relative = copy_error_by_hand(
         model, transformers.WavLMModel.from_pretrained(str(tmp_path / "warn")), speech_like_probes()[0]
@@ -278,11 +279,11 @@ def test_gated_cnn_without_a_pruned_channel_is_inexact(tmp_path):
     result = export_dpwavlm(path, str(tmp_path / "export"))
     report = result["hf_copy"]
     assert not report["exact"] and not report["written"]
-    card = open(os.path.join(tmp_path / "export", "README.md")).read()
+    card = Path(os.path.join(tmp_path / "export", "README.md")).read_text()
     assert "the CNN channels were gated" in card and "was pruned" not in card
     assert f"max abs difference {report['max_abs_error']:.2g}" in card and report["probe"] in card
     with pytest.warns(UserWarning, match="dummy_weight is not all ones"):
-        warned = export_dpwavlm(path, str(tmp_path / "warn"), hf_inexact="warn")
+        export_dpwavlm(path, str(tmp_path / "warn"), hf_inexact="warn")
     max_abs, relative = copy_error_by_hand(
         model, transformers.WavLMModel.from_pretrained(str(tmp_path / "warn")), speech_like_probes()[0]
     )

@@ -5,6 +5,7 @@ WavLM teacher (the student is initialised from it), a few steps each; plus a uni
 input narrowing at materialisation.
 """
 
+from pathlib import Path
 import json
 import math
 import os
@@ -84,7 +85,7 @@ def dpwavlm_run(mini_corpus, tiny_teacher_folder, tmp_path_factory):
 
 def test_both_stages_ran_and_checkpoints_load(dpwavlm_run, tiny_teacher_folder):
     output, log, _ = dpwavlm_run
-    summary = json.load(open(os.path.join(output, "dpwavlm_summary.json")))
+    summary = json.loads(Path(os.path.join(output, "dpwavlm_summary.json")).read_text())
     assert summary["stage1"]["steps"] == STAGE1_STEPS and summary["stage2"]["steps"] == 2
     assert os.listdir(os.path.join(output, "save", "stage1")) and os.listdir(os.path.join(output, "save", "stage2"))
     from robustdistiller.dpwavlm import from_hf_model
@@ -111,7 +112,7 @@ def test_both_stages_ran_and_checkpoints_load(dpwavlm_run, tiny_teacher_folder):
 
 def test_sparsity_recorded_against_target(dpwavlm_run):
     output, log, _ = dpwavlm_run
-    stage1 = json.load(open(os.path.join(output, "dpwavlm_summary.json")))["stage1"]
+    stage1 = json.loads(Path(os.path.join(output, "dpwavlm_summary.json")).read_text())["stage1"]
     assert stage1["target_sparsity"] == TARGET_SPARSITY
     print("expected sparsity", stage1["expected_sparsity"], "pruned", stage1["pruned_sparsity"], stage1["kept"])
     # measured: expected sparsity 0.086 at init -> 0.310 after 12 steps (target 0.30); after prune() 0.294
@@ -237,7 +238,7 @@ def test_downstream_recipe_runs_on_the_compact_student(dpwavlm_run, speech_comma
     }
     code, log = run_recipe_script("SpeechCommands/KS", "hparams/superb_ks.yaml", overrides)
     assert code == 0, log
-    results = json.load(open(os.path.join(ks_output, "results.json")))
+    results = json.loads(Path(os.path.join(ks_output, "results.json")).read_text())
     assert results["upstream"]["kind"] == "student" and "dphubert" in results["upstream"]["description"]
     assert results["upstream"]["num_layers"] == 13 and not results["upstream"]["include_predictions"]
     assert len(results["layer_weights"]) == 13
@@ -249,7 +250,7 @@ def test_export_of_the_run(dpwavlm_run, tmp_path):
     """Export of the run: its final.pth, the summary in the card; the export gives the run's features."""
     output, _, _ = dpwavlm_run
     result = export_student(output, str(tmp_path / "export"))
-    card = open(os.path.join(tmp_path / "export", "README.md")).read()
+    card = Path(os.path.join(tmp_path / "export", "README.md")).read_text()
     assert "RobustDistiller + DPWavLM" in card and f"target {TARGET_SPARSITY:g}" in card
     # CNN pruning gated the channels (dummy_weight != 1): no exact transformers copy, the measured error is in the card
     assert result["hf_copy"]["written"] == result["hf_copy"]["exact"]
@@ -282,11 +283,11 @@ def test_two_process_ddp_run(mini_corpus, tiny_teacher_folder, tmp_path):
         command, cwd=REPOSITORY_ROOT, env=environment, capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]
-    summary = json.load(open(os.path.join(output, "dpwavlm_summary.json")))
+    summary = json.loads(Path(os.path.join(output, "dpwavlm_summary.json")).read_text())
     assert summary["stage1"]["steps"] == 3 and summary["stage2"]["steps"] == 2
     model, _ = load_dphubert_checkpoint(os.path.join(output, "final.pth"))
     assert num_parameters(model) == summary["stage1"]["pruned_num_params"]
-    recorded = json.load(open(os.path.join(output, "save", "run_signature.json")))
+    recorded = json.loads(Path(os.path.join(output, "save", "run_signature.json")).read_text())
     assert recorded["grad_accumulation_factor"] == 1  # the value the Brain used, not the YAML's 4
 
 
@@ -309,7 +310,7 @@ def test_rerun_after_stage1_starts_stage2_from_pruned(dpwavlm_run, monkeypatch):
         hparams = load_hyperpyyaml(fin, overrides)
     train.run_dpwavlm(hparams, ROBUST_YAML, overrides, run_opts={"precision": "fp32"})
     assert os.stat(pruned).st_mtime_ns == before
-    summary = json.load(open(os.path.join(output, "dpwavlm_summary.json")))
+    summary = json.loads(Path(os.path.join(output, "dpwavlm_summary.json")).read_text())
     assert summary["stage1"]["steps"] == STAGE1_STEPS and summary["stage2"]["steps"] == 2
     model, _ = load_dphubert_checkpoint(os.path.join(output, "final.pth"))
     assert num_parameters(model) == summary["stage1"]["pruned_num_params"]

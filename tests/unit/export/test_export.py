@@ -6,9 +6,9 @@ and every loader gives the trained module's features (max abs difference < 1e-4,
 included); ours -> s3prl -> ours is exact.
 """
 
+from pathlib import Path
 import os
 
-import numpy as np
 import pytest
 import soundfile
 import torch
@@ -20,7 +20,7 @@ from robustdistiller.export.errors import ExportError
 from robustdistiller.export.loading import load_student, locate_checkpoint
 from robustdistiller.export.student_folder import export_student
 from robustdistiller.export.verify import parity_batch, reference_features, verify_export
-from robustdistiller.inference.interface import EncoderInterface, ModelSourceError, per_utterance_cnn_norm, ssl_hidden_states
+from robustdistiller.inference.interface import EncoderInterface, ModelSourceError, ssl_hidden_states
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_s3prl_round_trip_is_exact(exported):
 
 def test_model_card_and_training_info(exported, trained_run):
     folder, student = exported
-    card = open(os.path.join(folder, "README.md"), encoding="utf-8").read()
+    card = Path(os.path.join(folder, "README.md")).read_text(encoding="utf-8")
     for expected in (
         "RobustDistiller",
         "wavlm",

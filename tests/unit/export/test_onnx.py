@@ -1,6 +1,7 @@
 """ONNX export of a trained tiny student (fp32 and int8): parity with PyTorch, the torch-free runtime, the
 ``onnx`` upstream kind, a KS fixture run with int8 against fp32, and the export's refusals."""
 
+from pathlib import Path
 import json
 import os
 import subprocess
@@ -50,7 +51,7 @@ def test_manifest_and_model_card_record_the_onnx_files_and_their_parity(exported
     for name in ("onnx/encoder.onnx", "onnx/encoder_int8.onnx"):
         assert name in manifest["files"] and manifest["files"][name]["bytes"] == os.path.getsize(
             os.path.join(folder, name))
-    card = open(os.path.join(folder, "README.md"), encoding="utf-8").read()
+    card = Path(os.path.join(folder, "README.md")).read_text(encoding="utf-8")
     assert "ONNX fp32 vs PyTorch" in card and "max abs diff" in card
     assert "| hidden_2 |" in card and "int8 vs fp32 cosine similarity" in card
     # int8 weights for the transformer part (the CNN, most of this tiny student, stays fp32)
@@ -193,7 +194,7 @@ def test_ks_accuracy_with_the_int8_student_is_within_a_margin_of_fp32(exported, 
         }
         code, log = run_recipe_script("SpeechCommands/KS", "hparams/superb_ks.yaml", overrides)
         assert code == 0, log
-        results = json.load(open(os.path.join(output, "results.json")))
+        results = json.loads(Path(os.path.join(output, "results.json")).read_text())
         assert results["upstream"]["kind"] == "onnx"
         accuracies[name] = {condition: stats["accuracy"] for condition, stats in results["results"].items()}
     print(accuracies)

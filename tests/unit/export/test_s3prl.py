@@ -104,7 +104,7 @@ def documented_keys(cfg):
     D, FF, K = cfg["encoder_embed_dim"], cfg["encoder_ffn_embed_dim"], cfg["n_tasks"]
     T = cfg["final_dim"]
     inter = cfg.get("out_layer_inter_dim", -1)
-    I = inter if inter > 0 else D
+    inner = inter if inter > 0 else D
     keys = {}
     in_dim = 1
     for i, (dim, kernel, _) in enumerate(layers):
@@ -132,13 +132,13 @@ def documented_keys(cfg):
         keys[prefix + "fc2.bias"] = (D,)
     keys["encoder.layer_norm.weight"] = (D,)
     keys["encoder.layer_norm.bias"] = (D,)
-    keys["output_layer.0.weight"] = (I * K, D)
-    keys["output_layer.0.bias"] = (I * K,)
+    keys["output_layer.0.weight"] = (inner * K, D)
+    keys["output_layer.0.bias"] = (inner * K,)
     if K > 1:
-        keys["output_layer.2.weight"] = (K, I, T)
+        keys["output_layer.2.weight"] = (K, inner, T)
         keys["output_layer.2.bias"] = (1, 1, K, T)
     else:
-        keys["output_layer.2.layer.weight"] = (T, I)
+        keys["output_layer.2.layer.weight"] = (T, inner)
         keys["output_layer.2.layer.bias"] = (T,)
     return keys
 

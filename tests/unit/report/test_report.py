@@ -7,6 +7,7 @@ second invocation (done pairs skipped), a changed override (refused), ``print`` 
 orientation / ranks / degradation / score on a hand-made results set.
 """
 
+from pathlib import Path
 import contextlib
 import csv
 import io
@@ -98,18 +99,18 @@ def test_report_tables_and_plots_come_from_the_recipe_outputs(report_run):
                  "[3/3] KS/broken: FAILED (exit 1)"):
         assert line in output, output
     broken_log = os.path.join(root, "logs", "KS", "broken.log")
-    assert "no_such_model" in open(broken_log).read()  # the recipe's own error is in the pair's log
+    assert "no_such_model" in Path(broken_log).read_text()  # the recipe's own error is in the pair's log
     folder = os.path.join(root, "report")
-    report = json.load(open(os.path.join(folder, "report.json")))
+    report = json.loads(Path(os.path.join(folder, "report.json")).read_text())
     entry = report["tasks"]["KS"]
     assert (entry["metric"], entry["higher_is_better"], entry["conditions"]) == ("accuracy", True, CONDITIONS)
 
     # the KS table: one row per upstream, one column per condition, the results.json numbers (in %)
-    rows = list(csv.reader(open(os.path.join(folder, "KS.csv"))))
+    rows = list(csv.reader(Path(os.path.join(folder, "KS.csv")).read_text().splitlines()))
     assert rows[0] == ["upstream"] + CONDITIONS
     table = {row[0]: row[1:] for row in rows[1:]}
     assert list(table) == ["wavlm", "hubert", "broken"]
-    markdown = open(os.path.join(folder, "report.md")).read()
+    markdown = Path(os.path.join(folder, "report.md")).read_text()
     for upstream in ("wavlm", "hubert"):
         results = results_of(root, upstream)["results"]
         assert set(results) == set(CONDITIONS)
@@ -125,7 +126,7 @@ def test_report_tables_and_plots_come_from_the_recipe_outputs(report_run):
     assert table["broken"] == [f"failed: {broken_log}"] * 3
     assert f"| broken | failed: {broken_log} | failed | failed |" in markdown
     assert entry["cells"]["broken"]["status"] == "failed"
-    degradation_rows = list(csv.reader(open(os.path.join(folder, "KS_degradation.csv"))))
+    degradation_rows = list(csv.reader(Path(os.path.join(folder, "KS_degradation.csv")).read_text().splitlines()))
     assert degradation_rows[0] == ["upstream", "snr5", "reverb"] and len(degradation_rows) == 4
 
     # cross-task summary: ranks among the upstreams with a number; the failed one has none
@@ -145,7 +146,7 @@ def test_report_tables_and_plots_come_from_the_recipe_outputs(report_run):
         assert f"]({name})" in markdown
 
     # provenance per number: recipe, YAML, lr, the tested checkpoint, finished date, folder
-    provenance = {row["upstream"]: row for row in csv.DictReader(open(os.path.join(folder, "provenance.csv")))}
+    provenance = {row["upstream"]: row for row in csv.DictReader(Path(os.path.join(folder, "provenance.csv")).read_text().splitlines())}
     assert set(provenance) == {"wavlm", "hubert"}
     for upstream, row in provenance.items():
         results = results_of(root, upstream)
@@ -264,9 +265,9 @@ def test_orientation_ranks_degradation_and_score_on_hand_made_results(tmp_path):
     assert summary["clean"]["b"]["score"] == pytest.approx(1000 * ((80 - 45) / 45 + (80 - 70) / 20) / 2)
     assert summary["snr5"]["a"]["score"] == pytest.approx(1000 * (0 + 0 + 0) / 3)
     # the SE table and the markdown show the missing pair
-    rows = list(csv.reader(open(os.path.join(root, "report", "SE.csv"))))
+    rows = list(csv.reader(Path(os.path.join(root, "report", "SE.csv")).read_text().splitlines()))
     assert rows[2] == ["b", "missing", "missing"]
-    markdown = open(os.path.join(root, "report", "report.md")).read()
+    markdown = Path(os.path.join(root, "report", "report.md")).read_text()
     assert "| b | missing | missing |" in markdown
     assert "| a | 90.00 | 45.00 |" in markdown and "| a | 10.00 | 30.00 |" in markdown  # KS in %, PER as is
     # spec references replace the report's own bounds
@@ -334,7 +335,7 @@ def test_a_key_given_twice_is_refused_naming_it(tmp_path, text, where, key, line
 
     path = _spec_file(tmp_path, f"output_root: {tmp_path / 'out'}\n" + text)
     first, second = (line + 1 for line in lines)  # output_root is line 1
-    assert isinstance(yaml.safe_load(open(path)), dict)  # plain YAML accepts it (and drops an entry)
+    assert isinstance(yaml.safe_load(Path(path).read_text()), dict)  # plain YAML accepts it (and drops an entry)
     before = folder_snapshot(str(tmp_path))
     with pytest.raises(SpecError) as error:
         load_spec(path)
