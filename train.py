@@ -126,7 +126,7 @@ def prepare_data(hparams):
                 "extra_folders": hparams["extra_noise_folders"],
                 "csv_name": os.path.basename(hparams["noise_csv"]),
                 "skip_prep": hparams["skip_prep"],
-            "force_prep": hparams["force_prep"],
+                "force_prep": hparams["force_prep"],
             },
         )
     if hparams.get("rir_csv"):
@@ -139,7 +139,7 @@ def prepare_data(hparams):
                 "rirs_noises_subsets": hparams["rirs_noises_subsets"],
                 "csv_name": os.path.basename(hparams["rir_csv"]),
                 "skip_prep": hparams["skip_prep"],
-            "force_prep": hparams["force_prep"],
+                "force_prep": hparams["force_prep"],
             },
         )
 
@@ -149,8 +149,16 @@ def check_options(hparams):
 
     Single strings where lists are expected become one-item lists (``--train_splits=train-clean-100``).
     """
-    for key in ("train_splits", "valid_splits", "musan_subsets", "rirs_noises_subsets", "extra_noise_folders",
-                "target_layers", "accept_changed_settings", "run_signature_keys"):
+    for key in (
+        "train_splits",
+        "valid_splits",
+        "musan_subsets",
+        "rirs_noises_subsets",
+        "extra_noise_folders",
+        "target_layers",
+        "accept_changed_settings",
+        "run_signature_keys",
+    ):
         if key in hparams:
             hparams[key] = as_list(hparams[key], key)
     hparams["number_of_steps"] = integer_at_least(hparams["number_of_steps"], "number_of_steps", 1)
@@ -215,8 +223,16 @@ def has_checkpoints(save_folder):
 def run_dpwavlm(hparams, hparams_file, overrides, run_opts):
     """DPWavLM (``hparams/dpwavlm.yaml``, ``hparams/robust_dpwavlm.yaml``): both stages, see
     :mod:`robustdistiller.dpwavlm.stages`; the same data preparation and pipeline as the distillation."""
-    for key in ("train_splits", "valid_splits", "musan_subsets", "rirs_noises_subsets", "extra_noise_folders",
-                "pruning_units", "accept_changed_settings", "run_signature_keys"):
+    for key in (
+        "train_splits",
+        "valid_splits",
+        "musan_subsets",
+        "rirs_noises_subsets",
+        "extra_noise_folders",
+        "pruning_units",
+        "accept_changed_settings",
+        "run_signature_keys",
+    ):
         if key in hparams:
             hparams[key] = as_list(hparams[key], key)
     check_dpwavlm_options(hparams)  # before anything is loaded or written
@@ -267,7 +283,9 @@ if __name__ == "__main__":
     info = training_info(hparams, hparams_file)
     signature = distillation_signature(hparams, info["teacher_fingerprint"])
     check_run_signature(
-        hparams["save_folder"], signature, accept=hparams["accept_changed_settings"],
+        hparams["save_folder"],
+        signature,
+        accept=hparams["accept_changed_settings"],
         resuming=has_checkpoints(hparams["save_folder"]),
     )
     sb.create_experiment_directory(

@@ -79,8 +79,10 @@ def main():
     teacher = DPWavLM(wavlm_base_plus_config()).eval()
     compact = DPWavLM(compact_config()).eval()
     gated = DPWavLM(wavlm_base_plus_config(**GATES)).train()
-    counts = {name: num_parameters(model) for name, model in
-              (("teacher", teacher), ("compact", compact), ("gated student", gated))}
+    counts = {
+        name: num_parameters(model)
+        for name, model in (("teacher", teacher), ("compact", compact), ("gated student", gated))
+    }
     generator = torch.Generator().manual_seed(0)
     rows = []
     for batch in (1, 4):
@@ -106,7 +108,8 @@ def main():
         for batch in (1, 4)
     }
     ratios["stage-1 step / stage-2 step"] = (
-        by_key[("training step 4 x 4 s", "stage 1 (gated student)")] / by_key[("training step 4 x 4 s", "stage 2 (compact)")]
+        by_key[("training step 4 x 4 s", "stage 1 (gated student)")]
+        / by_key[("training step 4 x 4 s", "stage 2 (compact)")]
     )
     lines = [
         f"CPU, {args.threads} threads, torch {torch.__version__}; parameters: "

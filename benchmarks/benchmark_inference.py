@@ -89,9 +89,11 @@ def worker(model, folder, workload, threads, repeats):
 
             def forward(x, lens):
                 return network(x, lens).hidden_states
+
         def run(x=wavs, lens=wav_lens):
             with torch.no_grad():
                 return forward(torch.from_numpy(x), torch.from_numpy(lens))
+
     loaded = _memory_mb("VmRSS")
     run(wavs[:1, :SAMPLE_RATE], np.ones(1, dtype=np.float32))  # warm-up on 1 s (kernels, allocator, threads)
     times = []
@@ -100,8 +102,18 @@ def worker(model, folder, workload, threads, repeats):
         run()
         times.append(time.perf_counter() - start)
     peak = _memory_mb("VmHWM")
-    print(json.dumps({"model": model, "workload": workload, "seconds": statistics.median(times),
-                      "audio_seconds": batch_size * seconds, "model_mb": loaded, "peak_mb": peak}))
+    print(
+        json.dumps(
+            {
+                "model": model,
+                "workload": workload,
+                "seconds": statistics.median(times),
+                "audio_seconds": batch_size * seconds,
+                "model_mb": loaded,
+                "peak_mb": peak,
+            }
+        )
+    )
 
 
 def build_models(folder):
@@ -133,8 +145,10 @@ def build_models(folder):
 
 
 def format_table(rows, sizes):
-    lines = ["| workload | model | RTF | speed-up vs teacher | peak MB | model MB | size on disk MB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| workload | model | RTF | speed-up vs teacher | peak MB | model MB | size on disk MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for workload in WORKLOADS:
         teacher = rows[(MODELS[0], workload)]["seconds"]
         for model in MODELS:
@@ -157,16 +171,30 @@ def main(argv=None):
     if args.worker:
         worker(args.worker[0], args.worker[1], args.worker[2], args.threads, args.repeats)
         return 0
-    environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads),
-                       PYTHONPATH=os.pathsep.join([REPOSITORY_ROOT, os.environ.get("PYTHONPATH", "")]))
+    environment = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS=str(args.threads),
+        PYTHONPATH=os.pathsep.join([REPOSITORY_ROOT, os.environ.get("PYTHONPATH", "")]),
+    )
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="benchmark_inference_") as folder:
         sizes, parameters, parity = build_models(folder)
         rows = {}
         for workload in WORKLOADS:
             for model in MODELS:
-                command = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
-                           "--repeats", str(args.repeats), "--worker", model, folder, workload]
+                command = [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--threads",
+                    str(args.threads),
+                    "--repeats",
+                    str(args.repeats),
+                    "--worker",
+                    model,
+                    folder,
+                    workload,
+                ]
                 completed = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
                 if completed.returncode != 0:
                     raise SystemExit(f"{model} on {workload} failed:\n{completed.stderr[-3000:]}")
@@ -175,9 +203,14 @@ def main(argv=None):
                 print(f"{workload:>9} {model:<24} {row['seconds']:.3f} s", flush=True)
     table = format_table(rows, sizes)
     summary = {
-        "threads": args.threads, "repeats": args.repeats, "cpu_count": os.cpu_count(),
-        "parameters": parameters, "size_mb": sizes, "onnx_parity": parity,
-        "rows": [dict(row) for row in rows.values()], "wall_seconds": round(time.time() - started, 1),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "cpu_count": os.cpu_count(),
+        "parameters": parameters,
+        "size_mb": sizes,
+        "onnx_parity": parity,
+        "rows": [dict(row) for row in rows.values()],
+        "wall_seconds": round(time.time() - started, 1),
     }
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "benchmark.json"), "w", encoding="utf-8") as fout:
@@ -185,8 +218,10 @@ def main(argv=None):
     with open(os.path.join(args.output, "benchmark.md"), "w", encoding="utf-8") as fout:
         fout.write(table + "\n")
     print(table)
-    print(f"parameters: {parameters}; int8 min cosine to fp32 {parity.get('int8_min_cosine'):.4f}; "
-          f"fp32 max abs diff {parity['fp32_max_abs_diff']:.2e}; {summary['wall_seconds']} s")
+    print(
+        f"parameters: {parameters}; int8 min cosine to fp32 {parity.get('int8_min_cosine'):.4f}; "
+        f"fp32 max abs diff {parity['fp32_max_abs_diff']:.2e}; {summary['wall_seconds']} s"
+    )
     return 0
 
 

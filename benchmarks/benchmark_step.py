@@ -125,18 +125,29 @@ def time_call(function, device):
 
 def batching_report(num_utterances=100000, max_crop_samples=250000, sample_rate=16000):
     """Crops per step and padding of the batching modes on a LibriSpeech-960h-shaped list."""
-    crops = [crop_duration(float(duration), max_crop_samples, sample_rate)
-             for duration in librispeech_like_durations(num_utterances)]
+    crops = [
+        crop_duration(float(duration), max_crop_samples, sample_rate)
+        for duration in librispeech_like_durations(num_utterances)
+    ]
     frames = [cnn_frames(round(crop * sample_rate)) for crop in crops]
     identifiers = list(range(len(crops)))
     samplers = {
         "fixed (24 crops, 50 batches per bucket)": FixedBatchSampler(crops, batch_size=24, seed=1),
         "dynamic (375 s, boundaries 2..15.6 s)": sb.dataio.sampler.DynamicBatchSampler(
-            identifiers, max_batch_length=375, bucket_boundaries=[2, 4, 6, 8, 10, 12, 14, 15.625],
-            lengths_list=crops, max_batch_ex=24, seed=1,
+            identifiers,
+            max_batch_length=375,
+            bucket_boundaries=[2, 4, 6, 8, 10, 12, 14, 15.625],
+            lengths_list=crops,
+            max_batch_ex=24,
+            seed=1,
         ),
         "old default (375 s, 20 warped buckets)": sb.dataio.sampler.DynamicBatchSampler(
-            identifiers, max_batch_length=375, num_buckets=20, lengths_list=crops, max_batch_ex=24, seed=1,
+            identifiers,
+            max_batch_length=375,
+            num_buckets=20,
+            lengths_list=crops,
+            max_batch_ex=24,
+            seed=1,
         ),
     }
     return {name: padding_statistics(list(sampler), frames) for name, sampler in samplers.items()}
@@ -168,10 +179,19 @@ def main():
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--memory-utterances", type=int, default=4, help="batch of the peak-memory probe")
     parser.add_argument("--memory-seconds", type=float, default=4.0)
-    parser.add_argument("--teacher-precision-seconds", type=float, default=2.0,
-                        help="utterance length of the teacher-precision comparison (bf16 is slow on CPUs without bf16 units)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "teacher_precision", "batching"],
-                        help="sections to leave out")
+    parser.add_argument(
+        "--teacher-precision-seconds",
+        type=float,
+        default=2.0,
+        help="utterance length of the teacher-precision comparison (bf16 is slow on CPUs without bf16 units)",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["memory", "teacher_precision", "batching"],
+        help="sections to leave out",
+    )
     args = parser.parse_args()
     generator = numpy.random.default_rng(0)
     torch.manual_seed(0)
@@ -189,11 +209,19 @@ def main():
         }
         robust_brain, robust_hparams = build_brain(
             os.path.join(REPOSITORY_ROOT, "hparams", "distill.yaml"),
-            {**common, "musan_folder": workspace, "urbansound_folder": None, "rir_folder": workspace,
-             "noise_csv": noise_csv, "rir_csv": rir_csv},
+            {
+                **common,
+                "musan_folder": workspace,
+                "urbansound_folder": None,
+                "rir_folder": workspace,
+                "noise_csv": noise_csv,
+                "rir_csv": rir_csv,
+            },
             args.device,
         )
-        baseline_brain, _ = build_brain(os.path.join(REPOSITORY_ROOT, "hparams", "distilhubert.yaml"), common, args.device)
+        baseline_brain, _ = build_brain(
+            os.path.join(REPOSITORY_ROOT, "hparams", "distilhubert.yaml"), common, args.device
+        )
 
         # One batch, corrupted by the recipe's own corruptor, shared by both recipes.
         num_samples = int(args.seconds * SAMPLE_RATE)
@@ -203,7 +231,12 @@ def main():
             clean = speech_like(generator, num_samples)
             corrupted = corruptor(clean, f"utt{index}", condition="noise_reverb")
             items.append(
-                {"id": f"utt{index}", "clean_sig": clean, "noisy_sig": corrupted.noisy, "reference_sig": corrupted.reference}
+                {
+                    "id": f"utt{index}",
+                    "clean_sig": clean,
+                    "noisy_sig": corrupted.noisy,
+                    "reference_sig": corrupted.reference,
+                }
             )
         batch = sb.dataio.batch.PaddedBatch(items)
 
@@ -223,12 +256,16 @@ def main():
         medians = {name: statistics.median(values) for name, values in timings.items()}
         audio_seconds = args.utterances * args.seconds
         for name, median in medians.items():
-            line = (f"{name:16s} step: median {median * 1000:8.1f} ms over {args.repeats} steps; "
-                    f"{audio_seconds / median:.1f} h of audio per device-hour")
+            line = (
+                f"{name:16s} step: median {median * 1000:8.1f} ms over {args.repeats} steps; "
+                f"{audio_seconds / median:.1f} h of audio per device-hour"
+            )
             if name in peak_memory:
                 line += f"; peak memory {peak_memory[name] / 2**30:.2f} GiB"
             print(line)
-        print(f"step-time ratio RobustDistiller / DistilHuBERT: {medians['RobustDistiller'] / medians['DistilHuBERT']:.3f}")
+        print(
+            f"step-time ratio RobustDistiller / DistilHuBERT: {medians['RobustDistiller'] / medians['DistilHuBERT']:.3f}"
+        )
 
         # 2. Feature extraction (inference): student vs teacher on the same batch.
         student, teacher = robust_hparams["student"], robust_hparams["teacher"]
@@ -241,8 +278,10 @@ def main():
                 extraction["student"].append(time_call(lambda: student(wavs, wav_lens), args.device))
         student.train()
         extraction = {name: statistics.median(values[1:]) for name, values in extraction.items()}
-        print(f"feature extraction (inference): teacher {extraction['teacher'] * 1000:.1f} ms, student "
-              f"{extraction['student'] * 1000:.1f} ms: student {extraction['teacher'] / extraction['student']:.2f}x faster")
+        print(
+            f"feature extraction (inference): teacher {extraction['teacher'] * 1000:.1f} ms, student "
+            f"{extraction['student'] * 1000:.1f} ms: student {extraction['teacher'] / extraction['student']:.2f}x faster"
+        )
 
         # 3. Corruption throughput: single process, the training distribution of conditions.
         utterances = [speech_like(generator, num_samples) for _ in range(8)]
@@ -255,8 +294,10 @@ def main():
         print(f"corruption pipeline: {corrupted_audio_per_second:.1f} s of audio per second (one process)")
         print(f"training step consumes: {consumed_audio_per_second:.1f} s of audio per second")
         ratio = corrupted_audio_per_second / consumed_audio_per_second
-        print(f"one corruption worker supplies {ratio:.2f}x the step's consumption "
-              f"(workers needed: {max(1, int(numpy.ceil(1 / ratio)))})")
+        print(
+            f"one corruption worker supplies {ratio:.2f}x the step's consumption "
+            f"(workers needed: {max(1, int(numpy.ceil(1 / ratio)))})"
+        )
 
         # 7. Synchronisations of a step on CUDA.
         if args.device.startswith("cuda"):
@@ -269,8 +310,10 @@ def main():
     if "batching" not in args.skip:
         print("\nbatching on 100,000 LibriSpeech-960h-shaped durations (crops of at most 15.6 s):")
         for name, stats in batching_report().items():
-            print(f"  {name:42s} {stats['mean_batch_size']:5.2f} crops per step, "
-                  f"{100 * stats['padding_fraction']:5.1f} % of computed frames are padding")
+            print(
+                f"  {name:42s} {stats['mean_batch_size']:5.2f} crops per step, "
+                f"{100 * stats['padding_fraction']:5.1f} % of computed frames are padding"
+            )
 
     # 5. Peak memory: per-utterance GroupNorm vs the plain HF GroupNorm (one subprocess each).
     if "memory" not in args.skip:
@@ -278,17 +321,22 @@ def main():
             norm: measure_peak_memory(norm, args.memory_utterances, args.memory_seconds, args.device, args.precision)
             for norm in ("per_utterance", "native")
         }
-        print(f"\npeak memory of a full-size training step ({args.memory_utterances} x {args.memory_seconds:.1f} s): "
-              f"per-utterance GroupNorm {memory['per_utterance']['peak_bytes'] / 2**20:.0f} MiB, plain HF "
-              f"{memory['native']['peak_bytes'] / 2**20:.0f} MiB, ratio "
-              f"{memory['per_utterance']['peak_bytes'] / memory['native']['peak_bytes']:.3f}")
+        print(
+            f"\npeak memory of a full-size training step ({args.memory_utterances} x {args.memory_seconds:.1f} s): "
+            f"per-utterance GroupNorm {memory['per_utterance']['peak_bytes'] / 2**20:.0f} MiB, plain HF "
+            f"{memory['native']['peak_bytes'] / 2**20:.0f} MiB, ratio "
+            f"{memory['per_utterance']['peak_bytes'] / memory['native']['peak_bytes']:.3f}"
+        )
 
     # 6. Teacher precision.
     if "teacher_precision" not in args.skip:
         precisions = ("bf16", "fp16") if args.device.startswith("cuda") else ("bf16",)
         result = measure_teacher_precision(
-            device=args.device, utterances=args.utterances, seconds=args.teacher_precision_seconds,
-            repeats=max(2, args.repeats // 2), precisions=precisions,
+            device=args.device,
+            utterances=args.utterances,
+            seconds=args.teacher_precision_seconds,
+            repeats=max(2, args.repeats // 2),
+            precisions=precisions,
         )
         print("\nteacher precision (random-weight WavLM Base+ shape):")
         print(format_report(result))

@@ -137,8 +137,7 @@ def run_probe(norm, utterances=4, seconds=4.0, device="cpu", precision="fp32", s
             loss = loss + 2.0 * enhancement_loss(enhanced.enhanced_magnitude, clean_magnitude, stft_mask)
         loss.backward()
 
-    result = {"norm": norm, "device": device.type, "precision": precision, "utterances": utterances,
-              "seconds": seconds}
+    result = {"norm": norm, "device": device.type, "precision": precision, "utterances": utterances, "seconds": seconds}
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -160,8 +159,7 @@ def run_probe(norm, utterances=4, seconds=4.0, device="cpu", precision="fp32", s
     return result
 
 
-def measure_peak_memory(norm, utterances=4, seconds=4.0, device="cpu", precision="fp32", timeout=1800,
-                        threads=None):
+def measure_peak_memory(norm, utterances=4, seconds=4.0, device="cpu", precision="fp32", timeout=1800, threads=None):
     """Runs :func:`run_probe` in a fresh Python process and returns its parsed JSON result.
 
     Arguments
@@ -191,17 +189,21 @@ def measure_peak_memory(norm, utterances=4, seconds=4.0, device="cpu", precision
     command = [
         sys.executable,
         os.path.abspath(__file__),
-        "--norm", str(norm),
-        "--utterances", str(int(utterances)),
-        "--seconds", str(float(seconds)),
-        "--device", str(device),
-        "--precision", str(precision),
+        "--norm",
+        str(norm),
+        "--utterances",
+        str(int(utterances)),
+        "--seconds",
+        str(float(seconds)),
+        "--device",
+        str(device),
+        "--precision",
+        str(precision),
     ]
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(int(threads))
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
-                               cwd=REPOSITORY_ROOT)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPOSITORY_ROOT)
     if completed.returncode != 0:
         raise RuntimeError(f"memory probe failed ({completed.returncode}): {completed.stderr[-4000:]}")
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]

@@ -209,9 +209,9 @@ def measure_teacher_precision(
             teacher_folder = save_random_teacher(
                 os.path.join(workspace, "teacher"), model_type="wavlm", tiny=False, seed=seed
             )
-        teacher = FrozenTeacher(
-            teacher_folder, target_layers=TARGET_LAYERS, per_utterance_norm=per_utterance_norm
-        ).to(device)
+        teacher = FrozenTeacher(teacher_folder, target_layers=TARGET_LAYERS, per_utterance_norm=per_utterance_norm).to(
+            device
+        )
     wavs, wav_lens = wavs.to(device), wav_lens.to(device)
     all_precisions = ("fp32",) + precisions
 
@@ -273,9 +273,7 @@ def format_report(result):
     lines += ["", "| precision | forward median (ms) | repeats (ms) | ratio to fp32 |", "|---|---|---|---|"]
     for precision, median in result["median_seconds"].items():
         repeats = ", ".join(f"{value * 1000:.0f}" for value in result["times"][precision])
-        lines.append(
-            f"| {precision} | {median * 1000:.1f} | {repeats} | {result['time_ratio'][precision]:.3f} |"
-        )
+        lines.append(f"| {precision} | {median * 1000:.1f} | {repeats} | {result['time_ratio'][precision]:.3f} |")
     return "\n".join(lines)
 
 
@@ -286,7 +284,10 @@ def main():
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per utterance")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per precision (after a warm-up)")
     parser.add_argument(
-        "--precisions", nargs="+", default=None, choices=["bf16", "fp16"],
+        "--precisions",
+        nargs="+",
+        default=None,
+        choices=["bf16", "fp16"],
         help="compared with fp32 (default: bf16, plus fp16 on CUDA)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")

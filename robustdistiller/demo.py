@@ -161,8 +161,11 @@ def _speech_commands_data(folder, seed):
 
 def _librispeech_text_data(folder, seed):
     fixture = generate_librispeech_text(folder, seed=seed)
-    return {"data_folder": fixture["data_folder"], "lexicon_files": [fixture["lexicon_file"]],
-            "lexicon_fallback": "cmudict"}
+    return {
+        "data_folder": fixture["data_folder"],
+        "lexicon_files": [fixture["lexicon_file"]],
+        "lexicon_fallback": "cmudict",
+    }
 
 
 def _voicebank_data(folder, seed):
@@ -172,25 +175,34 @@ def _voicebank_data(folder, seed):
 # Task -> (fixture writer returning the recipe's data options, small overrides). Only sizes, steps and
 # the learning rate are shrunk: everything else is the recipe's YAML.
 DEMO_REPORT_TASKS = {
-    "KS": (_speech_commands_data, {
-        "lr": 0.01,
-        "number_of_epochs": 3,
-        "train_dataloader_opts": {"batch_size": 8, "drop_last": True, "num_workers": 0},
-        "valid_dataloader_opts": {"batch_size": 16, "num_workers": 0},
-    }),
-    "PR": (_librispeech_text_data, {
-        "lr": 0.01,
-        "number_of_epochs": 8,
-        "grad_accumulation_factor": 1,
-        "train_dataloader_opts": {"batch_size": 4, "shuffle": True, "num_workers": 0},
-        "valid_dataloader_opts": {"batch_size": 8, "num_workers": 0},
-    }),
+    "KS": (
+        _speech_commands_data,
+        {
+            "lr": 0.01,
+            "number_of_epochs": 3,
+            "train_dataloader_opts": {"batch_size": 8, "drop_last": True, "num_workers": 0},
+            "valid_dataloader_opts": {"batch_size": 16, "num_workers": 0},
+        },
+    ),
+    "PR": (
+        _librispeech_text_data,
+        {
+            "lr": 0.01,
+            "number_of_epochs": 8,
+            "grad_accumulation_factor": 1,
+            "train_dataloader_opts": {"batch_size": 4, "shuffle": True, "num_workers": 0},
+            "valid_dataloader_opts": {"batch_size": 8, "num_workers": 0},
+        },
+    ),
     # SE (VoiceBank-DEMAND fixture): the recipe is new; sizes as for PR, not yet timed in the demo.
-    "SE": (_voicebank_data, {
-        "number_of_epochs": 2,
-        "batch_size": 4,
-        "lr": 0.001,
-    }),
+    "SE": (
+        _voicebank_data,
+        {
+            "number_of_epochs": 2,
+            "batch_size": 4,
+            "lr": 0.001,
+        },
+    ),
 }
 
 
@@ -202,7 +214,9 @@ def demo_report_spec(output, corpus, upstreams, tasks, seed=0):
     """
     unknown = [task for task in tasks if task not in DEMO_REPORT_TASKS]
     if unknown:
-        raise ValueError(f"--report-tasks: no demo fixture for {unknown}; the demo knows {', '.join(DEMO_REPORT_TASKS)}")
+        raise ValueError(
+            f"--report-tasks: no demo fixture for {unknown}; the demo knows {', '.join(DEMO_REPORT_TASKS)}"
+        )
     data, overrides = {}, {}
     for task in tasks:
         make_data, task_overrides = DEMO_REPORT_TASKS[task]
@@ -228,9 +242,11 @@ def run_demo_report(output, corpus, upstreams, tasks, seed=0):
     spec_path = os.path.join(output, "report_spec.yaml")
     with open(spec_path, "w", encoding="utf-8") as fout:
         yaml.safe_dump(content, fout, sort_keys=False)
-    print(f"\nRobustness report: {len(upstreams)} upstreams x {len(tasks)} tasks ({', '.join(tasks)}) under "
-          f"{', '.join(REPORT_CONDITIONS)} (spec {spec_path}; "
-          f"python -m robustdistiller.report {spec_path} reruns or extends it)")
+    print(
+        f"\nRobustness report: {len(upstreams)} upstreams x {len(tasks)} tasks ({', '.join(tasks)}) under "
+        f"{', '.join(REPORT_CONDITIONS)} (spec {spec_path}; "
+        f"python -m robustdistiller.report {spec_path} reruns or extends it)"
+    )
     start = time.time()
     environment = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "HF_HUB_OFFLINE")}
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny heads: one thread per recipe run is fastest
@@ -245,8 +261,10 @@ def run_demo_report(output, corpus, upstreams, tasks, seed=0):
                 os.environ[name] = value
     print("\n" + format_report(report))
     folder = os.path.join(content["output_root"], "report")
-    print(f"\nReport ({time.time() - start:.0f} s): {folder}/report.md; plots "
-          + ", ".join(sorted(name for name in os.listdir(folder) if name.endswith(".png"))))
+    print(
+        f"\nReport ({time.time() - start:.0f} s): {folder}/report.md; plots "
+        + ", ".join(sorted(name for name in os.listdir(folder) if name.endswith(".png")))
+    )
     if code != 0:
         print("Some pairs failed: their logs are named in the tables.")
     return report
@@ -258,11 +276,14 @@ def main(argv=None):
     parser.add_argument("--output", default="demo_output", help="folder for everything the demo writes")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each student")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus, teacher and training")
-    parser.add_argument("--report-tasks", default="KS,PR",
-                        help=f"tasks of the closing report, comma-separated (of {', '.join(DEMO_REPORT_TASKS)}; "
-                             "empty: no report)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="only the report, on the students an earlier run wrote to --output")
+    parser.add_argument(
+        "--report-tasks",
+        default="KS,PR",
+        help=f"tasks of the closing report, comma-separated (of {', '.join(DEMO_REPORT_TASKS)}; empty: no report)",
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="only the report, on the students an earlier run wrote to --output"
+    )
     args = parser.parse_args(argv)
     report_tasks = [task.strip() for task in args.report_tasks.split(",") if task.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -272,8 +293,11 @@ def main(argv=None):
     corpus = generate_mini_corpus(os.path.join(output, "corpus"), seed=args.seed)
     teacher_folder = os.path.join(output, "teacher_random_wavlm")
     save_random_teacher(teacher_folder, model_type="wavlm", tiny=True, seed=args.seed)
-    report_upstreams = {"teacher": teacher_folder, "RobustDistiller": os.path.join(output, "robustdistiller"),
-                        "DistilHuBERT": os.path.join(output, "distilhubert")}
+    report_upstreams = {
+        "teacher": teacher_folder,
+        "RobustDistiller": os.path.join(output, "robustdistiller"),
+        "DistilHuBERT": os.path.join(output, "distilhubert"),
+    }
     if args.report_only:
         return run_demo_report(output, corpus, report_upstreams, report_tasks, args.seed)
     print(

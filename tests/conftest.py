@@ -82,8 +82,11 @@ def trained_run(mini_corpus, tiny_teacher_folder, tmp_path_factory):
 
     output = str(tmp_path_factory.mktemp("trained") / "run")
     overrides = tiny_overrides(mini_corpus, tiny_teacher_folder, output, number_of_steps=4)
-    command = [sys.executable, os.path.join(REPOSITORY_ROOT, "train.py"),
-               os.path.join(REPOSITORY_ROOT, "hparams", "distill.yaml")] + as_command_line(overrides)
+    command = [
+        sys.executable,
+        os.path.join(REPOSITORY_ROOT, "train.py"),
+        os.path.join(REPOSITORY_ROOT, "hparams", "distill.yaml"),
+    ] + as_command_line(overrides)
     completed = subprocess.run(command, cwd=REPOSITORY_ROOT, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return output

@@ -136,9 +136,7 @@ def load_audio(path, sample_rate=16000, channel="mean", start=0, stop=None, gene
     (torch.Size([1600]), 0.5)
     """
     try:
-        data, file_rate = soundfile.read(
-            str(path), start=start, stop=stop, dtype="float32", always_2d=True
-        )
+        data, file_rate = soundfile.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile's error 158 has no text: name its type at least
         raise AudioLoadError(f"Cannot read audio file '{path}': {error or type(error).__name__}") from error
     if data.shape[0] == 0:
@@ -152,9 +150,7 @@ def load_audio(path, sample_rate=16000, channel="mean", start=0, stop=None, gene
         waveform = waveform[:, index]
     else:
         if not 0 <= int(channel) < num_channels:
-            raise AudioLoadError(
-                f"Audio file '{path}' has {num_channels} channel(s); channel {channel} requested."
-            )
+            raise AudioLoadError(f"Audio file '{path}' has {num_channels} channel(s); channel {channel} requested.")
         waveform = waveform[:, int(channel)]
     if not torch.isfinite(waveform).all():
         raise AudioLoadError(f"Audio file '{path}' contains NaN or infinite samples.")

@@ -198,8 +198,12 @@ class FixedBatchSampler(torch.utils.data.Sampler):
             logger.warning(
                 "batch_size=%d is not divisible by world size %d x grad_accumulation_factor %d: "
                 "micro-batches hold %d or %d crops (the global batch stays %d crops).",
-                batch_size, self.world_size, accumulation, batch_size // self.num_shares,
-                batch_size // self.num_shares + 1, batch_size,
+                batch_size,
+                self.world_size,
+                accumulation,
+                batch_size // self.num_shares,
+                batch_size // self.num_shares + 1,
+                batch_size,
             )
         self.epoch = 0
 
@@ -215,20 +219,24 @@ class FixedBatchSampler(torch.utils.data.Sampler):
         lengths = numpy.asarray(self.lengths)
         if not self.shuffle:
             order = numpy.argsort(lengths, kind="stable")
-            batches = [order[start:start + self.batch_size].tolist() for start in range(0, num_items, self.batch_size)]
+            batches = [
+                order[start : start + self.batch_size].tolist() for start in range(0, num_items, self.batch_size)
+            ]
             return self._drop_incomplete(batches)
         tie_break = generator.permutation(num_items)
         order = tie_break[numpy.argsort(lengths[tie_break], kind="stable")]
         bucket_size = self.batch_size * self.batches_per_bucket
         batches, remainder = [], []
         for start in range(0, num_items, bucket_size):
-            bucket = order[start:start + bucket_size]
+            bucket = order[start : start + bucket_size]
             bucket = bucket[generator.permutation(len(bucket))]
             full = len(bucket) - len(bucket) % self.batch_size
-            batches += [bucket[offset:offset + self.batch_size].tolist() for offset in range(0, full, self.batch_size)]
+            batches += [
+                bucket[offset : offset + self.batch_size].tolist() for offset in range(0, full, self.batch_size)
+            ]
             remainder += bucket[full:].tolist()
         remainder.sort(key=lambda index: lengths[index])
-        batches += [remainder[start:start + self.batch_size] for start in range(0, len(remainder), self.batch_size)]
+        batches += [remainder[start : start + self.batch_size] for start in range(0, len(remainder), self.batch_size)]
         batches = self._drop_incomplete(batches)
         return [batches[index] for index in generator.permutation(len(batches))]
 
@@ -243,7 +251,7 @@ class FixedBatchSampler(torch.utils.data.Sampler):
         """This rank's ``accumulation`` micro-batches of one global batch."""
         bounds = numpy.linspace(0, len(batch), self.num_shares + 1).round().astype(int)
         first = self.rank * self.accumulation
-        return [batch[bounds[share]:bounds[share + 1]] for share in range(first, first + self.accumulation)]
+        return [batch[bounds[share] : bounds[share + 1]] for share in range(first, first + self.accumulation)]
 
     def __iter__(self):
         for batch in self.global_batches():
@@ -338,4 +346,3 @@ def make_batch_sampler(
         max_batch_ex=batch_size,
         seed=seed,
     )
-

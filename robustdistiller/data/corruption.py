@@ -287,14 +287,11 @@ class NoisePool:
             except AudioLoadError as error:
                 self.files.exclude(index, str(error))
         raise RuntimeError(
-            f"Could not draw a non-silent noise segment from '{self.csv_file}' "
-            f"in {self.max_attempts} attempts."
+            f"Could not draw a non-silent noise segment from '{self.csv_file}' in {self.max_attempts} attempts."
         )
 
     def _read(self, index, start=0, stop=None):
-        return load_audio(
-            self.files.paths[index], self.sample_rate, channel="mean", start=start, stop=stop
-        )
+        return load_audio(self.files.paths[index], self.sample_rate, channel="mean", start=start, stop=stop)
 
     def _read_segment(self, index, num_samples):
         """Reads just enough of the file (random offset); returns (noise, whether it is the whole file)."""
@@ -376,9 +373,7 @@ class PooledAddReverb(AddReverb):
                     self.files.exclude(index, "the file is silent")
                 continue
             return rir_wav.view(1, -1, 1).to(device=waveforms.device, dtype=waveforms.dtype)
-        raise RuntimeError(
-            f"Could not draw a non-silent RIR from '{self.csv_file}' in {self.max_attempts} attempts."
-        )
+        raise RuntimeError(f"Could not draw a non-silent RIR from '{self.csv_file}' in {self.max_attempts} attempts.")
 
     def forward(self, waveforms):
         """Reverberates ``waveforms`` (``[batch, time]`` or ``[batch, time, channels]``), same shape."""
@@ -526,9 +521,7 @@ class Corruptor:
             return {name: 1.0 / len(CONDITIONS) for name in CONDITIONS}
         unknown = set(condition_probs) - set(CONDITIONS)
         if unknown:
-            raise ValueError(
-                f"Unknown condition(s) {sorted(unknown)} in condition_probs; known: {CONDITIONS}."
-            )
+            raise ValueError(f"Unknown condition(s) {sorted(unknown)} in condition_probs; known: {CONDITIONS}.")
         probs = {name: float(condition_probs.get(name, 0.0)) for name in CONDITIONS}
         if any(p < 0 or not math.isfinite(p) for p in probs.values()):
             raise ValueError(f"condition_probs must be non-negative, got {probs}.")
@@ -538,9 +531,7 @@ class Corruptor:
 
     def _check_adders(self, condition):
         if "noise" in condition and self.file_noise is None and self.white_noise is None:
-            raise ValueError(
-                f"Condition '{condition}' needs noise but both file_noise and white_noise are None."
-            )
+            raise ValueError(f"Condition '{condition}' needs noise but both file_noise and white_noise are None.")
         if "reverb" in condition and self.reverb is None:
             raise ValueError(f"Condition '{condition}' needs reverberation but reverb is None.")
 

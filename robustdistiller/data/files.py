@@ -28,8 +28,9 @@ import os
 logger = logging.getLogger(__name__)
 
 UNREADABLE_FOLDER = "folder that cannot be listed (its files are not seen: fix its permissions or mount)"
-REPEATED_FOLDER = ("folder reached again through a symbolic link (a link cycle, or a second link to the "
-                   "same folder): walked once")
+REPEATED_FOLDER = (
+    "folder reached again through a symbolic link (a link cycle, or a second link to the same folder): walked once"
+)
 MAX_RECORDED_FOLDERS = 20
 
 
@@ -67,8 +68,9 @@ class SkippedFolders:
         entry["folders"] += 1
         if len(entry["examples"]) < MAX_RECORDED_FOLDERS:
             entry["examples"].append(f"{path} ({detail})" if detail else str(path))
-        logger.debug("Leaving folder %s out of %s: %s%s", path, self.description, reason,
-                     f" ({detail})" if detail else "")
+        logger.debug(
+            "Leaving folder %s out of %s: %s%s", path, self.description, reason, f" ({detail})" if detail else ""
+        )
 
     def folder_count(self, reason=None):
         """Folders left out for ``reason`` (all reasons if None)."""
@@ -174,8 +176,9 @@ def list_folder(folder, description="Data folder", skipped=None):
             skipped.add_folder(UNREADABLE_FOLDER, folder, detail=str(error))
             return [], []
         raise FolderReadError(
-            error.errno, f"{description} '{folder}' cannot be listed ({error.strerror or error}): give the user "
-            f"running the preparation read and execute permission on it (e.g. chmod a+rx), or check its mount"
+            error.errno,
+            f"{description} '{folder}' cannot be listed ({error.strerror or error}): give the user "
+            f"running the preparation read and execute permission on it (e.g. chmod a+rx), or check its mount",
         ) from error
 
 
@@ -315,7 +318,7 @@ def decode_text(content, path, description="Text file"):
     except UnicodeDecodeError as error:
         line_start = content.rfind(b"\n", 0, error.start) + 1
         line_number = content.count(b"\n", 0, error.start) + 1
-        bad_bytes = " ".join(f"0x{byte:02x}" for byte in content[error.start:error.end])
+        bad_bytes = " ".join(f"0x{byte:02x}" for byte in content[error.start : error.end])
         raise TextFileError(
             f"{description} '{path}', line {line_number}: byte{'s' if error.end - error.start > 1 else ''} "
             f"{bad_bytes} at column {error.start - line_start + 1} {'are' if error.end - error.start > 1 else 'is'} "

@@ -195,4 +195,3 @@ def make_distillation_dataset(
     sb.dataio.dataset.add_dynamic_item([dataset], audio_pipeline)
     sb.dataio.dataset.set_output_keys([dataset], ["id", "clean_sig", "noisy_sig", "reference_sig"])
     return dataset
-

@@ -49,7 +49,12 @@ from robustdistiller.distill.enhancement_quality import QualityMeans, enhanced_w
 from robustdistiller.distill.losses import distillation_loss, enhancement_loss, lengths_to_mask
 from robustdistiller.export.layout import TRAINING_INFO_FILE
 from robustdistiller.runs.options import OptionError
-from robustdistiller.runs.run_folder import check_run_signature, run_signature_hashes, signature_hash, write_run_signature
+from robustdistiller.runs.run_folder import (
+    check_run_signature,
+    run_signature_hashes,
+    signature_hash,
+    write_run_signature,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +170,19 @@ def command_line_interval_wins(hparams, run_opts):
     if given is None:
         given = set(run_opts)
     values = run_opts if isinstance(run_opts, dict) else run_opts.as_dict()
-    for chosen, other in (("ckpt_interval_steps", "ckpt_interval_minutes"), ("ckpt_interval_minutes", "ckpt_interval_steps")):
-        if chosen in given and other not in given and float(values[chosen] or 0) > 0 and float(hparams.get(other) or 0) > 0:
-            logger.info("%s=%s from the command line replaces the YAML's %s=%s.", chosen, values[chosen], other, hparams[other])
+    for chosen, other in (
+        ("ckpt_interval_steps", "ckpt_interval_minutes"),
+        ("ckpt_interval_minutes", "ckpt_interval_steps"),
+    ):
+        if (
+            chosen in given
+            and other not in given
+            and float(values[chosen] or 0) > 0
+            and float(hparams.get(other) or 0) > 0
+        ):
+            logger.info(
+                "%s=%s from the command line replaces the YAML's %s=%s.", chosen, values[chosen], other, hparams[other]
+            )
             hparams[other] = 0
 
 
@@ -271,7 +286,13 @@ class DistillationBrain(sb.Brain):
         logger.warning(
             "Resumed at step %d with a new schedule: %d steps in all (was %d), %d warm-up steps (was %d), "
             "peak lr %g (was %g); learning rate of the next step %.3g.",
-            self.optimizer_step, planned[2], restored[2], planned[1], restored[1], planned[0], restored[0],
+            self.optimizer_step,
+            planned[2],
+            restored[2],
+            planned[1],
+            restored[1],
+            planned[0],
+            restored[0],
             scheduler.calculate_lr(scheduler.current_step + 1),
         )
 
@@ -284,7 +305,8 @@ class DistillationBrain(sb.Brain):
         if self._finished_before_epoch:
             logger.info(
                 "The run is finished (%d optimizer steps); nothing to train. Give a larger "
-                "--number_of_steps to extend it.", self.optimizer_step,
+                "--number_of_steps to extend it.",
+                self.optimizer_step,
             )
             return
         super()._fit_train(train_set, epoch, enable)
@@ -412,9 +434,7 @@ class DistillationBrain(sb.Brain):
             valid_frames = self._head.valid_frames(
                 reference_wavs, wav_lens.cpu(), feature_lengths=student_output.frame_lengths
             )
-            stft_mask = lengths_to_mask(
-                valid_frames.to(self.device), enhancement_output.enhanced_magnitude.shape[1]
-            )
+            stft_mask = lengths_to_mask(valid_frames.to(self.device), enhancement_output.enhanced_magnitude.shape[1])
             enhancement = enhancement_loss(
                 enhancement_output.enhanced_magnitude.float(), clean_magnitude, stft_mask, validate=validate
             )
@@ -563,8 +583,12 @@ class DistillationBrain(sb.Brain):
             logger.info(
                 "Enhanced validation speech (%d utterances scored, %d skipped): PESQ %.3f, STOI %.3f, "
                 "SI-SNR %.2f dB (noisy input %.2f dB)",
-                quality["num_scored"], quality["num_skipped"], quality["pesq"], quality["stoi"],
-                quality["si_snr"], quality["si_snr_noisy"],
+                quality["num_scored"],
+                quality["num_skipped"],
+                quality["pesq"],
+                quality["stoi"],
+                quality["si_snr"],
+                quality["si_snr_noisy"],
             )
         if stage == sb.Stage.TRAIN:
             self.train_summary = summary

@@ -88,9 +88,7 @@ def distillation_loss(predictions, targets, frame_mask=None, cosine_weight=1.0, 
     0.3133
     """
     if frame_mask is None:
-        frame_mask = torch.ones(
-            predictions.shape[0], predictions.shape[2], dtype=torch.bool, device=predictions.device
-        )
+        frame_mask = torch.ones(predictions.shape[0], predictions.shape[2], dtype=torch.bool, device=predictions.device)
     num_frames = min(predictions.shape[2], targets.shape[2], frame_mask.shape[1])
     predictions = predictions[:, :, :num_frames]
     targets = targets[:, :, :num_frames].to(predictions.dtype)
@@ -144,9 +142,7 @@ def enhancement_loss(enhanced_magnitude, clean_magnitude, frame_mask=None, valid
     1.0
     """
     if frame_mask is None:
-        frame_mask = torch.ones(
-            enhanced_magnitude.shape[:2], dtype=torch.bool, device=enhanced_magnitude.device
-        )
+        frame_mask = torch.ones(enhanced_magnitude.shape[:2], dtype=torch.bool, device=enhanced_magnitude.device)
     enhanced_magnitude, clean_magnitude, frame_mask = align_frames(
         enhanced_magnitude, clean_magnitude, frame_mask.bool(), dim=1
     )
@@ -154,5 +150,7 @@ def enhancement_loss(enhanced_magnitude, clean_magnitude, frame_mask=None, valid
         raise ValueError("enhancement_loss: the frame mask has no valid frame")
     weights = frame_mask.to(enhanced_magnitude.dtype)
     difference = enhanced_magnitude - clean_magnitude.to(enhanced_magnitude.dtype)
-    difference = torch.where(frame_mask[..., None], difference, torch.zeros((), dtype=difference.dtype, device=difference.device))
+    difference = torch.where(
+        frame_mask[..., None], difference, torch.zeros((), dtype=difference.dtype, device=difference.device)
+    )
     return (difference.abs().mean(dim=-1) * weights).sum() / weights.sum().clamp(min=1.0)

@@ -52,8 +52,10 @@ def checkpoint_selection(hparams):
     """
     metric, mode = hparams.get("selection_metric"), hparams.get("selection_mode")
     if not isinstance(metric, str) or not metric:
-        raise OptionError(f"Option `selection_metric` must name the dev metric that keeps the best checkpoint "
-                          f"(e.g. accuracy), got {metric!r}.")
+        raise OptionError(
+            f"Option `selection_metric` must name the dev metric that keeps the best checkpoint "
+            f"(e.g. accuracy), got {metric!r}."
+        )
     if mode not in SELECTION_MODES:
         raise OptionError(f"Option `selection_mode` must be one of {list(SELECTION_MODES)}, got {mode!r}.")
     return {f"{mode}_key": metric}
@@ -146,8 +148,10 @@ class DownstreamBrain(sb.Brain):
         folder already has a checkpoint: a resumed run is not untrained.
         """
         if self.checkpointer is not None and self.checkpointer.find_checkpoint() is not None:
-            logger.warning("evaluate_untrained: %s has a checkpoint already; no untrained baseline",
-                           self.checkpointer.checkpoints_dir)
+            logger.warning(
+                "evaluate_untrained: %s has a checkpoint already; no untrained baseline",
+                self.checkpointer.checkpoints_dir,
+            )
             return None
         self.stage_stats, self.condition = {}, "untrained"
         self.evaluate(dataset, test_loader_kwargs=dict(loader_kwargs))  # evaluate() adds ckpt_prefix to it
@@ -165,10 +169,11 @@ class DownstreamBrain(sb.Brain):
         ValueError
             The dev stats do not hold ``selection_metric`` (the stats' keys named).
         """
-        (key, metric), = self.best_checkpoint_key.items()  # ("max_key", "accuracy")
+        ((key, metric),) = self.best_checkpoint_key.items()  # ("max_key", "accuracy")
         if metric not in stats:
-            raise ValueError(f"selection_metric '{metric}' was not computed on dev (got {sorted(stats)})"
-                             + self.selection_hint)
+            raise ValueError(
+                f"selection_metric '{metric}' was not computed on dev (got {sorted(stats)})" + self.selection_hint
+            )
         self.checkpointer.save_and_keep_only(meta=stats, **{f"{key}s": [metric]})  # max_keys=[...] / min_keys=[...]
 
     def evaluate_conditions(self, make_test_set, conditions, loader_kwargs):
@@ -201,4 +206,3 @@ class DownstreamBrain(sb.Brain):
             results[name] = {**self.stage_stats, "checkpoint": checkpoint}
             logger.info("Test condition %s: %s", name, results[name])
         return results
-

@@ -43,9 +43,7 @@ class UtteranceClassificationBrain(DownstreamBrain):
         labels = batch.label_encoded.data[:, 0].to(self.device)
         loss = nn.functional.cross_entropy(predictions, labels)
         if stage != sb.Stage.TRAIN:
-            self.accuracy_metric.append(
-                batch.id, predictions.detach().argmax(dim=-1).tolist(), labels.tolist()
-            )
+            self.accuracy_metric.append(batch.id, predictions.detach().argmax(dim=-1).tolist(), labels.tolist())
         return loss
 
     def on_stage_start(self, stage, epoch=None):
@@ -69,8 +67,9 @@ class UtteranceClassificationBrain(DownstreamBrain):
             self.keep_best_checkpoint(stats)
         else:
             self.stage_stats = stats
-            self.hparams.train_logger.log_stats(stats_meta={"test condition": getattr(self, "condition", "")},
-                                                test_stats=stats)
+            self.hparams.train_logger.log_stats(
+                stats_meta={"test condition": getattr(self, "condition", "")}, test_stats=stats
+            )
 
 
 def sorted_column_values(csv_paths, column):
@@ -128,8 +127,10 @@ def fixed_order_encoder(labels, path, csv_paths, label_column):
     for split, csv_path in csv_paths.items():
         unknown = sorted(set(_column_values(csv_path, label_column)) - known)
         if unknown:
-            raise ValueError(f"{csv_path} ({split}) has {label_column} values outside the {len(labels)} classes "
-                             f"{labels[:8]}{'...' if len(labels) > 8 else ''}: {unknown[:5]}")
+            raise ValueError(
+                f"{csv_path} ({split}) has {label_column} values outside the {len(labels)} classes "
+                f"{labels[:8]}{'...' if len(labels) > 8 else ''}: {unknown[:5]}"
+            )
     encoder = sb.dataio.encoder.CategoricalEncoder()
     encoder.load_or_create(path=path, from_iterables=[labels])
     found = [encoder.ind2lab[index] for index in range(len(encoder))]
@@ -142,8 +143,9 @@ def fixed_order_encoder(labels, path, csv_paths, label_column):
     return encoder
 
 
-def classification_datasets(hparams, csv_files, test_corruptor, train_corruptor=None, label_column="label",
-                            labels=None):
+def classification_datasets(
+    hparams, csv_files, test_corruptor, train_corruptor=None, label_column="label", labels=None
+):
     """Datasets of an utterance-classification recipe, with the label encoder.
 
     Arguments
@@ -187,4 +189,3 @@ def classification_datasets(hparams, csv_files, test_corruptor, train_corruptor=
     if labels is None:
         label_encoder.load_or_create(path=encoder_path, from_didatasets=[data["train"]], output_key=label_column)
     return {**data, "label_encoder": label_encoder}
-

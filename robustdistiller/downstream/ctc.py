@@ -34,8 +34,30 @@ logger = logging.getLogger(__name__)
 #: The 15 ARPAbet vowels (each takes a stress digit 0, 1 or 2) and the 24 consonants.
 ARPABET_VOWELS = ("AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW")
 ARPABET_CONSONANTS = (
-    "B", "CH", "D", "DH", "F", "G", "HH", "JH", "K", "L", "M", "N", "NG", "P", "R", "S", "SH", "T", "TH", "V",
-    "W", "Y", "Z", "ZH",
+    "B",
+    "CH",
+    "D",
+    "DH",
+    "F",
+    "G",
+    "HH",
+    "JH",
+    "K",
+    "L",
+    "M",
+    "N",
+    "NG",
+    "P",
+    "R",
+    "S",
+    "SH",
+    "T",
+    "TH",
+    "V",
+    "W",
+    "Y",
+    "Z",
+    "ZH",
 )
 #: The 28 characters of s3prl 0.4.18's ``downstream/asr/char.dict``, in its order (by decreasing count
 #: in the LibriSpeech training text; ``C`` precedes ``W``); ``|`` is the word boundary.
@@ -124,8 +146,9 @@ def stressed_arpabet_phones():
 def read_phone_file(path):
     """Phones of a vocabulary file (one per line, e.g. s3prl's ``vocab/phoneme.txt``); specials skipped."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Phone vocabulary file '{path}' (phones_file) does not exist; expected one phone "
-                                f"per line")
+        raise FileNotFoundError(
+            f"Phone vocabulary file '{path}' (phones_file) does not exist; expected one phone per line"
+        )
     with open(path, encoding="utf-8") as fin:
         phones = [line.split()[0] for line in fin if line.strip()]
     return [phone for phone in phones if phone not in PHONE_SPECIALS]
@@ -467,8 +490,9 @@ class CTCBrain(DownstreamBrain):
             zero_infinity=True,
         )
         if stage != sb.Stage.TRAIN:
-            decoded = greedy_ctc_decode(log_probs.detach(), frame_lengths, self.vocabulary.dropped_indices,
-                                        rule=self.ctc_decoding)
+            decoded = greedy_ctc_decode(
+                log_probs.detach(), frame_lengths, self.vocabulary.dropped_indices, rule=self.ctc_decoding
+            )
             hypotheses = [self.vocabulary.decode(ids) for ids in decoded]
             references = [
                 self.vocabulary.decode(row[:length].tolist()) for row, length in zip(tokens.cpu(), target_lengths.cpu())

@@ -178,8 +178,9 @@ def recipe_datasets(hparams, csv_files, output_keys, extra_items, test_corruptor
     train = audio_dataset(
         csv_files["train"], training_pipeline(hparams, train_corruptor), output_keys, extra_items=extra_items
     )
-    valid = audio_dataset(csv_files["valid"], AudioPipeline(hparams["sample_rate"]), output_keys,
-                          extra_items=extra_items)
+    valid = audio_dataset(
+        csv_files["valid"], AudioPipeline(hparams["sample_rate"]), output_keys, extra_items=extra_items
+    )
     make_test_set = condition_test_set_factory(hparams, csv_files["test"], test_corruptor, output_keys, extra_items)
     return {"train": train, "valid": valid, "make_test_set": make_test_set}
 
@@ -215,7 +216,6 @@ def condition_test_set_factory(hparams, csv_file, corruptor, output_keys, extra_
         return audio_dataset(csv_file, pipeline, output_keys, extra_items=extra_items)
 
     return make_test_set
-
 
 
 class SplitError(ValueError):
@@ -285,11 +285,13 @@ def check_split_lists(csv_files, label_columns=(), train_split="train", evaluate
                 for line_number, row in rows.get(split, []):
                     label = row.get(column)
                     if label not in known and label not in first_seen:
-                        first_seen[label] = f"row {row['ID']}, line {line_number}" if row.get("ID") else \
-                            f"line {line_number}"
+                        first_seen[label] = (
+                            f"row {row['ID']}, line {line_number}" if row.get("ID") else f"line {line_number}"
+                        )
                 if first_seen:
-                    examples = "; ".join(f"{label!r} (first in {where})"
-                                         for label, where in list(first_seen.items())[:10])
+                    examples = "; ".join(
+                        f"{label!r} (first in {where})" for label, where in list(first_seen.items())[:10]
+                    )
                     problems.append(
                         f"the {split} split ('{csv_files[split]}') has {len(first_seen)} {column} "
                         f"value{'s' if len(first_seen) != 1 else ''} never seen in the {train_split} split "
@@ -298,8 +300,8 @@ def check_split_lists(csv_files, label_columns=(), train_split="train", evaluate
                     )
     if problems:
         raise SplitError(
-            f"The prepared lists cannot be trained and evaluated: {'; '.join(problems)}."
-            + (f" {hint}" if hint else "")
+            f"The prepared lists cannot be trained and evaluated: {'; '.join(problems)}." + (f" {hint}" if hint else "")
         )
-    logger.info("Prepared lists checked: %s", ", ".join(f"{split} {len(split_rows)} rows"
-                                                      for split, split_rows in rows.items()))
+    logger.info(
+        "Prepared lists checked: %s", ", ".join(f"{split} {len(split_rows)} rows" for split, split_rows in rows.items())
+    )

@@ -40,8 +40,9 @@ def median_filter(activity, size):
         return activity.copy()
     from scipy.signal import medfilt
 
-    return np.stack([medfilt(activity[:, column].astype(float), int(size)) for column in range(activity.shape[1])],
-                    axis=1).astype(activity.dtype)
+    return np.stack(
+        [medfilt(activity[:, column].astype(float), int(size)) for column in range(activity.shape[1])], axis=1
+    ).astype(activity.dtype)
 
 
 def decode_segments(posteriors, threshold=0.5, median=1, frame_seconds=0.02):
@@ -73,8 +74,10 @@ def decode_segments(posteriors, threshold=0.5, median=1, frame_seconds=0.02):
     for column in range(active.shape[1]):
         padded = np.concatenate([[0], active[:, column], [0]])
         changes = np.flatnonzero(np.diff(padded))
-        turns[column] = [(round(float(start) * frame_seconds, 6), round(float(end) * frame_seconds, 6))
-                         for start, end in zip(changes[::2], changes[1::2])]
+        turns[column] = [
+            (round(float(start) * frame_seconds, 6), round(float(end) * frame_seconds, 6))
+            for start, end in zip(changes[::2], changes[1::2])
+        ]
     return turns
 
 
@@ -94,8 +97,12 @@ def write_rttm(path, recordings):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as fout:
         for file_id in sorted(recordings):
-            lines = [(start, end, str(speaker)) for speaker, turns in recordings[file_id].items()
-                     for start, end in turns if end > start]
+            lines = [
+                (start, end, str(speaker))
+                for speaker, turns in recordings[file_id].items()
+                for start, end in turns
+                if end > start
+            ]
             for start, end, speaker in sorted(lines):
                 fout.write(f"SPEAKER {file_id} 1 {start:.3f} {end - start:.3f} <NA> <NA> {speaker} <NA> <NA>\n")
 
@@ -118,8 +125,10 @@ def read_rttm(path):
             if not fields or fields[0] != "SPEAKER":
                 continue
             if len(fields) < 8:
-                raise ValueError(f"{path} line {number}: an RTTM SPEAKER line needs at least 8 fields "
-                                 f"(SPEAKER <file> <chnl> <start> <dur> <NA> <NA> <speaker> ...), got {line!r}")
+                raise ValueError(
+                    f"{path} line {number}: an RTTM SPEAKER line needs at least 8 fields "
+                    f"(SPEAKER <file> <chnl> <start> <dur> <NA> <NA> <speaker> ...), got {line!r}"
+                )
             start, duration = float(fields[3]), float(fields[4])
             turns = recordings.setdefault(fields[1], {}).setdefault(fields[7], [])
             turns.append((round(start, 6), round(start + duration, 6)))
@@ -137,7 +146,7 @@ def _activity(turns_by_speaker, num_steps, resolution):
     activity = np.zeros((num_steps, len(speakers)), dtype=bool)
     for column, speaker in enumerate(speakers):
         for start, end in turns_by_speaker[speaker]:
-            activity[int(round(start / resolution)):int(round(end / resolution)), column] = True
+            activity[int(round(start / resolution)) : int(round(end / resolution)), column] = True
     return activity
 
 
@@ -219,9 +228,12 @@ def diarization_error(references, hypotheses, resolution=0.001):
 
     return {
         "DER": percent(sums["missed"] + sums["false_alarm"] + sums["confusion"]),
-        "miss": percent(sums["missed"]), "false_alarm": percent(sums["false_alarm"]),
+        "miss": percent(sums["missed"]),
+        "false_alarm": percent(sums["false_alarm"]),
         "confusion": percent(sums["confusion"]),
-        "missed_s": sums["missed"], "false_alarm_s": sums["false_alarm"], "confusion_s": sums["confusion"],
+        "missed_s": sums["missed"],
+        "false_alarm_s": sums["false_alarm"],
+        "confusion_s": sums["confusion"],
         "total_s": total,
     }
 
@@ -234,14 +246,17 @@ def setting_name(threshold, median):
 def decode_all(posteriors, threshold, median, frame_seconds):
     """``file id -> turns`` (speakers named ``<file>_<index>``, as s3prl) of every recording's posteriors."""
     return {
-        file_id: {f"{file_id}_{index}": turns
-                  for index, turns in decode_segments(probs, threshold, median, frame_seconds).items()}
+        file_id: {
+            f"{file_id}_{index}": turns
+            for index, turns in decode_segments(probs, threshold, median, frame_seconds).items()
+        }
         for file_id, probs in posteriors.items()
     }
 
 
-def score_grid(posteriors, references, thresholds=DEFAULT_THRESHOLDS, medians=DEFAULT_MEDIANS,
-               frame_seconds=0.02, resolution=0.001):
+def score_grid(
+    posteriors, references, thresholds=DEFAULT_THRESHOLDS, medians=DEFAULT_MEDIANS, frame_seconds=0.02, resolution=0.001
+):
     """DER (and its parts) of every ``threshold x median`` setting.
 
     Arguments
@@ -261,7 +276,8 @@ def score_grid(posteriors, references, thresholds=DEFAULT_THRESHOLDS, medians=DE
         for median in medians:
             hypotheses = decode_all(posteriors, threshold, median, frame_seconds)
             grid[setting_name(threshold, median)] = {
-                "threshold": float(threshold), "median": int(median),
+                "threshold": float(threshold),
+                "median": int(median),
                 **diarization_error(references, hypotheses, resolution),
             }
     return grid
@@ -293,6 +309,8 @@ def constant_baseline(references, durations, resolution=0.001):
     >>> round(constant_baseline({"f": {"A": [(0.0, 1.0)], "B": [(0.0, 2.0)]}}, {"f": 2.0})["DER"], 2)
     33.33
     """
-    hypotheses = {file_id: {speaker: [(0.0, durations[file_id])] for speaker in speakers}
-                  for file_id, speakers in references.items()}
+    hypotheses = {
+        file_id: {speaker: [(0.0, durations[file_id])] for speaker in speakers}
+        for file_id, speakers in references.items()
+    }
     return diarization_error(references, hypotheses, resolution)

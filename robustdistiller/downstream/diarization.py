@@ -65,8 +65,9 @@ def parse_turns(text):
     >>> parse_turns('{"19": [[0.1, 0.5]], "26": []}')
     {'19': [(0.1, 0.5)], '26': []}
     """
-    return {speaker: [(float(start), float(end)) for start, end in turns]
-            for speaker, turns in json.loads(text).items()}
+    return {
+        speaker: [(float(start), float(end)) for start, end in turns] for speaker, turns in json.loads(text).items()
+    }
 
 
 def match_frames(features, feature_lengths, num_frames):
@@ -149,7 +150,7 @@ def pit_bce_loss(logits, labels, lengths):
     (0.0, [[[0.0, 1.0], [1.0, 0.0]]])
     """
     num_frames, num_speakers = labels.shape[1], labels.shape[2]
-    mask = (torch.arange(num_frames, device=logits.device).unsqueeze(0) < lengths.to(logits.device).unsqueeze(1))
+    mask = torch.arange(num_frames, device=logits.device).unsqueeze(0) < lengths.to(logits.device).unsqueeze(1)
     mask = mask.to(logits.dtype)
     permutations = list(itertools.permutations(range(num_speakers)))
     losses = []

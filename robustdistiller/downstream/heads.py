@@ -72,4 +72,3 @@ def masked_mean(features, frame_mask):
     """
     weights = frame_mask.to(features.dtype).unsqueeze(-1)
     return (features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-

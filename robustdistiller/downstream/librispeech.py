@@ -81,10 +81,14 @@ def prepare_librispeech_splits(data_folder, csv_files, min_samples=400, skip_pre
                 f"needs a line '<uttid> WORDS' in its folder's <spk>-<chapter>.trans.txt); expected "
                 f"{LIBRISPEECH_LAYOUT}."
             )
-        write_csv(path, CSV_HEADER, [
-            [utterance_id, f"{duration:.3f}", wav, 0, -1, speaker, words]
-            for utterance_id, duration, wav, speaker, words in rows
-        ])
+        write_csv(
+            path,
+            CSV_HEADER,
+            [
+                [utterance_id, f"{duration:.3f}", wav, 0, -1, speaker, words]
+                for utterance_id, duration, wav, speaker, words in rows
+            ],
+        )
         left_out.write()
         logger.info("Wrote %s: %d utterances (%d files left out)", path, len(rows), left_out.count())
     mark_prepared(save_folder, "librispeech_ctc", options)
@@ -251,8 +255,13 @@ def add_phone_column(words_csv, phones_csv, lexicon, on_oov="error", lexicon_des
             continue
         kept.append([row[key] for key in CSV_HEADER] + [" ".join(phones)])
     if skipped:
-        logger.warning("%s: %d of %d utterances left out (words missing from the lexicon, e.g. %s)",
-                       words_csv, skipped, len(rows), sorted(missing_words)[:10])
+        logger.warning(
+            "%s: %d of %d utterances left out (words missing from the lexicon, e.g. %s)",
+            words_csv,
+            skipped,
+            len(rows),
+            sorted(missing_words)[:10],
+        )
     if not kept:
         raise ValueError(f"{words_csv}: every utterance has a word missing from the lexicon ({lexicon_description})")
     write_csv(phones_csv, CSV_HEADER + ["phones"], kept)

@@ -139,7 +139,9 @@ def normalise_lrs(lrs):
             raise SweepError(f"Learning rates must be finite numbers > 0, got {lr!r}")
         value = float(format_lr(lr))
         if value in values:
-            raise SweepError(f"Learning rate {format_lr(value)} is given twice (after rounding to 6 significant digits).")
+            raise SweepError(
+                f"Learning rate {format_lr(value)} is given twice (after rounding to 6 significant digits)."
+            )
         values.append(value)
     if not values:
         raise SweepError("No learning rate given (--lrs or --log-grid).")
@@ -172,8 +174,11 @@ def resolve_recipe(recipe_folder, hparams_file):
     for candidate in candidates:
         if os.path.isfile(candidate):
             return folder, os.path.abspath(candidate)
-    available = sorted(name for name in os.listdir(os.path.join(folder, "hparams"))
-                       if name.endswith(".yaml")) if os.path.isdir(os.path.join(folder, "hparams")) else []
+    available = (
+        sorted(name for name in os.listdir(os.path.join(folder, "hparams")) if name.endswith(".yaml"))
+        if os.path.isdir(os.path.join(folder, "hparams"))
+        else []
+    )
     raise SweepError(
         f"Hyperparameter file '{hparams_file}' is neither in the recipe folder '{recipe_folder}' nor at that path; "
         f"the recipe's hparams/ has: {available}"
@@ -223,11 +228,20 @@ def warn_relative_paths(overrides, recipe_folder):
         if not argument.startswith("--") or "=" not in argument:
             continue
         name, value = argument[2:].split("=", 1)
-        if value and not os.path.isabs(value) and os.path.exists(value) and not os.path.exists(
-                os.path.join(recipe_folder, value)):
+        if (
+            value
+            and not os.path.isabs(value)
+            and os.path.exists(value)
+            and not os.path.exists(os.path.join(recipe_folder, value))
+        ):
             suspicious.append(name)
-            logger.warning("Override --%s=%s is a path from the current folder, but the runs start in %s: "
-                           "give it as an absolute path.", name, value, recipe_folder)
+            logger.warning(
+                "Override --%s=%s is a path from the current folder, but the runs start in %s: "
+                "give it as an absolute path.",
+                name,
+                value,
+                recipe_folder,
+            )
     return suspicious
 
 
@@ -265,12 +279,14 @@ def check_or_record_settings(sweep_folder, settings):
     ]
     if differences:
         raise SweepSettingsError(
-            f"Sweep folder '{sweep_folder}' was made with other settings ({path}):\n  " + "\n  ".join(differences)
+            f"Sweep folder '{sweep_folder}' was made with other settings ({path}):\n  "
+            + "\n  ".join(differences)
             + "\nUse another --sweep-folder for another recipe or other overrides."
         )
     if recorded.get("hparams_sha256") != settings["hparams_sha256"]:
-        logger.warning("%s changed since this sweep started (finished runs are kept as they are).",
-                       settings["hparams_file"])
+        logger.warning(
+            "%s changed since this sweep started (finished runs are kept as they are).", settings["hparams_file"]
+        )
 
 
 def read_dev_metric(output_folder, metric, mode):
@@ -346,15 +362,27 @@ def run_recipe(recipe_folder, hparams_file, overrides, lr, lr_key, output_folder
 
     Its standard output and error are appended to ``log_path``.
     """
-    command = [python or sys.executable, "train.py", hparams_file, *overrides,
-               f"--{lr_key}={format_lr(lr)}", f"--output_folder={output_folder}"]
+    command = [
+        python or sys.executable,
+        "train.py",
+        hparams_file,
+        *overrides,
+        f"--{lr_key}={format_lr(lr)}",
+        f"--output_folder={output_folder}",
+    ]
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         log.write(f"\n===== {started} lr_sweep: {' '.join(command)} (in {recipe_folder})\n")
         log.flush()
-        completed = subprocess.run(command, cwd=recipe_folder, env=child_environment(),
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        completed = subprocess.run(
+            command,
+            cwd=recipe_folder,
+            env=child_environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         log.write(f"===== exit status {completed.returncode}\n")
     return completed.returncode
 
@@ -367,8 +395,17 @@ def _log_tail(path, lines=5):
         return ""
 
 
-def run_sweep(recipe_folder, hparams_file, lrs, sweep_folder, metric="accuracy", mode="max", overrides=(),
-              lr_key="lr", python=None):
+def run_sweep(
+    recipe_folder,
+    hparams_file,
+    lrs,
+    sweep_folder,
+    metric="accuracy",
+    mode="max",
+    overrides=(),
+    lr_key="lr",
+    python=None,
+):
     """Runs (or resumes) the sweep and writes its table; see the module's documentation.
 
     Arguments
@@ -419,8 +456,14 @@ def run_sweep(recipe_folder, hparams_file, lrs, sweep_folder, metric="accuracy",
     if best is None:
         logger.warning("No run of the sweep has a dev %s; table in %s", metric, os.path.join(sweep_folder, "sweep.md"))
     else:
-        logger.info("Best learning rate: %s (dev %s %.4g, %s); table in %s", format_lr(best["lr"]), metric,
-                    best["dev"], best["folder"], os.path.join(sweep_folder, "sweep.md"))
+        logger.info(
+            "Best learning rate: %s (dev %s %.4g, %s); table in %s",
+            format_lr(best["lr"]),
+            metric,
+            best["dev"],
+            best["folder"],
+            os.path.join(sweep_folder, "sweep.md"),
+        )
     return summary
 
 
@@ -437,24 +480,52 @@ def _sweep_one(index, total, lr, settings, sweep_folder, metric, mode, python):
         code = 0
     else:
         resuming = os.path.isdir(output_folder)
-        logger.info("[%d/%d] lr=%s: %s train.py in %s (log: %s)", index, total, format_lr(lr),
-                    "resuming" if resuming else "running", output_folder, log_path)
-        code = run_recipe(settings["recipe_folder"], settings["hparams_file"], settings["overrides"], lr,
-                          settings["lr_key"], output_folder, log_path, python=python)
+        logger.info(
+            "[%d/%d] lr=%s: %s train.py in %s (log: %s)",
+            index,
+            total,
+            format_lr(lr),
+            "resuming" if resuming else "running",
+            output_folder,
+            log_path,
+        )
+        code = run_recipe(
+            settings["recipe_folder"],
+            settings["hparams_file"],
+            settings["overrides"],
+            lr,
+            settings["lr_key"],
+            output_folder,
+            log_path,
+            python=python,
+        )
     dev, checkpoint, available = read_dev_metric(output_folder, metric, mode)
     row.update(dev=dev, checkpoint=checkpoint, test=read_test_metric(output_folder, metric))
     if code != 0:
         row.update(status="failed", error=f"exit status {code}")
-        logger.error("[%d/%d] lr=%s failed (exit status %d); log: %s\n%s", index, total, format_lr(lr), code,
-                     log_path, _log_tail(log_path))
+        logger.error(
+            "[%d/%d] lr=%s failed (exit status %d); log: %s\n%s",
+            index,
+            total,
+            format_lr(lr),
+            code,
+            log_path,
+            _log_tail(log_path),
+        )
     elif not os.path.isfile(os.path.join(output_folder, RESULTS_FILE)):
         row.update(status="failed", error=f"no {RESULTS_FILE} written")
         logger.error("[%d/%d] lr=%s ended without %s; log: %s", index, total, format_lr(lr), RESULTS_FILE, log_path)
     elif dev is None:
-        row.update(status="no dev metric",
-                   error=f"no checkpoint meta has `{metric}` (numeric keys there: {available})")
-        logger.error("[%d/%d] lr=%s: no CKPT.yaml in %s has `%s` (its keys: %s); use --metric", index, total,
-                     format_lr(lr), os.path.join(output_folder, "save"), metric, available)
+        row.update(status="no dev metric", error=f"no checkpoint meta has `{metric}` (numeric keys there: {available})")
+        logger.error(
+            "[%d/%d] lr=%s: no CKPT.yaml in %s has `%s` (its keys: %s); use --metric",
+            index,
+            total,
+            format_lr(lr),
+            os.path.join(output_folder, "save"),
+            metric,
+            available,
+        )
     else:
         row["status"] = "finished"
         logger.info("[%d/%d] lr=%s: dev %s %.4g", index, total, format_lr(lr), metric, dev)
@@ -492,7 +563,9 @@ def format_sweep_table(summary):
     metric = summary["metric"]
     conditions = list(dict.fromkeys(name for row in summary["runs"] for name in row.get("test", {})))
     shown = conditions[:1]  # the first test condition (clean in every recipe), for information
-    header = f"| lr | status | dev {metric} ({summary['mode']}) |" + "".join(f" test {metric} ({name}) |" for name in shown)
+    header = f"| lr | status | dev {metric} ({summary['mode']}) |" + "".join(
+        f" test {metric} ({name}) |" for name in shown
+    )
     lines = [header, "|---" * (3 + len(shown)) + "|"]
     best_lr = summary["best"]["lr"] if summary["best"] else None
 
@@ -501,9 +574,15 @@ def format_sweep_table(summary):
 
     for row in summary["runs"]:
         lr = format_lr(row["lr"]) + (" (best)" if row["lr"] == best_lr else "")
-        status = row["status"] if row["status"] == "finished" else f"{row['status']}: {row.get('error', '')}, log {row['log']}"
-        lines.append(f"| {lr} | {status} | {cell(row.get('dev'))} |"
-                     + "".join(f" {cell(row.get('test', {}).get(name))} |" for name in shown))
+        status = (
+            row["status"]
+            if row["status"] == "finished"
+            else f"{row['status']}: {row.get('error', '')}, log {row['log']}"
+        )
+        lines.append(
+            f"| {lr} | {status} | {cell(row.get('dev'))} |"
+            + "".join(f" {cell(row.get('test', {}).get(name))} |" for name in shown)
+        )
     return "\n".join(lines)
 
 
@@ -522,8 +601,9 @@ def plot_sweep(summary, path):
     if points:
         axes.semilogx(*zip(*points), marker="o")
     if summary["best"]:
-        axes.semilogx([summary["best"]["lr"]], [summary["best"]["dev"]], marker="*", markersize=14, linestyle="",
-                      label="best")
+        axes.semilogx(
+            [summary["best"]["lr"]], [summary["best"]["dev"]], marker="*", markersize=14, linestyle="", label="best"
+        )
         axes.legend()
     axes.set_xlabel("learning rate")
     axes.set_ylabel(f"dev {summary['metric']}")
@@ -563,7 +643,7 @@ def parse_arguments(argv):
     """The command line: sweep options, then ``--`` and the recipe's overrides."""
     if "--" in argv:
         split = argv.index("--")
-        argv, overrides = argv[:split], argv[split + 1:]
+        argv, overrides = argv[:split], argv[split + 1 :]
     else:
         overrides = []
     parser = argparse.ArgumentParser(
@@ -577,9 +657,16 @@ def parse_arguments(argv):
     parser.add_argument("--sweep-folder", required=True, help="folder of the runs (lr_<value>/) and the table")
     grid = parser.add_mutually_exclusive_group(required=True)
     grid.add_argument("--lrs", type=float, nargs="+", metavar="LR", help="the learning rates")
-    grid.add_argument("--log-grid", type=float, nargs=3, metavar=("START", "STOP", "NUM"),
-                      help="NUM learning rates log-spaced from START to STOP")
-    parser.add_argument("--metric", default="accuracy", help="dev metric of the checkpoints' CKPT.yaml (default: accuracy)")
+    grid.add_argument(
+        "--log-grid",
+        type=float,
+        nargs=3,
+        metavar=("START", "STOP", "NUM"),
+        help="NUM learning rates log-spaced from START to STOP",
+    )
+    parser.add_argument(
+        "--metric", default="accuracy", help="dev metric of the checkpoints' CKPT.yaml (default: accuracy)"
+    )
     parser.add_argument("--mode", choices=MODES, default="max", help="max: higher is better (default); min: lower")
     parser.add_argument("--lr-key", default="lr", help="the recipe's learning-rate option (default: lr)")
     arguments = parser.parse_args(argv)
@@ -593,9 +680,16 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s lr_sweep: %(message)s", datefmt="%H:%M:%S")
     try:
         lrs = arguments.lrs if arguments.lrs is not None else log_grid(*arguments.log_grid)
-        summary = run_sweep(arguments.recipe_folder, arguments.hparams_file, lrs, arguments.sweep_folder,
-                            metric=arguments.metric, mode=arguments.mode, overrides=arguments.overrides,
-                            lr_key=arguments.lr_key)
+        summary = run_sweep(
+            arguments.recipe_folder,
+            arguments.hparams_file,
+            lrs,
+            arguments.sweep_folder,
+            metric=arguments.metric,
+            mode=arguments.mode,
+            overrides=arguments.overrides,
+            lr_key=arguments.lr_key,
+        )
     except (SweepError, OutputFolderInUse) as error:
         logger.error("%s", error)
         return 2

@@ -31,9 +31,7 @@ DEFAULT_TEST_CONDITIONS = {
 }
 
 
-def build_corruptor(
-    noise_csv, rir_csv, seed=2024, snr_low=0.0, snr_high=20.0, sample_rate=16000, condition_probs=None
-):
+def build_corruptor(noise_csv, rir_csv, seed=2024, snr_low=0.0, snr_high=20.0, sample_rate=16000, condition_probs=None):
     """A :class:`Corruptor` with noise from files only and reverb from a RIR list.
 
     Arguments
@@ -235,4 +233,3 @@ def _available_condition_probs(has_noise, has_reverb):
     if has_noise and has_reverb:
         names.append("noise_reverb")
     return {name: 1.0 / len(names) for name in names}
-

@@ -299,17 +299,33 @@ def write_stdlist(path, scores, threshold=2.0, system_id="benchmark", language="
     >>> [(term.get("file"), term.get("score"), term.get("decision")) for term in root.iter("term")]
     [('quesst14_00001', '2.5000', 'YES'), ('quesst14_00002', '-0.3000', 'NO')]
     """
-    root = ElementTree.Element("stdlist", {
-        "termlist_filename": "benchmark.stdlist.xml", "indexing_time": "1.00", "language": language,
-        "index_size": "1", "system_id": system_id,
-    })
+    root = ElementTree.Element(
+        "stdlist",
+        {
+            "termlist_filename": "benchmark.stdlist.xml",
+            "indexing_time": "1.00",
+            "language": language,
+            "index_size": "1",
+            "system_id": system_id,
+        },
+    )
     for query_id, document_scores in scores.items():
-        termlist = ElementTree.SubElement(root, "detected_termlist", {
-            "termid": query_id, "term_search_time": "1.0", "oov_term_count": "1"})
+        termlist = ElementTree.SubElement(
+            root, "detected_termlist", {"termid": query_id, "term_search_time": "1.0", "oov_term_count": "1"}
+        )
         for document_id, score in document_scores.items():
-            ElementTree.SubElement(termlist, "term", {
-                "file": document_id, "channel": "1", "tbeg": "0.000", "dur": "0.00",
-                "score": f"{float(score):.4f}", "decision": "YES" if score > threshold else "NO"})
+            ElementTree.SubElement(
+                termlist,
+                "term",
+                {
+                    "file": document_id,
+                    "channel": "1",
+                    "tbeg": "0.000",
+                    "dur": "0.00",
+                    "score": f"{float(score):.4f}",
+                    "decision": "YES" if score > threshold else "NO",
+                },
+            )
     ElementTree.indent(root)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
@@ -359,14 +375,15 @@ def read_ground_truth(folder):
             fields = line.split()
             if len(fields) >= 6 and fields[0] == "LEXEME":
                 targets.add((fields[5], _file_stem(fields[1])))
-    documents = [_file_stem(excerpt.get("audio_filename"))
-                 for excerpt in ElementTree.parse(one(".ecf.xml")).getroot().iter("excerpt")]
+    documents = [
+        _file_stem(excerpt.get("audio_filename"))
+        for excerpt in ElementTree.parse(one(".ecf.xml")).getroot().iter("excerpt")
+    ]
     queries = [term.get("termid") for term in ElementTree.parse(one(".tlist.xml")).getroot().iter("term")]
     return {"targets": targets, "queries": queries, "documents": list(dict.fromkeys(documents))}
 
 
-def term_weighted_value(scores, ground_truth, beta=QUESST14_BETA, missing_score=MISSING_TRIAL_SCORE,
-                        decisions=None):
+def term_weighted_value(scores, ground_truth, beta=QUESST14_BETA, missing_score=MISSING_TRIAL_SCORE, decisions=None):
     """Maximum (and actual) term-weighted value over the full ground truth (the SUPERB convention).
 
     ``TWV(theta) = 1 - mean_q [P_miss(q, theta) + beta * P_FA(q, theta)]`` over the queries with at
@@ -461,12 +478,22 @@ def target_separation(scores, targets):
     target, nontarget = np.array(target), np.array(nontarget)
     greater = (target[:, None] > nontarget[None, :]).mean()
     ties = (target[:, None] == nontarget[None, :]).mean()
-    return {"mean_target_score": float(target.mean()), "mean_nontarget_score": float(nontarget.mean()),
-            "auc": float(greater + 0.5 * ties)}
+    return {
+        "mean_target_score": float(target.mean()),
+        "mean_nontarget_score": float(nontarget.mean()),
+        "auc": float(greater + 0.5 * ties),
+    }
 
 
-def qbe_scores(query_features, document_features, minmax=True, normalize=True, eps=1e-9,
-               min_query_frames=MIN_QUERY_FRAMES, chunk_frames=50000):
+def qbe_scores(
+    query_features,
+    document_features,
+    minmax=True,
+    normalize=True,
+    eps=1e-9,
+    min_query_frames=MIN_QUERY_FRAMES,
+    chunk_frames=50000,
+):
     """Standardise, search every query in every document, z-normalise per query (one layer).
 
     Arguments

@@ -67,12 +67,14 @@ def write_condition_results(output_folder, task, results, metric_names, upstream
         lines += [f"Upstream: {upstream.description}", ""]
     lines.append(format_results_table(results, metric_names))
     if layer_weights is not None:
-        lines += ["", "Layer weights: " + ", ".join(f"{index}: {weight:.3f}" for index, weight in enumerate(layer_weights))]
+        lines += [
+            "",
+            "Layer weights: " + ", ".join(f"{index}: {weight:.3f}" for index, weight in enumerate(layer_weights)),
+        ]
     with open(os.path.join(output_folder, "results.md"), "w", encoding="utf-8") as fout:
         fout.write("\n".join(lines) + "\n")
     logger.info("Results per condition written to %s/results.{json,md}", output_folder)
     return content
-
 
 
 def read_provenance(output_folder):

@@ -13,7 +13,12 @@ import speechbrain as sb
 import yaml
 
 from robustdistiller.downstream.brain import checkpoint_selection
-from robustdistiller.downstream.upstream import _describe_upstream, check_upstream_identity, FrozenUpstream, UPSTREAM_IDENTITY_FILE
+from robustdistiller.downstream.upstream import (
+    _describe_upstream,
+    check_upstream_identity,
+    FrozenUpstream,
+    UPSTREAM_IDENTITY_FILE,
+)
 from robustdistiller.runs.options import as_list, integer_at_least
 from robustdistiller.runs.run_folder import lock_output_folder
 
@@ -108,14 +113,19 @@ def start_run(hparams_file, hparams, overrides):
         return
     identity = upstream.identity()
     if recorded is None:
-        logger.info("Upstream %s recorded in %s", _describe_upstream(identity),
-                    os.path.join(hparams["save_folder"], UPSTREAM_IDENTITY_FILE))
+        logger.info(
+            "Upstream %s recorded in %s",
+            _describe_upstream(identity),
+            os.path.join(hparams["save_folder"], UPSTREAM_IDENTITY_FILE),
+        )
     elif (recorded.get("source_path") or recorded.get("source")) != (identity["source_path"] or identity["source"]):
-        logger.info("Upstream %s has the weights recorded for this folder (given then as '%s'): resuming.",
-                    _describe_upstream(identity), recorded.get("source_path") or recorded.get("source"))
+        logger.info(
+            "Upstream %s has the weights recorded for this folder (given then as '%s'): resuming.",
+            _describe_upstream(identity),
+            recorded.get("source_path") or recorded.get("source"),
+        )
     else:
         logger.info("Upstream %s is the one recorded for this folder: resuming.", _describe_upstream(identity))
-
 
 
 RUN_INFO_FILE = "run_info.json"
@@ -131,7 +141,7 @@ def write_run_info(hparams_file, hparams, overrides):
     hparams_file = os.path.abspath(hparams_file)
     recipe_folder = os.path.dirname(os.path.dirname(hparams_file))
     parts = recipe_folder.split(os.sep)
-    recipe = "/".join(parts[parts.index("recipes") + 1:]) if "recipes" in parts else recipe_folder
+    recipe = "/".join(parts[parts.index("recipes") + 1 :]) if "recipes" in parts else recipe_folder
     if isinstance(overrides, str):
         overrides = yaml.safe_load(overrides) if overrides.strip() else {}
     info = {

@@ -53,8 +53,9 @@ def read_iemocap_s3prl_order(path=None):
             continue
         fields = line.split("\t")
         if len(fields) != 2 or fields[1] not in ER_CLASSES:
-            raise ValueError(f"{path}:{number}: expected '<utterance id><TAB><{'|'.join(ER_CLASSES)}>', "
-                             f"got {line.rstrip()!r}")
+            raise ValueError(
+                f"{path}:{number}: expected '<utterance id><TAB><{'|'.join(ER_CLASSES)}>', got {line.rstrip()!r}"
+            )
         order.append((fields[0], fields[1]))
     return order
 
@@ -70,8 +71,11 @@ def iemocap_s3prl_pool(test_session, path=None):
     >>> len(pool), pool[0][0][:5], {utterance[:5] for utterance, _ in pool} == {"Ses02", "Ses03", "Ses04", "Ses05"}
     (4446, 'Ses02', True)
     """
-    return [(utterance, label) for utterance, label in read_iemocap_s3prl_order(path)
-            if int(utterance[3:5]) != int(test_session)]
+    return [
+        (utterance, label)
+        for utterance, label in read_iemocap_s3prl_order(path)
+        if int(utterance[3:5]) != int(test_session)
+    ]
 
 
 def read_s3prl_meta_data(meta_data_folder, test_session):
@@ -92,10 +96,13 @@ def read_s3prl_meta_data(meta_data_folder, test_session):
     try:
         content = json.loads(read_text(path, "s3prl split file"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"s3prl split file '{path}' is not JSON ({error}); expected s3prl's "
-                         f"downstream/emotion/meta_data/Session{test_session}/train_meta_data.json") from None
+        raise ValueError(
+            f"s3prl split file '{path}' is not JSON ({error}); expected s3prl's "
+            f"downstream/emotion/meta_data/Session{test_session}/train_meta_data.json"
+        ) from None
     try:
-        return [(os.path.splitext(os.path.basename(item["path"]))[0], item.get("label"))
-                for item in content["meta_data"]]
+        return [
+            (os.path.splitext(os.path.basename(item["path"]))[0], item.get("label")) for item in content["meta_data"]
+        ]
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path}: expected {{'meta_data': [{{'path': ..., 'label': ...}}, ...]}}") from error

@@ -78,13 +78,28 @@ class MaskEstimator(nn.Module):
     torch.Size([3, 20, 9, 2])
     """
 
-    def __init__(self, input_size, num_sources=1, num_bins=N_FFT // 2 + 1, hidden_size=896, num_layers=3,
-                 dropout=0.5, bidirectional=True, activation="relu"):
+    def __init__(
+        self,
+        input_size,
+        num_sources=1,
+        num_bins=N_FFT // 2 + 1,
+        hidden_size=896,
+        num_layers=3,
+        dropout=0.5,
+        bidirectional=True,
+        activation="relu",
+    ):
         super().__init__()
         if activation not in ("relu", "sigmoid"):
             raise ValueError(f"MaskEstimator activation must be 'relu' or 'sigmoid', got {activation!r}.")
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True,
-                            dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
+        self.lstm = nn.LSTM(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
+        )
         self.dropout = nn.Dropout(dropout)
         directions = 2 if bidirectional else 1
         self.outputs = nn.ModuleList(nn.Linear(directions * hidden_size, num_bins) for _ in range(num_sources))
@@ -92,8 +107,9 @@ class MaskEstimator(nn.Module):
 
     def forward(self, features, lengths):
         """``features [B, F, D]``, ``lengths [B]`` (frames) -> masks ``[B, F, bins, sources]`` (0 past the end)."""
-        packed = nn.utils.rnn.pack_padded_sequence(features, lengths.cpu().long().clamp(min=1), batch_first=True,
-                                                   enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            features, lengths.cpu().long().clamp(min=1), batch_first=True, enforce_sorted=False
+        )
         hidden, _ = self.lstm(packed)
         hidden, _ = nn.utils.rnn.pad_packed_sequence(hidden, batch_first=True, total_length=features.shape[1])
         hidden = self.dropout(hidden)
@@ -167,7 +183,7 @@ def pit_mask_loss(masks, noisy_magnitude, targets, frame_lengths, distance="mse"
     0.0
     """
     estimates = masks * noisy_magnitude.unsqueeze(-1)
-    valid = (torch.arange(masks.shape[1], device=masks.device)[None, :] < frame_lengths.to(masks.device)[:, None])
+    valid = torch.arange(masks.shape[1], device=masks.device)[None, :] < frame_lengths.to(masks.device)[:, None]
     num_sources = masks.shape[-1]
     per_permutation = []
     for permutation in itertools.permutations(range(num_sources)):
@@ -199,10 +215,19 @@ def reconstruct(masks, noisy_spectrum, num_samples, n_fft=N_FFT, win_length=WIN_
     True
     """
     batch, frames, bins, num_sources = masks.shape
-    masked = (masks.float() * noisy_spectrum.unsqueeze(-1)).permute(0, 3, 2, 1).reshape(batch * num_sources, bins, frames)
+    masked = (
+        (masks.float() * noisy_spectrum.unsqueeze(-1)).permute(0, 3, 2, 1).reshape(batch * num_sources, bins, frames)
+    )
     window = torch.hann_window(win_length, device=masks.device)
-    waveforms = torch.istft(masked, n_fft=n_fft, hop_length=hop_length, win_length=win_length, window=window,
-                            center=True, length=num_samples)
+    waveforms = torch.istft(
+        masked,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        win_length=win_length,
+        window=window,
+        center=True,
+        length=num_samples,
+    )
     return waveforms.reshape(batch, num_sources, num_samples).transpose(1, 2)
 
 
@@ -238,8 +263,9 @@ def si_sdr(estimate, reference):
     estimate = np.asarray(estimate, dtype=np.float64).reshape(-1)
     reference = np.asarray(reference, dtype=np.float64).reshape(-1)
     if estimate.shape != reference.shape or estimate.size == 0:
-        raise ValueError(f"si_sdr needs two signals of one non-zero length, got {estimate.size} and {reference.size} "
-                         f"samples.")
+        raise ValueError(
+            f"si_sdr needs two signals of one non-zero length, got {estimate.size} and {reference.size} samples."
+        )
     estimate = estimate - estimate.mean()
     reference = reference - reference.mean()
     scale = np.dot(reference, estimate) / (np.dot(reference, reference) + SI_SDR_EPS)
@@ -276,7 +302,7 @@ def suppress_end_impulse(waveform, window_size=WIN_LENGTH, min_tail=2048):
     if louder.size == 0:
         return waveform
     processed = waveform.copy()
-    processed[start + int(louder.min()):] = 0
+    processed[start + int(louder.min()) :] = 0
     return processed
 
 
@@ -327,10 +353,14 @@ def utterance_scores(estimates, references, input_wav, quality=False, utterance_
     result = {"SI_SDR": float(np.mean(scores)), "SI_SDR_input": float(np.mean(input_scores))}
     result["SI_SDRi"] = result["SI_SDR"] - result["SI_SDR_input"]
     if quality:
-        for name, signals in (("", [estimates[:, index] for index in permutation]),
-                              ("_input", [input_wav] * references.shape[1])):
-            measured = [speech_quality(signal, references[:, index], sample_rate, utterance_id)
-                        for index, signal in enumerate(signals)]
+        for name, signals in (
+            ("", [estimates[:, index] for index in permutation]),
+            ("_input", [input_wav] * references.shape[1]),
+        ):
+            measured = [
+                speech_quality(signal, references[:, index], sample_rate, utterance_id)
+                for index, signal in enumerate(signals)
+            ]
             if all(measure is not None for measure in measured):
                 result["PESQ" + name] = float(np.mean([measure["pesq"] for measure in measured]))
                 result["STOI" + name] = float(np.mean([measure["stoi"] for measure in measured]))
@@ -350,7 +380,9 @@ def average_scores(scores):
         values = [score[name] for score in scores if name in score]
         means[name] = float(np.mean(values))
     for name in ("PESQ", "STOI"):
-        paired = [score[name] - score[f"{name}_input"] for score in scores if name in score and f"{name}_input" in score]
+        paired = [
+            score[name] - score[f"{name}_input"] for score in scores if name in score and f"{name}_input" in score
+        ]
         if paired:
             means[f"{name}_improvement"] = float(np.mean(paired))
             means[f"{name}_scored"] = len(paired)
@@ -411,17 +443,37 @@ class MaskingBrain(DownstreamBrain):
     def score_batch(self, batch, masks, noisy_spectrum, stage):
         """Reconstructs each utterance and appends its metrics."""
         wavs, wav_lens = batch.sig
-        estimates = reconstruct(masks, noisy_spectrum, wavs.shape[1], self.hparams.n_fft, self.hparams.win_length,
-                                self.hparams.hop_length).cpu().numpy()
+        estimates = (
+            reconstruct(
+                masks,
+                noisy_spectrum,
+                wavs.shape[1],
+                self.hparams.n_fft,
+                self.hparams.win_length,
+                self.hparams.hop_length,
+            )
+            .cpu()
+            .numpy()
+        )
         references = batch.sources[0].cpu().numpy()
         inputs = wavs.cpu().numpy()
         quality = self.hparams.valid_quality if stage == sb.Stage.VALID else self.hparams.test_quality
         for index, utterance_id in enumerate(batch.id):
             length = int(round(float(wav_lens[index]) * wavs.shape[1]))
-            estimate = np.stack([suppress_end_impulse(estimates[index, :length, source])
-                                 for source in range(estimates.shape[2])], axis=1)
-            self.scores.append(utterance_scores(estimate, references[index, :length], inputs[index, :length],
-                                                quality, utterance_id, self.hparams.sample_rate))
+            estimate = np.stack(
+                [suppress_end_impulse(estimates[index, :length, source]) for source in range(estimates.shape[2])],
+                axis=1,
+            )
+            self.scores.append(
+                utterance_scores(
+                    estimate,
+                    references[index, :length],
+                    inputs[index, :length],
+                    quality,
+                    utterance_id,
+                    self.hparams.sample_rate,
+                )
+            )
             if stage == sb.Stage.TEST and self.saved_examples < self.hparams.num_saved_examples:
                 self.save_example(utterance_id, estimate, inputs[index, :length])
 
@@ -435,8 +487,11 @@ class MaskingBrain(DownstreamBrain):
         os.makedirs(folder, exist_ok=True)
         soundfile.write(os.path.join(folder, f"{utterance_id}_input.wav"), input_wav, self.hparams.sample_rate)
         for index in range(estimates.shape[1]):
-            soundfile.write(os.path.join(folder, f"{utterance_id}_source{index + 1}.wav"), estimates[:, index],
-                            self.hparams.sample_rate)
+            soundfile.write(
+                os.path.join(folder, f"{utterance_id}_source{index + 1}.wav"),
+                estimates[:, index],
+                self.hparams.sample_rate,
+            )
         self.saved_examples += 1
 
     def on_stage_start(self, stage, epoch=None):
@@ -453,7 +508,8 @@ class MaskingBrain(DownstreamBrain):
         if stage == sb.Stage.VALID:
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
-                train_stats={"loss": self.train_loss}, valid_stats=stats,
+                train_stats={"loss": self.train_loss},
+                valid_stats=stats,
             )
             self.keep_best_checkpoint(stats)
             return

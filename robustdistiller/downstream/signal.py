@@ -100,8 +100,16 @@ class SignalPipeline(AudioPipeline):
         seed=0,
         key_prefix="",
     ):
-        super().__init__(sample_rate, corruptor=corruptor, condition=condition, snr=snr, max_samples=max_samples,
-                         random_crop=random_crop, seed=seed, key_prefix=key_prefix)
+        super().__init__(
+            sample_rate,
+            corruptor=corruptor,
+            condition=condition,
+            snr=snr,
+            max_samples=max_samples,
+            random_crop=random_crop,
+            seed=seed,
+            key_prefix=key_prefix,
+        )
         self.source_columns = tuple(source_columns)
         self.input_column = input_column
         self.load_sources = bool(load_sources)
@@ -205,8 +213,16 @@ def signal_dataset(csv_file, pipeline, output_keys, extra_items=()):
     return dataset
 
 
-def signal_datasets(hparams, csv_files, source_columns, output_keys, extra_items, test_corruptor,
-                    train_corruptor=None, load_sources=True):
+def signal_datasets(
+    hparams,
+    csv_files,
+    source_columns,
+    output_keys,
+    extra_items,
+    test_corruptor,
+    train_corruptor=None,
+    load_sources=True,
+):
     """Train / valid datasets and the ``(name, spec) -> dataset`` test-set factory of a signal task.
 
     Training reads ``train_input`` (default ``wav``: the released input), crops to ``max_train_samples``
@@ -224,9 +240,15 @@ def signal_datasets(hparams, csv_files, source_columns, output_keys, extra_items
     """
     sample_rate = hparams["sample_rate"]
     train_pipeline = SignalPipeline(
-        sample_rate, source_columns, hparams.get("train_input", "wav"), corruptor=train_corruptor,
-        load_sources=load_sources, max_samples=hparams.get("max_train_samples"), random_crop=True,
-        seed=hparams["seed"], key_prefix="train/",
+        sample_rate,
+        source_columns,
+        hparams.get("train_input", "wav"),
+        corruptor=train_corruptor,
+        load_sources=load_sources,
+        max_samples=hparams.get("max_train_samples"),
+        random_crop=True,
+        seed=hparams["seed"],
+        key_prefix="train/",
     )
     train = signal_dataset(csv_files["train"], train_pipeline, output_keys, extra_items)
     valid_pipeline = SignalPipeline(sample_rate, source_columns, "wav", load_sources=load_sources)
@@ -235,9 +257,13 @@ def signal_datasets(hparams, csv_files, source_columns, output_keys, extra_items
 
     def make_test_set(name, spec):
         pipeline = SignalPipeline(
-            sample_rate, source_columns, spec.get("input", default_input),
+            sample_rate,
+            source_columns,
+            spec.get("input", default_input),
             corruptor=None if spec["condition"] == "clean" else test_corruptor,
-            condition=spec["condition"], snr=spec.get("snr"), load_sources=load_sources,
+            condition=spec["condition"],
+            snr=spec.get("snr"),
+            load_sources=load_sources,
             key_prefix=paired_condition_key(spec),
         )
         return signal_dataset(csv_files["test"], pipeline, output_keys, extra_items)
@@ -270,8 +296,9 @@ def drop_missing_inputs(conditions, csv_file, source_columns, default_input=SOUR
         columns = list(source_columns) if column == SOURCES_INPUT else [column]
         empty = [column for column in columns if not rows or not all(row.get(column) for row in rows)]
         if empty:
-            logger.warning("Test condition '%s' skipped: %s has no file in column(s) %s for every utterance",
-                           name, csv_file, empty)
+            logger.warning(
+                "Test condition '%s' skipped: %s has no file in column(s) %s for every utterance", name, csv_file, empty
+            )
             continue
         kept[name] = spec
     return kept

@@ -135,15 +135,18 @@ def trim_silence(waveform, sample_rate=16000, duration=0.1, threshold=0.1, gain_
     """
     keep = silence_keep_mask(
         waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else waveform,
-        sample_rate, duration, threshold, gain_db, precision,
+        sample_rate,
+        duration,
+        threshold,
+        gain_db,
+        precision,
     )
     if isinstance(waveform, torch.Tensor):
         return waveform[torch.from_numpy(keep).to(waveform.device)]
     return np.asarray(waveform)[keep]
 
 
-def trim_silence_reference(waveform, sample_rate=16000, duration=0.1, threshold=0.1, gain_db=-3.0,
-                           precision=None):
+def trim_silence_reference(waveform, sample_rate=16000, duration=0.1, threshold=0.1, gain_db=-3.0, precision=None):
     """A literal per-sample transcription of sox 14.4 ``silence.c`` (mono, restart mode); slow.
 
     The parity reference of :func:`trim_silence` in the tests. Returns the kept samples (numpy).

@@ -63,8 +63,7 @@ def read_slot_types(slots_file):
             f"first line 'O' (the release's slots.txt, next to all.iob.snips.txt)."
         ) from error
     if not lines or lines[0] != OUTSIDE_TAG:
-        raise ValueError(f"'{slots_file}': the first line must be 'O' (then one slot name per line), "
-                         f"got {lines[:1]}.")
+        raise ValueError(f"'{slots_file}': the first line must be 'O' (then one slot name per line), got {lines[:1]}.")
     return [line for line in lines[1:] if line]
 
 
@@ -92,8 +91,9 @@ def parse_iob_line(line, source="all.iob.snips.txt"):
     sentence, labels = text.split("\t", 1)
     fields, tags = sentence.split(" "), labels.split(" ")
     if len(fields) < 3 or fields[1] != "BOS" or fields[-1] != "EOS" or len(tags) != len(fields) - 1:
-        raise ValueError(f"{source}: expected '<id> BOS <WORDS> EOS<TAB>O <TAGS> <Intent>' with one tag per "
-                         f"word, got {line!r}")
+        raise ValueError(
+            f"{source}: expected '<id> BOS <WORDS> EOS<TAB>O <TAGS> <Intent>' with one tag per word, got {line!r}"
+        )
     return fields[0], fields[2:-1], tags[1:-1], tags[-1]
 
 
@@ -225,8 +225,10 @@ def wer(hypotheses, references):
     >>> wer(["PLAY ABBA"], ["PLAY SOME ABBA"])
     0.3333333333333333
     """
-    errors = sum(edit_distance(reference.split(" "), hypothesis.split(" "))
-                 for hypothesis, reference in zip(hypotheses, references))
+    errors = sum(
+        edit_distance(reference.split(" "), hypothesis.split(" "))
+        for hypothesis, reference in zip(hypotheses, references)
+    )
     return errors / sum(len(reference.split(" ")) for reference in references)
 
 
@@ -268,8 +270,10 @@ def _slot_pairs(hypotheses, references):
     """Per utterance: (hypothesis slots, reference slots), parsed as s3prl does."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
-    return [(parse_slots(hypothesis, clean_values=True), parse_slots(reference))
-            for hypothesis, reference in zip(hypotheses, references)]
+    return [
+        (parse_slots(hypothesis, clean_values=True), parse_slots(reference))
+        for hypothesis, reference in zip(hypotheses, references)
+    ]
 
 
 def slot_type_f1(hypotheses, references):
@@ -366,8 +370,9 @@ def slot_edit_f1(hypotheses, references, loop_over_all_slots=True):
                     false_negatives += 1
                     false_positives += 1
         if loop_over_all_slots:
-            false_positives += sum(len(values) for slot_type, values in hypothesis.items()
-                                   if slot_type not in reference)
+            false_positives += sum(
+                len(values) for slot_type, values in hypothesis.items() if slot_type not in reference
+            )
     denominator = 2 * true_positives + false_positives + false_negatives
     if denominator == 0:
         raise ValueError("slot_edit_f1: no slot in the references or hypotheses (s3prl divides by zero here)")
@@ -389,9 +394,12 @@ def slot_filling_metrics(hypotheses, references):
     (1.0, 0.0, 0.0)
     """
     metrics = {"slot_type_f1": slot_type_f1(hypotheses, references)}
-    for name, function in (("slot_value_cer", slot_value_cer), ("slot_value_wer", slot_value_wer),
-                           ("slot_edit_f1_full", lambda h, r: slot_edit_f1(h, r, True)),
-                           ("slot_edit_f1_part", lambda h, r: slot_edit_f1(h, r, False))):
+    for name, function in (
+        ("slot_value_cer", slot_value_cer),
+        ("slot_value_wer", slot_value_wer),
+        ("slot_edit_f1_full", lambda h, r: slot_edit_f1(h, r, True)),
+        ("slot_edit_f1_part", lambda h, r: slot_edit_f1(h, r, False)),
+    ):
         try:
             metrics[name] = function(hypotheses, references)
         except ValueError:

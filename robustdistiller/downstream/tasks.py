@@ -156,43 +156,129 @@ class TaskInfo:
 TASKS = {
     task.name: task
     for task in (
-        TaskInfo("KS", "SpeechCommands/KS", "hparams/superb_ks.yaml", "accuracy", True,
-                 S3prlBudget(train_utterances=51_424, note="1,607 steps per epoch at batch 32")),
-        TaskInfo("IC", "FluentSpeechCommands/IC", "hparams/superb_ic.yaml", "accuracy", True,
-                 S3prlBudget(train_utterances=23_132),
-                 note="accuracy: all three slots right"),
-        TaskInfo("ER", "IEMOCAP/ER", "hparams/superb_er.yaml", "accuracy", True,
-                 S3prlBudget(updates=30_000, train_utterances=3_400,
-                             note="4 x 8; the smallest fold trains on ~3,400 utterances"),
-                 ("accuracy_std",),
-                 note="one test session per run (test_session); run_all_folds: True gives the mean over the "
-                      "five folds in the pair's folder"),
-        TaskInfo("SID", "VoxCeleb1/SID", "hparams/superb_sid.yaml", "accuracy", True,
-                 S3prlBudget(train_utterances=138_361, note="8 x 4")),
-        TaskInfo("ASV", "VoxCeleb1/ASV", "hparams/superb_asv.yaml", "EER", False,
-                 S3prlBudget(optimizer=torch.optim.AdamW, effective_batch=(50,), clip=1000.0,
-                             weight_decay=TORCH_ADAMW_DEFAULT_WEIGHT_DECAY, train_utterances=143_000,
-                             note="10 x 5; 1,171 training speakers after 40 held out"),
-                 ("minDCF",)),
-        TaskInfo("PR", "LibriSpeech/PR", "hparams/superb_pr.yaml", "PER", False,
-                 S3prlBudget(lr=1e-2, updates=100_000, train_utterances=28_539, note="16 x 2, bucketed")),
-        TaskInfo("ASR", "LibriSpeech/ASR", "hparams/superb_asr.yaml", "WER", False,
-                 S3prlBudget(effective_batch=(32, 16), train_utterances=28_539,
-                             note="32 nominal, 16 by s3prl's HALF_BATCHSIZE_TIME quirk"),
-                 ("CER",)),
-        TaskInfo("SF", "SNIPS/SF", "hparams/superb_sf.yaml", "slot_type_f1", True, S3prlBudget(),
-                 ("slot_value_cer",)),
-        TaskInfo("QbE", "QUESST14/QbE", "hparams/superb_qbe.yaml", "mtwv", True,
-                 S3prlBudget(optimizer=None, note="no training"), ("act_twv",)),
-        TaskInfo("SD", "LibriMix/SD", "hparams/superb_sd.yaml", "DER", False,
-                 S3prlBudget(updates=30_000, note="8 x 4"), ("DER_best_on_test",)),
-        TaskInfo("SE", "VoiceBank/SE", "hparams/superb_se.yaml", "PESQ", True,
-                 S3prlBudget(optimizer=torch.optim.AdamW, effective_batch=(8,), updates=150_000, weight_decay=0.0,
-                             note="s3prl's AdamW: weight decay 0"),
-                 ("STOI", "SI_SDRi")),
-        TaskInfo("SS", "LibriMix/SS", "hparams/superb_ss.yaml", "SI_SDRi", True,
-                 S3prlBudget(optimizer=torch.optim.AdamW, effective_batch=(8,), updates=150_000, weight_decay=0.0,
-                             note="s3prl's AdamW: weight decay 0")),
+        TaskInfo(
+            "KS",
+            "SpeechCommands/KS",
+            "hparams/superb_ks.yaml",
+            "accuracy",
+            True,
+            S3prlBudget(train_utterances=51_424, note="1,607 steps per epoch at batch 32"),
+        ),
+        TaskInfo(
+            "IC",
+            "FluentSpeechCommands/IC",
+            "hparams/superb_ic.yaml",
+            "accuracy",
+            True,
+            S3prlBudget(train_utterances=23_132),
+            note="accuracy: all three slots right",
+        ),
+        TaskInfo(
+            "ER",
+            "IEMOCAP/ER",
+            "hparams/superb_er.yaml",
+            "accuracy",
+            True,
+            S3prlBudget(
+                updates=30_000, train_utterances=3_400, note="4 x 8; the smallest fold trains on ~3,400 utterances"
+            ),
+            ("accuracy_std",),
+            note="one test session per run (test_session); run_all_folds: True gives the mean over the "
+            "five folds in the pair's folder",
+        ),
+        TaskInfo(
+            "SID",
+            "VoxCeleb1/SID",
+            "hparams/superb_sid.yaml",
+            "accuracy",
+            True,
+            S3prlBudget(train_utterances=138_361, note="8 x 4"),
+        ),
+        TaskInfo(
+            "ASV",
+            "VoxCeleb1/ASV",
+            "hparams/superb_asv.yaml",
+            "EER",
+            False,
+            S3prlBudget(
+                optimizer=torch.optim.AdamW,
+                effective_batch=(50,),
+                clip=1000.0,
+                weight_decay=TORCH_ADAMW_DEFAULT_WEIGHT_DECAY,
+                train_utterances=143_000,
+                note="10 x 5; 1,171 training speakers after 40 held out",
+            ),
+            ("minDCF",),
+        ),
+        TaskInfo(
+            "PR",
+            "LibriSpeech/PR",
+            "hparams/superb_pr.yaml",
+            "PER",
+            False,
+            S3prlBudget(lr=1e-2, updates=100_000, train_utterances=28_539, note="16 x 2, bucketed"),
+        ),
+        TaskInfo(
+            "ASR",
+            "LibriSpeech/ASR",
+            "hparams/superb_asr.yaml",
+            "WER",
+            False,
+            S3prlBudget(
+                effective_batch=(32, 16),
+                train_utterances=28_539,
+                note="32 nominal, 16 by s3prl's HALF_BATCHSIZE_TIME quirk",
+            ),
+            ("CER",),
+        ),
+        TaskInfo("SF", "SNIPS/SF", "hparams/superb_sf.yaml", "slot_type_f1", True, S3prlBudget(), ("slot_value_cer",)),
+        TaskInfo(
+            "QbE",
+            "QUESST14/QbE",
+            "hparams/superb_qbe.yaml",
+            "mtwv",
+            True,
+            S3prlBudget(optimizer=None, note="no training"),
+            ("act_twv",),
+        ),
+        TaskInfo(
+            "SD",
+            "LibriMix/SD",
+            "hparams/superb_sd.yaml",
+            "DER",
+            False,
+            S3prlBudget(updates=30_000, note="8 x 4"),
+            ("DER_best_on_test",),
+        ),
+        TaskInfo(
+            "SE",
+            "VoiceBank/SE",
+            "hparams/superb_se.yaml",
+            "PESQ",
+            True,
+            S3prlBudget(
+                optimizer=torch.optim.AdamW,
+                effective_batch=(8,),
+                updates=150_000,
+                weight_decay=0.0,
+                note="s3prl's AdamW: weight decay 0",
+            ),
+            ("STOI", "SI_SDRi"),
+        ),
+        TaskInfo(
+            "SS",
+            "LibriMix/SS",
+            "hparams/superb_ss.yaml",
+            "SI_SDRi",
+            True,
+            S3prlBudget(
+                optimizer=torch.optim.AdamW,
+                effective_batch=(8,),
+                updates=150_000,
+                weight_decay=0.0,
+                note="s3prl's AdamW: weight decay 0",
+            ),
+        ),
     )
 }
 """Every downstream task, by name: the one list of tasks (the report, the protocol tests and the docs read it)."""
@@ -207,8 +293,9 @@ def get_task(name):
     ('SpeechCommands/KS', False)
     """
     if name not in TASKS:
-        raise ValueError(f"Unknown task '{name}': the registry (robustdistiller/downstream/tasks.py) knows "
-                         f"{', '.join(TASKS)}")
+        raise ValueError(
+            f"Unknown task '{name}': the registry (robustdistiller/downstream/tasks.py) knows {', '.join(TASKS)}"
+        )
     return TASKS[name]
 
 

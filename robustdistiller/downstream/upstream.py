@@ -49,13 +49,28 @@ UPSTREAM_IDENTITY_FILE = "upstream.json"
 # Fields of FrozenUpstream.identity() that must match for a run to resume: what the features are made
 # of. The source (its spelling, or where a copy of the weights lives) is recorded but not compared.
 IDENTITY_FIELDS = (
-    "kind", "fingerprint", "num_layers", "hidden_size", "include_predictions", "per_utterance_norm", "student_layer0"
+    "kind",
+    "fingerprint",
+    "num_layers",
+    "hidden_size",
+    "include_predictions",
+    "per_utterance_norm",
+    "student_layer0",
 )
 
 
 # Path components that say nothing about which model a path holds (our own folder and file names).
 _GENERIC_PATH_PARTS = {
-    "save", "student", "model", "checkpoint", "checkpoints", "export", "exported", "final", "pruned", "dpwavlm"
+    "save",
+    "student",
+    "model",
+    "checkpoint",
+    "checkpoints",
+    "export",
+    "exported",
+    "final",
+    "pruned",
+    "dpwavlm",
 }
 
 
@@ -183,7 +198,9 @@ class FrozenUpstream(nn.Module):
             kind = self._detect_kind(source)
         self.kind = kind
         if student_layer0 not in STUDENT_LAYER0_CHOICES:
-            raise OptionError(f"upstream student_layer0 must be one of {STUDENT_LAYER0_CHOICES}, got {student_layer0!r}")
+            raise OptionError(
+                f"upstream student_layer0 must be one of {STUDENT_LAYER0_CHOICES}, got {student_layer0!r}"
+            )
         self.student_layer0 = student_layer0 if kind in ("student", "onnx") else "encoder_input"
         self.include_predictions = bool(include_predictions)
         self.per_utterance_norm = bool(per_utterance_norm)
@@ -252,7 +269,9 @@ class FrozenUpstream(nn.Module):
         if encoder.per_utterance_norm != self.per_utterance_norm:
             logger.warning(
                 "%s was exported with per_utterance_norm=%s (built into the graph); the option %s is ignored",
-                path, encoder.per_utterance_norm, self.per_utterance_norm,
+                path,
+                encoder.per_utterance_norm,
+                self.per_utterance_norm,
             )
             self.per_utterance_norm = encoder.per_utterance_norm
         self.description = f"ONNX student {path} ({'int8' if encoder.quantized else 'fp32'})"
@@ -361,7 +380,6 @@ class FrozenUpstream(nn.Module):
                 layers += list(output.predictions.unbind(dim=1))
             return torch.stack(layers, dim=1).float(), output.frame_mask
 
-
     def _forward_onnx(self, wavs, wav_lens):
         """The ONNX session's layers, in the student kind's order, as torch tensors on ``wavs``' device."""
         lengths = None if wav_lens is None else wav_lens.detach().float().cpu().numpy()
@@ -444,7 +462,9 @@ def check_upstream_identity(save_folder, upstream, record=True):
                 logger.warning(
                     "%s has checkpoints but no %s (a run of an older version): which upstream they were "
                     "trained on cannot be checked; recording %s.",
-                    save_folder, UPSTREAM_IDENTITY_FILE, _describe_upstream(identity),
+                    save_folder,
+                    UPSTREAM_IDENTITY_FILE,
+                    _describe_upstream(identity),
                 )
             os.makedirs(save_folder, exist_ok=True)
             path = os.path.join(save_folder, UPSTREAM_IDENTITY_FILE)
@@ -469,4 +489,3 @@ def check_upstream_identity(save_folder, upstream, record=True):
             f"name>/<seed>, differs between upstreams of different names), or delete the old run's folder."
         )
     return recorded
-

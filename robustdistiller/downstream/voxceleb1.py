@@ -28,9 +28,11 @@ from robustdistiller.data.files import SkippedFolders, list_folder
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("<data_folder>/wav/idNNNNN/<video>/NNNNN.wav (both archives in one wav/ folder)",
-           "<data_folder>/dev/wav/idNNNNN/... and <data_folder>/test/wav/idNNNNN/... (s3prl's layout; any "
-           "<data_folder>/*/wav/ folder is read)")
+LAYOUTS = (
+    "<data_folder>/wav/idNNNNN/<video>/NNNNN.wav (both archives in one wav/ folder)",
+    "<data_folder>/dev/wav/idNNNNN/... and <data_folder>/test/wav/idNNNNN/... (s3prl's layout; any "
+    "<data_folder>/*/wav/ folder is read)",
+)
 
 
 def voxceleb1_wav_folders(data_folder, skipped=None):
@@ -62,8 +64,9 @@ def voxceleb1_wav_folders(data_folder, skipped=None):
     ['dev/wav', 'test/wav']
     """
     if not os.path.isdir(data_folder):
-        raise FileNotFoundError(f"VoxCeleb1 folder '{data_folder}' not found (data_folder); expected "
-                                + " or ".join(LAYOUTS))
+        raise FileNotFoundError(
+            f"VoxCeleb1 folder '{data_folder}' not found (data_folder); expected " + " or ".join(LAYOUTS)
+        )
     own_record = skipped is None
     skipped = SkippedFolders(f"the VoxCeleb1 wav folders of {data_folder}") if own_record else skipped
     folders = []
@@ -119,8 +122,12 @@ def speaker_folders(wav_folders):
             else:
                 owner[speaker] = folder
     if duplicates:
-        logger.warning("VoxCeleb1: %d speakers are in more than one wav folder (e.g. %s); the first folder of %s "
-                       "is used", len(duplicates), duplicates[:3], wav_folders)
+        logger.warning(
+            "VoxCeleb1: %d speakers are in more than one wav folder (e.g. %s); the first folder of %s is used",
+            len(duplicates),
+            duplicates[:3],
+            wav_folders,
+        )
     return owner
 
 

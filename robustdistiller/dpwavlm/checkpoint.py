@@ -156,7 +156,9 @@ def from_hf_model(folder, **prune_flags):
     # The distillation's teacher loader: config.json, model type and complete weight files are checked
     # first, and every parameter must come from the weights; errors name the folder or the damaged file.
     hf_model = load_model_folder(
-        str(folder), model_class=transformers.AutoModel, model_types=("wavlm", "hubert"),
+        str(folder),
+        model_class=transformers.AutoModel,
+        model_types=("wavlm", "hubert"),
         expected="a WavLM or HuBERT model",
     )
     model_type = hf_model.config.model_type

@@ -256,9 +256,7 @@ class WavLMSelfAttention(torch.nn.Module):
             else None
         )
         self.gru_rel_pos_linear = torch.nn.Linear(self.head_dim, 8) if relative_position else None
-        self.gru_rel_pos_const = (
-            torch.nn.Parameter(torch.ones(1, total_num_heads, 1, 1)) if relative_position else None
-        )
+        self.gru_rel_pos_const = torch.nn.Parameter(torch.ones(1, total_num_heads, 1, 1)) if relative_position else None
         self.hard_concrete_for_heads = HardConcrete(self.num_heads, init_mean=0.01) if prune_heads else None
         self.hard_concrete_for_layer = HardConcrete(1, init_mean=0.01) if prune_layer else None
 

@@ -123,6 +123,4 @@ class DPWavLMEncoder(torch.nn.Module):
             frame_mask = torch.ones(projection.shape[:2], dtype=torch.bool, device=projection.device)
         else:
             frame_mask = lengths_to_mask(frame_lengths.clamp(min=0, max=num_frames), num_frames)
-        return StudentOutput(
-            cnn_features, (encoder_input, *hidden[1:]), None, frame_mask, frame_lengths, projection
-        )
+        return StudentOutput(cnn_features, (encoder_input, *hidden[1:]), None, frame_mask, frame_lengths, projection)

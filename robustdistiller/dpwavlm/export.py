@@ -87,34 +87,36 @@ def hyperparams_text(config):
     plain["extractor_conv_layer_config"] = [list(layer) for layer in config["extractor_conv_layer_config"]]
     config_yaml = yaml.safe_dump(plain, default_flow_style=None, sort_keys=False, width=100)
     config_yaml = "".join(f"            {line}\n" for line in config_yaml.splitlines())
-    return "\n".join([
-        "# ############################################################################",
-        "# DPWavLM / DPHuBERT exported by robustdistiller.export (see README.md).",
-        "# Load: robustdistiller.dpwavlm.interface.DPWavLMInterface.from_hparams(source=<this folder>)",
-        "# (encoder.ckpt: the weights of dpwavlm.pth for SpeechBrain's Pretrainer)",
-        "# ############################################################################",
-        "",
-        "sample_rate: 16000",
-        "# First CNN layer's GroupNorm over each utterance's own samples (padding-independent features)",
-        "per_utterance_norm: True",
-        "",
-        "encoder: !new:robustdistiller.dpwavlm.encoder.DPWavLMEncoder",
-        "    per_utterance_norm: !ref <per_utterance_norm>",
-        "    model: !new:robustdistiller.dpwavlm.model.DPWavLM",
-        "        config:",
-        config_yaml.rstrip("\n"),
-        "",
-        "modules:",
-        "    encoder: !ref <encoder>",
-        "",
-        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
-        "    loadables:",
-        "        encoder: !ref <encoder>",
-        "    # strict loading that names a truncated or foreign encoder.ckpt",
-        "    custom_hooks:",
-        "        encoder: !name:robustdistiller.inference.interface.load_weights_naming_the_file",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# ############################################################################",
+            "# DPWavLM / DPHuBERT exported by robustdistiller.export (see README.md).",
+            "# Load: robustdistiller.dpwavlm.interface.DPWavLMInterface.from_hparams(source=<this folder>)",
+            "# (encoder.ckpt: the weights of dpwavlm.pth for SpeechBrain's Pretrainer)",
+            "# ############################################################################",
+            "",
+            "sample_rate: 16000",
+            "# First CNN layer's GroupNorm over each utterance's own samples (padding-independent features)",
+            "per_utterance_norm: True",
+            "",
+            "encoder: !new:robustdistiller.dpwavlm.encoder.DPWavLMEncoder",
+            "    per_utterance_norm: !ref <per_utterance_norm>",
+            "    model: !new:robustdistiller.dpwavlm.model.DPWavLM",
+            "        config:",
+            config_yaml.rstrip("\n"),
+            "",
+            "modules:",
+            "    encoder: !ref <encoder>",
+            "",
+            "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
+            "    loadables:",
+            "        encoder: !ref <encoder>",
+            "    # strict loading that names a truncated or foreign encoder.ckpt",
+            "    custom_hooks:",
+            "        encoder: !name:robustdistiller.inference.interface.load_weights_naming_the_file",
+            "",
+        ]
+    )
 
 
 def _write_preprocessor_config(folder, config):
@@ -260,7 +262,9 @@ def write_hf_copy(model, folder, hf_inexact="skip"):
         logger.warning(
             "No transformers copy: it would differ by %.3g max abs (relative %.2g) on %s (dummy_weight is not "
             "all ones: the CNN channels were gated); --hf-inexact=warn writes it anyway",
-            error["max_abs_error"], error["relative_error"], probe,
+            error["max_abs_error"],
+            error["relative_error"],
+            probe,
         )
         shutil.rmtree(hf_folder, ignore_errors=True)
         return report
@@ -318,9 +322,14 @@ def model_card(model, source, summary, hf_report):
         ("Recipe", recipe),
         ("Teacher", f"`{summary.get('teacher_source', 'not recorded')}`"),
         ("Parameters", f"{format_count(compact)} (sparsity {sparsity})"),
-        ("Before pruning", (
-            f"gated student {format_count(stage1['gated_student_num_params'])}"
-            if "gated_student_num_params" in stage1 else "not recorded")),
+        (
+            "Before pruning",
+            (
+                f"gated student {format_count(stage1['gated_student_num_params'])}"
+                if "gated_student_num_params" in stage1
+                else "not recorded"
+            ),
+        ),
         ("Sparsity", reached),
         ("Optimizer steps", steps),
         ("transformers copy", hf_line),
@@ -346,7 +355,7 @@ hidden_states = model(wav[None], output_hidden_states=True).hidden_states   # on
 HF's `hidden_states[0]` is the encoder input (after the positional convolution and LayerNorm), not DPHuBERT's
 layer 0 (the projection output before them); layers 1..L match. `num_parameters()` counts the zero padding.
 """
-    return f"""# {recipe}: a structured-pruned {'HuBERT' if model.is_hubert else 'WavLM'}
+    return f"""# {recipe}: a structured-pruned {"HuBERT" if model.is_hubert else "WavLM"}
 
 | | |
 |---|---|
@@ -358,7 +367,7 @@ CNN channels per layer: {conv}. Transformer layers (kept attention heads, FFN un
 |---|---|---|
 {layers}
 
-The model gives {config['encoder_num_layers'] + 1} states at 50 frames/s (16 kHz input): layer 0 is the feature
+The model gives {config["encoder_num_layers"] + 1} states at 50 frames/s (16 kHz input): layer 0 is the feature
 projection's output before the positional convolution (DPHuBERT's convention), then every layer's output.
 
 ## Load it
@@ -371,7 +380,7 @@ from robustdistiller.downstream.upstream import FrozenUpstream
 
 encoder, info = load_student("/path/to/this/folder")      # DPWavLMEncoder: relative lengths in, all states out
 upstream = FrozenUpstream("/path/to/this/folder")         # what the recipes use: --upstream=/path/to/this/folder
-features, frame_mask = upstream(wavs, wav_lens)           # [B, {config['encoder_num_layers'] + 1}, frames, {config['encoder_embed_dim']}]
+features, frame_mask = upstream(wavs, wav_lens)           # [B, {config["encoder_num_layers"] + 1}, frames, {config["encoder_embed_dim"]}]
 ```
 
 ### SpeechBrain (with `robustdistiller` installed)
@@ -381,7 +390,7 @@ from robustdistiller.dpwavlm.interface import DPWavLMInterface
 
 encoder = DPWavLMInterface.from_hparams(source="/path/to/this/folder", savedir="pretrained_cache")
 out = encoder.encode_file("utterance.wav")        # any sample rate; stereo is averaged
-out.hidden_states                                 # [1, {config['encoder_num_layers'] + 1}, frames, {config['encoder_embed_dim']}], layer 0 = projection output
+out.hidden_states                                 # [1, {config["encoder_num_layers"] + 1}, frames, {config["encoder_embed_dim"]}], layer 0 = projection output
 batch = encoder.encode_batch(wavs, wav_lens)      # padded batch, SpeechBrain relative lengths
 ```
 
@@ -399,7 +408,7 @@ hidden_states, frame_lengths = model.eval().extract_features(wav[None])
 ## Files
 
 `{DPWAVLM_EXPORT_FILE}`: the model (DPHuBERT format). `hyperparams.yaml`, `encoder.ckpt`: SpeechBrain (the same
-weights again, for its `Pretrainer`).{' `config.json`, `model.safetensors`, `preprocessor_config.json`: the padded transformers copy.' if hf_report['written'] else ''}
+weights again, for its `Pretrainer`).{" `config.json`, `model.safetensors`, `preprocessor_config.json`: the padded transformers copy." if hf_report["written"] else ""}
 `{MANIFEST_FILE}`: the files of this export with their SHA-256.
 """
 

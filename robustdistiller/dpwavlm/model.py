@@ -77,7 +77,9 @@ DPHUBERT_HUBERT_CONFIG_KEYS = tuple(
     for key in (
         ("encoder_num_heads", "encoder_head_dim")
         if wavlm_key == "encoder_total_num_heads"
-        else () if wavlm_key in _WAVLM_ONLY_KEYS else (wavlm_key,)
+        else ()
+        if wavlm_key in _WAVLM_ONLY_KEYS
+        else (wavlm_key,)
     )
 )
 
@@ -165,8 +167,9 @@ def check_config(config):
             f"unexpected keys {extra} (expected the keys of docs/reference/dphubert.md 'Config keys')"
         )
     layers = config["encoder_num_layers"]
-    per_layer = ("encoder_num_heads",) if is_hubert_config(config) else (
-        "encoder_total_num_heads", "encoder_remaining_heads")
+    per_layer = (
+        ("encoder_num_heads",) if is_hubert_config(config) else ("encoder_total_num_heads", "encoder_remaining_heads")
+    )
     for key in (
         "encoder_use_attention",
         "encoder_use_feed_forward",
@@ -496,8 +499,11 @@ class DPWavLM(torch.nn.Module):
             use_feed_forward.append(layer.feed_forward is not None)
             interm.append(width)
         config = copy.deepcopy(self.config)
-        heads = {"encoder_num_heads": [len(kept) for kept in remaining_heads]} if self.is_hubert else {
-            "encoder_remaining_heads": remaining_heads}
+        heads = (
+            {"encoder_num_heads": [len(kept) for kept in remaining_heads]}
+            if self.is_hubert
+            else {"encoder_remaining_heads": remaining_heads}
+        )
         config.update(
             extractor_conv_layer_config=conv_config,
             encoder_use_attention=use_attention,

@@ -134,9 +134,7 @@ class LayerProjections(nn.ModuleList):
             raise ValueError(
                 f"LayerProjections: {len(student_hiddens)} hidden states, but distilled layers {self.layers}"
             )
-        return torch.stack(
-            [projection(student_hiddens[layer]) for projection, layer in zip(self, self.layers)], dim=1
-        )
+        return torch.stack([projection(student_hiddens[layer]) for projection, layer in zip(self, self.layers)], dim=1)
 
 
 def distillation_loss(

@@ -44,8 +44,14 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         result = export_student(
-            args.checkpoint, args.output, include_heads=not args.no_heads, s3prl=args.s3prl, overwrite=args.overwrite,
-            onnx=args.onnx, int8=args.int8, hf_inexact=args.hf_inexact,
+            args.checkpoint,
+            args.output,
+            include_heads=not args.no_heads,
+            s3prl=args.s3prl,
+            overwrite=args.overwrite,
+            onnx=args.onnx,
+            int8=args.int8,
+            hf_inexact=args.hf_inexact,
         )
         print(f"Exported to {result['folder']}: {', '.join(result['files'])}")
         if result["onnx_parity"] is not None:
@@ -57,8 +63,10 @@ def main(argv=None):
                 f"{copy_report['max_abs_error']:.3g})"
             )
             if args.verify:
-                print("--verify: the fresh-process checks are for DistilHuBERT-layout exports; this DPWavLM export's "
-                      "transformers copy was checked against the model above, dpwavlm.pth is the source file itself")
+                print(
+                    "--verify: the fresh-process checks are for DistilHuBERT-layout exports; this DPWavLM export's "
+                    "transformers copy was checked against the model above, dpwavlm.pth is the source file itself"
+                )
         elif args.verify:
             student, _ = load_student(args.checkpoint)
             print(format_verification(verify_export(result["folder"], student)))

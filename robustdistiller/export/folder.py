@@ -111,13 +111,8 @@ def write_manifest(folder, names, source):
 def _is_plain_name(name):
     """A file name without any directory part, or one in the ``onnx`` subfolder (what a manifest may list)."""
     if isinstance(name, str) and name.startswith("onnx/"):
-        name = name[len("onnx/"):]
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..", MANIFEST_FILE)
-        and "/" not in name
-        and "\\" not in name
-    )
+        name = name[len("onnx/") :]
+    return isinstance(name, str) and name not in ("", ".", "..", MANIFEST_FILE) and "/" not in name and "\\" not in name
 
 
 def _folder_entries(folder, ignore=()):
@@ -151,8 +146,10 @@ def read_manifest(folder):
         and manifest.get("format") == MANIFEST_FORMAT
         and isinstance(manifest.get("format_version"), int)
         and manifest["format_version"] <= MANIFEST_VERSION
-        and all(_is_plain_name(name) and isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-                for name, entry in files.items())
+        and all(
+            _is_plain_name(name) and isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+            for name, entry in files.items()
+        )
     )
     if not valid:
         logger.warning("%s is not a manifest of this version of robustdistiller.export", path)
@@ -222,10 +219,7 @@ def replaceable_files(output_folder, names, overwrite, ignore=()):
             )
         owned = [name for name in manifest["files"] if os.path.lexists(os.path.join(output_folder, name))]
         owned.append(MANIFEST_FILE)
-    collisions = sorted(
-        name for name in set(names) | {MANIFEST_FILE}
-        if name in existing and name not in owned
-    )
+    collisions = sorted(name for name in set(names) | {MANIFEST_FILE} if name in existing and name not in owned)
     if collisions:
         if manifest is not None:
             reason = f"its {MANIFEST_FILE} does not list them"

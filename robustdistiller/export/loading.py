@@ -85,9 +85,7 @@ def best_checkpoint(save_folder):
 
 
 def _is_exported_folder(folder):
-    return os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(
-        os.path.join(folder, "encoder.ckpt")
-    )
+    return os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(os.path.join(folder, "encoder.ckpt"))
 
 
 def fetch_from_hub(repo_id, cache_dir=None):
@@ -114,8 +112,7 @@ def fetch_from_hub(repo_id, cache_dir=None):
         return snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=hub_offline())
     except Exception as error:  # offline, unknown id and network errors come in many types
         advice = (
-            "the Hugging Face hub is disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE) and the model is not "
-            "cached"
+            "the Hugging Face hub is disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE) and the model is not cached"
             if hub_offline()
             else "the hub is unreachable or the id is unknown"
         )
@@ -224,8 +221,11 @@ def _training_info_near(folder):
 def _student_from_exported_folder(folder, per_utterance_norm=None):
     """Rebuilds the training-layout student from an exported folder (errors name the damaged file)."""
     backbone = load_model_folder(
-        folder, model_class=HubertModel, model_types=("hubert",),
-        expected="an exported student backbone", error_class=ExportError,
+        folder,
+        model_class=HubertModel,
+        model_types=("hubert",),
+        expected="an exported student backbone",
+        error_class=ExportError,
     )
     metadata = dict(getattr(backbone.config, "robustdistiller", None) or {})
     target_layers = metadata.get("target_layers", [])

@@ -52,15 +52,21 @@ def model_card(student, info, metadata, include_heads, s3prl_written, onnx_parit
     heads_count = num_parameters(student.prediction_heads)
     rows = [
         ("Recipe", training.get("recipe", "RobustDistiller / DistilHuBERT student")),
-        ("Architecture", f"DistilHuBERT: CNN + {student.config.num_hidden_layers} transformer layers, "
-         f"{student.config.hidden_size} dims (`transformers.HubertModel`)"),
+        (
+            "Architecture",
+            f"DistilHuBERT: CNN + {student.config.num_hidden_layers} transformer layers, "
+            f"{student.config.hidden_size} dims (`transformers.HubertModel`)",
+        ),
         ("Teacher", f"`{teacher}`{teacher_details}; predicted layers {layers}"),
         ("Distillation data", data),
         ("Corruption (student input)", corruption),
         ("Optimizer steps", steps_text),
         ("Validation loss", "unknown" if valid_loss is None else f"{valid_loss:.4f}"),
-        ("Parameters", f"backbone {format_count(backbone_count)}; prediction heads "
-         f"{format_count(heads_count) if include_heads else 'not exported'}"),
+        (
+            "Parameters",
+            f"backbone {format_count(backbone_count)}; prediction heads "
+            f"{format_count(heads_count) if include_heads else 'not exported'}",
+        ),
         ("Per-utterance CNN normalisation", "yes" if metadata["per_utterance_norm"] else "no"),
         ("Exported from", f"`{info['source']}` ({info['format']})"),
     ]
@@ -78,8 +84,11 @@ python run_downstream.py -m train -u distiller_local -k /path/to/this/folder/{S3
 """
     onnx_section = ""
     if onnx_parity is not None:
-        int8_line = ("\n`onnx/encoder_int8.onnx`: the same graph with dynamically quantised int8 weights "
-                     "(MatMul/Gemm)." if "int8_cosine" in onnx_parity else "")
+        int8_line = (
+            "\n`onnx/encoder_int8.onnx`: the same graph with dynamically quantised int8 weights (MatMul/Gemm)."
+            if "int8_cosine" in onnx_parity
+            else ""
+        )
         onnx_section = f"""
 ### ONNX Runtime (no torch needed)
 
@@ -126,8 +135,12 @@ from robustdistiller.inference.interface import EncoderInterface
 
 encoder = EncoderInterface.from_hparams(source="/path/to/this/folder", savedir="pretrained_cache")
 out = encoder.encode_file("utterance.wav")        # any sample rate; stereo is averaged
-out.hidden_states                                 # [1, {student.config.num_hidden_layers + 1}, frames, {student.config.hidden_size}]
-out.predictions                                   # [1, {len(student.target_layers)}, frames, dims]: teacher layers {layers}
+out.hidden_states                                 # [1, {student.config.num_hidden_layers + 1}, frames, {
+        student.config.hidden_size
+    }]
+out.predictions                                   # [1, {len(student.target_layers)}, frames, dims]: teacher layers {
+        layers
+    }
 batch = encoder.encode_batch(wavs, wav_lens)      # padded batch, SpeechBrain relative lengths
 batch.frame_mask                                  # [B, frames], True on valid frames
 ```
@@ -159,11 +172,15 @@ ssl = HuBERT(source="/path/to/this/folder", save_path="pretrained_cache", output
 
 ## Files
 
-`hyperparams.yaml`, `encoder.ckpt`{', `prediction_expand.ckpt`, `prediction_split.ckpt`' if include_heads else ''},
+`hyperparams.yaml`, `encoder.ckpt`{", `prediction_expand.ckpt`, `prediction_split.ckpt`" if include_heads else ""},
 `{INTERFACE_FILE}`: SpeechBrain. `config.json`, `model.safetensors`, `preprocessor_config.json`: transformers
-(the backbone weights are stored in both formats).{f' `{S3PRL_FILE}`: s3prl.' if s3prl_written else ''}{
-' `onnx/encoder.onnx`' + (', `onnx/encoder_int8.onnx`' if onnx_parity and 'int8_cosine' in onnx_parity else '')
-+ ': ONNX Runtime.' if onnx_parity is not None else ''}
+(the backbone weights are stored in both formats).{f" `{S3PRL_FILE}`: s3prl." if s3prl_written else ""}{
+        " `onnx/encoder.onnx`"
+        + (", `onnx/encoder_int8.onnx`" if onnx_parity and "int8_cosine" in onnx_parity else "")
+        + ": ONNX Runtime."
+        if onnx_parity is not None
+        else ""
+    }
 `{MANIFEST_FILE}`: the files of this export with their SHA-256 (`python -m robustdistiller.export ... --overwrite`
 replaces this folder only while they are unchanged).
 """

@@ -102,9 +102,17 @@ def _masked_group_norm(norm, inputs, step_lengths):
 
 def _plain_conv(conv):
     """A plain ``Conv1d`` with the current (e.g. weight-normalised) weight of ``conv`` (a new module)."""
-    plain = nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-                      bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    plain = nn.Conv1d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
     with torch.no_grad():
         plain.weight.copy_(conv.weight)
         if conv.bias is not None:
@@ -259,8 +267,15 @@ def export_fp32(student, path, opset=OPSET):
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings on shape arithmetic (made dynamic below)
             torch.onnx.export(
-                module, example, path, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True,
+                module,
+                example,
+                path,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=True,
             )
     except Exception as error:
         raise UntraceableStudentError(
@@ -301,7 +316,10 @@ def quantize_int8(fp32_path, int8_path, op_types=INT8_OP_TYPES):
     root.addFilter(hint)
     try:
         quantize_dynamic(
-            fp32_path, int8_path, weight_type=QuantType.QInt8, per_channel=True,
+            fp32_path,
+            int8_path,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
             op_types_to_quantize=list(op_types),
         )
     finally:
@@ -381,8 +399,10 @@ def _run_session(path, batch):
     import onnxruntime  # optional dependency
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {"waveform": batch["wavs"].numpy().astype(np.float32),
-                                 "lengths": batch["lengths"].numpy().astype(np.int64)})
+    outputs = session.run(
+        None,
+        {"waveform": batch["wavs"].numpy().astype(np.float32), "lengths": batch["lengths"].numpy().astype(np.int64)},
+    )
     return dict(zip([output.name for output in session.get_outputs()], outputs))
 
 
@@ -399,8 +419,11 @@ def layer_names(num_hidden_layers, num_targets):
     >>> layer_names(2, 1)
     ['projection', 'hidden_0', 'hidden_1', 'hidden_2', 'prediction_1']
     """
-    return (["projection"] + [f"hidden_{i}" for i in range(num_hidden_layers + 1)]
-            + [f"prediction_{k + 1}" for k in range(num_targets)])
+    return (
+        ["projection"]
+        + [f"hidden_{i}" for i in range(num_hidden_layers + 1)]
+        + [f"prediction_{k + 1}" for k in range(num_targets)]
+    )
 
 
 def _per_layer(outputs, frames):
@@ -408,10 +431,12 @@ def _per_layer(outputs, frames):
     layers = {"projection": np.concatenate([outputs["projection"][i, :n] for i, n in enumerate(frames)])}
     for index in range(outputs["hidden_states"].shape[1]):
         layers[f"hidden_{index}"] = np.concatenate(
-            [outputs["hidden_states"][i, index, :n] for i, n in enumerate(frames)])
+            [outputs["hidden_states"][i, index, :n] for i, n in enumerate(frames)]
+        )
     for index in range(outputs["predictions"].shape[1]):
         layers[f"prediction_{index + 1}"] = np.concatenate(
-            [outputs["predictions"][i, index, :n] for i, n in enumerate(frames)])
+            [outputs["predictions"][i, index, :n] for i, n in enumerate(frames)]
+        )
     return layers
 
 
@@ -489,6 +514,14 @@ def format_onnx_parity(result):
 
 
 __all__ = [
-    "CNN_RECEPTIVE_FIELD", "OnnxEncoderModule", "UntraceableStudentError", "export_onnx", "export_fp32",
-    "quantize_int8", "verify_onnx", "format_onnx_parity", "layer_names", "reference_layers",
+    "CNN_RECEPTIVE_FIELD",
+    "OnnxEncoderModule",
+    "UntraceableStudentError",
+    "export_onnx",
+    "export_fp32",
+    "quantize_int8",
+    "verify_onnx",
+    "format_onnx_parity",
+    "layer_names",
+    "reference_layers",
 ]

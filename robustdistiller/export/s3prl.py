@@ -401,9 +401,7 @@ def load_s3prl_checkpoint(path):
             f"'{path}' is not a readable torch checkpoint: {type(error).__name__}: {error}"
         ) from error
     if not isinstance(checkpoint, dict):
-        raise S3prlFormatError(
-            f"'{path}' holds a {type(checkpoint).__name__}, not an s3prl checkpoint dict"
-        )
+        raise S3prlFormatError(f"'{path}' holds a {type(checkpoint).__name__}, not an s3prl checkpoint dict")
     if pickle_module.stubbed:
         logger.info(
             "Loaded '%s'; replaced %d pickled globals by inert stubs (not imported, not called): %s",
@@ -502,8 +500,13 @@ _ACTIVATIONS_FROM_S3PRL = {
     "gelu_accurate": "gelu_accurate",
     "gelu_fast": "gelu_accurate",  # fairseq's deprecated alias of gelu_accurate
 }
-_ACTIVATIONS_TO_S3PRL = {"gelu": "gelu", "relu": "relu", "tanh": "tanh", "linear": "linear",
-                         "gelu_accurate": "gelu_accurate"}
+_ACTIVATIONS_TO_S3PRL = {
+    "gelu": "gelu",
+    "relu": "relu",
+    "tanh": "tanh",
+    "linear": "linear",
+    "gelu_accurate": "gelu_accurate",
+}
 
 _MAX_CONV_EXPRESSION = 10_000
 _MAX_CONV_LAYERS = 1_000
@@ -545,9 +548,7 @@ def _conv_value(node, text):
         if isinstance(result, (list, tuple)) and len(result) > _MAX_CONV_LAYERS:
             raise _conv_error(text, f"more than {_MAX_CONV_LAYERS} elements")
         return result
-    raise _conv_error(
-        text, f"{type(node).__name__} is not allowed (only lists, tuples, integers, '+' and '*')"
-    )
+    raise _conv_error(text, f"{type(node).__name__} is not allowed (only lists, tuples, integers, '+' and '*')")
 
 
 def _repeat(sequence, times, text):
@@ -667,9 +668,7 @@ def resolve_distiller_config(section):
     (2, [1, 2, 3], 1.0)
     """
     if not isinstance(section, Mapping):
-        raise S3prlFormatError(
-            f"The 'distiller' config section is a {type(section).__name__}, not a dict"
-        )
+        raise S3prlFormatError(f"The 'distiller' config section is a {type(section).__name__}, not a dict")
     resolved = {}
     for name, converter, default in _CONFIG_FIELDS:
         value = section.get(name, default)
@@ -706,9 +705,7 @@ def _check_mappable(config):
     if config["attention_type"] != "original":
         problems.append(f"attention_type={config['attention_type']!r} (only 'original' is supported)")
     if config["activation_fn"] not in _ACTIVATIONS_FROM_S3PRL:
-        problems.append(
-            f"activation_fn={config['activation_fn']!r} (supported: {sorted(_ACTIVATIONS_FROM_S3PRL)})"
-        )
+        problems.append(f"activation_fn={config['activation_fn']!r} (supported: {sorted(_ACTIVATIONS_FROM_S3PRL)})")
     if config["n_tasks"] != len(config["pred_layer_id"]):
         problems.append(
             f"n_tasks={config['n_tasks']} but pred_layer_id={config['pred_layer_id']} has "
@@ -717,11 +714,15 @@ def _check_mappable(config):
     if config["n_tasks"] < 1:
         problems.append(f"n_tasks={config['n_tasks']} (at least one predicted layer is needed)")
     if config["encoder_layers"] < 1:
-        problems.append(
-            f"encoder_layers={config['encoder_layers']} (s3prl then has no transformer encoder at all)"
-        )
-    for name in ("encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads", "final_dim",
-                 "conv_pos", "conv_pos_groups"):
+        problems.append(f"encoder_layers={config['encoder_layers']} (s3prl then has no transformer encoder at all)")
+    for name in (
+        "encoder_embed_dim",
+        "encoder_ffn_embed_dim",
+        "encoder_attention_heads",
+        "final_dim",
+        "conv_pos",
+        "conv_pos_groups",
+    ):
         if config[name] < 1:
             problems.append(f"{name}={config[name]} (must be positive)")
     if problems:
@@ -821,10 +822,8 @@ _LAYER = r"^encoder\.layers\.(\d+)\."
 _BACKBONE_RULES = tuple(
     (re.compile(pattern), template)
     for pattern, template in (
-        (r"^feature_extractor\.conv_layers\.(\d+)\.conv\.weight$",
-         r"feature_extractor.conv_layers.\1.0.weight"),
-        (r"^feature_extractor\.conv_layers\.0\.layer_norm\.(weight|bias)$",
-         r"feature_extractor.conv_layers.0.2.\1"),
+        (r"^feature_extractor\.conv_layers\.(\d+)\.conv\.weight$", r"feature_extractor.conv_layers.\1.0.weight"),
+        (r"^feature_extractor\.conv_layers\.0\.layer_norm\.(weight|bias)$", r"feature_extractor.conv_layers.0.2.\1"),
         (r"^feature_projection\.projection\.(weight|bias)$", r"post_extract_proj.\1"),
         (r"^encoder\.pos_conv_embed\.conv\.(weight_g|weight_v|bias)$", r"encoder.pos_conv.0.\1"),
         (r"^encoder\.layer_norm\.(weight|bias)$", r"encoder.layer_norm.\1"),
@@ -880,7 +879,7 @@ def _mapping(student):
         if not isinstance(value, torch.Tensor):
             continue  # _extra_state
         if key.startswith("backbone."):
-            name = _canonical_name(key[len("backbone."):])
+            name = _canonical_name(key[len("backbone.") :])
             for pattern, template in _BACKBONE_RULES:
                 if pattern.match(name):
                     s3prl_key = pattern.sub(template, name)
@@ -946,9 +945,7 @@ def expected_s3prl_shapes(student):
 def _canonical_s3prl_state(state_dict):
     """s3prl state dict with the pos-conv weight norm named ``weight_g`` / ``weight_v``."""
     if not isinstance(state_dict, Mapping):
-        raise S3prlFormatError(
-            f"checkpoint['Distiller'] is a {type(state_dict).__name__}, not a state dict"
-        )
+        raise S3prlFormatError(f"checkpoint['Distiller'] is a {type(state_dict).__name__}, not a state dict")
     canonical = {}
     for key, value in state_dict.items():
         if not isinstance(key, str):
@@ -1036,8 +1033,7 @@ def student_from_s3prl(checkpoint, per_utterance_norm=False):
     for section in ("Distiller", "Config"):
         if section not in checkpoint:
             raise S3prlFormatError(
-                f"Not an s3prl distiller checkpoint: no '{section}' entry "
-                f"(found {sorted(map(str, checkpoint))})"
+                f"Not an s3prl distiller checkpoint: no '{section}' entry (found {sorted(map(str, checkpoint))})"
             )
     if not isinstance(checkpoint["Config"], Mapping) or "distiller" not in checkpoint["Config"]:
         found = sorted(map(str, checkpoint["Config"])) if isinstance(checkpoint["Config"], Mapping) else None
@@ -1077,14 +1073,10 @@ def student_from_s3prl(checkpoint, per_utterance_norm=False):
         value = source[s3prl_key]
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             found = str(value.dtype) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise S3prlFormatError(
-                f"checkpoint['Distiller']['{s3prl_key}'] is not a floating-point tensor ({found})"
-            )
+            raise S3prlFormatError(f"checkpoint['Distiller']['{s3prl_key}'] is not a floating-point tensor ({found})")
         expected_shape = _to_s3prl(kind, reference).shape
         if value.shape != expected_shape:
-            mismatches.append(
-                f"'{s3prl_key}': checkpoint {tuple(value.shape)}, expected {tuple(expected_shape)}"
-            )
+            mismatches.append(f"'{s3prl_key}': checkpoint {tuple(value.shape)}, expected {tuple(expected_shape)}")
             continue
         new_state[key] = _from_s3prl(kind, value.detach())
     if mismatches:
@@ -1178,8 +1170,10 @@ def s3prl_config_from_student(student):
     if problems:
         raise S3prlFormatError("s3prl's DistillerModel cannot represent this student: " + "; ".join(problems))
     if config.feat_proj_dropout:
-        logger.warning("feat_proj_dropout=%s is not representable in s3prl (no dropout after the projection)",
-                       config.feat_proj_dropout)
+        logger.warning(
+            "feat_proj_dropout=%s is not representable in s3prl (no dropout after the projection)",
+            config.feat_proj_dropout,
+        )
     if student.per_utterance_norm:
         logger.warning(
             "The student uses per_utterance_norm=True; s3prl computes the first GroupNorm over the padded "
@@ -1281,9 +1275,7 @@ def student_to_s3prl(student, path=None, step=0, args=None):
                     "(identity), but the student's feature_projection.projection is not the identity"
                 )
             continue
-        distiller_state[s3prl_key] = _to_s3prl(kind, tensor).to("cpu").clone(
-            memory_format=torch.contiguous_format
-        )
+        distiller_state[s3prl_key] = _to_s3prl(kind, tensor).to("cpu").clone(memory_format=torch.contiguous_format)
     checkpoint = {
         "Distiller": distiller_state,
         "Config": {"distiller": distiller_config},

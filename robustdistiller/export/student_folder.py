@@ -58,9 +58,12 @@ logger = logging.getLogger(__name__)
 def _export_file_names(include_heads, s3prl, onnx=False, int8=False):
     """The files an export with these options writes (the manifest aside)."""
     return [
-        name for name in EXPORT_FILES
-        if (include_heads or name not in HEAD_FILES) and (s3prl or name != S3PRL_FILE)
-        and (onnx or name != ONNX_FILES[0]) and (int8 or name != ONNX_FILES[1])
+        name
+        for name in EXPORT_FILES
+        if (include_heads or name not in HEAD_FILES)
+        and (s3prl or name != S3PRL_FILE)
+        and (onnx or name != ONNX_FILES[0])
+        and (int8 or name != ONNX_FILES[1])
     ]
 
 
@@ -207,8 +210,11 @@ def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=
         ).save_pretrained(folder)
     except (OSError, RuntimeError) as error:
         # the first of the three files that is missing is the one being written
-        written = [name for name in ("config.json", "model.safetensors", "preprocessor_config.json")
-                   if not os.path.isfile(os.path.join(folder, name))]
+        written = [
+            name
+            for name in ("config.json", "model.safetensors", "preprocessor_config.json")
+            if not os.path.isfile(os.path.join(folder, name))
+        ]
         failure = as_write_error(os.path.join(folder, (written or ["preprocessor_config.json"])[0]), error)
         if failure is None:
             raise
@@ -226,8 +232,17 @@ def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=
         save({"weight": weight, "bias": bias}, HEAD_FILES[1])
 
     # Only the fields that differ from HubertConfig's defaults (what makes this model what it is).
-    excluded = {"transformers_version", "model_type", "architectures", "robustdistiller", "_name_or_path",
-                "dtype", "torch_dtype", "id2label", "label2id"}
+    excluded = {
+        "transformers_version",
+        "model_type",
+        "architectures",
+        "robustdistiller",
+        "_name_or_path",
+        "dtype",
+        "torch_dtype",
+        "id2label",
+        "label2id",
+    }
     config_values = {key: value for key, value in student.config.to_diff_dict().items() if key not in excluded}
     with reporting_write_errors(os.path.join(folder, "hyperparams.yaml")):
         with open(os.path.join(folder, "hyperparams.yaml"), "w", encoding="utf-8") as fout:

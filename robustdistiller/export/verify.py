@@ -123,8 +123,15 @@ def run_probe(loader, folder, batch_file, work_folder):
     if loader == "speechbrain_interface":
         python_path.insert(0, REPOSITORY_ROOT)  # this one needs the package (installed or not)
     environment["PYTHONPATH"] = os.pathsep.join(python_path)
-    command = [sys.executable, "-c", PROBES[loader], folder, batch_file, output_file,
-               os.path.join(work_folder, f"{loader}_savedir")]
+    command = [
+        sys.executable,
+        "-c",
+        PROBES[loader],
+        folder,
+        batch_file,
+        output_file,
+        os.path.join(work_folder, f"{loader}_savedir"),
+    ]
     completed = subprocess.run(command, cwd=work_folder, env=environment, capture_output=True, text=True)
     if completed.returncode != 0:
         raise ExportError(f"Loading '{folder}' with {loader} failed:\n{completed.stderr[-4000:]}")
@@ -189,8 +196,10 @@ def verify_export(folder, student=None, batch=None, loaders=tuple(PROBES), toler
 
 def format_verification(results):
     """Markdown table of :func:`verify_export` results."""
-    rows = ["| loader | max abs diff, hidden states | max abs diff, predictions | without robustdistiller |",
-            "|---|---|---|---|"]
+    rows = [
+        "| loader | max abs diff, hidden states | max abs diff, predictions | without robustdistiller |",
+        "|---|---|---|---|",
+    ]
     for loader, result in results.items():
         predictions = "-" if result["predictions"] is None else f"{result['predictions']:.2e}"
         standalone = "yes" if result["standalone"] else "no"

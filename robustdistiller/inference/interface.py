@@ -487,9 +487,7 @@ class _MaskedGroupNormFunction(torch.autograd.Function):
                 for start, stop in chunks:
                     correction = torch.sub(inputs[:, :, start:stop], mean_c)
                     correction.mul_(slope).add_(offset).mul_(negative_mask[:, :, start:stop])
-                    torch.addcmul(
-                        correction, grad_output[:, :, start:stop], direct, out=grad_input[:, :, start:stop]
-                    )
+                    torch.addcmul(correction, grad_output[:, :, start:stop], direct, out=grad_input[:, :, start:stop])
                     del correction
         return grad_input, None, None, grad_weight, grad_bias, None
 
@@ -580,9 +578,7 @@ def per_utterance_cnn_norm(feature_extractor, sample_lengths):
         yield
         return
     conv = first_layer.conv
-    step_lengths = torch.div(
-        sample_lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor"
-    ) + 1
+    step_lengths = torch.div(sample_lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor") + 1
     step_lengths = step_lengths.clamp(min=1)
 
     def masked_forward(inputs):

@@ -152,8 +152,11 @@ class OnnxEncoder:
             lengths = np.clip(np.round(relative * num_samples), 1, num_samples).astype(np.int64)
         longest = int(lengths.max()) if lengths.size else 0
         if longest < self.receptive_field:
-            what = "The utterance" if wavs.shape[0] <= 1 else (
-                f"Every item of the batch of {wavs.shape[0]} is too short: the longest")
+            what = (
+                "The utterance"
+                if wavs.shape[0] <= 1
+                else (f"Every item of the batch of {wavs.shape[0]} is too short: the longest")
+            )
             raise ValueError(too_short_message(longest, self.receptive_field, what))
         projection, hidden_states, predictions, frame_lengths = self.session.run(
             ["projection", "hidden_states", "predictions", "frame_lengths"],

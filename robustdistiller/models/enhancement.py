@@ -256,9 +256,7 @@ class EnhancementHead(nn.Module):
         else:
             lengths = self.valid_frames(noisy_wavs, wav_lens, feature_mask, features.shape[1], feature_lengths)
             lengths = lengths.clamp(1, num_frames)
-            packed = nn.utils.rnn.pack_padded_sequence(
-                frames, lengths.cpu(), batch_first=True, enforce_sorted=False
-            )
+            packed = nn.utils.rnn.pack_padded_sequence(frames, lengths.cpu(), batch_first=True, enforce_sorted=False)
             hidden, _ = self.lstm(packed)
             hidden, _ = nn.utils.rnn.pad_packed_sequence(hidden, batch_first=True, total_length=num_frames)
         mask = torch.sigmoid(self.output_layer(self.dropout(hidden)))

@@ -419,9 +419,7 @@ class DistillerStudent(nn.Module):
             if field in state and _plain(state[field]) != _plain(current[field]):
                 differences.append(f"{field}: checkpoint {state[field]!r}, model {current[field]!r}")
         if differences:
-            raise ValueError(
-                "The checkpoint holds a student of another architecture: " + "; ".join(differences)
-            )
+            raise ValueError("The checkpoint holds a student of another architecture: " + "; ".join(differences))
         if bool(state.get("per_utterance_norm", self.per_utterance_norm)) != self.per_utterance_norm:
             logger.warning(
                 "The checkpoint was trained with per_utterance_norm=%s; this model uses %s",

@@ -93,9 +93,7 @@ class TeacherPrecisionError(ValueError):
 
 
 def _damaged(path, error, error_class):
-    return error_class(
-        f"'{path}' cannot be read (truncated or damaged: {error}): copy, download or export it again"
-    )
+    return error_class(f"'{path}' cannot be read (truncated or damaged: {error}): copy, download or export it again")
 
 
 def check_weight_files(folder, error_class=TeacherSourceError):
@@ -174,8 +172,9 @@ def _check_zip_weights(path, error_class):
         raise _damaged(path, error, error_class) from error
 
 
-def check_model_type(model_type, source, model_types=SSL_MODEL_TYPES, expected="a speech SSL model",
-                     error_class=TeacherSourceError):
+def check_model_type(
+    model_type, source, model_types=SSL_MODEL_TYPES, expected="a speech SSL model", error_class=TeacherSourceError
+):
     """Raises unless ``model_type`` (a config's) is one of ``model_types``.
 
     Example
@@ -189,8 +188,14 @@ def check_model_type(model_type, source, model_types=SSL_MODEL_TYPES, expected="
         raise error_class(f"'{source}' holds a {model_type} model; expected {expected} ({', '.join(model_types)})")
 
 
-def load_model_folder(folder, model_class=AutoModel, model_types=SSL_MODEL_TYPES, expected="a speech SSL model",
-                      error_class=TeacherSourceError, **kwargs):
+def load_model_folder(
+    folder,
+    model_class=AutoModel,
+    model_types=SSL_MODEL_TYPES,
+    expected="a speech SSL model",
+    error_class=TeacherSourceError,
+    **kwargs,
+):
     """Loads a local Hugging Face model folder after checking what it holds, with errors naming it.
 
     In order, before any weight is loaded: ``config.json`` exists and is readable, its ``model_type`` is
@@ -261,8 +266,7 @@ def load_model_folder(folder, model_class=AutoModel, model_types=SSL_MODEL_TYPES
 def _check_all_weights_loaded(model, loading_info, source, error_class):
     """Raises when parameters of ``model`` were initialised randomly (absent from the weights)."""
     missing = sorted(
-        name for name in loading_info.get("missing_keys", ())
-        if name.rsplit(".", 1)[-1] not in _OPTIONAL_PARAMETERS
+        name for name in loading_info.get("missing_keys", ()) if name.rsplit(".", 1)[-1] not in _OPTIONAL_PARAMETERS
     )
     if missing:
         total = len(model.state_dict())
@@ -341,9 +345,7 @@ def load_ssl_model(source, cache_dir=None):
     if os.path.isdir(expanded):
         return load_model_folder(expanded, cache_dir=cache_dir)
     if looks_like_path(source):
-        raise TeacherSourceError(
-            f"Teacher source '{source}' is not a folder (no such directory) and not a hub id"
-        )
+        raise TeacherSourceError(f"Teacher source '{source}' is not a folder (no such directory) and not a hub id")
     try:
         model, loading_info = AutoModel.from_pretrained(
             source, cache_dir=cache_dir, local_files_only=True, output_loading_info=True
@@ -644,7 +646,9 @@ class FrozenTeacher(nn.Module):
         logger.info(
             "Teacher precision self-check (%s vs fp32, %d valid frames of the first batch on %s): per-frame "
             "cosine min / mean %s; bound teacher_precision_min_cosine=%g",
-            precision, int(mask.sum()), wavs.device,
+            precision,
+            int(mask.sum()),
+            wavs.device,
             ", ".join(f"layer {layer} {low:.5f} / {mean:.5f}" for layer, (low, mean) in cosines.items()),
             self.precision_min_cosine,
         )

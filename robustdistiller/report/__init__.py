@@ -40,32 +40,47 @@ def build_report(spec):
         "",
         "## Upstreams",
         "",
-        tables.markdown_table(["upstream", "source"], [[name, f"`{options['upstream_source']}`"]
-                                                       for name, options in spec.upstreams.items()]),
+        tables.markdown_table(
+            ["upstream", "source"],
+            [[name, f"`{options['upstream_source']}`"] for name, options in spec.upstreams.items()],
+        ),
     ]
     files = {"tasks": {}, "heatmaps": {}}
     for task, entry in report["tasks"].items():
         header, rows = tables.task_rows(entry)
-        lines += ["", f"## {task} ({entry['recipe']})", "", f"Primary metric: {tables.metric_label(entry)}."
-                  + (f" Note: {entry['note']}." if entry["note"] else ""), "", tables.markdown_table(header, rows)]
+        lines += [
+            "",
+            f"## {task} ({entry['recipe']})",
+            "",
+            f"Primary metric: {tables.metric_label(entry)}." + (f" Note: {entry['note']}." if entry["note"] else ""),
+            "",
+            tables.markdown_table(header, rows),
+        ]
         tables.write_csv(os.path.join(folder, f"{task}.csv"), *tables.raw_task_rows(entry))
         task_files = {"csv": f"{task}.csv"}
         header, rows = tables.task_rows(entry, "degradation")
         if len(header) > 1:
             lines += ["", "Degradation from clean (positive = worse):", "", tables.markdown_table(header, rows)]
-            tables.write_csv(os.path.join(folder, f"{task}_degradation.csv"), *tables.raw_task_rows(entry, "degradation"))
+            tables.write_csv(
+                os.path.join(folder, f"{task}_degradation.csv"), *tables.raw_task_rows(entry, "degradation")
+            )
             task_files["degradation_csv"] = f"{task}_degradation.csv"
         if plots.plot_snr_curve(task, entry, os.path.join(folder, f"{task}_snr.png")):
             lines += ["", f"![{task} vs SNR]({task}_snr.png)"]
             task_files["snr_plot"] = f"{task}_snr.png"
         files["tasks"][task] = task_files
     header, rows = tables.summary_rows(report)
-    lines += ["", "## Cross-task summary", "",
-              "Every metric oriented so that higher is better (100 - error rate for error rates); per condition "
-              "and upstream: mean rank across tasks (1 = best), tasks ranked, and the normalised score "
-              "1000 x mean over tasks of (x - low) / (high - low), with [low, high] from the spec's "
-              "`score_references` or else the lowest and highest value of the task in this report.", "",
-              tables.markdown_table(header, rows)]
+    lines += [
+        "",
+        "## Cross-task summary",
+        "",
+        "Every metric oriented so that higher is better (100 - error rate for error rates); per condition "
+        "and upstream: mean rank across tasks (1 = best), tasks ranked, and the normalised score "
+        "1000 x mean over tasks of (x - low) / (high - low), with [low, high] from the spec's "
+        "`score_references` or else the lowest and highest value of the task in this report.",
+        "",
+        tables.markdown_table(header, rows),
+    ]
     tables.write_csv(os.path.join(folder, "summary.csv"), header, rows)
     lines += ["", "## Degradation heat maps", ""]
     for name in spec.upstreams:

@@ -16,19 +16,23 @@ def format_report(report):
     blocks = []
     for task, entry in report["tasks"].items():
         blocks.append(f"{task}: {metric_label(entry)}\n" + markdown_table(*task_rows(entry)))
-    blocks.append("Cross-task summary (higher-is-better orientation; rank 1 = best)\n"
-                  + markdown_table(*summary_rows(report)))
+    blocks.append(
+        "Cross-task summary (higher-is-better orientation; rank 1 = best)\n" + markdown_table(*summary_rows(report))
+    )
     return "\n\n".join(blocks)
 
 
 def main(argv=None):
     """Command line entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m robustdistiller.report",
-                                     description="Cross-task robustness report over (task, upstream) pairs.")
+    parser = argparse.ArgumentParser(
+        prog="python -m robustdistiller.report", description="Cross-task robustness report over (task, upstream) pairs."
+    )
     parser.add_argument("spec", help="the report spec (YAML, see recipes/report_example.yaml)")
-    parser.add_argument("--mode", choices=("run", "print", "report"),
-                        help="replaces the spec's mode: run the missing pairs, print their commands, "
-                             "or only build the report")
+    parser.add_argument(
+        "--mode",
+        choices=("run", "print", "report"),
+        help="replaces the spec's mode: run the missing pairs, print their commands, or only build the report",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
     try:

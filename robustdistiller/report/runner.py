@@ -156,9 +156,11 @@ def check_pairs(spec):
     for pair in spec.pairs():
         differences = hyperparams_differences(pair)
         if differences:
-            lines = [f"  {key}: {_short(old)} in {pair.output_folder}/"
-                     f"{'run_info.json' if key.endswith('(run option)') else 'hyperparams.yaml'}, {_short(new)} in the spec"
-                     for key, old, new in differences]
+            lines = [
+                f"  {key}: {_short(old)} in {pair.output_folder}/"
+                f"{'run_info.json' if key.endswith('(run option)') else 'hyperparams.yaml'}, {_short(new)} in the spec"
+                for key, old, new in differences
+            ]
             refused.append(f"{pair.label} ({pair.output_folder}) was run with other options:\n" + "\n".join(lines))
         elif os.path.isfile(os.path.join(pair.output_folder, "results.json")):
             done.append(pair)
@@ -206,8 +208,11 @@ def run_pairs(spec, pairs, done=(), stream=None):
     status = read_status(spec)
     total = len(pairs) + len(done)
     for index, pair in enumerate(done, start=1):
-        print(f"[{index}/{total}] {pair.label}: done earlier ({pair.output_folder}/results.json), skipped",
-              file=stream, flush=True)
+        print(
+            f"[{index}/{total}] {pair.label}: done earlier ({pair.output_folder}/results.json), skipped",
+            file=stream,
+            flush=True,
+        )
     environment = child_environment()
     for index, pair in enumerate(pairs, start=len(done) + 1):
         log_file = spec.log_file(pair)
@@ -232,6 +237,9 @@ def run_pairs(spec, pairs, done=(), stream=None):
         if succeeded:
             print(f"[{index}/{total}] {pair.label}: done in {seconds:.0f} s", file=stream, flush=True)
         else:
-            print(f"[{index}/{total}] {pair.label}: FAILED (exit {returncode}) after {seconds:.0f} s, see {log_file}",
-                  file=stream, flush=True)
+            print(
+                f"[{index}/{total}] {pair.label}: FAILED (exit {returncode}) after {seconds:.0f} s, see {log_file}",
+                file=stream,
+                flush=True,
+            )
     return status

@@ -37,8 +37,18 @@ from robustdistiller.downstream.tasks import get_task
 logger = logging.getLogger(__name__)
 
 MODES = ("run", "print", "report")
-SPEC_KEYS = ("output_root", "mode", "upstreams", "tasks", "conditions", "corruption", "data", "overrides",
-             "python", "score_references")
+SPEC_KEYS = (
+    "output_root",
+    "mode",
+    "upstreams",
+    "tasks",
+    "conditions",
+    "corruption",
+    "data",
+    "overrides",
+    "python",
+    "score_references",
+)
 UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # Options the report sets itself for every pair.
 RESERVED_OVERRIDES = ("output_folder", "upstream_source")
@@ -136,8 +146,10 @@ def _upstream_options(name, value, path):
     if isinstance(value, (str, os.PathLike)):
         value = {"source": os.fspath(value)}
     if not isinstance(value, dict) or not value.get("source"):
-        raise SpecError(f"{path}: upstream '{name}' needs a source: `{name}: <source>` or "
-                        f"`{name}: {{source: <source>, kind: ...}}`, got {value!r}")
+        raise SpecError(
+            f"{path}: upstream '{name}' needs a source: `{name}: <source>` or "
+            f"`{name}: {{source: <source>, kind: ...}}`, got {value!r}"
+        )
     options = {}
     for key, option in value.items():
         key = str(key)
@@ -217,8 +229,9 @@ def load_yaml_without_duplicates(stream, path="<spec>"):
                     f"`{'.'.join(where) or 'the spec'}` names '{key}' twice (lines {first} and {second})"
                     for where, key, first, second in duplicates
                 ]
-                raise SpecError(f"{path}: {'; '.join(parts)}; YAML would keep only the last one: give each "
-                                "entry its own name")
+                raise SpecError(
+                    f"{path}: {'; '.join(parts)}; YAML would keep only the last one: give each entry its own name"
+                )
             return loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -281,12 +294,16 @@ def spec_from_dict(content, path="<spec>", mode=None):
         unknown = [name for name in conditions if not any(name in names for names in defined.values())]
         if unknown:
             listing = "; ".join(f"{name}: {', '.join(names)}" for name, names in defined.items())
-            raise SpecError(f"{path}: `conditions` names {unknown}, which no task of the spec defines (it would "
-                            f"be dropped from every table); the recipes define {listing}")
+            raise SpecError(
+                f"{path}: `conditions` names {unknown}, which no task of the spec defines (it would "
+                f"be dropped from every table); the recipes define {listing}"
+            )
     for task in tasks if conditions is not None else ():
         if not task.spec_conditions(conditions):
-            raise SpecError(f"{path}: `conditions` {conditions} names no condition of {task.name}; its recipe "
-                            f"({task.hparams_file}) has {task.condition_names}")
+            raise SpecError(
+                f"{path}: `conditions` {conditions} names no condition of {task.name}; its recipe "
+                f"({task.hparams_file}) has {task.condition_names}"
+            )
 
     data = _mapping(content.get("data"), "data", path)
     overrides = _mapping(content.get("overrides"), "overrides", path)
@@ -299,13 +316,16 @@ def spec_from_dict(content, path="<spec>", mode=None):
             section[name] = _mapping(value, f"{key}.{name}", path)
             reserved = sorted(set(section[name]) & set(RESERVED_OVERRIDES))
             if reserved:
-                raise SpecError(f"{path}: `{key}.{name}` sets {reserved}; the report sets them itself "
-                                "(output_root and upstreams)")
+                raise SpecError(
+                    f"{path}: `{key}.{name}` sets {reserved}; the report sets them itself (output_root and upstreams)"
+                )
     corruption = _mapping(content.get("corruption"), "corruption", path)
     references = _mapping(content.get("score_references"), "score_references", path)
     for name, value in references.items():
         if name not in known or not (isinstance(value, (list, tuple)) and len(value) == 2):
-            raise SpecError(f"{path}: `score_references.{name}` must be [low, high] of a task in `tasks`, got {value!r}")
+            raise SpecError(
+                f"{path}: `score_references.{name}` must be [low, high] of a task in `tasks`, got {value!r}"
+            )
     return ReportSpec(
         path=os.path.abspath(path) if os.path.exists(path) else path,
         output_root=os.path.abspath(os.fspath(content["output_root"])),

@@ -86,7 +86,7 @@ def ranks(scores):
         end = position
         while end + 1 < len(ordered) and ordered[end + 1][1] == ordered[position][1]:
             end += 1
-        for name, _ in ordered[position:end + 1]:
+        for name, _ in ordered[position : end + 1]:
             result[name] = (position + end) / 2 + 1
         position = end + 1
     return result
@@ -119,16 +119,23 @@ def collect(spec, status=None):
                 with open(path, encoding="utf-8") as fin:
                     results = json.load(fin)
                 metric, higher, scale = primary_metric_of(task, results)
-                cell.update(status="ok", results_file=path, task_title=results.get("task"),
-                            provenance=results.get("provenance") or {}, upstream=results.get("upstream") or {})
+                cell.update(
+                    status="ok",
+                    results_file=path,
+                    task_title=results.get("task"),
+                    provenance=results.get("provenance") or {},
+                    upstream=results.get("upstream") or {},
+                )
                 for condition, stats in (results.get("results") or {}).items():
                     cell["values"][condition] = stats.get(metric)
-                    cell["secondary"][condition] = {key: stats.get(key) for key in task.secondary_metrics
-                                                    if key in stats}
+                    cell["secondary"][condition] = {
+                        key: stats.get(key) for key in task.secondary_metrics if key in stats
+                    }
                     cell.setdefault("checkpoints", {})[condition] = stats.get("checkpoint")
             elif status.get(pair.label, {}).get("status") == "failed":
-                cell.update(status="failed", log=status[pair.label]["log"],
-                            returncode=status[pair.label].get("returncode"))
+                cell.update(
+                    status="failed", log=status[pair.label]["log"], returncode=status[pair.label].get("returncode")
+                )
             else:
                 cell["status"] = "missing"
             cells[name] = cell
@@ -139,8 +146,15 @@ def collect(spec, status=None):
             for cell in cells.values():
                 conditions += [name for name in cell["values"] if name not in conditions]
             conditions = conditions or task.condition_names
-        entry = {"metric": metric, "higher_is_better": higher, "scale": scale, "conditions": conditions,
-                 "note": task.note, "recipe": task.recipe, "cells": cells}
+        entry = {
+            "metric": metric,
+            "higher_is_better": higher,
+            "scale": scale,
+            "conditions": conditions,
+            "note": task.note,
+            "recipe": task.recipe,
+            "cells": cells,
+        }
         _add_degradation(entry)
         tasks[task.name] = entry
     report = {"spec": spec.path, "output_root": spec.output_root, "upstreams": list(spec.upstreams), "tasks": tasks}
@@ -154,7 +168,8 @@ def _add_degradation(entry):
         clean = cell["values"].get(CLEAN)
         cell["degradation"] = {
             condition: degradation(clean, cell["values"].get(condition), entry["higher_is_better"])
-            for condition in entry["conditions"] if condition != CLEAN
+            for condition in entry["conditions"]
+            if condition != CLEAN
         }
 
 
@@ -173,8 +188,12 @@ def summary(report, references=None):
         conditions += [name for name in entry["conditions"] if name not in conditions]
     bounds = {}
     for task, entry in report["tasks"].items():
-        oriented = [oriented_value(value, entry["scale"], entry["higher_is_better"])
-                    for cell in entry["cells"].values() for value in cell["values"].values() if _number(value)]
+        oriented = [
+            oriented_value(value, entry["scale"], entry["higher_is_better"])
+            for cell in entry["cells"].values()
+            for value in cell["values"].values()
+            if _number(value)
+        ]
         if task in references:
             bounds[task] = tuple(references[task])
         elif oriented:
@@ -185,8 +204,11 @@ def summary(report, references=None):
         for task, entry in report["tasks"].items():
             if condition not in entry["conditions"]:
                 continue
-            scores = {name: oriented_value(cell["values"][condition], entry["scale"], entry["higher_is_better"])
-                      for name, cell in entry["cells"].items() if _number(cell["values"].get(condition))}
+            scores = {
+                name: oriented_value(cell["values"][condition], entry["scale"], entry["higher_is_better"])
+                for name, cell in entry["cells"].items()
+                if _number(cell["values"].get(condition))
+            }
             for name, rank in ranks(scores).items():
                 per_upstream[name]["ranks"][task] = rank
                 per_upstream[name]["normalised"][task] = normalised(scores[name], *bounds[task])
@@ -218,18 +240,20 @@ def provenance_rows(report):
             if hparams.startswith(REPOSITORY_ROOT + os.sep):
                 hparams = os.path.relpath(hparams, REPOSITORY_ROOT)
             checkpoints = sorted({value for value in cell.get("checkpoints", {}).values() if value})
-            rows.append({
-                "task": task,
-                "upstream": name,
-                "recipe": info.get("recipe"),
-                "hparams": hparams,
-                "lr": info.get("lr"),
-                "seed": info.get("seed"),
-                "checkpoint": ", ".join(checkpoints) or None,
-                "finished": info.get("finished"),
-                "output_folder": cell["output_folder"],
-                "upstream_fingerprint": cell["upstream"].get("fingerprint"),
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "upstream": name,
+                    "recipe": info.get("recipe"),
+                    "hparams": hparams,
+                    "lr": info.get("lr"),
+                    "seed": info.get("seed"),
+                    "checkpoint": ", ".join(checkpoints) or None,
+                    "finished": info.get("finished"),
+                    "output_folder": cell["output_folder"],
+                    "upstream_fingerprint": cell["upstream"].get("fingerprint"),
+                }
+            )
     return rows
 
 
@@ -264,8 +288,11 @@ def task_rows(entry, kind="metric"):
             if condition not in cell["values"] or cell["values"][condition] is None:
                 row.append("missing")
             elif kind == "metric":
-                row.append(_format_number(display_value(cell["values"][condition], entry["scale"]),
-                                          2 if entry["scale"] != "raw" else 3))
+                row.append(
+                    _format_number(
+                        display_value(cell["values"][condition], entry["scale"]), 2 if entry["scale"] != "raw" else 3
+                    )
+                )
             else:
                 value = cell["degradation"].get(condition)
                 row.append("n/a" if value is None else f"{value:+.1f} %")
@@ -325,10 +352,16 @@ def summary_rows(report):
     rows = []
     for condition, per_upstream in report["summary"].items():
         for name, stats in per_upstream.items():
-            rows.append([condition, name, _format_number(stats["mean_rank"]), f"{stats['tasks']}/{len(tasks)}",
-                         _format_number(stats["score"], 1)]
-                        + [_format_number(stats["ranks"].get(task), 1) if task in stats["ranks"] else "-"
-                           for task in tasks])
+            rows.append(
+                [
+                    condition,
+                    name,
+                    _format_number(stats["mean_rank"]),
+                    f"{stats['tasks']}/{len(tasks)}",
+                    _format_number(stats["score"], 1),
+                ]
+                + [_format_number(stats["ranks"].get(task), 1) if task in stats["ranks"] else "-" for task in tasks]
+            )
     return header, rows
 
 
@@ -337,5 +370,6 @@ PROVENANCE_COLUMNS = ["task", "upstream", "recipe", "hparams", "lr", "seed", "ch
 
 def provenance_table_rows(report):
     """Header and rows of the provenance table."""
-    return PROVENANCE_COLUMNS, [[("-" if row[key] is None else row[key]) for key in PROVENANCE_COLUMNS]
-                                for row in report["provenance"]]
+    return PROVENANCE_COLUMNS, [
+        [("-" if row[key] is None else row[key]) for key in PROVENANCE_COLUMNS] for row in report["provenance"]
+    ]

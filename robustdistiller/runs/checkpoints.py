@@ -260,7 +260,8 @@ class AtomicCheckpointer(Checkpointer):
                     set_aside.append((checkpoint, reason))
                     logger.warning(
                         "Checkpoint %s cannot be loaded (%s); falling back to the previous checkpoint.",
-                        checkpoint.path, reason,
+                        checkpoint.path,
+                        reason,
                     )
                     continue
                 loaded = checkpoint
@@ -321,15 +322,20 @@ class AtomicCheckpointer(Checkpointer):
             os.rename(source, target)
             logger.warning(
                 "Set aside checkpoint %s as %s, not deleted -- %s. Delete it yourself once you do not need it.",
-                source, target, reason,
+                source,
+                target,
+                reason,
             )
 
     def _call_load_hooks(self, checkpoint):
         """As SpeechBrain's, but a file missing from the checkpoint or unreadable names itself."""
         missing = [
-            name for name in self.recoverables
-            if name not in checkpoint.paramfiles and not self.optional_recoverables.get(name, False)
-            and not self.allow_partial_load and "dataloader" not in name
+            name
+            for name in self.recoverables
+            if name not in checkpoint.paramfiles
+            and not self.optional_recoverables.get(name, False)
+            and not self.allow_partial_load
+            and "dataloader" not in name
         ]
         if missing:
             error = FileNotFoundError(f"the checkpoint has no file for {', '.join(missing)}")
@@ -393,7 +399,13 @@ class RandomState:
         # Plain types and tensors only: the file loads with weights_only=True (no pickled objects).
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": [kind, torch.from_numpy(keys.astype("int64")), int(position), int(has_gauss), float(cached_gaussian)],
+            "numpy": [
+                kind,
+                torch.from_numpy(keys.astype("int64")),
+                int(position),
+                int(has_gauss),
+                float(cached_gaussian),
+            ],
             "python": [version, list(python_state), gauss_next],
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():

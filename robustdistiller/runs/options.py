@@ -148,7 +148,8 @@ def step_limit_as_number_of_steps(run_opts, overrides, steps_option="number_of_s
         raise OptionError(
             f"--optimizer_step_limit={limit} would stop each stage after {limit} steps of a schedule planned for "
             f"another length; set the length of each stage instead: "
-            + ", ".join(f"--{option}=N" for option in stage_options) + "."
+            + ", ".join(f"--{option}=N" for option in stage_options)
+            + "."
         )
     if isinstance(overrides, dict):
         parsed = dict(overrides)
@@ -157,12 +158,16 @@ def step_limit_as_number_of_steps(run_opts, overrides, steps_option="number_of_s
     if steps_option in parsed:  # both given: a stop after `limit` steps of the run's schedule, on purpose
         logger.info(
             "--optimizer_step_limit=%d stops this invocation early; the schedule is that of --%s=%s.",
-            limit, steps_option, parsed[steps_option],
+            limit,
+            steps_option,
+            parsed[steps_option],
         )
         return run_opts, overrides
     logger.warning(
         "--optimizer_step_limit=%d is taken as --%s=%d (the learning-rate schedule follows it).",
-        limit, steps_option, limit,
+        limit,
+        steps_option,
+        limit,
     )
     parsed[steps_option] = limit
     if isinstance(run_opts, dict):

@@ -229,7 +229,9 @@ def architecture_signature(modules):
     {'architecture_head': '8 parameters, shapes ...'}
     """
     return {
-        f"architecture_{name}": architecture_fingerprint(module) for name, module in modules.items() if module is not None
+        f"architecture_{name}": architecture_fingerprint(module)
+        for name, module in modules.items()
+        if module is not None
     }
 
 
@@ -324,7 +326,9 @@ def check_run_signature(save_folder, signature, accept=(), resuming=True):
         if resuming:
             logger.warning(
                 "Resuming a run in %s that has no %s (started by an older version): its settings cannot be "
-                "compared; recording the current ones.", save_folder, SIGNATURE_FILE,
+                "compared; recording the current ones.",
+                save_folder,
+                SIGNATURE_FILE,
             )
         return {}
     signature = {key: value for key, value in _normalised(signature).items() if key != PREVIOUS_HASHES_KEY}
@@ -338,7 +342,9 @@ def check_run_signature(save_folder, signature, accept=(), resuming=True):
     for key in newly_signed:
         logger.warning(
             "The run in %s was started by a version that did not record %s; recording it now (%r).",
-            save_folder, key, changed.pop(key)[1],
+            save_folder,
+            key,
+            changed.pop(key)[1],
         )
     refused = {key: values for key, values in changed.items() if key not in accept}
     if refused:
@@ -383,8 +389,6 @@ def log_to_output_folder(output_folder):
         return
     os.makedirs(output_folder, exist_ok=True)
     log_file = os.path.join(output_folder, "log.txt")
-    sb.utils.logger.setup_logging(
-        sb.core.DEFAULT_LOG_CONFIG, {"handlers": {"file_handler": {"filename": log_file}}}
-    )
+    sb.utils.logger.setup_logging(sb.core.DEFAULT_LOG_CONFIG, {"handlers": {"file_handler": {"filename": log_file}}})
     # an error (a refused resume...) goes to log.txt too, as after sb.create_experiment_directory
     sys.excepthook = getattr(sb.core, "_logging_excepthook", sys.excepthook)

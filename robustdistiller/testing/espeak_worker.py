@@ -26,14 +26,10 @@ def synthesize_in_this_process(requests):
     """
     library = ctypes.CDLL(espeakng_loader.get_library_path())
     synchronous_output = 2
-    rate = library.espeak_Initialize(
-        synchronous_output, 0, espeakng_loader.get_data_path().encode(), 0
-    )
+    rate = library.espeak_Initialize(synchronous_output, 0, espeakng_loader.get_data_path().encode(), 0)
     if rate != ESPEAK_SAMPLE_RATE:
         raise RuntimeError(f"eSpeak NG failed to initialise (returned {rate}).")
-    callback_type = ctypes.CFUNCTYPE(
-        ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
-    )
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
     chunks = []
 
     def collect(samples, num_samples, events):
@@ -44,8 +40,14 @@ def synthesize_in_this_process(requests):
     callback = callback_type(collect)
     library.espeak_SetSynthCallback(callback)
     library.espeak_Synth.argtypes = [
-        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-        ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
     ]
     rate_parameter, pitch_parameter, range_parameter = 1, 3, 4
     waveforms = []

@@ -57,22 +57,36 @@ logger = logging.getLogger(__name__)
 
 MARKER_NAME = "mini_corpus.json"
 GENERATOR_VERSION = 2
-GENERATED_ROOTS = {"librispeech": "LibriSpeech", "musan": "musan", "rirs": "RIRS_NOISES",
-                   "urbansound": "UrbanSound8K"}
+GENERATED_ROOTS = {"librispeech": "LibriSpeech", "musan": "musan", "rirs": "RIRS_NOISES", "urbansound": "UrbanSound8K"}
 MUSIC_SOURCES = ("fma", "fma-western-art", "hd-classical", "jamendo", "rfm")
 NOISE_SOURCES = ("free-sound", "sound-bible")
 ROOM_SIZES = {"smallroom": (0.2, 0.45), "mediumroom": (0.4, 0.8), "largeroom": (0.7, 1.2)}
 URBANSOUND_CLASSES = (
-    "air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
-    "engine_idling", "gun_shot", "jackhammer", "siren", "street_music",
+    "air_conditioner",
+    "car_horn",
+    "children_playing",
+    "dog_bark",
+    "drilling",
+    "engine_idling",
+    "gun_shot",
+    "jackhammer",
+    "siren",
+    "street_music",
 )
 URBANSOUND_HEADER = "slice_file_name,fsID,start,end,salience,fold,classID,class"
 # (sampling rate, channels, libsndfile subtype) of successive clips: the real data mixes them.
 # No float WAV: libsndfile writes a time-stamped PEAK chunk into those (not byte-reproducible).
 URBANSOUND_FORMATS = (
-    (44100, 2, "PCM_16"), (48000, 2, "PCM_24"), (22050, 1, "PCM_16"), (16000, 1, "PCM_16"),
-    (44100, 1, "PCM_32"), (96000, 2, "PCM_24"), (11025, 1, "PCM_U8"), (8000, 1, "PCM_16"),
-    (44100, 2, "PCM_16"), (32000, 1, "PCM_16"),
+    (44100, 2, "PCM_16"),
+    (48000, 2, "PCM_24"),
+    (22050, 1, "PCM_16"),
+    (16000, 1, "PCM_16"),
+    (44100, 1, "PCM_32"),
+    (96000, 2, "PCM_24"),
+    (11025, 1, "PCM_U8"),
+    (8000, 1, "PCM_16"),
+    (44100, 2, "PCM_16"),
+    (32000, 1, "PCM_16"),
 )
 
 
@@ -85,9 +99,7 @@ def _plan_librispeech(rng, subsets):
         used_ids.update(speaker["id"] for speaker in speakers)
         speakers_by_subset[subset] = speakers
         for speaker in speakers:
-            chapters = sorted(
-                {int(rng.integers(10, 99999)) for _ in range(1 if utterances_per_speaker < 4 else 2)}
-            )
+            chapters = sorted({int(rng.integers(10, 99999)) for _ in range(1 if utterances_per_speaker < 4 else 2)})
             for index in range(utterances_per_speaker):
                 chapter = chapters[index % len(chapters)]
                 utterance_number = index // len(chapters)
@@ -172,9 +184,7 @@ def generate_musan(root, rng, num_noises, num_music, num_speech, duration, progr
     stereo = np.stack([colored_noise(rng, stereo_samples, 1.0) for _ in range(2)], axis=1)
     stereo_path = os.path.join(musan, "noise", NOISE_SOURCES[0], f"{stereo_id}.wav")
     write_audio(stereo_path, stereo, sample_rate=44100)
-    files_by_leaf.setdefault(os.path.dirname(stereo_path), []).append(
-        (stereo_id, "stereo 44.1 kHz pink noise")
-    )
+    files_by_leaf.setdefault(os.path.dirname(stereo_path), []).append((stereo_id, "stereo 44.1 kHz pink noise"))
     progress.update(1)
     for index in range(num_music):
         source = MUSIC_SOURCES[index % len(MUSIC_SOURCES)]
@@ -211,8 +221,7 @@ def _generate_simulated_rirs(rirs, rng, rooms_per_size, rirs_per_room, progress)
             for rir_number in range(1, rirs_per_room + 1):
                 file_name = f"{room}-{rir_number:05d}.wav"
                 relative = f"RIRS_NOISES/simulated_rirs/{size}/{room}/{file_name}"
-                write_audio(os.path.join(os.path.dirname(rirs), relative),
-                             exponential_decay_rir(rng, rt60))
+                write_audio(os.path.join(os.path.dirname(rirs), relative), exponential_decay_rir(rng, rt60))
                 rir_id = f"{size}-{room}-{rir_number:05d}"
                 list_lines.append(f"--rir-id {rir_id} --room-id {size}-{room} {relative}")
                 count += 1
@@ -257,9 +266,7 @@ def _generate_pointsource_noises(rirs, rng, num_noise_samples, progress):
     lines = []
     for index, kind in enumerate(["hum", "white"], start=1):
         stem = f"noise-free-sound-{index:04d}"
-        waveform = machine_hum(rng, num_noise_samples) if kind == "hum" else colored_noise(
-            rng, num_noise_samples, 0.0
-        )
+        waveform = machine_hum(rng, num_noise_samples) if kind == "hum" else colored_noise(rng, num_noise_samples, 0.0)
         write_audio(os.path.join(folder, f"{stem}.wav"), waveform)
         lines.append(
             f"--noise-id {stem} --noise-type point-source --bg-fg-type foreground "
@@ -278,8 +285,7 @@ def generate_rirs_noises(root, rng, rooms_per_size, rirs_per_room, noise_duratio
     real, isotropic = _generate_real_rirs_and_noises(rirs, rng, num_noise_samples, progress)
     pointsource = _generate_pointsource_noises(rirs, rng, num_noise_samples, progress)
     write_text(os.path.join(rirs, "README"), "Miniature RIRS_NOISES-like corpus (OpenSLR 28).\n")
-    return rirs, {"simulated": simulated, "real": real, "isotropic": isotropic,
-                  "pointsource": pointsource}
+    return rirs, {"simulated": simulated, "real": real, "isotropic": isotropic, "pointsource": pointsource}
 
 
 def generate_urbansound(root, rng, num_clips, progress):
@@ -314,15 +320,20 @@ def generate_urbansound(root, rng, num_clips, progress):
         soundfile.write(path, np.clip(clip, -1.0, 1.0), sample_rate, subtype=subtype)
         start = slice_id * 4.0 + float(rng.uniform(0, 1))
         salience = int(rng.integers(1, 3))
-        lines.append(f"{name},{fs_id},{start:.6f},{start + num_samples / sample_rate:.6f},"
-                     f"{salience},{fold},{class_id},{class_name}")
+        lines.append(
+            f"{name},{fs_id},{start:.6f},{start + num_samples / sample_rate:.6f},"
+            f"{salience},{fold},{class_id},{class_name}"
+        )
         counts[class_name] += 1
         progress.update(1)
-    write_text(os.path.join(urbansound, "metadata", "UrbanSound8K.csv"),
-                "\n".join([URBANSOUND_HEADER] + sorted(lines)) + "\n")
-    write_text(os.path.join(urbansound, "UrbanSound8K_README.txt"),
-                "Miniature UrbanSound8K-like corpus of synthetic clips, made by "
-                "robustdistiller.testing.mini_corpus. Same layout as UrbanSound8K.\n")
+    write_text(
+        os.path.join(urbansound, "metadata", "UrbanSound8K.csv"), "\n".join([URBANSOUND_HEADER] + sorted(lines)) + "\n"
+    )
+    write_text(
+        os.path.join(urbansound, "UrbanSound8K_README.txt"),
+        "Miniature UrbanSound8K-like corpus of synthetic clips, made by "
+        "robustdistiller.testing.mini_corpus. Same layout as UrbanSound8K.\n",
+    )
     return urbansound, counts
 
 
@@ -468,32 +479,60 @@ def generate_mini_corpus(
         valid_subset: (valid_speakers, valid_utterances_per_speaker),
     }
     num_utterances = sum(speakers * utterances for speakers, utterances in subsets.values())
-    total_files = (num_utterances + num_noises + 1 + num_music + num_speech
-                   + 3 * rooms_per_size * rirs_per_room + 3 + 2 + 2 + num_urbansound)
+    total_files = (
+        num_utterances
+        + num_noises
+        + 1
+        + num_music
+        + num_speech
+        + 3 * rooms_per_size * rirs_per_room
+        + 3
+        + 2
+        + 2
+        + num_urbansound
+    )
     with tqdm(total=total_files, desc="Mini corpus", disable=not show_progress) as progress:
-        _, utterance_count = generate_librispeech(
-            output_folder, np.random.default_rng([seed, 1]), subsets, progress
-        )
+        _, utterance_count = generate_librispeech(output_folder, np.random.default_rng([seed, 1]), subsets, progress)
         _, musan_count = generate_musan(
-            output_folder, np.random.default_rng([seed, 2]), num_noises, num_music, num_speech,
-            noise_duration, progress,
+            output_folder,
+            np.random.default_rng([seed, 2]),
+            num_noises,
+            num_music,
+            num_speech,
+            noise_duration,
+            progress,
         )
         _, rir_counts = generate_rirs_noises(
-            output_folder, np.random.default_rng([seed, 3]), rooms_per_size, rirs_per_room,
-            noise_duration, progress,
+            output_folder,
+            np.random.default_rng([seed, 3]),
+            rooms_per_size,
+            rirs_per_room,
+            noise_duration,
+            progress,
         )
         _, urbansound_counts = generate_urbansound(
             output_folder, np.random.default_rng([seed, 4]), num_urbansound, progress
         )
-    summary = {"utterances": utterance_count, "musan_files": musan_count, **rir_counts,
-               "urbansound_clips": urbansound_counts}
+    summary = {
+        "utterances": utterance_count,
+        "musan_files": musan_count,
+        **rir_counts,
+        "urbansound_clips": urbansound_counts,
+    }
     _write_marker(marker_path, {"status": "complete", "options": options, "summary": summary})
     logger.info(
         "Generated mini corpus in %s in %.1f s: %d utterances (%s), %d MUSAN files, "
         "%d simulated + %d real RIRs, %d isotropic + %d point-source noises, %d UrbanSound8K clips.",
-        output_folder, time.time() - start_time, utterance_count, ", ".join(subsets),
-        musan_count, rir_counts["simulated"], rir_counts["real"], rir_counts["isotropic"],
-        rir_counts["pointsource"], sum(urbansound_counts.values()),
+        output_folder,
+        time.time() - start_time,
+        utterance_count,
+        ", ".join(subsets),
+        musan_count,
+        rir_counts["simulated"],
+        rir_counts["real"],
+        rir_counts["isotropic"],
+        rir_counts["pointsource"],
+        sum(urbansound_counts.values()),
     )
     return roots
 

@@ -117,9 +117,7 @@ def _envelope(rng, num_samples, sample_rate, num_events, event_seconds, decay):
     for _ in range(num_events):
         start = float(rng.uniform(0, max(time_axis[-1] - event_seconds, 1e-3)))
         local = time_axis - start
-        envelope += np.where(local >= 0, np.exp(-np.maximum(local, 0) * decay), 0.0) * (
-            local < event_seconds
-        )
+        envelope += np.where(local >= 0, np.exp(-np.maximum(local, 0) * decay), 0.0) * (local < event_seconds)
     return envelope
 
 
@@ -140,8 +138,7 @@ def urban_sound(rng, class_name, num_samples, sample_rate):
 
     def tone(frequencies, harmonics=4):
         phase = 2 * np.pi * np.cumsum(np.broadcast_to(frequencies, time_axis.shape)) / sample_rate
-        return sum(np.sin(h * phase) / h for h in range(1, harmonics + 1)
-                   if h * float(np.max(frequencies)) < nyquist)
+        return sum(np.sin(h * phase) / h for h in range(1, harmonics + 1) if h * float(np.max(frequencies)) < nyquist)
 
     if class_name == "air_conditioner":
         signal = colored_noise(rng, num_samples, 2.0) + 0.5 * machine_hum(rng, num_samples, sample_rate)

@@ -19,8 +19,7 @@ def write_audio(path, waveform, sample_rate=SAMPLE_RATE, audio_format=None):
     folders are created.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    soundfile.write(path, np.clip(waveform, -1.0, 1.0), sample_rate, subtype="PCM_16",
-                    format=audio_format)
+    soundfile.write(path, np.clip(waveform, -1.0, 1.0), sample_rate, subtype="PCM_16", format=audio_format)
 
 
 def write_text(path, text):

@@ -205,7 +205,7 @@ def test_no_file_outside_docs_cites_the_old_notes():
             if found:
                 offending.append(f"{citing_file}:{number}: {', '.join(found)}: {line.strip()}")
     assert not offending, (
-        "Citations of notes that are not in the repository (cite docs/reference/<page>.md \"Section\" instead):\n"
+        'Citations of notes that are not in the repository (cite docs/reference/<page>.md "Section" instead):\n'
         + "\n".join(offending)
     )
 

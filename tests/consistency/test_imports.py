@@ -52,8 +52,11 @@ def script_files():
     paths = ["train.py"]
     for folder, subfolders, files in os.walk(RECIPES_FOLDER):
         subfolders[:] = sorted(name for name in subfolders if name != "__pycache__")
-        paths += [os.path.relpath(os.path.join(folder, name), REPOSITORY_ROOT) for name in sorted(files)
-                  if name.endswith(".py")]
+        paths += [
+            os.path.relpath(os.path.join(folder, name), REPOSITORY_ROOT)
+            for name in sorted(files)
+            if name.endswith(".py")
+        ]
     return paths
 
 
@@ -127,16 +130,26 @@ def import_results():
     """``{module or script: None if it imported, else its traceback}``, from one fresh interpreter."""
     targets = [["module", name] for name in MODULES] + [["script", path] for path in SCRIPTS]
     environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    completed = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, json.dumps(targets)], cwd=REPOSITORY_ROOT,
-                               capture_output=True, text=True, env=environment, timeout=600)
+    completed = subprocess.run(
+        [sys.executable, "-c", IMPORT_EACH_ALONE, json.dumps(targets)],
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def test_every_package_file_is_walked():
     """The walk finds the package's modules, its subpackages and the recipes (guards against an empty walk)."""
-    assert {"robustdistiller", "robustdistiller.export", "robustdistiller.dpwavlm.model",
-            "robustdistiller.downstream.brain"} <= set(MODULES)
+    assert {
+        "robustdistiller",
+        "robustdistiller.export",
+        "robustdistiller.dpwavlm.model",
+        "robustdistiller.downstream.brain",
+    } <= set(MODULES)
     assert len([path for path in SCRIPTS if os.path.basename(path) == "train.py"]) == 13  # 12 recipes + the root
 
 
@@ -257,7 +270,7 @@ def _one_cycle(component, edges):
         following = next((successor for successor in successors if successor not in seen), None)
         if following is None:  # a back edge to the middle of the path closes a shorter circle
             closing = next(successor for successor in successors if successor in seen)
-            return path[path.index(closing):] + [closing]
+            return path[path.index(closing) :] + [closing]
         path.append(following)
         seen.add(following)
 
@@ -268,8 +281,10 @@ def test_no_import_cycle_among_package_modules():
     edges = {module: {target for target, _ in targets} for module, targets in graph.items()}
     lines = {(module, target): line for module, targets in graph.items() for target, line in targets}
     cycles = [_one_cycle(component, edges) for component in find_cycles(edges)]
-    described = [" -> ".join(f"{a} (line {lines[a, b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
-                 for cycle in cycles]
+    described = [
+        " -> ".join(f"{a} (line {lines[a, b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
+        for cycle in cycles
+    ]
     assert not cycles, "import cycles among robustdistiller modules:\n" + "\n".join(described)
 
 

@@ -48,8 +48,7 @@ def test_every_requirement_is_pinned_within_its_range():
         name = canonicalize_name(requirement.name)
         assert name in pins, f"requirements.txt needs {requirement.name}, constraints.txt does not pin it"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
-            f"constraints.txt pins {requirement.name}=={pins[name]}, outside requirements.txt's "
-            f"{requirement.specifier}"
+            f"constraints.txt pins {requirement.name}=={pins[name]}, outside requirements.txt's {requirement.specifier}"
         )
 
 

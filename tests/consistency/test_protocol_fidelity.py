@@ -73,15 +73,16 @@ def effective_settings(options):
     if opt_class is not None:
         tag = tag_of(opt_class)
         assert tag and tag.startswith("!name:"), f"opt_class should be a !name: partial, got {tag!r}"
-        optimizer = pydoc.locate(tag[len("!name:"):])
+        optimizer = pydoc.locate(tag[len("!name:") :])
         keywords = dict(opt_class) if hasattr(opt_class, "items") else {}
     batch = options.get("train_dataloader_opts", {}).get("batch_size", options.get("batch_size"))
     accumulation = options.get("grad_accumulation_factor", 1) or 1
     return {
         "optimizer": optimizer,
         "lr": keywords.get("lr", options.get("lr")),
-        "weight_decay": keywords.get("weight_decay",
-                                     TORCH_ADAMW_DEFAULT_WEIGHT_DECAY if optimizer is torch.optim.AdamW else None),
+        "weight_decay": keywords.get(
+            "weight_decay", TORCH_ADAMW_DEFAULT_WEIGHT_DECAY if optimizer is torch.optim.AdamW else None
+        ),
         "batch": batch,
         "accumulation": accumulation,
         "effective batch": None if batch is None else int(batch) * int(accumulation),
@@ -101,7 +102,7 @@ def deviations_section(readme_path):
         if heading and "deviations from s3prl" in heading.group(2).lower():
             level = len(heading.group(1))
             body = []
-            for other in lines[start + 1:]:
+            for other in lines[start + 1 :]:
                 deeper = re.match(r"^(#+)\s", other)
                 if deeper and len(deeper.group(1)) <= level:
                     break
@@ -135,8 +136,9 @@ def mismatches(row, settings):
     if settings["updates"] is None or int(settings["updates"]) != row.updates:
         found["updates"] = (settings["updates"], row.updates)
     elif row.train_utterances and settings["epochs"] is not None:
-        reachable = int(settings["epochs"]) * (row.train_utterances // int(settings["batch"])) // int(
-            settings["accumulation"])
+        reachable = (
+            int(settings["epochs"]) * (row.train_utterances // int(settings["batch"])) // int(settings["accumulation"])
+        )
         if reachable < row.updates:
             found["epoch ceiling"] = (f"{settings['epochs']} epochs = ~{reachable} updates", row.updates)
     return found
@@ -154,8 +156,9 @@ def test_training_budget_matches_s3prl_or_is_documented(name):
     settings = effective_settings(options)
     readme = os.path.join(task.recipe_folder, "README.md")
     section = deviations_section(readme)
-    undocumented = {quantity: values for quantity, values in mismatches(row, settings).items()
-                    if not documented(section, quantity)}
+    undocumented = {
+        quantity: values for quantity, values in mismatches(row, settings).items() if not documented(section, quantity)
+    }
     assert not undocumented, (
         f"{task.recipe}/{task.hparams} differs from s3prl "
         f"({row.note or 'docs/reference/s3prl_settings.md, Step budgets'}) in "
@@ -168,20 +171,25 @@ def test_training_budget_matches_s3prl_or_is_documented(name):
 def test_registry_and_recipe_folders_agree():
     """Every recipe folder and recipe YAML has a registry row, and every row names an existing recipe."""
     rows = {os.path.normpath(os.path.join(task.recipe, task.hparams)): name for name, task in TASKS.items()}
-    found = {os.path.relpath(path, RECIPES_ROOT)
-             for path in glob.glob(os.path.join(RECIPES_ROOT, "*", "*", "hparams", "*.yaml"))}
+    found = {
+        os.path.relpath(path, RECIPES_ROOT)
+        for path in glob.glob(os.path.join(RECIPES_ROOT, "*", "*", "hparams", "*.yaml"))
+    }
     assert found and len(found) == len(TASKS), sorted(found)
     assert not found - set(rows), (
         f"recipe YAMLs without a row in TASKS (robustdistiller/downstream/tasks.py): {sorted(found - set(rows))}"
     )
     assert not set(rows) - found, f"rows of TASKS whose YAML does not exist: {sorted(set(rows) - found)}"
-    folders = {os.path.relpath(os.path.dirname(path), RECIPES_ROOT)
-               for path in glob.glob(os.path.join(RECIPES_ROOT, "*", "*", "train.py"))}
+    folders = {
+        os.path.relpath(os.path.dirname(path), RECIPES_ROOT)
+        for path in glob.glob(os.path.join(RECIPES_ROOT, "*", "*", "train.py"))
+    }
     assert folders == {task.recipe for task in TASKS.values()}
     for name, task in TASKS.items():
         assert task.name == name and os.path.isfile(task.train_script), name
         assert task.primary_metric in METRIC_SCALES, (
-            f"{name}: primary metric {task.primary_metric!r} has no scale in METRIC_SCALES")
+            f"{name}: primary metric {task.primary_metric!r} has no scale in METRIC_SCALES"
+        )
 
 
 # ------------------------------------------------------------------ the checker itself -----
@@ -207,13 +215,16 @@ def test_checker_reads_speechbrain_defaults_and_catches_each_deviation(tmp_path)
     settings["epochs"] = 50
     assert mismatches(row, settings) == {}
     settings["optimizer"] = torch.optim.AdamW
-    assert set(mismatches(S3prlBudget(optimizer=torch.optim.AdamW, effective_batch=(32,), weight_decay=0.0),
-                          settings)) == {"weight decay"}
+    assert set(
+        mismatches(S3prlBudget(optimizer=torch.optim.AdamW, effective_batch=(32,), weight_decay=0.0), settings)
+    ) == {"weight decay"}
 
     readme = tmp_path / "README.md"
-    readme.write_text("# T\n\n## Deviations from s3prl\n\n- `max_grad_norm`: 5.0, because the head is tiny and "
-                      "converges either way (measured).\n- `lr`\n\n## Other\n- `opt_class`: a long reason that "
-                      "does not count, outside the section.\n")
+    readme.write_text(
+        "# T\n\n## Deviations from s3prl\n\n- `max_grad_norm`: 5.0, because the head is tiny and "
+        "converges either way (measured).\n- `lr`\n\n## Other\n- `opt_class`: a long reason that "
+        "does not count, outside the section.\n"
+    )
     section = deviations_section(str(readme))
     assert documented(section, "clipping")
     assert not documented(section, "learning rate")  # named without a reason

@@ -18,14 +18,29 @@ RECIPE_YAMLS = sorted(glob.glob(os.path.join(REPOSITORY_ROOT, "recipes", "*", "*
 
 # Every recipe has these (the upstream block).
 REQUIRED_KEYS = (
-    "upstream_source", "upstream_kind", "upstream_include_predictions", "upstream_per_utterance_norm",
-    "upstream_student_layer0", "upstream", "upstream_name",
+    "upstream_source",
+    "upstream_kind",
+    "upstream_include_predictions",
+    "upstream_per_utterance_norm",
+    "upstream_student_layer0",
+    "upstream",
+    "upstream_name",
 )
 # Where a recipe has one of these, it has the same text as in every other recipe.
 SHARED_KEYS = REQUIRED_KEYS + (
-    "test_musan_subsets", "test_noise_folders", "test_rir_format", "test_rirs_noises_subsets",
-    "test_corruption_seed", "test_conditions", "train_musan_subsets", "train_noise_folders", "train_rir_format",
-    "train_rirs_noises_subsets", "train_snr_low", "train_snr_high", "train_condition_probs",
+    "test_musan_subsets",
+    "test_noise_folders",
+    "test_rir_format",
+    "test_rirs_noises_subsets",
+    "test_corruption_seed",
+    "test_conditions",
+    "train_musan_subsets",
+    "train_noise_folders",
+    "train_rir_format",
+    "train_rirs_noises_subsets",
+    "train_snr_low",
+    "train_snr_high",
+    "train_condition_probs",
 )
 
 

@@ -50,8 +50,9 @@ def test_greedy_decoding_collapses_repeats_and_drops_blank_and_specials():
     # log-probabilities and logits decode the same
     assert greedy_ctc_decode(torch.log_softmax(batch, -1)) == greedy_ctc_decode(batch)
     # s3prl's pre-2022 rule drops first, then merges: the blank no longer separates the two 2s
-    assert greedy_ctc_decode(one_hot_frames([0, 2, 2, 0, 2, 3, 3, 1, 0]), dropped_indices=[0, 1],
-                             rule="s3prl_pre2022") == [[2, 3]]
+    assert greedy_ctc_decode(
+        one_hot_frames([0, 2, 2, 0, 2, 3, 3, 1, 0]), dropped_indices=[0, 1], rule="s3prl_pre2022"
+    ) == [[2, 3]]
     with pytest.raises(ValueError, match="ctc_decoding|rule"):
         greedy_ctc_decode(batch, rule="s3prl")
 
@@ -112,10 +113,12 @@ def test_ctc_head_ignores_padding_and_has_s3prls_sizes():
 
 def test_feature_augment_masks_time_and_features():
     torch.manual_seed(0)
-    augment = FeatureAugment([
-        SpectrogramDrop(drop_length_low=3, drop_length_high=4, drop_count_low=1, drop_count_high=1, dim=1),
-        SpectrogramDrop(drop_length_low=2, drop_length_high=3, drop_count_low=1, drop_count_high=1, dim=2),
-    ])
+    augment = FeatureAugment(
+        [
+            SpectrogramDrop(drop_length_low=3, drop_length_high=4, drop_count_low=1, drop_count_high=1, dim=1),
+            SpectrogramDrop(drop_length_low=2, drop_length_high=3, drop_count_low=1, drop_count_high=1, dim=2),
+        ]
+    )
     features = augment(torch.ones(2, 20, 10))
     for item in features:
         zero_frames = (item == 0).all(dim=1).sum().item()
@@ -160,13 +163,21 @@ def test_asr_learns_and_reports_every_condition(librispeech, tiny_teacher_folder
     assert folder_snapshot(os.path.dirname(librispeech["data_folder"])) == before
     epochs = [
         {key: float(value) for key, value in re.findall(r"(train loss|valid CER|valid WER): ([\d.e+-]+)", line)}
-        for line in Path(os.path.join(output, "train_log.txt")).read_text().splitlines(keepends=True) if line.startswith("epoch")
+        for line in Path(os.path.join(output, "train_log.txt")).read_text().splitlines(keepends=True)
+        if line.startswith("epoch")
     ]
     assert len(epochs) == 10
     results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     untrained, best = results["untrained_valid"], min(epochs, key=lambda stats: stats["valid CER"])
-    print("ASR training-set CER untrained / epoch 1 / best:", untrained["CER"], epochs[0]["valid CER"],
-          best["valid CER"], "loss untrained / last epoch:", untrained["loss"], epochs[-1]["train loss"])
+    print(
+        "ASR training-set CER untrained / epoch 1 / best:",
+        untrained["CER"],
+        epochs[0]["valid CER"],
+        best["valid CER"],
+        "loss untrained / last epoch:",
+        untrained["loss"],
+        epochs[-1]["train loss"],
+    )
     # char-level WER on 30 utterances stays high: not asserted
     assert untrained["CER"] > 90 and best["valid CER"] < 75 and best["valid CER"] < untrained["CER"] - 20
     assert epochs[-1]["train loss"] < 0.5 * untrained["loss"]
@@ -178,8 +189,7 @@ def test_asr_learns_and_reports_every_condition(librispeech, tiny_teacher_folder
         lines = Path(os.path.join(output, "hypotheses", f"{name}.txt")).read_text().splitlines()
         assert len(lines) == (30 if name == "untrained" else 8)
         # hypotheses keep <pad> and <unk> as s3prl's do (they count as errors)
-        assert all(re.match(r"^\d+-\d+-\d{4}\tREF: [A-Z' ]+\tHYP: (?:[A-Z' ]|<pad>|<unk>)*$", line)
-                                       for line in lines)
+        assert all(re.match(r"^\d+-\d+-\d{4}\tREF: [A-Z' ]+\tHYP: (?:[A-Z' ]|<pad>|<unk>)*$", line) for line in lines)
     assert "| snr5 |" in Path(os.path.join(output, "results.md")).read_text()
 
 
@@ -210,7 +220,15 @@ def test_full_size_heads_and_specaugment_are_s3prls():
     warp, time_masks, feature_masks = asr["feature_augment"]["augmentations"]
     assert (warp["warp_window"], warp["dim"]) == (5, 1)
     # SpectrogramDrop draws widths in [low, high): 0-40 frames and 0-50 features, 2 and 4 masks
-    assert (time_masks["drop_length_high"], time_masks["drop_count_low"], time_masks["drop_count_high"],
-            time_masks["dim"]) == (41, 2, 2, 1)
-    assert (feature_masks["drop_length_high"], feature_masks["drop_count_low"], feature_masks["drop_count_high"],
-            feature_masks["dim"]) == (51, 4, 4, 2)
+    assert (
+        time_masks["drop_length_high"],
+        time_masks["drop_count_low"],
+        time_masks["drop_count_high"],
+        time_masks["dim"],
+    ) == (41, 2, 2, 1)
+    assert (
+        feature_masks["drop_length_high"],
+        feature_masks["drop_count_low"],
+        feature_masks["drop_count_high"],
+        feature_masks["dim"],
+    ) == (51, 4, 4, 2)

@@ -119,8 +119,13 @@ def asv_overrides(voxceleb1, upstream, output, **extra):
 def test_asv_learns_and_reports_every_condition(voxceleb1, mini_corpus, tiny_teacher_folder, tmp_path, single_thread):
     before = snapshot(voxceleb1)
     output = str(tmp_path / "asv")
-    overrides = asv_overrides(voxceleb1, tiny_teacher_folder, output,
-                              test_condition_names=["clean", "snr5", "reverb"], **corruption_overrides(mini_corpus))
+    overrides = asv_overrides(
+        voxceleb1,
+        tiny_teacher_folder,
+        output,
+        test_condition_names=["clean", "snr5", "reverb"],
+        **corruption_overrides(mini_corpus),
+    )
     code, log = run_recipe_script("VoxCeleb1/ASV", "hparams/superb_asv.yaml", overrides)
     assert code == 0, log
     assert snapshot(voxceleb1) == before, "the recipe modified the data folder"
@@ -160,15 +165,27 @@ def test_asv_learns_and_reports_every_condition(voxceleb1, mini_corpus, tiny_tea
     train_log = Path(os.path.join(output, "train_log.txt")).read_text()
     assert train_log.count("valid EER") == 6
     save = os.path.join(output, "save")
-    checkpoints = {folder: yaml.safe_load(Path(os.path.join(save, folder, "CKPT.yaml")).read_text())
-                   for folder in os.listdir(save) if folder.startswith("CKPT+")}
+    checkpoints = {
+        folder: yaml.safe_load(Path(os.path.join(save, folder, "CKPT.yaml")).read_text())
+        for folder in os.listdir(save)
+        if folder.startswith("CKPT+")
+    }
     best = min(checkpoints, key=lambda folder: checkpoints[folder]["EER"])
-    logged = [float(line.split("valid EER: ")[1].split(",")[0])
-              for line in train_log.splitlines() if "valid EER" in line]
+    logged = [
+        float(line.split("valid EER: ")[1].split(",")[0]) for line in train_log.splitlines() if "valid EER" in line
+    ]
     assert abs(checkpoints[best]["EER"] - min(logged)) < 0.01
     model_files = {name for name in os.listdir(os.path.join(save, best)) if name.endswith(".ckpt")}
-    assert model_files == {"weighted_sum.ckpt", "projector.ckpt", "xvector.ckpt", "classifier.ckpt", "counter.ckpt",
-                           "brain.ckpt", "optimizer.ckpt", "dataloader-TRAIN.ckpt"}
+    assert model_files == {
+        "weighted_sum.ckpt",
+        "projector.ckpt",
+        "xvector.ckpt",
+        "classifier.ckpt",
+        "counter.ckpt",
+        "brain.ckpt",
+        "optimizer.ckpt",
+        "dataloader-TRAIN.ckpt",
+    }
     classifier = torch.load(os.path.join(save, best, "classifier.ckpt"))
     assert classifier["weight"].shape == (DEV_SPEAKERS - VALID_SPEAKERS, 64)
 
@@ -182,13 +199,21 @@ def free_port():
 def test_torchrun_two_gloo_processes(voxceleb1, tiny_teacher_folder, tmp_path):
     """CPU DDP: no SyncBatchNorm conversion of the x-vector's BatchNorm; scores and results written once."""
     output = str(tmp_path / "ddp")
-    overrides = asv_overrides(voxceleb1, tiny_teacher_folder, output, number_of_epochs=2,
-                              test_condition_names=["clean"])
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "train.py", "hparams/superb_asv.yaml", "--distributed_backend=gloo"] + as_command_line(overrides)
+    overrides = asv_overrides(
+        voxceleb1, tiny_teacher_folder, output, number_of_epochs=2, test_condition_names=["clean"]
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "train.py",
+        "hparams/superb_asv.yaml",
+        "--distributed_backend=gloo",
+    ] + as_command_line(overrides)
     environment = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=REPOSITORY_ROOT, OMP_NUM_THREADS="1")
-    completed = subprocess.run(command, cwd=RECIPE_FOLDER, env=environment, capture_output=True, text=True,
-                               timeout=600)
+    completed = subprocess.run(command, cwd=RECIPE_FOLDER, env=environment, capture_output=True, text=True, timeout=600)
     log = completed.stdout[-5000:] + completed.stderr[-5000:]
     assert completed.returncode == 0, log
     results = json.loads(Path(os.path.join(output, "results.json")).read_text())
@@ -206,8 +231,13 @@ def test_torchrun_two_gloo_processes(voxceleb1, tiny_teacher_folder, tmp_path):
 
 def test_prepare_splits_dev_speakers_from_the_trial_file(voxceleb1, tmp_path):
     before = snapshot(voxceleb1)
-    paths = prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "save"), valid_speakers=VALID_SPEAKERS,
-                                          valid_utterances_per_speaker=4, min_train_duration=0.0)
+    paths = prepare.prepare_voxceleb1_asv(
+        voxceleb1,
+        str(tmp_path / "save"),
+        valid_speakers=VALID_SPEAKERS,
+        valid_utterances_per_speaker=4,
+        min_train_duration=0.0,
+    )
     assert snapshot(voxceleb1) == before
     train, valid, test = (read_csv(paths[name]) for name in ("train", "valid", "test"))
     valid_trials, test_trials = read_csv(paths["valid_trials"]), read_csv(paths["test_trials"])
@@ -227,7 +257,11 @@ def test_prepare_splits_dev_speakers_from_the_trial_file(voxceleb1, tmp_path):
         assert float(row["duration"]) > 0.5 and (row["start"], row["stop"]) == ("0", "-1")
 
     # Test trials: the list's order and labels, utterance IDs that test.csv holds, each utterance once.
-    raw = [line.split() for line in Path(os.path.join(voxceleb1, "veri_test.txt")).read_text().splitlines(keepends=True) if line.strip()]
+    raw = [
+        line.split()
+        for line in Path(os.path.join(voxceleb1, "veri_test.txt")).read_text().splitlines(keepends=True)
+        if line.strip()
+    ]
     assert [[t["label"], t["enrol"], t["test"]] for t in test_trials] == [
         [label, prepare.utterance_id(enrol), prepare.utterance_id(other)] for label, enrol, other in raw
     ]
@@ -241,19 +275,40 @@ def test_prepare_splits_dev_speakers_from_the_trial_file(voxceleb1, tmp_path):
         assert (speaker_of[trial["enrol"]] == speaker_of[trial["test"]]) == (trial["label"] == "1")
 
     # Deterministic; another split seed holds out other speakers.
-    again = prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "again"), valid_speakers=VALID_SPEAKERS,
-                                          valid_utterances_per_speaker=4, min_train_duration=0.0)
+    again = prepare.prepare_voxceleb1_asv(
+        voxceleb1,
+        str(tmp_path / "again"),
+        valid_speakers=VALID_SPEAKERS,
+        valid_utterances_per_speaker=4,
+        min_train_duration=0.0,
+    )
     assert Path(again["valid_trials"]).read_text() == Path(paths["valid_trials"]).read_text()
-    held_out = {tuple(sorted({row["speaker"] for row in read_csv(prepare.prepare_voxceleb1_asv(
-        voxceleb1, str(tmp_path / f"seed{seed}"), valid_speakers=VALID_SPEAKERS, split_seed=seed)["valid"])}))
-        for seed in range(5)}
+    held_out = {
+        tuple(
+            sorted(
+                {
+                    row["speaker"]
+                    for row in read_csv(
+                        prepare.prepare_voxceleb1_asv(
+                            voxceleb1, str(tmp_path / f"seed{seed}"), valid_speakers=VALID_SPEAKERS, split_seed=seed
+                        )["valid"]
+                    )
+                }
+            )
+        )
+        for seed in range(5)
+    }
     assert len(held_out) > 1
 
 
 def test_prepare_min_duration_other_trial_file_and_skip(voxceleb1, tmp_path):
     save = str(tmp_path / "save")
-    durations = sorted(float(row["duration"]) for row in read_csv(
-        prepare.prepare_voxceleb1_asv(voxceleb1, save, valid_speakers=2, min_train_duration=0.0)["train"]))
+    durations = sorted(
+        float(row["duration"])
+        for row in read_csv(
+            prepare.prepare_voxceleb1_asv(voxceleb1, save, valid_speakers=2, min_train_duration=0.0)["train"]
+        )
+    )
     # Already prepared with the same options: nothing is rewritten.
     train_csv = os.path.join(save, "train.csv")
     mtime = os.stat(train_csv).st_mtime_ns
@@ -262,18 +317,23 @@ def test_prepare_min_duration_other_trial_file_and_skip(voxceleb1, tmp_path):
 
     distinct = sorted(set(durations))
     threshold = (distinct[len(distinct) // 2 - 1] + distinct[len(distinct) // 2]) / 2
-    kept = read_csv(prepare.prepare_voxceleb1_asv(voxceleb1, save, valid_speakers=2,
-                                                  min_train_duration=threshold)["train"])
+    kept = read_csv(
+        prepare.prepare_voxceleb1_asv(voxceleb1, save, valid_speakers=2, min_train_duration=threshold)["train"]
+    )
     assert len(kept) == sum(duration > threshold for duration in durations) < len(durations)
     assert all(float(row["duration"]) > threshold for row in kept)
 
     # A trial list with two test speakers: the other "test" speakers become dev speakers.
     trial_file = tmp_path / "two_speakers.txt"
-    lines = [line for line in Path(os.path.join(voxceleb1, "veri_test2.txt")).read_text().splitlines(keepends=True)
-             if set(part.split("/")[0] for part in line.split()[1:]) <= {"id10270", "id10271"}]
+    lines = [
+        line
+        for line in Path(os.path.join(voxceleb1, "veri_test2.txt")).read_text().splitlines(keepends=True)
+        if set(part.split("/")[0] for part in line.split()[1:]) <= {"id10270", "id10271"}
+    ]
     trial_file.write_text("".join(lines))
-    paths = prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "other"), trial_file=str(trial_file),
-                                          valid_speakers=2, min_train_duration=0.0)
+    paths = prepare.prepare_voxceleb1_asv(
+        voxceleb1, str(tmp_path / "other"), trial_file=str(trial_file), valid_speakers=2, min_train_duration=0.0
+    )
     dev = {row["speaker"] for name in ("train", "valid") for row in read_csv(paths[name])}
     assert {"id10272", "id10275"} <= dev and not {"id10270", "id10271"} & dev
     assert len(read_csv(paths["test_trials"])) == len(lines)
@@ -300,10 +360,12 @@ def test_prepare_errors_name_the_culprit(voxceleb1, tmp_path):
 
 def test_prepare_trial_lists_and_trimmed_durations(voxceleb1, tmp_path):
     """original (s3prl's veri_test.txt, the default) or cleaned (veri_test2.txt); trimmed durations, filter after."""
-    original = prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "original"), valid_speakers=2,
-                                             min_train_duration=0.0)
-    cleaned = prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "cleaned"), valid_speakers=2,
-                                            min_train_duration=0.0, trial_list="cleaned")
+    original = prepare.prepare_voxceleb1_asv(
+        voxceleb1, str(tmp_path / "original"), valid_speakers=2, min_train_duration=0.0
+    )
+    cleaned = prepare.prepare_voxceleb1_asv(
+        voxceleb1, str(tmp_path / "cleaned"), valid_speakers=2, min_train_duration=0.0, trial_list="cleaned"
+    )
     assert len(read_csv(original["test_trials"])) == NUM_TEST_TRIALS
     assert len(read_csv(cleaned["test_trials"])) == NUM_CLEANED_TRIALS < NUM_TEST_TRIALS
     with pytest.raises(ValueError, match="trial_list must be one of"):
@@ -311,22 +373,26 @@ def test_prepare_trial_lists_and_trimmed_durations(voxceleb1, tmp_path):
 
     # Durations after silence removal: the fixture's 0.1-0.3 s of leading and trailing near-silence
     # (noise floor 3e-4 < 0.141 % of full scale) go; the minimum-length rule sees the trimmed length.
-    trimmed = prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "trimmed"), valid_speakers=2,
-                                            min_train_duration=0.0, trim_options=TRIM)
-    file_rows = {row["ID"]: float(row["duration"]) for name in ("train", "test")
-                 for row in read_csv(original[name])}
-    trimmed_rows = {row["ID"]: float(row["duration"]) for name in ("train", "test")
-                    for row in read_csv(trimmed[name])}
+    trimmed = prepare.prepare_voxceleb1_asv(
+        voxceleb1, str(tmp_path / "trimmed"), valid_speakers=2, min_train_duration=0.0, trim_options=TRIM
+    )
+    file_rows = {row["ID"]: float(row["duration"]) for name in ("train", "test") for row in read_csv(original[name])}
+    trimmed_rows = {row["ID"]: float(row["duration"]) for name in ("train", "test") for row in read_csv(trimmed[name])}
     assert trimmed_rows.keys() == file_rows.keys()
     removed = [file_rows[key] - trimmed_rows[key] for key in file_rows]
-    print(f"fixture: {len(removed)} utterances, {sum(file_rows.values()):.1f} s -> {sum(trimmed_rows.values()):.1f} s; "
-          f"removed per utterance {min(removed):.3f}-{max(removed):.3f} s")
+    print(
+        f"fixture: {len(removed)} utterances, {sum(file_rows.values()):.1f} s -> {sum(trimmed_rows.values()):.1f} s; "
+        f"removed per utterance {min(removed):.3f}-{max(removed):.3f} s"
+    )
     assert min(removed) >= 0.1 and max(removed) < 1.5
     distinct = sorted(set(trimmed_rows.values()))  # a threshold between two durations: no rounding edge
     threshold = (distinct[len(distinct) // 2 - 1] + distinct[len(distinct) // 2]) / 2
     train = read_csv(trimmed["train"])
-    kept = read_csv(prepare.prepare_voxceleb1_asv(voxceleb1, str(tmp_path / "filtered"), valid_speakers=2,
-                                                  min_train_duration=threshold, trim_options=TRIM)["train"])
+    kept = read_csv(
+        prepare.prepare_voxceleb1_asv(
+            voxceleb1, str(tmp_path / "filtered"), valid_speakers=2, min_train_duration=threshold, trim_options=TRIM
+        )["train"]
+    )
     assert {row["ID"] for row in kept} == {row["ID"] for row in train if float(row["duration"]) > threshold}
     # ... and not on the file's: some left-out utterances are longer than the threshold untrimmed
     assert sum(file_rows[row["ID"]] > threshold for row in train) > len(kept)
@@ -355,10 +421,10 @@ def test_silence_removal_hand_written_cases():
     wav = np.concatenate([gap(0.5), tone(0.5), gap(0.05), tone(0.5), gap(0.3), tone(0.5), gap(0.05)])
     keep = silence_keep_mask(wav, RATE)
     assert keep[: int(0.5 * RATE)].sum() == 0
-    assert keep[int(0.5 * RATE): int(1.55 * RATE)].all()
-    pause = keep[int(1.55 * RATE): int(1.85 * RATE)]
-    assert pause[: window - 1].all() and not pause[window - 1:].any()
-    assert keep[int(1.85 * RATE):].all()
+    assert keep[int(0.5 * RATE) : int(1.55 * RATE)].all()
+    pause = keep[int(1.55 * RATE) : int(1.85 * RATE)]
+    assert pause[: window - 1].all() and not pause[window - 1 :].any()
+    assert keep[int(1.85 * RATE) :].all()
     assert trim_silence(wav, RATE).shape[0] == int(1.05 * RATE) + window - 1 + int(0.55 * RATE)
 
     # A loud burst shorter than 0.1 s after a removed silence (or at the start) is dropped with it.
@@ -391,8 +457,11 @@ def test_silence_removal_matches_sox_transcription(voxceleb1):
         parts.append(tone(rng.uniform(0.02, 0.3), rng.uniform(0.002, 0.5)))
         parts.append(rng.uniform(0.0, 0.0012) * rng.standard_normal(int(rng.uniform(0.02, 0.25) * RATE)))
     synthetic = np.concatenate(parts)
-    files = [os.path.join(root, name) for root, _, names in sorted(os.walk(os.path.join(voxceleb1, "wav")))
-             for name in sorted(names)][:3]
+    files = [
+        os.path.join(root, name)
+        for root, _, names in sorted(os.walk(os.path.join(voxceleb1, "wav")))
+        for name in sorted(names)
+    ][:3]
     signals = [synthetic] + [load_audio(path).numpy() for path in files]
     for options in ({}, {"gain_db": 0.0, "precision": 16}):
         for signal in signals:

@@ -49,7 +49,9 @@ def build_brain(mini_corpus, teacher_folder, output_folder, hparams_file=DISTILL
         hparams = load_hyperpyyaml(fin, overrides)
     train_module.prepare_data(hparams)
     train_data, _, _ = train_module.dataio_prepare(hparams)
-    hparams["student"].init_from_teacher(hparams["teacher"].model, copy_encoder_layer_norm=hparams["copy_encoder_layer_norm"])
+    hparams["student"].init_from_teacher(
+        hparams["teacher"].model, copy_encoder_layer_norm=hparams["copy_encoder_layer_norm"]
+    )
     brain = DistillationBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
@@ -150,11 +152,15 @@ def test_hyperparameters_follow_the_paper(mini_corpus, tiny_teacher_folder, tmp_
     assert brain.optimizer.param_groups[0]["weight_decay"] == 0.01
     assert brain.optimizer.param_groups[1]["weight_decay"] == 0.0
     not_decayed = {name for name, parameter in named.items() if id(parameter) not in decayed}
-    lstm_biases = {name for name in named if re.fullmatch(r"enhancement_head\.lstm\.bias_(ih|hh)_l[0-2](_reverse)?", name)}
+    lstm_biases = {
+        name for name in named if re.fullmatch(r"enhancement_head\.lstm\.bias_(ih|hh)_l[0-2](_reverse)?", name)
+    }
     assert len(lstm_biases) == 12 and lstm_biases <= not_decayed
     assert "student.prediction_heads.split_bias" in not_decayed
     assert "student.backbone.encoder.layer_norm.weight" not in not_decayed
-    assert not_decayed == {name for name in named if name.rsplit(".", 1)[-1].startswith("bias") or name.endswith("split_bias")}
+    assert not_decayed == {
+        name for name in named if name.rsplit(".", 1)[-1].startswith("bias") or name.endswith("split_bias")
+    }
 
     # Linear warm-up from 0: the first step uses lr / warmup_steps.
     brain.fit_batch(first_batch(train_data))
@@ -174,7 +180,11 @@ def test_gradient_clipping_covers_every_parameter(mini_corpus, tiny_teacher_fold
         gradients = [p.grad for p in brain.modules.parameters() if p.grad is not None]
         clipped_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in gradients]))))
         bias_norms.append(
-            max(float(p.grad.norm()) for n, p in brain.modules.named_parameters() if n.endswith("bias") and p.grad is not None)
+            max(
+                float(p.grad.norm())
+                for n, p in brain.modules.named_parameters()
+                if n.endswith("bias") and p.grad is not None
+            )
         )
         return original_step(*args, **kwargs)
 

@@ -145,23 +145,28 @@ def test_prepare_follows_the_s3prl_split_order(iemocap, tmp_path):
     order = pool[::-1]
     meta = tmp_path / "meta_data" / "Session2"
     meta.mkdir(parents=True)
-    entries = [{"path": f"Session{int(utt[4])}/sentences/wav/{utt.rsplit('_', 1)[0]}/{utt}.wav",
-                "label": emotion[utt]} for utt in order]
+    entries = [
+        {"path": f"Session{int(utt[4])}/sentences/wav/{utt.rsplit('_', 1)[0]}/{utt}.wav", "label": emotion[utt]}
+        for utt in order
+    ]
     (meta / "train_meta_data.json").write_text(json.dumps({"labels": {}, "meta_data": entries}))
-    paths = prepare_iemocap(iemocap, str(tmp_path / "s3prl"), test_session=2,
-                            s3prl_meta_data_folder=str(tmp_path / "meta_data"))
+    paths = prepare_iemocap(
+        iemocap, str(tmp_path / "s3prl"), test_session=2, s3prl_meta_data_folder=str(tmp_path / "meta_data")
+    )
     permutation = torch.randperm(len(order), generator=torch.Generator().manual_seed(0)).tolist()
-    expected_dev = {order[index] for index in permutation[int(0.8 * len(order)):]}
+    expected_dev = {order[index] for index in permutation[int(0.8 * len(order)) :]}
     assert {row["ID"] for row in _rows(paths["dev"])} == expected_dev
     assert expected_dev != {row["ID"] for row in _rows(default["dev"])}  # the order matters
 
     (meta / "train_meta_data.json").write_text(json.dumps({"meta_data": entries[1:]}))
     with pytest.raises(ValueError, match="does not match"):
-        prepare_iemocap(iemocap, str(tmp_path / "mismatch"), test_session=2,
-                        s3prl_meta_data_folder=str(tmp_path / "meta_data"))
+        prepare_iemocap(
+            iemocap, str(tmp_path / "mismatch"), test_session=2, s3prl_meta_data_folder=str(tmp_path / "meta_data")
+        )
     with pytest.raises(FileNotFoundError, match="Session4.train_meta_data.json"):
-        prepare_iemocap(iemocap, str(tmp_path / "missing"), test_session=4,
-                        s3prl_meta_data_folder=str(tmp_path / "meta_data"))
+        prepare_iemocap(
+            iemocap, str(tmp_path / "missing"), test_session=4, s3prl_meta_data_folder=str(tmp_path / "meta_data")
+        )
 
 
 def _tiny_release(root):
@@ -252,8 +257,11 @@ def er_overrides(iemocap, upstream, output, mini_corpus, **extra):
 def test_er_single_fold_learns_and_reports_every_condition(iemocap, mini_corpus, tiny_teacher_folder, tmp_path):
     output = str(tmp_path / "er")
     before = _snapshot(iemocap)
-    code, log = run_recipe_script("IEMOCAP/ER", "hparams/superb_er.yaml",
-                                  er_overrides(iemocap, tiny_teacher_folder, output, mini_corpus, test_session=4))
+    code, log = run_recipe_script(
+        "IEMOCAP/ER",
+        "hparams/superb_er.yaml",
+        er_overrides(iemocap, tiny_teacher_folder, output, mini_corpus, test_session=4),
+    )
     assert code == 0, log
     assert _snapshot(iemocap) == before
     results = json.loads(Path(os.path.join(output, "results.json")).read_text())
@@ -276,8 +284,15 @@ def test_er_single_fold_learns_and_reports_every_condition(iemocap, mini_corpus,
 
 def test_er_run_all_folds_writes_each_fold_and_the_mean(iemocap, mini_corpus, tiny_teacher_folder, tmp_path):
     output = str(tmp_path / "er_folds")
-    overrides = er_overrides(iemocap, tiny_teacher_folder, output, mini_corpus, run_all_folds=True,
-                             number_of_epochs=2, test_condition_names=["clean", "snr5"])
+    overrides = er_overrides(
+        iemocap,
+        tiny_teacher_folder,
+        output,
+        mini_corpus,
+        run_all_folds=True,
+        number_of_epochs=2,
+        test_condition_names=["clean", "snr5"],
+    )
     code, log = run_recipe_script("IEMOCAP/ER", "hparams/superb_er.yaml", overrides)
     assert code == 0, log
     folds = {}

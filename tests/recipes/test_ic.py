@@ -114,8 +114,14 @@ def test_ic_learns_and_reports_every_condition(fluent_speech_commands, mini_corp
     assert len(checkpoints) == 1  # only the best dev accuracy is kept
     folder = os.path.join(save, checkpoints[0])
     assert {name for name in os.listdir(folder) if name.endswith(".ckpt")} == {
-        "weighted_sum.ckpt", "projector.ckpt", "classifier.ckpt", "feature_normalizer.ckpt", "counter.ckpt",
-        "brain.ckpt", "optimizer.ckpt", "dataloader-TRAIN.ckpt",
+        "weighted_sum.ckpt",
+        "projector.ckpt",
+        "classifier.ckpt",
+        "feature_normalizer.ckpt",
+        "counter.ckpt",
+        "brain.ckpt",
+        "optimizer.ckpt",
+        "dataloader-TRAIN.ckpt",
     }
     classifier = torch.load(os.path.join(folder, "classifier.ckpt"))
     assert classifier["weight"].shape == (6 + 14 + 4, 256)  # one linear over all slots' values
@@ -185,8 +191,10 @@ def write_release(root, splits):
 
 
 GOOD_RELEASE = {
-    "train": [("s1", "Lights on", "activate", "lights", "none"),
-              ("s1", "Bring me my shoes, please", "bring", "shoes", "none")],
+    "train": [
+        ("s1", "Lights on", "activate", "lights", "none"),
+        ("s1", "Bring me my shoes, please", "bring", "shoes", "none"),
+    ],
     "valid": [("s2", "Lights on", "activate", "lights", "none")],
     "test": [("s3", "Bring me my shoes", "bring", "shoes", "none")],
 }

@@ -71,8 +71,9 @@ def write_tiny_corpus(root, speakers_by_word=None, background=True, test_labels=
             soundfile.write(os.path.join(data_folder, word, f"{speaker}_nohash_0.wav"), tone, 16000)
     if background:
         os.makedirs(os.path.join(data_folder, "_background_noise_"))
-        soundfile.write(os.path.join(data_folder, "_background_noise_", "white_noise.wav"),
-                        np.tile(tone, 5), 16000)  # 2.5 s: windows 0 and 1
+        soundfile.write(
+            os.path.join(data_folder, "_background_noise_", "white_noise.wav"), np.tile(tone, 5), 16000
+        )  # 2.5 s: windows 0 and 1
     for label in test_labels:
         os.makedirs(os.path.join(test_folder, label))
         soundfile.write(os.path.join(test_folder, label, "c0ffee00_nohash_0.wav"), tone, 16000)
@@ -90,7 +91,8 @@ def test_which_set_is_tensorflows_speaker_hash_rule():
     assert prep.which_set(f"cat/{TRAINING_SPEAKER}_nohash_1.wav") == "training"
     # a speaker's utterances never straddle two sets, whatever the word or repetition
     assert {prep.which_set(f"{word}/{TESTING_SPEAKER}_nohash_{n}.wav") for word in CLASSES for n in range(3)} == {
-        "testing"}
+        "testing"
+    }
     percentage = prep.percentage_hash(f"{TESTING_SPEAKER}_nohash_0.wav")  # 18.13
     assert prep.which_set(f"x/{TESTING_SPEAKER}_nohash_0.wav", 17.0, 1.0) == "training"
     assert prep.which_set(f"x/{TESTING_SPEAKER}_nohash_0.wav", percentage + 0.01, 1.0) == "validation"
@@ -105,15 +107,19 @@ def test_prepare_splits_like_s3prl_and_leaves_the_data_alone(speech_commands, tm
     train, dev, test = (read_csv(paths[split]) for split in ("train", "dev", "test"))
     assert list(train[0]) == ["ID", "duration", "wav", "start", "stop", "label", "word", "speaker"]
 
-    speech = {name: [row for row in rows if row["label"] != "_silence_"] for name, rows in
-              (("train", train), ("dev", dev))}
+    speech = {
+        name: [row for row in rows if row["label"] != "_silence_"] for name, rows in (("train", train), ("dev", dev))
+    }
     dev_files = {relative_wav(row, data_folder) for row in speech["dev"]}
     train_files = {relative_wav(row, data_folder) for row in speech["train"]}
     # dev = the validation band (the fixture's own hash code wrote validation_list.txt)
     assert dev_files == listed(data_folder, "validation_list.txt")
     assert not (train_files | dev_files) & listed(data_folder, "testing_list.txt")
-    word_folders = [word for word in os.listdir(data_folder)
-                    if word != "_background_noise_" and os.path.isdir(os.path.join(data_folder, word))]
+    word_folders = [
+        word
+        for word in os.listdir(data_folder)
+        if word != "_background_noise_" and os.path.isdir(os.path.join(data_folder, word))
+    ]
     all_words = {f"{word}/{name}" for word in word_folders for name in os.listdir(os.path.join(data_folder, word))}
     assert train_files | dev_files | listed(data_folder, "testing_list.txt") == all_words
     assert not {row["speaker"] for row in speech["train"]} & {row["speaker"] for row in speech["dev"]}
@@ -155,8 +161,10 @@ def test_testing_list_entries_stay_out_of_train_and_dev(tmp_path):
     data_folder, test_folder = write_tiny_corpus(str(tmp_path), speakers_by_word=words)
     with open(os.path.join(data_folder, "testing_list.txt"), "w", encoding="utf-8") as fout:
         fout.write(f"yes/{TRAINING_SPEAKER}_nohash_0.wav\n")  # listed although in the training band
-    shutil.copy(os.path.join(data_folder, "yes", f"{TRAINING_SPEAKER}_nohash_0.wav"),  # "yes" stays a training class
-                os.path.join(data_folder, "yes", f"{TRAINING_SPEAKER}_nohash_1.wav"))
+    shutil.copy(
+        os.path.join(data_folder, "yes", f"{TRAINING_SPEAKER}_nohash_0.wav"),  # "yes" stays a training class
+        os.path.join(data_folder, "yes", f"{TRAINING_SPEAKER}_nohash_1.wav"),
+    )
     paths = prep.prepare_speech_commands(data_folder, test_folder, str(tmp_path / "save"))
     train, dev = read_csv(paths["train"]), read_csv(paths["dev"])
     train_ids = {row["ID"] for row in train}
@@ -164,8 +172,10 @@ def test_testing_list_entries_stay_out_of_train_and_dev(tmp_path):
     assert {row["speaker"] for row in train if row["label"] != "_silence_"} == {TRAINING_SPEAKER}
     assert {row["speaker"] for row in dev if row["label"] != "_silence_"} == {VALIDATION_SPEAKER}
     assert len(dev) == len(COMMANDS)  # 2.5 s of background noise: windows 0 and 1, both train
-    assert [(row["start"], row["stop"]) for row in train if row["label"] == "_silence_"] == [("0", "16000"),
-                                                                                             ("16000", "32000")]
+    assert [(row["start"], row["stop"]) for row in train if row["label"] == "_silence_"] == [
+        ("0", "16000"),
+        ("16000", "32000"),
+    ]
 
 
 def test_prepare_names_what_is_missing_or_wrong(tmp_path):
@@ -270,5 +280,11 @@ def test_ks_learns_and_reports_every_condition(speech_commands, mini_corpus, tra
     classifier = torch.load(os.path.join(folder, "classifier.ckpt"))
     assert classifier["weight"].shape == (12, 256)
     assert {name for name in os.listdir(folder) if name.endswith(".ckpt")} == {
-        "weighted_sum.ckpt", "projector.ckpt", "classifier.ckpt", "counter.ckpt", "brain.ckpt", "optimizer.ckpt",
-        "dataloader-TRAIN.ckpt"}
+        "weighted_sum.ckpt",
+        "projector.ckpt",
+        "classifier.ckpt",
+        "counter.ckpt",
+        "brain.ckpt",
+        "optimizer.ckpt",
+        "dataloader-TRAIN.ckpt",
+    }

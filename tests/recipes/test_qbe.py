@@ -40,8 +40,14 @@ def qbe_run(tmp_path_factory, tiny_teacher_folder, mini_corpus):
 
 def test_every_layer_on_dev_and_the_best_one_on_eval_under_every_condition(qbe_run):
     results = qbe_run["results"]
-    print(json.dumps({name: {key: stats[key] for key in ("mtwv", "act_twv", "auc")}
-                      for name, stats in results["results"].items()}))
+    print(
+        json.dumps(
+            {
+                name: {key: stats[key] for key in ("mtwv", "act_twv", "auc")}
+                for name, stats in results["results"].items()
+            }
+        )
+    )
     assert results["task"].startswith("QbE")
     assert results["upstream"]["kind"] == "hf" and results["upstream"]["num_layers"] == 13
     assert set(results["results"]) == set(DEFAULT_TEST_CONDITIONS)

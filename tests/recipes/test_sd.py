@@ -39,8 +39,16 @@ def read_csv(path):
 
 def prepare(data_folder, save_folder, vad_folder=None, data_format="auto"):
     csv_files = {key: os.path.join(save_folder, f"{key}.csv") for key in SPLITS}
-    prep.prepare_librimix_sd(data_folder, save_folder, csv_files, SPLITS, KALDI_SPLITS, vad_rttm_folder=vad_folder,
-                             vad_rttm_files=VAD_FILES, data_format=data_format)
+    prep.prepare_librimix_sd(
+        data_folder,
+        save_folder,
+        csv_files,
+        SPLITS,
+        KALDI_SPLITS,
+        vad_rttm_folder=vad_folder,
+        vad_rttm_files=VAD_FILES,
+        data_format=data_format,
+    )
     return csv_files
 
 
@@ -73,8 +81,9 @@ def test_prepare_reads_librimix_and_kaldi_folders_alike(librimix, tmp_path):
             assert float(row["duration"]) == pytest.approx(float(other["duration"]))
             assert 1.5 <= float(row["duration"]) <= 4.5
         reference = read_rttm(prep.reference_rttm_path(mix_csvs[key]))
-        assert {name: rounded(turns) for name, turns in reference.items()} == \
-            {name: rounded(turns) for name, turns in expected.items()}
+        assert {name: rounded(turns) for name, turns in reference.items()} == {
+            name: rounded(turns) for name, turns in expected.items()
+        }
     # Kaldi lists have no sources: only the released condition can run on them
     conditions = {"official": {"input": "wav", "condition": "clean"}, "clean": {"condition": "clean"}}
     assert list(drop_missing_inputs(conditions, kaldi_csvs["test"], ["s1_wav", "s2_wav"])) == ["official"]
@@ -146,8 +155,14 @@ def test_sd_learns_below_the_always_active_baseline(sd_run, librimix):
         durations = {row["ID"]: float(row["duration"]) for row in csv.DictReader(fin)}
     baseline = constant_baseline(test_turns, durations)["DER"]
     official = results["results"]["official"]
-    print("SD fixture test DER (dev-chosen) / best on test / always-active baseline:", official["DER"],
-          official["DER_best_on_test"], baseline, "setting", results["decoding"])
+    print(
+        "SD fixture test DER (dev-chosen) / best on test / always-active baseline:",
+        official["DER"],
+        official["DER_best_on_test"],
+        baseline,
+        "setting",
+        results["decoding"],
+    )
     assert results["baseline_always_active_test"]["DER"] == pytest.approx(baseline)
     assert baseline > 80  # each speaker talks about half of the time
     assert official["DER"] < 60 and official["DER"] < baseline - 40
@@ -170,8 +185,9 @@ def test_sd_reports_every_condition_with_the_dev_chosen_setting(sd_run):
         assert 0 <= stats["DER_best_on_test"] <= stats["DER"] and stats["checkpoint"].startswith("CKPT")
         hypothesis = read_rttm(os.path.join(output, "rttm", f"{name}.rttm"))
         assert set(hypothesis) <= expected_ids and hypothesis  # speakers <recording>_<index>, as s3prl
-        assert all(speaker.startswith(f"{recording}_") for recording, speakers in hypothesis.items()
-                   for speaker in speakers)
+        assert all(
+            speaker.startswith(f"{recording}_") for recording, speakers in hypothesis.items() for speaker in speakers
+        )
     # corrupted conditions start from s1 + s2 and differ from the clean one
     assert results["results"]["snr5"]["loss"] != results["results"]["clean"]["loss"]
     table = Path(os.path.join(output, "results.md")).read_text()

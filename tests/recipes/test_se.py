@@ -27,8 +27,18 @@ sys.path.insert(0, SE_FOLDER)  # the recipe imports its prepare script as a sibl
 import prepare_voicebank as prep  # noqa: E402
 
 CONDITIONS = ["official", "clean", "snr5", "reverb"]
-METRICS = ("PESQ", "PESQ_input", "PESQ_improvement", "STOI", "STOI_input", "STOI_improvement", "SI_SDR",
-           "SI_SDR_input", "SI_SDRi", "utterances")
+METRICS = (
+    "PESQ",
+    "PESQ_input",
+    "PESQ_improvement",
+    "STOI",
+    "STOI_input",
+    "STOI_improvement",
+    "SI_SDR",
+    "SI_SDR_input",
+    "SI_SDRi",
+    "utterances",
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +66,7 @@ def test_fixture_pairs_noisy_and_clean_twins_at_the_intended_snr(voicebank):
         clean, _ = soundfile.read(os.path.join(voicebank, "clean_testset_wav_16k", name))
         assert rate == 16000 and len(noisy) == len(clean) and len(clean) % LENGTH_MULTIPLE == 0
         assert 1.3 <= len(clean) / rate <= 3.0
-        snrs.append(10 * np.log10(np.sum(clean ** 2) / np.sum((noisy - clean) ** 2)))
+        snrs.append(10 * np.log10(np.sum(clean**2) / np.sum((noisy - clean) ** 2)))
     assert sorted(snrs) == pytest.approx(sorted(2 * list(TEST_SNRS)), abs=0.01)  # 16-bit rounding only
     assert os.path.isfile(os.path.join(voicebank, "testset_txt", "p232_001.txt"))
 
@@ -133,8 +143,15 @@ def se_run(voicebank, tiny_teacher_folder, mini_corpus, tmp_path_factory):
 def test_se_learns_on_the_released_noisy_test_set(se_run):
     results = se_run["results"]
     official, untrained = results["results"]["official"], results["untrained_valid"]
-    print("SE official PESQ enhanced / noisy:", official["PESQ"], official["PESQ_input"], "SI_SDRi:",
-          official["SI_SDRi"], "dev PESQ untrained:", untrained["PESQ"])
+    print(
+        "SE official PESQ enhanced / noisy:",
+        official["PESQ"],
+        official["PESQ_input"],
+        "SI_SDRi:",
+        official["SI_SDRi"],
+        "dev PESQ untrained:",
+        untrained["PESQ"],
+    )
     assert official["PESQ"] > official["PESQ_input"] and official["PESQ_improvement"] > 0.05
     assert official["SI_SDRi"] > 0
     assert untrained["PESQ_improvement"] < official["PESQ_improvement"] and untrained["SI_SDRi"] < 0

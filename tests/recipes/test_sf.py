@@ -59,8 +59,11 @@ def test_prepare_keeps_superbs_speakers_and_leaves_the_data_alone(snips, tmp_pat
     assert len(rows["train"]) == 12 and len(rows["valid"]) == 4 and len(rows["test"]) == 4
     assert "Ivy-snips-train-9999" not in {row["ID"] for row in rows["train"]}  # a wav without a label line
     row = next(row for row in rows["train"] if row["ID"] == "Ivy-snips-train-1")
-    assert (row["words"], row["tags"], row["intent"]) == ("PLAY SIMON & GARFUNKEL", "O artist artist artist",
-                                                         "PlayMusic")
+    assert (row["words"], row["tags"], row["intent"]) == (
+        "PLAY SIMON & GARFUNKEL",
+        "O artist artist artist",
+        "PlayMusic",
+    )
     assert os.path.basename(row["wav"]) == "Ivy-snips-train-1.wav" and float(row["duration"]) > 0.5
     tokens = Path(tmp_path / "save" / "tokens.txt").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(tokens) == NUM_OUTPUTS and tokens[:4] == ["<pad>", "<eos>", "<unk>", " "]
@@ -161,7 +164,12 @@ def test_sf_reports_every_condition(sf_run):
     assert checkpoints
     folder = os.path.join(output, "save", checkpoints[-1])
     assert {name for name in os.listdir(folder) if name.endswith(".ckpt")} >= {
-        "weighted_sum.ckpt", "head.ckpt", "counter.ckpt", "brain.ckpt", "optimizer.ckpt"}
+        "weighted_sum.ckpt",
+        "head.ckpt",
+        "counter.ckpt",
+        "brain.ckpt",
+        "optimizer.ckpt",
+    }
     head = torch.load(os.path.join(folder, "head.ckpt"))
     assert head["output.weight"].shape == (NUM_OUTPUTS, 128)
     assert not any(name.startswith("upstream") for name in os.listdir(folder))
@@ -173,6 +181,9 @@ def test_vocab_size_must_match_slots_file(snips):
     spec.loader.exec_module(sf_train)
     slots_file = os.path.join(snips, "slots.txt")
     assert sf_train.load_encoder({"slots_file": slots_file, "vocab_size": NUM_OUTPUTS}).vocab_size == NUM_OUTPUTS
-    with pytest.raises(ValueError, match=f"slots.txt has 4 slot types: {NUM_OUTPUTS} CTC outputs, but vocab_size "
-                                         f"is 109 \\(set vocab_size: {NUM_OUTPUTS}\\)"):
+    with pytest.raises(
+        ValueError,
+        match=f"slots.txt has 4 slot types: {NUM_OUTPUTS} CTC outputs, but vocab_size "
+        f"is 109 \\(set vocab_size: {NUM_OUTPUTS}\\)",
+    ):
         sf_train.load_encoder({"slots_file": slots_file, "vocab_size": 109})

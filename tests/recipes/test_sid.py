@@ -42,8 +42,9 @@ def test_sid_learns_and_reports_every_condition(
 ):
     upstream = trained_run if upstream_kind == "student" else tiny_teacher_folder
     output = str(tmp_path / "sid")
-    code, log = run_recipe_script("VoxCeleb1/SID", "hparams/superb_sid.yaml",
-                                  sid_overrides(voxceleb1, upstream, output, mini_corpus))
+    code, log = run_recipe_script(
+        "VoxCeleb1/SID", "hparams/superb_sid.yaml", sid_overrides(voxceleb1, upstream, output, mini_corpus)
+    )
     assert code == 0, log
     results = json.loads(Path(os.path.join(output, "results.json")).read_text())
     assert set(results["results"]) == {"clean", "snr5", "reverb"}
@@ -60,9 +61,23 @@ def test_sid_learns_and_reports_every_condition(
     folder = os.path.join(output, "save", checkpoints[-1])
     tensors = {}
     for name in ("weighted_sum", "projector", "classifier"):
-        tensors.update({f"{name}.{key}": value for key, value in torch.load(os.path.join(folder, f"{name}.ckpt")).items()})
-    assert sorted(tensors) == ["classifier.bias", "classifier.weight", "projector.bias", "projector.weight",
-                               "weighted_sum.weights"]
+        tensors.update(
+            {f"{name}.{key}": value for key, value in torch.load(os.path.join(folder, f"{name}.ckpt")).items()}
+        )
+    assert sorted(tensors) == [
+        "classifier.bias",
+        "classifier.weight",
+        "projector.bias",
+        "projector.weight",
+        "weighted_sum.weights",
+    ]
     model_files = {name for name in os.listdir(folder) if name.endswith(".ckpt")}
-    assert model_files == {"weighted_sum.ckpt", "projector.ckpt", "classifier.ckpt", "counter.ckpt", "brain.ckpt",
-                           "optimizer.ckpt", "dataloader-TRAIN.ckpt"}
+    assert model_files == {
+        "weighted_sum.ckpt",
+        "projector.ckpt",
+        "classifier.ckpt",
+        "counter.ckpt",
+        "brain.ckpt",
+        "optimizer.ckpt",
+        "dataloader-TRAIN.ckpt",
+    }

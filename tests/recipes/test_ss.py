@@ -49,8 +49,10 @@ def read_csv(path):
 
 
 def metadata_ids(librimix, split):
-    return [row["mixture_ID"] for row in read_csv(os.path.join(librimix, "wav16k", "min", "metadata",
-                                                                f"mixture_{split}_mix_clean.csv"))]
+    return [
+        row["mixture_ID"]
+        for row in read_csv(os.path.join(librimix, "wav16k", "min", "metadata", f"mixture_{split}_mix_clean.csv"))
+    ]
 
 
 def s3prl_subsample(ids, size):
@@ -98,8 +100,11 @@ def test_prepare_lists_dev_subset_and_resolves_foreign_paths(librimix, tmp_path,
     mixture, s1, s2 = (soundfile.read(row[column])[0] for column in ("wav", "s1_wav", "s2_wav"))
     assert len(mixture) == len(s1) == len(s2) and np.abs(mixture - s1 - s2).max() < 1e-3
     # mix_both is kept as a test condition only where the list has it (the train list has no mix_both)
-    conditions = {"official": {"input": "wav", "condition": "clean"},
-                  "mix_both": {"input": "mix_both_wav", "condition": "clean"}, "clean": {"condition": "clean"}}
+    conditions = {
+        "official": {"input": "wav", "condition": "clean"},
+        "mix_both": {"input": "mix_both_wav", "condition": "clean"},
+        "clean": {"condition": "clean"},
+    }
     assert list(drop_missing_inputs(conditions, csv_files["test"], ["s1_wav", "s2_wav"])) == list(conditions)
     with caplog.at_level(logging.WARNING):
         assert list(drop_missing_inputs(conditions, csv_files["train"], ["s1_wav", "s2_wav"])) == ["official", "clean"]
@@ -117,10 +122,15 @@ def test_prepare_errors_name_the_missing_file_and_layout(librimix, tmp_path):
     copy = tmp_path / "Libri2Mix"
     os.makedirs(copy / "wav16k" / "min" / "metadata")
     with open(copy / "wav16k" / "min" / "metadata" / "mixture_train-100_mix_clean.csv", "w") as fout:
-        fout.write("mixture_ID,mixture_path,source_1_path,source_2_path,length\n"
-                   "a_b,/other/wav16k/min/train-100/mix_clean/a_b.wav,/other/s1/a_b.wav,/other/s2/a_b.wav,16000\n")
-    with pytest.raises(FileNotFoundError, match=r"mixture_train-100_mix_clean.csv names '/other/wav16k/min/train-100/"
-                                                r"mix_clean/a_b.wav'.*Libri2Mix layout"):
+        fout.write(
+            "mixture_ID,mixture_path,source_1_path,source_2_path,length\n"
+            "a_b,/other/wav16k/min/train-100/mix_clean/a_b.wav,/other/s1/a_b.wav,/other/s2/a_b.wav,16000\n"
+        )
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"mixture_train-100_mix_clean.csv names '/other/wav16k/min/train-100/"
+        r"mix_clean/a_b.wav'.*Libri2Mix layout",
+    ):
         prepare(str(copy), str(tmp_path / "s3"))
 
 
@@ -143,25 +153,44 @@ def test_metric_and_loss_do_not_depend_on_the_source_order(librimix):
     masks, magnitude = torch.rand(2, 30, 17, 2), torch.rand(2, 30, 17)
     targets, lengths = torch.rand(2, 30, 17, 2), torch.tensor([30, 21])
     assert float(pit_mask_loss(masks, magnitude, targets, lengths)) == pytest.approx(
-        float(pit_mask_loss(masks, magnitude, targets.flip(-1), lengths)))
+        float(pit_mask_loss(masks, magnitude, targets.flip(-1), lengths))
+    )
 
 
 def test_full_size_defaults_are_s3prl_v1():
     with open(YAML_FILE, encoding="utf-8") as fin:
-        options = YAML().load(resolve_references(fin, {"data_folder": "/nonexistent",
-                                                      "upstream_source": "microsoft/wavlm-base-plus"}))
+        options = YAML().load(
+            resolve_references(fin, {"data_folder": "/nonexistent", "upstream_source": "microsoft/wavlm-base-plus"})
+        )
     head = dict(options["head"])
-    assert head == {"input_size": head["input_size"], "num_sources": 2, "num_bins": 257, "hidden_size": 896,
-                    "num_layers": 3, "dropout": 0.5, "bidirectional": True, "activation": "relu"}
-    assert (options["n_fft"], options["win_length"], options["hop_length"], options["feature_repeat"]) == (512, 512,
-                                                                                                         320, 1)
+    assert head == {
+        "input_size": head["input_size"],
+        "num_sources": 2,
+        "num_bins": 257,
+        "hidden_size": 896,
+        "num_layers": 3,
+        "dropout": 0.5,
+        "bidirectional": True,
+        "activation": "relu",
+    }
+    assert (options["n_fft"], options["win_length"], options["hop_length"], options["feature_repeat"]) == (
+        512,
+        512,
+        320,
+        1,
+    )
     assert (options["mask_target"], options["mask_distance"], options["selection_metric"]) == ("npsm", "mse", "SI_SDRi")
-    assert (options["valid_subset_size"], options["valid_subset_seed"], options["corruption_input"]) == (1000, 7,
-                                                                                                       "sources")
+    assert (options["valid_subset_size"], options["valid_subset_seed"], options["corruption_input"]) == (
+        1000,
+        7,
+        "sources",
+    )
     assert options["valid_dataloader_opts"]["batch_size"] == 1 and not options["valid_quality"]
     assert options["test_quality"] and options["number_of_epochs"] * (13_900 // 8) >= 150_000
-    assert dict(options["release_conditions"]) == {"official": {"input": "wav", "condition": "clean"},
-                                                   "mix_both": {"input": "mix_both_wav", "condition": "clean"}}
+    assert dict(options["release_conditions"]) == {
+        "official": {"input": "wav", "condition": "clean"},
+        "mix_both": {"input": "mix_both_wav", "condition": "clean"},
+    }
 
 
 # ----------------------------------------------------------------------------- the recipe ---
@@ -191,16 +220,22 @@ def ss_run(librimix, tiny_teacher_folder, mini_corpus, tmp_path_factory):
     code, log = run_recipe_script("LibriMix/SS", "hparams/superb_ss.yaml", overrides)
     assert code == 0, log
     after = folder_snapshot(librimix, mini_corpus["musan"], mini_corpus["rirs"])
-    return {"output": output, "unchanged": before == after,
-            "results": json.load(open(os.path.join(output, "results.json"), encoding="utf-8"))}
+    return {
+        "output": output,
+        "unchanged": before == after,
+        "results": json.load(open(os.path.join(output, "results.json"), encoding="utf-8")),
+    }
 
 
 def test_ss_learns_above_the_untrained_head(ss_run):
     results = ss_run["results"]
     official, untrained = results["results"]["official"], results["untrained_valid"]
-    print("SS fixture SI-SDRi per condition:", {name: round(stats["SI_SDRi"], 2)
-                                              for name, stats in results["results"].items()},
-          "untrained dev:", round(untrained["SI_SDRi"], 2))
+    print(
+        "SS fixture SI-SDRi per condition:",
+        {name: round(stats["SI_SDRi"], 2) for name, stats in results["results"].items()},
+        "untrained dev:",
+        round(untrained["SI_SDRi"], 2),
+    )
     assert official["SI_SDRi"] > 3.0 and official["SI_SDRi"] > untrained["SI_SDRi"] + 3.0
     assert results["primary_metric"] == "SI_SDRi" and results["higher_is_better"] is True
 
@@ -213,8 +248,11 @@ def test_ss_reports_every_condition_against_its_own_input(ss_run):
         assert stats["SI_SDRi"] == pytest.approx(stats["SI_SDR"] - stats["SI_SDR_input"])
         for metric in ("PESQ", "PESQ_input", "PESQ_improvement", "STOI", "STOI_input", "STOI_improvement"):
             assert np.isfinite(stats[metric]), (name, metric)
-        assert os.path.isfile(os.path.join(ss_run["output"], "examples", name, os.listdir(
-            os.path.join(ss_run["output"], "examples", name))[0]))
+        assert os.path.isfile(
+            os.path.join(
+                ss_run["output"], "examples", name, os.listdir(os.path.join(ss_run["output"], "examples", name))[0]
+            )
+        )
     # the corrupted inputs are further from the sources than mix_clean (improvement measured against them)
     for name in ("mix_both", "snr5", "reverb"):
         assert results[name]["SI_SDR_input"] < results["official"]["SI_SDR_input"] - 0.3, name
@@ -227,5 +265,7 @@ def test_ss_run_selects_dev_1000_by_s3prl_rule_and_leaves_inputs_unchanged(ss_ru
     assert {row["ID"] for row in valid} == set(s3prl_subsample(metadata_ids(librimix, "dev"), VALID_SUBSET))
     assert ss_run["unchanged"]
     provenance = ss_run["results"]["provenance"]
-    assert provenance["recipe"] == "LibriMix/SS" and ss_run["results"]["valid_subset"] == {"size": VALID_SUBSET,
-                                                                                             "seed": 7}
+    assert provenance["recipe"] == "LibriMix/SS" and ss_run["results"]["valid_subset"] == {
+        "size": VALID_SUBSET,
+        "seed": 7,
+    }

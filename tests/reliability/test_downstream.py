@@ -75,8 +75,7 @@ def run_ks(overrides):
 @pytest.fixture(scope="module")
 def first_run(speech_commands, tiny_teacher_folder, other_teacher_folder, tmp_path_factory):
     """A finished one-epoch KS run with upstream A, and snapshots of every input folder."""
-    inputs = (speech_commands["data_folder"], speech_commands["test_folder"], tiny_teacher_folder,
-              other_teacher_folder)
+    inputs = (speech_commands["data_folder"], speech_commands["test_folder"], tiny_teacher_folder, other_teacher_folder)
     before = folder_snapshot(*inputs)
     output = str(tmp_path_factory.mktemp("ks_runs") / "ks")
     code, log = run_ks(ks_overrides(speech_commands, tiny_teacher_folder, output))
@@ -108,8 +107,9 @@ def test_run_records_its_upstream_in_save_folder_and_results(first_run, tiny_tea
     assert folder_snapshot(*first_run["inputs"]) == first_run["before"]
 
 
-def test_rerun_with_another_upstream_is_refused_naming_both(first_run, speech_commands, tiny_teacher_folder,
-                                                            other_teacher_folder):
+def test_rerun_with_another_upstream_is_refused_naming_both(
+    first_run, speech_commands, tiny_teacher_folder, other_teacher_folder
+):
     output = first_run["output"]
     before = output_state(output)
     code, log = run_ks(ks_overrides(speech_commands, other_teacher_folder, output))
@@ -118,8 +118,14 @@ def test_rerun_with_another_upstream_is_refused_naming_both(first_run, speech_co
     fingerprint_a = FrozenUpstream(tiny_teacher_folder).identity()["fingerprint"]
     fingerprint_b = FrozenUpstream(other_teacher_folder).identity()["fingerprint"]
     assert fingerprint_a != fingerprint_b
-    for text in (fingerprint_a, fingerprint_b, os.path.abspath(tiny_teacher_folder),
-                 os.path.abspath(other_teacher_folder), "fingerprint: recorded", "--output_folder"):
+    for text in (
+        fingerprint_a,
+        fingerprint_b,
+        os.path.abspath(tiny_teacher_folder),
+        os.path.abspath(other_teacher_folder),
+        "fingerprint: recorded",
+        "--output_folder",
+    ):
         assert text in log, text
     # refused before anything was written: the head, the logs, the YAML copy and the results are A's
     assert output_state(output) == before
@@ -204,18 +210,22 @@ def test_default_output_folder_carries_the_upstream_name(task, tiny_teacher_fold
     assert len(set(folders.values())) == 3
 
 
-def test_built_ks_yaml_has_one_output_folder_per_upstream(speech_commands, tiny_teacher_folder,
-                                                          other_teacher_folder):
+def test_built_ks_yaml_has_one_output_folder_per_upstream(speech_commands, tiny_teacher_folder, other_teacher_folder):
     folders = []
     for source in (tiny_teacher_folder, other_teacher_folder):
-        overrides = {"data_folder": speech_commands["data_folder"], "test_folder": speech_commands["test_folder"],
-                     "upstream_source": source}
+        overrides = {
+            "data_folder": speech_commands["data_folder"],
+            "test_folder": speech_commands["test_folder"],
+            "upstream_source": source,
+        }
         with open(os.path.join(REPOSITORY_ROOT, "recipes", RECIPE_YAMLS["KS"]), encoding="utf-8") as fin:
             hparams = load_hyperpyyaml(fin, overrides)
         assert hparams["upstream"].source == source
         folders.append(hparams["output_folder"])
-    assert folders == [f"results/KS/{os.path.basename(tiny_teacher_folder)}/1986",
-                       f"results/KS/{os.path.basename(other_teacher_folder)}/1986"]
+    assert folders == [
+        f"results/KS/{os.path.basename(tiny_teacher_folder)}/1986",
+        f"results/KS/{os.path.basename(other_teacher_folder)}/1986",
+    ]
 
 
 # ---------------------------------------------------------------------- identity, options (unit) ---
@@ -253,12 +263,23 @@ def test_fingerprint_ignores_device_order_and_grad_but_not_values():
 
 
 def test_list_options_accept_a_single_string_and_counts_are_checked(mini_corpus, tmp_path):
-    options = {"number_of_epochs": "3", "number_of_updates": None, "test_condition_names": "snr5",
-               "test_musan_subsets": "music", "test_noise_folders": str(tmp_path), "train_rirs_noises_subsets": "real"}
+    options = {
+        "number_of_epochs": "3",
+        "number_of_updates": None,
+        "test_condition_names": "snr5",
+        "test_musan_subsets": "music",
+        "test_noise_folders": str(tmp_path),
+        "train_rirs_noises_subsets": "real",
+    }
     check_downstream_options(options)
-    assert options == {"number_of_epochs": 3, "number_of_updates": None, "test_condition_names": ["snr5"],
-                       "test_musan_subsets": ["music"], "test_noise_folders": [str(tmp_path)],
-                       "train_rirs_noises_subsets": ["real"]}
+    assert options == {
+        "number_of_epochs": 3,
+        "number_of_updates": None,
+        "test_condition_names": ["snr5"],
+        "test_musan_subsets": ["music"],
+        "test_noise_folders": [str(tmp_path)],
+        "train_rirs_noises_subsets": ["real"],
+    }
     for bad in ({"number_of_epochs": 0}, {"number_of_epochs": 2.5}, {"number_of_epochs": 2, "number_of_updates": 0}):
         with pytest.raises(OptionError, match="number_of_(epochs|updates)"):
             check_downstream_options(bad)

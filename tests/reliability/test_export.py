@@ -47,8 +47,11 @@ def tiny_student(seed=0):
 
 
 def same_weights(first, second):
-    return all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values())
-               if isinstance(a, torch.Tensor))
+    return all(
+        torch.equal(a, b)
+        for a, b in zip(first.state_dict().values(), second.state_dict().values())
+        if isinstance(a, torch.Tensor)
+    )
 
 
 def refused_and_untouched(folder, *match):
@@ -169,8 +172,7 @@ def test_a_folder_without_collisions_accepts_overwrite(tmp_path):
         {"format": "someone-else", "format_version": 1, "files": {}},
         {"format": "robustdistiller-export", "format_version": 99, "files": {}},
         # a manifest must never make the export delete outside its folder
-        {"format": "robustdistiller-export", "format_version": 1,
-         "files": {"../victim.txt": {"sha256": "0" * 64}}},
+        {"format": "robustdistiller-export", "format_version": 1, "files": {"../victim.txt": {"sha256": "0" * 64}}},
     ],
 )
 def test_a_foreign_or_malformed_manifest_is_no_earlier_export(tmp_path, manifest):
@@ -310,14 +312,19 @@ def test_a_folder_locked_by_another_process_is_refused(tmp_path):
     folder = tmp_path / "exported"
     folder.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys\n"
-         "descriptor = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
-         "fcntl.flock(descriptor, fcntl.LOCK_EX)\n"
-         "print('locked', flush=True)\n"
-         "sys.stdin.read()\n",
-         str(folder)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            "descriptor = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "fcntl.flock(descriptor, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n",
+            str(folder),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -428,7 +435,7 @@ def test_a_full_disk_writing_a_text_file_of_the_export(tmp_path, monkeypatch):
 
 
 def test_a_torch_write_failure_with_space_left_is_not_called_a_full_disk(tmp_path, monkeypatch):
-    torch_save_failing_for("encoder.ckpt", 5 * 1024 ** 3, monkeypatch)
+    torch_save_failing_for("encoder.ckpt", 5 * 1024**3, monkeypatch)
     with pytest.raises(write_errors.WriteFailedError) as error:
         export_student(tiny_student(), str(tmp_path / "exported"))
     message = str(error.value)
@@ -461,8 +468,9 @@ def test_a_full_disk_during_a_checkpoint_save_names_the_file(tmp_path, monkeypat
         checkpointer.save_checkpoint(meta={"step": 2})
     monkeypatch.undo()
     message = str(error.value)
-    assert message.startswith(f"no space left on {write_errors.device_of(str(tmp_path))} while writing "
-                              f"{tmp_path / 'save'}/.partial-CKPT+")
+    assert message.startswith(
+        f"no space left on {write_errors.device_of(str(tmp_path))} while writing {tmp_path / 'save'}/.partial-CKPT+"
+    )
     assert message.endswith(f"/{name} (4.0 KiB free)")
     assert [path.name for path in (tmp_path / "save").iterdir() if path.name.startswith("CKPT+")] == [earlier.path.name]
     assert folder_snapshot(str(earlier.path)) == before

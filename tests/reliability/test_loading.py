@@ -49,8 +49,9 @@ NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=
 def tiny_student(seed=0, per_utterance_norm=False, **overrides):
     torch.manual_seed(seed)
     config = build_student_config(**TINY, **overrides)
-    return DistillerStudent(config, target_layers=(4, 8, 12), target_size=64,
-                            per_utterance_norm=per_utterance_norm).eval()
+    return DistillerStudent(
+        config, target_layers=(4, 8, 12), target_size=64, per_utterance_norm=per_utterance_norm
+    ).eval()
 
 
 def truncate(path, keep=0.5):
@@ -152,8 +153,12 @@ def test_an_exported_folder_with_a_foreign_config_is_refused(tmp_path, exported_
 
 def test_weights_of_another_model_are_not_replaced_by_random_ones(tmp_path):
     folder = save_random_teacher(str(tmp_path / "wavlm"), model_type="wavlm")
-    shutil.copy(os.path.join(save_bert(tmp_path / "bert"), "model.safetensors"), os.path.join(folder, "model.safetensors"))
-    with pytest.raises(TeacherSourceError, match=r"do not fit its config.json \(wavlm\): \d+ of \d+ parameters are missing"):
+    shutil.copy(
+        os.path.join(save_bert(tmp_path / "bert"), "model.safetensors"), os.path.join(folder, "model.safetensors")
+    )
+    with pytest.raises(
+        TeacherSourceError, match=r"do not fit its config.json \(wavlm\): \d+ of \d+ parameters are missing"
+    ):
         load_ssl_model(folder)
 
 
@@ -244,8 +249,10 @@ def test_student_with_a_short_item(per_utterance_norm):
 def test_too_short_batches_are_refused_before_the_cnn(tiny_teacher_folder):
     student = tiny_student()
     teacher = FrozenTeacher(tiny_teacher_folder)
-    for model, feature_extractor in ((student, student.backbone.feature_extractor),
-                                     (teacher, teacher.model.feature_extractor)):
+    for model, feature_extractor in (
+        (student, student.backbone.feature_extractor),
+        (teacher, teacher.model.feature_extractor),
+    ):
         counter = CountCnnCalls(feature_extractor)
         with pytest.raises(ValueError, match="399 samples"):
             model(torch.randn(1, 399))
@@ -297,7 +304,9 @@ def test_distillation_loss_and_gradients_stay_finite_with_a_short_item(tiny_teac
     output = student(wavs, wav_lens)
     loss = distillation_loss(output.predictions, teacher(wavs, wav_lens).layers, output.frame_mask)["loss"]
     loss.backward()
-    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+    assert torch.isfinite(loss) and all(
+        torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -344,8 +353,9 @@ def test_a_truncated_file_of_an_export_without_the_loading_hook_is_named(tmp_pat
     before = folder_snapshot(folder)
     with pytest.raises(DamagedModelFileError) as error:
         EncoderInterface.from_hparams(source=folder, savedir=str(tmp_path / "savedir"))
-    assert str(error.value).startswith(f"'{os.path.join(folder, 'encoder.ckpt')}' cannot be read (truncated or "
-                                       f"damaged: not a complete torch.save file")
+    assert str(error.value).startswith(
+        f"'{os.path.join(folder, 'encoder.ckpt')}' cannot be read (truncated or damaged: not a complete torch.save file"
+    )
     assert folder_snapshot(folder) == before
 
 
@@ -366,8 +376,11 @@ def test_weights_of_another_model_in_encoder_ckpt_are_refused_naming_it(tmp_path
         del state["encoder.layer_norm.weight"]
     torch.save(state, os.path.join(folder, "encoder.ckpt"))
     before = folder_snapshot(folder)
-    with pytest.raises(DamagedModelFileError, match=r"(?s)encoder.ckpt' does not hold the weights of the model its "
-                                                   rf"hyperparams.yaml declares.*{expected}"):
+    with pytest.raises(
+        DamagedModelFileError,
+        match=r"(?s)encoder.ckpt' does not hold the weights of the model its "
+        rf"hyperparams.yaml declares.*{expected}",
+    ):
         EncoderInterface.from_hparams(source=folder, savedir=str(tmp_path / "savedir"))
     assert folder_snapshot(folder) == before
 
@@ -399,14 +412,21 @@ def test_a_truncated_weights_file_fails_foreign_class_naming_it(tmp_path, export
     before = folder_snapshot(folder)
     environment = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     environment["PYTHONPATH"] = os.pathsep.join(
-        entry for entry in environment.get("PYTHONPATH", "").split(os.pathsep)
+        entry
+        for entry in environment.get("PYTHONPATH", "").split(os.pathsep)
         if entry and os.path.abspath(entry) != REPOSITORY_ROOT
     )
-    completed = subprocess.run([sys.executable, "-c", FOREIGN_CLASS_PROBE, folder, str(tmp_path / "savedir")],
-                               cwd=str(tmp_path), env=environment, capture_output=True, text=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", FOREIGN_CLASS_PROBE, folder, str(tmp_path / "savedir")],
+        cwd=str(tmp_path),
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
     assert completed.returncode == 3, completed.stdout + completed.stderr
-    assert (f"DamagedModelFileError '{os.path.join(folder, name)}' cannot be read (truncated or damaged"
-            in completed.stdout), completed.stdout
+    assert (
+        f"DamagedModelFileError '{os.path.join(folder, name)}' cannot be read (truncated or damaged" in completed.stdout
+    ), completed.stdout
     assert "robustdistiller imported: False" in completed.stdout
     assert folder_snapshot(folder) == before
 

@@ -134,8 +134,10 @@ def _small_rirs_noises(root):
     real = root / "RIRS_NOISES" / "real_rirs_isotropic_noises"
     _audio(real / "air_type1_rir_a.wav", num_samples=800)
     _audio(real / "air_type1_rir_b.WAV", num_samples=800, seed=1)
-    lines = [f"--rir-id {name} --room-id r RIRS_NOISES/real_rirs_isotropic_noises/{name}.{ext}\n"
-             for name, ext in (("air_type1_rir_a", "wav"), ("air_type1_rir_b", "WAV"), ("gone", "wav"))]
+    lines = [
+        f"--rir-id {name} --room-id r RIRS_NOISES/real_rirs_isotropic_noises/{name}.{ext}\n"
+        for name, ext in (("air_type1_rir_a", "wav"), ("air_type1_rir_b", "WAV"), ("gone", "wav"))
+    ]
     (real / "rir_list").write_text("".join(lines))
     return root / "RIRS_NOISES"
 
@@ -157,8 +159,13 @@ def test_skipped_json_is_written_even_when_nothing_is_left_out(tmp_path):
     _audio(noises / "a.wav")
     csv_path = prepare_noise(str(tmp_path / "save"), extra_folders=[str(noises)])
     with open(skipped_path(csv_path)) as json_file:
-        assert json.load(json_file) == {"csv": csv_path, "files_left_out": 0, "by_reason": {},
-                                        "folders_left_out": 0, "folders_by_reason": {}}
+        assert json.load(json_file) == {
+            "csv": csv_path,
+            "files_left_out": 0,
+            "by_reason": {},
+            "folders_left_out": 0,
+            "folders_by_reason": {},
+        }
 
 
 # --- 2. A single string where a list is expected ---------------------------------------------------
@@ -170,10 +177,20 @@ def test_single_strings_are_one_item_lists(mini_corpus, tmp_path):
     expected = prepare_librispeech(mini_corpus["librispeech"], str(as_lists), ["train-clean-100"], ["dev-clean"])
     paths = prepare_librispeech(mini_corpus["librispeech"], str(as_strings), "train-clean-100", "dev-clean")
     assert _rows(paths["train"]) == _rows(expected["train"]) and _rows(paths["valid"]) == _rows(expected["valid"])
-    noise_lists = prepare_noise(str(as_lists), musan_folder=mini_corpus["musan"], musan_subsets=["noise"],
-                                urbansound_folder=mini_corpus["urbansound"], urbansound_exclude=["siren"])
-    noise_strings = prepare_noise(str(as_strings), musan_folder=mini_corpus["musan"], musan_subsets="noise",
-                                  urbansound_folder=mini_corpus["urbansound"], urbansound_exclude="siren")
+    noise_lists = prepare_noise(
+        str(as_lists),
+        musan_folder=mini_corpus["musan"],
+        musan_subsets=["noise"],
+        urbansound_folder=mini_corpus["urbansound"],
+        urbansound_exclude=["siren"],
+    )
+    noise_strings = prepare_noise(
+        str(as_strings),
+        musan_folder=mini_corpus["musan"],
+        musan_subsets="noise",
+        urbansound_folder=mini_corpus["urbansound"],
+        urbansound_exclude="siren",
+    )
     assert _rows(noise_strings) == _rows(noise_lists)
     rirs_lists = prepare_rirs(str(as_lists), mini_corpus["rirs"], rirs_noises_subsets=["simulated"])
     rirs_strings = prepare_rirs(str(as_strings), mini_corpus["rirs"], rirs_noises_subsets="simulated")
@@ -283,15 +300,17 @@ def test_dataset_read_error_names_the_file_and_the_stale_list(tmp_path):
     paths = prepare_librispeech(str(librispeech), str(tmp_path / "save"), "train-clean-100", [])
     deleted = _rows(paths["train"])[0]["wav"]
     os.remove(deleted)
-    dataset = make_distillation_dataset(paths["train"], Corruptor(condition_probs={"clean": 1.0}),
-                                        max_crop_samples=8000)
+    dataset = make_distillation_dataset(
+        paths["train"], Corruptor(condition_probs={"clean": 1.0}), max_crop_samples=8000
+    )
     with pytest.raises(AudioLoadError) as error:
         dataset[0]
     message = str(error.value)
     assert deleted in message and paths["train"] in message and "stale" in message
     assert "--force_prep=True" in message
-    dataset = make_distillation_dataset(paths["train"], Corruptor(condition_probs={"clean": 1.0}),
-                                        max_crop_samples=8000)  # SpeechBrain's pipeline is spent after an error
+    dataset = make_distillation_dataset(
+        paths["train"], Corruptor(condition_probs={"clean": 1.0}), max_crop_samples=8000
+    )  # SpeechBrain's pipeline is spent after an error
     assert dataset[1]["clean_sig"].shape == (8000,)  # the other files still load
     unreadable = _rows(paths["train"])[1]["wav"]
     corrupted = tmp_path / "corrupted.csv"  # a listed file that exists but is not audio any more
@@ -319,7 +338,6 @@ def test_crop_shorter_than_the_receptive_field_is_refused_up_front(tmp_path):
     csv_path = prepare_noise(str(tmp_path / "save"), extra_folders=[str(noises)])
     assert make_distillation_dataset(csv_path, corruptor, max_crop_samples=400)[0]["clean_sig"].shape == (400,)
     assert make_distillation_dataset(csv_path, corruptor, max_crop_samples=None)[0]["clean_sig"].shape == (RATE,)
-
 
 
 # --- 6. Folders that cannot be listed, symbolic links, cycles (issue 20, item 8) --------------------
@@ -405,13 +423,20 @@ def test_unreadable_noise_and_rir_folders_are_counted_and_warned(tmp_path, caplo
     assert [os.path.basename(row["wav"]) for row in _rows(noise_csv)] == ["a.wav"]
     assert [os.path.basename(row["wav"]) for row in _rows(rir_csv)] == ["r1.wav"]
     assert len(_rows(kaldi_csv)) == 2  # its noise_list could not be read: said, not silent
-    for csv_path, folder in ((noise_csv, noises / "locked"), (rir_csv, rirs / "room2"),
-                             (kaldi_csv, rirs_noises / "pointsource_noises")):
+    for csv_path, folder in (
+        (noise_csv, noises / "locked"),
+        (rir_csv, rirs / "room2"),
+        (kaldi_csv, rirs_noises / "pointsource_noises"),
+    ):
         assert _folders_skipped(csv_path) == {UNREADABLE_FOLDER: 1}
-        assert any(message.startswith(f"1 folder left out of {csv_path}: {UNREADABLE_FOLDER} (e.g. {folder} (")
-                   for message in _warnings(caplog))
-    assert any(f"Wrote {noise_csv}: 1 noise files" in message and "0 files and 1 folder left out" in message
-               for message in _info_lines(caplog, "Wrote"))
+        assert any(
+            message.startswith(f"1 folder left out of {csv_path}: {UNREADABLE_FOLDER} (e.g. {folder} (")
+            for message in _warnings(caplog)
+        )
+    assert any(
+        f"Wrote {noise_csv}: 1 noise files" in message and "0 files and 1 folder left out" in message
+        for message in _info_lines(caplog, "Wrote")
+    )
     assert folder_snapshot(str(noises), str(rirs), str(rirs_noises)) == before
 
 
@@ -571,8 +596,11 @@ def test_ks_without_a_dev_speaker_or_with_an_untrained_label_fails_at_preparatio
     no_unknown = {word: [KS_TRAINING_SPEAKER, KS_VALIDATION_SPEAKER] for word in KS_COMMANDS}  # no other word
     data_folder, test_folder = _tiny_speech_commands(tmp_path / "b", no_unknown)
     save = tmp_path / "save_b"
-    with pytest.raises(SplitError, match=rf"the test split \('{save / 'test.csv'}'\) has 1 label value never seen in "
-                                         rf"the train split .*'_unknown_' \(first in row test__unknown__c0ffee00"):
+    with pytest.raises(
+        SplitError,
+        match=rf"the test split \('{save / 'test.csv'}'\) has 1 label value never seen in "
+        rf"the train split .*'_unknown_' \(first in row test__unknown__c0ffee00",
+    ):
         ks.prepare_speech_commands(str(data_folder), str(test_folder), str(save))
 
     both = {word: [KS_TRAINING_SPEAKER, KS_VALIDATION_SPEAKER] for word in KS_COMMANDS + ["marvin", "bed"]}
@@ -582,8 +610,10 @@ def test_ks_without_a_dev_speaker_or_with_an_untrained_label_fails_at_preparatio
         _block_listing(patch, data_folder / "bed")  # an unreadable word folder: counted, warned, the rest kept
         paths = ks.prepare_speech_commands(str(data_folder), str(test_folder), str(tmp_path / "save_c"))
     assert not any(row["word"] == "bed" for row in _rows(paths["train"]))
-    assert any(message.startswith("1 folder left out of the Speech Commands lists") and str(data_folder / "bed")
-               in message for message in _warnings(caplog))
+    assert any(
+        message.startswith("1 folder left out of the Speech Commands lists") and str(data_folder / "bed") in message
+        for message in _warnings(caplog)
+    )
     assert folder_snapshot(str(tmp_path / "c")) == before
 
 
@@ -639,8 +669,15 @@ def _voxceleb1(folder, layout="merged", dev_speakers=3):
     """The fixture's VoxCeleb1: one video of three utterances per speaker (train, dev, test of SID)."""
     from robustdistiller.testing.fixtures.voxceleb1 import generate_voxceleb1
 
-    return generate_voxceleb1(str(folder), seed=0, dev_speakers=dev_speakers, test_speakers=2, videos_per_speaker=1,
-                              utterances_per_video=3, layout=layout)
+    return generate_voxceleb1(
+        str(folder),
+        seed=0,
+        dev_speakers=dev_speakers,
+        test_speakers=2,
+        videos_per_speaker=1,
+        utterances_per_video=3,
+        layout=layout,
+    )
 
 
 def _voxceleb1_link_farm(corpus, farm):
@@ -675,20 +712,30 @@ def test_voxceleb1_link_farm_of_speaker_folders_is_read(tmp_path, caplog, layout
     with caplog.at_level(logging.WARNING):
         for name, root in (("real", corpus), ("farm", farm)):
             sid_paths = sid.prepare_voxceleb1_sid(root, str(tmp_path / name / "sid"))
-            asv_paths = asv.prepare_voxceleb1_asv(root, str(tmp_path / name / "asv"), valid_speakers=2,
-                                                  min_train_duration=0.0)
-            tables[name] = {f"{task}_{split}": _rows(path) for task, paths in (("sid", sid_paths), ("asv", asv_paths))
-                            for split, path in paths.items()}
+            asv_paths = asv.prepare_voxceleb1_asv(
+                root, str(tmp_path / name / "asv"), valid_speakers=2, min_train_duration=0.0
+            )
+            tables[name] = {
+                f"{task}_{split}": _rows(path)
+                for task, paths in (("sid", sid_paths), ("asv", asv_paths))
+                for split, path in paths.items()
+            }
     assert _warnings(caplog) == []
     for key, rows in tables["real"].items():
         farm_rows = tables["farm"][key]
-        assert rows and [row.get("ID", row.get("enrol")) for row in rows] == \
-            [row.get("ID", row.get("enrol")) for row in farm_rows], key
+        assert rows and [row.get("ID", row.get("enrol")) for row in rows] == [
+            row.get("ID", row.get("enrol")) for row in farm_rows
+        ], key
         for row, farm_row in zip(rows, farm_rows):
             if "wav" in row:  # the same relative path, under the farm (the links are kept in the paths)
                 assert farm_row["wav"] == os.path.join(farm, os.path.relpath(row["wav"], corpus))
-    assert {row["speaker"] for row in tables["farm"]["sid_test"]} == {"id10001", "id10002", "id10003", "id10270",
-                                                                       "id10271"}
+    assert {row["speaker"] for row in tables["farm"]["sid_test"]} == {
+        "id10001",
+        "id10002",
+        "id10003",
+        "id10270",
+        "id10271",
+    }
     assert folder_snapshot(corpus, farm) == before
 
 
@@ -710,14 +757,19 @@ def test_voxceleb1_unreadable_folders_are_counted_warned_and_named(tmp_path, cap
     video = next(entry.path for entry in os.scandir(os.path.join(wav, "id10003")) if entry.is_dir())
     with monkeypatch.context() as patch:  # a video folder: one dev speaker too few, and the error says why
         _block_listing(patch, video)
-        with pytest.raises(ValueError, match=rf"holds 3 dev speakers .*valid_speakers=3 \(1 folder\(s\) left out: "
-                                             rf".*{re.escape(UNREADABLE_FOLDER)} "
-                                             rf"\(e.g. {re.escape(video)} "):
+        with pytest.raises(
+            ValueError,
+            match=rf"holds 3 dev speakers .*valid_speakers=3 \(1 folder\(s\) left out: "
+            rf".*{re.escape(UNREADABLE_FOLDER)} "
+            rf"\(e.g. {re.escape(video)} ",
+        ):
             asv.prepare_voxceleb1_asv(corpus, str(tmp_path / "asv2"), valid_speakers=3, min_train_duration=0.0)
     with monkeypatch.context() as patch:  # the wav folder itself: an error naming it, for both recipes
         _block_listing(patch, wav)
-        for prepare in (lambda: asv.prepare_voxceleb1_asv(corpus, str(tmp_path / "asv3"), valid_speakers=2),
-                        lambda: sid.prepare_voxceleb1_sid(corpus, str(tmp_path / "sid3"))):
+        for prepare in (
+            lambda: asv.prepare_voxceleb1_asv(corpus, str(tmp_path / "asv3"), valid_speakers=2),
+            lambda: sid.prepare_voxceleb1_sid(corpus, str(tmp_path / "sid3")),
+        ):
             with pytest.raises(FolderReadError, match=rf"VoxCeleb1 wav folder '{re.escape(wav)}' cannot be listed"):
                 prepare()
     assert folder_snapshot(corpus) == before
@@ -727,8 +779,11 @@ def test_voxceleb1_unreadable_folders_are_counted_warned_and_named(tmp_path, cap
     caplog.clear()
     with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
         _block_listing(patch, test_archive)
-        with pytest.raises(FileNotFoundError, match=rf"missing or unreadable .*1 folder\(s\) left out: "
-                                                    rf".*\(e.g. {re.escape(test_archive)} \("):
+        with pytest.raises(
+            FileNotFoundError,
+            match=rf"missing or unreadable .*1 folder\(s\) left out: "
+            rf".*\(e.g. {re.escape(test_archive)} \(",
+        ):
             sid.prepare_voxceleb1_sid(s3prl, str(tmp_path / "sid4"))
     assert any(f"{UNREADABLE_FOLDER} (e.g. {test_archive} (" in message for message in _warnings(caplog))
 
@@ -750,13 +805,19 @@ def test_voxceleb1_lists_and_lexicon_that_are_not_utf8_name_the_file_and_the_lin
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_bytes(b"HELLO\tHH AH0 L OW1\nNAIVE\tN AY0 IY1 V\nNA\xefVE\tN AY0 IY1 V\n")
     before = folder_snapshot(corpus)
-    with pytest.raises(TextFileError, match=rf"split file '{split_file}', line {split_lines + 1}: byte 0xe9 at "
-                                            r"column 14 is not UTF-8"):
+    with pytest.raises(
+        TextFileError,
+        match=rf"split file '{split_file}', line {split_lines + 1}: byte 0xe9 at "
+        r"column 14 is not UTF-8",
+    ):
         sid.prepare_voxceleb1_sid(corpus, str(tmp_path / "sid"))
     with pytest.raises(TextFileError, match=rf"trial list '{trial_file}', line 2: byte 0xff at column {column} "):
         asv.prepare_voxceleb1_asv(corpus, str(tmp_path / "asv"), valid_speakers=2)
-    with pytest.raises(TextFileError, match=rf"Lexicon file \(lexicon_files\) '{lexicon}', line 3: byte 0xef at "
-                                            r"column 3 is not UTF-8"):
+    with pytest.raises(
+        TextFileError,
+        match=rf"Lexicon file \(lexicon_files\) '{lexicon}', line 3: byte 0xef at "
+        r"column 3 is not UTF-8",
+    ):
         read_lexicon_files([str(lexicon)])
     assert folder_snapshot(corpus) == before
 
@@ -787,9 +848,12 @@ def test_iemocap_symlinked_sessions_unreadable_dialogs_and_non_utf8_labels(tmp_p
     dialog = farm / "Session2" / "sentences" / "wav" / "Ses02F_impro01"
     with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
         _block_listing(patch, dialog)  # its labelled utterances have "no wav file": the error says why
-        with pytest.raises(FileNotFoundError, match=rf"have no wav file.*1 folder\(s\) left out: "
-                                                    rf".*{re.escape(UNREADABLE_FOLDER)} "
-                                                    rf"\(e.g. {re.escape(str(dialog))} \("):
+        with pytest.raises(
+            FileNotFoundError,
+            match=rf"have no wav file.*1 folder\(s\) left out: "
+            rf".*{re.escape(UNREADABLE_FOLDER)} "
+            rf"\(e.g. {re.escape(str(dialog))} \(",
+        ):
             er.prepare_iemocap(str(farm), str(tmp_path / "save"), dev_split_order="sorted")
     assert any(f"{UNREADABLE_FOLDER} (e.g. {dialog} (" in message for message in _warnings(caplog))
     with monkeypatch.context() as patch:  # a session folder: an error naming it, not "not found"
@@ -806,16 +870,20 @@ def test_iemocap_symlinked_sessions_unreadable_dialogs_and_non_utf8_labels(tmp_p
     Path(label_file).write_bytes(b"\n".join(lines))
     before = folder_snapshot(release)
     paths = er.prepare_iemocap(release, str(tmp_path / "comment"), dev_split_order="sorted")
-    assert sorted(row["ID"] for split in paths.values() for row in _rows(split)) == \
-        sorted(row["ID"] for split in real.values() for row in _rows(split))
+    assert sorted(row["ID"] for split in paths.values() for row in _rows(split)) == sorted(
+        row["ID"] for split in real.values() for row in _rows(split)
+    )
     assert folder_snapshot(release) == before
     summary = next(number for number, line in enumerate(lines) if line.startswith(b"[") and b"\tneu\t" in line)
     lines[summary] = lines[summary].replace(b"\tneu\t", b"\tn\xe9u\t")  # a label: an error naming file and line
     Path(label_file).write_bytes(b"\n".join(lines))
     column = lines[summary].index(b"\xe9") + 1
     before = folder_snapshot(release)
-    with pytest.raises(TextFileError, match=rf"IEMOCAP label file '{label_file}', line {summary + 1}: byte 0xe9 at "
-                                            rf"column {column} is not UTF-8"):
+    with pytest.raises(
+        TextFileError,
+        match=rf"IEMOCAP label file '{label_file}', line {summary + 1}: byte 0xe9 at "
+        rf"column {column} is not UTF-8",
+    ):
         er.prepare_iemocap(release, str(tmp_path / "labels"), dev_split_order="sorted")
     assert folder_snapshot(release) == before
 
@@ -825,13 +893,18 @@ def test_s3prl_er_lists_that_are_not_utf8_or_json_name_the_file(tmp_path):
 
     order = tmp_path / "order.tsv"
     order.write_bytes(b"# s3prl order\nSes02F_impro01_F000\tneu\nSes02F_impro01_F00\xb9\tsad\n")
-    with pytest.raises(TextFileError, match=rf"s3prl order file '{re.escape(str(order))}', line 3: byte 0xb9 at "
-                                            r"column 19 is not UTF-8"):
+    with pytest.raises(
+        TextFileError,
+        match=rf"s3prl order file '{re.escape(str(order))}', line 3: byte 0xb9 at "
+        r"column 19 is not UTF-8",
+    ):
         read_iemocap_s3prl_order(str(order))
     meta_data = tmp_path / "meta_data" / "Session1" / "train_meta_data.json"
     meta_data.parent.mkdir(parents=True)
-    meta_data.write_bytes(b'{"meta_data": [\n{"path": "Ses02F_impro01/Ses02F_impro01_F000.wav", "label": "neu"},\n'
-                          b'{"path": "Ses02F_impro01/Ses02F_impro01_F001.wav", "label": "h\xe4p"}]}\n')
+    meta_data.write_bytes(
+        b'{"meta_data": [\n{"path": "Ses02F_impro01/Ses02F_impro01_F000.wav", "label": "neu"},\n'
+        b'{"path": "Ses02F_impro01/Ses02F_impro01_F001.wav", "label": "h\xe4p"}]}\n'
+    )
     before = folder_snapshot(str(tmp_path))
     with pytest.raises(TextFileError, match=rf"'{re.escape(str(meta_data))}', line 3: byte 0xe4 at column 63 "):
         read_s3prl_meta_data(str(tmp_path / "meta_data"), 1)

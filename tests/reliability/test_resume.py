@@ -172,16 +172,26 @@ def other_corpus(tmp_path_factory):
     from robustdistiller.testing.mini_corpus import generate_mini_corpus
 
     return generate_mini_corpus(
-        str(tmp_path_factory.mktemp("other_corpus")), seed=1, train_speakers=2, valid_speakers=2,
-        utterances_per_speaker=3, num_noises=6, noise_duration=3.0, rooms_per_size=1, num_urbansound=4,
+        str(tmp_path_factory.mktemp("other_corpus")),
+        seed=1,
+        train_speakers=2,
+        valid_speakers=2,
+        utterances_per_speaker=3,
+        num_noises=6,
+        noise_duration=3.0,
+        rooms_per_size=1,
+        num_urbansound=4,
         show_progress=False,
     )
 
 
 @pytest.mark.parametrize(
     "option, corpus_key, signed_key",
-    [("data_folder", "librispeech", "train_csv_fingerprint"), ("musan_folder", "musan", "noise_csv_fingerprint"),
-     ("rir_folder", "rirs", "rir_csv_fingerprint")],
+    [
+        ("data_folder", "librispeech", "train_csv_fingerprint"),
+        ("musan_folder", "musan", "noise_csv_fingerprint"),
+        ("rir_folder", "rirs", "rir_csv_fingerprint"),
+    ],
 )
 def test_a_resume_with_other_data_is_refused_naming_the_list(
     mini_corpus, tiny_teacher_folder, short_run, other_corpus, tmp_path, option, corpus_key, signed_key
@@ -189,7 +199,11 @@ def test_a_resume_with_other_data_is_refused_naming_the_list(
     inputs = folder_snapshot(*corpus_folders(mini_corpus), *corpus_folders(other_corpus), tiny_teacher_folder)
     output = copy_run(short_run, str(tmp_path / "run"))
     _, brain, *_ = make_brain(
-        mini_corpus, tiny_teacher_folder, output, number_of_steps=2, valid_splits=[],
+        mini_corpus,
+        tiny_teacher_folder,
+        output,
+        number_of_steps=2,
+        valid_splits=[],
         **{option: other_corpus[corpus_key]},
     )
     with pytest.raises(ChangedSettingsError, match=f"{signed_key}: recorded '\\d+ rows, sha256 [0-9a-f]+', now"):
@@ -199,8 +213,10 @@ def test_a_resume_with_other_data_is_refused_naming_the_list(
 
 def test_a_moved_corpus_still_resumes(mini_corpus, tiny_teacher_folder, short_run, tmp_path):
     inputs = folder_snapshot(*corpus_folders(mini_corpus), tiny_teacher_folder)
-    moved = {key: shutil.copytree(folder, str(tmp_path / "moved" / key)) if folder else folder
-             for key, folder in mini_corpus.items()}
+    moved = {
+        key: shutil.copytree(folder, str(tmp_path / "moved" / key)) if folder else folder
+        for key, folder in mini_corpus.items()
+    }
     output = copy_run(short_run, str(tmp_path / "run"))
     _, brain, *_ = make_brain(moved, tiny_teacher_folder, output, number_of_steps=2, valid_splits=[])
     brain.on_fit_start()
@@ -229,14 +245,22 @@ def test_an_edited_model_is_refused_naming_the_module_and_both_shapes(
     save = os.path.join(output, "save")
     before = folder_snapshot(save)
     yaml_file = edited_yaml(tmp_path, 8)
-    _, brain, *_ = make_brain(mini_corpus, tiny_teacher_folder, output, yaml_file=yaml_file, number_of_steps=2,
-                              valid_splits=[])
+    _, brain, *_ = make_brain(
+        mini_corpus, tiny_teacher_folder, output, yaml_file=yaml_file, number_of_steps=2, valid_splits=[]
+    )
     with pytest.raises(ChangedSettingsError, match="architecture_enhancement_head: recorded"):
         brain.on_fit_start()
 
     # accepted (or recorded by an older version): the load itself says the model changed, and moves nothing
-    _, brain, *_ = make_brain(mini_corpus, tiny_teacher_folder, output, yaml_file=yaml_file, number_of_steps=2,
-                              valid_splits=[], accept_changed_settings="architecture_enhancement_head")
+    _, brain, *_ = make_brain(
+        mini_corpus,
+        tiny_teacher_folder,
+        output,
+        yaml_file=yaml_file,
+        number_of_steps=2,
+        valid_splits=[],
+        accept_changed_settings="architecture_enhancement_head",
+    )
     with pytest.raises(ModelChangedError) as error:
         brain.on_fit_start()
     message = str(error.value)
@@ -309,8 +333,9 @@ def test_a_refused_dpwavlm_resume_rewrites_none_of_the_run_records(mini_corpus, 
     (output / "save" / "stage1" / "CKPT+2026-01-01+00-00-00+00").mkdir(parents=True)
     (output / "save" / "run_signature.json").write_text(json.dumps({"target_sparsity": 0.5}))
     (output / "hyperparams.yaml").write_text("# the run's own record\n")
-    overrides = tiny_overrides(mini_corpus, tiny_teacher_folder, str(output), enhancement_hidden_size=16,
-                               enhancement_layers=1)
+    overrides = tiny_overrides(
+        mini_corpus, tiny_teacher_folder, str(output), enhancement_hidden_size=16, enhancement_layers=1
+    )
     with open(ROBUST_DPWAVLM_YAML, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     with pytest.raises(ChangedSettingsError, match="target_sparsity: recorded 0.5, now 0.75"):
@@ -377,8 +402,15 @@ def test_dpwavlm_stage_checkpoints_record_the_run_signature_hash(tmp_path, monke
             pass
 
     monkeypatch.setattr(stages, "DPWavLMBrain", RecordingBrain)
-    hparams = {"save_folder": save, "stage2_lr": 1e-4, "stage2_warmup_steps": 1, "stage2_steps": 2,
-               "number_of_epochs": 1, "num_workers": 0, "valid_dataloader_opts": {}}
+    hparams = {
+        "save_folder": save,
+        "stage2_lr": 1e-4,
+        "stage2_warmup_steps": 1,
+        "stage2_steps": 2,
+        "number_of_epochs": 1,
+        "num_workers": 0,
+        "valid_dataloader_opts": {},
+    }
     modules = {"student": torch.nn.Linear(2, 2), "projections": torch.nn.Linear(2, 2), "enhancement_head": None}
     stages.run_stage(2, hparams, modules, teacher=None, datasets=(None, None, None), run_opts={})
     saved = captured["checkpointer"].save_checkpoint()

@@ -138,8 +138,13 @@ def test_a_second_run_in_a_locked_folder_stops_and_a_stale_lock_is_taken_over(tm
 
 def test_options_are_checked_before_anything_is_loaded():
     check_options = load_train_module().check_options
-    hparams = {"train_splits": "train-clean-100", "valid_splits": "dev-clean", "musan_subsets": "noise",
-               "number_of_steps": "8", "test_conditions": {}}
+    hparams = {
+        "train_splits": "train-clean-100",
+        "valid_splits": "dev-clean",
+        "musan_subsets": "noise",
+        "number_of_steps": "8",
+        "test_conditions": {},
+    }
     check_options(hparams)
     assert hparams["train_splits"] == ["train-clean-100"] and hparams["musan_subsets"] == ["noise"]
     assert hparams["number_of_steps"] == 8
@@ -217,7 +222,9 @@ def fit(mini_corpus, teacher_folder, output_folder, crash_at_step=None, crash_in
 
 
 def student_weights(brain):
-    return {name: value.detach().clone() for name, value in brain.modules.state_dict().items() if torch.is_tensor(value)}
+    return {
+        name: value.detach().clone() for name, value in brain.modules.state_dict().items() if torch.is_tensor(value)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +271,9 @@ def test_a_changed_setting_is_refused_before_recovery_and_accepted_on_purpose(
     info_file = os.path.join(output, "save", "distillation_info.json")
     info_before = Path(info_file).read_text()
 
-    _, brain, *_ = make_brain(mini_corpus, tiny_teacher_folder, output, number_of_steps=8, lr=0.001, max_crop_samples=8000)
+    _, brain, *_ = make_brain(
+        mini_corpus, tiny_teacher_folder, output, number_of_steps=8, lr=0.001, max_crop_samples=8000
+    )
     with pytest.raises(ChangedSettingsError) as error:
         brain.on_fit_start()
     message = str(error.value)
@@ -286,7 +295,9 @@ def test_a_changed_setting_is_refused_before_recovery_and_accepted_on_purpose(
     assert recorded["lr"] == 0.001
 
 
-def test_a_finished_run_is_extended_by_a_larger_number_of_steps(mini_corpus, tiny_teacher_folder, uninterrupted, tmp_path):
+def test_a_finished_run_is_extended_by_a_larger_number_of_steps(
+    mini_corpus, tiny_teacher_folder, uninterrupted, tmp_path
+):
     import shutil
 
     output = str(tmp_path / "run")

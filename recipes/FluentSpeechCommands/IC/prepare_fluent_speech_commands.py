@@ -157,8 +157,16 @@ def prepare_fluent_speech_commands(data_folder, save_folder, skip_prep=False):
                 continue
             utterance_id = make_id(os.path.relpath(entry["path"], os.path.join("wavs", "speakers")))
             rows[split].append(
-                [utterance_id, f"{frames / sample_rate:.3f}", os.path.abspath(path), 0, -1, entry["speakerId"],
-                 entry["transcription"]] + [entry[slot] for slot in SLOTS]
+                [
+                    utterance_id,
+                    f"{frames / sample_rate:.3f}",
+                    os.path.abspath(path),
+                    0,
+                    -1,
+                    entry["speakerId"],
+                    entry["transcription"],
+                ]
+                + [entry[slot] for slot in SLOTS]
             )
     if missing:
         raise FileNotFoundError(
@@ -168,10 +176,12 @@ def prepare_fluent_speech_commands(data_folder, save_folder, skip_prep=False):
     os.makedirs(save_folder, exist_ok=True)
     for split in SPLITS:
         write_csv(paths[split], HEADER, rows[split])
-        logger.info("Wrote %s: %d utterances, %d speakers", paths[split], len(rows[split]),
-                    len({row[5] for row in rows[split]}))
-    logger.info("Slot values (from train_data.csv): %s",
-                "; ".join(f"{slot}: {len(values)}" for slot, values in known.items()))
+        logger.info(
+            "Wrote %s: %d utterances, %d speakers", paths[split], len(rows[split]), len({row[5] for row in rows[split]})
+        )
+    logger.info(
+        "Slot values (from train_data.csv): %s", "; ".join(f"{slot}: {len(values)}" for slot, values in known.items())
+    )
     check_split_lists(paths, SLOTS)  # every split has rows, every valid / test slot value is a training one
     mark_prepared(save_folder, "fluent_speech_commands", options)
     return paths

@@ -137,7 +137,8 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
     data = recipe_datasets(hparams, csv_files, output_keys, [encode_intent], test_corruptor, train_corruptor)
     for slot, encoder in slot_encoders.items():
         encoder.load_or_create(
-            path=os.path.join(hparams["save_folder"], f"{slot}_encoder.txt"), from_didatasets=[data["train"]],
+            path=os.path.join(hparams["save_folder"], f"{slot}_encoder.txt"),
+            from_didatasets=[data["train"]],
             output_key=slot,
         )
     sizes = [len(slot_encoders[slot]) for slot in SLOTS]
@@ -190,6 +191,10 @@ if __name__ == "__main__":
             ["accuracy"] + [f"{slot}_accuracy" for slot in SLOTS] + ["loss"],
             upstream=hparams["upstream"],
             layer_weights=brain.layer_weights(),
-            extra={"slot_values": {slot: [encoder.decode_ndim(index) for index in range(len(encoder))]
-                                   for slot, encoder in data["slot_encoders"].items()}},
+            extra={
+                "slot_values": {
+                    slot: [encoder.decode_ndim(index) for index in range(len(encoder))]
+                    for slot, encoder in data["slot_encoders"].items()
+                }
+            },
         )

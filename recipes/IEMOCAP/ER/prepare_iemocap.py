@@ -105,8 +105,7 @@ def read_emo_evaluation(label_file):
     lines = content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")  # universal newlines, as before
     summary_only = b"\n".join(line if line.startswith(b"[") else b"" for line in lines)
     labels = {}
-    for number, line in enumerate(decode_text(summary_only, label_file, "IEMOCAP label file").split("\n"),
-                                  start=1):
+    for number, line in enumerate(decode_text(summary_only, label_file, "IEMOCAP label file").split("\n"), start=1):
         if not line.startswith("["):
             continue
         match = LABEL_LINE.match(line)
@@ -170,8 +169,10 @@ def scan_session(data_folder, session, skipped_folders=None):
     list_folder(session_folder, "IEMOCAP session folder")  # unreadable: an error naming it, not "not found"
     wav_root = os.path.join(session_folder, WAV_SUBFOLDER)
     label_root = os.path.join(session_folder, LABEL_SUBFOLDER)
-    for folder, expected in ((wav_root, "sentences/wav/<dialog>/<utterance>.wav"),
-                             (label_root, "dialog/EmoEvaluation/<dialog>.txt")):
+    for folder, expected in (
+        (wav_root, "sentences/wav/<dialog>/<utterance>.wav"),
+        (label_root, "dialog/EmoEvaluation/<dialog>.txt"),
+    ):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"IEMOCAP folder '{folder}' not found (expected Session{session}/{expected})")
     skipped = {"macos_junk": 0, "other": 0}
@@ -282,8 +283,11 @@ def s3prl_pool_order(pool_labels, test_session, meta_data_folder=None):
     listed = {utterance for utterance, _ in order}
     unknown = sorted(listed - set(pool_labels))
     absent = sorted(set(pool_labels) - listed)
-    relabelled = sorted(utterance for utterance, label in order
-                        if label is not None and utterance in pool_labels and pool_labels[utterance] != label)
+    relabelled = sorted(
+        utterance
+        for utterance, label in order
+        if label is not None and utterance in pool_labels and pool_labels[utterance] != label
+    )
     if unknown or absent or relabelled or len(order) != len(listed):
         raise ValueError(
             f"s3prl's split of session {test_session} ({source}) does not match the data: {len(unknown)} listed "
@@ -345,8 +349,9 @@ def prepare_iemocap(
     if dev_split_order not in DEV_SPLIT_ORDERS:
         raise ValueError(f"dev_split_order must be one of {DEV_SPLIT_ORDERS}, got {dev_split_order!r}")
     if s3prl_meta_data_folder and dev_split_order != "s3prl":
-        raise ValueError(f"s3prl_meta_data_folder gives s3prl's order: it needs dev_split_order: s3prl, "
-                         f"got {dev_split_order!r}")
+        raise ValueError(
+            f"s3prl_meta_data_folder gives s3prl's order: it needs dev_split_order: s3prl, got {dev_split_order!r}"
+        )
     options = {
         "data_folder": os.path.abspath(data_folder),
         "test_session": test_session,
@@ -376,7 +381,6 @@ def prepare_iemocap(
     finally:
         skipped_folders.warn()  # one warning per reason, also when a scan fails
     for session, (utterances, session_skipped) in zip(SESSIONS, scanned):
-
         for key, count in session_skipped.items():
             skipped[key] += count
         for utterance in utterances:
@@ -392,12 +396,15 @@ def prepare_iemocap(
     logger.info(
         "IEMOCAP: skipped %d macOS '._*' files and %d other non-wav files; %d folders could not be listed; "
         "dropped labels (not neu/hap/exc/ang/sad): %s",
-        skipped["macos_junk"], skipped["other"], skipped_folders.folder_count(),
+        skipped["macos_junk"],
+        skipped["other"],
+        skipped_folders.folder_count(),
         dict(sorted(dropped.items())) or "none",
     )
     if dev_split_order == "s3prl":
-        pool_ids = s3prl_pool_order({utterance: row[5] for utterance, row in pool.items()}, test_session,
-                                    s3prl_meta_data_folder)
+        pool_ids = s3prl_pool_order(
+            {utterance: row[5] for utterance, row in pool.items()}, test_session, s3prl_meta_data_folder
+        )
     else:
         pool_ids = sorted(pool)
     train_ids, dev_ids = split_train_dev(pool_ids, valid_ratio=valid_ratio, seed=split_seed)

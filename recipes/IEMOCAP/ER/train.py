@@ -48,8 +48,9 @@ METRICS = ["accuracy", "loss"]
 def dataio_prepare(hparams, test_corruptor, train_corruptor):
     """Train / dev datasets, the test-set factory and the emotion encoder of one fold."""
     csv_files = {"train": hparams["train_csv"], "valid": hparams["dev_csv"], "test": hparams["test_csv"]}
-    data = classification_datasets(hparams, csv_files, test_corruptor, train_corruptor, label_column="emotion",
-                                   labels=EMOTION_LABELS)  # s3prl's class indices: neu 0, hap 1, ang 2, sad 3
+    data = classification_datasets(
+        hparams, csv_files, test_corruptor, train_corruptor, label_column="emotion", labels=EMOTION_LABELS
+    )  # s3prl's class indices: neu 0, hap 1, ang 2, sad 3
     if len(data["label_encoder"]) != hparams["num_emotions"]:
         raise ValueError(
             f"The training set of fold {hparams['test_session']} has {len(data['label_encoder'])} emotions "
@@ -154,8 +155,9 @@ def main(argv):
             average_over_folds(fold_results),
             ["accuracy", "accuracy_std", "loss"],
             upstream=upstream,
-            layer_weights=[statistics.fmean(fold_weights[fold][layer] for fold in fold_weights)
-                           for layer in range(num_layers)],
+            layer_weights=[
+                statistics.fmean(fold_weights[fold][layer] for fold in fold_weights) for layer in range(num_layers)
+            ],
             extra={"folds": {str(fold): results for fold, results in fold_results.items()}},
         )
 

@@ -37,8 +37,10 @@ from robustdistiller.data.prepare.lists import is_prepared, mark_prepared, write
 
 logger = logging.getLogger(__name__)
 
-LIBRIMIX_LAYOUT = ("Libri2Mix/wav16k/max/{train-100,dev,test}/{mix_both,s1,s2,noise}/<id>.wav and "
-                   "Libri2Mix/wav16k/max/metadata/mixture_<split>_mix_both.csv")
+LIBRIMIX_LAYOUT = (
+    "Libri2Mix/wav16k/max/{train-100,dev,test}/{mix_both,s1,s2,noise}/<id>.wav and "
+    "Libri2Mix/wav16k/max/metadata/mixture_<split>_mix_both.csv"
+)
 KALDI_LAYOUT = "<data_folder>/{train,dev,test}/{wav.scp,segments,utt2spk,reco2dur,rttm}"
 KALDI_FILES = ("wav.scp", "segments", "utt2spk", "reco2dur", "rttm")
 CSV_HEADER = ["ID", "duration", "wav", "s1_wav", "s2_wav", "segments"]
@@ -65,30 +67,39 @@ def detect_format(data_folder, kaldi_splits):
 def _librimix_split(data_folder, split, vad_rttm):
     metadata = os.path.join(data_folder, "wav16k", "max", "metadata", f"mixture_{split}_mix_both.csv")
     if not os.path.isfile(metadata):
-        raise FileNotFoundError(f"Libri2Mix metadata '{metadata}' does not exist; expected {LIBRIMIX_LAYOUT} "
-                                f"(s3prl's LibriMix fork, generate_librimix_sd.sh)")
+        raise FileNotFoundError(
+            f"Libri2Mix metadata '{metadata}' does not exist; expected {LIBRIMIX_LAYOUT} "
+            f"(s3prl's LibriMix fork, generate_librimix_sd.sh)"
+        )
     if not os.path.isfile(vad_rttm):
-        raise FileNotFoundError(f"VAD RTTM '{vad_rttm}' does not exist; expected the fork's "
-                                f"metadata/LibriSpeech/<subset>.rttm (option vad_rttm_folder)")
+        raise FileNotFoundError(
+            f"VAD RTTM '{vad_rttm}' does not exist; expected the fork's "
+            f"metadata/LibriSpeech/<subset>.rttm (option vad_rttm_folder)"
+        )
     vad = read_rttm(vad_rttm)
     with open(metadata, newline="", encoding="utf-8") as fin:
         mixtures = list(csv.DictReader(fin))
     rows = []
     for mixture in mixtures:
         mixture_id = mixture["mixture_ID"]
-        paths = {folder: os.path.join(data_folder, "wav16k", "max", split, folder, f"{mixture_id}.wav")
-                 for folder in ("mix_both", "s1", "s2")}
+        paths = {
+            folder: os.path.join(data_folder, "wav16k", "max", split, folder, f"{mixture_id}.wav")
+            for folder in ("mix_both", "s1", "s2")
+        }
         for path in paths.values():
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"'{path}' (mixture {mixture_id} of {metadata}) does not exist; "
-                                        f"expected {LIBRIMIX_LAYOUT}")
+                raise FileNotFoundError(
+                    f"'{path}' (mixture {mixture_id} of {metadata}) does not exist; expected {LIBRIMIX_LAYOUT}"
+                )
         duration = int(mixture["length"]) / 16000
         turns = {}
         for utterance in mixture_id.split("_"):
             key = utterance.split("-", 1)[1]  # <chapter>-<utt>
             if key not in vad:
-                raise KeyError(f"Utterance '{utterance}' of mixture {mixture_id} has no turn in {vad_rttm} "
-                               f"(key '{key}'); the VAD RTTM must be the fork's file of this split")
+                raise KeyError(
+                    f"Utterance '{utterance}' of mixture {mixture_id} has no turn in {vad_rttm} "
+                    f"(key '{key}'); the VAD RTTM must be the fork's file of this split"
+                )
             for speaker, speaker_turns in vad[key].items():
                 clipped = [(start, min(end, duration)) for start, end in speaker_turns if start < duration]
                 turns.setdefault(speaker, []).extend(clipped)
@@ -113,24 +124,32 @@ def _kaldi_split(data_folder, split):
     for name in KALDI_FILES:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"Kaldi-style SD file '{path}' does not exist; expected {KALDI_LAYOUT} "
-                                    f"(s3prl's prepare_diarization.py output)")
+            raise FileNotFoundError(
+                f"Kaldi-style SD file '{path}' does not exist; expected {KALDI_LAYOUT} "
+                f"(s3prl's prepare_diarization.py output)"
+            )
     wavs = {}
     for parts in _read_table(os.path.join(folder, "wav.scp"), 2, "'<recording> <wav path>'"):
         if len(parts) > 2 or parts[-1].endswith("|"):
-            raise ValueError(f"{os.path.join(folder, 'wav.scp')}: recording {parts[0]} is a command, not a file; "
-                             f"this recipe reads '<recording> <wav path>' lines")
+            raise ValueError(
+                f"{os.path.join(folder, 'wav.scp')}: recording {parts[0]} is a command, not a file; "
+                f"this recipe reads '<recording> <wav path>' lines"
+            )
         wavs[parts[0]] = parts[1] if os.path.isabs(parts[1]) else os.path.join(data_folder, parts[1])
     reco2dur = _read_table(os.path.join(folder, "reco2dur"), 2, "'<recording> <seconds>'")
     durations = {recording: float(seconds) for recording, seconds, *_ in reco2dur}
-    speakers = {segment: speaker
-                for segment, speaker, *_ in _read_table(os.path.join(folder, "utt2spk"), 2, "'<segment> <speaker>'")}
+    speakers = {
+        segment: speaker
+        for segment, speaker, *_ in _read_table(os.path.join(folder, "utt2spk"), 2, "'<segment> <speaker>'")
+    }
     turns = {recording: {} for recording in wavs}
     segments_file = os.path.join(folder, "segments")
     for segment, recording, start, end, *_ in _read_table(segments_file, 4, "'<segment> <recording> <start> <end>'"):
         if recording not in wavs or segment not in speakers:
-            raise KeyError(f"{segments_file}: segment {segment} names recording '{recording}' or has a speaker "
-                           f"that wav.scp / utt2spk lack")
+            raise KeyError(
+                f"{segments_file}: segment {segment} names recording '{recording}' or has a speaker "
+                f"that wav.scp / utt2spk lack"
+            )
         turns[recording].setdefault(speakers[segment], []).append((float(start), float(end)))
     rows = []
     for recording in sorted(wavs):
@@ -143,12 +162,25 @@ def _kaldi_split(data_folder, split):
 
 
 def _turns_json(turns):
-    return json.dumps({str(speaker): [[round(start, 6), round(end, 6)] for start, end in sorted(speaker_turns)]
-                       for speaker, speaker_turns in sorted(turns.items())})
+    return json.dumps(
+        {
+            str(speaker): [[round(start, 6), round(end, 6)] for start, end in sorted(speaker_turns)]
+            for speaker, speaker_turns in sorted(turns.items())
+        }
+    )
 
 
-def prepare_librimix_sd(data_folder, save_folder, csv_files, splits, kaldi_splits, vad_rttm_folder=None,
-                        vad_rttm_files=None, data_format="auto", skip_prep=False):
+def prepare_librimix_sd(
+    data_folder,
+    save_folder,
+    csv_files,
+    splits,
+    kaldi_splits,
+    vad_rttm_folder=None,
+    vad_rttm_files=None,
+    data_format="auto",
+    skip_prep=False,
+):
     """Writes the SD CSVs and reference RTTMs of the train / valid / test splits.
 
     Arguments
@@ -184,12 +216,19 @@ def prepare_librimix_sd(data_folder, save_folder, csv_files, splits, kaldi_split
     if data_format not in ("librimix", "kaldi"):
         raise ValueError(f"Option data_format must be auto, librimix or kaldi, got {data_format!r}")
     if data_format == "librimix" and not vad_rttm_folder:
-        raise ValueError("Option vad_rttm_folder (s3prl's LibriMix fork metadata/LibriSpeech, with "
-                         "train_clean_100.rttm, dev_clean.rttm, test_clean.rttm) is needed with Libri2Mix data")
-    options = {"data_folder": os.path.abspath(data_folder), "format": data_format, "csv_files": dict(csv_files),
-               "splits": dict(splits), "kaldi_splits": dict(kaldi_splits),
-               "vad_rttm_folder": vad_rttm_folder and os.path.abspath(vad_rttm_folder),
-               "vad_rttm_files": dict(vad_rttm_files or {})}
+        raise ValueError(
+            "Option vad_rttm_folder (s3prl's LibriMix fork metadata/LibriSpeech, with "
+            "train_clean_100.rttm, dev_clean.rttm, test_clean.rttm) is needed with Libri2Mix data"
+        )
+    options = {
+        "data_folder": os.path.abspath(data_folder),
+        "format": data_format,
+        "csv_files": dict(csv_files),
+        "splits": dict(splits),
+        "kaldi_splits": dict(kaldi_splits),
+        "vad_rttm_folder": vad_rttm_folder and os.path.abspath(vad_rttm_folder),
+        "vad_rttm_files": dict(vad_rttm_files or {}),
+    }
     outputs = list(csv_files.values()) + [reference_rttm_path(path) for path in csv_files.values()]
     if is_prepared(save_folder, "librimix_sd", options, outputs):
         logger.info("LibriMix SD lists already prepared in %s", save_folder)

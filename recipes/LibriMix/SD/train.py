@@ -105,8 +105,12 @@ class DiarizationBrain(DownstreamBrain):
     def score_posteriors(self):
         """:func:`score_grid` of the stage's posteriors."""
         return score_grid(
-            self.posteriors, self.references, self.hparams.decode_thresholds, self.hparams.decode_medians,
-            frame_seconds=self.hparams.frame_shift / self.hparams.sample_rate, resolution=self.hparams.der_resolution,
+            self.posteriors,
+            self.references,
+            self.hparams.decode_thresholds,
+            self.hparams.decode_medians,
+            frame_seconds=self.hparams.frame_shift / self.hparams.sample_rate,
+            resolution=self.hparams.der_resolution,
         )
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
@@ -131,8 +135,12 @@ class DiarizationBrain(DownstreamBrain):
             stats.update({key: chosen[key] for key in ("DER", "miss", "false_alarm", "confusion")})
             stats.update({"DER_best_on_test": self.grid[oracle]["DER"], "best_on_test_setting": oracle})
             if sb.utils.distributed.if_main_process():
-                hypotheses = decode_all(self.posteriors, chosen["threshold"], chosen["median"],
-                                        self.hparams.frame_shift / self.hparams.sample_rate)
+                hypotheses = decode_all(
+                    self.posteriors,
+                    chosen["threshold"],
+                    chosen["median"],
+                    self.hparams.frame_shift / self.hparams.sample_rate,
+                )
                 write_rttm(os.path.join(self.hparams.output_folder, "rttm", f"{condition}.rttm"), hypotheses)
         self.stage_stats = stats
         self.hparams.train_logger.log_stats(stats_meta={"test condition": condition}, test_stats=stats)
@@ -149,8 +157,9 @@ class DiarizationBrain(DownstreamBrain):
         self.evaluate(dev_set, test_loader_kwargs=dict(loader_kwargs), **self.best_checkpoint_key)
         self.decoding = best_setting(self.grid)
         self.condition = ""
-        logger.info("Decoding setting chosen on dev: %s (dev DER %.2f%%)", self.decoding,
-                    self.grid[self.decoding]["DER"])
+        logger.info(
+            "Decoding setting chosen on dev: %s (dev DER %.2f%%)", self.decoding, self.grid[self.decoding]["DER"]
+        )
         return self.decoding, self.grid
 
 
@@ -164,14 +173,23 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
         turns = parse_turns(segments)
         speakers = sorted(turns)
         if len(speakers) > hparams["num_speakers"]:
-            raise ValueError(f"A recording has {len(speakers)} speakers ({speakers}); num_speakers is "
-                             f"{hparams['num_speakers']}")
+            raise ValueError(
+                f"A recording has {len(speakers)} speakers ({speakers}); num_speakers is {hparams['num_speakers']}"
+            )
         speakers += [None] * (hparams["num_speakers"] - len(speakers))  # silent extra columns
         return frame_labels(turns, speakers, sig.shape[0] // frame_shift, frame_shift, sample_rate)
 
     csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
-    return signal_datasets(hparams, csv_files, SOURCE_COLUMNS, ["id", "sig", "labels", "segments"], [make_labels],
-                           test_corruptor, train_corruptor, load_sources=False)
+    return signal_datasets(
+        hparams,
+        csv_files,
+        SOURCE_COLUMNS,
+        ["id", "sig", "labels", "segments"],
+        [make_labels],
+        test_corruptor,
+        train_corruptor,
+        load_sources=False,
+    )
 
 
 def always_active_baseline(csv_file, resolution):
@@ -191,8 +209,9 @@ if __name__ == "__main__":
     run_on_main(prepare_librimix_sd, kwargs=hparams["prepare_options"])
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
-    conditions = drop_missing_inputs(conditions, hparams["test_csv"], SOURCE_COLUMNS,
-                                     hparams.get("corruption_input", "sources"))
+    conditions = drop_missing_inputs(
+        conditions, hparams["test_csv"], SOURCE_COLUMNS, hparams.get("corruption_input", "sources")
+    )
     data = dataio_prepare(hparams, test_corruptor, train_corruptor)
 
     brain = DiarizationBrain(
@@ -221,14 +240,22 @@ if __name__ == "__main__":
             upstream=hparams["upstream"],
             layer_weights=brain.layer_weights(),
             extra={
-                "primary_metric": "DER", "higher_is_better": False,
-                "decoding": {"setting": setting, "threshold": dev_grid[setting]["threshold"],
-                             "median": dev_grid[setting]["median"], "chosen_on": "dev (released mix_both)",
-                             "dev_DER": dev_grid[setting]["DER"]},
+                "primary_metric": "DER",
+                "higher_is_better": False,
+                "decoding": {
+                    "setting": setting,
+                    "threshold": dev_grid[setting]["threshold"],
+                    "median": dev_grid[setting]["median"],
+                    "chosen_on": "dev (released mix_both)",
+                    "dev_DER": dev_grid[setting]["DER"],
+                },
                 "dev_grid": dev_grid,
-                "baseline_always_active_test": {key: baseline[key] for key in ("DER", "miss", "false_alarm",
-                                                                              "confusion")},
-                "metric_notes": {"DER": "percent, collar 0, overlap scored, setting chosen on dev",
-                                 "DER_best_on_test": "s3prl's oracle: lowest DER of the grid on this test set"},
+                "baseline_always_active_test": {
+                    key: baseline[key] for key in ("DER", "miss", "false_alarm", "confusion")
+                },
+                "metric_notes": {
+                    "DER": "percent, collar 0, overlap scored, setting chosen on dev",
+                    "DER_best_on_test": "s3prl's oracle: lowest DER of the grid on this test set",
+                },
             },
         )

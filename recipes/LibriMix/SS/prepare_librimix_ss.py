@@ -98,8 +98,10 @@ def read_metadata(metadata_file, data_folder, columns=METADATA_COLUMNS):
         reader = csv.DictReader(fin)
         missing = sorted(set(columns) - set(reader.fieldnames or []))
         if missing:
-            raise ValueError(f"{metadata_file} has no column {missing}; a Libri2Mix metadata file has {list(columns)} "
-                             f"(it has {reader.fieldnames}).")
+            raise ValueError(
+                f"{metadata_file} has no column {missing}; a Libri2Mix metadata file has {list(columns)} "
+                f"(it has {reader.fieldnames})."
+            )
         rows, moved = {}, 0
         for row in reader:
             for column in columns:
@@ -112,8 +114,18 @@ def read_metadata(metadata_file, data_folder, columns=METADATA_COLUMNS):
     return rows, moved
 
 
-def prepare_librimix_ss(data_folder, save_folder, csv_files, splits=None, sample_rate_folder="wav16k", mode="min",
-                        sample_rate=16000, valid_subset_size=1000, valid_subset_seed=7, skip_prep=False):
+def prepare_librimix_ss(
+    data_folder,
+    save_folder,
+    csv_files,
+    splits=None,
+    sample_rate_folder="wav16k",
+    mode="min",
+    sample_rate=16000,
+    valid_subset_size=1000,
+    valid_subset_seed=7,
+    skip_prep=False,
+):
     """Writes the train / valid / test CSVs of the SS recipe.
 
     Arguments
@@ -158,21 +170,33 @@ def prepare_librimix_ss(data_folder, save_folder, csv_files, splits=None, sample
         split = splits[key]
         metadata_file = os.path.join(metadata_folder, f"mixture_{split}_mix_clean.csv")
         if not os.path.isfile(metadata_file):
-            raise FileNotFoundError(f"No metadata file {metadata_file} for the {key} set (split '{split}'); "
-                                    f"{metadata_folder} has {sorted(os.listdir(metadata_folder))}.")
+            raise FileNotFoundError(
+                f"No metadata file {metadata_file} for the {key} set (split '{split}'); "
+                f"{metadata_folder} has {sorted(os.listdir(metadata_folder))}."
+            )
         rows, moved = read_metadata(metadata_file, data_folder)
         both_file = os.path.join(metadata_folder, f"mixture_{split}_mix_both.csv")
         both, both_moved = ({}, 0)
         if os.path.isfile(both_file):
             both, both_moved = read_metadata(both_file, data_folder)
         if moved or both_moved:
-            logger.info("%s: %d paths of its metadata do not exist on this machine and were found under %s by "
-                        "their last components", split, moved + both_moved, data_folder)
+            logger.info(
+                "%s: %d paths of its metadata do not exist on this machine and were found under %s by "
+                "their last components",
+                split,
+                moved + both_moved,
+                data_folder,
+            )
         ids = sorted(rows)
         if key == "valid" and valid_subset_size is not None:
             ids = sorted(subsample_ids(ids, valid_subset_size, valid_subset_seed))
-            logger.info("Validation: %d of the %d mixtures of %s (s3prl's subsample: seed %d)", len(ids),
-                        len(rows), split, valid_subset_seed)
+            logger.info(
+                "Validation: %d of the %d mixtures of %s (s3prl's subsample: seed %d)",
+                len(ids),
+                len(rows),
+                split,
+                valid_subset_seed,
+            )
         os.makedirs(os.path.dirname(csv_files[key]) or ".", exist_ok=True)
         temporary = csv_files[key] + ".tmp"
         with open(temporary, "w", newline="", encoding="utf-8") as fout:
@@ -181,11 +205,25 @@ def prepare_librimix_ss(data_folder, save_folder, csv_files, splits=None, sample
             for mixture_id in ids:
                 row = rows[mixture_id]
                 mix_both = both.get(mixture_id, {}).get("mixture_path", "")
-                writer.writerow([mixture_id, f"{int(row['length']) / sample_rate:.4f}", row["mixture_path"],
-                                 row["source_1_path"], row["source_2_path"], mix_both])
+                writer.writerow(
+                    [
+                        mixture_id,
+                        f"{int(row['length']) / sample_rate:.4f}",
+                        row["mixture_path"],
+                        row["source_1_path"],
+                        row["source_2_path"],
+                        mix_both,
+                    ]
+                )
         os.replace(temporary, csv_files[key])
         counts[key] = len(ids)
-        logger.info("%s: %d mixtures (%s; mix_both %s) -> %s", key, len(ids), split,
-                    "present" if both else "not generated", csv_files[key])
+        logger.info(
+            "%s: %d mixtures (%s; mix_both %s) -> %s",
+            key,
+            len(ids),
+            split,
+            "present" if both else "not generated",
+            csv_files[key],
+        )
     check_split_lists({key: csv_files[key] for key in ("train", "valid", "test")})  # every set has rows
     return counts

@@ -31,8 +31,7 @@ from robustdistiller.downstream.signal import drop_missing_inputs, signal_datase
 
 logger = logging.getLogger(__name__)
 
-METRICS = ["SI_SDRi", "SI_SDR", "SI_SDR_input", "PESQ", "PESQ_improvement", "STOI", "STOI_improvement",
-           "utterances"]
+METRICS = ["SI_SDRi", "SI_SDR", "SI_SDR_input", "PESQ", "PESQ_improvement", "STOI", "STOI_improvement", "utterances"]
 
 
 def dataio_prepare(hparams, test_corruptor, train_corruptor):
@@ -41,8 +40,9 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
     The targets come already scaled by the corruption's gain, so the batches need no ``corruption_gain``.
     """
     csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
-    return signal_datasets(hparams, csv_files, hparams["source_columns"],
-                           ["id", "sig", "sources"], [], test_corruptor, train_corruptor)
+    return signal_datasets(
+        hparams, csv_files, hparams["source_columns"], ["id", "sig", "sources"], [], test_corruptor, train_corruptor
+    )
 
 
 if __name__ == "__main__":
@@ -54,8 +54,9 @@ if __name__ == "__main__":
     run_on_main(prepare_librimix_ss, kwargs=hparams["prepare_options"])
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
-    conditions = drop_missing_inputs(conditions, hparams["test_csv"], hparams["source_columns"],
-                                     hparams["corruption_input"])
+    conditions = drop_missing_inputs(
+        conditions, hparams["test_csv"], hparams["source_columns"], hparams["corruption_input"]
+    )
     data = dataio_prepare(hparams, test_corruptor, train_corruptor)
 
     brain = MaskingBrain(

@@ -52,13 +52,16 @@ class SpeechRecognitionBrain(CTCBrain):
     def append_metrics(self, ids, hypotheses, references):
         self.cer_metric.append(ids, hypotheses, references)
         self.wer_metric.append(
-            ids, [characters_to_words(tokens).split() for tokens in hypotheses],
+            ids,
+            [characters_to_words(tokens).split() for tokens in hypotheses],
             [characters_to_words(tokens).split() for tokens in references],
         )
 
     def summarize_metrics(self, stage):
-        return {"WER": float(self.wer_metric.summarize("error_rate")),
-                "CER": float(self.cer_metric.summarize("error_rate"))}
+        return {
+            "WER": float(self.wer_metric.summarize("error_rate")),
+            "CER": float(self.cer_metric.summarize("error_rate")),
+        }
 
     def format_tokens(self, tokens):
         return characters_to_words(tokens)
@@ -77,8 +80,12 @@ def dataio_prepare(hparams, vocabulary, test_corruptor, train_corruptor):
     csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
     data = recipe_datasets(hparams, csv_files, output_keys, [encode_characters], test_corruptor, train_corruptor)
     data["extra_test_sets"] = {
-        split: audio_dataset(extra_csv(hparams, split), AudioPipeline(hparams["sample_rate"]), output_keys,
-                             extra_items=[encode_characters])
+        split: audio_dataset(
+            extra_csv(hparams, split),
+            AudioPipeline(hparams["sample_rate"]),
+            output_keys,
+            extra_items=[encode_characters],
+        )
         for split in hparams["extra_test_splits"]
     }
     return data
@@ -95,11 +102,16 @@ if __name__ == "__main__":
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     start_run(hparams_file, hparams, overrides)  # option checks, output folder lock, upstream identity
-    csv_files = [(hparams["train_split"], hparams["train_csv"]), (hparams["valid_split"], hparams["valid_csv"]),
-                 (hparams["test_split"], hparams["test_csv"])]
+    csv_files = [
+        (hparams["train_split"], hparams["train_csv"]),
+        (hparams["valid_split"], hparams["valid_csv"]),
+        (hparams["test_split"], hparams["test_csv"]),
+    ]
     csv_files += [(split, extra_csv(hparams, split)) for split in hparams["extra_test_splits"]]
-    run_on_main(prepare_librispeech_asr, kwargs={"data_folder": hparams["data_folder"], "csv_files": csv_files,
-                                                 "skip_prep": hparams["skip_prep"]})
+    run_on_main(
+        prepare_librispeech_asr,
+        kwargs={"data_folder": hparams["data_folder"], "csv_files": csv_files, "skip_prep": hparams["skip_prep"]},
+    )
     run_on_main(prepare_corruption_lists, args=[hparams])
     test_corruptor, train_corruptor, conditions = build_corruptors(hparams)
     vocabulary = hparams["vocabulary"]
@@ -125,8 +137,13 @@ if __name__ == "__main__":
     )
     results = brain.evaluate_conditions(data["make_test_set"], conditions, hparams["test_dataloader_opts"])
     for split, dataset in data["extra_test_sets"].items():  # clean only
-        results.update(brain.evaluate_conditions(lambda name, spec, dataset=dataset: dataset,
-                                                 {split: {"condition": "clean"}}, hparams["test_dataloader_opts"]))
+        results.update(
+            brain.evaluate_conditions(
+                lambda name, spec, dataset=dataset: dataset,
+                {split: {"condition": "clean"}},
+                hparams["test_dataloader_opts"],
+            )
+        )
     if sb.utils.distributed.if_main_process():
         write_condition_results(
             hparams["output_folder"],
@@ -135,7 +152,11 @@ if __name__ == "__main__":
             ["WER", "CER", "loss"],
             upstream=hparams["upstream"],
             layer_weights=brain.layer_weights(),
-            extra={"untrained_valid": untrained, "vocabulary": vocabulary.tokens,
-                   "ctc_decoding": brain.ctc_decoding, "test_split": hparams["test_split"],
-                   "extra_test_splits": hparams["extra_test_splits"]},
+            extra={
+                "untrained_valid": untrained,
+                "vocabulary": vocabulary.tokens,
+                "ctc_decoding": brain.ctc_decoding,
+                "test_split": hparams["test_split"],
+                "extra_test_splits": hparams["extra_test_splits"],
+            },
         )

@@ -19,7 +19,13 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_librispeech_pr(
-    data_folder, save_folder, splits, csv_files, lexicon_files, lexicon_fallback=None, on_oov="error",
+    data_folder,
+    save_folder,
+    splits,
+    csv_files,
+    lexicon_files,
+    lexicon_fallback=None,
+    on_oov="error",
     skip_prep=False,
 ):
     """Writes the PR CSVs (``ID, duration, wav, start, stop, spk_id, words, phones``).
@@ -52,16 +58,20 @@ def prepare_librispeech_pr(
         return csv_files
     lexicon_files = list(lexicon_files or [])
     options = {
-        "data_folder": os.path.abspath(data_folder), "splits": dict(splits), "csv_files": dict(csv_files),
-        "lexicon_files": [os.path.abspath(path) for path in lexicon_files], "lexicon_fallback": lexicon_fallback,
+        "data_folder": os.path.abspath(data_folder),
+        "splits": dict(splits),
+        "csv_files": dict(csv_files),
+        "lexicon_files": [os.path.abspath(path) for path in lexicon_files],
+        "lexicon_fallback": lexicon_fallback,
         "on_oov": on_oov,
     }
     if is_prepared(save_folder, "librispeech_pr", options, list(csv_files.values())):
         logger.info("LibriSpeech PR lists already prepared in %s", save_folder)
         return csv_files
     if not lexicon_files and lexicon_fallback is None:
-        raise ValueError("PR needs a lexicon: set lexicon_files (s3prl format 'WORD<TAB>PH PH ...') or "
-                         "lexicon_fallback: cmudict")
+        raise ValueError(
+            "PR needs a lexicon: set lexicon_files (s3prl format 'WORD<TAB>PH PH ...') or lexicon_fallback: cmudict"
+        )
     words_csvs = prepare_librispeech_splits(
         data_folder, {subset: os.path.join(save_folder, "words", f"{subset}.csv") for subset in splits.values()}
     )
@@ -69,8 +79,9 @@ def prepare_librispeech_pr(
     description = f"lexicon_files {lexicon_files}" + (f" + {lexicon_fallback}" if lexicon_fallback else "")
     for key, subset in splits.items():
         skipped = add_phone_column(words_csvs[subset], csv_files[key], lexicon, on_oov, description)
-        logger.info("PR %s list (%s): %s, %d utterances left out for missing words", key, subset, csv_files[key],
-                    skipped)
+        logger.info(
+            "PR %s list (%s): %s, %d utterances left out for missing words", key, subset, csv_files[key], skipped
+        )
     check_split_lists(csv_files)  # every split has rows (e.g. not all left out by on_oov: skip_utterance)
     mark_prepared(save_folder, "librispeech_pr", options)
     return csv_files

@@ -62,7 +62,9 @@ def dataio_prepare(hparams, vocabulary, test_corruptor, train_corruptor):
         return torch.LongTensor(vocabulary.encode(phones.split()) + eos)
 
     csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
-    return recipe_datasets(hparams, csv_files, ["id", "sig", "tokens"], [encode_phones], test_corruptor, train_corruptor)
+    return recipe_datasets(
+        hparams, csv_files, ["id", "sig", "tokens"], [encode_phones], test_corruptor, train_corruptor
+    )
 
 
 if __name__ == "__main__":
@@ -76,8 +78,7 @@ if __name__ == "__main__":
         kwargs={
             "data_folder": hparams["data_folder"],
             "save_folder": hparams["save_folder"],
-            "splits": {"train": hparams["train_split"], "valid": hparams["valid_split"],
-                       "test": hparams["test_split"]},
+            "splits": {"train": hparams["train_split"], "valid": hparams["valid_split"], "test": hparams["test_split"]},
             "csv_files": {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]},
             "lexicon_files": hparams["lexicon_files"],
             "lexicon_fallback": hparams["lexicon_fallback"],
@@ -118,6 +119,10 @@ if __name__ == "__main__":
             ["PER", "loss"],
             upstream=hparams["upstream"],
             layer_weights=brain.layer_weights(),
-            extra={"untrained_valid": untrained, "vocabulary": vocabulary.tokens,
-                   "ctc_decoding": brain.ctc_decoding, "test_split": hparams["test_split"]},
+            extra={
+                "untrained_valid": untrained,
+                "vocabulary": vocabulary.tokens,
+                "ctc_decoding": brain.ctc_decoding,
+                "test_split": hparams["test_split"],
+            },
         )

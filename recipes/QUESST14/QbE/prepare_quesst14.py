@@ -28,10 +28,15 @@ from robustdistiller.data.prepare.lists import is_prepared, mark_prepared, write
 logger = logging.getLogger(__name__)
 
 HEADER = ["ID", "duration", "wav", "start", "stop", "language"]
-LISTS = {"documents": "language_key_utterances.lst", "dev_queries": "language_key_dev.lst",
-         "eval_queries": "language_key_eval.lst"}
-LAYOUT = ("quesst14Database/{Audio/quesst14_NNNNN.wav, dev_queries/, eval_queries/, "
-          "scoring/language_key_{utterances,dev,eval}.lst, scoring/groundtruth_quesst14_{dev,eval}/}")
+LISTS = {
+    "documents": "language_key_utterances.lst",
+    "dev_queries": "language_key_dev.lst",
+    "eval_queries": "language_key_eval.lst",
+}
+LAYOUT = (
+    "quesst14Database/{Audio/quesst14_NNNNN.wav, dev_queries/, eval_queries/, "
+    "scoring/language_key_{utterances,dev,eval}.lst, scoring/groundtruth_quesst14_{dev,eval}/}"
+)
 
 
 def ground_truth_folder(data_folder, split):
@@ -128,8 +133,11 @@ def prepare_quesst14(data_folder, save_folder, languages=("nnenglish",), csv_fil
     if skip_prep:
         return paths
     languages = [languages] if isinstance(languages, str) else list(languages)
-    options = {"data_folder": os.path.abspath(data_folder), "languages": languages,
-               "csv_files": {name: os.path.abspath(path) for name, path in paths.items()}}
+    options = {
+        "data_folder": os.path.abspath(data_folder),
+        "languages": languages,
+        "csv_files": {name: os.path.abspath(path) for name, path in paths.items()},
+    }
     if is_prepared(save_folder, "quesst14_qbe", options, list(paths.values())):
         logger.info("QUESST14 QbE lists already prepared in %s", save_folder)
         return paths
@@ -138,7 +146,8 @@ def prepare_quesst14(data_folder, save_folder, languages=("nnenglish",), csv_fil
     for split in ("dev", "eval"):
         if not os.path.isdir(ground_truth_folder(data_folder, split)):
             raise FileNotFoundError(
-                f"QUESST14 ground truth '{ground_truth_folder(data_folder, split)}' is missing; expected {LAYOUT}")
+                f"QUESST14 ground truth '{ground_truth_folder(data_folder, split)}' is missing; expected {LAYOUT}"
+            )
     rows = {name: read_language_list(data_folder, list_name, set(languages)) for name, list_name in LISTS.items()}
     for name, found in rows.items():
         if not found:

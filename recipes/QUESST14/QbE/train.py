@@ -99,8 +99,13 @@ def search_and_score(hparams, query_features, document_features, ground_truth, s
     threshold = hparams["decision_threshold"]
     write_stdlist(stdlist_path, scores, threshold=threshold)
     decisions = {q: {d: score > threshold for d, score in found.items()} for q, found in scores.items()}
-    twv = term_weighted_value(scores, ground_truth, beta=hparams["twv_beta"],
-                              missing_score=hparams["missing_trial_score"], decisions=decisions)
+    twv = term_weighted_value(
+        scores,
+        ground_truth,
+        beta=hparams["twv_beta"],
+        missing_score=hparams["missing_trial_score"],
+        decisions=decisions,
+    )
     metrics = {"mtwv": twv["mtwv"], "act_twv": twv["act_twv"], "mtwv_threshold": twv["threshold"]}
     metrics.update(target_separation(scores, ground_truth["targets"]))
     metrics.update({key: twv[key] for key in ("num_queries", "num_scored_queries", "num_documents")})
@@ -114,8 +119,10 @@ def sweep_dev_layers(hparams, data, device):
     layers = hparams["dev_layers"]
     layers = list(range(upstream.num_layers)) if layers is None else [int(layer) for layer in layers]
     if not layers or not all(0 <= layer < upstream.num_layers for layer in layers):
-        raise OptionError(f"Option `dev_layers` must list layers in [0, {upstream.num_layers - 1}] "
-                          f"(null: all), got {hparams['dev_layers']!r}.")
+        raise OptionError(
+            f"Option `dev_layers` must list layers in [0, {upstream.num_layers - 1}] "
+            f"(null: all), got {hparams['dev_layers']!r}."
+        )
     per_pass = max(int(hparams["layers_per_pass"] or len(layers)), 1)
     ground_truth = read_ground_truth(hparams["dev_ground_truth"])
     loader_opts = hparams["extraction_dataloader_opts"]
@@ -148,8 +155,9 @@ def evaluate_conditions(hparams, data, conditions, layer, device):
 
     for name, spec in conditions.items():
         path = os.path.join(hparams["stdlist_folder"], "eval", name, "benchmark.stdlist.xml")
-        results[name] = search_and_score(hparams, features("queries", name, spec),
-                                         features("documents", name, spec), ground_truth, path)
+        results[name] = search_and_score(
+            hparams, features("queries", name, spec), features("documents", name, spec), ground_truth, path
+        )
         if name != "clean":  # corrupted features serve one condition only
             for side in corrupted:
                 cache.pop((side, name), None)
@@ -173,8 +181,11 @@ if __name__ == "__main__":
             "data_folder": hparams["data_folder"],
             "save_folder": hparams["save_folder"],
             "languages": hparams["languages"],
-            "csv_files": {"documents": hparams["documents_csv"], "dev_queries": hparams["dev_queries_csv"],
-                          "eval_queries": hparams["eval_queries_csv"]},
+            "csv_files": {
+                "documents": hparams["documents_csv"],
+                "dev_queries": hparams["dev_queries_csv"],
+                "eval_queries": hparams["eval_queries_csv"],
+            },
             "skip_prep": hparams["skip_prep"],
         },
     )

@@ -36,8 +36,10 @@ SPLITS = ("train", "valid", "test")
 LABEL_FILE, SLOTS_FILE = "all.iob.snips.txt", "slots.txt"
 CSV_COLUMNS = ["ID", "duration", "wav", "start", "stop", "speaker", "words", "tags", "intent"]
 OPTIONS_FILE = "prepare_snips.json"
-LAYOUT = ("SNIPS/{all.iob.snips.txt, slots.txt, train/, valid/, test/} with "
-          "<split>/<Speaker>-snips-<split>-<n>.wav (Audio-SNIPS as released for SUPERB)")
+LAYOUT = (
+    "SNIPS/{all.iob.snips.txt, slots.txt, train/, valid/, test/} with "
+    "<split>/<Speaker>-snips-<split>-<n>.wav (Audio-SNIPS as released for SUPERB)"
+)
 
 
 def read_labels(label_file):
@@ -114,15 +116,27 @@ def split_rows(data_folder, split, speakers, labels, encoder):
             duration = soundfile.info(path).duration
         except RuntimeError as error:
             raise RuntimeError(f"'{path}' is not a readable audio file ({error})") from None
-        rows.append({"ID": utterance_id, "duration": f"{duration:.3f}", "wav": path, "start": 0, "stop": -1,
-                     "speaker": speaker, "words": " ".join(words), "tags": " ".join(tags), "intent": intent})
+        rows.append(
+            {
+                "ID": utterance_id,
+                "duration": f"{duration:.3f}",
+                "wav": path,
+                "start": 0,
+                "stop": -1,
+                "speaker": speaker,
+                "words": " ".join(words),
+                "tags": " ".join(tags),
+                "intent": intent,
+            }
+        )
     if unlabelled:
-        logger.warning("%d wav files of %s/ have no line in %s: skipped (as s3prl does)", unlabelled, split,
-                       LABEL_FILE)
+        logger.warning("%d wav files of %s/ have no line in %s: skipped (as s3prl does)", unlabelled, split, LABEL_FILE)
     if not rows:
-        raise ValueError(f"No utterance of the speakers {list(speakers)} in '{os.path.join(data_folder, split)}' "
-                         f"(file names must start with the speaker's name: <Speaker>-snips-{split}-<n>.wav, "
-                         f"with a line in {LABEL_FILE}).")
+        raise ValueError(
+            f"No utterance of the speakers {list(speakers)} in '{os.path.join(data_folder, split)}' "
+            f"(file names must start with the speaker's name: <Speaker>-snips-{split}-<n>.wav, "
+            f"with a line in {LABEL_FILE})."
+        )
     found = {row["speaker"] for row in rows}
     missing = [speaker for speaker in speakers if speaker not in found]
     if missing:
@@ -163,8 +177,11 @@ def prepare_snips(data_folder, save_folder, speakers, csv_files=None, skip_prep=
     csv_files = dict(csv_files or {split: os.path.join(save_folder, f"{split}.csv") for split in SPLITS})
     if skip_prep:
         return csv_files
-    options = {"data_folder": os.path.abspath(data_folder), "speakers": {s: list(speakers[s]) for s in SPLITS},
-               "csv_files": {split: os.path.abspath(csv_files[split]) for split in SPLITS}}
+    options = {
+        "data_folder": os.path.abspath(data_folder),
+        "speakers": {s: list(speakers[s]) for s in SPLITS},
+        "csv_files": {split: os.path.abspath(csv_files[split]) for split in SPLITS},
+    }
     options_path = os.path.join(save_folder, OPTIONS_FILE)
     if all(os.path.isfile(path) for path in csv_files.values()) and os.path.isfile(options_path):
         with open(options_path, encoding="utf-8") as fin:
@@ -174,8 +191,9 @@ def prepare_snips(data_folder, save_folder, speakers, csv_files=None, skip_prep=
     check_layout(data_folder)
     overlap = set(speakers["train"]) & (set(speakers["valid"]) | set(speakers["test"]))
     if overlap or set(speakers["valid"]) & set(speakers["test"]):
-        logger.warning("Speakers shared between splits: %s", sorted(overlap | (set(speakers["valid"]) &
-                                                                          set(speakers["test"]))))
+        logger.warning(
+            "Speakers shared between splits: %s", sorted(overlap | (set(speakers["valid"]) & set(speakers["test"])))
+        )
     encoder = SlotTextEncoder(read_slot_types(os.path.join(data_folder, SLOTS_FILE)))
     labels = read_labels(os.path.join(data_folder, LABEL_FILE))
     rows = {split: split_rows(data_folder, split, speakers[split], labels, encoder) for split in SPLITS}
@@ -183,12 +201,21 @@ def prepare_snips(data_folder, save_folder, speakers, csv_files=None, skip_prep=
     for split in SPLITS:
         os.makedirs(os.path.dirname(os.path.abspath(csv_files[split])), exist_ok=True)
         _write_csv(csv_files[split], rows[split])
-        logger.info("%s: %d utterances of %d speakers -> %s", split, len(rows[split]),
-                    len({row["speaker"] for row in rows[split]}), csv_files[split])
+        logger.info(
+            "%s: %d utterances of %d speakers -> %s",
+            split,
+            len(rows[split]),
+            len({row["speaker"] for row in rows[split]}),
+            csv_files[split],
+        )
     with open(os.path.join(save_folder, "tokens.txt"), "w", encoding="utf-8") as fout:
         fout.write("".join(f"{token}\n" for token in encoder.tokens))
-    logger.info("%d CTC outputs (%d slot types) written to %s", encoder.vocab_size, len(encoder.slot_types),
-                os.path.join(save_folder, "tokens.txt"))
+    logger.info(
+        "%d CTC outputs (%d slot types) written to %s",
+        encoder.vocab_size,
+        len(encoder.slot_types),
+        os.path.join(save_folder, "tokens.txt"),
+    )
     check_split_lists(csv_files)  # every split has rows (names the empty one)
     with open(options_path, "w", encoding="utf-8") as fout:
         json.dump(options, fout, indent=2)

@@ -46,8 +46,16 @@ from robustdistiller.runs.options import as_list
 
 logger = logging.getLogger(__name__)
 
-METRICS = ["slot_type_f1", "slot_value_cer", "slot_value_wer", "slot_edit_f1_full", "slot_edit_f1_part", "wer",
-           "cer", "loss"]
+METRICS = [
+    "slot_type_f1",
+    "slot_value_cer",
+    "slot_value_wer",
+    "slot_edit_f1_full",
+    "slot_edit_f1_part",
+    "wer",
+    "cer",
+    "loss",
+]
 
 
 class SlotFillingBrain(CTCBrain):
@@ -95,8 +103,9 @@ def dataio_prepare(hparams, encoder, test_corruptor, train_corruptor):
         return torch.LongTensor(encoder.encode(words.split(" "), tags.split(" ")))
 
     csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
-    return recipe_datasets(hparams, csv_files, ["id", "sig", "tokens"], [encode_tokens], test_corruptor,
-                           train_corruptor)
+    return recipe_datasets(
+        hparams, csv_files, ["id", "sig", "tokens"], [encode_tokens], test_corruptor, train_corruptor
+    )
 
 
 if __name__ == "__main__":
@@ -146,6 +155,9 @@ if __name__ == "__main__":
             METRICS,
             upstream=hparams["upstream"],
             layer_weights=brain.layer_weights(),
-            extra={"slot_types": encoder.slot_types, "vocab_size": encoder.vocab_size,
-                   "ctc_decoding": brain.ctc_decoding},
+            extra={
+                "slot_types": encoder.slot_types,
+                "vocab_size": encoder.vocab_size,
+                "ctc_decoding": brain.ctc_decoding,
+            },
         )

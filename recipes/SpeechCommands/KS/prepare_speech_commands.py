@@ -146,7 +146,9 @@ def _check_data_folder(data_folder):
     if newer_words:
         logger.warning(
             "'%s' has the folders %s, which only Speech Commands v0.02 has; SUPERB KS uses v0.01 "
-            "(they are counted as _unknown_)", data_folder, newer_words,
+            "(they are counted as _unknown_)",
+            data_folder,
+            newer_words,
         )
 
 
@@ -176,7 +178,8 @@ def speech_rows(data_folder, excluded_files=(), skipped=None):
     rows, unreadable = {"train": [], "dev": []}, []
     counts = {"train": 0, "dev": 0, "testing band": 0, "testing list": 0}
     words = [
-        entry for entry in list_folder(data_folder, "Speech Commands folder")[0]
+        entry
+        for entry in list_folder(data_folder, "Speech Commands folder")[0]
         if entry != BACKGROUND_FOLDER and not entry.startswith(".")
     ]
     # s3prl's class order first (the label encoder follows the order of the training CSV)
@@ -224,7 +227,8 @@ def silence_rows(background_folder):
     """
     rows, unreadable = {"train": [], "dev": []}, []
     noise_files = [
-        name for name in list_folder(background_folder, "Speech Commands background noise folder")[1]
+        name
+        for name in list_folder(background_folder, "Speech Commands background noise folder")[1]
         if name.lower().endswith(".wav") and not name.startswith(".")
     ]
     if not noise_files:
@@ -239,10 +243,18 @@ def silence_rows(background_folder):
         stem = os.path.splitext(file_name)[0]
         for index in range(frames // window):
             split = "dev" if index % SILENCE_DEV_PERIOD == SILENCE_DEV_PERIOD - 1 else "train"
-            rows[split].append([
-                f"silence_{stem}_{index:04d}", f"{SILENCE_WINDOW_SECONDS:.3f}", path,
-                index * window, (index + 1) * window, SILENCE_LABEL, SILENCE_LABEL, "",
-            ])
+            rows[split].append(
+                [
+                    f"silence_{stem}_{index:04d}",
+                    f"{SILENCE_WINDOW_SECONDS:.3f}",
+                    path,
+                    index * window,
+                    (index + 1) * window,
+                    SILENCE_LABEL,
+                    SILENCE_LABEL,
+                    "",
+                ]
+            )
     return rows, unreadable
 
 
@@ -344,18 +356,28 @@ def prepare_speech_commands(data_folder, test_folder, save_folder, skip_prep=Fal
         raise FileNotFoundError(f"{len(unreadable)} Speech Commands files are unreadable, e.g. {unreadable[:3]}")
     logger.info(
         "Speech Commands split by speaker hash: %d train, %d dev, %d in the discarded testing band, %d more "
-        "listed in testing_list.txt", counts["train"], counts["dev"], counts["testing band"], counts["testing list"],
+        "listed in testing_list.txt",
+        counts["train"],
+        counts["dev"],
+        counts["testing band"],
+        counts["testing list"],
     )
     os.makedirs(save_folder, exist_ok=True)
     for split in ("train", "dev"):
         write_csv(paths[split], HEADER, rows[split] + silence[split])
-        logger.info("Wrote %s: %d utterances + %d _silence_ windows", paths[split], len(rows[split]),
-                    len(silence[split]))
+        logger.info(
+            "Wrote %s: %d utterances + %d _silence_ windows", paths[split], len(rows[split]), len(silence[split])
+        )
     write_csv(paths["test"], HEADER, test)
     logger.info("Wrote %s: %d utterances", paths["test"], len(test))
-    check_split_lists(paths, "label", hint=(
-        f"Speech Commands' dev split is every speaker whose hash falls in TensorFlow's 10 % validation band, plus "
-        f"every tenth 1-s _silence_ window of {BACKGROUND_FOLDER}/; train is the other speakers. Use the full "
-        f"speech_commands_v0.01 folder '{data_folder}' (a subset may have no dev speaker or miss a class)."))
+    check_split_lists(
+        paths,
+        "label",
+        hint=(
+            f"Speech Commands' dev split is every speaker whose hash falls in TensorFlow's 10 % validation band, plus "
+            f"every tenth 1-s _silence_ window of {BACKGROUND_FOLDER}/; train is the other speakers. Use the full "
+            f"speech_commands_v0.01 folder '{data_folder}' (a subset may have no dev speaker or miss a class)."
+        ),
+    )
     mark_prepared(save_folder, "speech_commands_ks", options)
     return paths

@@ -108,8 +108,13 @@ if __name__ == "__main__":
     )
     # Brain calls set_epoch on its train_sampler (a new draw every epoch); under DDP it wraps this one.
     brain.train_sampler = data["train_loader_kwargs"].get("sampler")
-    brain.fit(hparams["epoch_counter"], data["train"], data["valid"],
-              train_loader_kwargs=data["train_loader_kwargs"], valid_loader_kwargs=data["valid_loader_kwargs"])
+    brain.fit(
+        hparams["epoch_counter"],
+        data["train"],
+        data["valid"],
+        train_loader_kwargs=data["train_loader_kwargs"],
+        valid_loader_kwargs=data["valid_loader_kwargs"],
+    )
     results = brain.evaluate_conditions(data["make_test_set"], conditions, hparams["test_dataloader_opts"])
     if sb.utils.distributed.if_main_process():
         label_encoder = data["label_encoder"]

@@ -35,8 +35,10 @@ HEADER = ["ID", "duration", "wav", "clean_wav"]
 RELEASE_SPLITS = {"train": "trainset_28spk", "test": "testset"}
 DEFAULT_DEV_SPEAKERS = ("p226", "p287")
 FILE_NAME = re.compile(r"^(p\d+)_\d+\.wav$")
-LAYOUT = ("{clean,noisy}_trainset_28spk_wav_16k/pNNN_NNN.wav and {clean,noisy}_testset_wav_16k/pNNN_NNN.wav "
-          "(or the 48 kHz release's folders without _16k)")
+LAYOUT = (
+    "{clean,noisy}_trainset_28spk_wav_16k/pNNN_NNN.wav and {clean,noisy}_testset_wav_16k/pNNN_NNN.wav "
+    "(or the 48 kHz release's folders without _16k)"
+)
 
 
 def release_folder(data_folder, kind, split):
@@ -93,8 +95,9 @@ def paired_rows(data_folder, split):
     names = [name for name in noisy_files if speaker_of(name)]
     ignored = [name for name in noisy_files if not speaker_of(name)]
     if ignored:
-        logger.warning("%d files of %s are not pNNN_NNN.wav and are ignored, e.g. %s", len(ignored), noisy_folder,
-                       ignored[0])
+        logger.warning(
+            "%d files of %s are not pNNN_NNN.wav and are ignored, e.g. %s", len(ignored), noisy_folder, ignored[0]
+        )
     if not names:
         raise ValueError(f"{noisy_folder} has no pNNN_NNN.wav file; expected the release layout {LAYOUT}.")
     clean_names = {name for name in list_folder(clean_folder, "VoiceBank-DEMAND clean folder")[1] if speaker_of(name)}
@@ -111,8 +114,14 @@ def paired_rows(data_folder, split):
     for name in names:
         noisy_path = os.path.abspath(os.path.join(noisy_folder, name))
         frames, sample_rate, _ = audio_info(noisy_path)
-        rows.append([name[: -len(".wav")], f"{frames / sample_rate:.4f}", noisy_path,
-                     os.path.abspath(os.path.join(clean_folder, name))])
+        rows.append(
+            [
+                name[: -len(".wav")],
+                f"{frames / sample_rate:.4f}",
+                noisy_path,
+                os.path.abspath(os.path.join(clean_folder, name)),
+            ]
+        )
     return rows
 
 
@@ -153,8 +162,9 @@ def prepare_voicebank(data_folder, save_folder, csv_files=None, dev_speakers=DEF
         logger.info("VoiceBank-DEMAND SE lists already prepared in %s", save_folder)
         return paths
     if not os.path.isdir(data_folder):
-        raise FileNotFoundError(f"VoiceBank-DEMAND data_folder '{data_folder}' does not exist; expected the "
-                                f"release layout {LAYOUT}.")
+        raise FileNotFoundError(
+            f"VoiceBank-DEMAND data_folder '{data_folder}' does not exist; expected the release layout {LAYOUT}."
+        )
     release_train = paired_rows(data_folder, "train")
     test = paired_rows(data_folder, "test")
     valid = [row for row in release_train if speaker_of(row[0] + ".wav") in dev_speakers]

@@ -34,16 +34,27 @@ logger = logging.getLogger(__name__)
 
 SOURCE_COLUMNS = ("clean_wav",)
 """The CSV column of the target (one source: the clean speech)."""
-METRICS = ["PESQ", "PESQ_input", "PESQ_improvement", "STOI", "STOI_input", "STOI_improvement", "SI_SDR",
-           "SI_SDR_input", "SI_SDRi", "utterances"]
+METRICS = [
+    "PESQ",
+    "PESQ_input",
+    "PESQ_improvement",
+    "STOI",
+    "STOI_input",
+    "STOI_improvement",
+    "SI_SDR",
+    "SI_SDR_input",
+    "SI_SDRi",
+    "utterances",
+]
 """Columns of ``results.md`` (``results.json`` keeps every statistic)."""
 
 
 def dataio_prepare(hparams, test_corruptor, train_corruptor):
     """Train / dev datasets (the released noisy input, its clean twin as target) and the test-set factory."""
     csv_files = {"train": hparams["train_csv"], "valid": hparams["valid_csv"], "test": hparams["test_csv"]}
-    return signal_datasets(hparams, csv_files, SOURCE_COLUMNS, ["id", "sig", "sources"], [], test_corruptor,
-                           train_corruptor)
+    return signal_datasets(
+        hparams, csv_files, SOURCE_COLUMNS, ["id", "sig", "sources"], [], test_corruptor, train_corruptor
+    )
 
 
 if __name__ == "__main__":
@@ -90,8 +101,19 @@ if __name__ == "__main__":
                 "selection_metric": hparams["selection_metric"],
                 "untrained_valid": untrained,
                 "conditions": conditions,
-                "head": {key: hparams[key] for key in (
-                    "head_hidden_size", "head_layers", "mask_activation", "mask_target", "mask_distance",
-                    "n_fft", "win_length", "hop_length", "feature_repeat")},
+                "head": {
+                    key: hparams[key]
+                    for key in (
+                        "head_hidden_size",
+                        "head_layers",
+                        "mask_activation",
+                        "mask_target",
+                        "mask_distance",
+                        "n_fft",
+                        "win_length",
+                        "hop_length",
+                        "feature_repeat",
+                    )
+                },
             },
         )

@@ -224,8 +224,9 @@ def _utterance_rows(locate, relative_paths, unreadable, trim_options=None, sampl
                 seconds = frames / file_rate
                 length = int(round(seconds * sample_rate))
             else:
-                length = int(trim_silence(load_audio(path, sample_rate=sample_rate), sample_rate,
-                                          **trim_options).shape[0])
+                length = int(
+                    trim_silence(load_audio(path, sample_rate=sample_rate), sample_rate, **trim_options).shape[0]
+                )
                 seconds = length / sample_rate
         except AudioLoadError:
             unreadable.append(path)
@@ -362,7 +363,12 @@ def prepare_voxceleb1_asv(
     train_speakers, held_out_speakers = split_held_out_speakers(dev_speakers, valid_speakers, split_seed)
     logger.info(
         "%d test speakers in %s; %d dev speakers in %s: %d for training, %d held out for validation",
-        len(test_speakers), trial_file, len(dev_speakers), wav_folder, len(train_speakers), len(held_out_speakers),
+        len(test_speakers),
+        trial_file,
+        len(dev_speakers),
+        wav_folder,
+        len(train_speakers),
+        len(held_out_speakers),
     )
 
     os.makedirs(save_folder, exist_ok=True)
@@ -405,14 +411,26 @@ def prepare_voxceleb1_asv(
     write_csv(paths["valid"], UTTERANCE_HEADER, valid_rows)
     write_csv(paths["valid_trials"], TRIAL_HEADER, valid_trials)
     write_csv(paths["test"], UTTERANCE_HEADER, test_rows)
-    write_csv(paths["test_trials"], TRIAL_HEADER,
-              [(label, utterance_id(enrol), utterance_id(test)) for label, enrol, test in trials])
+    write_csv(
+        paths["test_trials"],
+        TRIAL_HEADER,
+        [(label, utterance_id(enrol), utterance_id(test)) for label, enrol, test in trials],
+    )
     logger.info(
         "Wrote %s (%d utterances, %d not longer than %.1f s%s left out), %s (%d utterances, %d trials), "
         "%s (%d utterances, %d trials); %d folders could not be listed",
-        paths["train"], len(train_rows), len(short), min_train_duration,
-        "" if trim_options is None else " after silence removal", paths["valid"], len(valid_rows),
-        len(valid_trials), paths["test"], len(test_rows), len(trials), skipped.folder_count(),
+        paths["train"],
+        len(train_rows),
+        len(short),
+        min_train_duration,
+        "" if trim_options is None else " after silence removal",
+        paths["valid"],
+        len(valid_rows),
+        len(valid_trials),
+        paths["test"],
+        len(test_rows),
+        len(trials),
+        skipped.folder_count(),
     )
     check_split_lists(paths)  # every list has rows (its speakers are disjoint by design: no label check)
     mark_prepared(save_folder, "voxceleb1_asv", options)

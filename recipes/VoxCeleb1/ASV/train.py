@@ -277,8 +277,9 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
         key_prefix="train/",
         trim_options=trim_options,
     )
-    train = audio_dataset(csv_files["train"], train_pipeline, ["id", "sig", "speaker_encoded"],
-                          extra_items=[encode_speaker])
+    train = audio_dataset(
+        csv_files["train"], train_pipeline, ["id", "sig", "speaker_encoded"], extra_items=[encode_speaker]
+    )
     label_encoder.load_or_create(
         path=os.path.join(hparams["save_folder"], "label_encoder.txt"), from_didatasets=[train], output_key="speaker"
     )

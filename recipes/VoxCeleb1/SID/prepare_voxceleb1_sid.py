@@ -95,8 +95,11 @@ def prepare_voxceleb1_sid(data_folder, save_folder, split_file=None, skip_prep=F
     skipped = SkippedFolders(f"the VoxCeleb1 SID lists of {save_folder}")
     wav_folders = voxceleb1_wav_folders(data_folder, skipped)
     skipped.warn()
-    options = {"data_folder": os.path.abspath(data_folder), "split_file": os.path.abspath(split_file),
-               "wav_folders": [os.path.abspath(folder) for folder in wav_folders]}
+    options = {
+        "data_folder": os.path.abspath(data_folder),
+        "split_file": os.path.abspath(split_file),
+        "wav_folders": [os.path.abspath(folder) for folder in wav_folders],
+    }
     if is_prepared(save_folder, "voxceleb1_sid", options, list(paths.values())):
         logger.info("VoxCeleb1 SID lists already prepared in %s", save_folder)
         return paths

@@ -40,10 +40,13 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
     # s3prl's class of a speaker: its rank in speaker id order (int(id[2:]) - 10001 on VoxCeleb1)
     speakers = sorted_column_values(csv_files.values(), "speaker")
     if len(speakers) != hparams["num_speakers"]:
-        raise ValueError(f"The SID lists ({hparams['train_csv']}, ...) hold {len(speakers)} speakers, but "
-                         f"num_speakers is {hparams['num_speakers']}")
-    return classification_datasets(hparams, csv_files, test_corruptor, train_corruptor, label_column="speaker",
-                                   labels=speakers)
+        raise ValueError(
+            f"The SID lists ({hparams['train_csv']}, ...) hold {len(speakers)} speakers, but "
+            f"num_speakers is {hparams['num_speakers']}"
+        )
+    return classification_datasets(
+        hparams, csv_files, test_corruptor, train_corruptor, label_column="speaker", labels=speakers
+    )
 
 
 if __name__ == "__main__":

@@ -93,8 +93,7 @@ def librispeech_split_rows(data_folder, split, min_samples, left_out):
         if os.path.isdir(nested):
             hint = f" (found '{nested}': pass '{os.path.join(data_folder, 'LibriSpeech')}')"
         raise FileNotFoundError(
-            f"LibriSpeech subset folder '{split_folder}' does not exist{hint}; expected "
-            f"{LIBRISPEECH_LAYOUT}."
+            f"LibriSpeech subset folder '{split_folder}' does not exist{hint}; expected {LIBRISPEECH_LAYOUT}."
         )
     rows, speakers, flac_found = [], set(), 0
     counts_before = left_out.all_counts()
@@ -144,7 +143,11 @@ def librispeech_split_rows(data_folder, split, min_samples, left_out):
     hours = sum(row[1] for row in rows) / 3600
     logger.info(
         "LibriSpeech %s: %d utterances from %d speakers (%.2f h); left out: %s.",
-        split, len(rows), len(speakers), hours, _split_counts(counts_before, left_out.all_counts()),
+        split,
+        len(rows),
+        len(speakers),
+        hours,
+        _split_counts(counts_before, left_out.all_counts()),
     )
     return rows
 
@@ -222,8 +225,12 @@ def prepare_librispeech(
         raise ValueError(f"Subsets {overlap} are both in train_splits and valid_splits.")
     data_folder = checked_folder(data_folder, "data_folder")
     min_samples = integer_at_least(min_samples, "min_samples", 0)
-    options = {"data_folder": data_folder, "train_splits": train_splits,
-               "valid_splits": valid_splits, "min_samples": min_samples}
+    options = {
+        "data_folder": data_folder,
+        "train_splits": train_splits,
+        "valid_splits": valid_splits,
+        "min_samples": min_samples,
+    }
     outputs = [path for path in csv_paths.values() if path]
     if use_prepared(save_folder, "librispeech", options, outputs, force_prep, "LibriSpeech"):
         return csv_paths
@@ -235,9 +242,7 @@ def prepare_librispeech(
         if not splits:
             continue
         left_out = LeftOutFiles(csv_paths[key])
-        rows = [
-            row for split in splits for row in librispeech_split_rows(data_folder, split, min_samples, left_out)
-        ]
+        rows = [row for split in splits for row in librispeech_split_rows(data_folder, split, min_samples, left_out)]
         left_out.warn()
         if not rows:
             raise ValueError(f"No usable utterance in LibriSpeech subsets {splits} under '{data_folder}'.")
@@ -249,7 +254,12 @@ def prepare_librispeech(
         seen_ids.update(id_counts)
         write_csv(csv_paths[key], LIBRISPEECH_HEADER, rows)
         left_out.write()
-        logger.info("Wrote %s (%d utterances, %s left out: %s).", csv_paths[key], len(rows),
-                    left_out.summary(), skipped_path(csv_paths[key]))
+        logger.info(
+            "Wrote %s (%d utterances, %s left out: %s).",
+            csv_paths[key],
+            len(rows),
+            left_out.summary(),
+            skipped_path(csv_paths[key]),
+        )
     mark_prepared(save_folder, "librispeech", options)
     return csv_paths

@@ -31,8 +31,10 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # Reasons for leaving a file out of a list (one warning line and one entry of the skipped JSON each)
 NOT_AUDIO = "not an audio file (.wav/.flac/.ogg, any case) or a hidden file"
 UNREADABLE_AUDIO = "unreadable audio"
-DAMAGED_AUDIO = ("damaged audio: its header is intact but its data ends early, as in a truncated copy "
-                 "(replace it with an intact copy, or remove it)")
+DAMAGED_AUDIO = (
+    "damaged audio: its header is intact but its data ends early, as in a truncated copy "
+    "(replace it with an intact copy, or remove it)"
+)
 EMPTY_AUDIO = "empty audio (0 samples)"
 DOLLAR_IN_PATH = "'$' in its path or transcript (SpeechBrain's CSV loader reads it as a variable; rename it)"
 SKIPPED_SUFFIX = "_skipped.json"
@@ -121,13 +123,16 @@ class LeftOutFiles(SkippedFolders):
         Files under ``files_left_out`` / ``by_reason``, folders under ``folders_left_out`` /
         ``folders_by_reason``.
         """
-        write_json(skipped_path(self.csv_path), {
-            "csv": os.path.abspath(self.csv_path),
-            "files_left_out": self.count(),
-            "by_reason": self.by_reason,
-            "folders_left_out": self.folder_count(),
-            "folders_by_reason": self.folders_by_reason,
-        })
+        write_json(
+            skipped_path(self.csv_path),
+            {
+                "csv": os.path.abspath(self.csv_path),
+                "files_left_out": self.count(),
+                "by_reason": self.by_reason,
+                "folders_left_out": self.folder_count(),
+                "folders_by_reason": self.folders_by_reason,
+            },
+        )
 
     def summary(self):
         """``"N files left out"``, with ``" and M folders"`` when folders were left out."""
@@ -199,8 +204,11 @@ def use_prepared(save_folder, name, options, csv_paths, force_prep, description)
         return False
     for csv_path in csv_paths:
         check_listed_files_exist(csv_path, prepared_marker_path(save_folder, name))
-    logger.info("%s already prepared in %s with the same options: skipping (force_prep=True "
-                "prepares again).", description, save_folder)
+    logger.info(
+        "%s already prepared in %s with the same options: skipping (force_prep=True prepares again).",
+        description,
+        save_folder,
+    )
     return True
 
 

@@ -40,8 +40,16 @@ from robustdistiller.runs.options import as_list
 logger = logging.getLogger(__name__)
 
 URBANSOUND_CLASSES = (
-    "air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
-    "engine_idling", "gun_shot", "jackhammer", "siren", "street_music",
+    "air_conditioner",
+    "car_horn",
+    "children_playing",
+    "dog_bark",
+    "drilling",
+    "engine_idling",
+    "gun_shot",
+    "jackhammer",
+    "siren",
+    "street_music",
 )
 URBANSOUND_NAME = re.compile(r"^\d+-(\d)-\d+-\d+$")
 MIN_NOISE_SECONDS = 0.1
@@ -106,8 +114,9 @@ def _urbansound_entries(urbansound_folder, exclude, left_out, excluded_counts=No
     logged, not counted in ``left_out``).
     """
     entries, excluded = _scan_urbansound(urbansound_folder, exclude, left_out)
-    logger.info("UrbanSound8K: %d clips kept, %d excluded (%s).", len(entries), sum(excluded.values()),
-                format_counts(excluded))
+    logger.info(
+        "UrbanSound8K: %d clips kept, %d excluded (%s).", len(entries), sum(excluded.values()), format_counts(excluded)
+    )
     if excluded_counts is not None:
         excluded_counts.update(excluded)
     return entries
@@ -216,20 +225,30 @@ def prepare_noise(
     for index, folder in enumerate(extra_folders):
         entries += _folder_entries(folder, f"extra{index}", left_out)
     sources = [folder for folder in (options["musan_folder"], options["urbansound_folder"]) if folder]
-    rows = pool_rows(entries, "Noise", left_out, min_seconds=MIN_NOISE_SECONDS,
-                     too_short_reason=TOO_SHORT_NOISE)
+    rows = pool_rows(entries, "Noise", left_out, min_seconds=MIN_NOISE_SECONDS, too_short_reason=TOO_SHORT_NOISE)
     left_out.warn()
     if not rows:
         raise ValueError(f"No usable noise audio file found under {sources + extra_folders}.")
     composition = write_pool_csv(
-        save_folder, csv_path, marker_name, options, rows, left_out,
+        save_folder,
+        csv_path,
+        marker_name,
+        options,
+        rows,
+        left_out,
         lambda rows: noise_composition(
             csv_path, options, rows, excluded=excluded, unreadable=unreadable_count(left_out)
         ),
     )
-    logger.info("Wrote %s: %d noise files (%.1f min), %s left out (%s), from %s.", csv_path,
-                len(rows), sum(row[1] for row in rows) / 60, left_out.summary(), skipped_path(csv_path),
-                sources + extra_folders)
+    logger.info(
+        "Wrote %s: %d noise files (%.1f min), %s left out (%s), from %s.",
+        csv_path,
+        len(rows),
+        sum(row[1] for row in rows) / 60,
+        left_out.summary(),
+        skipped_path(csv_path),
+        sources + extra_folders,
+    )
     log_composition(composition)
     return csv_path
 
@@ -259,7 +278,7 @@ def _noise_source_folder(source, options):
     if source == "urbansound8k":
         return options["urbansound_folder"]
     if source.startswith("extra"):
-        return options["extra_folders"][int(source[len("extra"):])]
+        return options["extra_folders"][int(source[len("extra") :])]
     return None
 
 

@@ -60,7 +60,10 @@ def pool_rows(entries, source_description, left_out, min_seconds=0.0, too_short_
     if unusual:
         logger.info(
             "%s: %d file(s) are multichannel or not %d Hz; they are converted when loaded: %s",
-            source_description, len(unusual), EXPECTED_SAMPLE_RATE, "; ".join(unusual),
+            source_description,
+            len(unusual),
+            EXPECTED_SAMPLE_RATE,
+            "; ".join(unusual),
         )
     return rows
 
@@ -182,8 +185,7 @@ def load_or_recompute_composition(csv_path, options, builder):
     composition = builder(csv_path, options, _read_pool_rows(csv_path))
     composition["recomputed_from_csv"] = True
     write_json(composition_path(csv_path), composition)
-    logger.info("Recomputed %s from %s (the CSV was already prepared).", composition_path(csv_path),
-                csv_path)
+    logger.info("Recomputed %s from %s (the CSV was already prepared).", composition_path(csv_path), csv_path)
     return composition
 
 
@@ -214,11 +216,20 @@ def log_composition(composition):
             f"{kind} {entry['files']} files ({_percent(entry['draw_share'])} of draws, {_hours(entry['hours'])})"
             for kind, entry in composition["by_kind"].items()
         )
-        logger.info("RIR pool %s: %d RIRs, %s, drawn uniformly over files: %s.", name,
-                    composition["files"], _hours(composition["hours"]), kinds)
+        logger.info(
+            "RIR pool %s: %d RIRs, %s, drawn uniformly over files: %s.",
+            name,
+            composition["files"],
+            _hours(composition["hours"]),
+            kinds,
+        )
     else:
-        logger.info("Noise pool %s: %d files, %s, drawn uniformly over files.", name,
-                    composition["files"], _hours(composition["hours"]))
+        logger.info(
+            "Noise pool %s: %d files, %s, drawn uniformly over files.",
+            name,
+            composition["files"],
+            _hours(composition["hours"]),
+        )
     for source, entry in composition["sources"].items():
         details = ""
         if entry.get("kind"):
@@ -227,6 +238,13 @@ def log_composition(composition):
             details += " (" + ", ".join(f"{part} {value['files']}" for part, value in entry["parts"].items()) + ")"
         if entry.get("excluded") is not None:
             details += f"; excluded classes: {format_counts(entry['excluded'])}"
-        logger.info("  %s: %d files = %s of file draws, %s = %s of hours%s; %s", source,
-                    entry["files"], _percent(entry["draw_share"]), _hours(entry["hours"]),
-                    _percent(entry["hours_share"]), details, entry.get("folder"))
+        logger.info(
+            "  %s: %d files = %s of file draws, %s = %s of hours%s; %s",
+            source,
+            entry["files"],
+            _percent(entry["draw_share"]),
+            _hours(entry["hours"]),
+            _percent(entry["hours_share"]),
+            details,
+            entry.get("folder"),
+        )

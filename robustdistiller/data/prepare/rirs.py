@@ -78,8 +78,7 @@ def read_kaldi_list(list_path, rir_folder):
             if flag in fields[:-1]:
                 entry_id = fields[fields.index(flag) + 1]
         if entry_id is None or not relative_path.lower().endswith(AUDIO_EXTENSIONS):
-            logger.warning("Skipping malformed line %d of %s: %r", line_number, list_path,
-                           line.strip())
+            logger.warning("Skipping malformed line %d of %s: %r", line_number, list_path, line.strip())
             continue
         parts = relative_path.replace("\\", "/").split("/")
         entries.append((entry_id, os.path.join(rir_folder, *parts[1:])))
@@ -113,8 +112,7 @@ def _rirs_noises_entries(rir_folder, subsets, left_out):
         simulated = os.path.join(rir_folder, "simulated_rirs")
         require_folder(simulated, "Simulated RIR folder", "RIRS_NOISES/simulated_rirs/<size>/rir_list")
         list_paths += [
-            os.path.join(simulated, size, "rir_list")
-            for size in list_folder(simulated, "Simulated RIR folder")[0]
+            os.path.join(simulated, size, "rir_list") for size in list_folder(simulated, "Simulated RIR folder")[0]
         ]
     _, other_files = find_files(rir_folder, left_out)
     noise_paths = _noise_list_paths(other_files)
@@ -129,8 +127,7 @@ def _rirs_noises_entries(rir_folder, subsets, left_out):
                 left_out.add(MISSING_RIR, path, detail=list_path)
             else:
                 entries.append((make_id(rir_id), path))
-    logger.info("RIRS_NOISES %s: %d RIRs listed in %d rir_list file(s).", list(subsets), len(entries),
-                len(list_paths))
+    logger.info("RIRS_NOISES %s: %d RIRs listed in %d rir_list file(s).", list(subsets), len(entries), len(list_paths))
     return entries
 
 
@@ -145,8 +142,11 @@ def _rir_folder_entries(rir_folder, description, left_out):
             continue
         kept.append((make_id(relative), path))
     if len(kept) < len(audio_files):
-        logger.info("%s: left out %d noise file(s) (listed in a noise_list or under "
-                    "pointsource_noises).", rir_folder, len(audio_files) - len(kept))
+        logger.info(
+            "%s: left out %d noise file(s) (listed in a noise_list or under pointsource_noises).",
+            rir_folder,
+            len(audio_files) - len(kept),
+        )
     ignored = [path for path in other_files if os.path.basename(path) not in ("rir_list", "noise_list")]
     leave_out_non_audio(ignored, left_out)
     return kept
@@ -213,8 +213,11 @@ def prepare_rirs(
     if rir_format not in RIR_FORMATS:
         raise ValueError(f"rir_format must be one of {RIR_FORMATS}, got '{rir_format}'.")
     rir_folder = checked_folder(rir_folder, "rir_folder")
-    options = {"rir_folder": rir_folder, "rir_format": rir_format,
-               "rirs_noises_subsets": sorted(rirs_noises_subsets) if rir_format == "rirs_noises" else []}
+    options = {
+        "rir_folder": rir_folder,
+        "rir_format": rir_format,
+        "rirs_noises_subsets": sorted(rirs_noises_subsets) if rir_format == "rirs_noises" else [],
+    }
     marker_name = os.path.splitext(csv_name)[0]
     if use_prepared(save_folder, marker_name, options, [csv_path], force_prep, f"RIR CSV {csv_path}"):
         log_composition(load_or_recompute_composition(csv_path, options, rir_composition))
@@ -230,11 +233,22 @@ def prepare_rirs(
     if not rows:
         raise ValueError(f"No usable RIR file found under '{rir_folder}' (format '{rir_format}').")
     composition = write_pool_csv(
-        save_folder, csv_path, marker_name, options, rows, left_out,
+        save_folder,
+        csv_path,
+        marker_name,
+        options,
+        rows,
+        left_out,
         lambda rows: rir_composition(csv_path, options, rows, unreadable=unreadable_count(left_out)),
     )
-    logger.info("Wrote %s: %d RIRs, %s left out (%s), from %s.", csv_path, len(rows),
-                left_out.summary(), skipped_path(csv_path), rir_folder)
+    logger.info(
+        "Wrote %s: %d RIRs, %s left out (%s), from %s.",
+        csv_path,
+        len(rows),
+        left_out.summary(),
+        skipped_path(csv_path),
+        rir_folder,
+    )
     log_composition(composition)
     return csv_path
 
@@ -294,9 +308,7 @@ def rir_composition(csv_path, options, rows, unreadable=None):
         totals[1] += float(row[1])
     total_seconds = sum(float(row[1]) for row in rows)
     composition["by_kind"] = {
-        kind: shares(kinds[kind][0], kinds[kind][1], len(rows), total_seconds)
-        for kind in RIR_KINDS
-        if kind in kinds
+        kind: shares(kinds[kind][0], kinds[kind][1], len(rows), total_seconds) for kind in RIR_KINDS if kind in kinds
     }
     composition["unreadable_skipped"] = unreadable
     composition["recomputed_from_csv"] = False

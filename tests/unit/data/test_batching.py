@@ -82,7 +82,9 @@ def test_ranks_share_every_global_batch_disjointly(librispeech_crops, world_size
         assert len({len(batches) for batches in per_rank} | {len(ranks[0])}) == 1  # same number of steps
         global_batches = ranks[0].global_batches()
         for step, global_batch in enumerate(global_batches):
-            shares = [batch for batches in per_rank for batch in batches[step * accumulation:(step + 1) * accumulation]]
+            shares = [
+                batch for batches in per_rank for batch in batches[step * accumulation : (step + 1) * accumulation]
+            ]
             assert sorted(index for share in shares for index in share) == sorted(global_batch)
             assert all(share for share in shares)
         assert sum(len(global_batch) for global_batch in global_batches) == len(crops)

@@ -217,9 +217,7 @@ def test_same_key_and_epoch_reproduce_and_others_differ(data):
     assert not torch.equal(first.noisy, corruptor(clean, key="utt-a").noisy)
     corruptor.set_epoch(0)
     assert torch.equal(first.noisy, corruptor(clean, key="utt-a").noisy)
-    assert make_corruptor(data, {"noise_reverb": 1.0}, seed=7).item_seed("utt-a") != corruptor.item_seed(
-        "utt-a"
-    )
+    assert make_corruptor(data, {"noise_reverb": 1.0}, seed=7).item_seed("utt-a") != corruptor.item_seed("utt-a")
 
 
 def test_caller_rng_state_untouched(data):
@@ -241,10 +239,10 @@ def test_reproducible_in_another_process(data):
         from speechbrain.augment.time_domain import AddNoise
         from robustdistiller.data.corruption import Corruptor, NoisePool, PooledAddReverb
         corruptor = Corruptor(
-            AddNoise(noise_funct=NoisePool({data['csv']['noise']!r}), snr_low=0, snr_high=20),
-            AddNoise(snr_low=0, snr_high=20), PooledAddReverb({data['csv']['rir']!r}))
+            AddNoise(noise_funct=NoisePool({data["csv"]["noise"]!r}), snr_low=0, snr_high=20),
+            AddNoise(snr_low=0, snr_high=20), PooledAddReverb({data["csv"]["rir"]!r}))
         corruptor.set_epoch(3)
-        clean = torch.load({str(data['folder'] / 'clean.pt')!r})
+        clean = torch.load({str(data["folder"] / "clean.pt")!r})
         torch.save([corruptor(clean, key=k).noisy for k in {keys!r}], {str(output_path)!r})
         """
     )
@@ -490,8 +488,8 @@ def test_pickles_and_matches_across_dataloader_workers(data):
 
 def test_adders_built_from_hyperpyyaml(data):
     yaml_text = f"""
-    noise_csv: {data['csv']['noise']}
-    rir_csv: {data['csv']['rir']}
+    noise_csv: {data["csv"]["noise"]}
+    rir_csv: {data["csv"]["rir"]}
     file_noise: !new:speechbrain.augment.time_domain.AddNoise
         noise_funct: !new:robustdistiller.data.corruption.NoisePool
             csv_file: !ref <noise_csv>

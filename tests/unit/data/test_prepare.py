@@ -26,9 +26,19 @@ TRAIN, VALID = ["train-clean-100"], ["dev-clean"]
 def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("corpus")
     return generate_mini_corpus(
-        str(folder), seed=0, train_speakers=2, valid_speakers=1, utterances_per_speaker=3,
-        valid_utterances_per_speaker=2, num_noises=3, num_music=1, num_speech=0,
-        rooms_per_size=1, rirs_per_room=2, noise_duration=1.0, show_progress=False,
+        str(folder),
+        seed=0,
+        train_speakers=2,
+        valid_speakers=1,
+        utterances_per_speaker=3,
+        valid_utterances_per_speaker=2,
+        num_noises=3,
+        num_music=1,
+        num_speech=0,
+        rooms_per_size=1,
+        rirs_per_room=2,
+        noise_duration=1.0,
+        show_progress=False,
     )
 
 
@@ -169,11 +179,13 @@ def test_user_folders_are_unchanged_by_preparation(corpus, tmp_path):
     before = _snapshot(root)
     prepare_librispeech(corpus["librispeech"], str(tmp_path), TRAIN, VALID)
     prepare_noise(str(tmp_path), musan_folder=corpus["musan"], musan_subsets=("noise", "music"))
-    prepare_noise(str(tmp_path), musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"],
-                  csv_name="authors.csv")
+    prepare_noise(
+        str(tmp_path), musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"], csv_name="authors.csv"
+    )
     os.remove(tmp_path / "authors_composition.json")  # recomputed from the CSV, in the save folder
-    prepare_noise(str(tmp_path), musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"],
-                  csv_name="authors.csv")
+    prepare_noise(
+        str(tmp_path), musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"], csv_name="authors.csv"
+    )
     prepare_rirs(str(tmp_path), corpus["rirs"], rirs_noises_subsets=("real", "simulated"))
     prepare_rirs(str(tmp_path), corpus["rirs"], rir_format="folder", csv_name="folder.csv")
     assert _snapshot(root) == before
@@ -228,8 +240,12 @@ def test_noise_folder_with_dotted_names_junk_and_corrupt_audio(tmp_path, caplog)
 
 
 def _make_urbansound(root):
-    for fold, name in [("fold1", "100-2-0-0.wav"), ("fold1", "101-3-0-1.wav"),
-                       ("fold2", "102-9-1-0.wav"), ("fold2", "103-8-0-0.wav")]:
+    for fold, name in [
+        ("fold1", "100-2-0-0.wav"),
+        ("fold1", "101-3-0-1.wav"),
+        ("fold2", "102-9-1-0.wav"),
+        ("fold2", "103-8-0-0.wav"),
+    ]:
         (root / "audio" / fold).mkdir(parents=True, exist_ok=True)
         soundfile.write(root / "audio" / fold / name, np.zeros(1600), 16000)  # 0.1 s: the shortest noise kept
     (root / "audio" / "fold1" / ".DS_Store").write_bytes(b"\0")
@@ -241,12 +257,15 @@ def test_urbansound_excludes_classes(tmp_path):
     path = prepare_noise(str(tmp_path / "save"), urbansound_folder=str(urbansound))
     names = sorted(os.path.basename(row["wav"]) for row in _read_rows(path))
     assert names == ["101-3-0-1.wav", "103-8-0-0.wav"]  # children_playing, street_music left out
-    path = prepare_noise(str(tmp_path / "save"), urbansound_folder=str(urbansound),
-                         urbansound_exclude=["siren"])
+    path = prepare_noise(str(tmp_path / "save"), urbansound_folder=str(urbansound), urbansound_exclude=["siren"])
     assert len(_read_rows(path)) == 3
     with pytest.raises(ValueError, match="Unknown UrbanSound8K"):
-        prepare_noise(str(tmp_path / "save"), urbansound_folder=str(urbansound),
-                      urbansound_exclude=["sirens"], csv_name="other.csv")
+        prepare_noise(
+            str(tmp_path / "save"),
+            urbansound_folder=str(urbansound),
+            urbansound_exclude=["sirens"],
+            csv_name="other.csv",
+        )
 
 
 def test_noise_errors_name_the_folder(tmp_path):
@@ -318,8 +337,7 @@ def test_folder_and_dns_formats_leave_out_noises(corpus, tmp_path, caplog):
     dns = tmp_path / "impulse_responses" / "SLR26" / "simulated_rirs_48k" / "smallroom"
     dns.mkdir(parents=True)
     soundfile.write(dns / "Room001-00001.wav", np.r_[1.0, np.zeros(4799)], 48000)
-    path = prepare_rirs(str(tmp_path), str(tmp_path / "impulse_responses"), rir_format="dns",
-                        csv_name="dns.csv")
+    path = prepare_rirs(str(tmp_path), str(tmp_path / "impulse_responses"), rir_format="dns", csv_name="dns.csv")
     assert [row["ID"] for row in _read_rows(path)] == ["SLR26_simulated_rirs_48k_smallroom_Room001-00001"]
 
 
@@ -367,8 +385,7 @@ def _urbansound_metadata(urbansound):
 
 def test_mini_urbansound_excluded_classes_are_excluded_and_counted(corpus, tmp_path, caplog):
     metadata = _urbansound_metadata(corpus["urbansound"])
-    excluded = {name: sum(row["class"] == name for row in metadata)
-                for name in ("children_playing", "street_music")}
+    excluded = {name: sum(row["class"] == name for row in metadata) for name in ("children_playing", "street_music")}
     assert all(count >= 1 for count in excluded.values())
     with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
         path = prepare_noise(str(tmp_path), urbansound_folder=corpus["urbansound"])
@@ -381,10 +398,18 @@ def test_mini_urbansound_excluded_classes_are_excluded_and_counted(corpus, tmp_p
     assert source["excluded"] == excluded and source["files"] == len(kept) == composition["files"]
     assert source["draw_share"] == 1.0
     assert source["parts"] == {
-        row["class"]: {"files": 1, "hours": pytest.approx(
-            _durations([os.path.join(corpus["urbansound"], "audio", f"fold{row['fold']}",
-                                     row["slice_file_name"])])[0] / 3600, abs=1e-6)}
-        for row in metadata if row["class"] not in excluded
+        row["class"]: {
+            "files": 1,
+            "hours": pytest.approx(
+                _durations([os.path.join(corpus["urbansound"], "audio", f"fold{row['fold']}", row["slice_file_name"])])[
+                    0
+                ]
+                / 3600,
+                abs=1e-6,
+            ),
+        }
+        for row in metadata
+        if row["class"] not in excluded
     }
     assert "2 excluded (children_playing 1, street_music 1)" in caplog.text
     assert "excluded classes: children_playing 1, street_music 1" in caplog.text
@@ -398,8 +423,9 @@ def test_noise_composition_of_the_authors_pool(corpus, tmp_path, caplog):
     soundfile.write(extra / "sub" / "e.wav", np.zeros(8000) + 0.1, 16000)
     save = tmp_path / "save"
     with caplog.at_level(logging.INFO, logger="robustdistiller.data.prepare"):
-        path = prepare_noise(str(save), musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"],
-                             extra_folders=[str(extra)])
+        path = prepare_noise(
+            str(save), musan_folder=corpus["musan"], urbansound_folder=corpus["urbansound"], extra_folders=[str(extra)]
+        )
     assert path == str(save / "noise.csv")
     composition_file = save / "noise_composition.json"
     assert composition_path(path) == str(composition_file) and composition_file.is_file()
@@ -424,13 +450,18 @@ def test_noise_composition_of_the_authors_pool(corpus, tmp_path, caplog):
     assert sum(source["draw_share"] for source in composition["sources"].values()) == pytest.approx(1.0)
     assert composition["sources"]["musan/noise"]["folder"] == os.path.join(corpus["musan"], "noise")
     assert composition["sources"]["musan/noise"]["parts"] == {
-        leaf: {"files": len(_wavs(os.path.join(corpus["musan"], "noise", leaf))),
-               "hours": pytest.approx(sum(_durations(_wavs(os.path.join(corpus["musan"], "noise", leaf)))) / 3600,
-                                      abs=1e-6)}
+        leaf: {
+            "files": len(_wavs(os.path.join(corpus["musan"], "noise", leaf))),
+            "hours": pytest.approx(
+                sum(_durations(_wavs(os.path.join(corpus["musan"], "noise", leaf)))) / 3600, abs=1e-6
+            ),
+        }
         for leaf in ("free-sound", "sound-bible")
     }
     assert composition["sources"]["extra0"]["folder"] == str(extra)
-    assert composition["sources"]["extra0"]["parts"] == {"sub": {"files": 1, "hours": pytest.approx(0.5 / 3600, abs=1e-6)}}
+    assert composition["sources"]["extra0"]["parts"] == {
+        "sub": {"files": 1, "hours": pytest.approx(0.5 / 3600, abs=1e-6)}
+    }
     assert composition["sources"]["urbansound8k"]["excluded"] == {"children_playing": 1, "street_music": 1}
     assert composition["unreadable_skipped"] == 0 and composition["recomputed_from_csv"] is False
     assert composition["options"]["urbansound_exclude"] == ["children_playing", "street_music"]
@@ -487,8 +518,11 @@ def test_rir_composition_of_the_authors_simulated_and_real_pool(corpus, tmp_path
         entries = _list_entries(os.path.join(rirs, "simulated_rirs", size, "rir_list"))
         expected[f"simulated_rirs/{size}"] = [os.path.join(os.path.dirname(rirs), p) for _, p in entries]
     assert {name: len(paths) for name, paths in expected.items()} == {
-        "real_rirs_isotropic_noises": 3, "simulated_rirs/smallroom": 2, "simulated_rirs/mediumroom": 2,
-        "simulated_rirs/largeroom": 2}
+        "real_rirs_isotropic_noises": 3,
+        "simulated_rirs/smallroom": 2,
+        "simulated_rirs/mediumroom": 2,
+        "simulated_rirs/largeroom": 2,
+    }
     assert composition["pool"] == "rirs" and composition["files"] == 9 == len(_read_rows(path))
     assert sorted(composition["sources"]) == sorted(expected)
     total_seconds = sum(sum(_durations(paths)) for paths in expected.values())
@@ -499,8 +533,14 @@ def test_rir_composition_of_the_authors_simulated_and_real_pool(corpus, tmp_path
         assert source["hours"] == pytest.approx(sum(_durations(paths)) / 3600, abs=1e-6)
         assert source["folder"] == os.path.join(rirs, *name.split("/"))
     assert composition["sources"]["real_rirs_isotropic_noises"]["parts"] == {
-        "RVB2014": {"files": 2, "hours": pytest.approx(sum(_durations(expected["real_rirs_isotropic_noises"][:2])) / 3600, abs=1e-6)},
-        "air": {"files": 1, "hours": pytest.approx(_durations(expected["real_rirs_isotropic_noises"][2:])[0] / 3600, abs=1e-6)},
+        "RVB2014": {
+            "files": 2,
+            "hours": pytest.approx(sum(_durations(expected["real_rirs_isotropic_noises"][:2])) / 3600, abs=1e-6),
+        },
+        "air": {
+            "files": 1,
+            "hours": pytest.approx(_durations(expected["real_rirs_isotropic_noises"][2:])[0] / 3600, abs=1e-6),
+        },
     }
     by_kind = composition["by_kind"]
     assert sorted(by_kind) == ["real", "simulated"]

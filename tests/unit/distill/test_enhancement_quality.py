@@ -35,10 +35,14 @@ QUALITY_KEYS = {"pesq", "stoi", "si_snr", "si_snr_noisy", "num_scored", "num_ski
 def speech():
     """Two synthetic English utterances (eSpeak NG), 16 kHz float32 numpy arrays."""
     requests = [
-        {"text": "the quiet garden was green in the summer evening", "voice": "en-us+m3",
-         "rate": 160, "pitch": 50, "range": 50},
-        {"text": "she said the river is far from the city", "voice": "en+f3",
-         "rate": 170, "pitch": 60, "range": 60},
+        {
+            "text": "the quiet garden was green in the summer evening",
+            "voice": "en-us+m3",
+            "rate": 160,
+            "pitch": 50,
+            "range": 50,
+        },
+        {"text": "she said the river is far from the city", "voice": "en+f3", "rate": 170, "pitch": 60, "range": 60},
     ]
     return synthesize_speech(requests)
 
@@ -190,8 +194,12 @@ def test_evaluate_enhancement_quality_on_a_dataset_and_on_batches(utterance_csv,
     student = tiny_student().train()
     head = identity_head(student.config.conv_dim[-1]).train()
     dataset = make_distillation_dataset(
-        utterance_csv, white_noise_corruptor(), max_crop_samples=40000, random_crop=False,
-        condition="noise", snr=5.0,
+        utterance_csv,
+        white_noise_corruptor(),
+        max_crop_samples=40000,
+        random_crop=False,
+        condition="noise",
+        snr=5.0,
     )
     caplog.set_level(logging.WARNING, logger="robustdistiller.distill.enhancement_quality")
     summary = evaluate_enhancement_quality(student, head, dataset, num_utterances=3, batch_size=2)
@@ -218,8 +226,15 @@ def test_evaluate_conditions_adds_quality_per_condition(utterance_csv, tiny_teac
     head = EnhancementHead(input_size=student.config.conv_dim[-1], hidden_size=8, num_layers=1).train()
     conditions = {"clean": {"condition": "clean"}, "snr0": {"condition": "noise", "snr": 0}}
     results = evaluate_conditions(
-        student, teacher, utterance_csv, white_noise_corruptor(), conditions, batch_size=2,
-        max_crop_samples=40000, enhancement_head=head, quality_utterances=4,
+        student,
+        teacher,
+        utterance_csv,
+        white_noise_corruptor(),
+        conditions,
+        batch_size=2,
+        max_crop_samples=40000,
+        enhancement_head=head,
+        quality_utterances=4,
     )
     assert head.training
     for name in conditions:
@@ -230,7 +245,13 @@ def test_evaluate_conditions_adds_quality_per_condition(utterance_csv, tiny_teac
     assert results["snr0"]["si_snr_noisy"] == pytest.approx(0.0, abs=0.5)
     assert results["snr0"]["pesq"] < results["clean"]["pesq"]
     plain = evaluate_conditions(
-        student, teacher, utterance_csv, white_noise_corruptor(), conditions, batch_size=2, max_crop_samples=40000,
+        student,
+        teacher,
+        utterance_csv,
+        white_noise_corruptor(),
+        conditions,
+        batch_size=2,
+        max_crop_samples=40000,
     )
     assert set(plain["snr0"]) == {"distillation_loss", "l1", "cosine_similarity"}
     assert plain["snr0"]["distillation_loss"] == pytest.approx(results["snr0"]["distillation_loss"], rel=1e-5)

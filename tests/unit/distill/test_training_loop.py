@@ -18,12 +18,12 @@ from tests.conftest import load_train_module
 SYNCHRONISING = {"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "item"}
 
 
-
 def _short_path(filename):
     """``robustdistiller/<subpackage>/<module>.py`` for our files, ``<folder>/<module>.py`` for others."""
     if "/robustdistiller/" in filename:
         return "robustdistiller/" + filename.rsplit("/robustdistiller/", 1)[1]
     return "/".join(filename.rsplit("/", 2)[-2:])
+
 
 class DeviceReadCounter(TorchDispatchMode):
     """Counts host reads of *device* data: tensors derived from the waveforms or the parameters.
@@ -55,15 +55,16 @@ class DeviceReadCounter(TorchDispatchMode):
         from_device = any(self._is_device_data(tensor) for tensor in inputs)
         name = func._schema.name.split("::")[-1]
         bool_index = name.startswith("index") and any(
-            isinstance(index, torch.Tensor) and index.dtype == torch.bool
-            for index in tree_leaves(args[1:2])
+            isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in tree_leaves(args[1:2])
         )
         if (from_device and name in SYNCHRONISING) or bool_index:
             frames = [frame for frame in traceback.extract_stack()[:-1] if "python_dispatch" not in frame.filename]
             origin = next(
-                (f"{_short_path(frame.filename)}:{frame.lineno}"
-                 for frame in reversed(frames)
-                 if "/robustdistiller/" in frame.filename or "/transformers/" in frame.filename),
+                (
+                    f"{_short_path(frame.filename)}:{frame.lineno}"
+                    for frame in reversed(frames)
+                    if "/robustdistiller/" in frame.filename or "/transformers/" in frame.filename
+                ),
                 "other",
             )
             self.reads[(name, origin)] += 1
@@ -116,9 +117,7 @@ def batch_orders(mini_corpus, teacher_folder, output_folder, epochs, fail_at=Non
     (a crash) before that step.
     """
     train_module = load_train_module()
-    hparams, brain, _ = build_brain(
-        mini_corpus, teacher_folder, output_folder, number_of_epochs=epochs, **extra
-    )
+    hparams, brain, _ = build_brain(mini_corpus, teacher_folder, output_folder, number_of_epochs=epochs, **extra)
     train_data, valid_data, train_sampler = train_module.dataio_prepare(hparams)
     brain.ckpt_interval_minutes, brain.ckpt_interval_steps = 0, 2  # --ckpt_interval_steps=2
     steps = []
@@ -151,15 +150,13 @@ def test_every_epoch_has_a_new_order_and_a_resume_continues_it(mini_corpus, tiny
         mini_corpus, tiny_teacher_folder, str(tmp_path / "full"), epochs=3, **extra
     )
     assert len(uninterrupted) == 3 * steps_per_epoch
-    epochs = [uninterrupted[start:start + steps_per_epoch] for start in range(0, len(uninterrupted), steps_per_epoch)]
+    epochs = [uninterrupted[start : start + steps_per_epoch] for start in range(0, len(uninterrupted), steps_per_epoch)]
     assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
 
     # Crash in the middle of epoch 2 (step 3 of it), after the intra-epoch checkpoint of its step 2.
     crash_at = steps_per_epoch + 3
     output = str(tmp_path / "crashed")
-    before_crash, _ = batch_orders(
-        mini_corpus, tiny_teacher_folder, output, epochs=3, fail_at=crash_at, **extra
-    )
+    before_crash, _ = batch_orders(mini_corpus, tiny_teacher_folder, output, epochs=3, fail_at=crash_at, **extra)
     assert before_crash == uninterrupted[: crash_at - 1]
     resumed, _ = batch_orders(mini_corpus, tiny_teacher_folder, output, epochs=3, **extra)
     checkpointed = steps_per_epoch + 2
@@ -192,8 +189,17 @@ def test_tensorboard_curves_and_enhancement_quality_after_validation(mini_corpus
     hparams["tensorboard_logger"].writer.flush()
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("train/loss", "train/l1_layer4", "train/cosine_layer12", "train/enhancement_loss", "train/lr",
-                "train/gradient_norm", "valid/loss", "valid/enhanced_pesq", "valid/enhanced_stoi"):
+    for tag in (
+        "train/loss",
+        "train/l1_layer4",
+        "train/cosine_layer12",
+        "train/enhancement_loss",
+        "train/lr",
+        "train/gradient_norm",
+        "valid/loss",
+        "valid/enhanced_pesq",
+        "valid/enhanced_stoi",
+    ):
         assert tag in tags, sorted(tags)
     assert [event.step for event in events.Scalars("train/loss")] == [1, 2]
     assert events.Scalars("train/gradient_norm")[-1].value > 0

@@ -29,22 +29,25 @@ def der(reference, hypothesis):
 # ------------------------------------------------------------------------------------ scorer ---
 
 
-@pytest.mark.parametrize("reference, hypothesis, expected", [
-    # perfect, with the speakers named differently
-    ({"A": [(0, 1)], "B": [(1, 3)]}, {"x": [(1, 3)], "y": [(0, 1)]}, (0, 0, 0)),
-    # half of A missed
-    ({"A": [(0, 2)]}, {"x": [(0, 1)]}, (50, 0, 0)),
-    # a second speaker that does not exist: false alarm over 1 s of 2
-    ({"A": [(0, 2)]}, {"x": [(0, 2)], "y": [(1, 2)]}, (0, 50, 0)),
-    # one system speaker covers two reference speakers in turn: 1 s of 2 confused
-    ({"A": [(0, 1)], "B": [(1, 2)]}, {"x": [(0, 2)]}, (0, 0, 50)),
-    # overlap scored: both speak 0-2, system hears one -> 2 s of 4 missed
-    ({"A": [(0, 2)], "B": [(0, 2)]}, {"x": [(0, 2)]}, (50, 0, 0)),
-    # a speaker swap: either mapping matches 2 s of the 4 reference speaker seconds -> 2 s confused
-    ({"A": [(0, 3)], "B": [(3, 4)]}, {"x": [(0, 2), (3, 4)], "y": [(2, 3)]}, (0, 0, 50)),
-    # no system output at all
-    ({"A": [(0.5, 1.0)]}, {}, (100, 0, 0)),
-])
+@pytest.mark.parametrize(
+    "reference, hypothesis, expected",
+    [
+        # perfect, with the speakers named differently
+        ({"A": [(0, 1)], "B": [(1, 3)]}, {"x": [(1, 3)], "y": [(0, 1)]}, (0, 0, 0)),
+        # half of A missed
+        ({"A": [(0, 2)]}, {"x": [(0, 1)]}, (50, 0, 0)),
+        # a second speaker that does not exist: false alarm over 1 s of 2
+        ({"A": [(0, 2)]}, {"x": [(0, 2)], "y": [(1, 2)]}, (0, 50, 0)),
+        # one system speaker covers two reference speakers in turn: 1 s of 2 confused
+        ({"A": [(0, 1)], "B": [(1, 2)]}, {"x": [(0, 2)]}, (0, 0, 50)),
+        # overlap scored: both speak 0-2, system hears one -> 2 s of 4 missed
+        ({"A": [(0, 2)], "B": [(0, 2)]}, {"x": [(0, 2)]}, (50, 0, 0)),
+        # a speaker swap: either mapping matches 2 s of the 4 reference speaker seconds -> 2 s confused
+        ({"A": [(0, 3)], "B": [(3, 4)]}, {"x": [(0, 2), (3, 4)], "y": [(2, 3)]}, (0, 0, 50)),
+        # no system output at all
+        ({"A": [(0.5, 1.0)]}, {}, (100, 0, 0)),
+    ],
+)
 def test_der_of_hand_written_cases(reference, hypothesis, expected):
     scored = der(reference, hypothesis)
     assert (scored["miss"], scored["false_alarm"], scored["confusion"]) == pytest.approx(expected, abs=1e-9)
@@ -115,10 +118,14 @@ def test_der_matches_pyannote_metrics():
         return result
 
     rng = np.random.default_rng(1)
-    cases = [({"A": [(0.0, 2.0)], "B": [(1.0, 3.0)]}, {"x": [(0.0, 1.0)], "y": [(1.0, 3.0)], "z": [(3.0, 4.0)]}),
-             ({"A": [(0.0, 3.0)], "B": [(3.0, 4.0)]}, {"x": [(0.0, 2.0), (3.0, 4.0)], "y": [(2.0, 3.0)]})]
-    cases += [(random_turns(rng, ["A", "B"]), random_turns(rng, ["x", "y", "z"][: int(rng.integers(1, 4))]))
-              for _ in range(20)]
+    cases = [
+        ({"A": [(0.0, 2.0)], "B": [(1.0, 3.0)]}, {"x": [(0.0, 1.0)], "y": [(1.0, 3.0)], "z": [(3.0, 4.0)]}),
+        ({"A": [(0.0, 3.0)], "B": [(3.0, 4.0)]}, {"x": [(0.0, 2.0), (3.0, 4.0)], "y": [(2.0, 3.0)]}),
+    ]
+    cases += [
+        (random_turns(rng, ["A", "B"]), random_turns(rng, ["x", "y", "z"][: int(rng.integers(1, 4))]))
+        for _ in range(20)
+    ]
     for reference, hypothesis in cases:
         scorer = metrics.DiarizationErrorRate(collar=0.0, skip_overlap=False)
         details = scorer(annotation(reference), annotation(hypothesis), detailed=True)

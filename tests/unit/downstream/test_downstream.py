@@ -202,8 +202,9 @@ def test_student_states_follow_s3prl_layer0_convention(upstream_sources):
 
 
 def test_condition_subset_and_missing_lists(mini_corpus, tmp_path):
-    hparams = corruption_hparams(mini_corpus, tmp_path, test_rir_folder=None,
-                                 test_condition_names=["clean", "snr5", "reverb"])
+    hparams = corruption_hparams(
+        mini_corpus, tmp_path, test_rir_folder=None, test_condition_names=["clean", "snr5", "reverb"]
+    )
     prepare_corruption_lists(hparams)
     _, _, conditions = build_corruptors(hparams)
     assert list(conditions) == ["clean", "snr5"]  # reverb needs a RIR list
@@ -213,8 +214,13 @@ def test_condition_subset_and_missing_lists(mini_corpus, tmp_path):
 
 def test_training_on_corrupted_data_uses_its_own_lists(mini_corpus, tmp_path):
     hparams = corruption_hparams(
-        mini_corpus, tmp_path, train_corruption=True, train_musan_folder=mini_corpus["musan"],
-        train_musan_subsets=["noise"], train_rir_folder=mini_corpus["rirs"], train_rirs_noises_subsets=["real"],
+        mini_corpus,
+        tmp_path,
+        train_corruption=True,
+        train_musan_folder=mini_corpus["musan"],
+        train_musan_subsets=["noise"],
+        train_rir_folder=mini_corpus["rirs"],
+        train_rirs_noises_subsets=["real"],
         train_condition_probs={"clean": 0.0, "noise": 1.0},
     )
     lists = prepare_corruption_lists(hparams)

@@ -42,20 +42,35 @@ def valid_accuracies(train_log):
 
 def tree_state(folder):
     """Path -> modification time of every file under ``folder``."""
-    return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
-            for root, _, names in os.walk(folder) for name in names}
+    return {
+        os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
 
 
 @pytest.fixture(scope="module")
 def ks_sweep(tmp_path_factory, tiny_teacher_folder):
     """One two-lr KS sweep (the runs are shared by the assertions), then a second, identical invocation."""
     root = tmp_path_factory.mktemp("lr_sweep")
-    speech_commands = generate_speech_commands(str(root / "data"), seed=0, train_speakers=3, dev_speakers=2,
-                                               test_speakers=1, background_seconds=3)
+    speech_commands = generate_speech_commands(
+        str(root / "data"), seed=0, train_speakers=3, dev_speakers=2, test_speakers=1, background_seconds=3
+    )
     sweep_folder = str(root / "sweep")
-    argv = ["recipes/SpeechCommands/KS", "hparams/superb_ks.yaml", "--sweep-folder", sweep_folder,
-            "--lrs", *map(str, LRS), "--metric", "accuracy", "--mode", "max",
-            "--", *ks_overrides(speech_commands, tiny_teacher_folder)]
+    argv = [
+        "recipes/SpeechCommands/KS",
+        "hparams/superb_ks.yaml",
+        "--sweep-folder",
+        sweep_folder,
+        "--lrs",
+        *map(str, LRS),
+        "--metric",
+        "accuracy",
+        "--mode",
+        "max",
+        "--",
+        *ks_overrides(speech_commands, tiny_teacher_folder),
+    ]
     previous = os.getcwd()
     os.chdir(REPOSITORY_ROOT)  # the recipe folder is given relative to the repository, as in docs/downstream.md
     try:
@@ -66,8 +81,13 @@ def ks_sweep(tmp_path_factory, tiny_teacher_folder):
         changed = lr_sweep.main(argv[:-1] + ["--projector_size=32"])
     finally:
         os.chdir(previous)
-    return {"folder": sweep_folder, "codes": (first_code, second_code, changed), "first": first_summary,
-            "state_before_second": state, "argv": argv}
+    return {
+        "folder": sweep_folder,
+        "codes": (first_code, second_code, changed),
+        "first": first_summary,
+        "state_before_second": state,
+        "argv": argv,
+    }
 
 
 def test_ks_sweep_runs_each_lr_in_its_folder_and_picks_the_best_dev(ks_sweep):
@@ -150,13 +170,26 @@ def fake_recipe(tmp_path):
 
 def test_a_failing_run_is_marked_and_retried_and_the_others_go_on(fake_recipe, tmp_path, caplog):
     sweep_folder = str(tmp_path / "sweep")
-    argv = [fake_recipe, "hparams/fake.yaml", "--sweep-folder", sweep_folder, "--log-grid", "1e-3", "1e-1", "3",
-            "--", "--fail_once=true"]
+    argv = [
+        fake_recipe,
+        "hparams/fake.yaml",
+        "--sweep-folder",
+        sweep_folder,
+        "--log-grid",
+        "1e-3",
+        "1e-1",
+        "3",
+        "--",
+        "--fail_once=true",
+    ]
     with caplog.at_level(logging.INFO, logger=lr_sweep.__name__):
         assert lr_sweep.main(argv) == 1
     summary = json.loads(Path(os.path.join(sweep_folder, "sweep.json")).read_text())
     assert [(run["lr"], run["status"]) for run in summary["runs"]] == [
-        (0.001, "finished"), (0.01, "finished"), (0.1, "failed")]
+        (0.001, "finished"),
+        (0.01, "finished"),
+        (0.1, "failed"),
+    ]
     failed = summary["runs"][2]
     assert failed["log"] == os.path.join(sweep_folder, "logs", "lr_0.1.log")
     assert "boom" in Path(failed["log"]).read_text()
@@ -167,7 +200,9 @@ def test_a_failing_run_is_marked_and_retried_and_the_others_go_on(fake_recipe, t
 
     # next invocation: the finished runs are kept, the failed one is rerun in its own folder
     assert lr_sweep.main(argv) == 0
-    attempts = {lr: Path(os.path.join(sweep_folder, f"lr_{lr:g}", "attempts.txt")).read_text() for lr in (0.001, 0.01, 0.1)}
+    attempts = {
+        lr: Path(os.path.join(sweep_folder, f"lr_{lr:g}", "attempts.txt")).read_text() for lr in (0.001, 0.01, 0.1)
+    }
     assert attempts == {0.001: "x", 0.01: "x", 0.1: "xx"}
     summary = json.loads(Path(os.path.join(sweep_folder, "sweep.json")).read_text())
     assert [run["reused"] for run in summary["runs"]] == [True, True, False]
@@ -205,4 +240,6 @@ def test_bad_input_is_named(fake_recipe, tmp_path):
     with pytest.raises(lr_sweep.SweepSettingsError, match="overrides: recorded \\[\\], now \\['--seed=2'\\]"):
         lr_sweep.run_sweep(fake_recipe, "hparams/fake.yaml", [1e-3], sweep_folder, overrides=["--seed=2"])
     with pytest.raises(SystemExit):  # --lrs and --log-grid are exclusive
-        lr_sweep.parse_arguments([fake_recipe, "h.yaml", "--sweep-folder", "s", "--lrs", "1", "--log-grid", "1", "2", "3"])
+        lr_sweep.parse_arguments(
+            [fake_recipe, "h.yaml", "--sweep-folder", "s", "--lrs", "1", "--log-grid", "1", "2", "3"]
+        )

@@ -72,8 +72,11 @@ def test_si_sdr_equals_the_definition_and_ignores_dc_offsets():
         assert si_sdr(estimate, speech) == pytest.approx(expected, rel=1e-9, abs=1e-9)
         # a DC offset of 1 % of the peak in the estimate, the reference or both changes nothing
         offset = 0.01 * np.abs(speech).max()
-        for shifted_estimate, shifted_reference in ((estimate + offset, speech), (estimate, speech - offset),
-                                                    (estimate + offset, speech + 3 * offset)):
+        for shifted_estimate, shifted_reference in (
+            (estimate + offset, speech),
+            (estimate, speech - offset),
+            (estimate + offset, speech + 3 * offset),
+        ):
             assert si_sdr(shifted_estimate, shifted_reference) == pytest.approx(expected, rel=1e-9, abs=1e-9)
     # scale invariance of the estimate; a silent reference is finite (-80 dB: the eps)
     estimate = speech + 0.1 * rng.standard_normal(speech.size)
@@ -95,7 +98,8 @@ def test_masking_metrics_use_the_zero_mean_si_sdr():
     expected = np.mean([reference_si_sdr(estimates[:, index], references[:, index]) for index in range(2)])
     assert scores["SI_SDR"] == pytest.approx(expected, rel=1e-9)
     assert scores["SI_SDR_input"] == pytest.approx(
-        np.mean([reference_si_sdr(mixture, references[:, index]) for index in range(2)]), rel=1e-9)
+        np.mean([reference_si_sdr(mixture, references[:, index]) for index in range(2)]), rel=1e-9
+    )
 
 
 # ----------------------------------------------------------------------- CTC decoding ---
@@ -111,8 +115,7 @@ def one_hot(frame_ids, vocab_size):
 def decode_tokens(vocabulary, tokens, rule="standard"):
     """Greedy decoding of frames whose arg-maxes are ``tokens``, as token strings."""
     frames = [vocabulary.index[token] for token in tokens]
-    (ids,) = greedy_ctc_decode(one_hot(frames, len(vocabulary)), dropped_indices=vocabulary.dropped_indices,
-                               rule=rule)
+    (ids,) = greedy_ctc_decode(one_hot(frames, len(vocabulary)), dropped_indices=vocabulary.dropped_indices, rule=rule)
     return vocabulary.decode(ids)
 
 
@@ -128,8 +131,9 @@ def s3prl_pre2022_decode(frames, dropped):
     return [kept[0]] + [b for a, b in zip(kept, kept[1:]) if a != b] if kept else []
 
 
-@pytest.mark.parametrize("rule, reference", [("standard", s3prl_0_4_18_decode),
-                                             ("s3prl_pre2022", s3prl_pre2022_decode)])
+@pytest.mark.parametrize(
+    "rule, reference", [("standard", s3prl_0_4_18_decode), ("s3prl_pre2022", s3prl_pre2022_decode)]
+)
 def test_greedy_decoding_equals_both_s3prl_rules_on_random_frames(rule, reference):
     generator = torch.Generator().manual_seed(0)
     for _ in range(200):
@@ -170,14 +174,17 @@ class RecordingBrain(CTCBrain):
         self.recorded += [(hypothesis, reference) for hypothesis, reference in zip(hypotheses, references)]
 
 
-@pytest.mark.parametrize("hparams, expected", [({}, "HELLO"), ({"ctc_decoding": "standard"}, "HELLO"),
-                                               ({"ctc_decoding": "s3prl_pre2022"}, "HELO")])
+@pytest.mark.parametrize(
+    "hparams, expected",
+    [({}, "HELLO"), ({"ctc_decoding": "standard"}, "HELLO"), ({"ctc_decoding": "s3prl_pre2022"}, "HELO")],
+)
 def test_the_ctc_brain_decodes_with_the_ctc_decoding_option(hparams, expected):
     import speechbrain as sb
 
     vocabulary = ctc_vocabulary(SlotTextEncoder(["city"]))
-    brain = RecordingBrain(vocabulary, modules={"head": torch.nn.Linear(2, 2)}, hparams=hparams,
-                           run_opts={"device": "cpu"})
+    brain = RecordingBrain(
+        vocabulary, modules={"head": torch.nn.Linear(2, 2)}, hparams=hparams, run_opts={"device": "cpu"}
+    )
     brain.hypotheses = []
     brain.init_metrics(sb.Stage.TEST)
     frames = [vocabulary.index[token] for token in ["<pad>", "H", "E", "L", "<pad>", "L", "O", "<eos>"]]
@@ -185,7 +192,7 @@ def test_the_ctc_brain_decodes_with_the_ctc_decoding_option(hparams, expected):
     target = torch.tensor([[vocabulary.index[character] for character in "HELLO"] + [vocabulary.index["<eos>"]]])
     batch = SimpleNamespace(id=["u1"], tokens=(target, torch.ones(1)))
     brain.compute_objectives((log_probs, torch.tensor([len(frames)])), batch, sb.Stage.TEST)
-    (hypothesis, reference), = brain.recorded
+    ((hypothesis, reference),) = brain.recorded
     assert tokens_to_text(hypothesis) == expected and tokens_to_text(reference) == "HELLO"
 
 
@@ -193,5 +200,9 @@ def test_a_wrong_ctc_decoding_is_refused_with_the_option_named():
     assert CTC_DECODING_RULES == ("standard", "s3prl_pre2022")
     assert check_ctc_decoding("s3prl_pre2022") == "s3prl_pre2022"
     with pytest.raises(OptionError, match="ctc_decoding.*standard.*s3prl_pre2022.*'pre2022'"):
-        RecordingBrain(phone_vocabulary(), modules={"head": torch.nn.Linear(2, 2)},
-                       hparams={"ctc_decoding": "pre2022"}, run_opts={"device": "cpu"})
+        RecordingBrain(
+            phone_vocabulary(),
+            modules={"head": torch.nn.Linear(2, 2)},
+            hparams={"ctc_decoding": "pre2022"},
+            run_opts={"device": "cpu"},
+        )

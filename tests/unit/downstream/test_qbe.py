@@ -110,7 +110,8 @@ def test_a_distance_row_without_spread_is_the_best_match_as_in_s3prl():
     tiny = np.array([[0.0, 2e-10, 1e-10]])
     expected = (tiny - tiny.min()) / 1e-9
     assert qbe._minmax_rows(tiny, tiny.min(axis=1, keepdims=True), tiny.max(axis=1, keepdims=True)) == (
-        pytest.approx(expected, rel=1e-12))
+        pytest.approx(expected, rel=1e-12)
+    )
     # a perfect match is +0.0 too, and the z-normalised scores of qbe_scores sum to 0 without a signed zero
     documents.append(np.concatenate([rng.standard_normal((2, 3)), query]))
     perfect = qbe.search_scores(query, documents)[-1]
@@ -128,11 +129,13 @@ def test_distance_is_exp_cosine_minus_one_min_max_normalised_per_row():
     assert distance.min(axis=1) == pytest.approx(np.zeros(5)) and distance.max(axis=1) == pytest.approx(np.ones(5))
     raw = qbe.cosine_exp_distance(query, document, minmax=False)
     cosine = (query / np.linalg.norm(query, axis=1, keepdims=True)) @ (
-        document / np.linalg.norm(document, axis=1, keepdims=True)).T
+        document / np.linalg.norm(document, axis=1, keepdims=True)
+    ).T
     assert raw == pytest.approx(np.exp(1 - cosine) - 1)
     # the same direction is distance 0, the opposite direction e^2 - 1
     assert qbe.cosine_exp_distance(np.array([[1.0, 2.0]]), np.array([[2.0, 4.0], [-1.0, -2.0]]), minmax=False) == (
-        pytest.approx(np.array([[0.0, math.e**2 - 1]])))
+        pytest.approx(np.array([[0.0, math.e**2 - 1]]))
+    )
 
 
 def test_features_are_standardised_over_all_queries_and_documents_together():
@@ -166,8 +169,11 @@ def test_scores_are_z_normalised_per_query():
 
 def test_mtwv_on_a_hand_made_case():
     # 2 queries with targets, 1 without (not counted), 5 documents, beta 2
-    truth = {"targets": {("q1", "d1"), ("q1", "d2"), ("q2", "d3")}, "queries": ["q1", "q2", "q3"],
-             "documents": ["d1", "d2", "d3", "d4", "d5"]}
+    truth = {
+        "targets": {("q1", "d1"), ("q1", "d2"), ("q2", "d3")},
+        "queries": ["q1", "q2", "q3"],
+        "documents": ["d1", "d2", "d3", "d4", "d5"],
+    }
     scores = {
         "q1": {"d1": 0.9, "d2": 0.4, "d3": 0.1, "d4": 0.5, "d5": 0.0},
         "q2": {"d1": 0.2, "d2": 0.3, "d3": 0.8, "d4": 0.0, "d5": 0.6},
@@ -228,22 +234,36 @@ def test_separation_counts_only_scored_trials():
 
 def test_stdlist_is_well_formed_nist_std_2006(tmp_path):
     path = str(tmp_path / "out" / "benchmark.stdlist.xml")
-    scores = {"quesst14_dev_0001": {"quesst14_00001": 2.345678, "quesst14_00002": -0.5},
-              "quesst14_dev_0002": {"quesst14_00001": 1.99999, "quesst14_00002": 3.0}}
+    scores = {
+        "quesst14_dev_0001": {"quesst14_00001": 2.345678, "quesst14_00002": -0.5},
+        "quesst14_dev_0002": {"quesst14_00001": 1.99999, "quesst14_00002": 3.0},
+    }
     qbe.write_stdlist(path, scores, threshold=2.0)
     text = Path(path).read_text(encoding="utf-8")
     assert text.startswith("<?xml version='1.0' encoding='utf-8'?>")
     root = ElementTree.parse(path).getroot()
     assert root.tag == "stdlist"
-    assert root.attrib == {"termlist_filename": "benchmark.stdlist.xml", "indexing_time": "1.00",
-                           "language": "english", "index_size": "1", "system_id": "benchmark"}
+    assert root.attrib == {
+        "termlist_filename": "benchmark.stdlist.xml",
+        "indexing_time": "1.00",
+        "language": "english",
+        "index_size": "1",
+        "system_id": "benchmark",
+    }
     termlists = root.findall("detected_termlist")
     assert [termlist.get("termid") for termlist in termlists] == list(scores)
-    assert all(termlist.get("term_search_time") == "1.0" and termlist.get("oov_term_count") == "1"
-               for termlist in termlists)
+    assert all(
+        termlist.get("term_search_time") == "1.0" and termlist.get("oov_term_count") == "1" for termlist in termlists
+    )
     first = termlists[0].findall("term")
-    assert first[0].attrib == {"file": "quesst14_00001", "channel": "1", "tbeg": "0.000", "dur": "0.00",
-                               "score": "2.3457", "decision": "YES"}
+    assert first[0].attrib == {
+        "file": "quesst14_00001",
+        "channel": "1",
+        "tbeg": "0.000",
+        "dur": "0.00",
+        "score": "2.3457",
+        "decision": "YES",
+    }
     assert [term.get("decision") for term in termlists[1].findall("term")] == ["NO", "YES"]  # z > 2.0
     assert qbe.read_stdlist(path)["quesst14_dev_0001"]["quesst14_00002"] == (-0.5, False)
 

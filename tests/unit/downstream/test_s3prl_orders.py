@@ -30,8 +30,36 @@ from robustdistiller.downstream.voxceleb1 import voxceleb1_wav_folders
 from robustdistiller.testing.fixtures.voxceleb1 import generate_voxceleb1
 
 # s3prl 0.4.18 downstream/asr/char.dict, in file order
-S3PRL_CHAR_DICT = ["|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L", "U", "M", "C", "W", "F", "G", "Y",
-                   "P", "B", "V", "K", "'", "X", "J", "Q", "Z"]
+S3PRL_CHAR_DICT = [
+    "|",
+    "E",
+    "T",
+    "A",
+    "O",
+    "N",
+    "I",
+    "H",
+    "S",
+    "R",
+    "D",
+    "L",
+    "U",
+    "M",
+    "C",
+    "W",
+    "F",
+    "G",
+    "Y",
+    "P",
+    "B",
+    "V",
+    "K",
+    "'",
+    "X",
+    "J",
+    "Q",
+    "Z",
+]
 # s3prl 0.4.18 downstream/ctc/vocab/phoneme.txt, in file order
 S3PRL_PHONEME_TXT = (
     "SIL SPN AA0 AA1 AA2 AE0 AE1 AE2 AH0 AH1 AH2 AO0 AO1 AO2 AW0 AW1 AW2 AY0 AY1 AY2 B CH D DH EH0 EH1 EH2 "
@@ -40,16 +68,36 @@ S3PRL_PHONEME_TXT = (
 ).split()
 # s3prl's dev set of each ER fold: (pool size, dev size, sha256 of the sorted dev ids, first two dev ids)
 S3PRL_ER_DEV = {
-    1: (4446, 890, "81f022a7013b2f04ccdbad1ae47738fb30f0e06d6c58e33559e48560b61066eb",
-        ["Ses02M_impro05_F008", "Ses03F_script01_1_M016"]),
-    2: (4508, 902, "99fab34a5c23ff9f2e1be1a98002e1b6d20a4fa26a5eef9f23a2fdd1a5eb8893",
-        ["Ses04F_impro07_F066", "Ses03F_script03_2_M044"]),
-    3: (4380, 876, "36509928efafbd583a37b681269e9c757c5ef8f5aa959ac9cf37419a167a8098",
-        ["Ses01M_impro03_F010", "Ses05F_impro06_F024"]),
-    4: (4500, 900, "b7c5f2815b4fd47e05cd797835deb36f2b042056a867a05b12a8e2ebe7452865",
-        ["Ses01M_script03_1_F015", "Ses05M_script03_2_F009"]),
-    5: (4290, 858, "5760897836dd6cc86c8480c124a429a0c3c5cd5c66ce53a5109e915247937b4e",
-        ["Ses02F_impro03_M024", "Ses03F_impro04_M015"]),
+    1: (
+        4446,
+        890,
+        "81f022a7013b2f04ccdbad1ae47738fb30f0e06d6c58e33559e48560b61066eb",
+        ["Ses02M_impro05_F008", "Ses03F_script01_1_M016"],
+    ),
+    2: (
+        4508,
+        902,
+        "99fab34a5c23ff9f2e1be1a98002e1b6d20a4fa26a5eef9f23a2fdd1a5eb8893",
+        ["Ses04F_impro07_F066", "Ses03F_script03_2_M044"],
+    ),
+    3: (
+        4380,
+        876,
+        "36509928efafbd583a37b681269e9c757c5ef8f5aa959ac9cf37419a167a8098",
+        ["Ses01M_impro03_F010", "Ses05F_impro06_F024"],
+    ),
+    4: (
+        4500,
+        900,
+        "b7c5f2815b4fd47e05cd797835deb36f2b042056a867a05b12a8e2ebe7452865",
+        ["Ses01M_script03_1_F015", "Ses05M_script03_2_F009"],
+    ),
+    5: (
+        4290,
+        858,
+        "5760897836dd6cc86c8480c124a429a0c3c5cd5c66ce53a5109e915247937b4e",
+        ["Ses02F_impro03_M024", "Ses03F_impro04_M015"],
+    ),
 }
 
 
@@ -97,14 +145,27 @@ def test_er_classes_follow_s3prls_map_not_the_training_order(tmp_path, monkeypat
     train_module = _load_recipe_module("IEMOCAP/ER", "train.py", "er_train_for_orders", monkeypatch)
     header = ["ID", "duration", "wav", "start", "stop", "emotion", "speaker", "session"]
     csv_files = {}
-    for split, emotions in (("train", ["sad", "ang", "hap", "neu", "sad"]), ("dev", ["ang", "neu"]),
-                            ("test", ["hap", "sad"])):
-        rows = [[f"{split}{index}", "1.0", f"/x/{split}{index}.wav", 0, -1, emotion, "Ses01F", 1]
-                for index, emotion in enumerate(emotions)]
+    for split, emotions in (
+        ("train", ["sad", "ang", "hap", "neu", "sad"]),
+        ("dev", ["ang", "neu"]),
+        ("test", ["hap", "sad"]),
+    ):
+        rows = [
+            [f"{split}{index}", "1.0", f"/x/{split}{index}.wav", 0, -1, emotion, "Ses01F", 1]
+            for index, emotion in enumerate(emotions)
+        ]
         csv_files[split] = _write_csv(tmp_path / f"{split}.csv", header, rows)
-    hparams = {"train_csv": csv_files["train"], "dev_csv": csv_files["dev"], "test_csv": csv_files["test"],
-               "sample_rate": 16000, "seed": 0, "max_train_samples": None, "save_folder": str(tmp_path),
-               "num_emotions": 4, "test_session": 1}
+    hparams = {
+        "train_csv": csv_files["train"],
+        "dev_csv": csv_files["dev"],
+        "test_csv": csv_files["test"],
+        "sample_rate": 16000,
+        "seed": 0,
+        "max_train_samples": None,
+        "save_folder": str(tmp_path),
+        "num_emotions": 4,
+        "test_session": 1,
+    }
     data = train_module.dataio_prepare(hparams, None, None)
     assert data["label_encoder"].lab2ind == {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
 
@@ -113,13 +174,24 @@ def test_sid_classes_are_in_speaker_id_order(tmp_path, monkeypatch):
     train_module = _load_recipe_module("VoxCeleb1/SID", "train.py", "sid_train_for_orders", monkeypatch)
     header = ["ID", "duration", "wav", "start", "stop", "speaker"]
     speakers = {"train": ["id10003", "id10001", "id10270", "id10002"], "dev": ["id10002"], "test": ["id10270"]}
-    csv_files = {split: _write_csv(tmp_path / f"{split}.csv", header,
-                                   [[f"{split}{index}", "1.0", "/x.wav", 0, -1, speaker]
-                                    for index, speaker in enumerate(names)])
-                 for split, names in speakers.items()}
-    hparams = {"train_csv": csv_files["train"], "dev_csv": csv_files["dev"], "test_csv": csv_files["test"],
-               "sample_rate": 16000, "seed": 0, "max_train_samples": None, "save_folder": str(tmp_path),
-               "num_speakers": 4}
+    csv_files = {
+        split: _write_csv(
+            tmp_path / f"{split}.csv",
+            header,
+            [[f"{split}{index}", "1.0", "/x.wav", 0, -1, speaker] for index, speaker in enumerate(names)],
+        )
+        for split, names in speakers.items()
+    }
+    hparams = {
+        "train_csv": csv_files["train"],
+        "dev_csv": csv_files["dev"],
+        "test_csv": csv_files["test"],
+        "sample_rate": 16000,
+        "seed": 0,
+        "max_train_samples": None,
+        "save_folder": str(tmp_path),
+        "num_speakers": 4,
+    }
     data = train_module.dataio_prepare(hparams, None, None)
     # s3prl: int(id[2:]) - 10001, i.e. speaker id order (on VoxCeleb1 the ids are id10001 ... id11251)
     assert _class_order(data["label_encoder"]) == ["id10001", "id10002", "id10003", "id10270"]
@@ -133,8 +205,12 @@ def test_fixed_order_encoder_checks_labels_and_an_earlier_encoder(tmp_path):
     encoder = fixed_order_encoder(ER_CLASSES, str(tmp_path / "label_encoder.txt"), good, "emotion")
     assert _class_order(encoder) == ["neu", "hap", "ang", "sad"]
     # an earlier run's encoder with the same order is reused; one with another order is refused
-    assert _class_order(fixed_order_encoder(ER_CLASSES, str(tmp_path / "label_encoder.txt"), good, "emotion")) \
-        == ["neu", "hap", "ang", "sad"]
+    assert _class_order(fixed_order_encoder(ER_CLASSES, str(tmp_path / "label_encoder.txt"), good, "emotion")) == [
+        "neu",
+        "hap",
+        "ang",
+        "sad",
+    ]
     with pytest.raises(ValueError, match="label_encoder.txt numbers the classes .*new output folder"):
         fixed_order_encoder(["sad", "neu", "hap", "ang"], str(tmp_path / "label_encoder.txt"), good, "emotion")
     bad = {"test": _write_csv(tmp_path / "test.csv", header, [["c", "fru"]])}
@@ -156,13 +232,16 @@ def test_packaged_iemocap_order_is_s3prls_metadata():
     assert [sessions.count(f"Ses0{session}") for session in range(1, 6)] == [1085, 1023, 1151, 1031, 1241]
     assert sessions == sorted(sessions)
     labels = [label for _, label in order]
-    assert {label: labels.count(label) for label in ER_CLASSES} == {"neu": 1708, "hap": 1636, "ang": 1103,
-                                                                    "sad": 1084}
+    assert {label: labels.count(label) for label in ER_CLASSES} == {"neu": 1708, "hap": 1636, "ang": 1103, "sad": 1084}
     # the first entry of each session's block in s3prl's test_meta_data.json
     firsts = [order[sessions.index(f"Ses0{session}")] for session in range(1, 6)]
-    assert firsts == [("Ses01F_script02_2_F000", "neu"), ("Ses02F_impro03_F000", "hap"),
-                      ("Ses03F_script02_1_F000", "sad"), ("Ses04F_script03_1_F005", "hap"),
-                      ("Ses05M_script01_3_F000", "neu")]
+    assert firsts == [
+        ("Ses01F_script02_2_F000", "neu"),
+        ("Ses02F_impro03_F000", "hap"),
+        ("Ses03F_script02_1_F000", "sad"),
+        ("Ses04F_script03_1_F005", "hap"),
+        ("Ses05M_script01_3_F000", "neu"),
+    ]
 
 
 def test_iemocap_order_is_declared_package_data():
@@ -219,11 +298,12 @@ def test_er_default_dev_set_is_s3prls(full_size_release, tmp_path, session, monk
     assert {utterance[:5] for utterance in test} == {f"Ses0{session}"} and "Ses01F_impro01_F999" not in train + dev
 
     # the sorted split stays available: random_split seeded 0 over the pool sorted by id
-    paths = prepare.prepare_iemocap(full_size_release, str(tmp_path / "sorted"), test_session=session,
-                                    dev_split_order="sorted")
+    paths = prepare.prepare_iemocap(
+        full_size_release, str(tmp_path / "sorted"), test_session=session, dev_split_order="sorted"
+    )
     pool = sorted(_ids(paths["train"]) + _ids(paths["dev"]))
     permutation = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0)).tolist()
-    sorted_dev = {pool[index] for index in permutation[int(0.8 * len(pool)):]}
+    sorted_dev = {pool[index] for index in permutation[int(0.8 * len(pool)) :]}
     assert set(_ids(paths["dev"])) == sorted_dev
     assert len(sorted_dev & set(dev)) < 0.3 * dev_size  # chance level: not s3prl's dev set
 
@@ -233,8 +313,9 @@ def test_er_s3prl_order_refuses_other_data(full_size_release, tmp_path, monkeypa
     with pytest.raises(ValueError, match="dev_split_order must be one of"):
         prepare.prepare_iemocap(full_size_release, str(tmp_path / "a"), dev_split_order="random")
     with pytest.raises(ValueError, match="needs dev_split_order: s3prl"):
-        prepare.prepare_iemocap(full_size_release, str(tmp_path / "b"), dev_split_order="sorted",
-                                s3prl_meta_data_folder=str(tmp_path))
+        prepare.prepare_iemocap(
+            full_size_release, str(tmp_path / "b"), dev_split_order="sorted", s3prl_meta_data_folder=str(tmp_path)
+        )
     # a release with one utterance relabelled is not s3prl's data
     label_file = os.path.join(full_size_release, "Session3", "dialog", "EmoEvaluation", "Ses03F_impro01.txt")
     text = Path(label_file).read_text(encoding="utf-8")
@@ -286,8 +367,10 @@ def test_sid_reads_both_layouts_alike(voxceleb1_both_layouts, tmp_path, monkeypa
     for split in ("train", "dev", "test"):
         assert [row["ID"] for row in tables["merged"][split]] == [row["ID"] for row in tables["s3prl"][split]]
         assert all(row["wav"].startswith("wav/") for row in tables["merged"][split])
-        assert all(row["wav"].startswith("test/wav/id1027" if row["speaker"].startswith("id1027") else "dev/wav/")
-                   for row in tables["s3prl"][split])
+        assert all(
+            row["wav"].startswith("test/wav/id1027" if row["speaker"].startswith("id1027") else "dev/wav/")
+            for row in tables["s3prl"][split]
+        )
         strip = [{key: value for key, value in row.items() if key != "wav"} for row in tables["merged"][split]]
         assert strip == [{key: value for key, value in row.items() if key != "wav"} for row in tables["s3prl"][split]]
     assert {row["speaker"] for row in tables["s3prl"]["test"]} >= {"id10001", "id10270"}
@@ -299,8 +382,10 @@ def test_asv_reads_both_layouts_alike(voxceleb1_both_layouts, tmp_path, monkeypa
     tables = {}
     for name, root in (("merged", merged), ("s3prl", s3prl)):
         paths = prepare.prepare_voxceleb1_asv(root, str(tmp_path / name), valid_speakers=2, min_train_duration=0.0)
-        tables[name] = {split: _rows(path, root) if split in ("train", "valid", "test") else Path(path).read_text()
-                        for split, path in paths.items()}
+        tables[name] = {
+            split: _rows(path, root) if split in ("train", "valid", "test") else Path(path).read_text()
+            for split, path in paths.items()
+        }
     assert tables["merged"]["test_trials"] == tables["s3prl"]["test_trials"]
     assert tables["merged"]["valid_trials"] == tables["s3prl"]["valid_trials"]
     for split in ("train", "valid", "test"):
@@ -312,8 +397,10 @@ def test_asv_reads_both_layouts_alike(voxceleb1_both_layouts, tmp_path, monkeypa
 
 def test_voxceleb1_without_either_layout_names_both(tmp_path, monkeypatch):
     (tmp_path / "VoxCeleb1" / "vox1_dev_wav").mkdir(parents=True)  # an archive unpacked elsewhere
-    for recipe, file_name, function in (("VoxCeleb1/SID", "prepare_voxceleb1_sid.py", "prepare_voxceleb1_sid"),
-                                        ("VoxCeleb1/ASV", "prepare_voxceleb1_asv.py", "prepare_voxceleb1_asv")):
+    for recipe, file_name, function in (
+        ("VoxCeleb1/SID", "prepare_voxceleb1_sid.py", "prepare_voxceleb1_sid"),
+        ("VoxCeleb1/ASV", "prepare_voxceleb1_asv.py", "prepare_voxceleb1_asv"),
+    ):
         prepare = _load_recipe_module(recipe, file_name, f"{function}_for_orders", monkeypatch)
         with pytest.raises(FileNotFoundError) as error:
             getattr(prepare, function)(str(tmp_path / "VoxCeleb1"), str(tmp_path / "save"))

@@ -54,11 +54,14 @@ def test_encode_spans_punctuation_ampersand_and_eos():
     encoder = SlotTextEncoder(["artist", "city", "state"])
     _, words, tags, intent = parse_iob_line(
         "Ivy-snips-train-7 BOS PLAY SIMON & GARFUNKEL IN NEW YORK NEW YORK EOS\t"
-        "O O artist artist artist O city city state state PlayMusic")
+        "O O artist artist artist O city city state state PlayMusic"
+    )
     assert intent == "PlayMusic"
     ids = encoder.encode(words, tags)
-    assert encoder.decode(ids) == "PLAY B-artist SIMON AND GARFUNKEL E-artist IN B-city NEW YORK E-city " \
-                                  "B-state NEW YORK E-state"
+    assert (
+        encoder.decode(ids) == "PLAY B-artist SIMON AND GARFUNKEL E-artist IN B-city NEW YORK E-city "
+        "B-state NEW YORK E-state"
+    )
     assert ids[-1] == EOS_INDEX and ids.count(EOS_INDEX) == 1
     # punctuation words are dropped with their space; neighbours are the line's neighbours (s3prl)
     ids = encoder.encode(["WHERE", "IS", "ROME", "?"], ["O", "O", "city", "O"])
@@ -103,12 +106,15 @@ def test_greedy_decoding_is_s3prl_0_4_18_by_default_with_the_pre_2022_rule_as_an
     assert greedy_ctc_decode(logits, dropped_indices=vocabulary.dropped_indices) == [ids("H E L L O")]
     # <eos> between two equal tokens: the standard rule merges repeats before dropping <eos>, both M stay
     frames = ids("B-city R O M <eos> M E E-city")
-    assert tokens_to_text(vocabulary.decode(greedy_ctc_decode(one_hot(frames, len(vocabulary)),
-                                                              dropped_indices=vocabulary.dropped_indices)[0])) == (
-        "B-city ROMME E-city")
+    assert tokens_to_text(
+        vocabulary.decode(
+            greedy_ctc_decode(one_hot(frames, len(vocabulary)), dropped_indices=vocabulary.dropped_indices)[0]
+        )
+    ) == ("B-city ROMME E-city")
     # <unk> stays in the hypothesis, as in s3prl
-    assert vocabulary.decode(greedy_ctc_decode(one_hot(ids("<unk> A"), len(vocabulary)),
-                                               dropped_indices=vocabulary.dropped_indices)[0]) == ["<unk>", "A"]
+    assert vocabulary.decode(
+        greedy_ctc_decode(one_hot(ids("<unk> A"), len(vocabulary)), dropped_indices=vocabulary.dropped_indices)[0]
+    ) == ["<unk>", "A"]
     assert tokens_to_text(["B-city", "R", "O", "M", "E", "E-city"]) == "B-city ROME E-city"
 
 
@@ -152,7 +158,8 @@ def test_slot_type_f1_corner_cases():
     two_thirds = slot_type_f1(["B-city A E-city B-state B E-state"], ["B-city A E-city"])
     assert two_thirds == pytest.approx(2 / 3)
     assert slot_type_f1(["B-city A E-city B-state B E-state", "X"], ["B-city A E-city", "X"]) == pytest.approx(
-        (2 / 3 + 1) / 2)
+        (2 / 3 + 1) / 2
+    )
     # a nested hypothesis still counts its outer type only
     assert slot_type_f1(["B-city NEW B-state YORK E-state E-city"], ["B-city NEW YORK E-city"]) == 1.0
     with pytest.raises(ValueError, match="2 hypotheses for 1 references"):
@@ -177,7 +184,8 @@ def test_slot_value_cer_corner_cases():
     assert slot_value_cer(["B-city NEW B-state YORK E-state E-city"], ["B-city NEW YORK E-city"]) == 0.0
     # a reference type given twice: each value finds its own best match
     assert slot_value_cer(["B-city ROME E-city"], ["B-city ROME E-city B-city PARIS E-city"]) == pytest.approx(
-        5 / 9)  # PARIS vs ROME: 5 edits
+        5 / 9
+    )  # PARIS vs ROME: 5 edits
     with pytest.raises(ValueError, match="no slot"):
         slot_value_cer(["B-city ROME E-city"], ["NOTHING"])
 

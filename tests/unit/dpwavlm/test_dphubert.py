@@ -118,10 +118,15 @@ def test_pth_round_trip_with_hubert_keys(tmp_path, wav):
         theirs, _ = loaded.eval().extract_features(wav)
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
     # an uneven file with an attention-free layer and an FFN-free one
-    uneven = DPWavLM(tiny_hubert_config(
-        num_layers=3, encoder_use_attention=[True, False, True], encoder_num_heads=[2, 0, 3],
-        encoder_use_feed_forward=[True, True, False], encoder_ff_interm_features=[9, 30, 0],
-    )).eval()
+    uneven = DPWavLM(
+        tiny_hubert_config(
+            num_layers=3,
+            encoder_use_attention=[True, False, True],
+            encoder_num_heads=[2, 0, 3],
+            encoder_use_feed_forward=[True, True, False],
+            encoder_ff_interm_features=[9, 30, 0],
+        )
+    ).eval()
     path = save_dphubert_checkpoint(tmp_path / "uneven.pth", uneven)
     upstream = FrozenUpstream(str(path))
     features, _ = upstream(wav)
@@ -146,17 +151,40 @@ def test_plain_recipe_with_a_hubert_teacher(mini_corpus, hubert_folder, tmp_path
     """``train.py hparams/dpwavlm.yaml`` (no corruption, no head) with a HuBERT teacher: both stages, export."""
     output = str(tmp_path / "run")
     overrides = tiny_overrides(
-        mini_corpus, hubert_folder, output, min_samples=400, batching="fixed", grad_accumulation_factor=1,
-        stage1_steps=4, stage1_warmup_steps=1, stage2_steps=2, stage2_warmup_steps=1, target_sparsity=0.3,
-        sparsity_warmup_steps=0, log_alpha_lr=0.5, lambda_lr=100.0, stage1_lr=0.001, stage2_lr=0.001,
+        mini_corpus,
+        hubert_folder,
+        output,
+        min_samples=400,
+        batching="fixed",
+        grad_accumulation_factor=1,
+        stage1_steps=4,
+        stage1_warmup_steps=1,
+        stage2_steps=2,
+        stage2_warmup_steps=1,
+        target_sparsity=0.3,
+        sparsity_warmup_steps=0,
+        log_alpha_lr=0.5,
+        lambda_lr=100.0,
+        stage1_lr=0.001,
+        stage2_lr=0.001,
     )
     for key in ("musan_folder", "urbansound_folder", "rir_folder", "rirs_noises_subsets", "enhancement_input_size"):
         overrides.pop(key)  # the plain recipe has no corruption and no enhancement head
-    command = [sys.executable, os.path.join(REPOSITORY_ROOT, "train.py"),
-               os.path.join(REPOSITORY_ROOT, "hparams", "dpwavlm.yaml"), "--precision=fp32"]
+    command = [
+        sys.executable,
+        os.path.join(REPOSITORY_ROOT, "train.py"),
+        os.path.join(REPOSITORY_ROOT, "hparams", "dpwavlm.yaml"),
+        "--precision=fp32",
+    ]
     environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    completed = subprocess.run(command + as_command_line(overrides), cwd=REPOSITORY_ROOT, env=environment,
-                               capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        command + as_command_line(overrides),
+        cwd=REPOSITORY_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]
     summary = json.loads(Path(os.path.join(output, "dpwavlm_summary.json")).read_text())
     assert summary["recipe"] == "DPHuBERT" and summary["stage2"]["steps"] == 2

@@ -32,8 +32,13 @@ SUMMARY = {
     "teacher_num_params": 400_000,
     "student_input": "noisy",
     "enhancement_weight": 2.0,
-    "stage1": {"steps": 12, "target_sparsity": 0.3, "expected_sparsity": 0.31, "initial_expected_sparsity": 0.09,
-               "gated_student_num_params": 390_000},
+    "stage1": {
+        "steps": 12,
+        "target_sparsity": 0.3,
+        "expected_sparsity": 0.31,
+        "initial_expected_sparsity": 0.09,
+        "gated_student_num_params": 390_000,
+    },
     "stage2": {"steps": 2},
 }
 
@@ -122,7 +127,9 @@ def test_per_utterance_norm_makes_padding_irrelevant(exact_run, batch):
 def test_frozen_upstream_reads_dphubert_files(exact_run, tmp_path, batch):
     folder, path, model = exact_run
     upstream = FrozenUpstream(path)
-    assert upstream.kind == "student" and upstream.num_layers == LAYERS + 1 and upstream.hidden_size == model.hidden_size
+    assert (
+        upstream.kind == "student" and upstream.num_layers == LAYERS + 1 and upstream.hidden_size == model.hidden_size
+    )
     assert upstream.include_predictions is False  # no prediction heads
     features, frame_mask = upstream(*batch)
     assert features.shape[:2] == (2, LAYERS + 1) and frame_mask.shape == (2, features.shape[2])
@@ -175,8 +182,17 @@ def test_export_exact_copy_loads_everywhere(exact_run, tmp_path, batch):
     output = str(tmp_path / "export")
     result = export_student(folder, output)
     assert result["hf_copy"]["written"] and result["hf_copy"]["exact"]
-    assert {DPWAVLM_EXPORT_FILE, "config.json", "model.safetensors", "preprocessor_config.json", "README.md",
-            "hyperparams.yaml", "encoder.ckpt", SUMMARY_FILE, "export_manifest.json"} == set(result["files"])
+    assert {
+        DPWAVLM_EXPORT_FILE,
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "README.md",
+        "hyperparams.yaml",
+        "encoder.ckpt",
+        SUMMARY_FILE,
+        "export_manifest.json",
+    } == set(result["files"])
     # the canonical file is the source, byte for byte
     assert Path(os.path.join(output, DPWAVLM_EXPORT_FILE)).read_bytes() == Path(path).read_bytes()
     # transformers copy: layers 1..L equal ours; its hidden_states[0] is the encoder input
@@ -192,8 +208,10 @@ def test_export_exact_copy_loads_everywhere(exact_run, tmp_path, batch):
     assert num_parameters(hf_model) > num_parameters(model)  # HF counts the zero padding
     # the export folder is a DPWavLM upstream (not the HF copy): same fingerprint as the run's file
     upstream = FrozenUpstream(output)
-    assert upstream.kind == "student" and upstream.identity()["fingerprint"] == FrozenUpstream(path).identity()[
-        "fingerprint"]
+    assert (
+        upstream.kind == "student"
+        and upstream.identity()["fingerprint"] == FrozenUpstream(path).identity()["fingerprint"]
+    )
     # SpeechBrain's pretrained interface: the same states as the upstream (layer 0 = projection output)
     interface = DPWavLMInterface.from_hparams(source=output, savedir=str(tmp_path / "sb_cache"))
     encoded = interface.encode_batch(*batch)

@@ -60,9 +60,7 @@ def dphubert_distill_loss(inputs, target, l2_weight, l1_weight, cos_weight, cos_
     """DPHuBERT's ``DistillLoss.forward`` (plain means, no mask), the reference."""
     loss_cos = F.cosine_similarity(inputs, target, dim=-1)
     loss_cos = -loss_cos.mean() if cos_type == "raw" else -F.logsigmoid(loss_cos).mean()
-    return (
-        l2_weight * F.mse_loss(inputs, target) + l1_weight * F.l1_loss(inputs, target) + cos_weight * loss_cos
-    )
+    return l2_weight * F.mse_loss(inputs, target) + l1_weight * F.l1_loss(inputs, target) + cos_weight * loss_cos
 
 
 # --- distillation loss -------------------------------------------------------------------------------------------
@@ -172,9 +170,7 @@ def test_layer_to_layer_loss_uses_teacher_layers_0_4_8_12():
     assert student.layers[11].weight.grad.abs().sum() > 0  # layer 12 reached
     # a teacher one frame longer is trimmed
     longer = [torch.cat([hidden, torch.randn(2, 1, DIM)], 1) for hidden in teacher_hiddens]
-    torch.testing.assert_close(
-        layer_to_layer_loss(projections, student_hiddens, longer, mask)["loss"], out["loss"]
-    )
+    torch.testing.assert_close(layer_to_layer_loss(projections, student_hiddens, longer, mask)["loss"], out["loss"])
 
 
 # --- Lagrangian and optimizer ---------------------------------------------------------------------------------------

@@ -269,13 +269,31 @@ def test_two_process_ddp_run(mini_corpus, tiny_teacher_folder, tmp_path):
     """
     output = str(tmp_path / "ddp")
     overrides = tiny_overrides(
-        mini_corpus, tiny_teacher_folder, output, min_samples=400, batching="fixed", batch_size=2,
-        enhancement_hidden_size=8, enhancement_layers=1, stage1_steps=3, stage1_warmup_steps=1, stage2_steps=2,
-        stage2_warmup_steps=1, sparsity_warmup_steps=0, target_sparsity=TARGET_SPARSITY,
+        mini_corpus,
+        tiny_teacher_folder,
+        output,
+        min_samples=400,
+        batching="fixed",
+        batch_size=2,
+        enhancement_hidden_size=8,
+        enhancement_layers=1,
+        stage1_steps=3,
+        stage1_warmup_steps=1,
+        stage2_steps=2,
+        stage2_warmup_steps=1,
+        sparsity_warmup_steps=0,
+        target_sparsity=TARGET_SPARSITY,
     )
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", os.path.join(REPOSITORY_ROOT, "train.py"),
-        ROBUST_YAML, "--precision=fp32", "--device=cpu", "--distributed_backend=gloo",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        os.path.join(REPOSITORY_ROOT, "train.py"),
+        ROBUST_YAML,
+        "--precision=fp32",
+        "--device=cpu",
+        "--distributed_backend=gloo",
         "--grad_accumulation_factor=1",  # a run option: the batch sampler must see it too
     ] + as_command_line(overrides)
     environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")

@@ -36,8 +36,13 @@ def exported(trained_run, tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("onnx_export") / "exported")
     assert main([trained_run, folder, "--onnx", "--int8"]) == 0
     student, _ = load_student(trained_run)
-    return {"folder": folder, "student": student, "fp32": os.path.join(folder, "onnx", "encoder.onnx"),
-            "int8": os.path.join(folder, "onnx", "encoder_int8.onnx"), "run": trained_run}
+    return {
+        "folder": folder,
+        "student": student,
+        "fp32": os.path.join(folder, "onnx", "encoder.onnx"),
+        "int8": os.path.join(folder, "onnx", "encoder_int8.onnx"),
+        "run": trained_run,
+    }
 
 
 def real_length_batch():
@@ -50,7 +55,8 @@ def test_manifest_and_model_card_record_the_onnx_files_and_their_parity(exported
     manifest = read_manifest(folder)
     for name in ("onnx/encoder.onnx", "onnx/encoder_int8.onnx"):
         assert name in manifest["files"] and manifest["files"][name]["bytes"] == os.path.getsize(
-            os.path.join(folder, name))
+            os.path.join(folder, name)
+        )
     card = Path(os.path.join(folder, "README.md")).read_text(encoding="utf-8")
     assert "ONNX fp32 vs PyTorch" in card and "max abs diff" in card
     assert "| hidden_2 |" in card and "int8 vs fp32 cosine similarity" in card
@@ -79,8 +85,9 @@ def test_padded_batch_equals_single_utterances_and_short_items_get_no_frame(expo
         frames = single.hidden_states.shape[2]
         assert padded.frame_mask[index].sum() == frames
         assert np.abs(padded.hidden_states[index, :, :frames] - single.hidden_states[0]).max() < 1e-4
-    with_short = encoder.encode_batch(np.stack([wavs[0], np.r_[wavs[0, :300], np.zeros(wavs.shape[1] - 300)]]),
-                                      [1.0, 300 / wavs.shape[1]])
+    with_short = encoder.encode_batch(
+        np.stack([wavs[0], np.r_[wavs[0, :300], np.zeros(wavs.shape[1] - 300)]]), [1.0, 300 / wavs.shape[1]]
+    )
     assert with_short.frame_mask[1].sum() == 0 and np.isfinite(with_short.hidden_states).all()
     with pytest.raises(ValueError, match="fewer than the 400 samples"):
         encoder.encode_batch(np.zeros(300, dtype=np.float32))
@@ -97,7 +104,8 @@ def test_runtime_works_without_torch_and_handles_rates_and_channels(exported, tm
     soundfile.write(str(tmp_path / "stereo44k.wav"), np.stack([0.5 * at_44k, 1.5 * at_44k], axis=1), 44100)
     guard = tmp_path / "no_torch"
     guard.mkdir()
-    (guard / "sitecustomize.py").write_text(textwrap.dedent("""
+    (guard / "sitecustomize.py").write_text(
+        textwrap.dedent("""
         import sys
 
         class NoTorch:  # every import of torch (and of what needs it) fails
@@ -106,7 +114,8 @@ def test_runtime_works_without_torch_and_handles_rates_and_channels(exported, tm
                     raise ImportError("torch is blocked in this process")
 
         sys.meta_path.insert(0, NoTorch())
-    """))
+    """)
+    )
     script = textwrap.dedent(f"""
         import sys, numpy as np
         try:
@@ -115,10 +124,10 @@ def test_runtime_works_without_torch_and_handles_rates_and_channels(exported, tm
         except ImportError:
             pass
         from robustdistiller.inference.onnx_runtime import OnnxEncoder
-        encoder = OnnxEncoder({exported['int8']!r})
+        encoder = OnnxEncoder({exported["int8"]!r})
         out = {{name: encoder.encode_file({str(tmp_path)!r} + "/" + name + ".wav").hidden_states[0]
                for name in ("mono16k", "stereo44k")}}
-        np.savez({str(tmp_path / 'out.npz')!r}, **out, modules=np.array(sorted(sys.modules)))
+        np.savez({str(tmp_path / "out.npz")!r}, **out, modules=np.array(sorted(sys.modules)))
     """)
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(guard), REPOSITORY_ROOT]))
     completed = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True)
@@ -152,8 +161,14 @@ def test_export_refuses_an_existing_folder_and_untraceable_students(exported, tm
     with pytest.raises(ExportError, match="not empty"):
         export_student(exported["run"], exported["folder"], onnx=True)
     # an unmodified earlier export is replaced with --overwrite (manifest rules), here by a tiny student
-    config = build_student_config(hidden_size=32, num_attention_heads=2, intermediate_size=64, conv_dim=[32] * 7,
-                                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    config = build_student_config(
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=[32] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
     student = DistillerStudent(config, per_utterance_norm=True).eval()
     first = export_student(student, str(tmp_path / "again"), onnx=True)
     assert "onnx/encoder.onnx" in first["files"] and first["onnx_parity"]["fp32_max_abs_diff"] <= 1e-4
@@ -175,8 +190,7 @@ def speech_commands(tmp_path_factory):
     return generate_speech_commands(str(tmp_path_factory.mktemp("speech_commands")), seed=0)
 
 
-def test_ks_accuracy_with_the_int8_student_is_within_a_margin_of_fp32(exported, speech_commands, mini_corpus,
-                                                                     tmp_path):
+def test_ks_accuracy_with_the_int8_student_is_within_a_margin_of_fp32(exported, speech_commands, mini_corpus, tmp_path):
     accuracies = {}
     for name in ("fp32", "int8"):
         output = str(tmp_path / name)

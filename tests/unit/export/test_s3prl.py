@@ -78,9 +78,21 @@ DISTILHUBERT = {
     "init_teacher_encoder_layers": True,
 }
 ARCHITECTURE_FIELDS = (
-    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-    "conv_dim", "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm", "feat_proj_layer_norm",
-    "do_stable_layer_norm", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "layer_norm_eps",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "conv_dim",
+    "conv_kernel",
+    "conv_stride",
+    "conv_bias",
+    "feat_extract_norm",
+    "feat_proj_layer_norm",
+    "do_stable_layer_norm",
+    "num_conv_pos_embeddings",
+    "num_conv_pos_embedding_groups",
+    "layer_norm_eps",
 )
 
 
@@ -221,8 +233,13 @@ def reference_forward(state, cfg, wav):
     for i, (dim, kernel, stride) in enumerate(conv_spec(cfg)):
         x = F.conv1d(x, state[f"feature_extractor.conv_layers.{i}.0.weight"], stride=stride)
         if i == 0:
-            x = F.group_norm(x, dim, state["feature_extractor.conv_layers.0.2.weight"],
-                             state["feature_extractor.conv_layers.0.2.bias"], eps=1e-5)
+            x = F.group_norm(
+                x,
+                dim,
+                state["feature_extractor.conv_layers.0.2.weight"],
+                state["feature_extractor.conv_layers.0.2.bias"],
+                eps=1e-5,
+            )
         x = F.gelu(x)
     x = x.transpose(1, 2)
     if "post_extract_proj.weight" in state:
@@ -230,8 +247,9 @@ def reference_forward(state, cfg, wav):
     g, v = state["encoder.pos_conv.0.weight_g"], state["encoder.pos_conv.0.weight_v"]
     weight = g * v / v.pow(2).sum(dim=(0, 1), keepdim=True).sqrt()
     kernel = cfg["conv_pos"]
-    conv = F.conv1d(x.transpose(1, 2), weight, state["encoder.pos_conv.0.bias"], padding=kernel // 2,
-                    groups=cfg["conv_pos_groups"])
+    conv = F.conv1d(
+        x.transpose(1, 2), weight, state["encoder.pos_conv.0.bias"], padding=kernel // 2, groups=cfg["conv_pos_groups"]
+    )
     if kernel % 2 == 0:
         conv = conv[:, :, :-1]
     x = x + F.gelu(conv).transpose(1, 2)
@@ -252,14 +270,16 @@ def reference_forward(state, cfg, wav):
         v_ = split(F.linear(x, state[p + "self_attn.v_proj.weight"], state[p + "self_attn.v_proj.bias"]))
         attention = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(head_dim), dim=-1) @ v_
         attention = attention.transpose(1, 2).reshape(batch, frames, D)
-        attention = F.linear(attention, state[p + "self_attn.out_proj.weight"],
-                             state[p + "self_attn.out_proj.bias"])
-        x = F.layer_norm(x + attention, (D,), state[p + "self_attn_layer_norm.weight"],
-                         state[p + "self_attn_layer_norm.bias"], 1e-5)
-        ffn = F.linear(F.gelu(F.linear(x, state[p + "fc1.weight"], state[p + "fc1.bias"])),
-                       state[p + "fc2.weight"], state[p + "fc2.bias"])
-        x = F.layer_norm(x + ffn, (D,), state[p + "final_layer_norm.weight"],
-                         state[p + "final_layer_norm.bias"], 1e-5)
+        attention = F.linear(attention, state[p + "self_attn.out_proj.weight"], state[p + "self_attn.out_proj.bias"])
+        x = F.layer_norm(
+            x + attention, (D,), state[p + "self_attn_layer_norm.weight"], state[p + "self_attn_layer_norm.bias"], 1e-5
+        )
+        ffn = F.linear(
+            F.gelu(F.linear(x, state[p + "fc1.weight"], state[p + "fc1.bias"])),
+            state[p + "fc2.weight"],
+            state[p + "fc2.bias"],
+        )
+        x = F.layer_norm(x + ffn, (D,), state[p + "final_layer_norm.weight"], state[p + "final_layer_norm.bias"], 1e-5)
         hiddens.append(x)
     predictions = reference_output_layer(state, x, cfg["n_tasks"], cfg["final_dim"])
     return hiddens, predictions
@@ -288,9 +308,14 @@ def tiny_checkpoint(tmp_path_factory):
 
 def tiny_student(seed=0, num_targets=3, conv_dim=24, **kwargs):
     torch.manual_seed(seed)
-    config = build_student_config(hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                                  conv_dim=[conv_dim] * 7, num_conv_pos_embeddings=16,
-                                  num_conv_pos_embedding_groups=4)
+    config = build_student_config(
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=[conv_dim] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
     targets = (4, 8, 12)[:num_targets] if num_targets <= 3 else tuple(range(1, num_targets + 1))
     student = DistillerStudent(config, target_layers=targets, **kwargs)
     with torch.no_grad():  # non-trivial norms and biases, so a swapped mapping cannot go unnoticed
@@ -328,8 +353,7 @@ def test_loads_authors_checkpoint_without_the_optimizers_module(tmp_path, record
     assert optimizer.stub_state["lr"] == 2e-4
     assert torch.equal(optimizer.stub_state["state"]["step"], torch.tensor(3.0))
     args = checkpoint["Args"]
-    assert isinstance(args, InertStub) and args.stub_state == {
-        "seed": 1337, "config": "pretrain/distiller/config.yaml"}
+    assert isinstance(args, InertStub) and args.stub_state == {"seed": 1337, "config": "pretrain/distiller/config.yaml"}
     assert checkpoint["Step"] == 12345 and checkpoint["Config"]["runner"] == {"total_steps": 200000}
     assert set(checkpoint["Distiller"]) == set(state)
     for key, value in state.items():
@@ -422,8 +446,10 @@ def test_full_size_distilhubert(tmp_path, recorder):
     assert recorder.attempts == []
     assert num_parameters(student) == 27_034_752
     assert num_parameters(student.backbone) == 23_491_200
-    assert torch.equal(student.backbone.encoder.pos_conv_embed.conv.parametrizations.weight.original1,
-                       state["encoder.pos_conv.0.weight_v"])
+    assert torch.equal(
+        student.backbone.encoder.pos_conv_embed.conv.parametrizations.weight.original1,
+        state["encoder.pos_conv.0.weight_v"],
+    )
     assert torch.equal(student.prediction_heads.split_weight, state["output_layer.2.weight"])
     exported = student_to_s3prl(student)["Distiller"]
     # shapes exactly as listed in docs/reference/robustdistiller.md "Authors' checkpoint format"
@@ -485,11 +511,17 @@ def test_malicious_pickles_are_inert(tmp_path, recorder, legacy):
     evil.run = run
     sys.modules["evil_payload_module"] = evil
     try:
-        save_authors_style(path, state, TINY, legacy=legacy, extra={
-            "system": _ShellPayload(f"touch {touched}"),
-            "eval": _EvalPayload(f"open({str(evaluated)!r}, 'w').close()"),
-            "module_function": run,
-        })
+        save_authors_style(
+            path,
+            state,
+            TINY,
+            legacy=legacy,
+            extra={
+                "system": _ShellPayload(f"touch {touched}"),
+                "eval": _EvalPayload(f"open({str(evaluated)!r}, 'w').close()"),
+                "module_function": run,
+            },
+        )
     finally:
         del sys.modules["evil_payload_module"]
 
@@ -563,8 +595,11 @@ def test_missing_and_non_torch_files_are_refused(tmp_path):
 
 def _checkpoint(cfg=None, state=None):
     cfg = dict(TINY if cfg is None else cfg)
-    return {"Distiller": random_s3prl_state(cfg, seed=8) if state is None else state,
-            "Config": {"distiller": cfg}, "Step": 0}
+    return {
+        "Distiller": random_s3prl_state(cfg, seed=8) if state is None else state,
+        "Config": {"distiller": cfg},
+        "Step": 0,
+    }
 
 
 def test_missing_unexpected_and_misshaped_keys_are_named():
@@ -601,8 +636,7 @@ def test_missing_unexpected_and_misshaped_keys_are_named():
         ("attention_type", "sparse", "attention_type='sparse'"),
         ("n_tasks", 2, "n_tasks=2"),
         ("encoder_layers", 0, "encoder_layers=0"),
-        ("extractor_conv_feature_layers", "[(24,10,5)] + [(24,3,2)] * 4 + [(24,2,",
-         "extractor_conv_feature_layers"),
+        ("extractor_conv_feature_layers", "[(24,10,5)] + [(24,3,2)] * 4 + [(24,2,", "extractor_conv_feature_layers"),
         ("encoder_embed_dim", "wide", "encoder_embed_dim"),
     ],
 )
@@ -615,8 +649,14 @@ def test_unmappable_configs_are_refused(field, value, expected):
 
 def test_malicious_conv_layer_string_is_never_evaluated(tmp_path):
     marker = tmp_path / "conv_string_ran"
-    for text in (f"__import__('os').system('touch {marker}')", "[(24,10,5)] * 10**9",
-                 "[(24,10,5)] * 99999999999", "[x for x in (1,)]", "[(24.0,10,5)]", "[(True,10,5)]"):
+    for text in (
+        f"__import__('os').system('touch {marker}')",
+        "[(24,10,5)] * 10**9",
+        "[(24,10,5)] * 99999999999",
+        "[x for x in (1,)]",
+        "[(24.0,10,5)]",
+        "[(True,10,5)]",
+    ):
         cfg = dict(TINY, extractor_conv_feature_layers=text)
         with pytest.raises(S3prlFormatError, match="extractor_conv_feature_layers"):
             student_from_s3prl(_checkpoint(cfg, state=random_s3prl_state(TINY)))
@@ -624,7 +664,10 @@ def test_malicious_conv_layer_string_is_never_evaluated(tmp_path):
     layers = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
     assert parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == layers
     assert parse_conv_layers(format_conv_layers([(8, 4, 2), (16, 3, 1), (16, 3, 1)])) == [
-        (8, 4, 2), (16, 3, 1), (16, 3, 1)]
+        (8, 4, 2),
+        (16, 3, 1),
+        (16, 3, 1),
+    ]
     assert parse_conv_layers("2 * [(4, 3, 2)]") == [(4, 3, 2), (4, 3, 2)]
 
 
@@ -652,18 +695,43 @@ def test_parametrizations_naming_of_the_pos_conv_is_accepted():
 
 
 def test_training_fields_are_mapped():
-    cfg = dict(TINY, dropout=0.2, attention_dropout=0.05, activation_dropout=0.3, encoder_layerdrop=0.1,
-               activation_fn="relu", feature_grad_mult=0.5)
+    cfg = dict(
+        TINY,
+        dropout=0.2,
+        attention_dropout=0.05,
+        activation_dropout=0.3,
+        encoder_layerdrop=0.1,
+        activation_fn="relu",
+        feature_grad_mult=0.5,
+    )
     student, _ = student_from_s3prl(_checkpoint(cfg, state=random_s3prl_state(TINY)))
     config = student.config
     assert (config.hidden_dropout, config.attention_dropout, config.activation_dropout, config.layerdrop) == (
-        0.2, 0.05, 0.3, 0.1)
+        0.2,
+        0.05,
+        0.3,
+        0.1,
+    )
     assert config.hidden_act == "relu" and student.feature_grad_mult == 0.5
     exported = student_to_s3prl(student)["Config"]["distiller"]
-    assert {key: exported[key] for key in ("dropout", "attention_dropout", "activation_dropout",
-                                           "encoder_layerdrop", "activation_fn", "feature_grad_mult")} == {
-        "dropout": 0.2, "attention_dropout": 0.05, "activation_dropout": 0.3, "encoder_layerdrop": 0.1,
-        "activation_fn": "relu", "feature_grad_mult": 0.5}
+    assert {
+        key: exported[key]
+        for key in (
+            "dropout",
+            "attention_dropout",
+            "activation_dropout",
+            "encoder_layerdrop",
+            "activation_fn",
+            "feature_grad_mult",
+        )
+    } == {
+        "dropout": 0.2,
+        "attention_dropout": 0.05,
+        "activation_dropout": 0.3,
+        "encoder_layerdrop": 0.1,
+        "activation_fn": "relu",
+        "feature_grad_mult": 0.5,
+    }
 
 
 @pytest.mark.parametrize("activation", ["gelu", "relu", "tanh", "linear", "gelu_accurate", "gelu_fast"])
@@ -707,7 +775,8 @@ def assert_same_student(a, b):
     for field in ARCHITECTURE_FIELDS:
         value_a, value_b = config_a[field], config_b[field]
         assert (list(value_a) if isinstance(value_a, tuple) else value_a) == (
-            list(value_b) if isinstance(value_b, tuple) else value_b), field
+            list(value_b) if isinstance(value_b, tuple) else value_b
+        ), field
     for field in ("hidden_dropout", "attention_dropout", "activation_dropout", "layerdrop"):
         assert config_a[field] == config_b[field], field
     for field in ("target_layers", "target_size", "head_inner_size", "feature_grad_mult"):
@@ -723,8 +792,7 @@ def assert_same_student(a, b):
 
 @pytest.mark.parametrize(
     "num_targets, conv_dim, head_options",
-    [(3, 24, {}), (3, 24, {"target_size": 40, "head_inner_size": 20}), (1, 24, {"target_size": 40}),
-     (2, 32, {})],
+    [(3, 24, {}), (3, 24, {"target_size": 40, "head_inner_size": 20}), (1, 24, {"target_size": 40}), (2, 32, {})],
     ids=["k3", "k3-sizes", "k1", "no-projection"],
 )
 def test_round_trip_is_exact(tmp_path, num_targets, conv_dim, head_options):
@@ -735,8 +803,9 @@ def test_round_trip_is_exact(tmp_path, num_targets, conv_dim, head_options):
             projection.weight.copy_(torch.eye(32))
             projection.bias.zero_()
     path = str(tmp_path / "nested" / "exported.ckpt")
-    exported = student_to_s3prl(student, path=path, step=4321,
-                                args=argparse.Namespace(seed=7, tags=("a", "b"), out=tmp_path))
+    exported = student_to_s3prl(
+        student, path=path, step=4321, args=argparse.Namespace(seed=7, tags=("a", "b"), out=tmp_path)
+    )
 
     plain = torch.load(path, weights_only=True)
     assert set(plain) == {"Distiller", "Config", "Step", "Args"}
@@ -752,8 +821,13 @@ def test_round_trip_is_exact(tmp_path, num_targets, conv_dim, head_options):
     assert distiller["out_layer_inter_dim"] == inner
     conv = TINY_CONV.replace("24", str(conv_dim))
     assert distiller["extractor_conv_feature_layers"] == conv
-    cfg = dict(TINY, n_tasks=num_targets, final_dim=distiller["final_dim"],
-               out_layer_inter_dim=distiller["out_layer_inter_dim"], extractor_conv_feature_layers=conv)
+    cfg = dict(
+        TINY,
+        n_tasks=num_targets,
+        final_dim=distiller["final_dim"],
+        out_layer_inter_dim=distiller["out_layer_inter_dim"],
+        extractor_conv_feature_layers=conv,
+    )
     assert shapes_of(plain["Distiller"]) == documented_keys(cfg)
     assert shapes_of(exported["Distiller"]) == documented_keys(cfg)
     assert ("post_extract_proj.weight" in plain["Distiller"]) == (conv_dim != 32)
@@ -791,9 +865,15 @@ def test_exported_predictions_match_reference_output_layer():
 )
 def test_export_refuses_students_s3prl_cannot_represent(override, expected):
     torch.manual_seed(0)
-    config = build_student_config(hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                                  conv_dim=[24] * 7, num_conv_pos_embeddings=16,
-                                  num_conv_pos_embedding_groups=4, **override)
+    config = build_student_config(
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=[24] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        **override,
+    )
     with pytest.raises(S3prlFormatError) as error:
         student_to_s3prl(DistillerStudent(config))
     assert expected in str(error.value)

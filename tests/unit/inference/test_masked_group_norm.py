@@ -72,9 +72,7 @@ def _reference_per_utterance_cnn_norm(feature_extractor, sample_lengths):
         yield
         return
     conv = first_layer.conv
-    step_lengths = torch.div(
-        sample_lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor"
-    ) + 1
+    step_lengths = torch.div(sample_lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor") + 1
 
     def hook(module, args, output):
         return _reference_masked_group_norm(module, args[0], step_lengths.clamp(min=1))
@@ -193,9 +191,16 @@ def test_parity_bf16_autocast():
 # ---------------------------------------------------------------------------- context manager -----
 def _tiny_model(seed=0):
     torch.manual_seed(seed)
-    config = HubertConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64,
-                          conv_dim=[32] * 7, conv_bias=False, feat_extract_norm="group",
-                          num_conv_pos_embedding_groups=4)
+    config = HubertConfig(
+        hidden_size=32,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        intermediate_size=64,
+        conv_dim=[32] * 7,
+        conv_bias=False,
+        feat_extract_norm="group",
+        num_conv_pos_embedding_groups=4,
+    )
     return HubertModel(config).eval()
 
 
@@ -269,9 +274,17 @@ def test_feature_extractor_parity_with_previous_context():
 
 
 def test_student_outputs_and_gradients_match_previous_implementation(monkeypatch):
-    config = build_student_config(hidden_size=32, num_attention_heads=2, intermediate_size=64, conv_dim=[32] * 7,
-                                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-                                  hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    config = build_student_config(
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=[32] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    )
     torch.manual_seed(0)
     student = DistillerStudent(config, per_utterance_norm=True).train()
     wavs = torch.randn(3, 8000)

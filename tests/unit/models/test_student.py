@@ -341,8 +341,10 @@ def test_padding_what_holds():
     exact = tiny_student(per_utterance_norm=True).eval()
     layer_norm_cnn = tiny_student(overrides={"feat_extract_norm": "layer"}).eval()
     with torch.no_grad():
-        batch = {name: model(wavs, wav_lens) for name, model in
-                 [("plain", plain), ("exact", exact), ("layer", layer_norm_cnn)]}
+        batch = {
+            name: model(wavs, wav_lens)
+            for name, model in [("plain", plain), ("exact", exact), ("layer", layer_norm_cnn)]
+        }
         for index, length in enumerate(lengths):
             single_input = wavs[index : index + 1, :length]
             for name, model in [("plain", plain), ("exact", exact), ("layer", layer_norm_cnn)]:

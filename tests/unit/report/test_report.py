@@ -63,11 +63,15 @@ def report_run(tmp_path_factory, tiny_teacher_folder, mini_corpus):
 
     base = tmp_path_factory.mktemp("report")
     # a small Speech Commands: 3 training, 1 dev and 2 test speakers (~65 training items, 24 test clips)
-    speech_commands = generate_speech_commands(str(base / "speech_commands"), seed=0, train_speakers=3,
-                                               dev_speakers=1, test_speakers=2, background_seconds=4)
+    speech_commands = generate_speech_commands(
+        str(base / "speech_commands"), seed=0, train_speakers=3, dev_speakers=1, test_speakers=2, background_seconds=4
+    )
     hubert = save_random_teacher(str(base / "hubert"), model_type="hubert", tiny=True, seed=1)
-    upstreams = {"wavlm": tiny_teacher_folder, "hubert": {"source": hubert, "kind": "hf"},
-                 "broken": str(base / "no_such_model")}
+    upstreams = {
+        "wavlm": tiny_teacher_folder,
+        "hubert": {"source": hubert, "kind": "hf"},
+        "broken": str(base / "no_such_model"),
+    }
     spec = ks_spec(base / "out", upstreams, speech_commands, mini_corpus)
     path = base / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -95,8 +99,12 @@ def test_report_tables_and_plots_come_from_the_recipe_outputs(report_run):
     root = report_run["spec"]["output_root"]
     output = report_run["output"]
     assert report_run["code"] == 1, output  # one pair failed; the report is written all the same
-    for line in ("[1/3] KS/wavlm: running", "[1/3] KS/wavlm: done", "[2/3] KS/hubert: done",
-                 "[3/3] KS/broken: FAILED (exit 1)"):
+    for line in (
+        "[1/3] KS/wavlm: running",
+        "[1/3] KS/wavlm: done",
+        "[2/3] KS/hubert: done",
+        "[3/3] KS/broken: FAILED (exit 1)",
+    ):
         assert line in output, output
     broken_log = os.path.join(root, "logs", "KS", "broken.log")
     assert "no_such_model" in Path(broken_log).read_text()  # the recipe's own error is in the pair's log
@@ -146,7 +154,10 @@ def test_report_tables_and_plots_come_from_the_recipe_outputs(report_run):
         assert f"]({name})" in markdown
 
     # provenance per number: recipe, YAML, lr, the tested checkpoint, finished date, folder
-    provenance = {row["upstream"]: row for row in csv.DictReader(Path(os.path.join(folder, "provenance.csv")).read_text().splitlines())}
+    provenance = {
+        row["upstream"]: row
+        for row in csv.DictReader(Path(os.path.join(folder, "provenance.csv")).read_text().splitlines())
+    }
     assert set(provenance) == {"wavlm", "hubert"}
     for upstream, row in provenance.items():
         results = results_of(root, upstream)
@@ -161,15 +172,19 @@ def test_report_tables_and_plots_come_from_the_recipe_outputs(report_run):
 
 def test_second_invocation_skips_done_pairs(report_run):
     root = report_run["spec"]["output_root"]
-    spec_dict = dict(report_run["spec"], upstreams={name: report_run["spec"]["upstreams"][name]
-                                                    for name in ("wavlm", "hubert")})
-    modified = {name: os.stat(os.path.join(root, "KS", name, "results.json")).st_mtime_ns for name in ("wavlm", "hubert")}
+    spec_dict = dict(
+        report_run["spec"], upstreams={name: report_run["spec"]["upstreams"][name] for name in ("wavlm", "hubert")}
+    )
+    modified = {
+        name: os.stat(os.path.join(root, "KS", name, "results.json")).st_mtime_ns for name in ("wavlm", "hubert")
+    }
     stream = io.StringIO()
     code, report = run_report(spec_from_dict(spec_dict, "second.yaml"), stream)
     assert code == 0
     assert stream.getvalue().count("done earlier") == 2 and "running" not in stream.getvalue()
-    assert {name: os.stat(os.path.join(root, "KS", name, "results.json")).st_mtime_ns
-            for name in ("wavlm", "hubert")} == modified
+    assert {
+        name: os.stat(os.path.join(root, "KS", name, "results.json")).st_mtime_ns for name in ("wavlm", "hubert")
+    } == modified
     assert [cell["status"] for cell in report["tasks"]["KS"]["cells"].values()] == ["ok", "ok"]
 
 
@@ -205,7 +220,8 @@ def test_print_mode_prints_one_command_per_pair_to_run(report_run, tmp_path):
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2  # broken (failed: to rerun) and another; the two done pairs are left out
     assert {shlex.split(line)[1] for line in lines} == {
-        os.path.join(REPOSITORY_ROOT, "recipes", "SpeechCommands", "KS", "train.py")}
+        os.path.join(REPOSITORY_ROOT, "recipes", "SpeechCommands", "KS", "train.py")
+    }
     command = shlex.split(lines[1])
     assert command[0] == sys.executable
     assert command[2] == os.path.join(REPOSITORY_ROOT, "recipes", "SpeechCommands", "KS", "hparams", "superb_ks.yaml")
@@ -221,9 +237,12 @@ def test_print_mode_prints_one_command_per_pair_to_run(report_run, tmp_path):
 def write_results(root, task, upstream, values, metric, **extra):
     folder = os.path.join(root, task, upstream)
     os.makedirs(folder)
-    content = {"task": task, "results": {condition: {metric: value, "checkpoint": "CKPT+x"}
-                                         for condition, value in values.items()},
-               "provenance": {"recipe": task, "lr": 0.1, "finished": "2026-12-02T00:00:00+00:00"}, **extra}
+    content = {
+        "task": task,
+        "results": {condition: {metric: value, "checkpoint": "CKPT+x"} for condition, value in values.items()},
+        "provenance": {"recipe": task, "lr": 0.1, "finished": "2026-12-02T00:00:00+00:00"},
+        **extra,
+    }
     with open(os.path.join(folder, "results.json"), "w", encoding="utf-8") as fout:
         json.dump(content, fout)
 
@@ -235,11 +254,19 @@ def test_orientation_ranks_degradation_and_score_on_hand_made_results(tmp_path):
     write_results(root, "KS", "b", {"clean": 0.80, "snr5": 0.60}, "accuracy")
     write_results(root, "PR", "a", {"clean": 10.0, "snr5": 30.0}, "PER")
     write_results(root, "PR", "b", {"clean": 20.0, "snr5": 30.0}, "PER")
-    write_results(root, "SE", "a", {"clean": 2.0, "snr5": 3.0}, "STOI_like", primary_metric="STOI_like",
-                  higher_is_better=False)
+    write_results(
+        root, "SE", "a", {"clean": 2.0, "snr5": 3.0}, "STOI_like", primary_metric="STOI_like", higher_is_better=False
+    )
     # SE/b never ran: missing
-    spec = spec_from_dict({"output_root": root, "mode": "report", "upstreams": {"a": "/m/a", "b": "/m/b"},
-                           "tasks": ["KS", "PR", "SE"], "conditions": ["clean", "snr5"]})
+    spec = spec_from_dict(
+        {
+            "output_root": root,
+            "mode": "report",
+            "upstreams": {"a": "/m/a", "b": "/m/b"},
+            "tasks": ["KS", "PR", "SE"],
+            "conditions": ["clean", "snr5"],
+        }
+    )
     code, report = run_report(spec)
     assert code == 0
     ks, pr, se = (report["tasks"][name] for name in ("KS", "PR", "SE"))
@@ -272,8 +299,7 @@ def test_orientation_ranks_degradation_and_score_on_hand_made_results(tmp_path):
     assert "| a | 90.00 | 45.00 |" in markdown and "| a | 10.00 | 30.00 |" in markdown  # KS in %, PER as is
     # spec references replace the report's own bounds
     spec.score_references = {"KS": [0.0, 100.0]}
-    assert collect(spec)["summary"]["clean"]["b"]["score"] == pytest.approx(
-        1000 * (80 / 100 + (80 - 70) / 20) / 2)
+    assert collect(spec)["summary"]["clean"]["b"]["score"] == pytest.approx(1000 * (80 / 100 + (80 - 70) / 20) / 2)
 
 
 def test_spec_errors_name_the_key(tmp_path):
@@ -288,17 +314,26 @@ def test_spec_errors_name_the_key(tmp_path):
         spec_from_dict(dict(good, upstreams={"a": {"kind": "hf"}}), "s.yaml")
     with pytest.raises(SpecError, match="unknown keys"):
         spec_from_dict(dict(good, outputs="x"), "s.yaml")
-    spec = spec_from_dict(dict(good, upstreams={"a": {"source": "/m/a", "kind": "student", "include_predictions": False}}))
-    assert spec.pairs()[0].overrides == {"upstream_source": "/m/a", "upstream_kind": "student",
-                                         "upstream_include_predictions": False,
-                                         "output_folder": os.path.join(str(tmp_path), "KS", "a")}
+    spec = spec_from_dict(
+        dict(good, upstreams={"a": {"source": "/m/a", "kind": "student", "include_predictions": False}})
+    )
+    assert spec.pairs()[0].overrides == {
+        "upstream_source": "/m/a",
+        "upstream_kind": "student",
+        "upstream_include_predictions": False,
+        "output_folder": os.path.join(str(tmp_path), "KS", "a"),
+    }
 
 
 def test_each_task_gets_the_spec_conditions_its_recipe_defines(tmp_path):
     """One condition list for KS and SE: SE's release condition `official` reaches SE only; a list that
     names nothing of a task is refused, naming the task and what its recipe has."""
-    content = {"output_root": str(tmp_path), "upstreams": {"a": "/m/a"}, "tasks": ["KS", "SE"],
-               "conditions": ["official", "clean", "snr5"]}
+    content = {
+        "output_root": str(tmp_path),
+        "upstreams": {"a": "/m/a"},
+        "tasks": ["KS", "SE"],
+        "conditions": ["official", "clean", "snr5"],
+    }
     spec = spec_from_dict(content, "s.yaml")
     names = {pair.task.name: pair.overrides["test_condition_names"] for pair in spec.pairs()}
     assert names == {"KS": ["clean", "snr5"], "SE": ["official", "clean", "snr5"]}
@@ -323,10 +358,18 @@ def _spec_file(tmp_path, text):
         # the issue's case: an upstream named twice keeps only the last with plain YAML
         ("upstreams:\n  robust: /m/a\n  plain: /m/b\n  robust: /m/c\ntasks: [KS]\n", "upstreams", "robust", (2, 4)),
         # the same mechanism reached another way: a task's overrides, and the top level
-        ("upstreams: {a: /m/a}\ntasks: [KS]\noverrides:\n  KS: {lr: 0.1}\n  KS: {lr: 0.2}\n", "overrides", "KS",
-         (4, 5)),
-        ("upstreams: {a: /m/a}\ntasks: [KS]\nconditions: [clean]\nconditions: [snr5]\n", "the spec", "conditions",
-         (3, 4)),
+        (
+            "upstreams: {a: /m/a}\ntasks: [KS]\noverrides:\n  KS: {lr: 0.1}\n  KS: {lr: 0.2}\n",
+            "overrides",
+            "KS",
+            (4, 5),
+        ),
+        (
+            "upstreams: {a: /m/a}\ntasks: [KS]\nconditions: [clean]\nconditions: [snr5]\n",
+            "the spec",
+            "conditions",
+            (3, 4),
+        ),
     ],
 )
 def test_a_key_given_twice_is_refused_naming_it(tmp_path, text, where, key, lines):
@@ -345,15 +388,20 @@ def test_a_key_given_twice_is_refused_naming_it(tmp_path, text, where, key, line
     assert report_main([path, "--mode", "print"]) != 0  # the command line refuses it too
 
 
-@pytest.mark.parametrize("conditions, unknown", [(["clean", "snr55"], ["snr55"]),
-                                                 (["snr55", "official", "Reverb"], ["snr55", "Reverb"])])
+@pytest.mark.parametrize(
+    "conditions, unknown", [(["clean", "snr55"], ["snr55"]), (["snr55", "official", "Reverb"], ["snr55", "Reverb"])]
+)
 def test_a_condition_no_task_defines_is_refused_naming_it(tmp_path, conditions, unknown):
     """Before: `snr55` vanished from every table (each task kept only the names its recipe defines)."""
     from tests.conftest import folder_snapshot
     from robustdistiller.downstream.tasks import get_task
 
-    content = {"output_root": str(tmp_path / "out"), "upstreams": {"a": "/m/a"}, "tasks": ["KS", "SE"],
-               "conditions": conditions}
+    content = {
+        "output_root": str(tmp_path / "out"),
+        "upstreams": {"a": "/m/a"},
+        "tasks": ["KS", "SE"],
+        "conditions": conditions,
+    }
     defined = set(get_task("KS").condition_names) | set(get_task("SE").condition_names)
     assert [name for name in conditions if name not in defined] == unknown  # the definition of "unknown"
     path = _spec_file(tmp_path, yaml.safe_dump(content))

@@ -156,8 +156,11 @@ def test_rirs_noises_layout(corpus):
     noise_lines = _read_list(os.path.join(real, "noise_list"))
     noise_paths = [fields[-1] for fields in noise_lines]
     assert rir_paths and noise_paths and not set(rir_paths) & set(noise_paths)
-    assert all(fields[:6] == ["--noise-id", fields[1], "--noise-type", "isotropic", "--bg-fg-type",
-                              "background"] and fields[6] == "--room-linkage" for fields in noise_lines)
+    assert all(
+        fields[:6] == ["--noise-id", fields[1], "--noise-type", "isotropic", "--bg-fg-type", "background"]
+        and fields[6] == "--room-linkage"
+        for fields in noise_lines
+    )
     for relative in rir_paths + noise_paths:
         assert relative.startswith("RIRS_NOISES/real_rirs_isotropic_noises/")
         assert soundfile.info(os.path.join(folder, relative)).channels > 1
@@ -190,15 +193,36 @@ def test_refuses_to_overwrite_folders_it_did_not_write(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    main([str(tmp_path), "--seed", "2", "--train-speakers", "1", "--valid-speakers", "1",
-          "--utterances-per-speaker", "1"])
+    main(
+        [
+            str(tmp_path),
+            "--seed",
+            "2",
+            "--train-speakers",
+            "1",
+            "--valid-speakers",
+            "1",
+            "--utterances-per-speaker",
+            "1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert f"librispeech: {tmp_path / 'LibriSpeech'}" in printed
     assert (tmp_path / "mini_corpus.json").is_file()
 
 
-URBANSOUND_CLASSES = ("air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
-                      "engine_idling", "gun_shot", "jackhammer", "siren", "street_music")
+URBANSOUND_CLASSES = (
+    "air_conditioner",
+    "car_horn",
+    "children_playing",
+    "dog_bark",
+    "drilling",
+    "engine_idling",
+    "gun_shot",
+    "jackhammer",
+    "siren",
+    "street_music",
+)
 
 
 def test_urbansound_layout_and_metadata(corpus):
