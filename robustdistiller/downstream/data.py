@@ -256,7 +256,7 @@ def check_split_lists(csv_files, label_columns=(), train_split="train", evaluate
 
     Example
     -------
-    >>> import tempfile
+    >>> import os, tempfile
     >>> folder = tempfile.mkdtemp()
     >>> files = {split: os.path.join(folder, f"{split}.csv") for split in ("train", "dev", "test")}
     >>> for split, labels in (("train", ["yes", "no"]), ("dev", ["no"]), ("test", ["yes", "up"])):

@@ -290,6 +290,7 @@ def cnn_receptive_field(config):
 
     Example
     -------
+    >>> from transformers import HubertConfig
     >>> cnn_receptive_field(HubertConfig()) == CNN_RECEPTIVE_FIELD
     True
     """
@@ -561,6 +562,7 @@ def per_utterance_cnn_norm(feature_extractor, sample_lengths):
 
     Example
     -------
+    >>> from transformers import HubertConfig, HubertModel
     >>> model = HubertModel(HubertConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1,
     ...     intermediate_size=64, conv_dim=[32] * 7, conv_bias=False, feat_extract_norm="group",
     ...     num_conv_pos_embedding_groups=4)).eval()
@@ -628,6 +630,7 @@ def ssl_hidden_states(model, wavs, wav_lens=None, per_utterance_norm=False):
 
     Example
     -------
+    >>> from transformers import HubertConfig, HubertModel
     >>> model = HubertModel(HubertConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
     ...     intermediate_size=64, conv_dim=[32] * 7, num_conv_pos_embedding_groups=4)).eval()
     >>> hidden_states, frame_mask = ssl_hidden_states(model, torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
