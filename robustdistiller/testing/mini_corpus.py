@@ -40,6 +40,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
+from robustdistiller.data.prepare.noise import URBANSOUND_CLASSES  # the release's ten classes
 from robustdistiller.testing.signals import (
     SAMPLE_RATE,
     add_recording_conditions,
@@ -61,18 +62,6 @@ GENERATED_ROOTS = {"librispeech": "LibriSpeech", "musan": "musan", "rirs": "RIRS
 MUSIC_SOURCES = ("fma", "fma-western-art", "hd-classical", "jamendo", "rfm")
 NOISE_SOURCES = ("free-sound", "sound-bible")
 ROOM_SIZES = {"smallroom": (0.2, 0.45), "mediumroom": (0.4, 0.8), "largeroom": (0.7, 1.2)}
-URBANSOUND_CLASSES = (
-    "air_conditioner",
-    "car_horn",
-    "children_playing",
-    "dog_bark",
-    "drilling",
-    "engine_idling",
-    "gun_shot",
-    "jackhammer",
-    "siren",
-    "street_music",
-)
 URBANSOUND_HEADER = "slice_file_name,fsID,start,end,salience,fold,classID,class"
 # (sampling rate, channels, libsndfile subtype) of successive clips: the real data mixes them.
 # No float WAV: libsndfile writes a time-stamped PEAK chunk into those (not byte-reproducible).
