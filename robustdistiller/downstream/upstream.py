@@ -27,10 +27,9 @@ from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
 from robustdistiller.export.errors import ExportError, UnfinishedRunError
 from robustdistiller.export.folder import file_sha256
 from robustdistiller.export.loading import load_student, locate_checkpoint
-from robustdistiller.export.onnx import FP32_FILE, ONNX_FOLDER
 from robustdistiller.runs.fingerprint import weights_fingerprint
 from robustdistiller.inference.interface import looks_like_path
-from robustdistiller.inference.onnx_runtime import OnnxEncoder
+from robustdistiller.inference.onnx_runtime import OnnxEncoder, resolve_onnx_file
 from robustdistiller.runs.options import OptionError
 from robustdistiller.runs.run_folder import ChangedSettingsError
 from robustdistiller.models.student import num_parameters
@@ -248,18 +247,10 @@ class FrozenUpstream(nn.Module):
 
     def _init_onnx(self, source):
         """The ``onnx`` kind: an :class:`~robustdistiller.inference.onnx_runtime.OnnxEncoder` session."""
-        path = os.path.expanduser(source)
-        if os.path.isdir(path):
-            candidates = [os.path.join(path, ONNX_FOLDER, FP32_FILE), os.path.join(path, FP32_FILE)]
-            found = [candidate for candidate in candidates if os.path.isfile(candidate)]
-            if not found:
-                raise ExportError(
-                    f"Upstream '{source}' (kind onnx) is a folder without {ONNX_FOLDER}/{FP32_FILE}: pass an "
-                    f".onnx file, or export one with `python -m robustdistiller.export CKPT OUT --onnx`"
-                )
-            path = found[0]
-        elif not os.path.isfile(path):
-            raise ExportError(f"Upstream source '{source}' (kind onnx) does not exist")
+        try:  # a folder: its onnx/encoder.onnx (the fp32 file), as OnnxEncoder picks it
+            path = resolve_onnx_file(source)
+        except FileNotFoundError as error:
+            raise ExportError(f"Upstream source (kind onnx): {error}") from error
         try:
             encoder = OnnxEncoder(path, num_threads=torch.get_num_threads())
         except Exception as error:

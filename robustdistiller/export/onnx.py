@@ -55,13 +55,11 @@ import torch.nn.functional as F
 
 from robustdistiller.export.verify import parity_batch
 from robustdistiller.inference.interface import CNN_RECEPTIVE_FIELD, cnn_receptive_field
+from robustdistiller.inference.onnx_runtime import FP32_FILE, INT8_FILE  # the names OnnxEncoder resolves
 from robustdistiller.runs.write_errors import reporting_write_errors
 
 logger = logging.getLogger(__name__)
 
-ONNX_FOLDER = "onnx"
-FP32_FILE = "encoder.onnx"
-INT8_FILE = "encoder_int8.onnx"
 INPUT_NAMES = ("waveform", "lengths")
 OUTPUT_NAMES = ("projection", "hidden_states", "predictions", "frame_lengths")
 OPSET = 17

@@ -7,7 +7,9 @@ the same fields as numpy arrays::
 
     from robustdistiller.inference.onnx_runtime import OnnxEncoder
 
-    encoder = OnnxEncoder("exported_student/onnx/encoder_int8.onnx")
+    encoder = OnnxEncoder("exported_student")        # the export folder: its onnx/encoder.onnx (fp32)
+    encoder = OnnxEncoder("exported_student", precision="int8")  # its onnx/encoder_int8.onnx
+    encoder = OnnxEncoder("exported_student/onnx/encoder_int8.onnx")  # or a file
     out = encoder.encode_file("utterance.flac")      # any sample rate; channels are averaged
     out.hidden_states.shape                          # [1, N + 1, frames, D]
     out.predictions.shape                            # [1, K, frames, T]
@@ -18,10 +20,16 @@ SpeechBrain relative lengths, audio at another rate resampled to 16 kHz (``scipy
 a polyphase low-pass resampler), and a batch in which every item is shorter than the CNN's receptive
 field (400 samples, 25 ms) refused with ``ValueError`` (a shorter item next to longer ones gets zero
 valid frames).
+
+A folder is resolved by :func:`resolve_onnx_file` (also used by the ``onnx`` upstream kind of the downstream
+recipes): ``<folder>/onnx/<file>``, else ``<folder>/<file>`` (a copied-out ``onnx/`` folder), with ``<file>``
+:data:`FP32_FILE` or :data:`INT8_FILE`; a missing file is named with what the folder does hold, and a file
+ONNX Runtime cannot parse (a truncated copy) is named in a ``ValueError``.
 """
 
 import json
 import logging
+import os
 from fractions import Fraction
 from typing import NamedTuple, Optional
 
@@ -31,6 +39,11 @@ import soundfile
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+# The files of an export (robustdistiller.export.onnx writes them, robustdistiller.export.layout lists them).
+ONNX_FOLDER = "onnx"
+FP32_FILE = "encoder.onnx"
+INT8_FILE = "encoder_int8.onnx"
+PRECISIONS = {"fp32": FP32_FILE, "int8": INT8_FILE}
 
 
 class OnnxEncodedBatch(NamedTuple):
@@ -81,26 +94,129 @@ def too_short_message(num_samples, minimum, what="The utterance"):
     )
 
 
+def _onnx_files_in(folder):
+    """The ``.onnx`` files of ``folder`` and of its ``onnx/`` subfolder, relative to ``folder``."""
+    found = []
+    for sub in ("", ONNX_FOLDER):
+        directory = os.path.join(folder, sub)
+        if os.path.isdir(directory):
+            names = sorted(name for name in os.listdir(directory) if name.endswith(".onnx"))
+            found += [os.path.join(sub, name) if sub else name for name in names]
+    return found
+
+
+def resolve_onnx_file(source, precision=None):
+    """The ONNX file of ``source``: the file itself, or an export folder's fp32 or int8 encoder.
+
+    Arguments
+    ---------
+    source : str
+        An ``.onnx`` file, an export folder (``onnx/encoder.onnx``, ``onnx/encoder_int8.onnx``) or its
+        ``onnx/`` subfolder.
+    precision : str, optional
+        ``"fp32"`` (:data:`FP32_FILE`, the default for a folder) or ``"int8"`` (:data:`INT8_FILE`);
+        a file is returned as it is (:class:`OnnxEncoder` checks its precision).
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    FileNotFoundError
+        ``source`` does not exist, or the folder has no such file (the message names the ONNX files it holds).
+    ValueError
+        An unknown ``precision``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(folder, "onnx"))
+    >>> open(os.path.join(folder, "onnx", "encoder.onnx"), "wb").close()
+    >>> os.path.relpath(resolve_onnx_file(folder), folder)
+    'onnx/encoder.onnx'
+    >>> resolve_onnx_file(folder, precision="int8")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    FileNotFoundError: '...' holds onnx/encoder.onnx but no encoder_int8.onnx: export with --int8 ...
+    """
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}; got {precision!r}")
+    path = os.path.expanduser(os.fspath(source))
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"ONNX model '{source}' does not exist (pass an .onnx file or an export folder)")
+    name = PRECISIONS[precision or "fp32"]
+    for candidate in (os.path.join(path, ONNX_FOLDER, name), os.path.join(path, name)):
+        if os.path.isfile(candidate):
+            return candidate
+    found = _onnx_files_in(path)
+    if not found:
+        raise FileNotFoundError(
+            f"'{source}' holds no ONNX encoder (looked for {ONNX_FOLDER}/{name} and {name}): export one with "
+            f"`python -m robustdistiller.export CHECKPOINT OUTPUT --onnx`{' --int8' if name == INT8_FILE else ''}"
+        )
+    advice = "export with --int8 (`python -m robustdistiller.export CHECKPOINT OUTPUT --onnx --int8`)"
+    if name == FP32_FILE:
+        advice = "export with --onnx, or pass one of these files"
+    raise FileNotFoundError(f"'{source}' holds {', '.join(found)} but no {name}: {advice}")
+
+
+def _load_session(path, options):
+    """An ONNX Runtime CPU session of ``path``; a file it cannot parse is named in a ``ValueError``."""
+    import onnxruntime  # optional dependency
+
+    try:
+        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...)
+        if type(error).__module__.startswith("onnxruntime"):
+            raise ValueError(
+                f"'{path}' ({os.path.getsize(path):,} bytes) is not a valid ONNX model (truncated or not an "
+                f"ONNX file?): export it again or copy it in full. ONNX Runtime: {error}"
+            ) from error
+        raise
+
+
 class OnnxEncoder:
     """An exported student (``encoder.onnx`` or ``encoder_int8.onnx``) in an ONNX Runtime CPU session.
 
     Arguments
     ---------
     path : str
-        The ONNX file written by :mod:`robustdistiller.export.onnx`.
+        The ONNX file written by :mod:`robustdistiller.export.onnx`, or an export folder (or its ``onnx/``
+        subfolder): its fp32 file, or its int8 file with ``precision="int8"`` (:func:`resolve_onnx_file`).
     num_threads : int, optional
         ONNX Runtime intra-op threads (default: its own choice).
+    precision : str, optional
+        ``"fp32"`` or ``"int8"``: which file of a folder (default fp32); for a file, the precision it must have.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file, or a folder without the asked file (the message names the ONNX files it holds).
+    ValueError
+        A file that is not a valid ONNX model (named), not an export of :mod:`robustdistiller.export.onnx`,
+        or not of the asked ``precision``.
+
+    Attributes
+    ----------
+    path : str
+        The ONNX file loaded.
+    quantized : bool
+        Whether it is the int8 file.
     """
 
-    def __init__(self, path, num_threads=None):
+    def __init__(self, path, num_threads=None, precision=None):
         import onnxruntime  # optional dependency
 
         options = onnxruntime.SessionOptions()
         if num_threads:
             options.intra_op_num_threads = int(num_threads)
             options.inter_op_num_threads = 1
+        path = resolve_onnx_file(path, precision)
         self.path = path
-        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = _load_session(path, options)
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("robustdistiller") != "1":
             raise ValueError(f"{path} is not an encoder exported by robustdistiller.export.onnx (no metadata)")
@@ -113,6 +229,11 @@ class OnnxEncoder:
         self.hidden_size = int(meta["hidden_size"])
         self.target_size = int(meta.get("target_size", self.hidden_size))
         self.quantized = "quantization" in meta
+        if precision is not None and (precision == "int8") != self.quantized:
+            raise ValueError(
+                f"'{path}' is the {'int8' if self.quantized else 'fp32'} encoder, not {precision}: pass the export "
+                f"folder with precision={precision!r}, or its {PRECISIONS[precision]}"
+            )
 
     def encode_batch(self, wavs, wav_lens=None, sample_rate=None):
         """Encodes a (padded) batch.
