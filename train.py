@@ -35,7 +35,12 @@ from robustdistiller.data.batching import make_batch_sampler
 from robustdistiller.data.pipeline import make_distillation_dataset
 from robustdistiller.distill.evaluation import evaluate_conditions
 from robustdistiller.runs.fingerprint import weights_fingerprint
-from robustdistiller.runs.options import as_list, integer_at_least, step_limit_as_number_of_steps
+from robustdistiller.runs.options import (
+    as_list,
+    exit_if_required_options_missing,
+    integer_at_least,
+    step_limit_as_number_of_steps,
+)
 from robustdistiller.data.prepare.librispeech import prepare_librispeech
 from robustdistiller.data.prepare.noise import prepare_noise
 from robustdistiller.data.prepare.rirs import prepare_rirs
@@ -256,6 +261,7 @@ def run_dpwavlm(hparams, hparams_file, overrides, run_opts):
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    exit_if_required_options_missing(hparams_file, overrides)  # names every unset !PLACEHOLDER
     with open(hparams_file, encoding="utf-8") as fin:
         is_dpwavlm = re.search(r"^recipe:\s*dpwavlm\b", fin.read(), re.MULTILINE) is not None
     # SpeechBrain's --optimizer_step_limit would cut the schedule planned for number_of_steps short

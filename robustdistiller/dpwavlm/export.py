@@ -44,12 +44,19 @@ import yaml
 from robustdistiller.dpwavlm.checkpoint import export_hf_wavlm_padded
 from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
 from robustdistiller.dpwavlm.model import is_hubert_config
-from robustdistiller.dpwavlm.stages import SUMMARY_FILE
+from robustdistiller.dpwavlm.stages import FINAL_FILE, SUMMARY_FILE
 from robustdistiller.export.errors import ExportError
 from robustdistiller.export.folder import MANIFEST_FILE, write_export_folder
 from robustdistiller.export.layout import DPWAVLM_EXPORT_FILE
 from robustdistiller.export.loading import load_dpwavlm, locate_checkpoint
-from robustdistiller.export.model_card import format_count
+from robustdistiller.export.model_card import (
+    format_count,
+    hub_datasets,
+    hub_front_matter,
+    hub_id,
+    report_eval_results,
+    source_name,
+)
 from robustdistiller.models.student import num_parameters
 from robustdistiller.testing.synthesis import make_speakers, random_sentence, synthesize_speech
 
@@ -277,8 +284,8 @@ def write_hf_copy(model, folder, hf_inexact="skip"):
     return report
 
 
-def model_card(model, source, summary, hf_report):
-    """The export's ``README.md``: what the model is, how it was made, and how to load it."""
+def model_card(model, source, summary, hf_report, eval_results=None):
+    """The export's ``README.md``: Hub front matter, what the model is, how it was made, and how to load it."""
     config = model.config
     hf_class = "HubertModel" if model.is_hubert else "WavLMModel"
     compact = num_parameters(model)
@@ -320,7 +327,7 @@ def model_card(model, source, summary, hf_report):
         hf_line = f"not written: {measured}, because {gated}; `--hf-inexact=warn` writes it anyway"
     rows = [
         ("Recipe", recipe),
-        ("Teacher", f"`{summary.get('teacher_source', 'not recorded')}`"),
+        ("Teacher", f"`{source_name(summary.get('teacher_source')) or 'not recorded'}`"),
         ("Parameters", f"{format_count(compact)} (sparsity {sparsity})"),
         (
             "Before pruning",
@@ -333,7 +340,7 @@ def model_card(model, source, summary, hf_report):
         ("Sparsity", reached),
         ("Optimizer steps", steps),
         ("transformers copy", hf_line),
-        ("Exported from", f"`{source}`"),
+        ("Exported from", f"`{source_name(source)}`"),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     layers = "\n".join(
@@ -355,7 +362,17 @@ hidden_states = model(wav[None], output_hidden_states=True).hidden_states   # on
 HF's `hidden_states[0]` is the encoder input (after the positional convolution and LayerNorm), not DPHuBERT's
 layer 0 (the projection output before them); layers 1..L match. `num_parameters()` counts the zero padding.
 """
-    return f"""# {recipe}: a structured-pruned {"HuBERT" if model.is_hubert else "WavLM"}
+    front_matter = hub_front_matter(
+        "transformers" if hf_report["written"] else "speechbrain",
+        base_model=hub_id(summary.get("teacher_source")),
+        datasets=hub_datasets(summary.get("train_splits")),
+        extra_tags=["dphubert", "structured-pruning", "hubert" if model.is_hubert else "wavlm", "speechbrain"],
+        eval_results=eval_results,
+        model_name=recipe,
+    )
+    return (
+        front_matter
+        + f"""# {recipe}: a structured-pruned {"HuBERT" if model.is_hubert else "WavLM"}
 
 | | |
 |---|---|
@@ -411,9 +428,10 @@ hidden_states, frame_lengths = model.eval().extract_features(wav[None])
 weights again, for its `Pretrainer`).{" `config.json`, `model.safetensors`, `preprocessor_config.json`: the padded transformers copy." if hf_report["written"] else ""}
 `{MANIFEST_FILE}`: the files of this export with their SHA-256.
 """
+    )
 
 
-def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip"):
+def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip", results=None, results_upstream=None):
     """Exports a DPHuBERT-format DPWavLM (module docstring).
 
     Arguments
@@ -426,6 +444,9 @@ def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip"):
         Replace an earlier export (the files its manifest lists).
     hf_inexact : str
         ``skip``, ``warn`` or ``refuse``: what to do when the padded ``WavLMModel`` copy cannot be exact.
+    results, results_upstream : str, optional
+        ``--results report.json`` and ``--results-upstream``: the card's ``model-index``
+        (:func:`robustdistiller.export.model_card.report_eval_results`).
 
     Returns
     -------
@@ -440,6 +461,9 @@ def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip"):
     if any(name.endswith("log_alpha") for name, _ in model.named_parameters()):
         raise ExportError(f"'{path}' still has pruning gates (a stage-1 checkpoint): export final.pth or pruned.pth")
     info = {"source": path, "format": kind, "step": None, "valid_loss": None, "training": summary}
+    # a report's runs may name the run folder (whose final.pth this is), the file, or this export folder
+    run_folder = [os.path.dirname(path)] if os.path.basename(path) == FINAL_FILE else []
+    eval_results = report_eval_results(results, results_upstream, [source, path, *run_folder], output_folder)
 
     def write(staging):
         shutil.copyfile(path, os.path.join(staging, DPWAVLM_EXPORT_FILE))
@@ -451,7 +475,7 @@ def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip"):
             with open(os.path.join(staging, SUMMARY_FILE), "w", encoding="utf-8") as fout:
                 json.dump(summary, fout, indent=2)
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as fout:
-            fout.write(model_card(model, path, summary, hf_report))
+            fout.write(model_card(model, path, summary, hf_report, eval_results))
         return hf_report
 
     expected = [DPWAVLM_EXPORT_FILE, "hyperparams.yaml", "encoder.ckpt", SUMMARY_FILE, "README.md", *HF_FILES]

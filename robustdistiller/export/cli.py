@@ -40,7 +40,21 @@ def main(argv=None):
         help="DPWavLM: when the padded transformers.WavLMModel copy cannot be exact (the CNN channels were gated "
         "during pruning), leave it out (default), write it anyway with a warning, or fail",
     )
+    parser.add_argument(
+        "--results",
+        metavar="REPORT_JSON",
+        help="a cross-task report's report.json (python -m robustdistiller.report): the model card's model-index "
+        "gets this model's numbers per task and condition",
+    )
+    parser.add_argument(
+        "--results-upstream",
+        metavar="NAME",
+        help="this model's upstream name in --results (default: the upstream whose runs loaded this checkpoint or "
+        "the export folder)",
+    )
     args = parser.parse_args(argv)
+    if args.results_upstream and not args.results:
+        parser.error("--results-upstream names an upstream of --results REPORT_JSON; give --results too")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         result = export_student(
@@ -52,6 +66,8 @@ def main(argv=None):
             onnx=args.onnx,
             int8=args.int8,
             hf_inexact=args.hf_inexact,
+            results=args.results,
+            results_upstream=args.results_upstream,
         )
         print(f"Exported to {result['folder']}: {', '.join(result['files'])}")
         if result["onnx_parity"] is not None:

@@ -12,7 +12,8 @@ export would write that no valid manifest lists (a teacher's ``config.json``, a 
 export stops with :class:`~robustdistiller.export.errors.ExportError` listing those files, before anything is
 written. Files that do not collide (a user's notes next to an export) are left alone. The files are first written
 to a staging folder inside the output folder (``.export-staging-XXXXXXXX``) and moved into place at the
-end, so a failed export leaves the folder as it was: it removes its own staging folder and nothing
+end (each with the permissions of a file made with ``open``: readable by others, :func:`make_shareable`), so a
+failed export leaves the folder as it was: it removes its own staging folder and nothing
 else (a folder it created goes too, but only while it is still empty).
 
 Concurrency. An export holds an exclusive ``flock`` on the output folder while it runs (as a
@@ -303,6 +304,41 @@ def remove_stale_staging(folder):
     return removed
 
 
+def _current_umask():
+    """The process's umask (read without changing it where ``/proc`` tells it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fin:
+            for line in fin:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_shareable(path):
+    """Sets a written file to ``0o666 & ~umask`` (0644 under the usual umask), a folder to ``0o777 & ~umask``.
+
+    Writers that go through ``tempfile.mkstemp`` (``transformers``' ``save_pretrained`` writes
+    ``model.safetensors`` so) leave 0600 files, and ``tempfile.mkdtemp`` 0700 folders: an export is meant to be
+    read by others (a shared model folder, a Hub upload), so every exported file gets the permissions of a file
+    made with ``open``.
+
+    Example
+    -------
+    >>> folder = tempfile.mkdtemp()
+    >>> descriptor, path = tempfile.mkstemp(dir=folder)
+    >>> os.close(descriptor)
+    >>> make_shareable(path)
+    >>> oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~_current_umask())
+    True
+    """
+    mode = (0o777 if os.path.isdir(path) else 0o666) & ~_current_umask()
+    os.chmod(path, mode)
+
+
 def write_export_folder(output_folder, expected_names, overwrite, source_description, write, source=None):
     """The overwrite rules, lock, staging and manifest of every export (module docstring, "Overwriting").
 
@@ -361,6 +397,7 @@ def write_export_folder(output_folder, expected_names, overwrite, source_descrip
                     os.remove(os.path.join(output_folder, name))
                 for name in names:
                     os.makedirs(os.path.dirname(os.path.join(output_folder, name)), exist_ok=True)
+                    make_shareable(os.path.join(staging, name))  # 0600 from mkstemp-based writers
                     os.replace(os.path.join(staging, name), os.path.join(output_folder, name))
                 onnx_folder = os.path.join(output_folder, "onnx")
                 if os.path.isdir(onnx_folder) and not os.listdir(onnx_folder):

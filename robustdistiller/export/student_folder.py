@@ -10,7 +10,8 @@ student becomes one self-contained folder:
   ``foreign_class(source=folder, pymodule_file="custom_interface.py", classname="EncoderInterface")``;
 * ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``: the backbone as a
   ``transformers.HubertModel`` folder (also what SpeechBrain's HF ``HuBERT`` wrapper loads);
-* ``README.md``: a model card (teacher, data, steps, parameters, the loading snippets);
+* ``README.md``: a model card with Hugging Face Hub front matter (and, with ``--results report.json``, a
+  ``model-index``; :mod:`robustdistiller.export.model_card`): teacher, data, steps, parameters, the loading snippets;
 * with ``--s3prl``, ``s3prl_distiller.ckpt`` for s3prl's ``distiller_local`` upstream;
 * with ``--onnx``, ``onnx/encoder.onnx`` (and with ``--int8`` ``onnx/encoder_int8.onnx``, dynamically
   quantised): the student for ONNX Runtime (:mod:`robustdistiller.export.onnx`, run without torch by
@@ -46,7 +47,7 @@ from robustdistiller.export.layout import (
     split_to_grouped_conv,
 )
 from robustdistiller.export.loading import load_student, locate_checkpoint
-from robustdistiller.export.model_card import model_card
+from robustdistiller.export.model_card import model_card, report_eval_results
 from robustdistiller.export.onnx import UntraceableStudentError, export_onnx, verify_onnx
 from robustdistiller.export.s3prl import student_to_s3prl
 from robustdistiller.models.student import DistillerStudent
@@ -118,7 +119,16 @@ def _hyperparams_text(config_values, metadata, include_heads, heads):
 
 
 def export_student(
-    source, output_folder, include_heads=True, s3prl=False, overwrite=False, onnx=False, int8=False, hf_inexact="skip"
+    source,
+    output_folder,
+    include_heads=True,
+    s3prl=False,
+    overwrite=False,
+    onnx=False,
+    int8=False,
+    hf_inexact="skip",
+    results=None,
+    results_upstream=None,
 ):
     """Writes a trained student as one folder loadable by SpeechBrain, transformers (and s3prl).
 
@@ -142,6 +152,13 @@ def export_student(
     hf_inexact : str
         DPWavLM sources only (a DPHuBERT ``.pth``, exported by :mod:`robustdistiller.dpwavlm.export`): ``skip``,
         ``warn`` or ``refuse`` when the padded ``transformers.WavLMModel`` copy cannot be exact.
+    results : str, optional
+        A cross-task report's ``report.json`` (``--results``): the model card's ``model-index`` gets this model's
+        numbers per task and condition (:func:`robustdistiller.export.model_card.model_index_results`).
+    results_upstream : str, optional
+        The report's name of this model (``--results-upstream``); by default the upstream whose runs loaded the
+        exported checkpoint or the export folder. ExportError (before anything is written) when the report has no
+        entry for this model.
 
     Returns
     -------
@@ -167,27 +184,37 @@ def export_student(
                 f"'{source}' is a DPWavLM (DPHuBERT .pth): --s3prl, --onnx and --int8 apply to DistilHuBERT-layout "
                 f"students only (its export is dpwavlm.pth + a padded transformers.WavLMModel copy)"
             )
-        return export_dpwavlm(source, output_folder, overwrite=overwrite, hf_inexact=hf_inexact)
+        return export_dpwavlm(
+            source,
+            output_folder,
+            overwrite=overwrite,
+            hf_inexact=hf_inexact,
+            results=results,
+            results_upstream=results_upstream,
+        )
     if isinstance(source, DistillerStudent):
         student = source.eval()
         info = {"source": "in-memory student", "format": "module", "step": None, "valid_loss": None, "training": {}}
     else:
         student, info = load_student(source)
+    eval_results = report_eval_results(results, results_upstream, source, output_folder)
     onnx = bool(onnx or int8)
-    onnx_options = {"onnx": True, "int8": int8} if onnx else {}  # the plain call as before without ONNX
+    write_options = {"onnx": True, "int8": int8} if onnx else {}  # the plain call as before without ONNX
+    if eval_results is not None:  # likewise without --results
+        write_options["eval_results"] = eval_results
     files, onnx_parity = write_export_folder(
         output_folder,
         _export_file_names(include_heads, s3prl, onnx, int8),
         overwrite,
         info["source"],
-        lambda staging: _write_export(student, info, staging, include_heads, s3prl, **onnx_options),
+        lambda staging: _write_export(student, info, staging, include_heads, s3prl, **write_options),
         source=source,
     )
     logger.info("Exported the student to %s (%s)", os.path.abspath(output_folder), ", ".join(files))
     return {"folder": os.path.abspath(output_folder), "files": files, "info": info, "onnx_parity": onnx_parity}
 
 
-def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=False):
+def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=False, eval_results=None):
     """Writes every file of an export (the manifest aside) into ``folder``; returns the ONNX parity or None."""
     metadata = {
         "target_layers": list(student.target_layers),
@@ -262,5 +289,5 @@ def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=
             raise ExportError(f"ONNX export of '{info['source']}' failed: {error}") from error
     with reporting_write_errors(os.path.join(folder, "README.md")):
         with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as fout:
-            fout.write(model_card(student, info, metadata, include_heads, s3prl, onnx_parity))
+            fout.write(model_card(student, info, metadata, include_heads, s3prl, onnx_parity, eval_results))
     return onnx_parity

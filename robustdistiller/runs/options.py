@@ -177,3 +177,99 @@ def step_limit_as_number_of_steps(run_opts, overrides, steps_option="number_of_s
             run_opts, optimizer_step_limit=None, overridden_args=set(given) - {"optimizer_step_limit"}
         )
     return run_opts, parsed
+
+
+def missing_required_options(hparams_file, overrides=None):
+    """The ``!PLACEHOLDER`` keys of a hyperparameter file that the overrides leave unset.
+
+    HyperPyYAML reports only the first placeholder it meets, and only after it has run every
+    ``!applyref`` before it (which then fails on the placeholder object itself); this reads the YAML
+    text first, so an entry point can name every missing option before anything is loaded or written.
+    A placeholder given any value counts as given, ``null`` included (``--urbansound_folder=null`` is a
+    deliberate MUSAN-only noise pool in the distillation recipes).
+
+    Arguments
+    ---------
+    hparams_file : str or path
+        The recipe's YAML file.
+    overrides : str, dict or None
+        The overrides from ``sb.parse_arguments`` (a YAML string) or a dict.
+
+    Returns
+    -------
+    list of str
+        The keys, in file order; a nested key as ``parent[key]``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+    ...     _ = f.write("data_folder: !PLACEHOLDER\\nupstream_source: !PLACEHOLDER\\nlr: 0.1\\n")
+    >>> missing_required_options(f.name, "lr: 0.2")
+    ['data_folder', 'upstream_source']
+    >>> missing_required_options(f.name, "data_folder: /data")
+    ['upstream_source']
+    >>> missing_required_options(f.name, {"data_folder": "/data", "upstream_source": "x.ckpt"})
+    []
+    """
+    import ruamel.yaml
+
+    with open(hparams_file, encoding="utf-8") as fin:
+        tree = ruamel.yaml.YAML().load(fin)
+    if isinstance(overrides, str):
+        overrides = ruamel.yaml.YAML().load(overrides) if overrides.strip() else None  # as HyperPyYAML reads them
+    overrides = overrides if isinstance(overrides, dict) else {}
+
+    missing = []
+
+    def walk(node, given, path):
+        for key, value in node.items():
+            is_given = isinstance(given, dict) and key in given
+            sub_given = given[key] if is_given else None
+            name = f"{path}[{key}]" if path else str(key)
+            tag = getattr(getattr(value, "tag", None), "value", None)
+            if tag == "!PLACEHOLDER":
+                if not is_given:
+                    missing.append(name)
+            elif isinstance(value, dict):
+                walk(value, sub_given, name)
+
+    if isinstance(tree, dict):
+        walk(tree, overrides, "")
+    return missing
+
+
+def exit_if_required_options_missing(hparams_file, overrides=None):
+    """Stops an entry point, naming every required option (``!PLACEHOLDER``) the command line leaves unset.
+
+    Called right after ``sb.parse_arguments``, before the YAML is loaded and before any folder is made.
+
+    Raises
+    ------
+    SystemExit
+        With a message naming the options as command-line options (exit status 1).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+    ...     _ = f.write("data_folder: !PLACEHOLDER\\nupstream_source: !PLACEHOLDER\\n")
+    >>> exit_if_required_options_missing(f.name, "data_folder: /data\\nupstream_source: x.ckpt")
+    >>> exit_if_required_options_missing(f.name, "data_folder: /data")
+    Traceback (most recent call last):
+    ...
+    SystemExit: Missing required option: --upstream_source (...yaml marks it !PLACEHOLDER). ...
+    """
+    import os
+
+    missing = missing_required_options(hparams_file, overrides)
+    if not missing:
+        return
+    names = ", ".join("--" + name.replace("[", "={").replace("]", ": ...}") for name in missing)
+    example = " ".join(f"--{name}=..." for name in missing if "[" not in name)
+    raise SystemExit(
+        f"Missing required option{'s' if len(missing) > 1 else ''}: {names} "
+        f"({os.path.basename(str(hparams_file))} marks {'them' if len(missing) > 1 else 'it'} !PLACEHOLDER). "
+        f"Give {'them' if len(missing) > 1 else 'it'} on the command line, e.g. "
+        f"python train.py {hparams_file} {example}"
+    )

@@ -39,6 +39,7 @@ from robustdistiller.downstream import (
     start_run,
     write_condition_results,
 )
+from robustdistiller.runs.options import exit_if_required_options_missing
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ def load_plain_options(hparams_file, overrides):
 def main(argv):
     """Runs one fold, or the five folds and their mean (``run_all_folds``)."""
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    exit_if_required_options_missing(hparams_file, overrides)  # names every unset !PLACEHOLDER
     sb.utils.distributed.ddp_init_group(run_opts)
     options, override_map = load_plain_options(hparams_file, overrides)
     if not options["run_all_folds"]:

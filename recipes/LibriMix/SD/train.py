@@ -44,6 +44,7 @@ from robustdistiller.downstream.diarization import (
     pit_bce_loss,
 )
 from robustdistiller.downstream.signal import drop_missing_inputs, signal_datasets
+from robustdistiller.runs.options import exit_if_required_options_missing
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ def always_active_baseline(csv_file, resolution):
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    exit_if_required_options_missing(hparams_file, overrides)  # names every unset !PLACEHOLDER
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)

@@ -38,6 +38,7 @@ from robustdistiller.downstream import (
     write_condition_results,
 )
 from robustdistiller.downstream.ctc import CTCBrain, characters_to_words, words_to_characters
+from robustdistiller.runs.options import exit_if_required_options_missing
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ def extra_csv(hparams, split):
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    exit_if_required_options_missing(hparams_file, overrides)  # names every unset !PLACEHOLDER
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)

@@ -43,7 +43,7 @@ from robustdistiller.downstream.qbe import (
     term_weighted_value,
     write_stdlist,
 )
-from robustdistiller.runs.options import OptionError
+from robustdistiller.runs.options import OptionError, exit_if_required_options_missing
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,7 @@ def evaluate_conditions(hparams, data, conditions, layer, device):
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    exit_if_required_options_missing(hparams_file, overrides)  # names every unset !PLACEHOLDER
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     if hparams["corrupt"] not in CORRUPTED_SIDES:

@@ -42,7 +42,7 @@ from robustdistiller.downstream.slot_filling import (
     slot_filling_metrics,
     tokens_to_text,
 )
-from robustdistiller.runs.options import as_list
+from robustdistiller.runs.options import as_list, exit_if_required_options_missing
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ def dataio_prepare(hparams, encoder, test_corruptor, train_corruptor):
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    exit_if_required_options_missing(hparams_file, overrides)  # names every unset !PLACEHOLDER
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)

@@ -35,6 +35,7 @@ from robustdistiller.downstream import (
     start_run,
     write_condition_results,
 )
+from robustdistiller.runs.options import exit_if_required_options_missing
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def class_balanced_sampler(dataset, seed, label_key="label"):
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    exit_if_required_options_missing(hparams_file, overrides)  # names every unset !PLACEHOLDER
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)

@@ -29,6 +29,7 @@ from speechbrain.utils.distributed import run_on_main
 from robustdistiller.downstream import build_corruptors, prepare_corruption_lists, start_run, write_condition_results
 from robustdistiller.downstream.separation import MaskingBrain
 from robustdistiller.downstream.signal import drop_missing_inputs, signal_datasets
+from robustdistiller.runs.options import exit_if_required_options_missing
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    exit_if_required_options_missing(hparams_file, overrides)  # names every unset !PLACEHOLDER
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)

@@ -47,6 +47,7 @@ from robustdistiller.downstream.silence import (
     trim_options_from_hparams,
     trimmed_condition_test_set_factory,
 )
+from robustdistiller.runs.options import exit_if_required_options_missing
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +309,7 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    exit_if_required_options_missing(hparams_file, overrides)  # names every unset !PLACEHOLDER
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)

@@ -32,6 +32,7 @@ from robustdistiller.downstream import (
     write_condition_results,
 )
 from robustdistiller.downstream.classification import sorted_column_values
+from robustdistiller.runs.options import exit_if_required_options_missing
 
 
 def dataio_prepare(hparams, test_corruptor, train_corruptor):
@@ -51,6 +52,7 @@ def dataio_prepare(hparams, test_corruptor, train_corruptor):
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    exit_if_required_options_missing(hparams_file, overrides)  # names every unset !PLACEHOLDER
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
