@@ -27,9 +27,24 @@ downstream recipes under ``recipes/``), one subpackage per concept:
 The layout and the documentation: ``README.md`` and ``docs/``; what moved where: ``CHANGELOG.md``.
 """
 
+import logging
 import os
 
 __version__ = "0.1.0"
+
+TORCHVISION_NOTICE = "torchvision is not available - cannot save figures"
+"""What SpeechBrain's ``train_logger`` logs at import without torchvision; no recipe saves figures with it."""
+
+
+def _not_torchvision_notice(record):
+    """Logging filter: drops exactly :data:`TORCHVISION_NOTICE`, keeps every other record."""
+    return record.getMessage() != TORCHVISION_NOTICE
+
+
+# Every recipe imports this package before SpeechBrain imports its train_logger (lazily, from the YAML).
+_train_logger = logging.getLogger("speechbrain.utils.train_logger")
+if _not_torchvision_notice not in _train_logger.filters:
+    _train_logger.addFilter(_not_torchvision_notice)
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """The folder that holds this package (the repository root of a checkout)."""

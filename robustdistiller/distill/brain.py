@@ -44,6 +44,7 @@ import torch
 
 from robustdistiller.data.batching import FixedBatchSampler
 from robustdistiller.runs.checkpoints import RandomState
+from robustdistiller.runs.options import cap_num_workers
 from robustdistiller.models.enhancement import stft_magnitude
 from robustdistiller.distill.enhancement_quality import QualityMeans, enhanced_waveforms
 from robustdistiller.distill.losses import distillation_loss, enhancement_loss, lengths_to_mask
@@ -342,7 +343,7 @@ class DistillationBrain(sb.Brain):
         """
         if "generator" not in loader_kwargs:
             loader_kwargs["generator"] = torch.Generator().manual_seed(int(getattr(self.hparams, "seed", 0)))
-        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **cap_num_workers(loader_kwargs))
 
     def _train_loader_specifics(self, dataset, loader_kwargs):
         """Gives the training batch sampler its epoch, and leaves a DDP-aware one unwrapped.

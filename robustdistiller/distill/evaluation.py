@@ -17,6 +17,7 @@ from tqdm import tqdm
 from robustdistiller.data.pipeline import make_distillation_dataset
 from robustdistiller.distill.enhancement_quality import QualityMeans, enhance_batch
 from robustdistiller.distill.losses import distillation_loss
+from robustdistiller.runs.options import cap_num_workers, format_stats
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,9 @@ def evaluate_conditions(
             snr=spec.get("snr"),
             key_prefix=f"test/{spec['condition']}/",  # paired: snr0 ... snr20 share noise segments
         )
-        loader = sb.dataio.dataloader.make_dataloader(dataset, batch_size=batch_size, num_workers=num_workers)
+        loader = sb.dataio.dataloader.make_dataloader(
+            dataset, **cap_num_workers({"batch_size": batch_size, "num_workers": num_workers})
+        )
         totals = {"distillation_loss": 0.0, "l1": 0.0, "cosine_similarity": 0.0}
         num_utterances = 0
         quality = QualityMeans(quality_utterances, sample_rate) if score_quality else None
@@ -126,7 +129,7 @@ def evaluate_conditions(
         results[name] = {key: value / max(num_utterances, 1) for key, value in totals.items()}
         if quality is not None:
             results[name].update(quality.summary())
-        logger.info("test condition %s: %s", name, results[name])
+        logger.info("test condition %s: %s", name, format_stats(results[name]))
     student.train(was_training)
     if score_quality:
         enhancement_head.train(head_was_training)

@@ -13,7 +13,7 @@ import os
 import speechbrain as sb
 from torch.nn.parallel import DistributedDataParallel
 
-from robustdistiller.runs.options import OptionError
+from robustdistiller.runs.options import OptionError, cap_num_workers, format_stats
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class DownstreamBrain(sb.Brain):
         """SpeechBrain's loader; remembers the training set's audio pipeline (see :meth:`on_stage_start`)."""
         if stage == sb.Stage.TRAIN:
             self.train_pipeline = getattr(dataset, "audio_pipeline", None)
-        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **cap_num_workers(loader_kwargs))
 
     def on_stage_start(self, stage, epoch=None):
         """Re-seeds the training pipeline's crops/corruption with the epoch."""
@@ -204,5 +204,5 @@ class DownstreamBrain(sb.Brain):
             self.stage_stats, self.condition = {}, name
             self.evaluate(make_test_set(name, spec), test_loader_kwargs=loader_kwargs, **best)
             results[name] = {**self.stage_stats, "checkpoint": checkpoint}
-            logger.info("Test condition %s: %s", name, results[name])
+            logger.info("Test condition %s: %s", name, format_stats(results[name]))
         return results

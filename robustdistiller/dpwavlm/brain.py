@@ -34,6 +34,7 @@ from robustdistiller.dpwavlm.schedule import LinearDecaySchedule, build_optimize
 from robustdistiller.models.enhancement import stft_magnitude
 from robustdistiller.inference.interface import absolute_lengths
 from robustdistiller.distill.losses import enhancement_loss, lengths_to_mask
+from robustdistiller.runs.options import cap_num_workers
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +212,10 @@ class DPWavLMBrain(sb.Brain):
                 self.optimizer_step,
                 ", ".join(f"{key} {value:.4g}" for key, value in values.items()),
             )
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's loader, ``num_workers`` capped at the CPU count (:func:`~robustdistiller.runs.options.cap_num_workers`)."""
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **cap_num_workers(loader_kwargs))
 
     def on_stage_start(self, stage, epoch=None):
         self._stage_sums = {}

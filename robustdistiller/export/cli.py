@@ -84,8 +84,10 @@ def main(argv=None):
                     "transformers copy was checked against the model above, dpwavlm.pth is the source file itself"
                 )
         elif args.verify:
+            print("verifying: loading the student to compare with ...", flush=True)
             student, _ = load_student(args.checkpoint)
-            print(format_verification(verify_export(result["folder"], student)))
+            progress = lambda line: print(line, flush=True)  # noqa: E731 - the fresh processes take ~20 s
+            print(format_verification(verify_export(result["folder"], student, progress=progress)))
     except (ExportError, ValueError, WriteFailedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

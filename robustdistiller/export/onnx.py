@@ -290,14 +290,15 @@ def export_fp32(student, path, opset=OPSET):
 
 
 class _DropMessage(logging.Filter):
-    """Drops log records whose message contains ``text``."""
+    """Drops log records whose message contains any of ``texts``."""
 
-    def __init__(self, text):
+    def __init__(self, *texts):
         super().__init__()
-        self.text = text
+        self.texts = texts
 
     def filter(self, record):
-        return self.text not in record.getMessage()
+        message = record.getMessage()
+        return not any(text in message for text in self.texts)
 
 
 def quantize_int8(fp32_path, int8_path, op_types=INT8_OP_TYPES):
@@ -310,7 +311,9 @@ def quantize_int8(fp32_path, int8_path, op_types=INT8_OP_TYPES):
     from onnxruntime.quantization import QuantType, quantize_dynamic  # optional dependency
 
     root = logging.getLogger()
-    hint = _DropMessage("pre-processing before quantization")  # ONNX Runtime's advice for static quantisation
+    # ONNX Runtime's quantiser logs through the root logger: its advice for static quantisation and one
+    # "Quantization parameters for tensor ..." line per quantised tensor, noise for a dynamic int8 export
+    hint = _DropMessage("pre-processing before quantization", "Quantization parameters")
     root.addFilter(hint)
     try:
         quantize_dynamic(
@@ -363,7 +366,7 @@ def export_onnx(student, folder, int8=False, opset=OPSET):
     if int8:
         with reporting_write_errors(os.path.join(folder, INT8_FILE)):
             paths["int8"] = quantize_int8(paths["fp32"], os.path.join(folder, INT8_FILE))
-    logger.info("ONNX export: %s", ", ".join(path for path in paths.values() if path))
+    logger.debug("ONNX export: %s", ", ".join(path for path in paths.values() if path))
     return paths
 
 

@@ -1288,7 +1288,8 @@ def student_to_s3prl(student, path=None, step=0, args=None):
         if folder:
             os.makedirs(folder, exist_ok=True)
         torch.save(checkpoint, path)
-        logger.info("Wrote the student as an s3prl distiller checkpoint to '%s'", path)
+        # DEBUG: an export writes this file in its staging folder, a path the user never sees
+        logger.debug("Wrote the student as an s3prl distiller checkpoint to '%s'", path)
     return checkpoint
 
 

@@ -210,7 +210,8 @@ def export_student(
         lambda staging: _write_export(student, info, staging, include_heads, s3prl, **write_options),
         source=source,
     )
-    logger.info("Exported the student to %s (%s)", os.path.abspath(output_folder), ", ".join(files))
+    # DEBUG: the command line prints "Exported to <folder>: <files>" itself, once
+    logger.debug("Exported the student to %s (%s)", os.path.abspath(output_folder), ", ".join(files))
     return {"folder": os.path.abspath(output_folder), "files": files, "info": info, "onnx_parity": onnx_parity}
 
 

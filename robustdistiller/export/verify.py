@@ -138,7 +138,7 @@ def run_probe(loader, folder, batch_file, work_folder):
     return torch.load(output_file)
 
 
-def verify_export(folder, student=None, batch=None, loaders=tuple(PROBES), tolerance=PARITY_TOLERANCE):
+def verify_export(folder, student=None, batch=None, loaders=tuple(PROBES), tolerance=PARITY_TOLERANCE, progress=None):
     """Loads an exported folder in fresh processes and compares the features with the student's.
 
     The SpeechBrain interfaces get the padded batch; ``transformers`` and SpeechBrain's HF wrapper get
@@ -157,6 +157,9 @@ def verify_export(folder, student=None, batch=None, loaders=tuple(PROBES), toler
         Keys of :data:`PROBES`.
     tolerance : float
         Largest accepted absolute difference.
+    progress : callable, optional
+        Called with one line before each step (``"verifying (2/4): loading in a fresh process with foreign_class ..."``);
+        the command line prints these, as the fresh processes take several seconds each.
 
     Returns
     -------
@@ -169,15 +172,19 @@ def verify_export(folder, student=None, batch=None, loaders=tuple(PROBES), toler
     ExportError
         A loader fails or differs by more than ``tolerance``.
     """
+    report = progress if progress is not None else (lambda line: None)
     if student is None:
+        report(f"verifying: loading the student from {folder} ...")
         student, _ = load_student(folder)
     batch = parity_batch() if batch is None else batch
+    report("verifying: computing the reference features on a padded batch ...")
     reference = reference_features(student, batch)
     results = {}
     with tempfile.TemporaryDirectory(prefix="export_check_") as work_folder:
         batch_file = os.path.join(work_folder, "batch.pt")
         torch.save(batch, batch_file)
-        for loader in loaders:
+        for step, loader in enumerate(loaders, 1):
+            report(f"verifying ({step}/{len(loaders)}): loading in a fresh process with {loader} ...")
             output = run_probe(loader, os.path.abspath(folder), batch_file, work_folder)
             results[loader] = {
                 "hidden_states": _max_difference(reference["hidden_states"], output["hidden_states"]),

@@ -273,3 +273,87 @@ def exit_if_required_options_missing(hparams_file, overrides=None):
         f"Give {'them' if len(missing) > 1 else 'it'} on the command line, e.g. "
         f"python train.py {hparams_file} {example}"
     )
+
+
+def available_cpus():
+    """The number of CPUs this process may run on (its affinity mask where the OS has one).
+
+    Example
+    -------
+    >>> available_cpus() >= 1
+    True
+    """
+    import os
+
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+_REPORTED_WORKER_CAPS = set()
+
+
+def cap_num_workers(loader_kwargs, cpus=None):
+    """DataLoader options with ``num_workers`` at most the CPU count (PyTorch warns and oversubscribes above it).
+
+    Every loader the recipes build goes through this (the Brains' ``make_dataloader``, the held-out
+    evaluation, QbE feature extraction); one info line per process and requested count says when a
+    YAML's ``num_workers`` was lowered.
+
+    Arguments
+    ---------
+    loader_kwargs : dict or None
+        The loader options (``train_dataloader_opts``, ...); not changed.
+    cpus : int, optional
+        The CPU count (default :func:`available_cpus`).
+
+    Returns
+    -------
+    dict
+        A copy, ``num_workers`` capped.
+
+    Example
+    -------
+    >>> cap_num_workers({"batch_size": 8, "num_workers": 8}, cpus=2)
+    {'batch_size': 8, 'num_workers': 2}
+    >>> cap_num_workers({"num_workers": 0}, cpus=2)
+    {'num_workers': 0}
+    """
+    loader_kwargs = dict(loader_kwargs or {})
+    requested = loader_kwargs.get("num_workers")
+    if requested is None:
+        return loader_kwargs
+    cpus = available_cpus() if cpus is None else cpus
+    if int(requested) > cpus:
+        loader_kwargs["num_workers"] = cpus
+        if (int(requested), cpus) not in _REPORTED_WORKER_CAPS:
+            _REPORTED_WORKER_CAPS.add((int(requested), cpus))
+            logger.info("num_workers=%s lowered to %d, the CPUs available to this run.", requested, cpus)
+    return loader_kwargs
+
+
+def format_stats(stats, digits=4):
+    """A dict of results as one readable log line: numbers to ``digits`` significant digits.
+
+    For console and log lines only; results files keep full precision.
+
+    Example
+    -------
+    >>> format_stats({"loss": 0.123456789012345, "error_rate": 12.5, "epochs": 3, "checkpoint": "CKPT+x"})
+    'loss=0.1235, error_rate=12.5, epochs=3, checkpoint=CKPT+x'
+    >>> format_stats({"nested": {"pesq": 2.3456789}})
+    'nested={pesq=2.346}'
+    """
+    parts = []
+    for key, value in stats.items():
+        if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # 0-d tensors and numpy scalars
+            value = value.item()
+        if isinstance(value, dict):
+            text = "{" + format_stats(value, digits) + "}"
+        elif isinstance(value, float):
+            text = f"{value:.{digits}g}"
+        else:
+            text = str(value)
+        parts.append(f"{key}={text}")
+    return ", ".join(parts)

@@ -43,7 +43,7 @@ from robustdistiller.downstream.qbe import (
     term_weighted_value,
     write_stdlist,
 )
-from robustdistiller.runs.options import OptionError, exit_if_required_options_missing
+from robustdistiller.runs.options import OptionError, cap_num_workers, exit_if_required_options_missing
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def dataio_prepare(hparams, corruptor):
 def extract_features(upstream, dataset, layers, loader_opts, device):
     """``{layer: {id: [frames, dims] float32 array}}`` of the valid frames of every utterance."""
     features = {layer: {} for layer in layers}
-    loader = sb.dataio.dataloader.make_dataloader(dataset, **loader_opts)
+    loader = sb.dataio.dataloader.make_dataloader(dataset, **cap_num_workers(loader_opts))
     for batch in loader:
         wavs, wav_lens = batch.sig
         layer_features, frame_mask = upstream(wavs.to(device), wav_lens.to(device))

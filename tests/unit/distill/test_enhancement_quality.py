@@ -255,3 +255,22 @@ def test_evaluate_conditions_adds_quality_per_condition(utterance_csv, tiny_teac
     )
     assert set(plain["snr0"]) == {"distillation_loss", "l1", "cosine_similarity"}
     assert plain["snr0"]["distillation_loss"] == pytest.approx(results["snr0"]["distillation_loss"], rel=1e-5)
+
+
+def test_evaluate_conditions_logs_four_significant_digits(utterance_csv, tiny_teacher_folder, caplog):
+    import re
+
+    with caplog.at_level(logging.INFO, logger="robustdistiller.distill.evaluation"):
+        results = evaluate_conditions(
+            tiny_student(),
+            FrozenTeacher(tiny_teacher_folder),
+            utterance_csv,
+            white_noise_corruptor(),
+            {"clean": {"condition": "clean"}},
+            batch_size=2,
+            max_crop_samples=16000,
+        )
+    (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("test condition")]
+    assert line.startswith("test condition clean: distillation_loss=")
+    assert not re.search(r"\d{6,}", line), f"more than 4 significant digits in the log line: {line}"
+    assert results["clean"]["l1"] != float(f"{results['clean']['l1']:.4g}"), "results keep full precision"

@@ -207,3 +207,29 @@ def test_hub_ids_fail_fast_offline_with_advice(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
     with pytest.raises(ModelSourceError, match="Hugging Face hub"):
         EncoderInterface.from_hparams(source="no-such-user/no-such-model", savedir=str(tmp_path / "c"))
+
+
+def test_command_line_output_names_the_final_folder_once_and_reports_verify_progress(
+    trained_run, tmp_path, capsys, caplog, monkeypatch
+):
+    """Issue 22, item 9: no staging path in the logs or output, "Exported to" once, a line per --verify step."""
+    import logging
+
+    import robustdistiller.export.verify as verify_module
+
+    def fake_probe(loader, folder, batch_file, work_folder):  # the fresh processes are tested above
+        student, _ = load_student(folder)
+        return {**reference_features(student, torch.load(batch_file)), "modules": []}
+
+    monkeypatch.setattr(verify_module, "run_probe", fake_probe)
+    caplog.set_level(logging.DEBUG)
+    target = tmp_path / "cli_export"
+    assert main([trained_run, str(target), "--s3prl", "--verify"]) == 0
+    output = capsys.readouterr().out
+    shown = output + "\n".join(record.getMessage() for record in caplog.records if record.levelno >= logging.INFO)
+    assert ".export-staging-" not in shown, shown
+    assert shown.count("Exported to") + shown.count("Exported the student to") == 1, shown
+    assert f"Exported to {target}" in output
+    for loader in verify_module.PROBES:
+        assert f"loading in a fresh process with {loader} ..." in output, output
+    assert output.index("verifying") < output.index("| loader |")

@@ -214,3 +214,31 @@ def test_ks_accuracy_with_the_int8_student_is_within_a_margin_of_fp32(exported, 
     print(accuracies)
     for condition in ("clean", "snr5"):
         assert abs(accuracies["int8"][condition] - accuracies["fp32"][condition]) <= KS_MARGIN, accuracies
+
+
+def test_int8_quantisation_keeps_onnx_runtime_noise_out_of_the_log(tmp_path, caplog):
+    """Issue 22, item 9: ONNX Runtime's per-tensor "Quantization parameters ..." root-logger lines are dropped."""
+    import logging
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from robustdistiller.export.onnx import quantize_int8
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype("float32"), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "a.onnx"))
+    caplog.set_level(logging.DEBUG)
+    quantize_int8(str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), op_types=("MatMul",))
+    assert (tmp_path / "b.onnx").is_file()
+    noise = [record.getMessage() for record in caplog.records if "Quantization parameters" in record.getMessage()]
+    assert not noise, noise
+    assert not logging.getLogger().filters  # the filter is removed again
+    logging.getLogger().info("Quantization parameters outside the export are not ours to drop")
+    assert any("not ours to drop" in record.getMessage() for record in caplog.records)
