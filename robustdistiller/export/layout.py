@@ -6,12 +6,16 @@ holds ``dpwavlm.pth`` instead. The prediction heads' split linear (``[K, I, T]``
 ``Conv1d`` (:func:`split_to_grouped_conv`), a module SpeechBrain's ``hyperparams.yaml`` can build.
 """
 
+from robustdistiller.inference.onnx_runtime import FP32_FILE, INT8_FILE, ONNX_FOLDER
+
 TRAINING_INFO_FILE = "distillation_info.json"
 INTERFACE_FILE = "custom_interface.py"
 S3PRL_FILE = "s3prl_distiller.ckpt"
 HEAD_FILES = ("prediction_expand.ckpt", "prediction_split.ckpt")
 DPHUBERT_EXTENSION = ".pth"  # DPHuBERT's checkpoints (s3prl's are .ckpt)
 DPWAVLM_EXPORT_FILE = "dpwavlm.pth"  # the compact model in an export of a DPWavLM (robustdistiller.dpwavlm.export)
+# The ONNX encoders (written with --onnx / --int8), named where OnnxEncoder looks for them.
+ONNX_FILES = (f"{ONNX_FOLDER}/{FP32_FILE}", f"{ONNX_FOLDER}/{INT8_FILE}")
 # Files an export writes (the heads and the s3prl file only when asked for), besides the manifest.
 EXPORT_FILES = (
     "hyperparams.yaml",
@@ -23,10 +27,8 @@ EXPORT_FILES = (
     "preprocessor_config.json",
     "README.md",
     S3PRL_FILE,
-    "onnx/encoder.onnx",
-    "onnx/encoder_int8.onnx",
+    *ONNX_FILES,
 )
-ONNX_FILES = ("onnx/encoder.onnx", "onnx/encoder_int8.onnx")
 
 
 def split_to_grouped_conv(split_weight, split_bias):
