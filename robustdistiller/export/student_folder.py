@@ -199,15 +199,14 @@ def export_student(
         student, info = load_student(source)
     eval_results = report_eval_results(results, results_upstream, source, output_folder)
     onnx = bool(onnx or int8)
-    write_options = {"onnx": True, "int8": int8} if onnx else {}  # the plain call as before without ONNX
-    if eval_results is not None:  # likewise without --results
-        write_options["eval_results"] = eval_results
     files, onnx_parity = write_export_folder(
         output_folder,
         _export_file_names(include_heads, s3prl, onnx, int8),
         overwrite,
         info["source"],
-        lambda staging: _write_export(student, info, staging, include_heads, s3prl, **write_options),
+        lambda staging: _write_export(
+            student, info, staging, include_heads, s3prl, onnx=onnx, int8=int8, eval_results=eval_results
+        ),
         source=source,
     )
     # DEBUG: the command line prints "Exported to <folder>: <files>" itself, once

@@ -192,8 +192,8 @@ def test_a_failed_export_leaves_the_earlier_one_intact(tmp_path, monkeypatch):
     before = folder_snapshot(folder)
     written = student_folder._write_export
 
-    def fail_half_way(student, info, staging, include_heads, s3prl):
-        written(student, info, staging, include_heads, s3prl)
+    def fail_half_way(student, info, staging, include_heads, s3prl, **options):
+        written(student, info, staging, include_heads, s3prl, **options)
         raise OSError("disk full")
 
     monkeypatch.setattr(student_folder, "_write_export", fail_half_way)
