@@ -11,12 +11,13 @@ DEMO_OUTPUT ?= demo_output
 
 venv: $(VENV)/.installed
 
-# requirements.txt says what the project needs; constraints.txt pins the whole tested working set
+# requirements.txt says what the package needs, requirements-dev.txt adds the test and lint tools;
+# constraints.txt pins the whole tested working set
 # (refresh it with `make lock`).
-$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install --quiet --upgrade pip
-	$(VENV_PYTHON) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(VENV_PYTHON) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	$(VENV_PYTHON) -m pip install --quiet --no-deps -e .
 	touch $@
 
@@ -45,13 +46,13 @@ report: venv
 benchmark: venv
 	HF_HUB_OFFLINE=1 $(VENV_PYTHON) benchmarks/benchmark_step.py
 
-# Re-resolve requirements.txt alone in a fresh venv and pin what it installs (docs/testing.md, "Pinned dependencies").
+# Re-resolve requirements-dev.txt alone in a fresh venv and pin what it installs (docs/testing.md, "Pinned dependencies").
 LOCK_VENV := .venv-lock
 lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LOCK_VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(LOCK_VENV)/bin/python -m pip install --quiet -r requirements-dev.txt
 	{ sed -n '/^#/p' constraints.txt; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --all | grep -v -E '^(pip|setuptools|wheel)=='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt

@@ -41,6 +41,7 @@ from robustdistiller.export.loading import load_student
 from robustdistiller.export.student_folder import export_student
 from robustdistiller.export.verify import format_verification, verify_export
 from robustdistiller.testing.mini_corpus import generate_mini_corpus
+from robustdistiller.recipe_files import recipe_path
 from robustdistiller.report import run_report, spec_from_dict
 from robustdistiller.report.__main__ import format_report
 from robustdistiller.models.teacher import FrozenTeacher, save_random_teacher
@@ -50,7 +51,6 @@ from robustdistiller.testing.fixtures.voicebank import generate_voicebank
 
 logger = logging.getLogger(__name__)
 
-REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TEST_CONDITIONS = {
     "clean": {"condition": "clean"},
@@ -81,12 +81,15 @@ def run_recipe(hparams_file, overrides, log_file, description, total_steps):
     The run's own output goes to ``log_file``; the console shows one bar per run, advanced from the
     ``step N`` lines the recipe logs every ``log_interval`` optimizer steps.
     """
-    command = [sys.executable, os.path.join(REPOSITORY_ROOT, "train.py"), hparams_file]
+    command = [sys.executable, recipe_path("train.py"), hparams_file]
     command += [f"--{key}={json.dumps(value)}" for key, value in overrides.items()]
     logger.info("Running %s (log: %s)", " ".join(command[1:3]), log_file)
     start = time.time()
     with open(log_file, "w", encoding="utf-8") as log, tqdm(total=total_steps, desc=description, unit="step") as bar:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY_ROOT)
+        # The run writes where its overrides say (absolute paths): the folder of the log is only its cwd.
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=os.path.dirname(os.path.abspath(log_file))
+        )
         while process.poll() is None:
             time.sleep(1.0)
             bar.update(max(0, last_logged_step(log_file) - bar.n))
@@ -335,7 +338,7 @@ def main(argv=None):
     durations = {}
     for name, (hparams_file, overrides) in runs.items():
         durations[name] = run_recipe(
-            os.path.join(REPOSITORY_ROOT, hparams_file),
+            recipe_path(hparams_file),
             {**common, **overrides},
             os.path.join(output, f"{name}.log"),
             description=f"training {name}",
@@ -344,7 +347,7 @@ def main(argv=None):
         print(f"{name}: trained {args.steps} steps in {durations[name]:.0f} s")
 
     # Both students are tested with the RobustDistiller run's noise and RIR lists.
-    with open(os.path.join(REPOSITORY_ROOT, runs["RobustDistiller"][0]), encoding="utf-8") as fin:
+    with open(recipe_path(runs["RobustDistiller"][0]), encoding="utf-8") as fin:
         robust_hparams = load_hyperpyyaml(fin, {**common, **runs["RobustDistiller"][1]})
     test_corruptor = robust_hparams["test_corruptor"]
     results = {}

@@ -20,7 +20,10 @@ from typing import Optional, Tuple
 import ruamel.yaml
 import torch
 
-REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from robustdistiller.recipe_files import recipe_root
+
+REPOSITORY_ROOT = recipe_root()
+"""The folder of ``recipes/`` (a checkout's root, or the copy an installed wheel ships)."""
 RECIPES_ROOT = os.path.join(REPOSITORY_ROOT, "recipes")
 
 # How each metric is stored in results.json: "fraction" (0..1, shown in %), "percent" (0..100) or "raw"

@@ -1,7 +1,7 @@
 """The install is the tested install: ``constraints.txt`` pins the whole working set.
 
-``requirements.txt`` is the readable list of what the project needs (some entries with lower bounds
-only); ``constraints.txt`` fixes the version of every package that ``make test`` and ``.ci/run``
+``requirements.txt`` is the readable list of what the package needs (some entries with lower bounds
+only), ``requirements-dev.txt`` adds the test and lint tools; ``constraints.txt`` fixes the version of every package that ``make test`` and ``.ci/run``
 install. These tests fail when the two files disagree, or when the environment running the tests is
 not the pinned one (a fresh install resolving to newer releases than CI tested).
 """
@@ -21,7 +21,7 @@ def _requirement_lines(path):
     lines = []
     for raw in path.read_text(encoding="utf-8").splitlines():
         line = raw.split("#", 1)[0].strip()
-        if line:
+        if line and not line.startswith("-r "):  # requirements-dev.txt includes requirements.txt
             lines.append(line)
     return lines
 
@@ -43,7 +43,7 @@ def _pins():
 
 def test_every_requirement_is_pinned_within_its_range():
     pins = _pins()
-    for line in _requirement_lines(ROOT / "requirements.txt"):
+    for line in _requirement_lines(ROOT / "requirements.txt") + _requirement_lines(ROOT / "requirements-dev.txt"):
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)
         assert name in pins, f"requirements.txt needs {requirement.name}, constraints.txt does not pin it"
