@@ -12,8 +12,8 @@ downstream recipes under ``recipes/``), one subpackage per concept:
 - :mod:`robustdistiller.export`: loading trained students from any checkpoint form and exporting them
   (SpeechBrain + transformers folder, manifest, model card, verification, ONNX, s3prl);
   ``python -m robustdistiller.export``;
-- :mod:`robustdistiller.inference`: the standalone SpeechBrain interface copied into every export and the
-  torch-free ONNX Runtime encoder;
+- :mod:`robustdistiller.inference`: the standalone SpeechBrain interface and the padding-safe transformers class
+  and SpeechBrain lobe (copied into every export), and the torch-free ONNX Runtime encoder;
 - :mod:`robustdistiller.runs`: run plumbing (atomic checkpoints, the run folder and its signature, command-line
   options, fingerprints, write errors);
 - :mod:`robustdistiller.testing`: test data without downloads (speech synthesis, the mini corpus, miniature
@@ -22,7 +22,9 @@ downstream recipes under ``recipes/``), one subpackage per concept:
   Brain, one module per task family); ``python -m robustdistiller.downstream.lr_sweep``;
 - :mod:`robustdistiller.dpwavlm`: DPWavLM and RobustDistiller + DPWavLM (prunable WavLM, two stages, export);
 - :mod:`robustdistiller.report`: the cross-task robustness report; ``python -m robustdistiller.report``;
-- :mod:`robustdistiller.demo`: ``make demo``.
+- :mod:`robustdistiller.demo`: ``make demo``;
+- :mod:`robustdistiller.cli` and :mod:`robustdistiller.recipe_files`: the ``robustdistiller`` command and where the
+  recipe files are (a checkout, or the copy a wheel ships).
 
 The layout and the documentation: ``README.md`` and ``docs/``; what moved where: ``CHANGELOG.md``.
 """

@@ -11,7 +11,7 @@
    targets, with the student hearing clean speech, noise at 0/5/10/20 dB, or reverberation.
    Prints the table and writes ``robustness.png`` and ``robustness.json``.
 5. Exports the RobustDistiller student (SpeechBrain + transformers + s3prl formats) to
-   ``exported_robustdistiller/`` and reloads it in fresh offline processes four ways
+   ``exported_robustdistiller/`` and reloads it in fresh offline processes six ways
    (:func:`robustdistiller.export.verify.verify_export`), printing how far each loader's features are from
    the trained module's.
 6. A small cross-task robustness report (:mod:`robustdistiller.report`): the teacher and both students
@@ -376,7 +376,7 @@ def main(argv=None):
     plot_results(results, conditions, os.path.join(output, "robustness.png"))
     print(f"\nWrote {output}/robustness.png, robustness.json and robustness.md")
 
-    # Use the distilled model anywhere: export it, reload it four ways in fresh offline processes.
+    # Use the distilled model anywhere: export it, reload it six ways in fresh offline processes.
     exported = os.path.join(output, "exported_robustdistiller")
     export_student(runs["RobustDistiller"][1]["output_folder"], exported, s3prl=True, overwrite=True)
     student, _ = load_student(runs["RobustDistiller"][1]["output_folder"])

@@ -18,7 +18,7 @@ One module per idea (this file imports none of them, so that any one can be impo
 * :mod:`~robustdistiller.export.folder`: the rules every export folder follows (``export_manifest.json``,
   ``--overwrite`` only over an unmodified earlier export, the folder's lock, the staging folder);
 * :mod:`~robustdistiller.export.model_card`: the exported folder's ``README.md``;
-* :mod:`~robustdistiller.export.verify`: ``--verify``, the folder loaded four ways in fresh processes and compared
+* :mod:`~robustdistiller.export.verify`: ``--verify``, the folder loaded six ways in fresh processes and compared
   with the student;
 * :mod:`~robustdistiller.export.onnx`: ``--onnx``, the student as an ONNX graph and its measured parity;
 * :mod:`~robustdistiller.export.s3prl`: s3prl's ``distiller`` checkpoints, read safely and written;

@@ -32,7 +32,7 @@ def main(argv=None):
         action="store_true",
         help=f"replace an earlier, unmodified export in the output folder (the files its {MANIFEST_FILE} lists)",
     )
-    parser.add_argument("--verify", action="store_true", help="reload four ways in fresh processes and compare")
+    parser.add_argument("--verify", action="store_true", help="reload six ways in fresh processes and compare")
     parser.add_argument(
         "--hf-inexact",
         choices=("skip", "warn", "refuse"),

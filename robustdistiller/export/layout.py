@@ -10,6 +10,9 @@ from robustdistiller.inference.onnx_runtime import FP32_FILE, INT8_FILE, ONNX_FO
 
 TRAINING_INFO_FILE = "distillation_info.json"
 INTERFACE_FILE = "custom_interface.py"
+# The padding-safe transformers model class (named by config.json's auto_map) and SpeechBrain lobe.
+MODELING_FILE = "modeling_robustdistiller.py"
+AUTO_MAP = {"AutoModel": "modeling_robustdistiller.PaddingSafeHubertModel"}
 S3PRL_FILE = "s3prl_distiller.ckpt"
 HEAD_FILES = ("prediction_expand.ckpt", "prediction_split.ckpt")
 DPHUBERT_EXTENSION = ".pth"  # DPHuBERT's checkpoints (s3prl's are .ckpt)
@@ -22,6 +25,7 @@ EXPORT_FILES = (
     "encoder.ckpt",
     *HEAD_FILES,
     INTERFACE_FILE,
+    MODELING_FILE,
     "config.json",
     "model.safetensors",
     "preprocessor_config.json",

@@ -21,7 +21,7 @@ import re
 
 from robustdistiller.export.errors import ExportError
 from robustdistiller.export.folder import MANIFEST_FILE
-from robustdistiller.export.layout import INTERFACE_FILE, S3PRL_FILE
+from robustdistiller.export.layout import INTERFACE_FILE, MODELING_FILE, S3PRL_FILE
 from robustdistiller.export.onnx import format_onnx_parity
 from robustdistiller.models.student import num_parameters
 from robustdistiller.report.tables import display_value
@@ -319,13 +319,14 @@ Measured parity at export:
 """
     padding_note = (
         "The student was trained with the first CNN layer's GroupNorm computed over each utterance's "
-        "own samples. `EncoderInterface` does the same for padded batches. A plain `transformers` "
-        "model normalises over the padded length, so feed it one utterance at a time (or wrap the call "
-        "in `robustdistiller.inference.interface.per_utterance_cnn_norm(model.feature_extractor, lengths)`): "
-        "then all loaders give the same features."
+        "own samples. `EncoderInterface`, the padding-safe `AutoModel` class (`trust_remote_code=True`) and the "
+        f"SpeechBrain lobe of `{MODELING_FILE}` do the same for padded batches. A plain `transformers` "
+        "model (or SpeechBrain's `HuBERT` wrapper) normalises over the padded length, so feed it one utterance at a "
+        "time: then all loaders give the same features."
         if metadata["per_utterance_norm"]
-        else "The CNN's first GroupNorm spans the padded length (plain Hugging Face behaviour), so padded "
-        "batches give slightly different features than single utterances with every loader."
+        else "The student was trained with the CNN's first GroupNorm spanning the padded length (plain Hugging Face "
+        "behaviour). The padding-safe `AutoModel` class and SpeechBrain lobe give each utterance of a padded batch "
+        "the features it has alone; the other loaders' features of a padded batch depend on the padding."
     )
     front_matter = hub_front_matter(
         "transformers",
@@ -374,17 +375,31 @@ encoder = foreign_class(source="/path/to/this/folder", pymodule_file="{INTERFACE
                         classname="EncoderInterface", savedir="pretrained_cache")
 ```
 
-### transformers (and SpeechBrain's Hugging Face wrapper)
+### transformers and SpeechBrain recipes: padding-safe
+
+A plain `HubertModel` (and SpeechBrain's `HuBERT` wrapper) normalises its first CNN layer over the padded length,
+so padded batches change the shorter utterances' features; the class and lobe shipped in `{MODELING_FILE}` do not.
 
 ```python
-from transformers import HubertModel
+from transformers import AutoFeatureExtractor, AutoModel
 
-model = HubertModel.from_pretrained("/path/to/this/folder").eval()
-hidden_states = model(wav[None], output_hidden_states=True).hidden_states   # one utterance, 16 kHz
-
-from speechbrain.integrations.huggingface.hubert import HuBERT
-ssl = HuBERT(source="/path/to/this/folder", save_path="pretrained_cache", output_all_hiddens=True, freeze=True)
+model = AutoModel.from_pretrained("/path/to/this/folder", trust_remote_code=True).eval()  # PaddingSafeHubertModel
+inputs = AutoFeatureExtractor.from_pretrained("/path/to/this/folder")(
+    [wav_a, wav_b], sampling_rate=16000, padding=True, return_tensors="pt")    # 16 kHz arrays
+hidden_states = model(**inputs, output_hidden_states=True).hidden_states       # padded batch, attention_mask used
 ```
+
+In a SpeechBrain recipe YAML, in place of `speechbrain.integrations.huggingface.hubert.HuBERT` (with `robustdistiller`
+installed, or this folder on `sys.path` as `modeling_robustdistiller`):
+
+```yaml
+ssl_model: !new:robustdistiller.inference.modeling_robustdistiller.RobustDistillerSSL
+    source: /path/to/this/folder
+    output_all_hiddens: True     # (wav, wav_lens) -> [layers + 1, batch, frames, dims]
+    freeze: True
+```
+
+`HubertModel.from_pretrained("/path/to/this/folder")` also loads it (one utterance at a time).
 {s3prl_section}{onnx_section}
 ## Padding
 
@@ -394,7 +409,8 @@ ssl = HuBERT(source="/path/to/this/folder", save_path="pretrained_cache", output
 
 `hyperparams.yaml`, `encoder.ckpt`{", `prediction_expand.ckpt`, `prediction_split.ckpt`" if include_heads else ""},
 `{INTERFACE_FILE}`: SpeechBrain. `config.json`, `model.safetensors`, `preprocessor_config.json`: transformers
-(the backbone weights are stored in both formats).{f" `{S3PRL_FILE}`: s3prl." if s3prl_written else ""}{
+(the backbone weights are stored in both formats); `{MODELING_FILE}`: the padding-safe transformers class and
+SpeechBrain lobe.{f" `{S3PRL_FILE}`: s3prl." if s3prl_written else ""}{
             " `onnx/encoder.onnx`"
             + (", `onnx/encoder_int8.onnx`" if onnx_parity and "int8_cosine" in onnx_parity else "")
             + ": ONNX Runtime."

@@ -35,13 +35,16 @@ import yaml
 from transformers import Wav2Vec2FeatureExtractor
 
 import robustdistiller.inference.interface as standalone_interface
+import robustdistiller.inference.modeling_robustdistiller as padding_safe_modeling
 from robustdistiller.dpwavlm.export import export_dpwavlm
 from robustdistiller.export.errors import ExportError
 from robustdistiller.export.folder import write_export_folder
 from robustdistiller.export.layout import (
+    AUTO_MAP,
     EXPORT_FILES,
     HEAD_FILES,
     INTERFACE_FILE,
+    MODELING_FILE,
     ONNX_FILES,
     S3PRL_FILE,
     split_to_grouped_conv,
@@ -226,6 +229,9 @@ def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=
     }
     backbone = copy.deepcopy(student.backbone).eval()
     backbone.config.robustdistiller = metadata
+    # AutoModel.from_pretrained(folder, trust_remote_code=True) loads the padding-safe class of MODELING_FILE;
+    # HubertModel / AutoModel without trust_remote_code ignore the map.
+    backbone.config.auto_map = dict(AUTO_MAP)
     try:
         backbone.save_pretrained(folder, safe_serialization=True)
         Wav2Vec2FeatureExtractor(
@@ -276,6 +282,8 @@ def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=
             fout.write(_hyperparams_text(config_values, metadata, include_heads, heads))
     with reporting_write_errors(os.path.join(folder, INTERFACE_FILE)):
         shutil.copyfile(os.path.abspath(standalone_interface.__file__), os.path.join(folder, INTERFACE_FILE))
+    with reporting_write_errors(os.path.join(folder, MODELING_FILE)):
+        shutil.copyfile(os.path.abspath(padding_safe_modeling.__file__), os.path.join(folder, MODELING_FILE))
 
     if s3prl:
         with reporting_write_errors(os.path.join(folder, S3PRL_FILE)):

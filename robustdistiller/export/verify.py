@@ -1,9 +1,12 @@
-"""Checking an export in fresh processes: four loaders' features compared with the student's.
+"""Checking an export in fresh processes: six loaders' features compared with the student's.
 
 ``python -m robustdistiller.export ... --verify`` runs :func:`verify_export`: the folder is loaded with
 SpeechBrain's ``EncoderInterface`` (this package), ``foreign_class`` (``custom_interface.py``, without this package
-on the path), ``transformers.HubertModel`` and SpeechBrain's Hugging Face ``HuBERT`` wrapper, each in a fresh,
-offline Python process (:data:`PROBES`), on :func:`parity_batch`'s speech-like test signals.
+on the path), ``transformers.HubertModel`` and SpeechBrain's Hugging Face ``HuBERT`` wrapper (one utterance at a
+time: they normalise over the padded length), and the export's padding-safe pair on the padded batch
+(``AutoModel.from_pretrained(folder, trust_remote_code=True)`` with ``AutoFeatureExtractor(padding=True)``, and the
+SpeechBrain lobe ``RobustDistillerSSL``), each in a fresh, offline Python process (:data:`PROBES`), on
+:func:`parity_batch`'s speech-like test signals.
 """
 
 import os
@@ -67,6 +70,31 @@ model = HuBERT(source=folder, save_path=savedir, output_all_hiddens=True, freeze
 hidden = [model(wavs[i : i + 1, :n])[:, 0] for i, n in enumerate(lengths)]
 torch.save({"hidden_states": hidden, "predictions": None, "modules": sorted(sys.modules)}, output_file)
 """,
+    # The padding-safe choices of every export (modeling_robustdistiller.py): the padded batch at once.
+    "transformers_padding_safe": _PROBE_HEADER
+    + """
+from transformers import AutoFeatureExtractor, AutoModel
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+assert type(model).__name__ == "PaddingSafeHubertModel", type(model)
+extractor = AutoFeatureExtractor.from_pretrained(folder)
+inputs = extractor([wavs[i, :n].numpy() for i, n in enumerate(lengths)], sampling_rate=16000, padding=True,
+                   return_tensors="pt")
+with torch.no_grad():
+    out = torch.stack(model(**inputs, output_hidden_states=True).hidden_states)
+frames = model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
+hidden = [out[:, i, :f] for i, f in enumerate(frames)]
+torch.save({"hidden_states": hidden, "predictions": None, "modules": sorted(sys.modules)}, output_file)
+""",
+    "speechbrain_lobe": _PROBE_HEADER
+    + """
+sys.path.insert(0, folder)
+from modeling_robustdistiller import RobustDistillerSSL
+lobe = RobustDistillerSSL(folder, output_all_hiddens=True, freeze=True).eval()
+out = lobe(wavs, wav_lens)
+frames = lobe.model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
+hidden = [out[:, i, :f] for i, f in enumerate(frames)]
+torch.save({"hidden_states": hidden, "predictions": None, "modules": sorted(sys.modules)}, output_file)
+""",
 }
 
 
@@ -117,7 +145,10 @@ def _max_difference(reference, candidate):
 def run_probe(loader, folder, batch_file, work_folder):
     """Runs one loader of :data:`PROBES` in a fresh, offline Python process; returns its output."""
     output_file = os.path.join(work_folder, f"{loader}.pt")
-    environment = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # trust_remote_code copies the modeling file into HF_MODULES_CACHE: the work folder, not the user's cache
+    environment = dict(
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=os.path.join(work_folder, "modules")
+    )
     python_path = [entry for entry in environment.get("PYTHONPATH", "").split(os.pathsep) if entry]
     python_path = [entry for entry in python_path if os.path.abspath(entry) != REPOSITORY_ROOT]
     if loader == "speechbrain_interface":
@@ -141,8 +172,8 @@ def run_probe(loader, folder, batch_file, work_folder):
 def verify_export(folder, student=None, batch=None, loaders=tuple(PROBES), tolerance=PARITY_TOLERANCE, progress=None):
     """Loads an exported folder in fresh processes and compares the features with the student's.
 
-    The SpeechBrain interfaces get the padded batch; ``transformers`` and SpeechBrain's HF wrapper get
-    one utterance at a time (see the padding note of the model card). The ``foreign_class`` process
+    The SpeechBrain interfaces and the padding-safe pair get the padded batch; ``transformers.HubertModel`` and
+    SpeechBrain's HF wrapper get one utterance at a time (see the padding note of the model card). The ``foreign_class`` process
     runs without this package on its path.
 
     Arguments

@@ -38,12 +38,23 @@ def interface(exported, tmp_path_factory):
     return EncoderInterface.from_hparams(source=folder, savedir=str(tmp_path_factory.mktemp("savedir")))
 
 
-def test_fresh_processes_load_identical_features_four_ways(exported):
+def test_fresh_processes_load_identical_features_six_ways(exported):
     folder, student = exported
     results = verify_export(folder, student)  # raises above 1e-4
-    assert set(results) == {"speechbrain_interface", "foreign_class", "transformers", "speechbrain_hubert"}
+    assert set(results) == {
+        "speechbrain_interface",
+        "foreign_class",
+        "transformers",
+        "speechbrain_hubert",
+        "transformers_padding_safe",
+        "speechbrain_lobe",
+    }
     for loader, result in results.items():
         assert result["hidden_states"] < 1e-4, loader
+    # the padding-safe pair (padded batch at once) to 1e-5, as one utterance at a time
+    assert results["transformers_padding_safe"]["hidden_states"] < 1e-5
+    assert results["speechbrain_lobe"]["hidden_states"] < 1e-5
+    assert results["transformers_padding_safe"]["standalone"] and results["speechbrain_lobe"]["standalone"]
     assert results["speechbrain_interface"]["predictions"] < 1e-4
     assert results["foreign_class"]["predictions"] < 1e-4
     # foreign_class and the HF loaders ran with no robustdistiller module imported
