@@ -12,6 +12,9 @@ To run::
     python train.py hparams/distill.yaml --data_folder=/data/LibriSpeech \
         --musan_folder=/data/musan --urbansound_folder=/data/UrbanSound8K --rir_folder=/data/RIRS_NOISES
 
+    # your own audio instead of LibriSpeech: a folder, a CSV with a `wav` column, or a list of paths
+    python train.py hparams/distill.yaml --train_audio=/data/my_speech --musan_folder=... --rir_folder=...
+
     # several GPUs
     torchrun --nproc_per_node=4 train.py hparams/distill.yaml ...
 
@@ -42,6 +45,7 @@ from robustdistiller.runs.options import (
     step_limit_as_number_of_steps,
 )
 from robustdistiller.data.prepare.librispeech import prepare_librispeech
+from robustdistiller.data.prepare.own_audio import own_audio_options, overrides_without_librispeech, prepare_own_audio
 from robustdistiller.data.prepare.noise import prepare_noise
 from robustdistiller.data.prepare.rirs import prepare_rirs
 from robustdistiller.runs.run_folder import (
@@ -108,18 +112,32 @@ def dataio_prepare(hparams):
 def prepare_data(hparams):
     """Writes the utterance, noise and RIR lists (skipped when already prepared with the same options
     and every listed file still exists; ``force_prep`` rebuilds them)."""
-    run_on_main(
-        prepare_librispeech,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["save_folder"],
-            "train_splits": hparams["train_splits"],
-            "valid_splits": hparams["valid_splits"],
-            "min_samples": hparams["min_samples"],
-            "skip_prep": hparams["skip_prep"],
-            "force_prep": hparams["force_prep"],
-        },
-    )
+    if hparams["train_audio"]:  # your own audio (a folder or a list) instead of LibriSpeech
+        run_on_main(
+            prepare_own_audio,
+            kwargs={
+                "train_audio": hparams["train_audio"],
+                "save_folder": hparams["save_folder"],
+                "valid_audio": hparams["valid_audio"],
+                "valid_share": hparams["valid_share"],
+                "min_samples": hparams["min_samples"],
+                "skip_prep": hparams["skip_prep"],
+                "force_prep": hparams["force_prep"],
+            },
+        )
+    else:
+        run_on_main(
+            prepare_librispeech,
+            kwargs={
+                "data_folder": hparams["data_folder"],
+                "save_folder": hparams["save_folder"],
+                "train_splits": hparams["train_splits"],
+                "valid_splits": hparams["valid_splits"],
+                "min_samples": hparams["min_samples"],
+                "skip_prep": hparams["skip_prep"],
+                "force_prep": hparams["force_prep"],
+            },
+        )
     if hparams.get("noise_csv"):
         run_on_main(
             prepare_noise,
@@ -196,6 +214,7 @@ def training_info(hparams, hparams_file):
         "teacher_fingerprint": weights_fingerprint(teacher.model),
         "target_layers": list(hparams["target_layers"]),
         "data_folder": str(hparams["data_folder"]),
+        "train_audio": hparams["train_audio"],
         "train_splits": list(hparams["train_splits"]),
         "corruption": corruption,
         "enhancement_weight": hparams["enhancement_weight"],
@@ -261,6 +280,7 @@ def run_dpwavlm(hparams, hparams_file, overrides, run_opts):
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    overrides = overrides_without_librispeech(overrides)  # --train_audio: LibriSpeech's data_folder is not used
     exit_if_required_options_missing(hparams_file, overrides)  # names every unset !PLACEHOLDER
     with open(hparams_file, encoding="utf-8") as fin:
         is_dpwavlm = re.search(r"^recipe:\s*dpwavlm\b", fin.read(), re.MULTILINE) is not None
@@ -275,6 +295,7 @@ if __name__ == "__main__":
     # --grad_accumulation_factor, --max_grad_norm... are SpeechBrain run options: the Brain uses them instead
     # of the YAML's values, so the batch sampler and the run signature must see them too
     hparams = with_run_options(hparams, run_opts)
+    hparams = own_audio_options(hparams)  # --train_audio: no LibriSpeech subsets; validation if a list will exist
     if hparams.get("recipe") == "dpwavlm":  # the two-stage DPWavLM recipe
         run_dpwavlm(hparams, hparams_file, overrides, run_opts)
         sys.exit(0)
