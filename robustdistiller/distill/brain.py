@@ -228,7 +228,7 @@ class DistillationBrain(sb.Brain):
             self.checkpointer.add_recoverable("random_state", RandomState(), optional_load=True)
         self.pending_steps = []  # (optimizer step, utterance ids, statistics on the device) until the next log
         self.stage_statistics = DeviceMeans()
-        self.host_train_loss = 0.0
+        self.host_train_loss = None  # None until the first log line of the stage
         self.quality = None
 
     def on_fit_start(self):
@@ -498,7 +498,10 @@ class DistillationBrain(sb.Brain):
         return loss.detach()
 
     def update_average(self, loss, avg_loss):
-        """The running training loss as last brought to the host (refreshed every log line)."""
+        """The running training loss as last brought to the host (refreshed every log line, and at the first
+        optimizer step of a stage, so the progress bar never shows a placeholder 0)."""
+        if self.host_train_loss is None:  # micro-batches before the first optimizer step: this batch's loss
+            return float(loss)
         return self.host_train_loss
 
     def on_fit_batch_start(self, batch, should_step):
@@ -512,7 +515,8 @@ class DistillationBrain(sb.Brain):
         statistics = self.batch_statistics
         self.stage_statistics.update(statistics)
         self.pending_steps.append((self.optimizer_step, list(batch.id), statistics))
-        if should_step and self.optimizer_step % self.hparams.log_interval == 0:
+        first_of_stage = self.host_train_loss is None
+        if should_step and (first_of_stage or self.optimizer_step % self.hparams.log_interval == 0):
             self.flush_step_statistics()
 
     def flush_step_statistics(self):
@@ -562,7 +566,7 @@ class DistillationBrain(sb.Brain):
         """Resets statistics; tells the training corruptor the epoch (new draws every epoch)."""
         self.stage_statistics = DeviceMeans()
         self.pending_steps = []
-        self.host_train_loss = 0.0
+        self.host_train_loss = None
         self.quality = None
         if stage == sb.Stage.VALID and self.enhancement_enabled:
             utterances = int(getattr(self.hparams, "quality_utterances", 0) or 0)

@@ -41,6 +41,7 @@ import torch
 import transformers
 import yaml
 
+from robustdistiller.inference.interface import transformers_progress_bars_off
 from robustdistiller.dpwavlm.checkpoint import export_hf_wavlm_padded
 from robustdistiller.dpwavlm.encoder import DPWavLMEncoder
 from robustdistiller.dpwavlm.model import is_hubert_config
@@ -254,7 +255,8 @@ def write_hf_copy(model, folder, hf_inexact="skip"):
     except (ValueError, RuntimeError) as failure:  # e.g. a copy that differs although it should be exact
         raise ExportError(f"Cannot write the padded transformers copy: {failure}") from failure
     waveforms, probe = _probe_waveforms()
-    error = hf_copy_error(model, transformers.AutoModel.from_pretrained(hf_folder), waveforms)
+    with transformers_progress_bars_off():
+        error = hf_copy_error(model, transformers.AutoModel.from_pretrained(hf_folder), waveforms)
     report = {"written": False, "exact": exact, **error, "probe": probe, "noise_max_abs_error": noise_error}
     if not exact and hf_inexact == "refuse":
         shutil.rmtree(hf_folder, ignore_errors=True)

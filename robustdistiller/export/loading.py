@@ -30,7 +30,7 @@ from robustdistiller.export.layout import (
     grouped_conv_to_split,
 )
 from robustdistiller.export.s3prl import student_from_s3prl
-from robustdistiller.inference.interface import hub_offline, looks_like_path
+from robustdistiller.inference.interface import hub_unavailable_reason, looks_like_path
 from robustdistiller.models.student import DistillerStudent
 from robustdistiller.models.teacher import load_model_folder
 
@@ -108,14 +108,11 @@ def fetch_from_hub(repo_id, cache_dir=None):
     ExportError
         The hub is disabled (``HF_HUB_OFFLINE``) and the model is not cached, or it is unreachable.
     """
+    unavailable = hub_unavailable_reason()  # one quick probe instead of the hub client's retries
     try:
-        return snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=hub_offline())
+        return snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=unavailable is not None)
     except Exception as error:  # offline, unknown id and network errors come in many types
-        advice = (
-            "the Hugging Face hub is disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE) and the model is not cached"
-            if hub_offline()
-            else "the hub is unreachable or the id is unknown"
-        )
+        advice = f"{unavailable} and the model is not cached" if unavailable else "the id is unknown on the hub"
         raise ExportError(
             f"'{repo_id}' is not a local path and {advice}: download the model elsewhere and pass its "
             f"local folder ({type(error).__name__})"

@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import sys
 import warnings
 import zipfile
@@ -44,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 from speechbrain.inference.interfaces import Pretrained
+from transformers.utils import logging as transformers_logging
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +199,62 @@ def hub_offline():
     """Whether Hugging Face hub access is disabled (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
     flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
     return any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+HUB_PROBE_TIMEOUT = 3.0
+"""Seconds the one connectivity probe of :func:`hub_unavailable_reason` waits for the hub."""
+_hub_probe_results = {}
+
+
+def hub_unavailable_reason(timeout=HUB_PROBE_TIMEOUT):
+    """Why the Hugging Face hub cannot be used now, or None when it can.
+
+    ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` set, or no TCP connection to the hub's host (``HF_ENDPOINT``,
+    default ``huggingface.co``, port 443) within ``timeout`` seconds: one probe per process and host, so a
+    machine without network fails at once with this reason instead of after the hub client's retries.
+
+    Example
+    -------
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}):
+    ...     hub_unavailable_reason()
+    'the Hugging Face hub is disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)'
+    """
+    if hub_offline():
+        return "the Hugging Face hub is disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = re.sub(r"^[a-z]+://", "", endpoint).split("/")[0]
+    name, _, port = host.partition(":")
+    address = (name, int(port) if port else (80 if endpoint.startswith("http://") else 443))
+    if address not in _hub_probe_results:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            _hub_probe_results[address] = None
+        except OSError as error:
+            _hub_probe_results[address] = (
+                f"the Hugging Face hub ({address[0]}:{address[1]}) is not reachable ({type(error).__name__}: "
+                f"{error}; no network?)"
+            )
+    return _hub_probe_results[address]
+
+
+@contextlib.contextmanager
+def transformers_progress_bars_off():
+    """No ``Loading weights`` bars from ``transformers`` inside the block (restored after it).
+
+    Example
+    -------
+    >>> with transformers_progress_bars_off():
+    ...     transformers_logging.is_progress_bar_enabled()
+    False
+    """
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def looks_like_path(source):
@@ -756,11 +814,11 @@ class EncoderInterface(Pretrained):
         if source_text is not None and not os.path.isdir(os.path.expanduser(source_text)):
             if looks_like_path(source_text):
                 raise ModelSourceError(f"Model source '{source_text}' is not a folder (no such directory)")
-            if hub_offline():
+            unavailable = hub_unavailable_reason()
+            if unavailable:
                 raise ModelSourceError(
-                    f"Model source '{source_text}' is not a local folder and the Hugging Face hub is "
-                    f"disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE): download the model elsewhere and "
-                    f"pass its local folder as source"
+                    f"Model source '{source_text}' is not a local folder and {unavailable}: download the model "
+                    f"elsewhere and pass its local folder as source"
                 )
             try:
                 with _importable_as_interface_module():

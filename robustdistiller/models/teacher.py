@@ -35,7 +35,13 @@ from transformers import (
     WavLMModel,
 )
 
-from robustdistiller.inference.interface import ModelSourceError, hub_offline, looks_like_path, ssl_hidden_states
+from robustdistiller.inference.interface import (
+    ModelSourceError,
+    hub_unavailable_reason,
+    looks_like_path,
+    ssl_hidden_states,
+    transformers_progress_bars_off,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +260,8 @@ def load_model_folder(
     check_model_type(model_type, folder, model_types, expected, error_class)
     check_weight_files(folder, error_class)
     try:
-        model, loading_info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+        with transformers_progress_bars_off():  # a bar per load says nothing for models this size
+            model, loading_info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
     except Exception as error:  # transformers and safetensors raise many types
         raise error_class(
             f"Cannot load {expected} from the local folder '{folder}': {type(error).__name__}: {error}"
@@ -347,15 +354,17 @@ def load_ssl_model(source, cache_dir=None):
     if looks_like_path(source):
         raise TeacherSourceError(f"Teacher source '{source}' is not a folder (no such directory) and not a hub id")
     try:
-        model, loading_info = AutoModel.from_pretrained(
-            source, cache_dir=cache_dir, local_files_only=True, output_loading_info=True
-        )
+        with transformers_progress_bars_off():
+            model, loading_info = AutoModel.from_pretrained(
+                source, cache_dir=cache_dir, local_files_only=True, output_loading_info=True
+            )
     except (OSError, ValueError) as local_error:
-        if hub_offline():
+        unavailable = hub_unavailable_reason()  # one quick probe instead of the hub client's retries
+        if unavailable:
             raise TeacherSourceError(
-                f"Teacher source '{source}' is neither a local folder nor a cached hub model, and the hub "
-                f"is not reachable (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set): download it elsewhere "
-                f"and pass its folder. ({local_error})"
+                f"Teacher source '{source}' is neither a local folder nor a cached hub model, and {unavailable}: "
+                f"download it elsewhere and pass its folder (e.g. --teacher_source=/models/wavlm-base-plus). "
+                f"({type(local_error).__name__})"
             ) from local_error
         try:
             model, loading_info = AutoModel.from_pretrained(source, cache_dir=cache_dir, output_loading_info=True)

@@ -216,6 +216,16 @@ def test_training_reduces_the_loss_on_a_fixed_batch(mini_corpus, tiny_teacher_fo
     assert losses[-1] < 0.8 * losses[1], losses
 
 
+def test_progress_bar_shows_the_loss_from_the_first_step(mini_corpus, tiny_teacher_folder, tmp_path, caplog):
+    """The bar's train_loss is the real running loss from step 1, not 0 until the first log interval."""
+    _, brain, train_data = build_brain(mini_corpus, tiny_teacher_folder, str(tmp_path / "run"), log_interval=50)
+    with caplog.at_level(logging.INFO, logger="robustdistiller.distill.brain"):
+        loss = brain.fit_batch(first_batch(train_data))
+    shown = brain.update_average(loss, 0.0)
+    assert shown > 0 and shown == pytest.approx(float(loss), rel=1e-5)
+    assert "step 1 " in caplog.text  # the first step is logged, then every log_interval steps
+
+
 def test_nan_loss_is_named_and_never_applied(mini_corpus, tiny_teacher_folder, tmp_path, caplog):
     hparams, brain, train_data = build_brain(mini_corpus, tiny_teacher_folder, str(tmp_path / "run"))
     batch = first_batch(train_data)

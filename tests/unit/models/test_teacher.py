@@ -110,6 +110,42 @@ def test_unreachable_hub_id_raises_teacher_source_error(tmp_path, monkeypatch):
     assert source in message and "neither a local folder" in message and "HF_HUB_OFFLINE" in message
 
 
+def test_no_network_fails_at_once_without_the_hub_clients_retries(tmp_path, monkeypatch):
+    """Without HF_HUB_OFFLINE but with no network: one quick probe, one clear error, no download attempted."""
+    import socket
+
+    import transformers
+
+    import robustdistiller.inference.interface as interface
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(interface, "_hub_probe_results", {})
+    probes = []
+
+    def no_network(address, timeout=None):
+        probes.append((address, timeout))
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    loads = []
+    original = transformers.AutoModel.from_pretrained
+
+    def recording_from_pretrained(source, **kwargs):
+        loads.append(kwargs.get("local_files_only", False))
+        if not kwargs.get("local_files_only"):
+            raise AssertionError("a download was attempted")
+        return original(source, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", recording_from_pretrained)
+    source = "robustdistiller-tests/no-such-model"
+    with pytest.raises(TeacherSourceError) as error:
+        load_ssl_model(source, cache_dir=str(tmp_path))
+    message = str(error.value)
+    assert source in message and "(huggingface.co:443) is not reachable" in message and "--teacher_source" in message
+    assert loads == [True] and probes == [(("huggingface.co", 443), interface.HUB_PROBE_TIMEOUT)]
+
+
 def test_folder_without_model_raises_teacher_source_error(tmp_path):
     with pytest.raises(TeacherSourceError, match=str(tmp_path)):
         load_ssl_model(str(tmp_path))
