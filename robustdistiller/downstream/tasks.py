@@ -105,6 +105,10 @@ class TaskInfo:
         Other metrics worth a look (kept in ``report.json``).
     note : str
         Anything particular about the task's results (shown in ``report.md``).
+    chance : float, optional
+        The primary metric of a uniform random guess, in the metric's stored scale (KS: 1/12 accuracy;
+        ASV: 50 % EER); None where no single chance level exists (error rates of sequences, PESQ...). The report
+        draws it as a dashed line.
     """
 
     name: str
@@ -115,6 +119,7 @@ class TaskInfo:
     s3prl: S3prlBudget = S3prlBudget()
     secondary_metrics: tuple = ()
     note: str = ""
+    chance: Optional[float] = None
 
     @property
     def recipe_folder(self):
@@ -166,6 +171,7 @@ TASKS = {
             "accuracy",
             True,
             S3prlBudget(train_utterances=51_424, note="1,607 steps per epoch at batch 32"),
+            chance=1 / 12,  # 10 words, _unknown_, _silence_
         ),
         TaskInfo(
             "IC",
@@ -175,6 +181,7 @@ TASKS = {
             True,
             S3prlBudget(train_utterances=23_132),
             note="accuracy: all three slots right",
+            chance=1 / 31,  # a uniform guess among the corpus's 31 intents
         ),
         TaskInfo(
             "ER",
@@ -188,6 +195,7 @@ TASKS = {
             ("accuracy_std",),
             note="one test session per run (test_session); run_all_folds: True gives the mean over the "
             "five folds in the pair's folder",
+            chance=1 / 4,
         ),
         TaskInfo(
             "SID",
@@ -196,6 +204,7 @@ TASKS = {
             "accuracy",
             True,
             S3prlBudget(train_utterances=138_361, note="8 x 4"),
+            chance=1 / 1251,  # VoxCeleb1's 1,251 speakers
         ),
         TaskInfo(
             "ASV",
@@ -212,6 +221,7 @@ TASKS = {
                 note="10 x 5; 1,171 training speakers after 40 held out",
             ),
             ("minDCF",),
+            chance=50.0,  # EER of random scores
         ),
         TaskInfo(
             "PR",

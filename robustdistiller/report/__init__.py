@@ -20,7 +20,32 @@ from robustdistiller.report.spec import load_spec, spec_from_dict, SpecError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_report", "load_spec", "run_report", "spec_from_dict", "SpecError"]
+
+def path_from_report(value, folder):
+    """A path as ``report.md`` shows it: relative to the report's folder when absolute, else unchanged.
+
+    Hub ids and other non-paths stay as they are; ``failed: <log>`` keeps its prefix.
+
+    Example
+    -------
+    >>> path_from_report("/runs/out/KS/a/log.txt", "/runs/out/report"), path_from_report("microsoft/wavlm", "/r")
+    ('../KS/a/log.txt', 'microsoft/wavlm')
+    >>> path_from_report("failed: /runs/out/KS/a/log.txt", "/runs/out/report")
+    'failed: ../KS/a/log.txt'
+    """
+    if not isinstance(value, str):
+        return value
+    prefix, text = ("failed: ", value[len("failed: ") :]) if value.startswith("failed: ") else ("", value)
+    if os.path.isabs(text):
+        return prefix + os.path.relpath(text, folder)
+    return value
+
+
+def _relative_rows(rows, folder):
+    return [[path_from_report(value, folder) for value in row] for row in rows]
+
+
+__all__ = ["build_report", "load_spec", "path_from_report", "run_report", "spec_from_dict", "SpecError"]
 
 
 def build_report(spec):
@@ -32,7 +57,8 @@ def build_report(spec):
     lines = [
         "# Robustness report",
         "",
-        f"Spec: `{spec.path}`. Generated {report['generated']}. Output root: `{spec.output_root}`.",
+        f"Spec: `{path_from_report(spec.path, folder)}`. Generated {report['generated']}. Output root: "
+        f"`{path_from_report(spec.output_root, folder)}`. Paths are relative to this report's folder.",
         "",
         "Each pair (task, upstream) ran in `<output root>/<TASK>/<upstream>`; a pair without results is shown "
         "as `missing` (not run yet) or `failed: <log>`. Degradation is relative to the same upstream's clean "
@@ -42,7 +68,10 @@ def build_report(spec):
         "",
         tables.markdown_table(
             ["upstream", "source"],
-            [[name, f"`{options['upstream_source']}`"] for name, options in spec.upstreams.items()],
+            [
+                [name, f"`{path_from_report(options['upstream_source'], folder)}`"]
+                for name, options in spec.upstreams.items()
+            ],
         ),
     ]
     files = {"tasks": {}, "heatmaps": {}}
@@ -54,13 +83,18 @@ def build_report(spec):
             "",
             f"Primary metric: {tables.metric_label(entry)}." + (f" Note: {entry['note']}." if entry["note"] else ""),
             "",
-            tables.markdown_table(header, rows),
+            tables.markdown_table(header, _relative_rows(rows, folder)),
         ]
         tables.write_csv(os.path.join(folder, f"{task}.csv"), *tables.raw_task_rows(entry))
         task_files = {"csv": f"{task}.csv"}
         header, rows = tables.task_rows(entry, "degradation")
         if len(header) > 1:
-            lines += ["", "Degradation from clean (positive = worse):", "", tables.markdown_table(header, rows)]
+            lines += [
+                "",
+                "Degradation from clean (positive = worse):",
+                "",
+                tables.markdown_table(header, _relative_rows(rows, folder)),
+            ]
             tables.write_csv(
                 os.path.join(folder, f"{task}_degradation.csv"), *tables.raw_task_rows(entry, "degradation")
             )
@@ -82,13 +116,31 @@ def build_report(spec):
         tables.markdown_table(header, rows),
     ]
     tables.write_csv(os.path.join(folder, "summary.csv"), header, rows)
-    lines += ["", "## Degradation heat maps", ""]
+    limit = plots.degradation_color_limit(report)
+    lines += [
+        "",
+        "## Degradation heat maps",
+        "",
+        f"One colour scale for every upstream: -{limit:.3g} to +{limit:.3g} %.",
+        "",
+    ]
     for name in spec.upstreams:
-        if plots.plot_degradation_heatmap(report, name, os.path.join(folder, f"degradation_{name}.png")):
+        if plots.plot_degradation_heatmap(report, name, os.path.join(folder, f"degradation_{name}.png"), limit=limit):
             files["heatmaps"][name] = f"degradation_{name}.png"
             lines.append(f"![{name}](degradation_{name}.png)")
+    files["heatmap_limit"] = limit
+    if plots.plot_layer_weights(report, os.path.join(folder, "layer_weights.png")):
+        files["layer_weights"] = "layer_weights.png"
+        lines += [
+            "",
+            "## Learned layer weights",
+            "",
+            "The weighted sum's layer weights each pair learned (softmax; layer 0 is the encoder input).",
+            "",
+            "![layer weights](layer_weights.png)",
+        ]
     header, rows = tables.provenance_table_rows(report)
-    lines += ["", "## Provenance", "", tables.markdown_table(header, rows)]
+    lines += ["", "## Provenance", "", tables.markdown_table(header, _relative_rows(rows, folder))]
     tables.write_csv(os.path.join(folder, "provenance.csv"), header, rows)
     report["files"] = files
     with open(os.path.join(folder, "report.md"), "w", encoding="utf-8") as fout:

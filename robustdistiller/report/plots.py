@@ -1,14 +1,27 @@
-"""PNG plots of the report (matplotlib, Agg backend): metric vs SNR per task, degradation heat maps."""
+"""PNG plots of the report (matplotlib, Agg backend): metric vs SNR per task, degradation heat maps on one shared
+colour scale, and the learned layer weights per task and upstream.
+
+Made to be read: every upstream has its own marker and a small horizontal offset, so identical numbers stay
+visible side by side; a single SNR still shows a line (to the clean point); a task with a chance level
+(:attr:`robustdistiller.downstream.tasks.TaskInfo.chance`) shows it dashed; the heat maps of all upstreams share
+one symmetric colour scale (stored in each PNG's ``Description``), with white labels on dark cells.
+"""
 
 import logging
 import math
 import re
+
+import numpy as np
 
 from robustdistiller.report.tables import CLEAN, display_value, metric_label
 
 logger = logging.getLogger(__name__)
 
 SNR_CONDITION = re.compile(r"^snr(-?\d+(?:\.\d+)?)$")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINE_STYLES = ("-", "--", "-.", ":")
+DARK_CELL_FRACTION = 0.55
+"""Cells whose |degradation| is above this share of the colour scale get white labels (dark red / dark green)."""
 
 
 def _pyplot():
@@ -32,56 +45,112 @@ def snr_conditions(conditions):
     return sorted(found)
 
 
-def plot_snr_curve(task, entry, path):
-    """Primary metric vs SNR, one line per upstream, clean as a marker right of the highest SNR.
+def upstream_offsets(count, spacing):
+    """Horizontal offsets that spread ``count`` upstreams around each x, ``spacing`` apart, centred on 0.
 
-    Returns the path, or None when the task has no ``snr<N>`` condition.
+    Example
+    -------
+    >>> upstream_offsets(3, 0.5)
+    [-0.5, 0.0, 0.5]
     """
-    snrs = snr_conditions(entry["conditions"])
+    return [(index - (count - 1) / 2) * spacing for index in range(count)]
+
+
+def plot_snr_curve(task, entry, path):
+    """Primary metric vs SNR, one line per upstream, ending at the clean point right of the highest SNR.
+
+    Returns the path, or None when no upstream has a number for an ``snr<N>`` condition.
+    """
+    measured = {
+        condition
+        for cell in entry["cells"].values()
+        if cell["status"] == "ok"
+        for condition, value in cell["values"].items()
+        if value is not None
+    }
+    snrs = snr_conditions([condition for condition in entry["conditions"] if condition in measured])
     if not snrs:
         return None
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
     step = (snrs[-1][0] - snrs[0][0]) / max(1, len(snrs) - 1) or 5.0
     clean_x = snrs[-1][0] + step
-    for name, cell in entry["cells"].items():
-        if cell["status"] != "ok":
+    names = [name for name, cell in entry["cells"].items() if cell["status"] == "ok"]
+    offsets = upstream_offsets(len(names), 0.08 * step)
+    for index, name in enumerate(names):
+        cell = entry["cells"][name]
+        conditions = [(snr, condition) for snr, condition in snrs] + [(clean_x, CLEAN)]
+        points = [(x, display_value(cell["values"].get(condition), entry["scale"])) for x, condition in conditions]
+        points = [(x + offsets[index], value) for x, value in points if value is not None and math.isfinite(value)]
+        if not points:
             continue
-        points = [(snr, display_value(cell["values"].get(condition), entry["scale"])) for snr, condition in snrs]
-        points = [(snr, value) for snr, value in points if value is not None and math.isfinite(value)]
-        (line,) = axis.plot([snr for snr, _ in points], [value for _, value in points], marker="o", label=name)
-        clean = display_value(cell["values"].get(CLEAN), entry["scale"])
-        if clean is not None:
-            axis.plot([clean_x], [clean], marker="*", markersize=12, color=line.get_color(), linestyle="none")
-            axis.axhline(clean, color=line.get_color(), linestyle=":", linewidth=0.8)
+        axis.plot(
+            [x for x, _ in points],
+            [value for _, value in points],
+            marker=MARKERS[index % len(MARKERS)],
+            linestyle=LINE_STYLES[index // len(MARKERS) % len(LINE_STYLES)],
+            markersize=7,
+            markerfacecolor="white" if index % 2 else None,  # hollow every other one: overlaps stay visible
+            label=name,
+        )
+    if entry.get("chance") is not None:
+        chance = display_value(entry["chance"], entry["scale"])
+        axis.axhline(chance, color="grey", linestyle="--", linewidth=1.0, label=f"chance ({chance:.3g})")
     ticks = [snr for snr, _ in snrs]
     axis.set_xticks(ticks + [clean_x])
     axis.set_xticklabels([f"{snr:g}" for snr in ticks] + ["clean"])
-    axis.set_xlabel("SNR (dB); star and dotted line: clean")
+    axis.set_xlim(ticks[0] - 0.6 * step, clean_x + 0.6 * step)
+    axis.set_xlabel("SNR of the added noise (dB)")
     axis.set_ylabel(metric_label(entry))
     axis.set_title(f"{task}: {entry['metric']} under additive noise")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, title="upstream", title_fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
 
 
-def plot_degradation_heatmap(report, upstream, path):
-    """Heat map of one upstream's degradation (%, positive = worse) per task x corrupted condition.
-
-    Cells without a number (missing, failed, no clean reference) are grey and say so. Returns the path,
-    or None when no task has a corrupted condition.
-    """
-    tasks = list(report["tasks"])
+def _corrupted_conditions(report):
     conditions = []
     for entry in report["tasks"].values():
         conditions += [name for name in entry["conditions"] if name != CLEAN and name not in conditions]
+    return conditions
+
+
+def degradation_color_limit(report):
+    """The one symmetric colour scale (±limit, %) of every upstream's heat map: the largest |degradation|.
+
+    Example
+    -------
+    >>> cell = lambda value: {"status": "ok", "degradation": {"snr5": value}}
+    >>> report = {"tasks": {"KS": {"conditions": ["clean", "snr5"], "cells": {"a": cell(53.0), "b": cell(-65.0)}}}}
+    >>> degradation_color_limit(report)
+    65.0
+    """
+    values = [
+        abs(value)
+        for entry in report["tasks"].values()
+        for cell in entry["cells"].values()
+        if cell["status"] == "ok"
+        for value in (cell.get("degradation") or {}).values()
+        if value is not None and math.isfinite(value)
+    ]
+    return max([1.0] + values)
+
+
+def plot_degradation_heatmap(report, upstream, path, limit=None):
+    """Heat map of one upstream's degradation (%, positive = worse) per task x corrupted condition.
+
+    Cells without a number (missing, failed, no clean reference) are grey and say so. ``limit`` (default
+    :func:`degradation_color_limit` of the report) fixes the colour scale to ±limit, the same for every upstream.
+    Returns the path, or None when no task has a corrupted condition.
+    """
+    tasks = list(report["tasks"])
+    conditions = _corrupted_conditions(report)
     if not conditions:
         return None
-    import numpy as np
-
+    limit = degradation_color_limit(report) if limit is None else float(limit)
     values = np.full((len(tasks), len(conditions)), np.nan)
     labels = [["" for _ in conditions] for _ in tasks]
     for row, task in enumerate(tasks):
@@ -97,20 +166,74 @@ def plot_degradation_heatmap(report, upstream, path):
                 values[row, column] = cell["degradation"][condition]
                 labels[row][column] = f"{values[row, column]:+.1f}"
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(1.2 * len(conditions) + 2.5, 0.6 * len(tasks) + 1.8))
-    finite = values[np.isfinite(values)]
-    limit = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
+    figure, axis = plt.subplots(figsize=(1.2 * len(conditions) + 2.8, 0.6 * len(tasks) + 1.8))
     colormap = plt.get_cmap("RdYlGn_r").with_extremes(bad="lightgrey")
     image = axis.imshow(np.ma.masked_invalid(values), cmap=colormap, vmin=-limit, vmax=limit, aspect="auto")
     for row in range(len(tasks)):
         for column in range(len(conditions)):
-            axis.text(column, row, labels[row][column], ha="center", va="center", fontsize=8)
+            dark = np.isfinite(values[row, column]) and abs(values[row, column]) > DARK_CELL_FRACTION * limit
+            axis.text(
+                column,
+                row,
+                labels[row][column],
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else "black",
+            )
     axis.set_xticks(range(len(conditions)))
     axis.set_xticklabels(conditions)
     axis.set_yticks(range(len(tasks)))
     axis.set_yticklabels(tasks)
     axis.set_title(f"{upstream}: degradation from clean (%, + = worse)", fontsize=10)
-    figure.colorbar(image, ax=axis)
+    colorbar = figure.colorbar(image, ax=axis)
+    colorbar.set_label(f"% (one scale for all upstreams: ±{limit:.3g})", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, metadata={"Description": f"degradation colour scale: -{limit:g} to {limit:g} %"})
+    plt.close(figure)
+    return path
+
+
+def plot_layer_weights(report, path):
+    """The learned weighted-sum layer weights, one panel per task, one line per upstream (layer 0: CNN output).
+
+    Returns the path, or None when no pair saved layer weights.
+    """
+    panels = []
+    for task, entry in report["tasks"].items():
+        weights = {
+            name: cell["layer_weights"]
+            for name, cell in entry["cells"].items()
+            if cell["status"] == "ok" and cell.get("layer_weights")
+        }
+        if weights:
+            panels.append((task, weights))
+    if not panels:
+        return None
+    plt = _pyplot()
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+    for axis in axes.flat[len(panels) :]:
+        axis.set_visible(False)
+    for axis, (task, weights) in zip(axes.flat, panels):
+        for index, (name, values) in enumerate(weights.items()):
+            axis.plot(
+                range(len(values)),
+                values,
+                marker=MARKERS[index % len(MARKERS)],
+                markerfacecolor="white" if index % 2 else None,
+                label=name,
+            )
+        longest = max(len(values) for values in weights.values())
+        axis.set_xticks(range(longest))
+        axis.set_title(task, fontsize=10)
+        axis.set_xlabel("layer (0: encoder input)")
+        axis.set_ylabel("weight (softmax)")
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle("Learned layer weights of the weighted sum", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -125,6 +125,7 @@ def collect(spec, status=None):
                     task_title=results.get("task"),
                     provenance=results.get("provenance") or {},
                     upstream=results.get("upstream") or {},
+                    layer_weights=results.get("layer_weights"),
                 )
                 for condition, stats in (results.get("results") or {}).items():
                     cell["values"][condition] = stats.get(metric)
@@ -153,6 +154,7 @@ def collect(spec, status=None):
             "conditions": conditions,
             "note": task.note,
             "recipe": task.recipe,
+            "chance": task.chance,
             "cells": cells,
         }
         _add_degradation(entry)

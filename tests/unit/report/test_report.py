@@ -302,6 +302,42 @@ def test_orientation_ranks_degradation_and_score_on_hand_made_results(tmp_path):
     assert collect(spec)["summary"]["clean"]["b"]["score"] == pytest.approx(1000 * (80 / 100 + (80 - 70) / 20) / 2)
 
 
+def test_plots_share_one_colour_scale_show_layer_weights_and_report_uses_relative_paths(tmp_path):
+    from PIL import Image
+
+    root = str(tmp_path / "out")
+    # a tie at snr5 (teacher == student), one SNR only, and very different degradation ranges per upstream
+    write_results(root, "KS", "teacher", {"clean": 0.90, "snr5": 0.60}, "accuracy", layer_weights=[0.1, 0.2, 0.7])
+    write_results(root, "KS", "student", {"clean": 0.80, "snr5": 0.60}, "accuracy", layer_weights=[0.5, 0.5])
+    write_results(root, "PR", "teacher", {"clean": 10.0, "snr5": 11.0}, "PER")
+    write_results(root, "PR", "student", {"clean": 10.0, "snr5": 40.0}, "PER")
+    spec = spec_from_dict(
+        {
+            "output_root": root,
+            "mode": "report",
+            "upstreams": {"teacher": str(tmp_path / "models" / "teacher"), "student": "owner/student"},
+            "tasks": ["KS", "PR"],
+            "conditions": ["clean", "snr5"],
+        }
+    )
+    code, report = run_report(spec)
+    assert code == 0
+    folder = Path(root, "report")
+    # one colour scale (the largest |degradation|: PR student 300 %) in every upstream's heat map
+    descriptions = {
+        name: Image.open(folder / f"degradation_{name}.png").info["Description"] for name in ("teacher", "student")
+    }
+    assert descriptions["teacher"] == descriptions["student"] == "degradation colour scale: -300 to 300 %"
+    assert report["files"]["heatmap_limit"] == pytest.approx(300.0)
+    # KS's chance level is in the report data, the layer weights have their plot
+    assert report["tasks"]["KS"]["chance"] == pytest.approx(1 / 12) and report["tasks"]["PR"]["chance"] is None
+    assert report["files"]["layer_weights"] == "layer_weights.png" and (folder / "layer_weights.png").is_file()
+    assert report["tasks"]["KS"]["cells"]["teacher"]["layer_weights"] == [0.1, 0.2, 0.7]
+    markdown = (folder / "report.md").read_text()
+    assert str(tmp_path) not in markdown  # every path relative to the report's folder
+    assert "`../../models/teacher`" in markdown and "`owner/student`" in markdown and "| ../KS/teacher |" in markdown
+
+
 def test_spec_errors_name_the_key(tmp_path):
     good = {"output_root": str(tmp_path), "upstreams": {"a": "/m/a"}, "tasks": ["KS"]}
     with pytest.raises(SpecError, match="Unknown task 'XX'"):
