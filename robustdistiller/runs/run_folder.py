@@ -324,7 +324,7 @@ def check_run_signature(save_folder, signature, accept=(), resuming=True):
     recorded = read_run_signature(save_folder)
     if not resuming or recorded is None:
         if resuming:
-            logger.warning(
+            _warn_once(
                 "Resuming a run in %s that has no %s (started by an older version): its settings cannot be "
                 "compared; recording the current ones.",
                 save_folder,
@@ -340,7 +340,7 @@ def check_run_signature(save_folder, signature, accept=(), resuming=True):
     # Keys an older version did not sign (the data and architecture fingerprints...) are recorded now.
     newly_signed = [key for key, (old, _) in changed.items() if old == "<not recorded>"]
     for key in newly_signed:
-        logger.warning(
+        _warn_once(
             "The run in %s was started by a version that did not record %s; recording it now (%r).",
             save_folder,
             key,
@@ -355,8 +355,21 @@ def check_run_signature(save_folder, signature, accept=(), resuming=True):
             f"or accept the change on purpose with --accept_changed_settings=[{','.join(refused)}]."
         )
     for key, (old, new) in changed.items():
-        logger.warning("Resuming with a changed setting, accepted on purpose: %s %r -> %r", key, old, new)
+        _warn_once("Resuming with a changed setting, accepted on purpose: %s %r -> %r", key, old, new)
     return changed
+
+
+_WARNED = set()
+
+
+def _warn_once(template, *arguments):
+    """Logs a warning once per process: the recipe checks the signature before it rewrites the run's records
+    and the Brain checks it again before recovery (for code that builds the Brain itself), with the same
+    outcome; the reader needs to see it once."""
+    text = template % arguments
+    if text not in _WARNED:
+        _WARNED.add(text)
+        logger.warning(text)
 
 
 def write_run_signature(save_folder, signature, hashes=()):
