@@ -44,7 +44,7 @@ import torch
 
 from robustdistiller.data.batching import FixedBatchSampler
 from robustdistiller.runs.checkpoints import RandomState
-from robustdistiller.runs.options import cap_num_workers
+from robustdistiller.runs.workers import cap_num_workers
 from robustdistiller.models.enhancement import stft_magnitude
 from robustdistiller.distill.enhancement_quality import QualityMeans, enhanced_waveforms
 from robustdistiller.distill.losses import distillation_loss, enhancement_loss, lengths_to_mask

@@ -17,7 +17,8 @@ from tqdm import tqdm
 from robustdistiller.data.pipeline import make_distillation_dataset
 from robustdistiller.distill.enhancement_quality import QualityMeans, enhance_batch
 from robustdistiller.distill.losses import distillation_loss
-from robustdistiller.runs.options import cap_num_workers, format_stats
+from robustdistiller.runs.log_format import format_stats
+from robustdistiller.runs.workers import cap_num_workers
 
 logger = logging.getLogger(__name__)
 

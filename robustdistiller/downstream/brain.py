@@ -13,7 +13,9 @@ import os
 import speechbrain as sb
 from torch.nn.parallel import DistributedDataParallel
 
-from robustdistiller.runs.options import OptionError, cap_num_workers, format_stats
+from robustdistiller.runs.log_format import format_stats
+from robustdistiller.runs.options import OptionError
+from robustdistiller.runs.workers import cap_num_workers
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from robustdistiller.dpwavlm.schedule import LinearDecaySchedule, build_optimize
 from robustdistiller.models.enhancement import stft_magnitude
 from robustdistiller.inference.interface import absolute_lengths
 from robustdistiller.distill.losses import enhancement_loss, lengths_to_mask
-from robustdistiller.runs.options import cap_num_workers
+from robustdistiller.runs.workers import cap_num_workers
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class DPWavLMBrain(sb.Brain):
             )
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """SpeechBrain's loader, ``num_workers`` capped at the CPU count (:func:`~robustdistiller.runs.options.cap_num_workers`)."""
+        """SpeechBrain's loader, ``num_workers`` capped at the CPU count (:func:`~robustdistiller.runs.workers.cap_num_workers`)."""
         return super().make_dataloader(dataset, stage, ckpt_prefix, **cap_num_workers(loader_kwargs))
 
     def on_stage_start(self, stage, epoch=None):

@@ -43,7 +43,8 @@ from robustdistiller.downstream.qbe import (
     term_weighted_value,
     write_stdlist,
 )
-from robustdistiller.runs.options import OptionError, cap_num_workers, exit_if_required_options_missing
+from robustdistiller.runs.options import OptionError, exit_if_required_options_missing
+from robustdistiller.runs.workers import cap_num_workers
 
 logger = logging.getLogger(__name__)
 

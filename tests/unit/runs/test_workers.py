@@ -1,18 +1,18 @@
-"""robustdistiller.runs.options: DataLoader workers capped at the CPU count, readable result lines."""
+"""robustdistiller.runs.workers: DataLoader workers capped at the CPU count."""
 
 import logging
 
 import speechbrain as sb
 import torch
 
-from robustdistiller.runs import options
-from robustdistiller.runs.options import available_cpus, cap_num_workers, format_stats
+from robustdistiller.runs import workers
+from robustdistiller.runs.workers import available_cpus, cap_num_workers
 
 
 def test_cap_num_workers_lowers_to_cpu_count_and_says_so_once(caplog, monkeypatch):
-    monkeypatch.setattr(options, "_REPORTED_WORKER_CAPS", set())
+    monkeypatch.setattr(workers, "_REPORTED_WORKER_CAPS", set())
     requested = {"batch_size": 4, "num_workers": 8}
-    with caplog.at_level(logging.INFO, logger="robustdistiller.runs.options"):
+    with caplog.at_level(logging.INFO, logger="robustdistiller.runs.workers"):
         assert cap_num_workers(requested, cpus=2) == {"batch_size": 4, "num_workers": 2}
         assert cap_num_workers(requested, cpus=2)["num_workers"] == 2
     assert requested["num_workers"] == 8, "the YAML's options must not be changed in place"
@@ -45,9 +45,3 @@ def test_recipe_brains_cap_loader_workers():
 
     for brain_class in (DistillationBrain, DownstreamBrain, DPWavLMBrain):
         assert _loader_workers(brain_class, seed=0) == available_cpus(), brain_class.__name__
-
-
-def test_format_stats_four_significant_digits():
-    line = format_stats({"error_rate": 0.0123456789012345, "loss": 1234.56789, "checkpoint": "CKPT+1", "n": 3})
-    assert line == "error_rate=0.01235, loss=1235, checkpoint=CKPT+1, n=3"
-    assert format_stats({"acc": torch.tensor(0.987654321)}) == "acc=0.9877"
