@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import HubertModel
+from transformers.utils import logging as transformers_logging
 
 CNN_RECEPTIVE_FIELD = 400
 """Samples of the wav2vec 2.0 / HuBERT CNN's receptive field: shorter audio gives no frame."""
@@ -55,16 +56,18 @@ class ValidStepsGroupNorm(nn.GroupNorm):
         if self.step_lengths is None:
             return super().forward(inputs)
         batch, channels, steps = inputs.shape
+        # statistics in float32: a float16 sum of squares over minutes of audio overflows
+        values = inputs.float()
         mask = torch.arange(steps, device=inputs.device)[None, :] < self.step_lengths.to(inputs.device)[:, None]
-        mask = mask[:, None, None, :].to(inputs.dtype)  # [B, 1, 1, T]
-        grouped = inputs.reshape(batch, self.num_groups, channels // self.num_groups, steps)
+        mask = mask[:, None, None, :].float()  # [B, 1, 1, T]
+        grouped = values.reshape(batch, self.num_groups, channels // self.num_groups, steps)
         count = mask.sum(dim=-1, keepdim=True).clamp(min=1) * (channels // self.num_groups)
         mean = (grouped * mask).sum(dim=(-2, -1), keepdim=True) / count
         variance = (((grouped - mean) * mask) ** 2).sum(dim=(-2, -1), keepdim=True) / count
         normalised = ((grouped - mean) / torch.sqrt(variance + self.eps)).reshape(batch, channels, steps)
         if self.affine:
-            normalised = normalised * self.weight[None, :, None] + self.bias[None, :, None]
-        return normalised
+            normalised = normalised * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
+        return normalised.to(inputs.dtype)
 
 
 class PaddingSafeHubertModel(HubertModel):
@@ -131,6 +134,9 @@ class RobustDistillerSSL(nn.Module):
             output_all_hiddens: True
             freeze: True
 
+    The arguments and their defaults are those of SpeechBrain's ``HuBERT`` wrapper (1.1), so a YAML written for it
+    keeps its meaning; ``**kwargs`` of that wrapper's base class are accepted and ignored.
+
     Arguments
     ---------
     source : str
@@ -141,12 +147,17 @@ class RobustDistillerSSL(nn.Module):
         Layer-normalise each frame's features (SpeechBrain's wrappers normalise over frames and features
         together, which would bring the padding back in).
     freeze : bool
-        No gradients into the model, which stays in eval mode.
+        No gradients into the model, which then stays in eval mode (no dropout) whatever ``train()`` says.
     freeze_feature_extractor : bool
         With ``freeze`` False: freeze the CNN only.
+    apply_spec_augment : bool
+        Let the model mask time steps while training (``config.apply_spec_augment``), as the wrapper does.
     output_all_hiddens : bool
         Return every hidden state stacked, ``[layers + 1, B, frames, D]`` (index 0: the encoder input);
         else the last one, ``[B, frames, D]``.
+
+    Frames past an utterance's length are not meaningful: the valid frames of item ``i`` are the first
+    ``self.model._get_feat_extract_output_lengths(lengths)[i]``.
 
     Example
     -------
@@ -166,12 +177,21 @@ class RobustDistillerSSL(nn.Module):
         source,
         save_path=None,
         output_norm=False,
-        freeze=True,
+        freeze=False,
         freeze_feature_extractor=False,
-        output_all_hiddens=True,
+        apply_spec_augment=False,
+        output_all_hiddens=False,
+        **kwargs,
     ):
         super().__init__()
-        self.model = PaddingSafeHubertModel.from_pretrained(source, cache_dir=save_path)
+        enabled = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()  # no weight-loading bar for a lobe of a recipe
+        try:
+            self.model = PaddingSafeHubertModel.from_pretrained(source, cache_dir=save_path)
+        finally:
+            if enabled:
+                transformers_logging.enable_progress_bar()
+        self.model.config.apply_spec_augment = bool(apply_spec_augment)
         self.output_norm = output_norm
         self.freeze = freeze
         self.output_all_hiddens = output_all_hiddens
@@ -182,7 +202,7 @@ class RobustDistillerSSL(nn.Module):
             self.model.feature_extractor._freeze_parameters()
 
     def train(self, mode=True):
-        """A frozen model stays in eval mode (no dropout), as in SpeechBrain's wrappers."""
+        """A frozen model stays in eval mode (no dropout, no masking)."""
         super().train(mode)
         if self.freeze:
             self.model.eval()

@@ -7,6 +7,7 @@ included); ours -> s3prl -> ours is exact.
 """
 
 from pathlib import Path
+import json
 import os
 
 import pytest
@@ -60,6 +61,16 @@ def test_fresh_processes_load_identical_features_six_ways(exported):
     # foreign_class and the HF loaders ran with no robustdistiller module imported
     assert results["foreign_class"]["standalone"] and results["transformers"]["standalone"]
     assert not results["speechbrain_interface"]["standalone"]
+
+
+def test_every_export_ships_the_padding_safe_class(exported):
+    folder, _ = exported
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as fin:
+        config = json.load(fin)
+    assert config["auto_map"] == {"AutoModel": "modeling_robustdistiller.PaddingSafeHubertModel"}
+    assert os.path.isfile(os.path.join(folder, "modeling_robustdistiller.py"))
+    with open(os.path.join(folder, "export_manifest.json"), encoding="utf-8") as fin:
+        assert "modeling_robustdistiller.py" in json.dumps(json.load(fin))
 
 
 def test_padded_batch_matches_single_utterances_in_every_loader(exported, interface):

@@ -6,9 +6,11 @@ GroupNorm sees the padding); the export's class and lobe give the utterance's ow
 
 import os
 import shutil
+import sys
 
 import pytest
 import torch
+import transformers.dynamic_module_utils
 from hyperpyyaml import load_hyperpyyaml
 from transformers import AutoModel, HubertConfig, HubertModel
 
@@ -61,7 +63,10 @@ def _alone(model, wav):
 
 
 def test_padded_batch_gives_each_utterance_its_own_features(folder, batch, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path))
+    # trust_remote_code copies the modeling file into transformers' module cache: a temporary one here (the
+    # HF_MODULES_CACHE variable is read when transformers is imported, so the module constant is patched)
+    monkeypatch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
     wavs, mask = batch
     safe = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     plain = AutoModel.from_pretrained(folder).eval()  # without trust_remote_code the map is ignored
@@ -123,3 +128,33 @@ def test_too_short_item_stays_finite(folder):
     with torch.no_grad():
         out = model(wavs, attention_mask=mask).last_hidden_state
     assert torch.isfinite(out).all()
+
+
+def test_half_precision_statistics_do_not_overflow(folder):
+    """The masked GroupNorm sums in float32: a float16 model on a long padded input matches float32."""
+    model = PaddingSafeHubertModel.from_pretrained(folder).eval()
+    norm = model.feature_extractor.conv_layers[0].layer_norm
+    inputs = 4.0 * torch.randn(2, 32, 64000, generator=torch.Generator().manual_seed(2))
+    norm.step_lengths = torch.tensor([64000, 40000])
+    try:
+        reference = norm(inputs)
+        half = norm.half()(inputs.half()).float()
+    finally:
+        norm.step_lengths = None
+        norm.float()
+    assert torch.isfinite(half).all()
+    # float16 keeps ~3 decimal digits of values of order 1 (after the affine, |y| < ~10)
+    torch.testing.assert_close(half, reference, atol=2e-2, rtol=1e-2)
+
+
+def test_trainable_lobe_passes_gradients_and_keeps_padding_safety(folder, batch):
+    wavs, _ = batch
+    wav_lens = torch.tensor(LENGTHS, dtype=torch.float) / max(LENGTHS)
+    lobe = RobustDistillerSSL(folder, freeze=False, freeze_feature_extractor=True).eval()
+    features = lobe(wavs, wav_lens)  # [B, frames, D] (output_all_hiddens False, as SpeechBrain's default)
+    assert features.dim() == 3 and features.requires_grad
+    features.sum().backward()
+    assert lobe.model.encoder.layers[0].attention.q_proj.weight.grad is not None
+    assert all(parameter.grad is None for parameter in lobe.model.feature_extractor.parameters())
+    short = _alone(lobe.model, wavs[1, : LENGTHS[1]])[-1]
+    torch.testing.assert_close(features[1, : short.shape[0]].detach(), short, atol=1e-5, rtol=0)
