@@ -315,7 +315,7 @@ class TeacherOutput(NamedTuple):
     frame_mask: torch.Tensor
 
 
-def load_ssl_model(source, cache_dir=None):
+def load_ssl_model(source, cache_dir=None, option="teacher_source"):
     """Loads a WavLM / HuBERT / wav2vec 2.0 model with ``transformers.AutoModel``.
 
     Arguments
@@ -326,6 +326,8 @@ def load_ssl_model(source, cache_dir=None):
         ``HF_HUB_OFFLINE=1``).
     cache_dir : str, optional
         Hugging Face cache folder.
+    option : str
+        The option that gave ``source`` (``teacher_source``, ``upstream_source``), named in errors.
 
     Returns
     -------
@@ -348,11 +350,12 @@ def load_ssl_model(source, cache_dir=None):
     'HubertModel'
     """
     source = os.fspath(source)
+    label = option.replace("_", " ").capitalize()  # "Teacher source", "Upstream source"
     expanded = os.path.expanduser(source)
     if os.path.isdir(expanded):
         return load_model_folder(expanded, cache_dir=cache_dir)
     if looks_like_path(source):
-        raise TeacherSourceError(f"Teacher source '{source}' is not a folder (no such directory) and not a hub id")
+        raise TeacherSourceError(f"{label} '{source}' is not a folder (no such directory) and not a hub id")
     try:
         with transformers_progress_bars_off():
             model, loading_info = AutoModel.from_pretrained(
@@ -362,17 +365,17 @@ def load_ssl_model(source, cache_dir=None):
         unavailable = hub_unavailable_reason()  # one quick probe instead of the hub client's retries
         if unavailable:
             raise TeacherSourceError(
-                f"Teacher source '{source}' is neither a local folder nor a cached hub model, and {unavailable}: "
-                f"download it elsewhere and pass its folder (e.g. --teacher_source=/models/wavlm-base-plus). "
+                f"{label} '{source}' is neither a local folder nor a cached hub model, and {unavailable}: "
+                f"download it elsewhere and pass its folder (e.g. --{option}=/models/wavlm-base-plus). "
                 f"({type(local_error).__name__})"
             ) from local_error
         try:
             model, loading_info = AutoModel.from_pretrained(source, cache_dir=cache_dir, output_loading_info=True)
         except Exception as error:  # network errors come in many types (OSError, HTTPError, ...)
             raise TeacherSourceError(
-                f"Teacher source '{source}' is neither a local folder nor reachable on the Hugging Face "
-                f"hub (no network, or unknown id; set HF_HUB_OFFLINE=1 to skip the network attempt): "
-                f"{error}"
+                f"{label} '{source}' is neither a local folder nor reachable on the Hugging Face "
+                f"hub (no network, or unknown id; set HF_HUB_OFFLINE=1 to skip the network attempt; "
+                f"--{option} also takes a local folder): {error}"
             ) from error
     check_model_type(model.config.model_type, source)
     _check_all_weights_loaded(model, loading_info, source, TeacherSourceError)
@@ -453,7 +456,8 @@ def save_random_teacher(folder, model_type="wavlm", tiny=True, seed=0, **config_
         model = model_class(config)
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    model.save_pretrained(folder)
+    with transformers_progress_bars_off():  # no 'Writing model shards' bar for one small file
+        model.save_pretrained(folder)
     Wav2Vec2FeatureExtractor(
         feature_size=1,
         sampling_rate=16000,

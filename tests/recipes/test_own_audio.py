@@ -8,6 +8,7 @@ the held-out share.
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,14 @@ import soundfile
 import torch
 import torchaudio
 
-from robustdistiller.data.prepare.own_audio import prepare_own_audio
+from robustdistiller.data.prepare.own_audio import overrides_without_librispeech, prepare_own_audio
+from robustdistiller.runs.run_folder import (
+    ChangedSettingsError,
+    check_run_signature,
+    data_signature,
+    write_run_signature,
+)
+from robustdistiller.runs.options import exit_if_required_options_missing
 from tests.conftest import REPOSITORY_ROOT, as_command_line, tiny_overrides
 
 DISTILL_YAML = os.path.join(REPOSITORY_ROOT, "hparams", "distill.yaml")
@@ -72,6 +80,28 @@ def test_folder_csv_and_text_list_give_the_same_files(own_audio, tmp_path):
     assert sorted(str(path) for path in own_audio.rglob("*")) == before  # nothing written next to the audio
 
 
+def test_other_audio_makes_other_lists_and_a_refused_resume(own_audio, tmp_path):
+    """Same --train_audio folder, other files in it: the lists are made again and a resume is refused."""
+    folder, save = tmp_path / "speech", tmp_path / "save"
+    shutil.copytree(own_audio, folder)
+    hparams = {"train_csv": str(save / "train.csv"), "valid_csv": str(save / "valid.csv"), "valid_splits": ["own"]}
+    prepare_own_audio(str(folder), str(save), valid_share=0.25)
+    first = data_signature(hparams)
+    write_run_signature(str(save), first)
+    marker = (save / "own_audio.prepare.json").read_text()
+    prepare_own_audio(str(folder), str(save), valid_share=0.25)  # same files: the lists are reused as they are
+    assert data_signature(hparams) == first and (save / "own_audio.prepare.json").read_text() == marker
+
+    shutil.copy(folder / "session_a" / "take 0.wav", folder / "session_b" / "take 9.wav")  # one more file
+    prepare_own_audio(str(folder), str(save), valid_share=0.25)
+    listed = [row["wav"] for key in ("train", "valid") for row in _rows(save / f"{key}.csv")]
+    assert len(listed) == 9 and str(folder / "session_b" / "take 9.wav") in listed
+    second = data_signature(hparams)
+    assert second != first
+    with pytest.raises(ChangedSettingsError, match="train_csv_fingerprint"):
+        check_run_signature(str(save), second, resuming=True)
+
+
 def test_bad_sources_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_audio.*does not exist"):
         prepare_own_audio(str(tmp_path / "missing"), str(tmp_path / "save"))
@@ -82,6 +112,23 @@ def test_bad_sources_are_named(tmp_path):
     (tmp_path / "paths.csv").write_text("path\n/a.wav\n")
     with pytest.raises(ValueError, match="no `wav` column"):
         prepare_own_audio(str(tmp_path / "paths.csv"), str(tmp_path / "save"))
+
+
+@pytest.mark.parametrize("yaml_name", ["distill", "distilhubert", "dpwavlm", "robust_dpwavlm"])
+def test_train_audio_needs_no_data_folder_but_names_the_corruption_folders(yaml_name):
+    """With --train_audio, the required-options check of every distillation YAML leaves data_folder out; the
+    noise and RIR folders of the corrupting recipes are still named when missing."""
+    hparams_file = os.path.join(REPOSITORY_ROOT, "hparams", f"{yaml_name}.yaml")
+    overrides = overrides_without_librispeech("train_audio: /data/my_speech\n")
+    with pytest.raises(SystemExit, match="--data_folder"):
+        exit_if_required_options_missing(hparams_file, "")
+    if yaml_name in ("distill", "robust_dpwavlm"):
+        with pytest.raises(SystemExit) as missing:
+            exit_if_required_options_missing(hparams_file, overrides)
+        assert "--musan_folder" in str(missing.value) and "--rir_folder" in str(missing.value)
+        assert "data_folder" not in str(missing.value)
+    else:
+        exit_if_required_options_missing(hparams_file, overrides)  # nothing missing: returns
 
 
 def test_recipe_distils_on_a_folder_without_librispeech(own_audio, mini_corpus, tiny_teacher_folder, tmp_path):

@@ -8,6 +8,9 @@ reads each file's header once and writes ``train.csv`` and ``valid.csv`` (``ID,d
 save folder, never next to your files; the validation list is ``valid_audio`` (same forms) or a share of the
 training files (``valid_share``, drawn by a hash of each file's ID, so the same files every time). Left out,
 counted and warned about: unreadable, damaged or empty files and files shorter than ``min_samples`` at 16 kHz.
+A rerun reuses the lists only while the source lists the same files, unchanged (:func:`listing_fingerprint`:
+paths, sizes, modification times); otherwise it lists them again, and the run signature, which holds the lists'
+content, refuses to resume a run made with other audio.
 """
 
 import csv
@@ -135,9 +138,50 @@ def _resolve(paths, list_file):
     return [path if os.path.isabs(path) else os.path.normpath(os.path.join(folder, path)) for path in paths]
 
 
-def own_audio_rows(source, option_name, min_samples, left_out):
-    """``[ID, duration, wav]`` rows of the readable files of ``source`` long enough for one feature frame."""
-    audio, other, base = audio_source_paths(source, option_name)
+def listing_fingerprint(listed):
+    """What a source lists now: a SHA-256 over every audio path with its size and modification time.
+
+    A file added to, removed from or rewritten in a folder (or list) changes it, so :func:`prepare_own_audio`
+    lists the audio again instead of reusing lists made from other files (and a resume then sees other data).
+
+    Arguments
+    ---------
+    listed : tuple
+        What :func:`audio_source_paths` returns.
+
+    Returns
+    -------
+    str
+        ``"<count> files, sha256 <16 hex digits>"``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(folder, "a.wav"), "wb").write(b"RIFF")
+    >>> before = listing_fingerprint(audio_source_paths(folder, "train_audio"))
+    >>> before.startswith("1 files, sha256 ")
+    True
+    >>> _ = open(os.path.join(folder, "b.wav"), "wb").write(b"RIFF")
+    >>> listing_fingerprint(audio_source_paths(folder, "train_audio")) == before
+    False
+    """
+    audio = listed[0]
+    digest = hashlib.sha256()
+    for path in audio:
+        try:
+            status = os.stat(path)
+            state = f"{status.st_size} {status.st_mtime_ns}"
+        except OSError as error:  # listed but missing or unreadable: counted when the lists are written
+            state = type(error).__name__
+        digest.update(f"{os.path.abspath(path)}\0{state}\n".encode("utf-8", "surrogateescape"))
+    return f"{len(audio)} files, sha256 {digest.hexdigest()[:16]}"
+
+
+def own_audio_rows(source, option_name, min_samples, left_out, listed=None):
+    """``[ID, duration, wav]`` rows of the readable files of ``source`` long enough for one feature frame
+    (``listed``: what :func:`audio_source_paths` returned for it, if already called)."""
+    audio, other, base = listed or audio_source_paths(source, option_name)
     leave_out_non_audio(other, left_out)
     rows = []
     for path in audio:
@@ -232,11 +276,16 @@ def prepare_own_audio(
     if skip_prep:
         return csv_paths
     min_samples = integer_at_least(min_samples, "min_samples", 0)
+    train_listed = audio_source_paths(train_audio, "train_audio")
+    valid_listed = audio_source_paths(valid_audio, "valid_audio") if valid_audio else None
     options = {
         "train_audio": os.path.abspath(train_audio),
         "valid_audio": os.path.abspath(valid_audio) if valid_audio else None,
         "valid_share": share,
         "min_samples": min_samples,
+        # the files themselves: lists made from other files are never reused (and a resume sees other data)
+        "train_audio_listing": listing_fingerprint(train_listed),
+        "valid_audio_listing": listing_fingerprint(valid_listed) if valid_listed else None,
     }
     outputs = [path for path in csv_paths.values() if path]
     if use_prepared(save_folder, "own_audio", options, outputs, force_prep, "own audio"):
@@ -244,10 +293,11 @@ def prepare_own_audio(
     os.makedirs(save_folder, exist_ok=True)
     remove_marker(save_folder, "own_audio")
     left_out = LeftOutFiles(csv_paths["train"])
-    rows = own_audio_rows(train_audio, "train_audio", min_samples, left_out)
+    rows = own_audio_rows(train_audio, "train_audio", min_samples, left_out, train_listed)
     valid_left_out = LeftOutFiles(csv_paths["valid"]) if csv_paths["valid"] else None
     if valid_audio:
-        train_rows, valid_rows = rows, own_audio_rows(valid_audio, "valid_audio", min_samples, valid_left_out)
+        valid_rows = own_audio_rows(valid_audio, "valid_audio", min_samples, valid_left_out, valid_listed)
+        train_rows = rows
     else:
         train_rows, valid_rows = held_out(rows, share)
     for key, key_rows, record in (("train", train_rows, left_out), ("valid", valid_rows, valid_left_out)):

@@ -8,7 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from transformers import HubertModel, Wav2Vec2Model, WavLMModel
+from transformers.utils import logging as transformers_logging
 
+from robustdistiller.downstream.upstream import FrozenUpstream
 from robustdistiller.models.teacher import (
     FrozenTeacher,
     TeacherPrecisionError,
@@ -144,6 +146,70 @@ def test_no_network_fails_at_once_without_the_hub_clients_retries(tmp_path, monk
     message = str(error.value)
     assert source in message and "(huggingface.co:443) is not reachable" in message and "--teacher_source" in message
     assert loads == [True] and probes == [(("huggingface.co", 443), interface.HUB_PROBE_TIMEOUT)]
+
+
+def test_writing_and_loading_a_small_model_shows_no_transformers_bars(tmp_path, capfd):
+    """No 'Writing model shards' / 'Loading weights' bars for our saves and loads; bars and warnings stay on."""
+    verbosity = transformers_logging.get_verbosity()
+    folder = save_random_teacher(str(tmp_path / "teacher"), model_type="wavlm")
+    FrozenTeacher(folder)
+    FrozenUpstream(folder, kind="hf")
+    captured = capfd.readouterr()
+    output = captured.out + captured.err
+    assert "shards" not in output and "Loading weights" not in output and "it/s]" not in output, output
+    assert transformers_logging.is_progress_bar_enabled()  # restored for everything else
+    assert transformers_logging.get_verbosity() == verbosity  # warnings are not silenced
+
+
+def _forbid_network(monkeypatch):
+    """No socket may be opened and no download attempted: ``from_pretrained`` only with ``local_files_only``."""
+    import socket
+
+    import transformers
+
+    def no_socket(*arguments, **keywords):
+        raise AssertionError(f"a network connection was attempted: {arguments}")
+
+    monkeypatch.setattr(socket, "create_connection", no_socket)
+    original = transformers.AutoModel.from_pretrained
+    loads = []
+
+    def local_only(source, **kwargs):
+        loads.append(kwargs.get("local_files_only", False))
+        if not kwargs.get("local_files_only"):
+            raise AssertionError("a download was attempted")
+        return original(source, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", local_only)
+    return loads
+
+
+def test_offline_hub_id_fails_at_once_without_any_network_call(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1 and an id that is not cached: one clear error naming id and option, no probe, no retry."""
+    import robustdistiller.inference.interface as interface
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(interface, "_hub_probe_results", {})
+    loads = _forbid_network(monkeypatch)
+    source = "robustdistiller-tests/no-such-model"
+    with pytest.raises(TeacherSourceError) as error:
+        load_ssl_model(source, cache_dir=str(tmp_path))
+    message = str(error.value)
+    assert message.startswith(f"Teacher source '{source}' is neither a local folder nor a cached hub model")
+    assert "HF_HUB_OFFLINE" in message and "--teacher_source=" in message and "pass its folder" in message
+    assert loads == [True] and interface._hub_probe_results == {}  # the cache only, no connectivity probe
+
+
+def test_upstream_hub_id_error_names_upstream_source(tmp_path, monkeypatch):
+    """The same fast failure from a downstream recipe's upstream names `upstream_source`, not the teacher."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _forbid_network(monkeypatch)
+    source = "robustdistiller-tests/no-such-upstream"
+    with pytest.raises(TeacherSourceError) as error:
+        FrozenUpstream(source, kind="hf", cache_dir=str(tmp_path))
+    message = str(error.value)
+    assert message.startswith(f"Upstream source '{source}' is neither a local folder")
+    assert "--upstream_source=" in message and "teacher" not in message.lower()
 
 
 def test_folder_without_model_raises_teacher_source_error(tmp_path):
