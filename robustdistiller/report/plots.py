@@ -4,7 +4,10 @@ colour scale, and the learned layer weights per task and upstream.
 Made to be read: every upstream has its own marker and a small horizontal offset, so identical numbers stay
 visible side by side; a single SNR still shows a line (to the clean point); a task with a chance level
 (:attr:`robustdistiller.downstream.tasks.TaskInfo.chance`) shows it dashed; the heat maps of all upstreams share
-one symmetric colour scale (stored in each PNG's ``Description``), with white labels on dark cells.
+one symmetric colour scale (stored in each PNG's ``Description``), with white labels on dark cells; the layer
+weights show the initial uniform weights dotted. Each ``plot_*`` writes the figure of its ``*_figure`` companion
+(:func:`snr_curve_figure`, :func:`degradation_heatmap_figure`, :func:`layer_weights_figure`), which tests and
+users can read back or restyle.
 """
 
 import logging
@@ -20,6 +23,7 @@ logger = logging.getLogger(__name__)
 SNR_CONDITION = re.compile(r"^snr(-?\d+(?:\.\d+)?)$")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 LINE_STYLES = ("-", "--", "-.", ":")
+UNIFORM_LABEL = "uniform (1 / layers): the initial weights"
 DARK_CELL_FRACTION = 0.55
 """Cells whose |degradation| is above this share of the colour scale get white labels (dark red / dark green)."""
 
@@ -31,6 +35,17 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def upstream_color(index):
+    """The colour of the ``index``-th upstream of the report (matplotlib's default cycle), the same in every plot.
+
+    Example
+    -------
+    >>> upstream_color(0), upstream_color(11)
+    ('C0', 'C1')
+    """
+    return f"C{index % 10}"
 
 
 def snr_conditions(conditions):
@@ -56,10 +71,12 @@ def upstream_offsets(count, spacing):
     return [(index - (count - 1) / 2) * spacing for index in range(count)]
 
 
-def plot_snr_curve(task, entry, path):
+def snr_curve_figure(task, entry):
     """Primary metric vs SNR, one line per upstream, ending at the clean point right of the highest SNR.
 
-    Returns the path, or None when no upstream has a number for an ``snr<N>`` condition.
+    Returns the matplotlib figure (close it after use), or None when no upstream has a number for an ``snr<N>``
+    condition. Upstream ``i`` of ``entry["cells"]`` is drawn with colour :func:`upstream_color` ``(i)``, marker
+    ``MARKERS[i]`` and x offset :func:`upstream_offsets` ``[i]``; an upstream without numbers is a legend entry only.
     """
     measured = {
         condition
@@ -75,18 +92,26 @@ def plot_snr_curve(task, entry, path):
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
     step = (snrs[-1][0] - snrs[0][0]) / max(1, len(snrs) - 1) or 5.0
     clean_x = snrs[-1][0] + step
-    names = [name for name, cell in entry["cells"].items() if cell["status"] == "ok"]
+    names = list(entry["cells"])
     offsets = upstream_offsets(len(names), 0.08 * step)
     for index, name in enumerate(names):
         cell = entry["cells"][name]
         conditions = [(snr, condition) for snr, condition in snrs] + [(clean_x, CLEAN)]
-        points = [(x, display_value(cell["values"].get(condition), entry["scale"])) for x, condition in conditions]
+        values = cell["values"] if cell["status"] == "ok" else {}
+        points = [(x, display_value(values.get(condition), entry["scale"])) for x, condition in conditions]
         points = [(x + offsets[index], value) for x, value in points if value is not None and math.isfinite(value)]
-        if not points:
+        if not points:  # named in the legend, never silently dropped
+            axis.plot(
+                [],
+                [],
+                linestyle="none",
+                label=f"{name}: {cell['status'] if cell['status'] != 'ok' else 'no SNR numbers'}",
+            )
             continue
         axis.plot(
             [x for x, _ in points],
             [value for _, value in points],
+            color=upstream_color(index),
             marker=MARKERS[index % len(MARKERS)],
             linestyle=LINE_STYLES[index // len(MARKERS) % len(LINE_STYLES)],
             markersize=7,
@@ -97,6 +122,7 @@ def plot_snr_curve(task, entry, path):
         chance = display_value(entry["chance"], entry["scale"])
         axis.axhline(chance, color="grey", linestyle="--", linewidth=1.0, label=f"chance ({chance:.3g})")
     ticks = [snr for snr, _ in snrs]
+    axis.axvline((ticks[-1] + clean_x) / 2, color="grey", linestyle=":", linewidth=0.8)  # noisy | clean
     axis.set_xticks(ticks + [clean_x])
     axis.set_xticklabels([f"{snr:g}" for snr in ticks] + ["clean"])
     axis.set_xlim(ticks[0] - 0.6 * step, clean_x + 0.6 * step)
@@ -106,9 +132,12 @@ def plot_snr_curve(task, entry, path):
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, title="upstream", title_fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return figure
+
+
+def plot_snr_curve(task, entry, path):
+    """Writes :func:`snr_curve_figure` as a PNG; returns the path, or None when there is nothing to plot."""
+    return _save(snr_curve_figure(task, entry), path)
 
 
 def _corrupted_conditions(report):
@@ -139,12 +168,12 @@ def degradation_color_limit(report):
     return max([1.0] + values)
 
 
-def plot_degradation_heatmap(report, upstream, path, limit=None):
+def degradation_heatmap_figure(report, upstream, limit=None):
     """Heat map of one upstream's degradation (%, positive = worse) per task x corrupted condition.
 
     Cells without a number (missing, failed, no clean reference) are grey and say so. ``limit`` (default
     :func:`degradation_color_limit` of the report) fixes the colour scale to ±limit, the same for every upstream.
-    Returns the path, or None when no task has a corrupted condition.
+    Returns the matplotlib figure (close it after use), or None when no task has a corrupted condition.
     """
     tasks = list(report["tasks"])
     conditions = _corrupted_conditions(report)
@@ -185,21 +214,30 @@ def plot_degradation_heatmap(report, upstream, path, limit=None):
     axis.set_xticklabels(conditions)
     axis.set_yticks(range(len(tasks)))
     axis.set_yticklabels(tasks)
-    axis.set_title(f"{upstream}: degradation from clean (%, + = worse)", fontsize=10)
+    axis.set_xlabel("test condition")
+    axis.set_ylabel("task")
+    axis.set_title(f"{upstream}: degradation relative to its clean number (%, + = worse)", fontsize=10)
     colorbar = figure.colorbar(image, ax=axis)
     colorbar.set_label(f"% (one scale for all upstreams: ±{limit:.3g})", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100, metadata={"Description": f"degradation colour scale: -{limit:g} to {limit:g} %"})
-    plt.close(figure)
-    return path
+    return figure
 
 
-def plot_layer_weights(report, path):
+def plot_degradation_heatmap(report, upstream, path, limit=None):
+    """Writes :func:`degradation_heatmap_figure` as a PNG, its colour scale in the PNG's ``Description``; returns
+    the path, or None when there is nothing to plot."""
+    limit = degradation_color_limit(report) if limit is None else float(limit)
+    metadata = {"Description": f"degradation colour scale: -{limit:g} to {limit:g} %"}
+    return _save(degradation_heatmap_figure(report, upstream, limit), path, metadata=metadata)
+
+
+def layer_weights_figure(report):
     """The learned weighted-sum layer weights, one panel per task, one line per upstream (layer 0: CNN output).
 
-    Returns the path, or None when no pair saved layer weights.
+    Returns the matplotlib figure (close it after use), or None when no pair saved layer weights.
     """
     panels = []
+    upstreams = list(dict.fromkeys(name for entry in report["tasks"].values() for name in entry["cells"]))
     for task, entry in report["tasks"].items():
         weights = {
             name: cell["layer_weights"]
@@ -217,24 +255,53 @@ def plot_layer_weights(report, path):
     for axis in axes.flat[len(panels) :]:
         axis.set_visible(False)
     for axis, (task, weights) in zip(axes.flat, panels):
-        for index, (name, values) in enumerate(weights.items()):
+        for name, values in weights.items():
+            index = upstreams.index(name)  # one colour and marker per upstream in every panel and plot
             axis.plot(
                 range(len(values)),
                 values,
+                color=upstream_color(index),
                 marker=MARKERS[index % len(MARKERS)],
                 markerfacecolor="white" if index % 2 else None,
                 label=name,
             )
         longest = max(len(values) for values in weights.values())
+        for count in sorted({len(values) for values in weights.values()}):  # the initial (uniform) weights
+            axis.hlines(1 / count, 0, count - 1, colors="grey", linestyles=":", linewidth=1.0, label=UNIFORM_LABEL)
         axis.set_xticks(range(longest))
         axis.set_title(task, fontsize=10)
         axis.set_xlabel("layer (0: encoder input)")
         axis.set_ylabel("weight (softmax)")
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.suptitle("Learned layer weights of the weighted sum", fontsize=11)
+    handles = {}
+    for axis in axes.flat[: len(panels)]:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    ordered = [name for name in upstreams + [UNIFORM_LABEL] if name in handles]
+    figure.suptitle("Learned layer weights of the weighted sum (per task and upstream)", fontsize=11)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    figure.legend(
+        [handles[name] for name in ordered],
+        ordered,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 0.9),
+        fontsize=8,
+        title="upstream",
+        title_fontsize=8,
+    )  # one legend beside the panels, off the lines
+    return figure
+
+
+def plot_layer_weights(report, path):
+    """Writes :func:`layer_weights_figure` as a PNG; returns the path, or None when there is nothing to plot."""
+    return _save(layer_weights_figure(report), path)
+
+
+def _save(figure, path, metadata=None):
+    if figure is None:
+        return None
+    # bbox_inches="tight": legends placed beside the axes (layer weights) stay inside the PNG
+    figure.savefig(path, dpi=100, metadata=metadata, bbox_inches="tight")
+    _pyplot().close(figure)
     return path
