@@ -120,7 +120,7 @@ def copy_recipe(name, destination):
     source = _recipe_source(name)
     if os.path.exists(destination) and (not os.path.isdir(destination) or os.listdir(destination)):
         raise FileExistsError(
-            f"copy-recipe: {destination} exists and is not an empty folder; nothing was copied (give a new folder)."
+            f"{destination} exists and is not an empty folder; nothing was copied (give a new folder)."
         )
     os.makedirs(destination, exist_ok=True)
     if source == "distill":

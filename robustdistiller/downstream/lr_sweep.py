@@ -59,6 +59,7 @@ import yaml
 
 from robustdistiller import child_environment
 from robustdistiller.export.folder import file_sha256
+from robustdistiller.recipe_files import recipe_path
 from robustdistiller.runs.run_folder import OutputFolderInUse, lock_output_folder, release_output_folder
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ def normalise_lrs(lrs):
 def resolve_recipe(recipe_folder, hparams_file):
     """Absolute paths of a recipe folder (holding ``train.py``) and its YAML.
 
+    ``recipe_folder`` is a folder, else a recipe of this package (``SpeechCommands/KS`` or
+    ``recipes/SpeechCommands/KS``, found in the checkout or the installed wheel).
     ``hparams_file`` may be absolute, relative to the recipe folder (``hparams/superb_ks.yaml``) or
     relative to the current folder.
 
@@ -158,12 +161,23 @@ def resolve_recipe(recipe_folder, hparams_file):
     ------
     SweepError
         Naming the missing folder or file and the expected layout.
+
+    Example
+    -------
+    >>> folder, hparams_file = resolve_recipe("SpeechCommands/KS", "hparams/superb_ks.yaml")
+    >>> os.path.relpath(hparams_file, folder)
+    'hparams/superb_ks.yaml'
     """
     folder = os.path.abspath(recipe_folder)
+    if not os.path.isdir(folder) and not os.path.isabs(recipe_folder):  # a recipe name: the package's own copy
+        parts = os.path.normpath(recipe_folder).split(os.sep)
+        shipped = recipe_path("recipes", *(parts[1:] if parts[0] == "recipes" else parts))
+        folder = shipped if os.path.isdir(shipped) else folder
     if not os.path.isdir(folder):
         raise SweepError(
             f"Recipe folder '{recipe_folder}' does not exist; expected a recipe folder "
-            "recipes/<Dataset>/<Task>/ holding train.py and hparams/*.yaml."
+            "recipes/<Dataset>/<Task>/ holding train.py and hparams/*.yaml, or a recipe name "
+            "(`robustdistiller list-recipes`)."
         )
     if not os.path.isfile(os.path.join(folder, "train.py")):
         raise SweepError(
@@ -652,7 +666,9 @@ def parse_arguments(argv):
         epilog="Everything after `--` is passed to every run of train.py (e.g. --data_folder=... "
         "--upstream_source=...).",
     )
-    parser.add_argument("recipe_folder", help="recipes/<Dataset>/<Task> (holding train.py)")
+    parser.add_argument(
+        "recipe_folder", help="recipes/<Dataset>/<Task> (holding train.py), or a recipe name (SpeechCommands/KS)"
+    )
     parser.add_argument("hparams_file", help="the recipe's YAML, e.g. hparams/superb_ks.yaml")
     parser.add_argument("--sweep-folder", required=True, help="folder of the runs (lr_<value>/) and the table")
     grid = parser.add_mutually_exclusive_group(required=True)

@@ -23,6 +23,8 @@ from packaging.requirements import Requirement
 from tests.conftest import REPOSITORY_ROOT
 from tests.consistency.test_install import _requirement_lines
 
+from robustdistiller.recipe_files import list_recipes
+
 SOURCE_ENTRIES = (
     "pyproject.toml",
     "setup.py",
@@ -115,9 +117,14 @@ def test_installed_wheel_runs_outside_the_checkout(fresh_venv, tmp_path):
     venv_folder = str(fresh_venv.parent)
     assert module_file.startswith(venv_folder) and recipe_root.startswith(venv_folder), located.stdout
 
-    help_text = _run([command, "export", "--help"], tmp_path)
-    assert help_text.returncode == 0, help_text.stderr
-    assert "usage" in help_text.stdout
+    for tool in ("export", "demo"):
+        help_text = _run([command, tool, "--help"], tmp_path)
+        assert help_text.returncode == 0, help_text.stderr
+        assert help_text.stdout.startswith(f"usage: robustdistiller {tool}"), help_text.stdout
+
+    listed = _run([command, "list-recipes"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1:] == list_recipes()  # the checkout's recipes, all shipped
 
     copied = _run([command, "copy-recipe", "KS", str(tmp_path / "my_ks")], tmp_path)
     assert copied.returncode == 0, copied.stderr

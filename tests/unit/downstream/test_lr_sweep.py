@@ -213,6 +213,19 @@ def test_a_failing_run_is_marked_and_retried_and_the_others_go_on(fake_recipe, t
     assert os.path.isdir(os.path.join(sweep_folder, "lr_0.0001"))
 
 
+def test_a_recipe_name_is_the_package_recipe_unless_a_folder_of_that_name_is_here(fake_recipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    package_recipe = os.path.join(REPOSITORY_ROOT, "recipes", "SpeechCommands", "KS")
+    for name in ("SpeechCommands/KS", "recipes/SpeechCommands/KS"):
+        assert lr_sweep.resolve_recipe(name, "hparams/superb_ks.yaml") == (
+            package_recipe,
+            os.path.join(package_recipe, "hparams", "superb_ks.yaml"),
+        )
+    assert lr_sweep.resolve_recipe("recipes/Fake/T", "hparams/fake.yaml")[0] == fake_recipe  # a folder here wins
+    with pytest.raises(lr_sweep.SweepError, match="'Nowhere/KS' does not exist.*robustdistiller list-recipes"):
+        lr_sweep.resolve_recipe("Nowhere/KS", "hparams/superb_ks.yaml")
+
+
 def test_bad_input_is_named(fake_recipe, tmp_path):
     sweep_folder = str(tmp_path / "sweep")
     with pytest.raises(lr_sweep.SweepError, match=r"nowhere.*train.py"):
