@@ -20,6 +20,7 @@ import torch
 
 from robustdistiller.data.audio import load_audio
 from robustdistiller.data.corruption import hash_seed
+from robustdistiller.downstream.protocols import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,36 @@ class AudioPipeline:
             key = f"{self.key_prefix}{utterance_id}"
             waveform = self.corruptor(waveform, key=key, condition=self.condition, snr=self.snr).noisy
         return waveform
+
+
+class RenderedAudioPipeline(AudioPipeline):
+    """Reads the rendered (already corrupted) file of an utterance under one condition.
+
+    Used when a recipe scores the files of :mod:`robustdistiller.downstream.render_protocol`
+    (``test_audio_manifest``); ``wav``, ``start`` and ``stop`` of the test list are ignored.
+
+    Arguments
+    ---------
+    sample_rate : int
+        Sample rate of the returned waveform.
+    paths : dict
+        ``{utterance id: rendered file}`` of the condition.
+    condition : str
+        The condition's name (for the error message).
+    """
+
+    def __init__(self, sample_rate, paths, condition):
+        super().__init__(sample_rate)
+        self.paths = paths
+        self.condition_name = condition
+
+    def __call__(self, utterance_id, wav=None, start=0, stop=-1):
+        if utterance_id not in self.paths:
+            raise KeyError(
+                f"Utterance '{utterance_id}' has no rendered file of condition '{self.condition_name}' in "
+                "`test_audio_manifest`: render the same test list again."
+            )
+        return self.load(self.paths[utterance_id])
 
 
 def audio_dataset(csv_file, pipeline, output_keys, replacements=None, extra_items=()):
@@ -202,10 +233,21 @@ def condition_test_set_factory(hparams, csv_file, corruptor, output_keys, extra_
     Every utterance is corrupted with the condition ``spec`` (``{"condition", "snr"}``), seeded by the
     utterance id and the kind of corruption (``spec["condition"]``) only, so every upstream gets the same
     audio and the conditions of one kind are *paired*: snr20 ... snr0 add the same noise segment to an
-    utterance, scaled to each SNR, and an SNR curve differs by the SNR alone.
+    utterance, scaled to each SNR, and an SNR curve differs by the SNR alone. With ``test_audio_manifest``
+    the audio of a rendered condition is read from its files (:class:`RenderedAudioPipeline`).
     """
 
+    rendered = read_manifest(hparams["test_audio_manifest"])[1] if hparams.get("test_audio_manifest") else None
+
     def make_test_set(name, spec):
+        if rendered is not None and spec.get("rendered"):
+            paths = {utterance: path for (condition, utterance), path in rendered.items() if condition == name}
+            return audio_dataset(
+                csv_file,
+                RenderedAudioPipeline(hparams["sample_rate"], paths, name),
+                output_keys,
+                extra_items=extra_items,
+            )
         pipeline = AudioPipeline(
             hparams["sample_rate"],
             corruptor=corruptor,

@@ -14,6 +14,15 @@ from robustdistiller.data.corruption import Corruptor, NoisePool, PooledAddRever
 from robustdistiller.runs.options import as_list, OptionError
 from robustdistiller.data.prepare.noise import prepare_noise
 from robustdistiller.data.prepare.rirs import prepare_rirs
+from robustdistiller.downstream.protocols import (
+    DEFAULT_PROTOCOL,
+    build_protocol_corruptor,
+    load_preset,
+    prepare_protocol_sources,
+    read_manifest,
+    preset_test_conditions,
+    select_preset_conditions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +152,20 @@ def prepare_corruption_lists(hparams):
     ``test_musan_subsets``, ``test_noise_folders``, ``test_rir_folder``, ``test_rir_format``,
     ``test_rirs_noises_subsets`` and, when ``train_corruption`` is True, the same ``train_*`` keys.
     Run it with ``run_on_main``; :func:`build_corruptors` then reads the lists on every process.
+    With ``test_protocol`` other than ``robustdistiller``, the test lists are that preset's sources
+    (:func:`robustdistiller.downstream.protocols.prepare_protocol_sources`).
 
     Returns
     -------
     dict
-        ``{"test": (noise_csv, rir_csv), "train": (noise_csv, rir_csv) or None}``.
+        ``{"test": (noise_csv, rir_csv) or {source: csv}, "train": (noise_csv, rir_csv) or None}``.
     """
-    lists = {"test": _prepare_lists(hparams, "test"), "train": None}
+    protocol = hparams.get("test_protocol") or DEFAULT_PROTOCOL
+    if protocol == DEFAULT_PROTOCOL:
+        test_lists = _prepare_lists(hparams, "test")
+    else:
+        test_lists = prepare_protocol_sources(hparams, load_preset(protocol))
+    lists = {"test": test_lists, "train": None}
     if hparams.get("train_corruption", False):
         lists["train"] = _prepare_lists(hparams, "train")
     return lists
@@ -182,15 +198,42 @@ def build_corruptors(hparams):
     The test corruptor is seeded with ``test_corruption_seed`` (the same for every upstream); the
     training one (``train_corruption: True``) draws clean / noise / reverb / both per utterance with
     ``train_condition_probs`` and SNRs in ``[train_snr_low, train_snr_high]``.
+    ``test_protocol`` (default ``robustdistiller``) picks the preset: another preset
+    (``huang2022``, ``srb``; ``docs/test_protocols.md``) replaces ``test_conditions`` and the test corruptor
+    by its own (:class:`robustdistiller.downstream.protocols.ProtocolCorruptor`). With
+    ``test_audio_manifest`` (a :mod:`robustdistiller.downstream.render_protocol` ``manifest.csv``), the
+    conditions are the manifest's and the test audio is read from its files (the test corruptor is None).
 
     Returns
     -------
-    (Corruptor, Corruptor or None, dict)
+    (Corruptor or ProtocolCorruptor, Corruptor or None, dict)
     """
-    lists = prepare_corruption_lists({**hparams, "skip_prep": True})
+    protocol = hparams.get("test_protocol") or DEFAULT_PROTOCOL
+    load_preset(protocol)  # an unknown name fails here, naming the option
+    if hparams.get("test_audio_manifest"):
+        test_conditions = read_manifest(hparams["test_audio_manifest"])[0]
+        return None, _train_corruptor(hparams), _named_conditions(hparams, test_conditions)
+    lists = prepare_corruption_lists({**hparams, "test_protocol": DEFAULT_PROTOCOL, "skip_prep": True})
     test_noise, test_rirs = lists["test"]
-    test_corruptor = build_corruptor(test_noise, test_rirs, seed=hparams.get("test_corruption_seed", 2024))
-    conditions = {**(hparams.get("release_conditions") or {}), **hparams["test_conditions"]}
+    if protocol == DEFAULT_PROTOCOL:
+        test_corruptor = build_corruptor(test_noise, test_rirs, seed=hparams.get("test_corruption_seed", 2024))
+        test_conditions = hparams["test_conditions"]
+    else:
+        test_corruptor, preset, source_lists = build_protocol_corruptor(hparams, protocol)
+        test_conditions = preset_test_conditions(preset)
+    conditions = _named_conditions(hparams, test_conditions)
+    if protocol == DEFAULT_PROTOCOL:
+        conditions = select_conditions(conditions, test_noise, test_rirs)
+    else:
+        released = {name: spec for name, spec in conditions.items() if name not in test_conditions}
+        preset_conditions = {name: spec for name, spec in conditions.items() if name in test_conditions}
+        conditions = {**released, **select_preset_conditions(preset, preset_conditions, source_lists)}
+    return test_corruptor, _train_corruptor(hparams, lists), conditions
+
+
+def _named_conditions(hparams, test_conditions):
+    """The release conditions then ``test_conditions``, restricted to ``test_condition_names`` (if set)."""
+    conditions = {**(hparams.get("release_conditions") or {}), **test_conditions}
     names = as_list(hparams.get("test_condition_names"), "test_condition_names")
     if names:
         unknown = sorted(set(names) - set(conditions), key=str)
@@ -200,19 +243,24 @@ def build_corruptors(hparams):
                 f"{sorted(conditions)}; pick among those (null runs them all)."
             )
         conditions = {name: conditions[name] for name in names}
-    conditions = select_conditions(conditions, test_noise, test_rirs)
-    train_corruptor = None
-    if lists["train"] is not None:
-        train_noise, train_rirs = lists["train"]
-        train_corruptor = build_corruptor(
-            train_noise,
-            train_rirs,
-            seed=hparams["seed"],
-            snr_low=hparams.get("train_snr_low", 0.0),
-            snr_high=hparams.get("train_snr_high", 20.0),
-            condition_probs=hparams.get("train_condition_probs"),
-        )
-    return test_corruptor, train_corruptor, conditions
+    return conditions
+
+
+def _train_corruptor(hparams, lists=None):
+    """The training corruptor (``train_corruption: True``), or None."""
+    if not hparams.get("train_corruption", False):
+        return None
+    if lists is None:
+        lists = {"train": _prepare_lists({**hparams, "skip_prep": True}, "train")}
+    train_noise, train_rirs = lists["train"]
+    return build_corruptor(
+        train_noise,
+        train_rirs,
+        seed=hparams["seed"],
+        snr_low=hparams.get("train_snr_low", 0.0),
+        snr_high=hparams.get("train_snr_high", 20.0),
+        condition_probs=hparams.get("train_condition_probs"),
+    )
 
 
 def select_conditions(conditions, noise_csv, rir_csv):

@@ -48,6 +48,31 @@ def _relative_rows(rows, folder):
 __all__ = ["build_report", "load_spec", "path_from_report", "run_report", "spec_from_dict", "SpecError"]
 
 
+def _other_protocol_sections(spec, report, folder):
+    """One table per task and a summary for each test protocol after the spec's first (``test_protocol``).
+
+    The sections above are the first protocol's; each other one goes to ``report["protocols"][name]`` and to
+    ``<protocol>_<TASK>.csv`` / ``<protocol>_summary.csv``.
+    """
+    lines = [
+        "",
+        f"Test protocol of the tables above: `{spec.test_protocols[0]}` (docs/test_protocols.md).",
+    ]
+    report["protocols"] = {}
+    for protocol in spec.test_protocols[1:]:
+        other = tables.collect(spec, read_status(spec), protocol)
+        report["protocols"][protocol] = other
+        lines += ["", f"## Test protocol `{protocol}`", "", f"Pairs in `<output root>/{protocol}/<TASK>/<upstream>`."]
+        for task, entry in other["tasks"].items():
+            header, rows = tables.task_rows(entry)
+            lines += ["", f"### {task} ({protocol})", "", tables.markdown_table(header, _relative_rows(rows, folder))]
+            tables.write_csv(os.path.join(folder, f"{protocol}_{task}.csv"), *tables.raw_task_rows(entry))
+        header, rows = tables.summary_rows(other)
+        lines += ["", f"### Cross-task summary ({protocol})", "", tables.markdown_table(header, rows)]
+        tables.write_csv(os.path.join(folder, f"{protocol}_summary.csv"), header, rows)
+    return lines
+
+
 def build_report(spec):
     """Collects the results of ``spec`` and writes ``<output_root>/report/``; returns the report dict."""
     folder = spec.report_folder
@@ -116,6 +141,7 @@ def build_report(spec):
         tables.markdown_table(header, rows),
     ]
     tables.write_csv(os.path.join(folder, "summary.csv"), header, rows)
+    lines += _other_protocol_sections(spec, report, folder)
     limit = plots.degradation_color_limit(report)
     lines += [
         "",

@@ -9,6 +9,7 @@ Example spec (``recipes/report_example.yaml`` is a complete one)::
       robust: {source: /runs/robust/exported, kind: student}
     tasks: [KS, PR]                      # any of robustdistiller.downstream.tasks.TASKS
     conditions: [clean, snr5, reverb]    # null: all the conditions each recipe runs
+    test_protocol: [robustdistiller, huang2022]   # optional: test presets (docs/test_protocols.md)
     corruption:                          # shared by every task (test_* options)
       test_musan_folder: /data/musan
       test_rir_folder: /data/RIRS_NOISES
@@ -32,6 +33,8 @@ import sys
 
 import yaml
 
+from robustdistiller.downstream.protocol import DEFAULT_TEST_CONDITIONS
+from robustdistiller.downstream.protocols import DEFAULT_PROTOCOL, PRESET_NAMES, load_preset, preset_test_conditions
 from robustdistiller.downstream.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ SPEC_KEYS = (
     "overrides",
     "python",
     "score_references",
+    "test_protocol",
 )
 UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # Options the report sets itself for every pair.
@@ -71,17 +75,22 @@ class Pair:
         ``<output_root>/<TASK>/<upstream>`` (absolute).
     overrides : dict
         Every ``--key=value`` the recipe gets (``output_folder`` included).
+    protocol : str
+        The test protocol (``test_protocol``); pairs of another protocol than ``robustdistiller`` run in
+        ``<output_root>/<protocol>/<TASK>/<upstream>``.
     """
 
     task: object
     upstream: str
     output_folder: str
     overrides: dict
+    protocol: str = DEFAULT_PROTOCOL
 
     @property
     def label(self):
         """``TASK/upstream``."""
-        return f"{self.task.name}/{self.upstream}"
+        label = f"{self.task.name}/{self.upstream}"
+        return label if self.protocol == DEFAULT_PROTOCOL else f"{self.protocol}/{label}"
 
 
 @dataclasses.dataclass
@@ -99,6 +108,7 @@ class ReportSpec:
     overrides: dict
     python: str
     score_references: dict
+    test_protocols: list = dataclasses.field(default_factory=lambda: [DEFAULT_PROTOCOL])
 
     @property
     def report_folder(self):
@@ -115,22 +125,50 @@ class ReportSpec:
         return os.path.join(self.log_folder, pair.task.name, f"{pair.upstream}.log")
 
     def pairs(self):
-        """Every (task, upstream) :class:`Pair`, tasks in spec order, then upstreams in spec order."""
-        return [self.pair(task, name) for task in self.tasks for name in self.upstreams]
+        """Every (protocol, task, upstream) :class:`Pair`: protocols, tasks, then upstreams in spec order."""
+        return [
+            self.pair(task, name, protocol)
+            for protocol in self.test_protocols
+            for task in self.tasks
+            for name in self.upstreams
+        ]
 
-    def pair(self, task, upstream):
-        """The :class:`Pair` of ``task`` (TaskInfo) and ``upstream`` (its spec name)."""
+    def pair(self, task, upstream, protocol=None):
+        """The :class:`Pair` of ``task`` (TaskInfo), ``upstream`` (its spec name) and ``protocol``
+        (default: the spec's first)."""
+        protocol = protocol or self.test_protocols[0]
         output_folder = os.path.join(self.output_root, task.name, upstream)
         overrides = {}
+        if protocol != DEFAULT_PROTOCOL:  # the default keeps the folders and options of earlier reports
+            output_folder = os.path.join(self.output_root, protocol, task.name, upstream)
+            overrides["test_protocol"] = protocol
         overrides.update(self.corruption)
         overrides.update(self.data.get(task.name, {}))
         if self.conditions is not None:
-            overrides["test_condition_names"] = task.spec_conditions(self.conditions)
+            overrides["test_condition_names"] = protocol_conditions(task, protocol, self.conditions)
         overrides.update(self.upstreams[upstream])
         overrides.update(self.overrides.get("all", {}))
         overrides.update(self.overrides.get(task.name, {}))
         overrides["output_folder"] = output_folder
-        return Pair(task, upstream, output_folder, overrides)
+        return Pair(task, upstream, output_folder, overrides, protocol)
+
+
+def protocol_conditions(task, protocol, conditions=None):
+    """The condition names ``task`` runs under ``protocol``, restricted to ``conditions`` (a spec's list) if given.
+
+    Example
+    -------
+    >>> protocol_conditions(get_task("KS"), "huang2022")
+    ['clean', '2dis', 'dns', 'fsd50k']
+    >>> protocol_conditions(get_task("KS"), "robustdistiller", ["snr5", "2dis"])
+    ['snr5']
+    """
+    if protocol == DEFAULT_PROTOCOL:
+        known = task.condition_names
+    else:
+        released = [name for name in task.condition_names if name not in DEFAULT_TEST_CONDITIONS]  # SE's official...
+        known = released + list(preset_test_conditions(load_preset(protocol)))
+    return known if conditions is None else [name for name in conditions if name in known]
 
 
 def _mapping(value, key, path):
@@ -281,6 +319,14 @@ def spec_from_dict(content, path="<spec>", mode=None):
     except ValueError as error:
         raise SpecError(f"{path}: `tasks`: {error}") from None
 
+    protocols = content.get("test_protocol") or [DEFAULT_PROTOCOL]
+    if isinstance(protocols, str):
+        protocols = [protocols]
+    unknown = [name for name in protocols if name not in PRESET_NAMES]
+    if unknown or len(set(protocols)) != len(protocols):
+        raise SpecError(
+            f"{path}: `test_protocol` must be one or more of {list(PRESET_NAMES)}, each once; got {protocols!r}"
+        )
     conditions = content.get("conditions")
     if isinstance(conditions, str):
         conditions = [conditions]
@@ -290,7 +336,10 @@ def spec_from_dict(content, path="<spec>", mode=None):
         repeated = sorted({name for name in conditions if conditions.count(name) > 1})
         if repeated:
             raise SpecError(f"{path}: `conditions` lists {repeated} more than once")
-        defined = {task.name: task.condition_names for task in tasks}
+        defined = {
+            task.name: [name for protocol in protocols for name in protocol_conditions(task, protocol)]
+            for task in tasks
+        }
         unknown = [name for name in conditions if not any(name in names for names in defined.values())]
         if unknown:
             listing = "; ".join(f"{name}: {', '.join(names)}" for name, names in defined.items())
@@ -299,7 +348,7 @@ def spec_from_dict(content, path="<spec>", mode=None):
                 f"be dropped from every table); the recipes define {listing}"
             )
     for task in tasks if conditions is not None else ():
-        if not task.spec_conditions(conditions):
+        if not any(protocol_conditions(task, protocol, conditions) for protocol in protocols):
             raise SpecError(
                 f"{path}: `conditions` {conditions} names no condition of {task.name}; its recipe "
                 f"({task.hparams_file}) has {task.condition_names}"
@@ -338,4 +387,5 @@ def spec_from_dict(content, path="<spec>", mode=None):
         overrides=overrides,
         python=content.get("python") or sys.executable,
         score_references={name: [float(low), float(high)] for name, (low, high) in references.items()},
+        test_protocols=list(protocols),
     )

@@ -22,6 +22,7 @@ import math
 import os
 
 from robustdistiller.downstream.tasks import REPOSITORY_ROOT, primary_metric_of
+from robustdistiller.report.spec import protocol_conditions
 
 logger = logging.getLogger(__name__)
 
@@ -100,19 +101,21 @@ def normalised(value, low, high):
 
 
 # ------------------------------------------------------------------------------ collection ---
-def collect(spec, status=None):
+def collect(spec, status=None, protocol=None):
     """Reads every pair's ``results.json``: the report's data (what ``report.json`` holds).
 
     A pair without ``results.json`` is ``failed`` (with its log) when ``status`` (the runner's
-    ``status.json``) says its last run failed, ``missing`` otherwise.
+    ``status.json``) says its last run failed, ``missing`` otherwise. ``protocol``: the test protocol
+    whose pairs are read (default: the spec's first).
     """
+    protocol = protocol or spec.test_protocols[0]
     status = status or {}
     tasks = {}
     for task in spec.tasks:
         cells = {}
         metric, higher, scale = primary_metric_of(task)
         for name in spec.upstreams:
-            pair = spec.pair(task, name)
+            pair = spec.pair(task, name, protocol)
             path = os.path.join(pair.output_folder, "results.json")
             cell = {"output_folder": pair.output_folder, "values": {}, "secondary": {}}
             if os.path.isfile(path):
@@ -141,12 +144,12 @@ def collect(spec, status=None):
                 cell["status"] = "missing"
             cells[name] = cell
         if spec.conditions is not None:
-            conditions = task.spec_conditions(spec.conditions)
+            conditions = protocol_conditions(task, protocol, spec.conditions)
         else:
             conditions = []
             for cell in cells.values():
                 conditions += [name for name in cell["values"] if name not in conditions]
-            conditions = conditions or task.condition_names
+            conditions = conditions or protocol_conditions(task, protocol)
         entry = {
             "metric": metric,
             "higher_is_better": higher,
@@ -160,6 +163,7 @@ def collect(spec, status=None):
         _add_degradation(entry)
         tasks[task.name] = entry
     report = {"spec": spec.path, "output_root": spec.output_root, "upstreams": list(spec.upstreams), "tasks": tasks}
+    report["test_protocol"] = protocol
     report["summary"] = summary(report, spec.score_references)
     report["provenance"] = provenance_rows(report)
     return report
