@@ -45,6 +45,21 @@ def compact_config(heads=3, units=386):
     )
 
 
+def pruned_cnn_config(channels=256, heads=3, units=567):
+    """A compact WavLM Base+ of the released DPWavLM's size (23.58M) whose CNN channels were pruned too.
+
+    Every CNN layer keeps ``channels`` of 512, every layer ``heads`` of 12 heads and ``units`` of 3072 FFN units;
+    the defaults give 23,578,884 parameters (the released model: 23,586,325, uneven across layers). The CNN on
+    raw audio is most of the compute of a model this size: halving its channels quarters its middle layers.
+    """
+    conv = [(channels, 10, 5)] + [(channels, 3, 2)] * 4 + [(channels, 2, 2)] * 2
+    return wavlm_base_plus_config(
+        extractor_conv_layer_config=conv,
+        encoder_remaining_heads=[list(range(heads)) for _ in range(12)],
+        encoder_ff_interm_features=[units] * 12,
+    )
+
+
 def timed(function, repeats):
     function()  # warm-up
     times = []

@@ -22,7 +22,6 @@ and :func:`format_report` turns it into the markdown table.
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPOSITORY_ROOT not in sys.path:
     sys.path.insert(0, REPOSITORY_ROOT)
 
+from cpu_facts import cpu_facts  # noqa: E402 - benchmarks/cpu_facts.py, beside this script
 from robustdistiller.models.teacher import FrozenTeacher, save_random_teacher  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -151,16 +151,11 @@ def device_description(device):
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu_name = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu_name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU {cpu_name} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+    facts = cpu_facts(threads=torch.get_num_threads())
+    return (
+        f"CPU {facts['cpu_model']} ({', '.join(facts['cpu_flags']) or 'no AVX2'}; {facts['logical_cpus']} cores, "
+        f"torch threads {facts['threads']})"
+    )
 
 
 def measure_teacher_precision(

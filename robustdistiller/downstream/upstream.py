@@ -228,7 +228,7 @@ class FrozenUpstream(nn.Module):
                     )
                 self.num_layers += len(student.target_layers)
         else:
-            model = load_ssl_model(source, cache_dir=cache_dir)
+            model = load_ssl_model(source, cache_dir=cache_dir, option="upstream_source")
             layers = tuple(range(model.config.num_hidden_layers + 1))
             self.model = FrozenTeacher(model, target_layers=layers, per_utterance_norm=per_utterance_norm)
             self.description = f"{type(model).__name__} from {source}"
@@ -265,7 +265,10 @@ class FrozenUpstream(nn.Module):
                 self.per_utterance_norm,
             )
             self.per_utterance_norm = encoder.per_utterance_norm
-        self.description = f"ONNX student {path} ({'int8' if encoder.quantized else 'fp32'})"
+        if not encoder.has_predictions and self.include_predictions:  # a DPWavLM file
+            logger.info("%s has no prediction heads: include_predictions does not apply", path)
+            self.include_predictions = False
+        self.description = f"ONNX {encoder.model_type} {path} ({encoder.quantization or 'fp32'})"
         self.hidden_size = encoder.hidden_size
         self.num_layers = encoder.num_layers + 1
         if self.include_predictions:
@@ -379,7 +382,7 @@ class FrozenUpstream(nn.Module):
         layers = list(hidden.unbind(dim=1))
         if self.student_layer0 == "projection":
             layers[0] = torch.from_numpy(output.projection)
-        if self.include_predictions:
+        if self.include_predictions and output.predictions is not None:  # a DPWavLM file has no heads
             layers += list(torch.from_numpy(output.predictions).unbind(dim=1))
         frame_mask = torch.from_numpy(output.frame_mask)
         return torch.stack(layers, dim=1).to(wavs.device), frame_mask.to(wavs.device)

@@ -48,7 +48,8 @@ from robustdistiller.dpwavlm.model import is_hubert_config
 from robustdistiller.dpwavlm.stages import FINAL_FILE, SUMMARY_FILE
 from robustdistiller.export.errors import ExportError
 from robustdistiller.export.folder import MANIFEST_FILE, write_export_folder
-from robustdistiller.export.layout import DPWAVLM_EXPORT_FILE
+from robustdistiller.export.dpwavlm_onnx import export_dpwavlm_onnx
+from robustdistiller.export.layout import DPWAVLM_EXPORT_FILE, ONNX_FILES
 from robustdistiller.export.loading import load_dpwavlm, locate_checkpoint
 from robustdistiller.export.model_card import (
     format_count,
@@ -433,7 +434,16 @@ weights again, for its `Pretrainer`).{" `config.json`, `model.safetensors`, `pre
     )
 
 
-def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip", results=None, results_upstream=None):
+def export_dpwavlm(
+    source,
+    output_folder,
+    overwrite=False,
+    hf_inexact="skip",
+    results=None,
+    results_upstream=None,
+    onnx=False,
+    int8=None,
+):
     """Exports a DPHuBERT-format DPWavLM (module docstring).
 
     Arguments
@@ -449,12 +459,18 @@ def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip", re
     results, results_upstream : str, optional
         ``--results report.json`` and ``--results-upstream``: the card's ``model-index``
         (:func:`robustdistiller.export.model_card.report_eval_results`).
+    onnx : bool
+        Also write ``onnx/encoder.onnx`` (:mod:`robustdistiller.export.dpwavlm_onnx`), refused above 1e-4.
+    int8 : str, optional
+        Also write ``onnx/encoder_int8.onnx`` (implies ``onnx``): ``"all"`` static int8 of the whole model,
+        ``"matmul"`` dynamic int8 of the matrix products.
 
     Returns
     -------
     dict
         ``folder``, ``files``, ``info`` (``source``, ``format``, ``training``: the run's summary),
-        ``hf_copy`` (the report of :func:`write_hf_copy`), ``onnx_parity`` (None).
+        ``hf_copy`` (the report of :func:`write_hf_copy`), ``onnx_parity`` (``verify_onnx``'s result, or None
+        without ``onnx``/``int8``).
     """
     path, kind = locate_checkpoint(source)
     if kind != "dphubert":
@@ -478,15 +494,20 @@ def export_dpwavlm(source, output_folder, overwrite=False, hf_inexact="skip", re
                 json.dump(summary, fout, indent=2)
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as fout:
             fout.write(model_card(model, path, summary, hf_report, eval_results))
+        if onnx or int8:
+            onnx_folder = os.path.join(staging, os.path.dirname(ONNX_FILES[0]))
+            hf_report["onnx_parity"] = export_dpwavlm_onnx(DPWavLMEncoder(model), onnx_folder, int8=int8)["parity"]
         return hf_report
 
     expected = [DPWAVLM_EXPORT_FILE, "hyperparams.yaml", "encoder.ckpt", SUMMARY_FILE, "README.md", *HF_FILES]
+    expected += list(ONNX_FILES[: (1 if onnx or int8 else 0) + (1 if int8 else 0)])
     files, hf_report = write_export_folder(output_folder, expected, overwrite, path, write, source=source)
+    onnx_parity = hf_report.pop("onnx_parity", None)
     logger.info("Exported the DPWavLM to %s (%s)", os.path.abspath(output_folder), ", ".join(files))
     return {
         "folder": os.path.abspath(output_folder),
         "files": files,
         "info": info,
         "hf_copy": hf_report,
-        "onnx_parity": None,
+        "onnx_parity": onnx_parity,
     }

@@ -1,6 +1,6 @@
 """Exporting trained students, and loading them back from any of our checkpoint formats.
 
-Run ``python -m robustdistiller.export <checkpoint> <output folder> [--s3prl] [--onnx [--int8]] [--overwrite]
+Run ``python -m robustdistiller.export <checkpoint> <output folder> [--s3prl] [--onnx [--int8 [all|matmul]]] [--overwrite]
 [--verify]``. ``<checkpoint>`` is anything :func:`~robustdistiller.export.loading.load_student` reads: a training
 output folder, its ``save`` folder (the checkpoint with the lowest validation loss is taken), one ``CKPT+...``
 folder, a ``student.ckpt`` file, an s3prl-format ``.ckpt`` (DistilHuBERT, the authors' ``rd_*.ckpt``), an
@@ -21,6 +21,8 @@ One module per idea (this file imports none of them, so that any one can be impo
 * :mod:`~robustdistiller.export.verify`: ``--verify``, the folder loaded six ways in fresh processes and compared
   with the student;
 * :mod:`~robustdistiller.export.onnx`: ``--onnx``, the student as an ONNX graph and its measured parity;
+  :mod:`~robustdistiller.export.onnx_quantization`: ``--int8 all|matmul``, its int8 copies;
+  :mod:`~robustdistiller.export.dpwavlm_onnx`: the same for a compact DPWavLM;
 * :mod:`~robustdistiller.export.s3prl`: s3prl's ``distiller`` checkpoints, read safely and written;
 * :mod:`~robustdistiller.export.layout`: the names of the files an export holds, the prediction heads' layout;
 * :mod:`~robustdistiller.export.errors`: the exceptions; :mod:`~robustdistiller.export.cli`: the command.

@@ -9,6 +9,7 @@ from robustdistiller.export.folder import MANIFEST_FILE
 from robustdistiller.export.layout import S3PRL_FILE
 from robustdistiller.export.loading import load_student
 from robustdistiller.export.onnx import format_onnx_parity
+from robustdistiller.export.onnx_quantization import INT8_MODES
 from robustdistiller.export.student_folder import export_student
 from robustdistiller.export.verify import format_verification, verify_export
 from robustdistiller.runs.write_errors import WriteFailedError
@@ -26,7 +27,14 @@ def main(argv=None):
     parser.add_argument("--s3prl", action="store_true", help=f"also write {S3PRL_FILE}")
     parser.add_argument("--no-heads", action="store_true", help="leave out the prediction heads")
     parser.add_argument("--onnx", action="store_true", help="also write onnx/encoder.onnx (ONNX Runtime)")
-    parser.add_argument("--int8", action="store_true", help="also write onnx/encoder_int8.onnx (implies --onnx)")
+    parser.add_argument(
+        "--int8",
+        nargs="?",
+        const="all",
+        choices=INT8_MODES,
+        help="also write onnx/encoder_int8.onnx (implies --onnx): 'all' (the default) static int8 of the whole "
+        "student, CNN included, calibrated on speech-like audio; 'matmul' dynamic int8 of the matrix products only",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",

@@ -295,7 +295,8 @@ python run_downstream.py -m train -u distiller_local -k /path/to/this/folder/{S3
     onnx_section = ""
     if onnx_parity is not None:
         int8_line = (
-            "\n`onnx/encoder_int8.onnx`: the same graph with dynamically quantised int8 weights (MatMul/Gemm)."
+            f"\n`onnx/encoder_int8.onnx`: the same graph quantised to int8: "
+            f"{onnx_parity.get('int8_quantization', 'dynamic int8 (MatMul, Gemm)')}."
             if "int8_cosine" in onnx_parity
             else ""
         )

@@ -1,4 +1,4 @@
-"""Exporting a trained student to ONNX (fp32, and a dynamically quantised int8 copy), and checking it.
+"""Exporting a trained student to ONNX (fp32, and an int8 copy), and checking it.
 
 :func:`export_onnx` writes ``<folder>/encoder.onnx`` (and with ``int8`` ``<folder>/encoder_int8.onnx``):
 
@@ -28,13 +28,15 @@ feature encoder and on the weight-normalised positional convolution; the traced 
 that and runs in ONNX Runtime with opset 17. The attention is exported in its eager form (matmul,
 additive mask, softmax), which is what dynamic quantisation turns into int8 ``MatMulInteger``.
 
-int8. :func:`quantize_int8` applies ONNX Runtime's dynamic quantisation (weights int8 per channel,
-activations quantised on the fly) to the ``MatMul`` and ``Gemm`` nodes: the transformer layers, the
-projection and the heads. The CNN is left in fp32 by default: ONNX Runtime's CPU ``ConvInteger`` is
-far slower than its fp32 convolution (measured on the full-size student, 2 threads, 4 x 4 s: fp32 4.3 s,
-int8 MatMul/Gemm 3.3 s, int8 with Conv 13.7 s) and costs accuracy (lowest per-layer cosine to fp32
-0.998 without, 0.9965 with). The int8 file is then half the fp32 one (51.5 of 103.1 MB; 26.0 MB with
-the CNN quantised too): pass ``op_types=("MatMul", "Gemm", "Conv")`` for the smallest file.
+int8. ``export_onnx(..., int8="all")`` (the default of ``--int8``) writes a static int8 copy of the whole graph
+in ONNX Runtime's QDQ format, CNN included, calibrated on speech-like audio
+(:mod:`robustdistiller.export.onnx_quantization`): on the full-size student, 2 threads, 4 x 4 s, about 5x
+faster than the fp32 file, 26.0 of 103.1 MB, per-layer cosine to fp32 >= 0.996. ``int8="matmul"`` keeps the
+earlier file: :func:`quantize_int8`, ONNX Runtime's dynamic quantisation (weights int8 per channel, activations
+quantised on the fly) of the ``MatMul`` and ``Gemm`` nodes only (the CNN in fp32: 51.5 MB, 15-25 % faster than
+fp32, cosine >= 0.998). Dynamic quantisation of the convolutions (``ConvInteger``) is not offered: ONNX
+Runtime's CPU kernel for it is several times slower than its fp32 convolution (4 x 4 s: fp32 4.3 s, int8 with
+``ConvInteger`` 13.7 s); the QDQ graph runs ``QLinearConv`` instead.
 
 :func:`verify_onnx` compares the ONNX files with the PyTorch module on a padded batch
 (:func:`robustdistiller.export.verify.parity_batch`): the fp32 file's largest absolute difference on valid
@@ -53,6 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robustdistiller.export.onnx_quantization import DropMessage, copy_metadata, int8_mode, quantize_static_int8
 from robustdistiller.export.verify import parity_batch
 from robustdistiller.inference.interface import CNN_RECEPTIVE_FIELD, cnn_receptive_field
 from robustdistiller.inference.onnx_runtime import FP32_FILE, INT8_FILE  # the names OnnxEncoder resolves
@@ -241,8 +244,6 @@ def export_fp32(student, path, opset=OPSET):
     UntraceableStudentError
         The student's layout or one of its operations cannot be exported; the message says which.
     """
-    import onnx  # optional dependency
-
     try:
         module = OnnxEncoderModule(student).eval()
     except UntraceableStudentError:
@@ -252,8 +253,23 @@ def export_fp32(student, path, opset=OPSET):
             f"Cannot prepare {type(student).__name__} for ONNX export ({type(error).__name__}: {error}); "
             f"only DistillerStudent (a HuBERT-layout backbone with prediction heads) is supported"
         ) from error
+    return trace_to_onnx(module, path, onnx_metadata(student), OUTPUT_NAMES, opset=opset)
+
+
+def trace_to_onnx(module, path, metadata, output_names, opset=OPSET):
+    """Traces ``module(waveform, lengths)`` into ``path`` (batch and time axes dynamic) and adds ``metadata``.
+
+    ``output_names`` are among :data:`OUTPUT_NAMES` (a model without prediction heads leaves ``predictions`` out).
+
+    Raises
+    ------
+    UntraceableStudentError
+        ``torch.onnx.export`` failed (the message says why).
+    """
+    import onnx  # optional dependency
+
     example = _example_inputs(module)
-    dynamic_axes = {
+    all_axes = {
         "waveform": {0: "batch", 1: "samples"},
         "lengths": {0: "batch"},
         "projection": {0: "batch", 1: "frames"},
@@ -261,6 +277,7 @@ def export_fp32(student, path, opset=OPSET):
         "predictions": {0: "batch", 2: "frames"},
         "frame_lengths": {0: "batch"},
     }
+    dynamic_axes = {name: all_axes[name] for name in (*INPUT_NAMES, *output_names)}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings on shape arithmetic (made dynamic below)
@@ -269,7 +286,7 @@ def export_fp32(student, path, opset=OPSET):
                 example,
                 path,
                 input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(output_names),
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
                 dynamo=False,
@@ -277,28 +294,16 @@ def export_fp32(student, path, opset=OPSET):
             )
     except Exception as error:
         raise UntraceableStudentError(
-            f"torch.onnx.export could not trace the student ({type(error).__name__}: {error}). The export "
-            f"traces DistillerStudent's eval-mode forward pass; a student with data-dependent Python control "
+            f"torch.onnx.export could not trace {type(module).__name__} ({type(error).__name__}: {error}). The "
+            f"export traces the model's eval-mode forward pass; a model with data-dependent Python control "
             f"flow or custom autograd functions in its forward pass cannot be traced"
         ) from error
     model = onnx.load(path)
-    for key, value in onnx_metadata(student).items():
+    for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, path)
     return path
-
-
-class _DropMessage(logging.Filter):
-    """Drops log records whose message contains any of ``texts``."""
-
-    def __init__(self, *texts):
-        super().__init__()
-        self.texts = texts
-
-    def filter(self, record):
-        message = record.getMessage()
-        return not any(text in message for text in self.texts)
 
 
 def quantize_int8(fp32_path, int8_path, op_types=INT8_OP_TYPES):
@@ -307,13 +312,12 @@ def quantize_int8(fp32_path, int8_path, op_types=INT8_OP_TYPES):
     Weights of ``op_types`` nodes become int8 (per output channel), activations are quantised at run
     time. The metadata of the fp32 file is kept.
     """
-    import onnx  # optional dependency
     from onnxruntime.quantization import QuantType, quantize_dynamic  # optional dependency
 
     root = logging.getLogger()
     # ONNX Runtime's quantiser logs through the root logger: its advice for static quantisation and one
     # "Quantization parameters for tensor ..." line per quantised tensor, noise for a dynamic int8 export
-    hint = _DropMessage("pre-processing before quantization", "Quantization parameters")
+    hint = DropMessage("pre-processing before quantization", "Quantization parameters")
     root.addFilter(hint)
     try:
         quantize_dynamic(
@@ -325,14 +329,7 @@ def quantize_int8(fp32_path, int8_path, op_types=INT8_OP_TYPES):
         )
     finally:
         root.removeFilter(hint)
-    source, model = onnx.load(fp32_path), onnx.load(int8_path)
-    present = {entry.key for entry in model.metadata_props}
-    for entry in source.metadata_props:
-        if entry.key not in present:
-            model.metadata_props.add().CopyFrom(entry)
-    model.metadata_props.add().CopyFrom(onnx.StringStringEntryProto(key="quantization", value="dynamic int8"))
-    onnx.save(model, int8_path)
-    return int8_path
+    return copy_metadata(fp32_path, int8_path, f"dynamic int8 ({', '.join(op_types)})")
 
 
 def export_onnx(student, folder, int8=False, opset=OPSET):
@@ -344,8 +341,10 @@ def export_onnx(student, folder, int8=False, opset=OPSET):
         In eval mode.
     folder : str
         Created if missing.
-    int8 : bool
-        Also write the dynamically quantised copy.
+    int8 : bool or str
+        Also write ``encoder_int8.onnx``: ``"all"`` (or True) the static QDQ copy of the whole graph
+        (:func:`robustdistiller.export.onnx_quantization.quantize_static_int8`), ``"matmul"`` the dynamic
+        copy of the matrix products only (:func:`quantize_int8`).
     opset : int
         ONNX opset.
 
@@ -359,13 +358,15 @@ def export_onnx(student, folder, int8=False, opset=OPSET):
     robustdistiller.runs.write_errors.WriteFailedError
         A file cannot be written (a full disk): the message names it, the device and the free space.
     """
+    mode = int8_mode(int8)
     with reporting_write_errors(folder):
         os.makedirs(folder, exist_ok=True)
     with reporting_write_errors(os.path.join(folder, FP32_FILE)):  # a full disk names the file
         paths = {"fp32": export_fp32(student, os.path.join(folder, FP32_FILE), opset=opset), "int8": None}
-    if int8:
+    if mode is not None:
+        quantize = quantize_static_int8 if mode == "all" else quantize_int8
         with reporting_write_errors(os.path.join(folder, INT8_FILE)):
-            paths["int8"] = quantize_int8(paths["fp32"], os.path.join(folder, INT8_FILE))
+            paths["int8"] = quantize(paths["fp32"], os.path.join(folder, INT8_FILE))
     logger.debug("ONNX export: %s", ", ".join(path for path in paths.values() if path))
     return paths
 
@@ -407,6 +408,14 @@ def _run_session(path, batch):
     return dict(zip([output.name for output in session.get_outputs()], outputs))
 
 
+def _quantization_of(path):
+    """The ``quantization`` metadata entry of an ONNX file (how it was quantised), or None."""
+    import onnx  # optional dependency
+
+    entries = {entry.key: entry.value for entry in onnx.load(path, load_external_data=False).metadata_props}
+    return entries.get("quantization")
+
+
 def _cosine(a, b):
     a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
@@ -434,7 +443,8 @@ def _per_layer(outputs, frames):
         layers[f"hidden_{index}"] = np.concatenate(
             [outputs["hidden_states"][i, index, :n] for i, n in enumerate(frames)]
         )
-    for index in range(outputs["predictions"].shape[1]):
+    predictions = outputs.get("predictions")
+    for index in range(0 if predictions is None else predictions.shape[1]):
         layers[f"prediction_{index + 1}"] = np.concatenate(
             [outputs["predictions"][i, index, :n] for i, n in enumerate(frames)]
         )
@@ -446,8 +456,8 @@ def verify_onnx(student, fp32_path, int8_path=None, batch=None, tolerance=PARITY
 
     Arguments
     ---------
-    student : DistillerStudent
-        The reference module.
+    student : DistillerStudent or DPWavLMEncoder
+        The reference module (a :class:`~robustdistiller.models.student.StudentOutput` from relative lengths).
     fp32_path, int8_path : str
         The ONNX files (``int8_path`` optional).
     batch : dict, optional
@@ -460,6 +470,7 @@ def verify_onnx(student, fp32_path, int8_path=None, batch=None, tolerance=PARITY
     dict
         ``fp32_max_abs_diff`` (over every output layer), ``fp32_per_layer`` (max abs diff by layer),
         ``frame_lengths_equal``, ``int8_cosine`` (by layer, when ``int8_path``), ``int8_min_cosine``,
+        ``int8_quantization`` (how the int8 file was quantised: its ``quantization`` metadata),
         ``batch_seconds`` and ``tolerance``.
 
     Raises
@@ -475,7 +486,7 @@ def verify_onnx(student, fp32_path, int8_path=None, batch=None, tolerance=PARITY
     torch_outputs = {
         "projection": output.projection.numpy(),
         "hidden_states": torch.stack(output.hidden_states, dim=1).numpy(),
-        "predictions": output.predictions.numpy(),
+        "predictions": None if output.predictions is None else output.predictions.numpy(),
     }
     reference = _per_layer(torch_outputs, frames)
     fp32 = _run_session(fp32_path, batch)
@@ -492,6 +503,7 @@ def verify_onnx(student, fp32_path, int8_path=None, batch=None, tolerance=PARITY
         int8 = _per_layer(_run_session(int8_path, batch), frames)
         result["int8_cosine"] = {name: _cosine(candidate[name], int8[name]) for name in candidate}
         result["int8_min_cosine"] = min(result["int8_cosine"].values())
+        result["int8_quantization"] = _quantization_of(int8_path)
     if not result["frame_lengths_equal"] or result["fp32_max_abs_diff"] > tolerance:
         raise ValueError(
             f"The ONNX file {fp32_path} differs from the PyTorch student by {result['fp32_max_abs_diff']:.3g} "
@@ -520,6 +532,7 @@ __all__ = [
     "UntraceableStudentError",
     "export_onnx",
     "export_fp32",
+    "trace_to_onnx",
     "quantize_int8",
     "verify_onnx",
     "format_onnx_parity",

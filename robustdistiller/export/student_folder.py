@@ -13,8 +13,9 @@ student becomes one self-contained folder:
 * ``README.md``: a model card with Hugging Face Hub front matter (and, with ``--results report.json``, a
   ``model-index``; :mod:`robustdistiller.export.model_card`): teacher, data, steps, parameters, the loading snippets;
 * with ``--s3prl``, ``s3prl_distiller.ckpt`` for s3prl's ``distiller_local`` upstream;
-* with ``--onnx``, ``onnx/encoder.onnx`` (and with ``--int8`` ``onnx/encoder_int8.onnx``, dynamically
-  quantised): the student for ONNX Runtime (:mod:`robustdistiller.export.onnx`, run without torch by
+* with ``--onnx``, ``onnx/encoder.onnx`` (and with ``--int8 [all|matmul]`` ``onnx/encoder_int8.onnx``, int8 of
+  the whole student or of its matrix products, :mod:`robustdistiller.export.onnx_quantization`): the student for
+  ONNX Runtime (:mod:`robustdistiller.export.onnx`, run without torch by
   :mod:`robustdistiller.inference.onnx_runtime`); their parity with the PyTorch student is measured at export (the
   export fails if the fp32 file differs by more than 1e-4) and written into the model card;
 * ``export_manifest.json``: what the export wrote (the overwrite rules of :mod:`robustdistiller.export.folder`).
@@ -150,8 +151,10 @@ def export_student(
         lists, and only if they are unchanged (see :mod:`robustdistiller.export.folder`); other files are kept.
     onnx : bool
         Also write ``onnx/encoder.onnx`` (:mod:`robustdistiller.export.onnx`), checked against the student.
-    int8 : bool
-        Also write ``onnx/encoder_int8.onnx`` (dynamic int8 quantisation; implies ``onnx``).
+    int8 : bool or str
+        Also write ``onnx/encoder_int8.onnx`` (implies ``onnx``): ``"all"`` (or True) static int8 of the whole
+        student, ``"matmul"`` dynamic int8 of the matrix products (:mod:`robustdistiller.export.onnx_quantization`).
+        A DPWavLM source gets the same files (:mod:`robustdistiller.export.dpwavlm_onnx`).
     hf_inexact : str
         DPWavLM sources only (a DPHuBERT ``.pth``, exported by :mod:`robustdistiller.dpwavlm.export`): ``skip``,
         ``warn`` or ``refuse`` when the padded ``transformers.WavLMModel`` copy cannot be exact.
@@ -182,10 +185,10 @@ def export_student(
         (<free> free)"; only this export's staging folder is removed.
     """
     if isinstance(source, (str, os.PathLike)) and locate_checkpoint(source)[1] == "dphubert":
-        if s3prl or onnx or int8:
+        if s3prl:
             raise ExportError(
-                f"'{source}' is a DPWavLM (DPHuBERT .pth): --s3prl, --onnx and --int8 apply to DistilHuBERT-layout "
-                f"students only (its export is dpwavlm.pth + a padded transformers.WavLMModel copy)"
+                f"'{source}' is a DPWavLM (DPHuBERT .pth): --s3prl applies to DistilHuBERT-layout students only "
+                f"(its export is dpwavlm.pth + a padded transformers.WavLMModel copy; s3prl loads dpwavlm.pth)"
             )
         return export_dpwavlm(
             source,
@@ -194,6 +197,8 @@ def export_student(
             hf_inexact=hf_inexact,
             results=results,
             results_upstream=results_upstream,
+            onnx=onnx,
+            int8=int8,
         )
     if isinstance(source, DistillerStudent):
         student = source.eval()

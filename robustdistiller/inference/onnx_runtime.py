@@ -205,6 +205,12 @@ class OnnxEncoder:
         The ONNX file loaded.
     quantized : bool
         Whether it is the int8 file.
+    model_type : str
+        ``"student"`` (a DistilHuBERT-layout student with prediction heads) or ``"dpwavlm"`` (no heads:
+        ``predictions`` is None; :mod:`robustdistiller.export.dpwavlm_onnx`).
+    quantization : str or None
+        How it was quantised (its ``quantization`` metadata): ``"static int8 QDQ (Conv, MatMul, Gemm)"`` for the
+        whole-student file of ``--int8 all``, ``"dynamic int8 (MatMul, Gemm)"`` for ``--int8 matmul``; None for fp32.
     """
 
     def __init__(self, path, num_threads=None, precision=None):
@@ -229,6 +235,9 @@ class OnnxEncoder:
         self.hidden_size = int(meta["hidden_size"])
         self.target_size = int(meta.get("target_size", self.hidden_size))
         self.quantized = "quantization" in meta
+        self.quantization = meta.get("quantization")
+        self.model_type = meta.get("model_type", "student")
+        self.has_predictions = "predictions" in {output.name for output in self.session.get_outputs()}
         if precision is not None and (precision == "int8") != self.quantized:
             raise ValueError(
                 f"'{path}' is the {'int8' if self.quantized else 'fp32'} encoder, not {precision}: pass the export "
@@ -279,10 +288,18 @@ class OnnxEncoder:
                 else (f"Every item of the batch of {wavs.shape[0]} is too short: the longest")
             )
             raise ValueError(too_short_message(longest, self.receptive_field, what))
-        projection, hidden_states, predictions, frame_lengths = self.session.run(
-            ["projection", "hidden_states", "predictions", "frame_lengths"],
-            {"waveform": np.ascontiguousarray(wavs), "lengths": lengths},
+        names = ["projection", "hidden_states", "predictions", "frame_lengths"]
+        if not self.has_predictions:  # a model without prediction heads (a DPWavLM)
+            names.remove("predictions")
+        outputs = dict(
+            zip(names, self.session.run(names, {"waveform": np.ascontiguousarray(wavs), "lengths": lengths}))
         )
+        projection, hidden_states, frame_lengths = (
+            outputs["projection"],
+            outputs["hidden_states"],
+            outputs["frame_lengths"],
+        )
+        predictions = outputs.get("predictions")
         frame_mask = np.arange(hidden_states.shape[2])[None, :] < frame_lengths[:, None]
         return OnnxEncodedBatch(hidden_states, predictions, frame_mask, projection)
 

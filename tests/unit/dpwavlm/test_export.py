@@ -315,8 +315,8 @@ def test_export_refuses_gated_files_and_options_that_do_not_apply(tmp_path, exac
     with pytest.raises(ExportError, match="still has pruning gates"):
         export_dpwavlm(path, str(tmp_path / "out"))
     _, final, _ = exact_run
-    with pytest.raises(ExportError, match="--onnx"):
-        export_student(final, str(tmp_path / "onnx"), onnx=True)
+    with pytest.raises(ExportError, match="--s3prl applies to DistilHuBERT-layout"):  # --onnx: test_onnx_dpwavlm.py
+        export_student(final, str(tmp_path / "s3prl"), s3prl=True)
     assert export_main([final, str(tmp_path / "cli")]) == 0
     assert "transformers copy: written" in capsys.readouterr().out
     model, _ = load_dphubert_checkpoint(os.path.join(tmp_path / "cli", DPWAVLM_EXPORT_FILE))

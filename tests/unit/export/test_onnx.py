@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import onnx
 import pytest
 import soundfile
 import torch
@@ -24,7 +25,9 @@ from robustdistiller.export.verify import parity_batch
 from robustdistiller.export.onnx import UntraceableStudentError, export_fp32, verify_onnx
 from robustdistiller.models.student import DistillerStudent, build_student_config
 
-INT8_COSINE_FLOOR = 0.97  # measured on the trained tiny student: >= 0.99 on every layer (see the report)
+# --int8 is the static int8 of the whole student (test_onnx_quantization.py derives its floor 0.98 on a random tiny
+# student); this floor, measured on the trained tiny student, is the earlier one of the MatMul-only file
+INT8_COSINE_FLOOR = 0.97
 # int8 KS accuracy within 10 points of fp32 under each condition (72 test clips: one clip is 1.4 points;
 # measured with 4 epochs: clean 0.222 / 0.222, snr5 0.153 / 0.167)
 KS_MARGIN = 0.1
@@ -32,7 +35,7 @@ KS_MARGIN = 0.1
 
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory):
-    """The trained tiny student exported by the command line with --onnx --int8 (one export for the module)."""
+    """The trained tiny student exported by the command line with --onnx --int8 (int8 of the whole student)."""
     folder = str(tmp_path_factory.mktemp("onnx_export") / "exported")
     assert main([trained_run, folder, "--onnx", "--int8"]) == 0
     student, _ = load_student(trained_run)
@@ -60,7 +63,7 @@ def test_manifest_and_model_card_record_the_onnx_files_and_their_parity(exported
     card = Path(os.path.join(folder, "README.md")).read_text(encoding="utf-8")
     assert "ONNX fp32 vs PyTorch" in card and "max abs diff" in card
     assert "| hidden_2 |" in card and "int8 vs fp32 cosine similarity" in card
-    # int8 weights for the transformer part (the CNN, most of this tiny student, stays fp32)
+    # int8 weights throughout (the per-channel scales and the graph weigh more at this tiny size)
     assert os.path.getsize(exported["int8"]) < 0.75 * os.path.getsize(exported["fp32"])
 
 
@@ -191,6 +194,8 @@ def speech_commands(tmp_path_factory):
 
 
 def test_ks_accuracy_with_the_int8_student_is_within_a_margin_of_fp32(exported, speech_commands, mini_corpus, tmp_path):
+    """The KS recipe on the upstream kind onnx: the int8 file is the static int8 of the whole student (--int8 all)."""
+    assert "static int8 QDQ" in onnx.load(exported["int8"]).metadata_props[-1].value
     accuracies = {}
     for name in ("fp32", "int8"):
         output = str(tmp_path / name)
