@@ -6,7 +6,9 @@
    and saves it as a local Hugging Face folder.
 3. Runs the real recipe twice, ``train.py hparams/distill.yaml`` (RobustDistiller) and
    ``train.py hparams/distilhubert.yaml`` (DistilHuBERT-style baseline, same teacher for a fair
-   comparison), with small overrides (steps, batch, crop length) only.
+   comparison), with small overrides only: steps, batch, crop length, and for RobustDistiller an
+   enhancement head as wide as the student (:func:`demo_enhancement_overrides`) whose enhanced speech
+   is scored on 6 held-out utterances instead of 50.
 4. Evaluates both students on the held-out speakers: distillation loss against the teacher's clean
    targets, with the student hearing clean speech, noise at 0/5/10/20 dB, or reverberation.
    Prints the table and writes ``robustness.png`` and ``robustness.json``.
@@ -18,6 +20,8 @@
    as frozen upstreams of the real SUPERB recipes on generated fixtures (``--report-tasks``, default KS
    and PR), under clean, snr5 and reverb with the mini corpus's test-only noise and RIRs. Prints the
    tables and writes ``report/`` (``report.md``, CSVs, PNGs, ``report.json``) under the output folder.
+
+Closes with the wall time of each step (also in ``step_seconds.json``).
 
 Run: ``python -m robustdistiller.demo --output demo_output``; ``--report-only`` redoes step 6 alone on
 the students of an earlier run in the same output folder.
@@ -74,12 +78,75 @@ DEMO_OVERRIDES = {
     "valid_dataloader_opts": {"batch_size": 8, "num_workers": 0},
 }
 
+DEMO_QUALITY_UTTERANCES = 6
+"""Held-out utterances whose enhanced speech is scored (PESQ / STOI / SI-SNR) after each validation
+and per test condition (the recipe's ``quality_utterances``, 50): a third of the demo's 18; the demo's
+conclusions rest on the distillation losses, the scores only show that the head's monitoring runs."""
+
+
+def demo_enhancement_overrides(teacher_config):
+    """The RobustDistiller run's enhancement head and its monitoring, sized to the demo's student.
+
+    The recipe's head is the authors' 3-layer BiLSTM of 256 units per direction (4.9M parameters on
+    512 CNN channels; 3.9M on the demo teacher's 32, 34 times the demo's 115k-parameter student and
+    most of its training time on CPU). The demo keeps the depth and the input (the student's CNN
+    features, ``enhancement_input: cnn``) and scales the width to the student's:
+    ``enhancement_input_size`` is the teacher's (and so the student's) CNN width,
+    ``enhancement_hidden_size`` its hidden size (0.28M parameters for the demo's teacher).
+
+    Arguments
+    ---------
+    teacher_config : transformers.PretrainedConfig
+        The teacher's configuration (``conv_dim``, ``hidden_size``); the student copies its CNN and
+        width.
+
+    Returns
+    -------
+    dict
+        Overrides of ``hparams/distill.yaml``: ``enhancement_input_size``, ``enhancement_hidden_size``,
+        ``enhancement_layers`` and ``quality_utterances``.
+
+    Example
+    -------
+    >>> from transformers import WavLMConfig
+    >>> demo_enhancement_overrides(WavLMConfig(conv_dim=[32] * 7, hidden_size=64))
+    {'enhancement_input_size': 32, 'enhancement_hidden_size': 64, 'enhancement_layers': 3, 'quality_utterances': 6}
+    """
+    return {
+        "enhancement_input_size": teacher_config.conv_dim[-1],
+        "enhancement_hidden_size": teacher_config.hidden_size,
+        "enhancement_layers": 3,
+        "quality_utterances": DEMO_QUALITY_UTTERANCES,
+    }
+
+
+def format_step_times(step_seconds):
+    """The closing summary of the demo: wall time of each step and the total, one line each.
+
+    Example
+    -------
+    >>> print(format_step_times({"corpus and teacher": 4.2, "training RobustDistiller": 95.0}))
+    Time per step (wall clock):
+      corpus and teacher           4 s
+      training RobustDistiller    95 s
+      total                       99 s (1.7 min)
+    """
+    width = max(len(name) for name in [*step_seconds, "total"])
+    total = sum(step_seconds.values())
+    lines = ["Time per step (wall clock):"]
+    lines += [f"  {name:<{width}} {seconds:5.0f} s" for name, seconds in step_seconds.items()]
+    lines.append(f"  {'total':<{width}} {total:5.0f} s ({total / 60:.1f} min)")
+    return "\n".join(lines)
+
 
 def run_recipe(hparams_file, overrides, log_file, description, total_steps):
     """Runs ``train.py`` on ``hparams_file`` in a subprocess, with a progress bar; raises if it fails.
 
     The run's own output goes to ``log_file``; the console shows one bar per run, advanced from the
-    ``step N`` lines the recipe logs every ``log_interval`` optimizer steps.
+    ``step N`` lines the recipe logs every ``log_interval`` optimizer steps. The run uses one thread
+    unless ``OMP_NUM_THREADS`` is set: the demo's models are tiny, its data loader workers use the other
+    cores, and on a busy 2-core machine a RobustDistiller step took about 11 s with two threads against
+    0.6 s with one (docs/demo.md, "Time").
     """
     command = [sys.executable, recipe_path("train.py"), hparams_file]
     command += [f"--{key}={json.dumps(value)}" for key, value in overrides.items()]
@@ -88,7 +155,11 @@ def run_recipe(hparams_file, overrides, log_file, description, total_steps):
     with open(log_file, "w", encoding="utf-8") as log, tqdm(total=total_steps, desc=description, unit="step") as bar:
         # The run writes where its overrides say (absolute paths): the folder of the log is only its cwd.
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=os.path.dirname(os.path.abspath(log_file))
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=os.path.dirname(os.path.abspath(log_file)),
+            env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")),
         )
         while process.poll() is None:
             time.sleep(1.0)
@@ -293,6 +364,8 @@ def main(argv=None):
     output = os.path.abspath(args.output)
     os.makedirs(output, exist_ok=True)
 
+    step_seconds = {}
+    start = time.time()
     corpus = generate_mini_corpus(os.path.join(output, "corpus"), seed=args.seed)
     teacher_folder = os.path.join(output, "teacher_random_wavlm")
     save_random_teacher(teacher_folder, model_type="wavlm", tiny=True, seed=args.seed)
@@ -302,7 +375,12 @@ def main(argv=None):
         "DistilHuBERT": os.path.join(output, "distilhubert"),
     }
     if args.report_only:
-        return run_demo_report(output, corpus, report_upstreams, report_tasks, args.seed)
+        step_seconds["corpus and teacher"] = time.time() - start
+        start = time.time()
+        report = run_demo_report(output, corpus, report_upstreams, report_tasks, args.seed)
+        step_seconds["cross-task report"] = time.time() - start
+        print("\n" + format_step_times(step_seconds))
+        return report
     print(
         "NOTE: the teacher is a small WavLM with RANDOM weights built here (no pretrained weights can be "
         "downloaded on this machine). The demo shows the mechanics and the robustness effect of the "
@@ -326,14 +404,14 @@ def main(argv=None):
                 "urbansound_folder": corpus.get("urbansound"),
                 "rir_folder": corpus["rirs"],
                 "rirs_noises_subsets": ["simulated", "real"],
-                "enhancement_input_size": None,  # filled below from the teacher's CNN width
                 "output_folder": os.path.join(output, "robustdistiller"),
             },
         ),
         "DistilHuBERT": ("hparams/distilhubert.yaml", {"output_folder": os.path.join(output, "distilhubert")}),
     }
     teacher = FrozenTeacher(teacher_folder)
-    runs["RobustDistiller"][1]["enhancement_input_size"] = teacher.config.conv_dim[-1]
+    runs["RobustDistiller"][1].update(demo_enhancement_overrides(teacher.config))
+    step_seconds["corpus and teacher"] = time.time() - start
 
     durations = {}
     for name, (hparams_file, overrides) in runs.items():
@@ -345,6 +423,9 @@ def main(argv=None):
             total_steps=args.steps,
         )
         print(f"{name}: trained {args.steps} steps in {durations[name]:.0f} s")
+        step_seconds[f"training {name}"] = durations[name]
+
+    start = time.time()
 
     # Both students are tested with the RobustDistiller run's noise and RIR lists.
     with open(recipe_path(runs["RobustDistiller"][0]), encoding="utf-8") as fin:
@@ -369,6 +450,7 @@ def main(argv=None):
     for name in conditions:
         robust, baseline = (results[student][name]["distillation_loss"] for student in runs)
         print(f"  {name}: {compare(robust, baseline)}")
+    step_seconds["held-out evaluation"] = time.time() - start
     with open(os.path.join(output, "robustness.json"), "w", encoding="utf-8") as fout:
         json.dump({"results": results, "train_seconds": durations, "steps": args.steps}, fout, indent=2)
     with open(os.path.join(output, "robustness.md"), "w", encoding="utf-8") as fout:
@@ -376,16 +458,24 @@ def main(argv=None):
     plot_results(results, conditions, os.path.join(output, "robustness.png"))
     print(f"\nWrote {output}/robustness.png, robustness.json and robustness.md")
 
+    start = time.time()
+
     # Use the distilled model anywhere: export it, reload it six ways in fresh offline processes.
     exported = os.path.join(output, "exported_robustdistiller")
     export_student(runs["RobustDistiller"][1]["output_folder"], exported, s3prl=True, overwrite=True)
     student, _ = load_student(runs["RobustDistiller"][1]["output_folder"])
     print(f"\nExported the RobustDistiller student to {exported}; features of each loader vs the trained module:")
     print(format_verification(verify_export(exported, student)))
+    step_seconds["export and reload check"] = time.time() - start
 
     # The students (and the teacher) as frozen upstreams of SUPERB recipes, clean and corrupted.
     if report_tasks:
+        start = time.time()
         run_demo_report(output, corpus, report_upstreams, report_tasks, args.seed)
+        step_seconds["cross-task report"] = time.time() - start
+    print("\n" + format_step_times(step_seconds))
+    with open(os.path.join(output, "step_seconds.json"), "w", encoding="utf-8") as fout:
+        json.dump(step_seconds, fout, indent=2)
     return results
 
 

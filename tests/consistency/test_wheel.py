@@ -102,6 +102,7 @@ def test_wheel_declares_dependencies_command_and_recipe_files(wheel_path):
         "robustdistiller/_recipes/recipes/SpeechCommands/KS/train.py",
         "robustdistiller/_recipes/recipes/SpeechCommands/KS/hparams/superb_ks.yaml",
         "robustdistiller/downstream/package_data/iemocap_s3prl_order.tsv",
+        "robustdistiller/downstream/protocol_presets/huang2022.yaml",
     ):
         assert path in names, f"the wheel lacks {path}"
     assert not [name for name in names if name.endswith(".pyc")]
