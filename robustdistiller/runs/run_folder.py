@@ -325,6 +325,7 @@ def check_run_signature(save_folder, signature, accept=(), resuming=True):
     if not resuming or recorded is None:
         if resuming:
             _warn_once(
+                save_folder,
                 "Resuming a run in %s that has no %s (started by an older version): its settings cannot be "
                 "compared; recording the current ones.",
                 save_folder,
@@ -341,6 +342,7 @@ def check_run_signature(save_folder, signature, accept=(), resuming=True):
     newly_signed = [key for key, (old, _) in changed.items() if old == "<not recorded>"]
     for key in newly_signed:
         _warn_once(
+            save_folder,
             "The run in %s was started by a version that did not record %s; recording it now (%r).",
             save_folder,
             key,
@@ -355,20 +357,20 @@ def check_run_signature(save_folder, signature, accept=(), resuming=True):
             f"or accept the change on purpose with --accept_changed_settings=[{','.join(refused)}]."
         )
     for key, (old, new) in changed.items():
-        _warn_once("Resuming with a changed setting, accepted on purpose: %s %r -> %r", key, old, new)
+        _warn_once(save_folder, "Resuming with a changed setting, accepted on purpose: %s %r -> %r", key, old, new)
     return changed
 
 
 _WARNED = set()
 
 
-def _warn_once(template, *arguments):
-    """Logs a warning once per process: the recipe checks the signature before it rewrites the run's records
-    and the Brain checks it again before recovery (for code that builds the Brain itself), with the same
-    outcome; the reader needs to see it once."""
+def _warn_once(save_folder, template, *arguments):
+    """Logs a warning once per process and run folder: the recipe checks the signature before it rewrites the
+    run's records and the Brain checks it again before recovery (for code that builds the Brain itself), with
+    the same outcome; the reader needs to see it once (another run's same change is warned about again)."""
     text = template % arguments
-    if text not in _WARNED:
-        _WARNED.add(text)
+    if (os.path.abspath(save_folder), text) not in _WARNED:
+        _WARNED.add((os.path.abspath(save_folder), text))
         logger.warning(text)
 
 
