@@ -1,7 +1,7 @@
 # Two targets, each doing all set-up on a fresh machine:
 #   make test   virtual environment + dependencies + the test suite
 #   make demo   virtual environment + dependencies + mini corpus + distillation demo + export check
-#               + a small cross-task robustness report (~10 min on 2 cores)
+#               + a small cross-task robustness report (~4 min idle on 2 cores, plus the install)
 PYTHON ?= python3
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
