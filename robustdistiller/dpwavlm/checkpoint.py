@@ -26,6 +26,7 @@ from robustdistiller.dpwavlm.model import (
     is_hubert_config,
     wavlm_base_plus_config,
 )
+from robustdistiller.inference.interface import transformers_progress_bars_off
 from robustdistiller.models.teacher import load_model_folder
 
 logger = logging.getLogger(__name__)
@@ -329,5 +330,6 @@ def export_hf_wavlm_padded(model, folder, on_inexact="refuse", atol=1e-4):
     elif error > atol:
         raise RuntimeError(f"export_hf_wavlm_padded: padded HF model differs by {error:.3g} (> {atol})")
     Path(folder).mkdir(parents=True, exist_ok=True)
-    hf_model.save_pretrained(str(folder))
+    with transformers_progress_bars_off():
+        hf_model.save_pretrained(str(folder))
     return error

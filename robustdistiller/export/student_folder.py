@@ -37,6 +37,7 @@ from transformers import Wav2Vec2FeatureExtractor
 
 import robustdistiller.inference.interface as standalone_interface
 import robustdistiller.inference.modeling_robustdistiller as padding_safe_modeling
+from robustdistiller.inference.interface import transformers_progress_bars_off
 from robustdistiller.dpwavlm.export import export_dpwavlm
 from robustdistiller.export.errors import ExportError
 from robustdistiller.export.folder import write_export_folder
@@ -238,7 +239,8 @@ def _write_export(student, info, folder, include_heads, s3prl, onnx=False, int8=
     # HubertModel / AutoModel without trust_remote_code ignore the map.
     backbone.config.auto_map = dict(AUTO_MAP)
     try:
-        backbone.save_pretrained(folder, safe_serialization=True)
+        with transformers_progress_bars_off():  # no "Writing model shards" bar in the export's console
+            backbone.save_pretrained(folder, safe_serialization=True)
         Wav2Vec2FeatureExtractor(
             feature_size=1,
             sampling_rate=16000,
