@@ -227,6 +227,25 @@ def paired_condition_key(spec):
     return f"{spec['condition']}/"
 
 
+def condition_pipeline(sample_rate, corruptor, spec):
+    """The :class:`AudioPipeline` of one test condition ``spec`` (``{"condition", "snr"}``): what a recipe's test
+    set and :mod:`robustdistiller.downstream.render_protocol` both play, so rendered audio is the tested audio.
+
+    Example
+    -------
+    >>> pipeline = condition_pipeline(16000, None, {"condition": "noise", "snr": 5})
+    >>> pipeline.condition, pipeline.snr, pipeline.key_prefix
+    ('noise', 5, 'noise/')
+    """
+    return AudioPipeline(
+        sample_rate,
+        corruptor=corruptor,
+        condition=spec["condition"],
+        snr=spec.get("snr"),
+        key_prefix=paired_condition_key(spec),
+    )
+
+
 def condition_test_set_factory(hparams, csv_file, corruptor, output_keys, extra_items=()):
     """``(name, spec) -> dataset``: the test set under one condition, for ``evaluate_conditions``.
 
@@ -248,13 +267,7 @@ def condition_test_set_factory(hparams, csv_file, corruptor, output_keys, extra_
                 output_keys,
                 extra_items=extra_items,
             )
-        pipeline = AudioPipeline(
-            hparams["sample_rate"],
-            corruptor=corruptor,
-            condition=spec["condition"],
-            snr=spec.get("snr"),
-            key_prefix=paired_condition_key(spec),
-        )
+        pipeline = condition_pipeline(hparams["sample_rate"], corruptor, spec)
         return audio_dataset(csv_file, pipeline, output_keys, extra_items=extra_items)
 
     return make_test_set

@@ -9,7 +9,7 @@ writes, under ``<out>``:
   seed, parameters`` (the draws; ``parameters`` is JSON of the other draws, e.g. the pitch shift);
 - ``SHA256SUMS``: ``sha256sum -c``-compatible checksums of every WAV and of the manifest.
 
-The audio is made by the same code path as a recipe's test (:class:`~robustdistiller.downstream.data.AudioPipeline`
+The audio is made by the same code path as a recipe's test (:func:`~robustdistiller.downstream.data.condition_pipeline`
 with the protocol's corruptor and condition seeds), so a recipe run with ``test_audio_manifest: <out>/manifest.csv``
 scores exactly the audio it would have made on the fly. ``<recipe>`` is a task name of
 :data:`robustdistiller.downstream.tasks.TASKS` (``KS``...); ``--save_folder`` is the recipe's prepared
@@ -28,7 +28,7 @@ import sys
 import scipy.io.wavfile
 import yaml
 
-from robustdistiller.downstream.data import AudioPipeline, paired_condition_key
+from robustdistiller.downstream.data import condition_pipeline
 from robustdistiller.downstream.protocol import DEFAULT_TEST_CONDITIONS, build_corruptors, prepare_corruption_lists
 from robustdistiller.downstream.protocols import PRESET_NAMES, ProtocolCorruptor, read_manifest  # noqa: F401 (re-exported)
 from robustdistiller.downstream.tasks import TASKS
@@ -161,13 +161,7 @@ def render(recipe, protocol, output_folder, options):
     for name, spec in conditions.items():
         if "input" in spec:  # a released condition (SE's noisy test set): nothing to render
             continue
-        pipeline = AudioPipeline(
-            hparams["sample_rate"],
-            corruptor=corruptor,
-            condition=spec["condition"],
-            snr=spec.get("snr"),
-            key_prefix=paired_condition_key(spec),
-        )
+        pipeline = condition_pipeline(hparams["sample_rate"], corruptor, spec)
         os.makedirs(os.path.join(output_folder, name), exist_ok=True)
         for row in rows:
             utterance = row["ID"]
