@@ -21,6 +21,11 @@ computes that GroupNorm over each utterance's valid samples (read from ``attenti
 :class:`RobustDistillerSSL` is the same model behind the signature of SpeechBrain's own SSL wrappers
 (``speechbrain.integrations.huggingface.HuBERT``: ``forward(wav, wav_lens)``, ``output_all_hiddens``, ``freeze``,
 ``output_norm``), so one line of a recipe YAML swaps it in.
+
+It repeats on purpose, in plain autograd, what :mod:`robustdistiller.inference.interface` does for the trained
+model (``per_utterance_cnn_norm``'s memory-saving masked GroupNorm, the lengths-to-mask helpers, the progress-bar
+switch): that module imports SpeechBrain, which ``trust_remote_code`` users need not have; the export's ``--verify``
+checks both give the same features.
 """
 
 import torch
